@@ -1,0 +1,2 @@
+//! `derm-codegen`: owns the model-file format and turns a model file into
+//! Rust source specialized for its exact shapes.

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# test.sh: every check this project has, failing loudly on the first failure.
+#   formatting, clippy (host, and aarch64 for the NEON code), host tests with libtorch,
+#   and the runtime's tests built for aarch64 and run under qemu (Cortex-A72).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*" >&2; }
+
+if ! scripts/setup.sh --check 2>/dev/null; then
+  step "installing what is missing (scripts/setup.sh)"
+  scripts/setup.sh
+fi
+# shellcheck source=env.sh
+source scripts/env.sh
+
+step "cargo fmt --check"
+cargo fmt --all --check
+
+step "cargo clippy (host)"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "cargo clippy (aarch64, derm-runtime)"
+RUSTC=/usr/bin/rustc CARGO_TARGET_DIR=target/aarch64-cross \
+  /usr/bin/cargo-clippy clippy -p derm-runtime --all-targets --locked \
+  --target aarch64-unknown-linux-gnu -- -D warnings
+
+step "cargo test (host)"
+# One libtorch thread per test process: tests already run in parallel on few cores.
+OMP_NUM_THREADS=1 cargo test --workspace --locked
+
+step "cargo test -p derm-runtime (aarch64 under qemu, cortex-a72)"
+derm_cross test -p derm-runtime --locked --target aarch64-unknown-linux-gnu
+
+step "all checks passed"
