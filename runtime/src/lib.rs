@@ -4,4 +4,5 @@
 //! The caller owns every buffer; nothing here allocates.
 #![no_std]
 
+pub mod kernels;
 pub mod preprocess;

@@ -1,0 +1,96 @@
+//! Compute kernels called by the generated model code.
+//!
+//! Every op lives in its own file with a `portable` function (plain Rust,
+//! written so LLVM vectorizes it) and, on aarch64, a `neon` module holding a
+//! hand-written NEON version with the same signature. The top-level function
+//! named after the op picks one at compile time, so the generated code calls
+//! a single direct, inlinable function and no kernel table exists at run time.
+//!
+//! Layouts (the contract with `derm-codegen`):
+//! - activations are `f32`, HWC (batch 1, channels contiguous); only
+//!   [`conv_stem`] reads the planar CHW model input;
+//! - 1x1 convolution and linear weights are packed in panels of [`NR`] output
+//!   channels: `w[(j / NR) * k * NR + i * NR + j % NR] = W[j][i]`, the last
+//!   panel zero-padded, so `w.len() == n.div_ceil(NR) * NR * k`;
+//! - depthwise weights are `[kh][kw][c]`, stem weights `[kh][kw][cin][cout]`;
+//! - BatchNorm is already folded into the weights and biases.
+//!
+//! Kernels never allocate. Mismatched lengths are caught by `debug_assert!`
+//! in the portable kernels and by `assert!` in the NEON ones, whose raw
+//! pointer accesses rely on them.
+
+pub mod add;
+pub mod conv_stem;
+pub mod depthwise;
+pub mod linear;
+pub mod pointwise;
+pub mod pool;
+pub mod squeeze_excite;
+
+pub use add::add;
+pub use conv_stem::conv_stem;
+pub use depthwise::depthwise;
+pub use linear::linear;
+pub use pointwise::pointwise;
+pub use pool::global_avg_pool;
+pub use squeeze_excite::squeeze_excite;
+
+/// Output channels per packed weight panel (the pointwise register tile width).
+pub const NR: usize = 8;
+
+/// The activation fused into a convolution or linear layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    /// Identity.
+    None,
+    /// `max(x, 0)`.
+    Relu,
+    /// `x * relu6(x + 3) / 6`, as PyTorch's `Hardswish`.
+    Hardswish,
+}
+
+impl Activation {
+    /// Applies the activation to one value.
+    #[inline(always)]
+    pub fn apply(self, x: f32) -> f32 {
+        match self {
+            Activation::None => x,
+            Activation::Relu => relu(x),
+            Activation::Hardswish => hardswish(x),
+        }
+    }
+
+    /// Applies the activation to every value of `x` in place.
+    #[inline(always)]
+    pub fn apply_slice(self, x: &mut [f32]) {
+        match self {
+            Activation::None => {}
+            Activation::Relu => x.iter_mut().for_each(|v| *v = relu(*v)),
+            Activation::Hardswish => x.iter_mut().for_each(|v| *v = hardswish(*v)),
+        }
+    }
+}
+
+/// `max(x, 0)`.
+#[inline(always)]
+pub fn relu(x: f32) -> f32 {
+    x.max(0.0)
+}
+
+/// `min(max(x + 3, 0), 6) / 6`, as PyTorch's `Hardsigmoid`.
+#[inline(always)]
+pub fn hardsigmoid(x: f32) -> f32 {
+    (x + 3.0).clamp(0.0, 6.0) * (1.0 / 6.0)
+}
+
+/// `x * min(max(x + 3, 0), 6) / 6`, as PyTorch's `Hardswish`.
+#[inline(always)]
+pub fn hardswish(x: f32) -> f32 {
+    x * hardsigmoid(x)
+}
+
+/// Number of packed weights for `n` outputs and `k` inputs.
+#[inline(always)]
+pub const fn packed_len(k: usize, n: usize) -> usize {
+    n.div_ceil(NR) * NR * k
+}
