@@ -1,0 +1,508 @@
+//! The model file: one `.safetensors` file whose `__metadata__` holds the
+//! graph as JSON under [`GRAPH_KEY`].
+//!
+//! The types here are the format; `docs/model-format.md` describes the same
+//! thing for readers outside Rust. Writers (the trainer's export, the
+//! synthetic builder) build a [`ModelFile`] and call [`ModelFile::write`];
+//! readers call [`ModelFile::read`], which validates everything once so later
+//! stages can trust shapes, names and parameters.
+
+mod error;
+mod io;
+mod validate;
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+pub use error::IrError;
+pub use validate::ValueShapes;
+
+/// Metadata key of the graph JSON inside the safetensors header.
+pub const GRAPH_KEY: &str = "derm.graph";
+/// Value of the graph's `format` field.
+pub const FORMAT_NAME: &str = "derm-model";
+/// The only graph version this reader understands.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// A whole model: the graph plus the bytes of every tensor it names.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelFile {
+    /// Ops, shapes, preprocessing, labels, provenance and the tensor table.
+    pub graph: Graph,
+    /// Tensor data by name; every key is listed in `graph.tensors`.
+    pub tensors: BTreeMap<String, Tensor>,
+}
+
+/// The JSON document stored under [`GRAPH_KEY`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Graph {
+    /// Always [`FORMAT_NAME`].
+    pub format: String,
+    /// Always [`FORMAT_VERSION`] for this reader.
+    pub version: u32,
+    /// The network input.
+    pub input: InputSpec,
+    /// Name of the value holding the logits, shape `[classes.len()]`.
+    pub output: String,
+    /// How an RGB8 photo becomes the input tensor.
+    pub preprocess: Preprocess,
+    /// Class names in logit order.
+    pub classes: Vec<String>,
+    /// Names of the fairness groups (for example skin-tone groups) the model
+    /// was evaluated on; informational.
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// Ops in execution order.
+    pub ops: Vec<Op>,
+    /// Every tensor stored in the file, by name.
+    pub tensors: BTreeMap<String, TensorSpec>,
+    /// Free-form record of how the file was made (command, dataset,
+    /// metrics, git commit); must be a JSON object.
+    #[serde(default)]
+    pub provenance: serde_json::Map<String, serde_json::Value>,
+}
+
+/// Shape and layout of the network input.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InputSpec {
+    /// Value name the first op reads.
+    pub name: String,
+    /// `[1, 3, H, W]`.
+    pub shape: [usize; 4],
+    /// Always [`Layout::Nchw`].
+    pub layout: Layout,
+}
+
+/// Memory layout of the input tensor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Layout {
+    /// Batch, channel, row, column (PyTorch's layout).
+    #[serde(rename = "NCHW")]
+    Nchw,
+}
+
+/// Preprocessing: bilinear resize of the whole image (no crop, half-pixel
+/// centers) to `resize`, then `(pixel / 255 - mean[c]) / std[c]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Preprocess {
+    /// `[H, W]`, equal to the input's spatial size.
+    pub resize: [usize; 2],
+    /// Per-channel mean (R, G, B) on the 0..1 scale.
+    pub mean: [f32; 3],
+    /// Per-channel standard deviation (R, G, B); non-zero.
+    pub std: [f32; 3],
+}
+
+/// Activation fused into the end of an op.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Activation {
+    /// Identity.
+    None,
+    /// `max(x, 0)`.
+    Relu,
+    /// `x * relu6(x + 3) / 6`.
+    Hardswish,
+}
+
+/// One operation; the JSON object carries `"op": "<kind>"` beside the fields.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Op {
+    /// 2-D convolution with BatchNorm folded in.
+    Conv2d(Conv2d),
+    /// Squeeze-and-excite (torchvision's MobileNetV3 flavour).
+    SqueezeExcite(SqueezeExcite),
+    /// Element-wise sum of two values of the same shape.
+    Add(Add),
+    /// Mean over H and W: `[C, H, W] -> [C]`.
+    GlobalAvgPool(GlobalAvgPool),
+    /// Fully connected layer: `[K] -> [N]`.
+    Linear(Linear),
+}
+
+/// 2-D convolution: `[Cin, H, W] -> [Cout, OH, OW]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Conv2d {
+    /// Unique op name (used in errors and generated code).
+    pub name: String,
+    /// Value read.
+    pub input: String,
+    /// Value written.
+    pub output: String,
+    /// Tensor `[out_channels, in_channels / groups, kh, kw]`.
+    pub weight: String,
+    /// Tensor `[out_channels]`.
+    pub bias: String,
+    /// Input channels.
+    pub in_channels: usize,
+    /// Output channels.
+    pub out_channels: usize,
+    /// `[kh, kw]`.
+    pub kernel: [usize; 2],
+    /// `[sh, sw]`.
+    pub stride: [usize; 2],
+    /// Zero padding `[ph, pw]`, applied on both sides.
+    pub padding: [usize; 2],
+    /// Channel groups; `groups == in_channels == out_channels` is depthwise.
+    pub groups: usize,
+    /// Fused activation.
+    pub activation: Activation,
+}
+
+/// Squeeze-and-excite: `s = hardsigmoid(fc2(relu(fc1(mean_hw(x)))))`,
+/// output `x * s` per channel. Shape preserving.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SqueezeExcite {
+    /// Unique op name.
+    pub name: String,
+    /// Value read.
+    pub input: String,
+    /// Value written.
+    pub output: String,
+    /// Channels of the input.
+    pub channels: usize,
+    /// Width of the bottleneck.
+    pub squeeze_channels: usize,
+    /// Tensor `[squeeze_channels, channels]` or `[squeeze_channels, channels, 1, 1]`.
+    pub fc1_weight: String,
+    /// Tensor `[squeeze_channels]`.
+    pub fc1_bias: String,
+    /// Tensor `[channels, squeeze_channels]` or `[channels, squeeze_channels, 1, 1]`.
+    pub fc2_weight: String,
+    /// Tensor `[channels]`.
+    pub fc2_bias: String,
+}
+
+/// Element-wise addition.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Add {
+    /// Unique op name.
+    pub name: String,
+    /// The two values added.
+    pub inputs: [String; 2],
+    /// Value written.
+    pub output: String,
+}
+
+/// Global average pooling.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GlobalAvgPool {
+    /// Unique op name.
+    pub name: String,
+    /// Value read, `[C, H, W]`.
+    pub input: String,
+    /// Value written, `[C]`.
+    pub output: String,
+}
+
+/// Fully connected layer `y = W x + b`, then the activation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Linear {
+    /// Unique op name.
+    pub name: String,
+    /// Value read, `[in_features]`.
+    pub input: String,
+    /// Value written, `[out_features]`.
+    pub output: String,
+    /// Tensor `[out_features, in_features]`.
+    pub weight: String,
+    /// Tensor `[out_features]`.
+    pub bias: String,
+    /// K.
+    pub in_features: usize,
+    /// N.
+    pub out_features: usize,
+    /// Fused activation.
+    pub activation: Activation,
+}
+
+impl Op {
+    /// The op's unique name.
+    pub fn name(&self) -> &str {
+        match self {
+            Op::Conv2d(o) => &o.name,
+            Op::SqueezeExcite(o) => &o.name,
+            Op::Add(o) => &o.name,
+            Op::GlobalAvgPool(o) => &o.name,
+            Op::Linear(o) => &o.name,
+        }
+    }
+
+    /// The op kind as written in the JSON `op` field.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Op::Conv2d(_) => "conv2d",
+            Op::SqueezeExcite(_) => "squeeze_excite",
+            Op::Add(_) => "add",
+            Op::GlobalAvgPool(_) => "global_avg_pool",
+            Op::Linear(_) => "linear",
+        }
+    }
+
+    /// Values read, in argument order.
+    pub fn inputs(&self) -> Vec<&str> {
+        match self {
+            Op::Conv2d(o) => vec![&o.input],
+            Op::SqueezeExcite(o) => vec![&o.input],
+            Op::Add(o) => vec![&o.inputs[0], &o.inputs[1]],
+            Op::GlobalAvgPool(o) => vec![&o.input],
+            Op::Linear(o) => vec![&o.input],
+        }
+    }
+
+    /// The value written.
+    pub fn output(&self) -> &str {
+        match self {
+            Op::Conv2d(o) => &o.output,
+            Op::SqueezeExcite(o) => &o.output,
+            Op::Add(o) => &o.output,
+            Op::GlobalAvgPool(o) => &o.output,
+            Op::Linear(o) => &o.output,
+        }
+    }
+
+    /// Names of the tensors (weights) the op reads.
+    pub fn tensor_names(&self) -> Vec<&str> {
+        match self {
+            Op::Conv2d(o) => vec![&o.weight, &o.bias],
+            Op::SqueezeExcite(o) => vec![&o.fc1_weight, &o.fc1_bias, &o.fc2_weight, &o.fc2_bias],
+            Op::Add(_) | Op::GlobalAvgPool(_) => vec![],
+            Op::Linear(o) => vec![&o.weight, &o.bias],
+        }
+    }
+}
+
+/// Element type of a stored tensor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DType {
+    /// IEEE 754 binary32, little-endian.
+    F32,
+    /// IEEE 754 binary16, little-endian.
+    F16,
+    /// Signed 8-bit integer; weights of this type carry [`Quant`] parameters.
+    I8,
+}
+
+impl DType {
+    /// Bytes per element.
+    pub fn size(self) -> usize {
+        match self {
+            DType::F32 => 4,
+            DType::F16 => 2,
+            DType::I8 => 1,
+        }
+    }
+
+    /// The name used in the JSON and in errors.
+    pub fn name(self) -> &'static str {
+        match self {
+            DType::F32 => "f32",
+            DType::F16 => "f16",
+            DType::I8 => "i8",
+        }
+    }
+
+    pub(crate) fn to_safetensors(self) -> safetensors::Dtype {
+        match self {
+            DType::F32 => safetensors::Dtype::F32,
+            DType::F16 => safetensors::Dtype::F16,
+            DType::I8 => safetensors::Dtype::I8,
+        }
+    }
+
+    pub(crate) fn from_safetensors(d: safetensors::Dtype) -> Option<Self> {
+        match d {
+            safetensors::Dtype::F32 => Some(DType::F32),
+            safetensors::Dtype::F16 => Some(DType::F16),
+            safetensors::Dtype::I8 => Some(DType::I8),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for DType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// One row of the tensor table: what the stored tensor is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TensorSpec {
+    /// Element type; must match the safetensors entry.
+    pub dtype: DType,
+    /// Shape; must match the safetensors entry.
+    pub shape: Vec<usize>,
+    /// Required for `i8`, absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quant: Option<Quant>,
+}
+
+/// Per-channel affine quantization: `real = scale[c] * (q - zero_point[c])`
+/// where `c` is the index along `axis`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Quant {
+    /// Name of an `f32` tensor of shape `[shape[axis]]`.
+    pub scale: String,
+    /// Name of an `i8` tensor of shape `[shape[axis]]`.
+    pub zero_point: String,
+    /// The channel axis.
+    pub axis: usize,
+}
+
+/// Tensor bytes as stored (little-endian).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tensor {
+    /// Element type.
+    pub dtype: DType,
+    /// Shape.
+    pub shape: Vec<usize>,
+    /// `numel * dtype.size()` bytes.
+    pub data: Vec<u8>,
+}
+
+impl Tensor {
+    /// An `f32` tensor; `values.len()` must be the product of `shape`.
+    pub fn from_f32(shape: Vec<usize>, values: &[f32]) -> Self {
+        let data = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        Self {
+            dtype: DType::F32,
+            shape,
+            data,
+        }
+    }
+
+    /// An `i8` tensor (for quantized weights and zero points).
+    pub fn from_i8(shape: Vec<usize>, values: &[i8]) -> Self {
+        Self {
+            dtype: DType::I8,
+            shape,
+            data: values.iter().map(|&v| v as u8).collect(),
+        }
+    }
+
+    /// Element count (the product of the shape), `None` on overflow.
+    pub fn numel(&self) -> Option<usize> {
+        self.shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d))
+    }
+
+    /// The values as `f32` for `f32` and `f16` tensors; `None` for `i8`
+    /// (which needs its quantization parameters, see [`ModelFile::tensor_f32`]).
+    pub fn to_f32(&self) -> Option<Vec<f32>> {
+        match self.dtype {
+            DType::F32 => Some(
+                self.data
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect(),
+            ),
+            DType::F16 => Some(
+                self.data
+                    .chunks_exact(2)
+                    .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+                    .collect(),
+            ),
+            DType::I8 => None,
+        }
+    }
+}
+
+impl ModelFile {
+    /// Builds a model file, adding a table row for every tensor the graph's
+    /// table does not list yet (plain, unquantized), then validates it.
+    pub fn new(mut graph: Graph, tensors: BTreeMap<String, Tensor>) -> Result<Self, IrError> {
+        for (name, t) in &tensors {
+            graph
+                .tensors
+                .entry(name.clone())
+                .or_insert_with(|| TensorSpec {
+                    dtype: t.dtype,
+                    shape: t.shape.clone(),
+                    quant: None,
+                });
+        }
+        let model = Self { graph, tensors };
+        model.validate()?;
+        Ok(model)
+    }
+
+    /// Checks everything a reader relies on and infers every value's shape.
+    pub fn validate(&self) -> Result<ValueShapes, IrError> {
+        validate::validate(self)
+    }
+
+    /// A weight as `f32`: converts `f16` and dequantizes `i8` with its
+    /// per-channel parameters.
+    pub fn tensor_f32(&self, name: &str) -> Result<Vec<f32>, IrError> {
+        let t = self
+            .tensors
+            .get(name)
+            .ok_or_else(|| IrError::MissingTensor {
+                op: None,
+                tensor: name.to_owned(),
+            })?;
+        if let Some(v) = t.to_f32() {
+            return Ok(v);
+        }
+        let spec = self.graph.tensors.get(name);
+        let quant = spec
+            .and_then(|s| s.quant.as_ref())
+            .ok_or_else(|| IrError::BadQuant {
+                tensor: name.to_owned(),
+                reason: "i8 tensor without quant parameters".into(),
+            })?;
+        let scale = self
+            .tensors
+            .get(&quant.scale)
+            .and_then(Tensor::to_f32)
+            .ok_or_else(|| IrError::MissingTensor {
+                op: None,
+                tensor: quant.scale.clone(),
+            })?;
+        let zp = self
+            .tensors
+            .get(&quant.zero_point)
+            .ok_or_else(|| IrError::MissingTensor {
+                op: None,
+                tensor: quant.zero_point.clone(),
+            })?;
+        let axis_len = t.shape.get(quant.axis).copied().unwrap_or(0);
+        if scale.len() != axis_len || zp.data.len() != axis_len || axis_len == 0 {
+            return Err(IrError::BadQuant {
+                tensor: name.to_owned(),
+                reason: format!(
+                    "scale/zero_point length must equal shape[{}] = {axis_len}",
+                    quant.axis
+                ),
+            });
+        }
+        // Elements sharing one channel form runs of `inner` along the flat data.
+        let inner: usize = t.shape[quant.axis + 1..].iter().product();
+        Ok(t.data
+            .iter()
+            .enumerate()
+            .map(|(i, &q)| {
+                let c = (i / inner.max(1)) % axis_len;
+                scale[c] * (f32::from(q as i8) - f32::from(zp.data[c] as i8))
+            })
+            .collect())
+    }
+
+    /// Number of classes (logits).
+    pub fn num_classes(&self) -> usize {
+        self.graph.classes.len()
+    }
+}
