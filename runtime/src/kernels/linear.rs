@@ -2,20 +2,12 @@
 
 use super::{Activation, NR};
 
-/// Linear layer; see [`portable`] for the argument contract.
-#[allow(clippy::too_many_arguments)]
-#[inline]
-pub fn linear(
-    input: &[f32],
-    k: usize,
-    n: usize,
-    w: &[f32],
-    bias: &[f32],
-    act: Activation,
-    out: &mut [f32],
-) {
-    portable(input, k, n, w, bias, act, out)
-}
+/// The variant this target uses: NEON on aarch64, [`portable`] elsewhere.
+#[cfg(target_arch = "aarch64")]
+pub use neon::linear;
+/// The variant this target uses: NEON on aarch64, [`portable`] elsewhere.
+#[cfg(not(target_arch = "aarch64"))]
+pub use portable as linear;
 
 /// Portable linear layer.
 ///
@@ -61,6 +53,88 @@ pub fn portable(
         }
         for c in 0..width {
             out[j0 + c] = act.apply(acc[0][c] + acc[1][c] + bias[j0 + c]);
+        }
+    }
+}
+
+/// NEON GEMV for aarch64: per panel of 8 outputs, four input values are
+/// loaded as one vector and broadcast by lane into two independent
+/// accumulator pairs (breaking the FMA latency chain).
+#[cfg(target_arch = "aarch64")]
+pub mod neon {
+    use super::super::{Activation, NR, packed_len};
+    use core::arch::aarch64::*;
+
+    /// NEON linear layer with the contract of [`super::portable`].
+    ///
+    /// # Panics
+    /// If a slice is shorter than the shape says.
+    #[inline]
+    pub fn linear(
+        input: &[f32],
+        k: usize,
+        n: usize,
+        w: &[f32],
+        bias: &[f32],
+        act: Activation,
+        out: &mut [f32],
+    ) {
+        assert!(input.len() >= k, "linear: input shorter than k");
+        assert!(
+            w.len() >= packed_len(k, n),
+            "linear: packed weights too short"
+        );
+        assert!(bias.len() >= n, "linear: bias shorter than n");
+        assert!(out.len() >= n, "linear: out shorter than n");
+        for panel in 0..n.div_ceil(NR) {
+            let j0 = panel * NR;
+            let width = NR.min(n - j0);
+            // SAFETY: panel < n.div_ceil(8), so the panel's k * 8 weights lie
+            // inside the asserted packed length; input reads stay below k.
+            let (v0, v1) = unsafe { gemv_panel(input.as_ptr(), k, w.as_ptr().add(panel * k * NR)) };
+            let mut t = [0.0f32; NR];
+            // SAFETY: t holds 8 values.
+            unsafe {
+                vst1q_f32(t.as_mut_ptr(), v0);
+                vst1q_f32(t.as_mut_ptr().add(4), v1);
+            }
+            for c in 0..width {
+                out[j0 + c] = act.apply(t[c] + bias[j0 + c]);
+            }
+        }
+    }
+
+    /// `sum_i x[i] * wp[i * 8..i * 8 + 8]` as two vectors.
+    ///
+    /// # Safety
+    /// `x` holds `k` values and `wp` `k * 8`.
+    #[inline(always)]
+    unsafe fn gemv_panel(x: *const f32, k: usize, wp: *const f32) -> (float32x4_t, float32x4_t) {
+        // SAFETY: every read is below k (input) or k * 8 (weights).
+        unsafe {
+            let z = vdupq_n_f32(0.0);
+            let (mut a0, mut a1, mut b0, mut b1) = (z, z, z, z);
+            let mut i = 0;
+            while i + 4 <= k {
+                let xv = vld1q_f32(x.add(i));
+                let w = wp.add(i * NR);
+                a0 = vfmaq_laneq_f32::<0>(a0, vld1q_f32(w), xv);
+                a1 = vfmaq_laneq_f32::<0>(a1, vld1q_f32(w.add(4)), xv);
+                b0 = vfmaq_laneq_f32::<1>(b0, vld1q_f32(w.add(8)), xv);
+                b1 = vfmaq_laneq_f32::<1>(b1, vld1q_f32(w.add(12)), xv);
+                a0 = vfmaq_laneq_f32::<2>(a0, vld1q_f32(w.add(16)), xv);
+                a1 = vfmaq_laneq_f32::<2>(a1, vld1q_f32(w.add(20)), xv);
+                b0 = vfmaq_laneq_f32::<3>(b0, vld1q_f32(w.add(24)), xv);
+                b1 = vfmaq_laneq_f32::<3>(b1, vld1q_f32(w.add(28)), xv);
+                i += 4;
+            }
+            while i < k {
+                let xs = *x.add(i);
+                a0 = vfmaq_n_f32(a0, vld1q_f32(wp.add(i * NR)), xs);
+                a1 = vfmaq_n_f32(a1, vld1q_f32(wp.add(i * NR + 4)), xs);
+                i += 1;
+            }
+            (vaddq_f32(a0, b0), vaddq_f32(a1, b1))
         }
     }
 }

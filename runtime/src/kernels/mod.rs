@@ -94,3 +94,43 @@ pub fn hardswish(x: f32) -> f32 {
 pub const fn packed_len(k: usize, n: usize) -> usize {
     n.div_ceil(NR) * NR * k
 }
+
+/// NEON helpers shared by the aarch64 kernels.
+#[cfg(target_arch = "aarch64")]
+pub(crate) mod neon_util {
+    use super::Activation;
+    use core::arch::aarch64::*;
+
+    /// Applies `act` to four lanes (same formulas as [`super::hardswish`]).
+    #[inline(always)]
+    pub(crate) fn activate(act: Activation, v: float32x4_t) -> float32x4_t {
+        // SAFETY: NEON is part of the aarch64 baseline, so these register-only
+        // intrinsics are always available; no memory is touched.
+        unsafe {
+            match act {
+                Activation::None => v,
+                Activation::Relu => vmaxq_f32(v, vdupq_n_f32(0.0)),
+                Activation::Hardswish => {
+                    let r6 = vminq_f32(
+                        vmaxq_f32(vaddq_f32(v, vdupq_n_f32(3.0)), vdupq_n_f32(0.0)),
+                        vdupq_n_f32(6.0),
+                    );
+                    vmulq_f32(v, vmulq_f32(r6, vdupq_n_f32(1.0 / 6.0)))
+                }
+            }
+        }
+    }
+
+    /// `min(max(v + 3, 0), 6) / 6` on four lanes (as [`super::hardsigmoid`]).
+    #[inline(always)]
+    pub(crate) fn hardsigmoid(v: float32x4_t) -> float32x4_t {
+        // SAFETY: register-only NEON intrinsics (aarch64 baseline).
+        unsafe {
+            let r6 = vminq_f32(
+                vmaxq_f32(vaddq_f32(v, vdupq_n_f32(3.0)), vdupq_n_f32(0.0)),
+                vdupq_n_f32(6.0),
+            );
+            vmulq_f32(r6, vdupq_n_f32(1.0 / 6.0))
+        }
+    }
+}

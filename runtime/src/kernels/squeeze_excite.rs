@@ -3,24 +3,14 @@
 //! `s = hardsigmoid(fc2(relu(fc1(mean_hw(x)))))`, then `x[p][ch] *= s[ch]`,
 //! as torchvision's `SqueezeExcitation` in MobileNetV3.
 
-use super::{Activation, global_avg_pool, hardsigmoid, linear};
+use super::{Activation, hardsigmoid, linear, pool};
 
-/// Squeeze-and-excitation in place; see [`portable`] for the contract.
-#[allow(clippy::too_many_arguments)]
-#[inline]
-pub fn squeeze_excite(
-    x: &mut [f32],
-    hw: usize,
-    c: usize,
-    csq: usize,
-    w1: &[f32],
-    b1: &[f32],
-    w2: &[f32],
-    b2: &[f32],
-    scratch: &mut [f32],
-) {
-    portable(x, hw, c, csq, w1, b1, w2, b2, scratch)
-}
+/// The variant this target uses: NEON on aarch64, [`portable`] elsewhere.
+#[cfg(target_arch = "aarch64")]
+pub use neon::squeeze_excite;
+/// The variant this target uses: NEON on aarch64, [`portable`] elsewhere.
+#[cfg(not(target_arch = "aarch64"))]
+pub use portable as squeeze_excite;
 
 /// Portable squeeze-and-excitation.
 ///
@@ -44,11 +34,11 @@ pub fn portable(
     debug_assert!(scratch.len() >= c + csq);
     let (pooled, rest) = scratch.split_at_mut(c);
     let hidden = &mut rest[..csq];
-    global_avg_pool(x, hw, c, pooled);
-    linear(pooled, c, csq, w1, b1, Activation::Relu, hidden);
+    pool::portable(x, hw, c, pooled);
+    linear::portable(pooled, c, csq, w1, b1, Activation::Relu, hidden);
     // The pooled means are dead now; their slot receives the gates.
     let gates = pooled;
-    linear(hidden, csq, c, w2, b2, Activation::None, gates);
+    linear::portable(hidden, csq, c, w2, b2, Activation::None, gates);
     for g in gates.iter_mut() {
         *g = hardsigmoid(*g);
     }
@@ -64,6 +54,67 @@ fn scale_channels(x: &mut [f32], c: usize, gates: &[f32]) {
     for px in x.chunks_exact_mut(c) {
         for (v, &g) in px.iter_mut().zip(gates) {
             *v *= g;
+        }
+    }
+}
+
+/// NEON squeeze-and-excitation for aarch64: the NEON pool and GEMV kernels,
+/// vector hardsigmoid gates, and a channel-block-outer scale loop that keeps
+/// each gate vector in a register while the pixels stream past.
+#[cfg(target_arch = "aarch64")]
+pub mod neon {
+    use super::super::neon_util::hardsigmoid;
+    use super::super::{Activation, linear, pool};
+    use core::arch::aarch64::*;
+
+    /// NEON squeeze-and-excitation with the contract of [`super::portable`].
+    ///
+    /// # Panics
+    /// If `x` is shorter than `hw * c`, `scratch` than `c + csq`, or a weight
+    /// slice than its shape.
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    pub fn squeeze_excite(
+        x: &mut [f32],
+        hw: usize,
+        c: usize,
+        csq: usize,
+        w1: &[f32],
+        b1: &[f32],
+        w2: &[f32],
+        b2: &[f32],
+        scratch: &mut [f32],
+    ) {
+        assert!(x.len() >= hw * c, "squeeze_excite: x shorter than hw * c");
+        assert!(
+            scratch.len() >= c + csq,
+            "squeeze_excite: scratch shorter than c + csq"
+        );
+        let (pooled, rest) = scratch.split_at_mut(c);
+        let hidden = &mut rest[..csq];
+        pool::neon::global_avg_pool(x, hw, c, pooled);
+        linear::neon::linear(pooled, c, csq, w1, b1, Activation::Relu, hidden);
+        let gates = pooled;
+        linear::neon::linear(hidden, csq, c, w2, b2, Activation::None, gates);
+        let mut cb = 0;
+        // SAFETY: cb + 4 <= c keeps gate accesses below c and pixel accesses
+        // px * c + cb + 3 below hw * c (asserted above).
+        unsafe {
+            let xp = x.as_mut_ptr();
+            while cb + 4 <= c {
+                let g = hardsigmoid(vld1q_f32(gates.as_ptr().add(cb)));
+                for px in 0..hw {
+                    let at = xp.add(px * c + cb);
+                    vst1q_f32(at, vmulq_f32(vld1q_f32(at), g));
+                }
+                cb += 4;
+            }
+        }
+        for ch in cb..c {
+            let g = super::super::hardsigmoid(gates[ch]);
+            for px in 0..hw {
+                x[px * c + ch] *= g;
+            }
         }
     }
 }

@@ -1,0 +1,753 @@
+//! Every kernel variant against a naive reference written from PyTorch's
+//! definitions (NCHW index math, PyTorch weight layouts, f64 accumulation).
+//!
+//! The test converts PyTorch-layout tensors into the kernel layouts itself, so
+//! it also checks the layout contract that `derm-codegen` relies on.
+//!
+//! Tolerance: an output that sums terms `a_i * w_i` plus a bias must be within
+//! `TOL * (sum |a_i * w_i| + |bias| + |residual|)` of the reference; f32
+//! accumulation in any order stays far below that (about `k * 2^-24`
+//! relative), while an indexing mistake is off by a whole term.
+
+use derm_runtime::kernels::{self, Activation};
+
+/// Relative error bound (see the module docs).
+const TOL: f64 = 1e-5;
+
+/// splitmix64: a fixed, portable generator, so host and qemu runs see the
+/// same cases.
+struct Rng(u64);
+
+impl Rng {
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    /// Uniform in `lo..=hi`.
+    fn range(&mut self, lo: usize, hi: usize) -> usize {
+        lo + (self.next_u64() % (hi - lo + 1) as u64) as usize
+    }
+    /// Uniform in [-1, 1).
+    fn f32(&mut self) -> f32 {
+        ((self.next_u64() >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+    fn vec(&mut self, n: usize) -> Vec<f32> {
+        (0..n).map(|_| self.f32()).collect()
+    }
+}
+
+const ACTS: [Activation; 3] = [Activation::None, Activation::Relu, Activation::Hardswish];
+
+fn act_f64(act: Activation, x: f64) -> f64 {
+    match act {
+        Activation::None => x,
+        Activation::Relu => x.max(0.0),
+        Activation::Hardswish => x * (x + 3.0).clamp(0.0, 6.0) / 6.0,
+    }
+}
+
+fn hardsigmoid_f64(x: f64) -> f64 {
+    (x + 3.0).clamp(0.0, 6.0) / 6.0
+}
+
+/// A reference value and the magnitude its error bound scales with.
+#[derive(Clone, Copy, Debug)]
+struct Ref {
+    value: f64,
+    mag: f64,
+}
+
+fn check(what: &str, got: &[f32], want: &[Ref]) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    for (i, (&g, w)) in got.iter().zip(want).enumerate() {
+        let err = (g as f64 - w.value).abs();
+        let bound = TOL * (w.mag + 1e-3);
+        assert!(
+            err <= bound,
+            "{what}: element {i}: got {g}, want {} (error {err:e} > bound {bound:e})",
+            w.value
+        );
+    }
+}
+
+/// PyTorch `conv2d` (NCHW, batch 1) with `groups`, weight `[cout][cin/groups][kh][kw]`,
+/// then the activation; output `[cout][oh][ow]`.
+#[allow(clippy::too_many_arguments)]
+fn conv2d_ref(
+    input: &[f32],
+    cin: usize,
+    ih: usize,
+    iw: usize,
+    weight: &[f32],
+    bias: &[f32],
+    cout: usize,
+    kh: usize,
+    kw: usize,
+    stride: usize,
+    pad: usize,
+    groups: usize,
+    act: Activation,
+) -> (usize, usize, Vec<Ref>) {
+    let oh = (ih + 2 * pad - kh) / stride + 1;
+    let ow = (iw + 2 * pad - kw) / stride + 1;
+    let cpg_in = cin / groups;
+    let cpg_out = cout / groups;
+    let mut out = Vec::with_capacity(cout * oh * ow);
+    for co in 0..cout {
+        let g = co / cpg_out;
+        for oy in 0..oh {
+            for ox in 0..ow {
+                let mut acc = bias[co] as f64;
+                let mut mag = (bias[co] as f64).abs();
+                for ci in 0..cpg_in {
+                    for ky in 0..kh {
+                        for kx in 0..kw {
+                            let iy = (oy * stride + ky) as isize - pad as isize;
+                            let ix = (ox * stride + kx) as isize - pad as isize;
+                            if iy < 0 || ix < 0 || iy >= ih as isize || ix >= iw as isize {
+                                continue;
+                            }
+                            let a =
+                                input[((g * cpg_in + ci) * ih + iy as usize) * iw + ix as usize];
+                            let w = weight[((co * cpg_in + ci) * kh + ky) * kw + kx];
+                            acc += a as f64 * w as f64;
+                            mag += (a as f64 * w as f64).abs();
+                        }
+                    }
+                }
+                out.push(Ref {
+                    value: act_f64(act, acc),
+                    mag,
+                });
+            }
+        }
+    }
+    (oh, ow, out)
+}
+
+/// `[c][h][w]` -> `[h][w][c]`.
+fn chw_to_hwc<T: Copy>(x: &[T], c: usize, hw: usize) -> Vec<T> {
+    (0..hw * c).map(|i| x[(i % c) * hw + i / c]).collect()
+}
+
+/// `[h][w][c]` -> `[c][h][w]`.
+fn hwc_to_chw(x: &[f32], c: usize, hw: usize) -> Vec<f32> {
+    (0..hw * c).map(|i| x[(i % hw) * c + i / hw]).collect()
+}
+
+/// PyTorch `[n][k]` (Linear or 1x1 conv) -> the kernels' NR-panel packing.
+fn pack(wt: &[f32], k: usize, n: usize) -> Vec<f32> {
+    let mut packed = vec![0.0; kernels::packed_len(k, n)];
+    for j in 0..n {
+        for i in 0..k {
+            packed[(j / 8) * k * 8 + i * 8 + j % 8] = wt[j * k + i];
+        }
+    }
+    packed
+}
+
+// ---------------------------------------------------------------- pointwise
+
+type PointwiseFn =
+    fn(&[f32], usize, usize, usize, &[f32], &[f32], Activation, Option<&[f32]>, &mut [f32]);
+
+fn pointwise_variants() -> Vec<(&'static str, PointwiseFn)> {
+    let v: Vec<(&'static str, PointwiseFn)> = vec![
+        ("dispatch", kernels::pointwise),
+        ("portable", kernels::pointwise::portable),
+        #[cfg(target_arch = "aarch64")]
+        ("neon", kernels::pointwise::neon::pointwise),
+    ];
+    v
+}
+
+fn pointwise_case(rng: &mut Rng, p: usize, k: usize, n: usize) {
+    let x_chw = rng.vec(k * p);
+    let wt = rng.vec(n * k);
+    let bias = rng.vec(n);
+    let residual = rng.vec(p * n);
+    let x = chw_to_hwc(&x_chw, k, p);
+    let packed = pack(&wt, k, n);
+    for act in ACTS {
+        let (_, _, want_chw) = conv2d_ref(&x_chw, k, 1, p, &wt, &bias, n, 1, 1, 1, 0, 1, act);
+        let want = chw_to_hwc(&want_chw, n, p);
+        let want_res: Vec<Ref> = want
+            .iter()
+            .zip(&residual)
+            .map(|(r, &s)| Ref {
+                value: r.value + s as f64,
+                mag: r.mag + (s as f64).abs(),
+            })
+            .collect();
+        for (name, f) in pointwise_variants() {
+            let mut out = vec![f32::NAN; p * n];
+            f(&x, p, k, n, &packed, &bias, act, None, &mut out);
+            check(
+                &format!("pointwise {name} p={p} k={k} n={n} {act:?}"),
+                &out,
+                &want,
+            );
+            let mut out = vec![f32::NAN; p * n];
+            f(&x, p, k, n, &packed, &bias, act, Some(&residual), &mut out);
+            check(
+                &format!("pointwise+res {name} p={p} k={k} n={n} {act:?}"),
+                &out,
+                &want_res,
+            );
+        }
+    }
+}
+
+#[test]
+fn pointwise_random_shapes_with_tails() {
+    let mut rng = Rng(1);
+    for _ in 0..60 {
+        let p = rng.range(1, 27);
+        let k = rng.range(1, 37);
+        let n = rng.range(1, 35);
+        pointwise_case(&mut rng, p, k, n);
+    }
+}
+
+#[test]
+fn pointwise_mobilenet_like_shapes() {
+    let mut rng = Rng(2);
+    // Channel counts of MobileNetV3-Small on a few pixels (the kernels see
+    // the same channel loops as at 224x224).
+    for (p, k, n) in [
+        (13, 16, 72),
+        (9, 72, 24),
+        (10, 96, 40),
+        (7, 240, 40),
+        (5, 576, 6),
+        (3, 288, 96),
+    ] {
+        pointwise_case(&mut rng, p, k, n);
+    }
+}
+
+// ---------------------------------------------------------------- depthwise
+
+type DepthwiseFn = fn(
+    &[f32],
+    usize,
+    usize,
+    usize,
+    &[f32],
+    &[f32],
+    usize,
+    usize,
+    usize,
+    usize,
+    usize,
+    Activation,
+    &mut [f32],
+);
+
+fn depthwise_variants() -> Vec<(&'static str, DepthwiseFn)> {
+    let v: Vec<(&'static str, DepthwiseFn)> = vec![
+        ("dispatch", kernels::depthwise),
+        ("portable", kernels::depthwise::portable),
+        #[cfg(target_arch = "aarch64")]
+        ("neon", kernels::depthwise::neon::depthwise),
+    ];
+    v
+}
+
+#[allow(clippy::too_many_arguments)]
+fn depthwise_case(
+    rng: &mut Rng,
+    ih: usize,
+    iw: usize,
+    c: usize,
+    k: usize,
+    stride: usize,
+    pad: usize,
+) {
+    let x_chw = rng.vec(c * ih * iw);
+    let wt = rng.vec(c * k * k); // [c][1][k][k]
+    let bias = rng.vec(c);
+    let x = chw_to_hwc(&x_chw, c, ih * iw);
+    // [c][k][k] -> [k][k][c]
+    let w = chw_to_hwc(&wt, c, k * k);
+    for act in ACTS {
+        let (oh, ow, want_chw) =
+            conv2d_ref(&x_chw, c, ih, iw, &wt, &bias, c, k, k, stride, pad, c, act);
+        let want = chw_to_hwc(&want_chw, c, oh * ow);
+        for (name, f) in depthwise_variants() {
+            let mut out = vec![f32::NAN; oh * ow * c];
+            f(
+                &x, ih, iw, c, &w, &bias, k, stride, pad, oh, ow, act, &mut out,
+            );
+            check(
+                &format!("depthwise {name} {ih}x{iw}x{c} k={k} s={stride} pad={pad} {act:?}"),
+                &out,
+                &want,
+            );
+        }
+    }
+}
+
+#[test]
+fn depthwise_random_shapes_with_tails() {
+    let mut rng = Rng(3);
+    for _ in 0..80 {
+        let k = [3, 5][rng.range(0, 1)];
+        let stride = rng.range(1, 2);
+        // Mostly "same" padding as MobileNetV3, sometimes none or partial.
+        let pad = [k / 2, k / 2, 0, 1][rng.range(0, 3)];
+        let min = (k - 2 * pad).max(1);
+        let ih = rng.range(min, 15);
+        let iw = rng.range(min, 15);
+        let c = rng.range(1, 21);
+        depthwise_case(&mut rng, ih, iw, c, k, stride, pad);
+    }
+}
+
+#[test]
+fn depthwise_mobilenet_like_shapes() {
+    let mut rng = Rng(4);
+    for (hw, c, k, s) in [
+        (16, 16, 3, 2),
+        (14, 72, 3, 2),
+        (7, 88, 3, 1),
+        (13, 96, 5, 2),
+        (7, 240, 5, 1),
+        (4, 576, 5, 1),
+    ] {
+        depthwise_case(&mut rng, hw, hw, c, k, s, k / 2);
+    }
+}
+
+// ---------------------------------------------------------------- stem
+
+type StemFn = fn(
+    &[f32],
+    usize,
+    usize,
+    usize,
+    &[f32],
+    &[f32],
+    usize,
+    usize,
+    usize,
+    usize,
+    usize,
+    usize,
+    usize,
+    Activation,
+    &mut [f32],
+);
+
+fn stem_variants() -> Vec<(&'static str, StemFn)> {
+    let v: Vec<(&'static str, StemFn)> = vec![
+        ("dispatch", kernels::conv_stem),
+        ("portable", kernels::conv_stem::portable),
+        #[cfg(target_arch = "aarch64")]
+        ("neon", kernels::conv_stem::neon::conv_stem),
+    ];
+    v
+}
+
+#[allow(clippy::too_many_arguments)]
+fn stem_case(
+    rng: &mut Rng,
+    ih: usize,
+    iw: usize,
+    cin: usize,
+    cout: usize,
+    kk: usize,
+    stride: usize,
+    pad: usize,
+) {
+    let x = rng.vec(cin * ih * iw);
+    let wt = rng.vec(cout * cin * kk * kk); // [cout][cin][kh][kw]
+    let bias = rng.vec(cout);
+    // -> [kh][kw][cin][cout]
+    let mut w = vec![0.0; wt.len()];
+    for co in 0..cout {
+        for ci in 0..cin {
+            for t in 0..kk * kk {
+                w[(t * cin + ci) * cout + co] = wt[(co * cin + ci) * kk * kk + t];
+            }
+        }
+    }
+    for act in ACTS {
+        let (oh, ow, want_chw) = conv2d_ref(
+            &x, cin, ih, iw, &wt, &bias, cout, kk, kk, stride, pad, 1, act,
+        );
+        let want = chw_to_hwc(&want_chw, cout, oh * ow);
+        for (name, f) in stem_variants() {
+            let mut out = vec![f32::NAN; oh * ow * cout];
+            f(
+                &x, ih, iw, cin, &w, &bias, cout, kk, kk, stride, pad, oh, ow, act, &mut out,
+            );
+            check(
+                &format!(
+                    "conv_stem {name} {cin}x{ih}x{iw}->{cout} k={kk} s={stride} pad={pad} {act:?}"
+                ),
+                &out,
+                &want,
+            );
+        }
+    }
+}
+
+#[test]
+fn conv_stem_random_shapes_with_tails() {
+    let mut rng = Rng(5);
+    // MobileNetV3's stem: 3 -> 16, 3x3, stride 2, pad 1, on odd and even sizes.
+    for (ih, iw) in [(224, 224), (17, 17), (9, 12), (1, 1), (2, 3)] {
+        stem_case(&mut rng, ih, iw, 3, 16, 3, 2, 1);
+    }
+    for _ in 0..30 {
+        let kk = [1, 3, 5][rng.range(0, 2)];
+        let stride = rng.range(1, 2);
+        let pad = rng.range(0, kk / 2);
+        let ih = rng.range(kk - 2 * pad, 19);
+        let iw = rng.range(kk - 2 * pad, 19);
+        let cin = rng.range(1, 4);
+        let cout = rng.range(1, 37);
+        stem_case(&mut rng, ih, iw, cin, cout, kk, stride, pad);
+    }
+}
+
+// ---------------------------------------------------------------- linear
+
+type LinearFn = fn(&[f32], usize, usize, &[f32], &[f32], Activation, &mut [f32]);
+
+fn linear_variants() -> Vec<(&'static str, LinearFn)> {
+    let v: Vec<(&'static str, LinearFn)> = vec![
+        ("dispatch", kernels::linear),
+        ("portable", kernels::linear::portable),
+        #[cfg(target_arch = "aarch64")]
+        ("neon", kernels::linear::neon::linear),
+    ];
+    v
+}
+
+fn linear_ref(
+    x: &[f32],
+    wt: &[f32],
+    bias: &[f32],
+    k: usize,
+    n: usize,
+    act: Activation,
+) -> Vec<Ref> {
+    (0..n)
+        .map(|j| {
+            let mut acc = bias[j] as f64;
+            let mut mag = acc.abs();
+            for i in 0..k {
+                let t = x[i] as f64 * wt[j * k + i] as f64;
+                acc += t;
+                mag += t.abs();
+            }
+            Ref {
+                value: act_f64(act, acc),
+                mag,
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn linear_random_shapes_with_tails() {
+    let mut rng = Rng(6);
+    let mut shapes: Vec<(usize, usize)> = vec![(576, 6), (576, 1024), (1024, 6), (16, 8), (1, 1)];
+    for _ in 0..60 {
+        shapes.push((rng.range(1, 70), rng.range(1, 40)));
+    }
+    for (k, n) in shapes {
+        let x = rng.vec(k);
+        let wt = rng.vec(n * k);
+        let bias = rng.vec(n);
+        let packed = pack(&wt, k, n);
+        for act in ACTS {
+            let want = linear_ref(&x, &wt, &bias, k, n, act);
+            for (name, f) in linear_variants() {
+                let mut out = vec![f32::NAN; n];
+                f(&x, k, n, &packed, &bias, act, &mut out);
+                check(&format!("linear {name} k={k} n={n} {act:?}"), &out, &want);
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------- squeeze-excite
+
+type SeFn = fn(&mut [f32], usize, usize, usize, &[f32], &[f32], &[f32], &[f32], &mut [f32]);
+
+fn se_variants() -> Vec<(&'static str, SeFn)> {
+    let v: Vec<(&'static str, SeFn)> = vec![
+        ("dispatch", kernels::squeeze_excite),
+        ("portable", kernels::squeeze_excite::portable),
+        #[cfg(target_arch = "aarch64")]
+        ("neon", kernels::squeeze_excite::neon::squeeze_excite),
+    ];
+    v
+}
+
+/// torchvision `SqueezeExcitation` (fc1/fc2 are 1x1 convs with bias, ReLU,
+/// Hardsigmoid) on a `[c][h*w]` input; returns `[c][h*w]`.
+#[allow(clippy::too_many_arguments)]
+fn se_ref(
+    x_chw: &[f32],
+    hw: usize,
+    c: usize,
+    csq: usize,
+    w1: &[f32],
+    b1: &[f32],
+    w2: &[f32],
+    b2: &[f32],
+) -> Vec<Ref> {
+    let mean: Vec<f32> = (0..c)
+        .map(|ch| {
+            (x_chw[ch * hw..(ch + 1) * hw]
+                .iter()
+                .map(|&v| v as f64)
+                .sum::<f64>()
+                / hw as f64) as f32
+        })
+        .collect();
+    let hidden: Vec<f32> = linear_ref(&mean, w1, b1, c, csq, Activation::Relu)
+        .iter()
+        .map(|r| r.value as f32)
+        .collect();
+    let gate = linear_ref(&hidden, w2, b2, csq, c, Activation::None);
+    (0..c * hw)
+        .map(|i| {
+            let g = &gate[i / hw];
+            let x = x_chw[i] as f64;
+            // The gate's own error (bounded through fc2's magnitude and the
+            // 1/6 slope of hardsigmoid) scales x.
+            Ref {
+                value: x * hardsigmoid_f64(g.value),
+                mag: x.abs() * (1.0 + g.mag),
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn squeeze_excite_random_shapes_with_tails() {
+    let mut rng = Rng(7);
+    let mut shapes: Vec<(usize, usize, usize)> =
+        vec![(56 * 56, 16, 8), (49, 96, 24), (49, 576, 144), (1, 1, 1)];
+    for _ in 0..40 {
+        shapes.push((rng.range(1, 30), rng.range(1, 50), rng.range(1, 20)));
+    }
+    for (hw, c, csq) in shapes {
+        let x_chw = rng.vec(c * hw);
+        let w1 = rng.vec(csq * c);
+        let b1 = rng.vec(csq);
+        // Wider fc2 values push gates across both hardsigmoid saturation points.
+        let w2: Vec<f32> = rng.vec(c * csq).iter().map(|v| v * 3.0).collect();
+        let b2: Vec<f32> = rng.vec(c).iter().map(|v| v * 3.0).collect();
+        let want = chw_to_hwc(&se_ref(&x_chw, hw, c, csq, &w1, &b1, &w2, &b2), c, hw);
+        let (p1, p2) = (pack(&w1, c, csq), pack(&w2, csq, c));
+        for (name, f) in se_variants() {
+            let mut x = chw_to_hwc(&x_chw, c, hw);
+            let mut scratch = vec![f32::NAN; c + csq];
+            f(&mut x, hw, c, csq, &p1, &b1, &p2, &b2, &mut scratch);
+            check(
+                &format!("squeeze_excite {name} hw={hw} c={c} csq={csq}"),
+                &x,
+                &want,
+            );
+        }
+    }
+}
+
+// ---------------------------------------------------------------- pool, add
+
+type PoolFn = fn(&[f32], usize, usize, &mut [f32]);
+
+fn pool_variants() -> Vec<(&'static str, PoolFn)> {
+    let v: Vec<(&'static str, PoolFn)> = vec![
+        ("dispatch", kernels::global_avg_pool),
+        ("portable", kernels::pool::portable),
+        #[cfg(target_arch = "aarch64")]
+        ("neon", kernels::pool::neon::global_avg_pool),
+    ];
+    v
+}
+
+#[test]
+fn global_avg_pool_random_shapes() {
+    let mut rng = Rng(8);
+    let mut shapes = vec![(49, 576), (1, 3), (3, 1)];
+    for _ in 0..40 {
+        shapes.push((rng.range(1, 60), rng.range(1, 40)));
+    }
+    for (hw, c) in shapes {
+        let x_chw = rng.vec(c * hw);
+        let want: Vec<Ref> = (0..c)
+            .map(|ch| {
+                let s = &x_chw[ch * hw..(ch + 1) * hw];
+                Ref {
+                    value: s.iter().map(|&v| v as f64).sum::<f64>() / hw as f64,
+                    mag: s.iter().map(|&v| (v as f64).abs()).sum::<f64>() / hw as f64,
+                }
+            })
+            .collect();
+        let x = chw_to_hwc(&x_chw, c, hw);
+        for (name, f) in pool_variants() {
+            let mut out = vec![f32::NAN; c];
+            f(&x, hw, c, &mut out);
+            check(
+                &format!("global_avg_pool {name} hw={hw} c={c}"),
+                &out,
+                &want,
+            );
+        }
+    }
+}
+
+type AddFn = fn(&[f32], &[f32], &mut [f32]);
+
+fn add_variants() -> Vec<(&'static str, AddFn)> {
+    let v: Vec<(&'static str, AddFn)> = vec![
+        ("dispatch", kernels::add),
+        ("portable", kernels::add::portable),
+        #[cfg(target_arch = "aarch64")]
+        ("neon", kernels::add::neon::add),
+    ];
+    v
+}
+
+#[test]
+fn add_is_exact() {
+    let mut rng = Rng(9);
+    for len in [0, 1, 3, 4, 7, 8, 15, 16, 17, 100, 56 * 56 * 24] {
+        let a = rng.vec(len);
+        let b = rng.vec(len);
+        let want: Vec<f32> = a.iter().zip(&b).map(|(x, y)| x + y).collect();
+        for (name, f) in add_variants() {
+            let mut out = vec![f32::NAN; len];
+            f(&a, &b, &mut out);
+            assert_eq!(out, want, "add {name} len={len}");
+        }
+    }
+}
+
+// ---------------------------------------------------------------- activations
+
+/// Hardswish/hardsigmoid at and around their breakpoints, through the scalar
+/// helpers and through every variant's fused epilogue.
+#[test]
+fn activations_at_breakpoints() {
+    let xs: [f32; 12] = [
+        -4.0, -3.0, -2.999, -1.5, -0.001, 0.0, 0.001, 1.5, 2.999, 3.0, 3.001, 4.0,
+    ];
+    for &x in &xs {
+        let want_hs = act_f64(Activation::Hardswish, x as f64);
+        let want_sig = hardsigmoid_f64(x as f64);
+        assert!(
+            (kernels::hardswish(x) as f64 - want_hs).abs() <= 1e-6 * (1.0 + want_hs.abs()),
+            "hardswish({x})"
+        );
+        assert!(
+            (kernels::hardsigmoid(x) as f64 - want_sig).abs() <= 1e-7,
+            "hardsigmoid({x})"
+        );
+    }
+    assert_eq!(kernels::hardswish(-3.0), 0.0);
+    assert_eq!(kernels::hardswish(0.0), 0.0);
+    assert_eq!(kernels::hardswish(3.0), 3.0);
+    assert_eq!(kernels::hardsigmoid(-3.0), 0.0);
+    assert_eq!(kernels::hardsigmoid(0.0), 0.5);
+    assert_eq!(kernels::hardsigmoid(3.0), 1.0);
+    assert_eq!(kernels::hardsigmoid(-100.0), 0.0);
+    assert_eq!(kernels::hardsigmoid(100.0), 1.0);
+
+    // Identity 1x1 conv: output channel j copies input channel j, so each
+    // variant's epilogue sees exactly the breakpoint values.
+    let n = xs.len();
+    let mut eye = vec![0.0; n * n];
+    for j in 0..n {
+        eye[j * n + j] = 1.0;
+    }
+    let packed = pack(&eye, n, n);
+    let bias = vec![0.0; n];
+    for act in ACTS {
+        let want: Vec<f32> = xs.iter().map(|&x| act_f64(act, x as f64) as f32).collect();
+        for (name, f) in pointwise_variants() {
+            let mut out = vec![f32::NAN; n];
+            f(&xs, 1, n, n, &packed, &bias, act, None, &mut out);
+            for (i, (&g, &w)) in out.iter().zip(&want).enumerate() {
+                assert!(
+                    (g - w).abs() <= 1e-6 * (1.0 + w.abs()),
+                    "pointwise {name} {act:?}({}) = {g}, want {w}",
+                    xs[i]
+                );
+            }
+        }
+        for (name, f) in linear_variants() {
+            let mut out = vec![f32::NAN; n];
+            f(&xs, n, n, &packed, &bias, act, &mut out);
+            for (i, (&g, &w)) in out.iter().zip(&want).enumerate() {
+                assert!(
+                    (g - w).abs() <= 1e-6 * (1.0 + w.abs()),
+                    "linear {name} {act:?}({}) = {g}, want {w}",
+                    xs[i]
+                );
+            }
+        }
+    }
+
+    // SE with fc2 weights zero: each gate is hardsigmoid(b2[ch]) exactly.
+    let c = n;
+    let w1 = pack(&vec![0.5; c], c, 1);
+    let w2 = pack(&vec![0.0; c], 1, c);
+    let b2 = xs.to_vec();
+    for (name, f) in se_variants() {
+        let mut x = vec![2.0f32; c];
+        let mut scratch = vec![f32::NAN; c + 1];
+        f(&mut x, 1, c, 1, &w1, &[0.25], &w2, &b2, &mut scratch);
+        for (ch, &g) in x.iter().enumerate() {
+            let w = 2.0 * hardsigmoid_f64(xs[ch] as f64) as f32;
+            assert!(
+                (g - w).abs() <= 1e-6,
+                "squeeze_excite {name} gate({}) = {}, want {}",
+                xs[ch],
+                g / 2.0,
+                w / 2.0
+            );
+        }
+    }
+}
+
+/// On aarch64 the functions codegen calls must be the NEON kernels, never the
+/// portable fallback (a silent fallback would cost the Pi 4 its speed).
+#[test]
+fn top_level_kernels_dispatch_to_the_target_variant() {
+    let names = [
+        core::any::type_name_of_val(&kernels::pointwise),
+        core::any::type_name_of_val(&kernels::depthwise),
+        core::any::type_name_of_val(&kernels::conv_stem),
+        core::any::type_name_of_val(&kernels::squeeze_excite),
+        core::any::type_name_of_val(&kernels::linear),
+        core::any::type_name_of_val(&kernels::global_avg_pool),
+        core::any::type_name_of_val(&kernels::add),
+    ];
+    let want = if cfg!(target_arch = "aarch64") {
+        "::neon::"
+    } else {
+        "::portable"
+    };
+    for name in names {
+        assert!(name.contains(want), "{name} is not a {want} kernel");
+    }
+}
+
+/// The test's own layout helpers round-trip (the reference relies on them).
+#[test]
+fn layout_helpers_round_trip() {
+    let x: Vec<f32> = (0..24).map(|v| v as f32).collect();
+    assert_eq!(hwc_to_chw(&chw_to_hwc(&x, 4, 6), 4, 6), x);
+    assert_eq!(chw_to_hwc(&x, 4, 6)[1], 6.0);
+}
