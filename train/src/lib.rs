@@ -1,4 +1,9 @@
 //! `derm-train`: data preparation, training, distillation, evaluation and
 //! export of the skin-lesion classifiers, on libtorch (CPU) through `tch`.
 
+pub mod cmd;
+pub mod data;
 pub mod env_report;
+pub mod metrics;
+pub mod plot;
+pub mod report;

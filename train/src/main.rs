@@ -15,11 +15,17 @@ struct Cli {
 enum Command {
     /// Check that libtorch loads and computes, and print its settings.
     Env,
+    /// Decode a dataset once into a preprocessed cache and print Table I.
+    Prepare(derm_train::cmd::prepare::PrepareArgs),
+    /// Lesion-grouped, class-stratified k-fold split of a cache.
+    Split(derm_train::cmd::split::SplitArgs),
 }
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
+        Command::Prepare(a) => derm_train::cmd::prepare::run(a)?,
+        Command::Split(a) => derm_train::cmd::split::run(a)?,
         Command::Env => {
             let r = derm_train::env_report::env_report()?;
             println!("libtorch threads: {}", r.threads);

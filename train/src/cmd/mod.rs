@@ -1,0 +1,5 @@
+//! The subcommands of `derm-train`: one module each, holding its clap
+//! arguments and a thin `run` that calls the library.
+
+pub mod prepare;
+pub mod split;
