@@ -1,0 +1,728 @@
+//! The training loop shared by `teacher`, `student` and `distill`: balanced batches from the
+//! cache, class-weighted cross-entropy or the distillation loss, a checkpointable optimizer
+//! with warmup + cosine, ESFair metrics on the validation fold after every epoch, best-epoch
+//! selection, and checkpoints every N steps and every epoch that `--resume` continues from.
+//!
+//! Determinism: all data randomness is keyed by `(seed, epoch, position)` in the loader, and
+//! libtorch's generator (stochastic depth, dropout) is re-seeded from `(seed, step)` before
+//! every step, so the state to resume is just the step, the sampler position, the weights
+//! and the optimizer. With the same thread count a resumed run ends with the same weights,
+//! bit for bit, as an uninterrupted one.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail, ensure};
+use serde::{Deserialize, Serialize};
+use tch::nn::{self, ModuleT};
+use tch::{Kind, Tensor};
+
+use super::checkpoint::{self, CheckpointFile};
+use super::loss::{self, KdConfig};
+use super::optim::{LrSchedule, OptimConfig, Optimizer};
+use super::progress::EpochProgress;
+use crate::data::balance::BalancePlan;
+use crate::data::cache::Cache;
+use crate::data::loader::{Batches, LoaderOptions, SamplerState};
+use crate::metrics::{self, EvalOptions, Evaluation};
+
+/// File name of the rolling checkpoint inside the output folder.
+pub const CHECKPOINT_FILE: &str = "checkpoint.safetensors";
+/// File name of the best epoch's model variables (a plain state dict) inside the output folder.
+pub const BEST_WEIGHTS_FILE: &str = "best_weights.safetensors";
+
+/// What "best epoch" means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Criterion {
+    /// ESFair accuracy (correct / total).
+    Accuracy,
+    /// Mean per-class recall (NV is two thirds of HAM10000, so plain accuracy rewards
+    /// predicting NV).
+    Balanced,
+    /// ESFair fairness score `(0.2 - SPD) / 0.2`, ties broken by accuracy.
+    Fairness,
+    /// Mean of accuracy and fairness: ESFair's overall score without its latency term,
+    /// which is the same for every epoch of one model.
+    Overall,
+}
+
+impl FromStr for Criterion {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Ok(match s.trim().to_ascii_lowercase().as_str() {
+            "accuracy" => Self::Accuracy,
+            "balanced" | "balanced_accuracy" => Self::Balanced,
+            "fairness" => Self::Fairness,
+            "overall" => Self::Overall,
+            o => {
+                bail!("unknown selection criterion {o:?} (accuracy, balanced, fairness or overall)")
+            }
+        })
+    }
+}
+
+impl fmt::Display for Criterion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Accuracy => "accuracy",
+            Self::Balanced => "balanced",
+            Self::Fairness => "fairness",
+            Self::Overall => "overall",
+        })
+    }
+}
+
+impl Criterion {
+    /// The score to maximize.
+    pub fn score(self, e: &Evaluation) -> f64 {
+        let fair = e.fairness.unwrap_or(0.0);
+        match self {
+            Self::Accuracy => e.accuracy,
+            Self::Balanced => e.balanced_accuracy,
+            Self::Fairness => fair + 1e-6 * e.accuracy,
+            Self::Overall => (e.accuracy + fair) / 2.0,
+        }
+    }
+}
+
+/// A per-channel affine map from the loader's normalization (the cache's mean/std) to the
+/// one a model expects, e.g. `[-1, 1]` for the ImageNet student.
+#[derive(Debug)]
+pub struct InputMap {
+    scale: Tensor,
+    shift: Tensor,
+}
+
+impl InputMap {
+    /// `x_model = ((x * s_cache + m_cache) - m_model) / s_model`.
+    pub fn new(cache_mean: [f32; 3], cache_std: [f32; 3], mean: [f32; 3], std: [f32; 3]) -> Self {
+        let scale: Vec<f32> = (0..3).map(|c| cache_std[c] / std[c]).collect();
+        let shift: Vec<f32> = (0..3).map(|c| (cache_mean[c] - mean[c]) / std[c]).collect();
+        Self {
+            scale: Tensor::from_slice(&scale).view([1, 3, 1, 1]),
+            shift: Tensor::from_slice(&shift).view([1, 3, 1, 1]),
+        }
+    }
+
+    /// Applies the map to an `[B, 3, H, W]` batch.
+    pub fn apply(&self, x: &Tensor) -> Tensor {
+        x * &self.scale + &self.shift
+    }
+}
+
+/// Teacher logits computed once per cache sample (`derm-train teacher-logits`).
+#[derive(Debug)]
+pub struct TeacherLogits {
+    /// `[N, C]` f32, row = cache sample index.
+    pub logits: Tensor,
+    /// Whether row `i` was computed.
+    pub present: Vec<bool>,
+}
+
+impl TeacherLogits {
+    /// The rows of `indices`; fails if one was not computed.
+    pub fn rows(&self, indices: &[usize]) -> Result<Tensor> {
+        if let Some(&i) = indices
+            .iter()
+            .find(|&&i| !self.present.get(i).copied().unwrap_or(false))
+        {
+            bail!("no cached teacher logits for cache sample {i}");
+        }
+        let idx: Vec<i64> = indices.iter().map(|&i| i as i64).collect();
+        Ok(self.logits.index_select(0, &Tensor::from_slice(&idx)))
+    }
+}
+
+/// Where the distillation targets come from.
+pub enum Teacher<'a> {
+    /// Plain supervised training.
+    None,
+    /// Run the teacher on every batch (eval mode, no gradient), on the loader's images.
+    Model(&'a dyn ModuleT),
+    /// Look the logits up in a cache computed beforehand.
+    Cached(&'a TeacherLogits),
+}
+
+impl fmt::Debug for Teacher<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Teacher::None => "Teacher::None",
+            Teacher::Model(_) => "Teacher::Model",
+            Teacher::Cached(_) => "Teacher::Cached",
+        })
+    }
+}
+
+/// Everything about a run that must not change across `--resume`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FitOptions {
+    /// Epochs to train.
+    pub epochs: u64,
+    /// Training batch size.
+    pub batch_size: usize,
+    /// Evaluation batch size.
+    pub eval_batch_size: usize,
+    /// Seed of data order, flips, noise and libtorch's generator.
+    pub seed: u64,
+    /// Side of the training images (`None`: the cache size).
+    pub train_size: Option<usize>,
+    /// Random flips.
+    pub flip: bool,
+    /// Peak learning rate.
+    pub lr: f64,
+    /// Warmup steps (`None`: 5% of the run, at most 500).
+    pub warmup_steps: Option<u64>,
+    /// Keep the learning rate constant after the warmup.
+    pub constant_lr: bool,
+    /// Optimizer.
+    pub optim: OptimConfig,
+    /// Checkpoint every this many steps (0: only at epoch ends).
+    pub checkpoint_every: u64,
+    /// Best-epoch criterion.
+    pub criterion: Criterion,
+    /// Distillation knobs (used when a teacher is given).
+    pub kd: KdConfig,
+    /// Class weights of the cross-entropy (`None`: unweighted).
+    pub class_weights: Option<Vec<f32>>,
+    /// Metric options (class and group names, minority, exclusions).
+    pub eval: EvalOptions,
+}
+
+impl FitOptions {
+    fn loader(&self) -> LoaderOptions {
+        let mut o = LoaderOptions::train(self.batch_size, self.seed);
+        o.train_size = self.train_size;
+        o.flip = self.flip;
+        o
+    }
+}
+
+/// One epoch's numbers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EpochRecord {
+    /// Epoch index (0-based).
+    pub epoch: u64,
+    /// Mean training loss over the epoch's steps.
+    pub train_loss: f64,
+    /// Training steps in the epoch.
+    pub steps: u64,
+    /// Training images per second (forward + backward + update, data included), over the
+    /// part of the epoch this process ran.
+    pub images_per_s: f64,
+    /// Learning rate of the epoch's last step.
+    pub last_lr: f64,
+    /// Unweighted cross-entropy on the validation fold.
+    pub val_loss: f64,
+    /// The validation metrics.
+    pub val: Evaluation,
+    /// The criterion's score.
+    pub score: f64,
+}
+
+/// The best epoch so far.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Best {
+    /// Epoch index.
+    pub epoch: u64,
+    /// Its score.
+    pub score: f64,
+}
+
+/// The loop state stored in every checkpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LoopState {
+    /// The run's options (checked on resume).
+    pub options: FitOptions,
+    /// Steps taken.
+    pub global_step: u64,
+    /// Total steps of the run.
+    pub total_steps: u64,
+    /// Where the sampler stands.
+    pub sampler: SamplerState,
+    /// Sum of the current epoch's step losses so far.
+    pub epoch_loss_sum: f64,
+    /// Steps of the current epoch so far.
+    pub epoch_steps: u64,
+    /// Best epoch so far.
+    pub best: Option<Best>,
+    /// Finished epochs.
+    pub history: Vec<EpochRecord>,
+    /// All epochs done.
+    pub finished: bool,
+}
+
+/// What the data side of a run is.
+#[derive(Debug)]
+pub struct FitData<'a> {
+    /// The preprocessed cache.
+    pub cache: &'a Cache,
+    /// The training slots (balanced or plain).
+    pub plan: &'a BalancePlan,
+    /// Validation sample indices.
+    pub val: &'a [usize],
+}
+
+/// Knobs of one call that may change across a resume.
+#[derive(Debug, Default)]
+pub struct RunControl {
+    /// Continue from `out/checkpoint.safetensors` if it exists.
+    pub resume: bool,
+    /// Stop (as if killed, without the epoch's evaluation) after this many global steps;
+    /// used to test resuming.
+    pub stop_after_steps: Option<u64>,
+    /// Show progress.
+    pub progress: bool,
+    /// Label of the progress display.
+    pub label: String,
+}
+
+/// How the run ended.
+#[derive(Debug)]
+pub struct FitOutcome {
+    /// Final loop state (history, best epoch).
+    pub state: LoopState,
+    /// Where the best epoch's weights are.
+    pub best_weights: PathBuf,
+    /// Whether the run was stopped early by [`RunControl::stop_after_steps`].
+    pub stopped: bool,
+    /// Seconds spent in this call.
+    pub seconds: f64,
+}
+
+fn step_seed(seed: u64, step: u64) -> i64 {
+    let mut r = crate::data::rng::Rng::from_parts(&[seed, step, 0x70C4]);
+    (r.next_u64() >> 1) as i64
+}
+
+/// Saves `vs`'s variables as a plain safetensors state dict (torchvision names), atomically.
+pub fn save_weights(path: &Path, vs: &nn::VarStore) -> Result<()> {
+    let mut tensors: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+    tensors.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut meta = std::collections::HashMap::new();
+    meta.insert("format".to_owned(), "derm-train-weights/1".to_owned());
+    let bytes = checkpoint::to_safetensors_bytes(&tensors, meta)?;
+    checkpoint::write_atomic(path, &bytes)
+}
+
+/// Loads a plain state dict written by [`save_weights`] (or any safetensors file with the
+/// same names) into `vs`; names and shapes must match exactly.
+pub fn load_weights(path: &Path, vs: &nn::VarStore) -> Result<()> {
+    let bytes =
+        std::fs::read(path).with_context(|| format!("cannot read weights {}", path.display()))?;
+    let st = safetensors::SafeTensors::deserialize(&bytes)
+        .map_err(|e| anyhow::anyhow!("{} is not a valid safetensors file: {e}", path.display()))?;
+    let vars = vs.variables();
+    let mut missing: Vec<&String> = vars.keys().filter(|k| st.tensor(k).is_err()).collect();
+    missing.sort();
+    let mut extra: Vec<&str> = st
+        .names()
+        .into_iter()
+        .filter(|k| !vars.contains_key(*k))
+        .collect();
+    extra.sort();
+    ensure!(
+        missing.is_empty() && extra.is_empty(),
+        "{} does not match the model: missing {missing:?}, unexpected {extra:?}",
+        path.display()
+    );
+    tch::no_grad(|| -> Result<()> {
+        for (name, var) in &vars {
+            let v = st.tensor(name).expect("checked above");
+            let shape: Vec<i64> = v.shape().iter().map(|&d| d as i64).collect();
+            ensure!(
+                shape == var.size(),
+                "{}: {name} has shape {shape:?}, the model {:?}",
+                path.display(),
+                var.size()
+            );
+            let t = Tensor::f_from_data_size(v.data(), &shape, dtype_kind(v.dtype())?)?;
+            ensure!(
+                t.kind() == var.kind(),
+                "{}: {name} is {:?}, the model {:?}",
+                path.display(),
+                t.kind(),
+                var.kind()
+            );
+            let mut var = var.shallow_clone();
+            var.f_copy_(&t)?;
+        }
+        Ok(())
+    })
+}
+
+fn dtype_kind(d: safetensors::Dtype) -> Result<Kind> {
+    Ok(match d {
+        safetensors::Dtype::F32 => Kind::Float,
+        safetensors::Dtype::F64 => Kind::Double,
+        safetensors::Dtype::I64 => Kind::Int64,
+        safetensors::Dtype::I32 => Kind::Int,
+        safetensors::Dtype::U8 => Kind::Uint8,
+        d => bail!("unsupported weight dtype {d:?}"),
+    })
+}
+
+/// What a model predicted on a set of samples.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Predictions {
+    /// Arg-max class per sample.
+    pub preds: Vec<usize>,
+    /// True class per sample.
+    pub labels: Vec<usize>,
+    /// Group per sample.
+    pub groups: Vec<usize>,
+    /// Mean unweighted cross-entropy.
+    pub loss: f64,
+}
+
+/// Predictions and mean unweighted cross-entropy of `model` over `indices` (eval mode).
+pub fn predict(
+    model: &dyn ModuleT,
+    cache: &Cache,
+    indices: &[usize],
+    batch_size: usize,
+    train_size: Option<usize>,
+    input: Option<&InputMap>,
+) -> Result<Predictions> {
+    let plan = BalancePlan::plain(indices);
+    let mut opts = LoaderOptions::eval(batch_size);
+    opts.train_size = train_size;
+    let (mut preds, mut labels, mut groups) = (Vec::new(), Vec::new(), Vec::new());
+    let mut loss_sum = 0.0;
+    for batch in Batches::new(cache, &plan, opts, 0)? {
+        let batch = batch?;
+        let x = match input {
+            Some(m) => m.apply(&batch.images),
+            None => batch.images.shallow_clone(),
+        };
+        let logits = tch::no_grad(|| model.forward_t(&x, false));
+        let n = batch.indices.len();
+        loss_sum += loss::cross_entropy(&logits, &batch.labels, None).double_value(&[]) * n as f64;
+        preds.extend(
+            Vec::<i64>::try_from(logits.argmax(-1, false))?
+                .into_iter()
+                .map(|p| p as usize),
+        );
+        labels.extend(
+            Vec::<i64>::try_from(&batch.labels)?
+                .into_iter()
+                .map(|l| l as usize),
+        );
+        groups.extend(batch.groups);
+    }
+    ensure!(!preds.is_empty(), "nothing to evaluate");
+    let loss = loss_sum / preds.len() as f64;
+    Ok(Predictions {
+        preds,
+        labels,
+        groups,
+        loss,
+    })
+}
+
+/// Evaluates `model` on `indices` with the ESFair metrics; also returns the mean loss.
+pub fn evaluate(
+    model: &dyn ModuleT,
+    cache: &Cache,
+    indices: &[usize],
+    batch_size: usize,
+    train_size: Option<usize>,
+    input: Option<&InputMap>,
+    opts: &EvalOptions,
+) -> Result<(Evaluation, f64)> {
+    let p = predict(model, cache, indices, batch_size, train_size, input)?;
+    Ok((
+        metrics::evaluate(&p.preds, &p.labels, &p.groups, opts)?,
+        p.loss,
+    ))
+}
+
+/// Re-estimates BatchNorm running statistics over `batches` training batches (the
+/// pretrained student's statistics are placeholders). In train mode BatchNorm normalizes
+/// with batch statistics, so the running buffers do not affect the forward pass: each batch
+/// starts them from zero, reads the batch's statistics back (`running = momentum * stat`),
+/// and the final buffers are the plain average over batches, like PyTorch's
+/// `momentum=None`. Returns the number of BatchNorm layers updated.
+pub fn reestimate_batchnorm(
+    model: &dyn ModuleT,
+    vs: &nn::VarStore,
+    momentum: f64,
+    data: &FitData<'_>,
+    opts: &FitOptions,
+    input: Option<&InputMap>,
+    batches: usize,
+) -> Result<usize> {
+    ensure!(
+        momentum > 0.0 && momentum <= 1.0,
+        "BatchNorm momentum {momentum} must be in (0, 1]"
+    );
+    let vars = vs.variables();
+    let mut layers: Vec<(Tensor, Tensor)> = Vec::new();
+    let mut names: Vec<&String> = vars
+        .keys()
+        .filter(|k| k.ends_with(".running_mean"))
+        .collect();
+    names.sort();
+    for n in names {
+        let prefix = n.trim_end_matches(".running_mean");
+        let var = vars
+            .get(&format!("{prefix}.running_var"))
+            .with_context(|| format!("{prefix} has running_mean but no running_var"))?;
+        layers.push((vars[n].shallow_clone(), var.shallow_clone()));
+    }
+    if layers.is_empty() {
+        return Ok(0);
+    }
+    let mut sums: Vec<(Tensor, Tensor)> = layers
+        .iter()
+        .map(|(m, v)| (m.zeros_like(), v.zeros_like()))
+        .collect();
+    let mut seen = 0usize;
+    let mut loader = data.clone_loader(opts, 0)?;
+    tch::no_grad(|| -> Result<()> {
+        for _ in 0..batches {
+            let Some(batch) = loader.next() else { break };
+            let batch = batch?;
+            for (m, v) in &mut layers {
+                let _ = m.zero_();
+                let _ = v.zero_();
+            }
+            let x = match input {
+                Some(m) => m.apply(&batch.images),
+                None => batch.images.shallow_clone(),
+            };
+            let _ = model.forward_t(&x, true);
+            for ((m, v), (sm, sv)) in layers.iter().zip(&mut sums) {
+                *sm += m / momentum;
+                *sv += v / momentum;
+            }
+            seen += 1;
+        }
+        Ok(())
+    })?;
+    ensure!(seen > 0, "no training batch for BatchNorm re-estimation");
+    tch::no_grad(|| {
+        for ((m, v), (sm, sv)) in layers.iter_mut().zip(&sums) {
+            m.copy_(&(sm / seen as f64));
+            v.copy_(&(sv / seen as f64));
+        }
+    });
+    Ok(layers.len())
+}
+
+impl FitData<'_> {
+    fn clone_loader(&self, opts: &FitOptions, epoch: u64) -> Result<Batches<'_>> {
+        Batches::new(self.cache, self.plan, opts.loader(), epoch)
+    }
+}
+
+/// Trains `model` (whose variables live in `vs`) and writes `out/checkpoint.safetensors`,
+/// `out/best_weights.safetensors`. `input` maps the loader's normalization to the model's;
+/// the teacher (if any) sees the loader's images unchanged.
+#[allow(clippy::too_many_arguments)]
+pub fn fit(
+    model: &dyn ModuleT,
+    vs: &nn::VarStore,
+    data: &FitData<'_>,
+    teacher: Teacher<'_>,
+    input: Option<&InputMap>,
+    opts: &FitOptions,
+    out: &Path,
+    control: &RunControl,
+) -> Result<FitOutcome> {
+    let started = Instant::now();
+    ensure!(opts.epochs > 0, "epochs must be > 0");
+    ensure!(
+        opts.lr > 0.0 && opts.lr.is_finite(),
+        "learning rate {} must be > 0",
+        opts.lr
+    );
+    opts.kd.validate()?;
+    ensure!(!data.val.is_empty(), "the validation fold is empty");
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let ckpt_path = out.join(CHECKPOINT_FILE);
+    let best_path = out.join(BEST_WEIGHTS_FILE);
+
+    let steps_per_epoch = data.clone_loader(opts, 0)?.num_batches() as u64;
+    ensure!(
+        steps_per_epoch > 0,
+        "{} training samples make no full batch of {}",
+        data.plan.len(),
+        opts.batch_size
+    );
+    let total_steps = steps_per_epoch * opts.epochs;
+    let warmup = opts
+        .warmup_steps
+        .unwrap_or_else(|| (total_steps / 20).min(500));
+    let schedule = LrSchedule {
+        base_lr: opts.lr,
+        warmup_steps: warmup,
+        total_steps,
+        min_lr_ratio: 0.0,
+        constant: opts.constant_lr,
+    };
+    let weights = opts.class_weights.as_ref().map(|w| Tensor::from_slice(w));
+    let mut optimizer = Optimizer::new(vs, opts.optim)?;
+
+    let mut state = LoopState {
+        options: opts.clone(),
+        global_step: 0,
+        total_steps,
+        sampler: SamplerState {
+            epoch: 0,
+            position: 0,
+        },
+        epoch_loss_sum: 0.0,
+        epoch_steps: 0,
+        best: None,
+        history: Vec::new(),
+        finished: false,
+    };
+    if control.resume && ckpt_path.exists() {
+        let file = CheckpointFile::open(&ckpt_path)?;
+        let saved: LoopState = file.state()?;
+        if saved.options != *opts {
+            bail!(
+                "{} was written with different options; resume with the same ones or use a new --out.\n saved: {}\n now:   {}",
+                ckpt_path.display(),
+                serde_json::to_string(&saved.options)?,
+                serde_json::to_string(opts)?
+            );
+        }
+        file.load_model(vs)?;
+        file.load_optimizer(&mut optimizer)?;
+        state = saved;
+        eprintln!(
+            "resuming {} at step {} (epoch {}, position {})",
+            ckpt_path.display(),
+            state.global_step,
+            state.sampler.epoch,
+            state.sampler.position
+        );
+    }
+
+    let mut stopped = false;
+    while !state.finished {
+        let epoch = state.sampler.epoch;
+        let mut batches = Batches::resume(data.cache, data.plan, opts.loader(), state.sampler)?;
+        let left = steps_per_epoch.saturating_sub(state.epoch_steps);
+        let mut progress = EpochProgress::new(
+            &format!("{} epoch {}/{}", control.label, epoch + 1, opts.epochs),
+            left,
+            control.progress,
+        );
+        let mut last_lr = schedule.lr(state.global_step.saturating_sub(1));
+        loop {
+            if control
+                .stop_after_steps
+                .is_some_and(|s| state.global_step >= s)
+            {
+                stopped = true;
+                break;
+            }
+            let Some(batch) = batches.next() else { break };
+            let batch = batch?;
+            tch::manual_seed(step_seed(opts.seed, state.global_step));
+            let lr = schedule.lr(state.global_step);
+            let x = match input {
+                Some(m) => m.apply(&batch.images),
+                None => batch.images.shallow_clone(),
+            };
+            let logits = model.forward_t(&x, true);
+            let loss = match &teacher {
+                Teacher::None => loss::cross_entropy(&logits, &batch.labels, weights.as_ref()),
+                Teacher::Model(t) => {
+                    let tl = tch::no_grad(|| t.forward_t(&batch.images, false));
+                    loss::distillation_loss(&logits, &tl, &batch.labels, weights.as_ref(), opts.kd)
+                }
+                Teacher::Cached(c) => {
+                    let tl = c.rows(&batch.indices)?;
+                    loss::distillation_loss(&logits, &tl, &batch.labels, weights.as_ref(), opts.kd)
+                }
+            };
+            optimizer.zero_grad();
+            loss.backward();
+            optimizer.step(lr);
+            let l = loss.double_value(&[]);
+            ensure!(
+                l.is_finite(),
+                "loss became {l} at step {} (lower --lr?)",
+                state.global_step
+            );
+            last_lr = lr;
+            state.global_step += 1;
+            state.epoch_loss_sum += l;
+            state.epoch_steps += 1;
+            state.sampler = batches.state();
+            progress.step(
+                batch.indices.len() as u64,
+                state.epoch_loss_sum / state.epoch_steps as f64,
+            );
+            if opts.checkpoint_every > 0 && state.global_step.is_multiple_of(opts.checkpoint_every)
+            {
+                checkpoint::save(&ckpt_path, vs, &optimizer, &state)?;
+            }
+        }
+        progress.finish();
+        if stopped {
+            break;
+        }
+        let images_per_s = progress.images_per_s();
+        let (val, val_loss) = evaluate(
+            model,
+            data.cache,
+            data.val,
+            opts.eval_batch_size,
+            opts.train_size,
+            input,
+            &opts.eval,
+        )?;
+        let score = opts.criterion.score(&val);
+        let record = EpochRecord {
+            epoch,
+            train_loss: state.epoch_loss_sum / state.epoch_steps.max(1) as f64,
+            steps: state.epoch_steps,
+            images_per_s,
+            last_lr,
+            val_loss,
+            val,
+            score,
+        };
+        eprintln!(
+            "{} epoch {}: train loss {:.4}, val loss {:.4}, acc {:.4}, balanced {:.4}, fairness {}, {} {:.4}",
+            control.label,
+            epoch + 1,
+            record.train_loss,
+            val_loss,
+            record.val.accuracy,
+            record.val.balanced_accuracy,
+            record
+                .val
+                .fairness
+                .map_or("-".into(), |f| format!("{f:.4}")),
+            opts.criterion,
+            score
+        );
+        if state.best.as_ref().is_none_or(|b| score > b.score) {
+            save_weights(&best_path, vs)?;
+            state.best = Some(Best { epoch, score });
+        }
+        state.history.push(record);
+        state.sampler = SamplerState {
+            epoch: epoch + 1,
+            position: 0,
+        };
+        state.epoch_loss_sum = 0.0;
+        state.epoch_steps = 0;
+        state.finished = epoch + 1 >= opts.epochs;
+        checkpoint::save(&ckpt_path, vs, &optimizer, &state)?;
+    }
+    Ok(FitOutcome {
+        state,
+        best_weights: best_path,
+        stopped,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}

@@ -1,0 +1,74 @@
+//! Training losses: class-weighted cross-entropy and the distillation loss of the paper
+//! (eqs. 3-8, as in its code): `(1 - a) * CE(s, y) + a * T^2 * KL(softmax(t/T) || softmax(s/T))`.
+
+use anyhow::{Result, ensure};
+use tch::{Kind, Reduction, Tensor};
+
+/// Cross-entropy of `logits` `[B, C]` against class indices `targets` `[B]`, optionally
+/// weighted per class (`weights` `[C]`). With weights the mean is PyTorch's:
+/// `sum_i w[y_i] * nll_i / sum_i w[y_i]`.
+pub fn cross_entropy(logits: &Tensor, targets: &Tensor, weights: Option<&Tensor>) -> Tensor {
+    logits.cross_entropy_loss(targets, weights, Reduction::Mean, -100, 0.0)
+}
+
+/// The distillation loss's two knobs.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct KdConfig {
+    /// Weight of the soft (teacher) term; `1 - alpha` goes to the hard labels.
+    pub alpha: f64,
+    /// Softmax temperature applied to both student and teacher logits.
+    pub temperature: f64,
+}
+
+impl Default for KdConfig {
+    /// The paper's code: alpha 0.8, temperature 4.
+    fn default() -> Self {
+        Self {
+            alpha: 0.8,
+            temperature: 4.0,
+        }
+    }
+}
+
+impl KdConfig {
+    /// Rejects an alpha outside `[0, 1]` or a non-positive temperature.
+    pub fn validate(&self) -> Result<()> {
+        ensure!(
+            (0.0..=1.0).contains(&self.alpha),
+            "distillation alpha {} must be in [0, 1]",
+            self.alpha
+        );
+        ensure!(
+            self.temperature.is_finite() && self.temperature > 0.0,
+            "distillation temperature {} must be > 0",
+            self.temperature
+        );
+        Ok(())
+    }
+}
+
+/// `KL(softmax(t/T) || softmax(s/T))` summed over classes and divided by the batch size
+/// (PyTorch's `kl_div(log_softmax(s/T), softmax(t/T), reduction="batchmean")`).
+pub fn kl_batchmean(student: &Tensor, teacher: &Tensor, temperature: f64) -> Tensor {
+    let log_s = (student / temperature).log_softmax(-1, Kind::Float);
+    let log_t = (teacher / temperature).log_softmax(-1, Kind::Float);
+    let b = student.size()[0].max(1) as f64;
+    // Written with log-probabilities of the teacher so a zero probability contributes 0
+    // rather than 0 * log 0.
+    (log_t.exp() * (&log_t - log_s)).sum(Kind::Float) / b
+}
+
+/// `(1 - a) * CE(s, y) + a * T^2 * KL_batchmean`, the cross-entropy optionally class-weighted.
+/// `teacher` is detached: no gradient flows into the teacher.
+pub fn distillation_loss(
+    student: &Tensor,
+    teacher: &Tensor,
+    targets: &Tensor,
+    weights: Option<&Tensor>,
+    cfg: KdConfig,
+) -> Tensor {
+    let t = cfg.temperature;
+    let hard = cross_entropy(student, targets, weights);
+    let soft = kl_batchmean(student, &teacher.detach(), t);
+    hard * (1.0 - cfg.alpha) + soft * (cfg.alpha * t * t)
+}

@@ -1,0 +1,8 @@
+//! Training: losses, checkpointable optimizers and schedules, atomic checkpoints, the
+//! shared training loop (supervised and distillation) and its progress display.
+
+pub mod checkpoint;
+pub mod fit;
+pub mod loss;
+pub mod optim;
+pub mod progress;
