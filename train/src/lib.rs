@@ -7,3 +7,4 @@ pub mod env_report;
 pub mod metrics;
 pub mod plot;
 pub mod report;
+pub mod train;
