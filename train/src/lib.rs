@@ -7,4 +7,6 @@ pub mod env_report;
 pub mod metrics;
 pub mod plot;
 pub mod report;
+pub mod models;
+pub mod student_file;
 pub mod train;
