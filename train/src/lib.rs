@@ -1,6 +1,7 @@
 //! `derm-train`: data preparation, training, distillation, evaluation and
 //! export of the skin-lesion classifiers, on libtorch (CPU) through `tch`.
 
+pub mod args;
 pub mod cmd;
 pub mod data;
 pub mod env_report;

@@ -19,6 +19,8 @@ enum Command {
     Prepare(derm_train::cmd::prepare::PrepareArgs),
     /// Lesion-grouped, class-stratified k-fold split of a cache.
     Split(derm_train::cmd::split::SplitArgs),
+    /// Table I of a fold's training data before and after balancing, and the class weights.
+    Stats(derm_train::cmd::stats::StatsArgs),
 }
 
 fn main() -> Result<()> {
@@ -26,6 +28,7 @@ fn main() -> Result<()> {
     match cli.command {
         Command::Prepare(a) => derm_train::cmd::prepare::run(a)?,
         Command::Split(a) => derm_train::cmd::split::run(a)?,
+        Command::Stats(a) => derm_train::cmd::stats::run(a)?,
         Command::Env => {
             let r = derm_train::env_report::env_report()?;
             println!("libtorch threads: {}", r.threads);

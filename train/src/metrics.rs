@@ -36,6 +36,17 @@ pub struct EvalOptions {
     pub latency_s_per_100: Option<f64>,
 }
 
+impl EvalOptions {
+    /// Class and group names from `cache`; no exclusion, no latency.
+    pub fn for_cache(cache: &crate::data::cache::Cache) -> Self {
+        EvalOptions {
+            class_names: cache.class_names().to_vec(),
+            group_names: cache.group_names().to_vec(),
+            ..Default::default()
+        }
+    }
+}
+
 /// One group's results.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GroupResult {

@@ -3,3 +3,4 @@
 
 pub mod prepare;
 pub mod split;
+pub mod stats;

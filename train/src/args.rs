@@ -1,0 +1,84 @@
+//! Argument groups shared by several subcommands (flatten them with
+//! `#[command(flatten)]`), each turned into library settings by one method.
+
+use std::path::PathBuf;
+
+use anyhow::{Result, ensure};
+use clap::Args;
+
+use crate::data::NUM_CLASSES;
+use crate::data::balance::{BalanceConfig, ClassWeights, Preset, parse_targets};
+use crate::data::cache::Cache;
+use crate::data::split::{Fold, kfold};
+
+fn targets_arg(s: &str) -> Result<[usize; NUM_CLASSES]> {
+    parse_targets(s)
+}
+
+/// Balancing and class weights (paper III-C, III-D).
+#[derive(Debug, Clone, Args)]
+pub struct BalanceArgs {
+    /// Balancing preset: S1 none; S2/S3 every class to 2500 per group with
+    /// noise sigma 0.03/0.05; S4/S5 [BCC,BKL,MEL,NV,unknown,VASC] to
+    /// [4000,4000,4000,4000,2500,2500] with sigma 0.03/0.05.
+    #[arg(long, default_value = "S1")]
+    pub balance: Preset,
+    /// Custom per-class targets per group, six counts in class order
+    /// (BCC,BKL,MEL,NV,unknown,VASC); overrides the preset's.
+    #[arg(long, value_parser = targets_arg)]
+    pub balance_targets: Option<[usize; NUM_CLASSES]>,
+    /// Noise standard deviation for copies (normalized units); overrides the preset's.
+    #[arg(long)]
+    pub noise_sigma: Option<f32>,
+    /// Multiplies the targets (set for ESFair's ~11k images; HAM10000 here has 8,077).
+    #[arg(long, default_value_t = 1.0)]
+    pub scale: f64,
+    /// Cross-entropy class weights: six numbers in class order, `paper`
+    /// (15,15,15,15,1,5) or `auto` (inverse frequency of the training slots).
+    #[arg(long, default_value = "paper")]
+    pub class_weights: ClassWeights,
+}
+
+impl BalanceArgs {
+    /// The balancing configuration these flags describe.
+    pub fn config(&self) -> Result<BalanceConfig> {
+        BalanceConfig::new(
+            self.balance,
+            self.balance_targets,
+            self.noise_sigma,
+            self.scale,
+        )
+    }
+}
+
+/// A cache and which fold of it to train on.
+#[derive(Debug, Clone, Args)]
+pub struct FoldArgs {
+    /// Cache folder (from `prepare`).
+    #[arg(long)]
+    pub cache: PathBuf,
+    /// Number of lesion-grouped folds.
+    #[arg(long, default_value_t = 5)]
+    pub k: usize,
+    /// Which fold validates (0-based).
+    #[arg(long, default_value_t = 0)]
+    pub fold: usize,
+    /// Seed of the fold assignment.
+    #[arg(long, default_value_t = 0)]
+    pub split_seed: u64,
+}
+
+impl FoldArgs {
+    /// Opens the cache and computes the chosen fold.
+    pub fn open(&self) -> Result<(Cache, Fold)> {
+        ensure!(
+            self.fold < self.k,
+            "--fold {} must be below --k {}",
+            self.fold,
+            self.k
+        );
+        let cache = Cache::open(&self.cache)?;
+        let mut folds = kfold(&cache, self.k, self.split_seed)?;
+        Ok((cache, folds.swap_remove(self.fold)))
+    }
+}
