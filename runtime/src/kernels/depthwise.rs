@@ -75,12 +75,16 @@ pub(crate) fn tap_range(
 
 /// NEON depthwise kernel for aarch64.
 ///
-/// Rows whose taps are all inside the input take the fast path: for each
-/// block of 4 channels the `k * k` weight vectors stay in registers (9 or 25
-/// of the 32), and `PX` neighbouring output pixels (4 for 3x3, 2 for 5x5)
-/// are computed together so each input vector they share is loaded once.
-/// Border pixels and channel tails use a per-pixel path that skips the
-/// padding taps.
+/// For each output row and block of 4 channels the `k * k` weight vectors
+/// are loaded once into registers (9 or 25 of the 32); `PX` neighbouring
+/// output pixels are then computed together so the input vectors they share
+/// are loaded once (8/4 pixels for 3x3 stride 1/2, 4/2 for 5x5). Taps in the
+/// padding rows get zero weights and a clamped (valid) row pointer, so every
+/// row takes the unrolled path; pixels whose taps leave the row on the left
+/// or right use the same unrolled code with a compile-time column range.
+/// Zero-weight taps multiply real (finite) activations, so a non-finite
+/// input next to the border can turn a padded output into NaN where PyTorch
+/// would not look at it; activations are finite in practice.
 #[cfg(target_arch = "aarch64")]
 pub mod neon {
     use super::super::Activation;
@@ -135,10 +139,10 @@ pub mod neon {
             act,
         };
         match (k, stride) {
-            (3, 1) => rows::<3, 1, 4>(input, w, bias, &g, out),
-            (3, 2) => rows::<3, 2, 4>(input, w, bias, &g, out),
-            (5, 1) => rows::<5, 1, 2>(input, w, bias, &g, out),
-            (5, 2) => rows::<5, 2, 2>(input, w, bias, &g, out),
+            (3, 1) => rows::<3, 9, 1, 8>(input, w, bias, &g, out),
+            (3, 2) => rows::<3, 9, 2, 4>(input, w, bias, &g, out),
+            (5, 1) => rows::<5, 25, 1, 2>(input, w, bias, &g, out),
+            (5, 2) => rows::<5, 25, 2, 2>(input, w, bias, &g, out),
             _ => {
                 for oy in 0..oh {
                     for ox in 0..ow {
@@ -162,9 +166,9 @@ pub mod neon {
         act: Activation,
     }
 
-    /// All output rows of a `K x K`, stride `S` layer.
-    #[inline(always)]
-    fn rows<const K: usize, const S: usize, const PX: usize>(
+    /// All output rows of a `K x K` (`KK` taps), stride `S` layer.
+    #[inline(never)]
+    fn rows<const K: usize, const KK: usize, const S: usize, const PX: usize>(
         input: &[f32],
         w: &[f32],
         bias: &[f32],
@@ -172,7 +176,14 @@ pub mod neon {
         out: &mut [f32],
     ) {
         let c = g.c;
-        // Output columns whose K taps are all inside the row.
+        if g.ih == 0 || g.iw == 0 {
+            // Every tap is padding: the output is act(bias).
+            for ox in 0..g.oh * g.ow {
+                pixel(input, w, bias, g, ox / g.ow, ox % g.ow, 0, out);
+            }
+            return;
+        }
+        // Output columns whose K taps all lie inside the row.
         let ox_lo = g.pad.div_ceil(S).min(g.ow);
         let ox_hi = if g.iw + g.pad >= K {
             ((g.iw + g.pad - K) / S + 1).min(g.ow)
@@ -180,114 +191,148 @@ pub mod neon {
             0
         }
         .max(ox_lo);
+        let c4 = c - c % 4;
         for oy in 0..g.oh {
             let (ky0, ky1) = tap_range(oy, S, g.pad, K, g.ih);
-            if ky0 != 0 || ky1 != K {
-                for ox in 0..g.ow {
-                    pixel(input, w, bias, g, oy, ox, 0, out);
-                }
-                continue;
+            // Padding rows read a valid row (any) with zero weights.
+            let full = ky0 == 0 && ky1 == K;
+            let mut row_off = [0usize; 5];
+            let mut row_mask = [1.0f32; 5];
+            for ky in 0..K {
+                let valid = ky >= ky0 && ky < ky1;
+                row_off[ky] = if valid {
+                    (oy * S + ky - g.pad) * g.iw * c
+                } else {
+                    0
+                };
+                row_mask[ky] = if valid { 1.0 } else { 0.0 };
             }
-            let iy0 = oy * S - g.pad;
             let mut cb = 0;
-            while cb + 4 <= c {
-                // SAFETY: cb + 4 <= c; tap t < K * K reads w[t * c + cb..+4]
+            while cb < c4 {
+                // SAFETY: cb + 4 <= c; tap t < K * K reads w[t * c + cb..+4],
                 // below K * K * c; bias below c (lengths asserted).
-                let (wv, bv) = unsafe {
-                    let mut wv = [vdupq_n_f32(0.0); 25];
-                    for (t, v) in wv.iter_mut().enumerate().take(K * K) {
+                let (mut wv, bv) = unsafe {
+                    let mut wv = [vdupq_n_f32(0.0); KK];
+                    for (t, v) in wv.iter_mut().enumerate() {
                         *v = vld1q_f32(w.as_ptr().add(t * c + cb));
                     }
                     (wv, vld1q_f32(bias.as_ptr().add(cb)))
                 };
+                if !full {
+                    for (t, v) in wv.iter_mut().enumerate() {
+                        // SAFETY: register-only NEON multiply (aarch64 baseline).
+                        *v = unsafe { vmulq_n_f32(*v, row_mask[t / K]) };
+                    }
+                }
+                let ctx = Ctx {
+                    input: input.as_ptr(),
+                    row_off,
+                    wv,
+                    bv,
+                    g,
+                    cb,
+                };
+                let orow = (oy * g.ow) * c + cb;
+                // SAFETY (all calls below): rows in row_off are valid input
+                // rows; for pixel ox the columns read are the tap columns
+                // KX0..KX1 of that pixel, which lie inside 0..iw (interior
+                // pixels: ox_lo <= ox, ox + PX <= ox_hi; border pixels: the
+                // dispatch computes KX0/KX1 with tap_range); cb + 4 <= c; the
+                // output pixels are in row oy, below ow.
+                let o = out.as_mut_ptr();
                 for ox in (0..ox_lo).chain(ox_hi..g.ow) {
-                    pixel_block(input, w, bias, g, oy, ox, cb, out);
+                    let (kx0, kx1) = tap_range(ox, S, g.pad, K, g.iw);
+                    let at = unsafe { o.add(orow + ox * c) };
+                    let col0 = (ox * S) as isize - g.pad as isize;
+                    macro_rules! border {
+                        ($($a:literal, $b:literal);*) => {
+                            match (kx0, kx1) {
+                                $( ($a, $b) if $b <= K => unsafe { block::<K, KK, S, 1, $a, $b>(&ctx, col0, at) }, )*
+                                _ => pixel_block(input, w, bias, g, oy, ox, cb, o),
+                            }
+                        };
+                    }
+                    border!(1, 3; 2, 3; 0, 2; 0, 1; 1, 5; 2, 5; 0, 4; 0, 3; 1, 4; 2, 4; 1, 2);
                 }
                 let mut ox = ox_lo;
                 while ox + PX <= ox_hi {
-                    // SAFETY: rows iy0..iy0 + K are inside the input (full
-                    // tap range), columns ox * S - pad .. (ox + PX - 1) * S
-                    // - pad + K are inside because ox + PX <= ox_hi; the
-                    // outputs are pixels of row oy below ow.
-                    unsafe {
-                        block::<K, S, PX>(
-                            input.as_ptr(),
-                            w_in(g, iy0, ox),
-                            &wv,
-                            bv,
-                            g,
-                            out.as_mut_ptr().add((oy * g.ow + ox) * c + cb),
-                            cb,
-                        )
-                    };
+                    let col0 = (ox * S) as isize - g.pad as isize;
+                    unsafe { block::<K, KK, S, PX, 0, K>(&ctx, col0, o.add(orow + ox * c)) };
                     ox += PX;
                 }
                 while ox < ox_hi {
-                    // SAFETY: as above with one pixel.
-                    unsafe {
-                        block::<K, S, 1>(
-                            input.as_ptr(),
-                            w_in(g, iy0, ox),
-                            &wv,
-                            bv,
-                            g,
-                            out.as_mut_ptr().add((oy * g.ow + ox) * c + cb),
-                            cb,
-                        )
-                    };
+                    let col0 = (ox * S) as isize - g.pad as isize;
+                    unsafe { block::<K, KK, S, 1, 0, K>(&ctx, col0, o.add(orow + ox * c)) };
                     ox += 1;
                 }
                 cb += 4;
             }
-            if cb < c {
+            if c4 < c {
                 for ox in 0..g.ow {
-                    pixel(input, w, bias, g, oy, ox, cb, out);
+                    pixel(input, w, bias, g, oy, ox, c4, out);
                 }
             }
         }
     }
 
-    /// Offset of input pixel (iy0, ox * S - pad) at channel 0.
-    #[inline(always)]
-    fn w_in(g: &Geom, iy0: usize, ox: usize) -> usize {
-        (iy0 * g.iw + ox * g.stride - g.pad) * g.c
+    /// What the unrolled block needs for one row and channel block.
+    struct Ctx<'a, const KK: usize> {
+        input: *const f32,
+        /// Offset of each tap row (a valid row; padding rows have zero weights).
+        row_off: [usize; 5],
+        wv: [float32x4_t; KK],
+        bv: float32x4_t,
+        g: &'a Geom,
+        cb: usize,
     }
 
-    /// `PX` neighbouring output pixels, 4 channels, all taps inside.
+    /// `PX` neighbouring output pixels, channels `cb..cb + 4`, using tap
+    /// columns `KX0..KX1` only. `col0` is the input column of tap 0 of the
+    /// first pixel (may be negative when `KX0 > 0`).
     ///
     /// # Safety
-    /// Input rows `at / (iw * c)..+K` and the columns the pixels touch are
-    /// inside `input`; `out` has room for `PX` pixels of `c` channels.
+    /// For every pixel `px` and tap column `kx` in `KX0..KX1`, input column
+    /// `col0 + px * S + kx` lies in `0..iw`; `out` has room for `PX` pixels.
     #[inline(always)]
-    unsafe fn block<const K: usize, const S: usize, const PX: usize>(
-        input: *const f32,
-        at: usize,
-        wv: &[float32x4_t; 25],
-        bv: float32x4_t,
-        g: &Geom,
+    unsafe fn block<
+        const K: usize,
+        const KK: usize,
+        const S: usize,
+        const PX: usize,
+        const KX0: usize,
+        const KX1: usize,
+    >(
+        x: &Ctx<'_, KK>,
+        col0: isize,
         out: *mut f32,
-        cb: usize,
     ) {
-        let c = g.c;
-        let row_stride = g.iw * c;
-        // SAFETY: see the function contract; col < (PX - 1) * S + K stays
-        // inside the columns of these pixels' taps.
+        let c = x.g.c;
+        // SAFETY: see the function contract; only columns the pixels' valid
+        // taps touch are loaded.
         unsafe {
-            let base = input.add(at + cb);
-            let mut acc = [bv; PX];
+            let mut acc = [x.bv; PX];
             for ky in 0..K {
-                let row = base.add(ky * row_stride);
-                for col in 0..(PX - 1) * S + K {
-                    let x = vld1q_f32(row.add(col * c));
+                let row = x.input.add(x.row_off[ky] + x.cb);
+                for col in KX0..(PX - 1) * S + KX1 {
+                    let mut used = false;
+                    for px in 0..PX {
+                        if col >= px * S + KX0 && col < px * S + KX1 {
+                            used = true;
+                        }
+                    }
+                    if !used {
+                        continue;
+                    }
+                    let v = vld1q_f32(row.offset((col0 + col as isize) * c as isize));
                     for (px, a) in acc.iter_mut().enumerate() {
-                        if col >= px * S && col - px * S < K {
-                            *a = vfmaq_f32(*a, x, wv[ky * K + col - px * S]);
+                        if col >= px * S + KX0 && col < px * S + KX1 {
+                            *a = vfmaq_f32(*a, v, x.wv[ky * K + col - px * S]);
                         }
                     }
                 }
             }
             for (px, a) in acc.iter().enumerate() {
-                vst1q_f32(out.add(px * c), activate(g.act, *a));
+                vst1q_f32(out.add(px * c), activate(x.g.act, *a));
             }
         }
     }
@@ -303,13 +348,14 @@ pub mod neon {
         oy: usize,
         ox: usize,
         cb: usize,
-        out: &mut [f32],
+        out: *mut f32,
     ) {
         let (c, k) = (g.c, g.k);
         let (ky0, ky1) = tap_range(oy, g.stride, g.pad, k, g.ih);
         let (kx0, kx1) = tap_range(ox, g.stride, g.pad, k, g.iw);
         // SAFETY: tap_range keeps iy < ih and ix < iw; cb + 4 <= c; weights
-        // below k * k * c; the output pixel (oy, ox) is below oh * ow.
+        // below k * k * c; the output pixel (oy, ox) is below oh * ow, inside
+        // the asserted output length.
         unsafe {
             let mut acc = vld1q_f32(bias.as_ptr().add(cb));
             for ky in ky0..ky1 {
@@ -320,10 +366,7 @@ pub mod neon {
                     acc = vfmaq_f32(acc, x, vld1q_f32(w.as_ptr().add((ky * k + kx) * c + cb)));
                 }
             }
-            vst1q_f32(
-                out.as_mut_ptr().add((oy * g.ow + ox) * c + cb),
-                activate(g.act, acc),
-            );
+            vst1q_f32(out.add((oy * g.ow + ox) * c + cb), activate(g.act, acc));
         }
     }
 
@@ -343,7 +386,7 @@ pub mod neon {
         let (c, k) = (g.c, g.k);
         let mut cb = c0;
         while cb + 4 <= c {
-            pixel_block(input, w, bias, g, oy, ox, cb, out);
+            pixel_block(input, w, bias, g, oy, ox, cb, out.as_mut_ptr());
             cb += 4;
         }
         if cb == c {
