@@ -1,8 +1,71 @@
 //! `derm-runtime`: a `no_std`, allocation-free skin-lesion classifier for the
-//! Raspberry Pi 4 (Cortex-A72) and any other target.
+//! Raspberry Pi 4 (Cortex-A72) and any other target, with the model compiled
+//! in.
 //!
-//! The caller owns every buffer; nothing here allocates.
+//! # Integrating
+//!
+//! The model is fixed at build time: `build.rs` runs `derm-codegen` on
+//! `models/default.safetensors` of the workspace, or on the file named by the
+//! `DERM_MODEL` environment variable (absolute, or relative to the workspace
+//! root), and compiles its shapes, memory plan and weights into this crate.
+//! Nothing is parsed or allocated at run time. The model file format is
+//! described in `docs/model-format.md`.
+//!
+//! You provide two things:
+//! - an [`Arena`] ([`ARENA_LEN`] `f32`, 64-byte aligned): working memory for
+//!   one inference at a time. Put it in a `static`, on the stack (it is
+//!   `ARENA_LEN * 4` bytes, about 1.4 MB for MobileNetV3-Small at 224x224) or
+//!   in a `Box`;
+//! - an RGB8 image of any size as an [`Image`]: `width * height * 3` bytes,
+//!   row-major, R G B interleaved.
+//!
+//! [`classify`] resizes (bilinear) and normalizes the image into the arena,
+//! runs the network and returns the most probable class with all
+//! probabilities. [`run`] is the lower-level entry point taking an already
+//! preprocessed input (`[3][INPUT_H][INPUT_W]` planar, normalized with
+//! [`MEAN`] and [`STD`]) and returning the logits.
+//!
+//! ```
+//! use derm_runtime::{Arena, Image, classify, CLASS_NAMES, NUM_CLASSES};
+//!
+//! // A 640x480 photo; real code would decode a JPEG into this buffer.
+//! let (w, h) = (640, 480);
+//! let pixels: Vec<u8> = (0..w * h * 3).map(|i| (i % 251) as u8).collect();
+//! let image = Image::new(w, h, &pixels)?;
+//!
+//! // Boxed: the arena is large for a test thread's stack.
+//! let mut arena = Box::new(Arena::new());
+//! let prediction = classify(image, &mut arena)?;
+//! assert_eq!(prediction.name, CLASS_NAMES[prediction.class]);
+//! assert_eq!(prediction.probabilities.len(), NUM_CLASSES);
+//! println!("{} ({:.1}%)", prediction.name, 100.0 * prediction.probabilities[prediction.class]);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! Errors are values: a zero-sized image or a pixel buffer of the wrong
+//! length is an [`Error`], never a panic. From C, use the functions in
+//! [`ffi`] (header `include/derm_runtime.h`).
+//!
+//! # Performance
+//!
+//! Every layer is a direct call of a kernel in [`kernels`] with constant
+//! shapes (NEON on aarch64, portable Rust elsewhere). [`LAYERS`] lists the
+//! kernel chosen for each layer, [`MACS`] and [`PARAMS`] size the model.
 #![no_std]
 
+pub mod ffi;
 pub mod kernels;
+mod model;
 pub mod preprocess;
+
+pub use model::{
+    ARENA_LEN, Arena, CLASS_NAMES, Error, INPUT_H, INPUT_LEN, INPUT_W, LAYERS, MACS, MEAN,
+    NUM_CLASSES, PARAMS, PEAK_LIVE_LEN, Prediction, STD, classify, run,
+};
+pub use preprocess::{Image, PreprocessError};
+
+/// Items the generated model code refers to; not part of the API.
+#[doc(hidden)]
+pub mod __codegen {
+    pub use bytemuck;
+}

@@ -1,0 +1,80 @@
+//! Writes a seeded synthetic MobileNetV3-Small (random weights, paper head,
+//! 6 classes) and its golden vectors from the reference interpreter:
+//!
+//! `cargo run --release -p derm-codegen --example synthetic_model -- models/default.safetensors [SEED]`
+//!
+//! writes `models/default.safetensors` and `models/default.golden.safetensors`.
+
+use std::collections::HashMap;
+
+use anyhow::{Context, Result, bail};
+use derm_codegen::reference;
+use derm_codegen::synthetic::{DEFAULT_CLASSES, SplitMix64, SyntheticSpec};
+
+/// Golden samples: few, as the parity test also runs under qemu.
+const SAMPLES: usize = 2;
+
+fn main() -> Result<()> {
+    let mut args = std::env::args().skip(1);
+    let Some(out) = args.next() else {
+        bail!("usage: synthetic_model OUT.safetensors [SEED]");
+    };
+    let seed: u64 = args
+        .next()
+        .map(|s| s.parse())
+        .transpose()
+        .context("SEED")?
+        .unwrap_or(2026);
+    let model = SyntheticSpec::mobilenet_v3_small(&DEFAULT_CLASSES, seed).build()?;
+    model.write(&out)?;
+
+    let n_in: usize = model.graph.input.shape.iter().product();
+    let mut rng = SplitMix64(seed ^ 0xD1B5_4A32_D192_ED03);
+    let mut inputs = Vec::with_capacity(SAMPLES * n_in);
+    let mut logits = Vec::new();
+    for _ in 0..SAMPLES {
+        // Normalized pixels with mean = std = 0.5 span [-1, 1].
+        let x: Vec<f32> = (0..n_in).map(|_| rng.uniform()).collect();
+        logits.extend(reference::logits(&model, &x)?);
+        inputs.extend(x);
+    }
+    let golden = golden_path(&out);
+    let [_, c, h, w] = model.graph.input.shape;
+    write_golden(
+        &golden,
+        &inputs,
+        [SAMPLES, c, h, w],
+        &logits,
+        model.num_classes(),
+    )?;
+    println!("wrote {out} and {golden} (seed {seed}, {SAMPLES} golden samples)");
+    Ok(())
+}
+
+fn golden_path(model: &str) -> String {
+    let stem = model.strip_suffix(".safetensors").unwrap_or(model);
+    format!("{stem}.golden.safetensors")
+}
+
+fn write_golden(path: &str, x: &[f32], xs: [usize; 4], y: &[f32], classes: usize) -> Result<()> {
+    use safetensors::tensor::TensorView;
+    let xb: Vec<u8> = x.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let yb: Vec<u8> = y.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let views = [
+        (
+            "input",
+            TensorView::new(safetensors::Dtype::F32, xs.to_vec(), &xb)?,
+        ),
+        (
+            "logits",
+            TensorView::new(safetensors::Dtype::F32, vec![xs[0], classes], &yb)?,
+        ),
+    ];
+    let meta = HashMap::from([(
+        "source".to_owned(),
+        "derm_codegen::reference interpreter (synthetic model)".to_owned(),
+    )]);
+    let bytes = safetensors::serialize(views, Some(meta))?;
+    std::fs::write(path, bytes).with_context(|| format!("writing {path}"))?;
+    Ok(())
+}

@@ -1,0 +1,414 @@
+//! From lowered nodes to one Rust module: buffers and their lifetimes, the
+//! memory plan, the weight blob, and the token stream.
+
+use std::collections::HashMap;
+
+use proc_macro2::{Ident, TokenStream};
+use quote::{ToTokens, format_ident, quote};
+
+use crate::ir::{ModelFile, ValueShapes};
+use crate::nodes::{Emit, Node, lit};
+use crate::plan::{Buffer, Plan, greedy_by_size};
+use crate::{CodegenError, GenOptions, Generated, LayerReport, Report, WeightsSource};
+
+/// Arena offsets are multiples of this many `f32` (64 bytes: a cache line,
+/// and any SIMD width the kernels use).
+pub const ARENA_ALIGN: usize = 16;
+/// Tensors in the weight blob start at multiples of this many `f32`.
+pub const WEIGHT_ALIGN: usize = 16;
+
+/// Where each step reads and writes, in buffer indices.
+struct StepBuffers {
+    inputs: Vec<usize>,
+    output: usize,
+    /// In-place node whose input stays alive: copy input into output first.
+    copy_from: Option<usize>,
+    scratch: Option<usize>,
+}
+
+/// Buffers with their lifetimes, and which buffer each step touches.
+struct Liveness {
+    buffers: Vec<Buffer>,
+    names: Vec<String>,
+    steps: Vec<StepBuffers>,
+    input: usize,
+    output: usize,
+}
+
+fn liveness(model: &ModelFile, shapes: &ValueShapes, nodes: &[Node]) -> Liveness {
+    let g = &model.graph;
+    let n = nodes.len();
+    let mut last_use: HashMap<&str, usize> = HashMap::new();
+    for (i, node) in nodes.iter().enumerate() {
+        for v in node.get().inputs() {
+            last_use.insert(v, i);
+        }
+    }
+    last_use.insert(&g.output, n);
+    let mut buffers = Vec::new();
+    let mut names = Vec::new();
+    let mut of_value: HashMap<String, usize> = HashMap::new();
+    let input_len: usize = shapes[&g.input.name].iter().product();
+    buffers.push(Buffer {
+        size: input_len,
+        first: 0,
+        last: 0,
+    });
+    names.push(g.input.name.clone());
+    of_value.insert(g.input.name.clone(), 0);
+    let mut steps = Vec::with_capacity(n);
+    for (i, node) in nodes.iter().enumerate() {
+        let node = node.get();
+        let inputs: Vec<usize> = node.inputs().iter().map(|v| of_value[*v]).collect();
+        for &b in &inputs {
+            buffers[b].last = buffers[b].last.max(i);
+        }
+        let mut copy_from = None;
+        let output = if node.in_place() && last_use.get(node.inputs()[0]) == Some(&i) {
+            inputs[0]
+        } else {
+            if node.in_place() {
+                copy_from = Some(inputs[0]);
+            }
+            buffers.push(Buffer {
+                size: node.output_len(),
+                first: i,
+                last: i,
+            });
+            names.push(node.output().to_owned());
+            buffers.len() - 1
+        };
+        of_value.insert(node.output().to_owned(), output);
+        let scratch = (node.scratch_len() > 0).then(|| {
+            buffers.push(Buffer {
+                size: node.scratch_len(),
+                first: i,
+                last: i,
+            });
+            names.push(format!("{} (scratch)", node.name()));
+            buffers.len() - 1
+        });
+        steps.push(StepBuffers {
+            inputs: if node.in_place() && copy_from.is_none() {
+                vec![]
+            } else {
+                inputs
+            },
+            output,
+            copy_from,
+            scratch,
+        });
+    }
+    let output = of_value[&g.output];
+    buffers[output].last = n;
+    Liveness {
+        buffers,
+        names,
+        steps,
+        input: 0,
+        output,
+    }
+}
+
+/// Binds disjoint arena ranges to names with successive `split_at_mut`s;
+/// offsets are constants, so every check folds away.
+fn split_arena(
+    plan: &Plan,
+    buffers: &[Buffer],
+    wanted: &[usize],
+) -> (TokenStream, HashMap<usize, Ident>) {
+    let mut ids: Vec<usize> = wanted.to_vec();
+    ids.sort_by_key(|&b| plan.offsets[b]);
+    ids.dedup();
+    let mut out = quote!(let rest: &mut [f32] = arena;);
+    let mut names = HashMap::new();
+    let mut pos = 0;
+    for (k, &b) in ids.iter().enumerate() {
+        let gap = plan.offsets[b] - pos;
+        if gap > 0 {
+            let gap = lit(gap);
+            out.extend(quote!(let (_, rest) = rest.split_at_mut(#gap);));
+        }
+        let name = format_ident!("b{}", b);
+        let len = lit(buffers[b].size);
+        if k + 1 == ids.len() {
+            out.extend(quote!(let (#name, _) = rest.split_at_mut(#len);));
+        } else {
+            out.extend(quote!(let (#name, rest) = rest.split_at_mut(#len);));
+        }
+        pos = plan.offsets[b] + buffers[b].size;
+        names.insert(b, name);
+    }
+    (out, names)
+}
+
+/// Appends `values` to the blob at the next aligned position.
+fn push_weights(blob: &mut Vec<f32>, values: &[f32]) -> (usize, usize) {
+    let start = blob.len().div_ceil(WEIGHT_ALIGN) * WEIGHT_ALIGN;
+    blob.resize(start, 0.0);
+    blob.extend_from_slice(values);
+    (start, blob.len())
+}
+
+pub(crate) fn generate(
+    model: &ModelFile,
+    shapes: &ValueShapes,
+    nodes: &[Node],
+    opts: &GenOptions,
+) -> Result<Generated, CodegenError> {
+    let g = &model.graph;
+    let rt: TokenStream = syn::parse_str::<syn::Path>(&opts.runtime_path)
+        .map_err(|e| CodegenError::Option(format!("runtime path {:?}: {e}", opts.runtime_path)))?
+        .to_token_stream();
+    let live = liveness(model, shapes, nodes);
+    let plan = greedy_by_size(&live.buffers, ARENA_ALIGN);
+
+    let mut blob: Vec<f32> = Vec::new();
+    let mut layer_fns = TokenStream::new();
+    let mut calls = TokenStream::new();
+    let mut layers = Vec::new();
+    let mut layer_names = Vec::new();
+    for (i, (node, step)) in nodes.iter().zip(&live.steps).enumerate() {
+        let node = node.get();
+        let weights = node.weights(model)?;
+        let weight_exprs: Vec<TokenStream> = weights
+            .iter()
+            .map(|w| {
+                let (a, b) = push_weights(&mut blob, w);
+                let (a, b) = (lit(a), lit(b));
+                quote!(&w[#a..#b])
+            })
+            .collect();
+        let mut wanted: Vec<usize> = step.inputs.clone();
+        wanted.push(step.output);
+        wanted.extend(step.scratch);
+        wanted.extend(step.copy_from);
+        let (split, names) = split_arena(&plan, &live.buffers, &wanted);
+        let inputs: Vec<TokenStream> = step
+            .inputs
+            .iter()
+            .map(|b| {
+                let n = &names[b];
+                quote!(&*#n)
+            })
+            .collect();
+        let out = &names[&step.output];
+        let copy = step.copy_from.map(|b| {
+            let src = &names[&b];
+            quote!(#out.copy_from_slice(#src);)
+        });
+        let scratch = step
+            .scratch
+            .map(|b| names[&b].to_token_stream())
+            .unwrap_or_default();
+        let call = node.emit(&Emit {
+            rt: &rt,
+            inputs,
+            output: quote!(#out),
+            scratch,
+            weights: weight_exprs,
+        });
+        let w_param = if weights.is_empty() {
+            format_ident!("_w")
+        } else {
+            format_ident!("w")
+        };
+        let fn_name = format_ident!("layer_{}_{}", i, sanitize(node.name()));
+        let doc = format!(
+            "`{}` ({}): {} MACs, output {} values at arena offset {}.",
+            node.name(),
+            node.kernel(),
+            node.macs(),
+            node.output_len(),
+            plan.offsets[step.output]
+        );
+        layer_fns.extend(quote! {
+            #[doc = #doc]
+            #[inline(never)]
+            fn #fn_name(arena: &mut [f32; ARENA_LEN], #w_param: &[f32]) {
+                #split
+                #copy
+                #call
+            }
+        });
+        calls.extend(quote!(#fn_name(arena, w);));
+        let (name, kernel) = (node.name().to_owned(), node.kernel());
+        layer_names.push(quote!((#name, #kernel)));
+        layers.push(LayerReport {
+            name,
+            kernel,
+            output_len: node.output_len(),
+            macs: node.macs(),
+        });
+    }
+
+    let blob_bytes: Vec<u8> = blob.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let weights_len = lit(blob.len());
+    let blob_len = lit(blob_bytes.len());
+    let include = match &opts.weights {
+        WeightsSource::OutDir(file) => {
+            let f = format!("/{file}");
+            quote!(::core::include_bytes!(
+                ::core::concat!(::core::env!("OUT_DIR"), #f)
+            ))
+        }
+        WeightsSource::Path(p) => quote!(::core::include_bytes!(#p)),
+    };
+    let [_, c, h, wd] = g.input.shape;
+    let (input_len, input_h, input_w) = (lit(c * h * wd), lit(h), lit(wd));
+    let num_classes = lit(g.classes.len());
+    let classes = &g.classes;
+    let c_classes = classes
+        .iter()
+        .map(|c| {
+            std::ffi::CString::new(c.as_str())
+                .map(|s| proc_macro2::Literal::c_string(&s))
+                .map_err(|_| CodegenError::Option(format!("class name {c:?} contains a NUL byte")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let [m0, m1, m2] = g.preprocess.mean;
+    let [s0, s1, s2] = g.preprocess.std;
+    // Counted from the file: packing pads panels with zeros.
+    let params = model_params(model).unwrap_or(0);
+    let macs: u64 = layers.iter().map(|l| l.macs).sum();
+    let (arena_len, peak) = (lit(plan.total), lit(plan.peak_live));
+    let input_off = lit(plan.offsets[live.input]);
+    let output_off = lit(plan.offsets[live.output]);
+    let (params_lit, macs_lit) = (lit(params), proc_macro2::Literal::u64_unsuffixed(macs));
+    let n_layers = lit(layers.len());
+    let arena_doc = format!(
+        "Arena length in `f32` ({} bytes): the static memory plan of every activation and kernel \
+         scratch buffer. The peak-live lower bound is {} (`PEAK_LIVE_LEN`).",
+        plan.total * 4,
+        plan.peak_live
+    );
+
+    let tokens = quote! {
+        #[cfg(target_endian = "big")]
+        ::core::compile_error!("the embedded weights are little-endian");
+
+        #[doc = #arena_doc]
+        pub const ARENA_LEN: usize = #arena_len;
+        /// The most `f32` alive at once: no memory plan can be smaller than this.
+        pub const PEAK_LIVE_LEN: usize = #peak;
+        /// Length of the model input (`3 * INPUT_H * INPUT_W`, planar CHW).
+        pub const INPUT_LEN: usize = #input_len;
+        /// Input height in pixels.
+        pub const INPUT_H: usize = #input_h;
+        /// Input width in pixels.
+        pub const INPUT_W: usize = #input_w;
+        /// Number of classes (logits).
+        pub const NUM_CLASSES: usize = #num_classes;
+        /// Class names in logit order.
+        pub const CLASS_NAMES: [&str; NUM_CLASSES] = [#(#classes),*];
+        /// Class names as C strings, for the C ABI.
+        pub const CLASS_NAMES_C: [&::core::ffi::CStr; NUM_CLASSES] = [#(#c_classes),*];
+        /// Per-channel (R, G, B) mean of the input normalization, on the 0..1 scale.
+        pub const MEAN: [f32; 3] = [#m0, #m1, #m2];
+        /// Per-channel (R, G, B) standard deviation of the input normalization.
+        pub const STD: [f32; 3] = [#s0, #s1, #s2];
+        /// Number of model parameters.
+        pub const PARAMS: usize = #params_lit;
+        /// Multiply-accumulates per inference.
+        pub const MACS: u64 = #macs_lit;
+        /// Where the model input lives in the arena.
+        pub const INPUT_OFFSET: usize = #input_off;
+        /// Where the logits live in the arena after [`forward`].
+        pub const OUTPUT_OFFSET: usize = #output_off;
+        /// Length of the embedded weights in `f32`, packed for the kernels.
+        pub const WEIGHTS_LEN: usize = #weights_len;
+        /// Every layer in execution order: (model op name, kernel).
+        pub const LAYERS: [(&str, &str); #n_layers] = [#(#layer_names),*];
+
+        /// 64-byte alignment for the embedded weights, so they are read in place.
+        #[repr(C, align(64))]
+        struct AlignedBlob<T: ?Sized>(T);
+
+        static WEIGHT_BYTES: AlignedBlob<[u8; #blob_len]> = AlignedBlob(*#include);
+
+        /// The embedded weights as `f32`, without copying.
+        #[inline(always)]
+        fn weights() -> &'static [f32] {
+            #rt::__codegen::bytemuck::cast_slice::<u8, f32>(&WEIGHT_BYTES.0)
+        }
+
+        #layer_fns
+
+        /// Runs the network on the input stored at `arena[INPUT_OFFSET..][..INPUT_LEN]`,
+        /// leaving the logits at `arena[OUTPUT_OFFSET..][..NUM_CLASSES]`.
+        pub fn forward(arena: &mut [f32; ARENA_LEN]) {
+            let w = weights();
+            #calls
+        }
+
+        /// The logits left in the arena by [`forward`].
+        pub fn logits(arena: &[f32; ARENA_LEN]) -> [f32; NUM_CLASSES] {
+            let mut out = [0f32; NUM_CLASSES];
+            out.copy_from_slice(&arena[OUTPUT_OFFSET..OUTPUT_OFFSET + NUM_CLASSES]);
+            out
+        }
+
+        /// The model input region of the arena, for writing a preprocessed image into.
+        pub fn input_mut(arena: &mut [f32; ARENA_LEN]) -> &mut [f32] {
+            &mut arena[INPUT_OFFSET..INPUT_OFFSET + INPUT_LEN]
+        }
+
+        /// Runs the network on `input` (planar CHW, normalized) and returns the logits.
+        pub fn run(input: &[f32; INPUT_LEN], arena: &mut [f32; ARENA_LEN]) -> [f32; NUM_CLASSES] {
+            input_mut(arena).copy_from_slice(input);
+            forward(arena);
+            logits(arena)
+        }
+    };
+    let file: syn::File = syn::parse2(tokens).map_err(|e| CodegenError::Format(e.to_string()))?;
+    let code = format!(
+        "// @generated by derm-codegen {} from a model with {} ops; do not edit.\n{}",
+        env!("CARGO_PKG_VERSION"),
+        g.ops.len(),
+        prettyplease::unparse(&file)
+    );
+    Ok(Generated {
+        code,
+        weights: blob_bytes,
+        report: Report {
+            arena_len: plan.total,
+            peak_live_len: plan.peak_live,
+            params,
+            macs,
+            layers,
+            buffers: live
+                .names
+                .iter()
+                .zip(&live.buffers)
+                .zip(&plan.offsets)
+                .map(|((n, b), &o)| (n.clone(), *b, o))
+                .collect(),
+        },
+    })
+}
+
+/// Parameters stored in the model file for the ops (weights and biases).
+fn model_params(model: &ModelFile) -> Option<usize> {
+    let mut n = 0usize;
+    for op in &model.graph.ops {
+        for t in op.tensor_names() {
+            n += model.tensors.get(t)?.numel()?;
+        }
+    }
+    Some(n)
+}
+
+/// A Rust identifier fragment from an op name.
+fn sanitize(name: &str) -> String {
+    let s: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if s.is_empty() { "op".into() } else { s }
+}

@@ -1,0 +1,227 @@
+//! One emitter per kernel the generated code calls, each in its own file,
+//! all listed once in [`nodes!`]. A node knows its values, its weights in the
+//! kernel's packed layout, its scratch, its MACs and the call it emits.
+
+use proc_macro2::{Literal, TokenStream};
+use quote::quote;
+
+use crate::CodegenError;
+use crate::ir::{Activation, IrError, ModelFile, Op, ValueShapes};
+
+/// What an emitter gets: token expressions for everything the call needs.
+pub(crate) struct Emit<'a> {
+    /// Path of the runtime crate (`crate` or `::derm_runtime`).
+    pub rt: &'a TokenStream,
+    /// `&[f32]` expressions, one per [`NodeCodegen::inputs`] entry (empty for
+    /// in-place nodes, which read and write `output`).
+    pub inputs: Vec<TokenStream>,
+    /// A `&mut [f32]` expression of the output buffer.
+    pub output: TokenStream,
+    /// A `&mut [f32]` expression of the scratch buffer (empty tokens when
+    /// [`NodeCodegen::scratch_len`] is 0).
+    pub scratch: TokenStream,
+    /// `&[f32]` expressions, one per [`NodeCodegen::weights`] entry.
+    pub weights: Vec<TokenStream>,
+}
+
+/// The interface every node implements.
+pub(crate) trait NodeCodegen {
+    /// The IR op name (for comments, errors and layer function names).
+    fn name(&self) -> &str;
+    /// The runtime kernel called.
+    fn kernel(&self) -> &'static str;
+    /// Values read from the arena, in argument order.
+    fn inputs(&self) -> Vec<&str>;
+    /// The value written.
+    fn output(&self) -> &str;
+    /// Element count of the output.
+    fn output_len(&self) -> usize;
+    /// Whether the kernel transforms its single input in place.
+    fn in_place(&self) -> bool {
+        false
+    }
+    /// Scratch elements the kernel needs for the duration of the call.
+    fn scratch_len(&self) -> usize {
+        0
+    }
+    /// Weights in the kernel's layouts, in the order [`Emit::weights`] lists them.
+    fn weights(&self, model: &ModelFile) -> Result<Vec<Vec<f32>>, IrError>;
+    /// Multiply-accumulates per inference.
+    fn macs(&self) -> u64;
+    /// The kernel call.
+    fn emit(&self, e: &Emit<'_>) -> TokenStream;
+}
+
+macro_rules! nodes {
+    ($($variant:ident => $module:ident :: $ty:ident),* $(,)?) => {
+        $(pub(crate) mod $module;)*
+
+        /// A lowered op: exactly one kernel call.
+        pub(crate) enum Node {
+            $(
+                #[allow(missing_docs)]
+                $variant($module::$ty),
+            )*
+        }
+
+        impl Node {
+            /// The node as its trait object.
+            pub(crate) fn get(&self) -> &dyn NodeCodegen {
+                match self {
+                    $(Node::$variant(n) => n,)*
+                }
+            }
+        }
+    };
+}
+
+nodes! {
+    ConvStem => conv_stem::ConvStem,
+    Pointwise => pointwise::Pointwise,
+    Depthwise => depthwise::Depthwise,
+    SqueezeExcite => squeeze_excite::SqueezeExcite,
+    GlobalAvgPool => pool::GlobalAvgPool,
+    Linear => linear::Linear,
+    Add => add::Add,
+}
+
+/// An unsigned literal without suffix, as the kernels take `usize`.
+pub(crate) fn lit(n: usize) -> Literal {
+    Literal::usize_unsuffixed(n)
+}
+
+/// The runtime's `Activation` variant.
+pub(crate) fn act_tokens(rt: &TokenStream, a: Activation) -> TokenStream {
+    match a {
+        Activation::None => quote!(#rt::kernels::Activation::None),
+        Activation::Relu => quote!(#rt::kernels::Activation::Relu),
+        Activation::Hardswish => quote!(#rt::kernels::Activation::Hardswish),
+    }
+}
+
+/// Output panel width of the packed weight layout (`kernels::NR`).
+pub(crate) const NR: usize = 8;
+
+/// Packs `w` (`[n][k]`, row-major) into panels of [`NR`] output channels:
+/// `out[(j / NR) * k * NR + i * NR + j % NR] = w[j][i]`, zero-padded.
+pub(crate) fn pack_panels(w: &[f32], n: usize, k: usize) -> Vec<f32> {
+    let mut out = vec![0f32; n.div_ceil(NR) * NR * k];
+    for j in 0..n {
+        for i in 0..k {
+            out[(j / NR) * k * NR + i * NR + j % NR] = w[j * k + i];
+        }
+    }
+    out
+}
+
+/// Lowers the validated graph to kernel calls, fusing each residual add
+/// into the pointwise conv that produces one of its operands when allowed.
+pub(crate) fn lower(
+    model: &ModelFile,
+    shapes: &ValueShapes,
+    fuse_residual: bool,
+) -> Result<Vec<Node>, CodegenError> {
+    let g = &model.graph;
+    let mut uses: std::collections::HashMap<&str, usize> = Default::default();
+    for op in &g.ops {
+        for v in op.inputs() {
+            *uses.entry(v).or_default() += 1;
+        }
+    }
+    *uses.entry(g.output.as_str()).or_default() += 1;
+    let unsupported = |op: &str, reason: String| CodegenError::Unsupported {
+        op: op.to_owned(),
+        reason,
+    };
+
+    let mut nodes: Vec<Node> = Vec::new();
+    for op in &g.ops {
+        let name = op.name();
+        if !matches!(op, Op::Conv2d(_)) && op.inputs().contains(&g.input.name.as_str()) {
+            return Err(unsupported(
+                name,
+                "only a conv2d may read the model input (it is planar CHW; everything else is HWC)"
+                    .into(),
+            ));
+        }
+        let node = match op {
+            Op::Conv2d(c) => {
+                let (x, y) = (&shapes[&c.input], &shapes[&c.output]);
+                if c.input == g.input.name {
+                    Node::ConvStem(
+                        conv_stem::ConvStem::new(c, x, y).map_err(|r| unsupported(name, r))?,
+                    )
+                } else if let Some(p) = pointwise::Pointwise::new(c, x) {
+                    Node::Pointwise(p)
+                } else {
+                    Node::Depthwise(
+                        depthwise::Depthwise::new(c, x, y).map_err(|r| unsupported(name, r))?,
+                    )
+                }
+            }
+            Op::SqueezeExcite(s) => {
+                Node::SqueezeExcite(squeeze_excite::SqueezeExcite::new(s, &shapes[&s.input]))
+            }
+            Op::GlobalAvgPool(p) => {
+                Node::GlobalAvgPool(pool::GlobalAvgPool::new(p, &shapes[&p.input]))
+            }
+            Op::Linear(l) => Node::Linear(linear::Linear::new(l)),
+            Op::Add(a) => {
+                if fuse_residual && let Some(()) = try_fuse(&mut nodes, a, &uses, g) {
+                    continue;
+                }
+                Node::Add(add::Add::new(a, shapes[&a.output].iter().product()))
+            }
+        };
+        nodes.push(node);
+    }
+    Ok(nodes)
+}
+
+/// Turns `add(p, r)` into the residual of the pointwise node producing `p`
+/// when `p` has no other reader and `r` exists before that node runs.
+fn try_fuse(
+    nodes: &mut [Node],
+    a: &crate::ir::Add,
+    uses: &std::collections::HashMap<&str, usize>,
+    g: &crate::ir::Graph,
+) -> Option<()> {
+    for (p, r) in [(&a.inputs[0], &a.inputs[1]), (&a.inputs[1], &a.inputs[0])] {
+        if p == r || uses.get(p.as_str()) != Some(&1) || *p == g.output || *r == g.input.name {
+            continue;
+        }
+        let Some(i) = nodes.iter().position(|n| n.get().output() == p) else {
+            continue;
+        };
+        let defined_before = nodes[..i].iter().any(|n| n.get().output() == r);
+        if let Node::Pointwise(pw) = &mut nodes[i]
+            && pw.residual.is_none()
+            && defined_before
+        {
+            pw.residual = Some(r.clone());
+            pw.output = a.output.clone();
+            return Some(());
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn packing_matches_the_contract_formula() {
+        let (n, k) = (11, 3);
+        let w: Vec<f32> = (0..n * k).map(|v| v as f32 + 1.0).collect();
+        let p = pack_panels(&w, n, k);
+        assert_eq!(p.len(), 16 * k);
+        for j in 0..n {
+            for i in 0..k {
+                assert_eq!(p[(j / 8) * k * 8 + i * 8 + j % 8], w[j * k + i]);
+            }
+        }
+        // Padding lanes of the last panel are zero.
+        assert_eq!(p[8 * k + 2 * 8 + 7], 0.0);
+    }
+}

@@ -1,0 +1,78 @@
+//! 1x1 convolution (a GEMM over pixels), with an optional fused residual add.
+
+use proc_macro2::TokenStream;
+use quote::quote;
+
+use super::{Emit, NodeCodegen, act_tokens, lit, pack_panels};
+use crate::ir::{Conv2d, IrError, ModelFile};
+
+/// `kernels::pointwise`.
+pub(crate) struct Pointwise {
+    op: Conv2d,
+    pixels: usize,
+    /// Value added after the activation (a fused `add`).
+    pub(crate) residual: Option<String>,
+    /// The value written: the conv's own output, or the fused add's.
+    pub(crate) output: String,
+}
+
+impl Pointwise {
+    /// `Some` for dense 1x1, stride 1, no padding.
+    pub(crate) fn new(op: &Conv2d, x: &[usize]) -> Option<Self> {
+        let is_1x1 =
+            op.kernel == [1, 1] && op.stride == [1, 1] && op.padding == [0, 0] && op.groups == 1;
+        is_1x1.then(|| Self {
+            op: op.clone(),
+            pixels: x[1] * x[2],
+            residual: None,
+            output: op.output.clone(),
+        })
+    }
+}
+
+impl NodeCodegen for Pointwise {
+    fn name(&self) -> &str {
+        &self.op.name
+    }
+    fn kernel(&self) -> &'static str {
+        "pointwise"
+    }
+    fn inputs(&self) -> Vec<&str> {
+        let mut v = vec![self.op.input.as_str()];
+        v.extend(self.residual.as_deref());
+        v
+    }
+    fn output(&self) -> &str {
+        &self.output
+    }
+    fn output_len(&self) -> usize {
+        self.pixels * self.op.out_channels
+    }
+    fn weights(&self, model: &ModelFile) -> Result<Vec<Vec<f32>>, IrError> {
+        let w = model.tensor_f32(&self.op.weight)?;
+        Ok(vec![
+            pack_panels(&w, self.op.out_channels, self.op.in_channels),
+            model.tensor_f32(&self.op.bias)?,
+        ])
+    }
+    fn macs(&self) -> u64 {
+        (self.pixels * self.op.in_channels * self.op.out_channels) as u64
+    }
+    fn emit(&self, e: &Emit<'_>) -> TokenStream {
+        let (rt, x, out) = (e.rt, &e.inputs[0], &e.output);
+        let (w, b) = (&e.weights[0], &e.weights[1]);
+        let (p, k, n) = (
+            lit(self.pixels),
+            lit(self.op.in_channels),
+            lit(self.op.out_channels),
+        );
+        let act = act_tokens(rt, self.op.activation);
+        let residual = match e.inputs.get(1) {
+            Some(r) => quote!(::core::option::Option::Some(#r)),
+            None => quote!(::core::option::Option::None),
+        };
+        quote! {
+            #rt::kernels::pointwise(#x, #p, #k, #n, #w, #b, #act, #residual, #out);
+        }
+    }
+}

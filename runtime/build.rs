@@ -1,0 +1,88 @@
+//! Compiles the model into Rust: runs derm-codegen on `$DERM_MODEL` (absolute,
+//! or relative to the workspace root) or on `models/default.safetensors`,
+//! writing the module and its weight blob to `OUT_DIR`.
+//!
+//! It also generates a tiny synthetic model (with and without residual
+//! fusion) and its reference-interpreter outputs, which the tests use to
+//! check the generated code against `derm_codegen::reference`.
+
+use std::path::{Path, PathBuf};
+
+use derm_codegen::synthetic::{SplitMix64, SyntheticSpec};
+use derm_codegen::{GenOptions, WeightsSource, generate, ir::ModelFile, reference};
+
+fn fail(msg: String) -> ! {
+    // Cargo shows a build script's stderr: make the first line the cause.
+    eprintln!("error: {msg}");
+    std::process::exit(1)
+}
+
+fn main() {
+    let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("set by cargo"));
+    let root = manifest.parent().unwrap_or(&manifest).to_path_buf();
+    let out = PathBuf::from(std::env::var("OUT_DIR").expect("set by cargo"));
+    println!("cargo:rerun-if-env-changed=DERM_MODEL");
+    let model_path = match std::env::var_os("DERM_MODEL") {
+        Some(p) if !p.is_empty() => root.join(p),
+        _ => root.join("models/default.safetensors"),
+    };
+    println!("cargo:rerun-if-changed={}", model_path.display());
+    println!("cargo:rustc-env=DERM_MODEL_PATH={}", model_path.display());
+
+    let model = ModelFile::read(&model_path).unwrap_or_else(|e| fail(format!("model file: {e}")));
+    let opts = GenOptions {
+        runtime_path: "crate".into(),
+        weights: WeightsSource::OutDir("model_weights.bin".into()),
+        fuse_residual: true,
+    };
+    let g =
+        generate(&model, &opts).unwrap_or_else(|e| fail(format!("{}: {e}", model_path.display())));
+    write(&out.join("model.rs"), g.code.as_bytes());
+    write(&out.join("model_weights.bin"), &g.weights);
+
+    tiny_fixture(&out);
+}
+
+fn write(path: &Path, bytes: &[u8]) {
+    // Rewriting identical bytes would still bump mtimes and rebuild dependents.
+    if std::fs::read(path).ok().as_deref() == Some(bytes) {
+        return;
+    }
+    std::fs::write(path, bytes).unwrap_or_else(|e| fail(format!("{}: {e}", path.display())));
+}
+
+/// `tiny_model.rs`, `tiny_unfused_model.rs` and `tiny_golden.bin` (f32 LE:
+/// `TINY_SAMPLES` inputs then their logits from the reference interpreter).
+fn tiny_fixture(out: &Path) {
+    const TINY_SAMPLES: usize = 3;
+    let model = SyntheticSpec::tiny(11)
+        .build()
+        .unwrap_or_else(|e| fail(format!("tiny model: {e}")));
+    for (name, fuse) in [("tiny", true), ("tiny_unfused", false)] {
+        let opts = GenOptions {
+            runtime_path: "::derm_runtime".into(),
+            weights: WeightsSource::OutDir(format!("{name}_weights.bin")),
+            fuse_residual: fuse,
+        };
+        let g = generate(&model, &opts).unwrap_or_else(|e| fail(format!("tiny model: {e}")));
+        write(&out.join(format!("{name}_model.rs")), g.code.as_bytes());
+        write(&out.join(format!("{name}_weights.bin")), &g.weights);
+    }
+    let n_in: usize = model.graph.input.shape.iter().product();
+    let mut rng = SplitMix64(5);
+    let mut inputs = Vec::new();
+    let mut logits = Vec::new();
+    for _ in 0..TINY_SAMPLES {
+        let x: Vec<f32> = (0..n_in).map(|_| rng.uniform() * 2.0).collect();
+        logits.extend(
+            reference::logits(&model, &x).unwrap_or_else(|e| fail(format!("tiny model: {e}"))),
+        );
+        inputs.extend(x);
+    }
+    let bytes: Vec<u8> = inputs
+        .iter()
+        .chain(&logits)
+        .flat_map(|v| v.to_le_bytes())
+        .collect();
+    write(&out.join("tiny_golden.bin"), &bytes);
+}

@@ -1,0 +1,201 @@
+//! The embedded model: generated at build time by `derm-codegen` from
+//! `models/default.safetensors` (or `$DERM_MODEL`), with every shape a
+//! constant, weights in flash and one caller-owned arena.
+
+use crate::preprocess::{Image, PreprocessError, resize_normalize};
+
+// The generated module is a complete model API; this crate re-exports
+// the parts its own API promises, so some items stay unused here.
+#[allow(dead_code)]
+mod generated {
+    include!(concat!(env!("OUT_DIR"), "/model.rs"));
+}
+
+pub(crate) use generated::CLASS_NAMES_C;
+pub use generated::{
+    ARENA_LEN, CLASS_NAMES, INPUT_H, INPUT_LEN, INPUT_W, LAYERS, MACS, MEAN, NUM_CLASSES, PARAMS,
+    PEAK_LIVE_LEN, STD,
+};
+
+/// Working memory of one inference: every activation and scratch buffer at
+/// the offsets planned by `derm-codegen` (`ARENA_LEN` `f32`, 64-byte aligned).
+///
+/// The caller owns it: a `static`, a local (mind the stack size: it is
+/// `ARENA_LEN * 4` bytes) or a heap box. One arena serves one inference at a
+/// time; threads each need their own.
+#[repr(C, align(64))]
+pub struct Arena {
+    buf: [f32; ARENA_LEN],
+}
+
+impl Arena {
+    /// A zeroed arena, usable in `static` initializers.
+    pub const fn new() -> Self {
+        Self {
+            buf: [0.0; ARENA_LEN],
+        }
+    }
+}
+
+impl Default for Arena {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// What [`classify`] returns.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Prediction {
+    /// Index of the most probable class (into [`CLASS_NAMES`]).
+    pub class: usize,
+    /// `CLASS_NAMES[class]`.
+    pub name: &'static str,
+    /// Softmax of the logits, in class order; sums to 1.
+    pub probabilities: [f32; NUM_CLASSES],
+    /// The raw logits.
+    pub logits: [f32; NUM_CLASSES],
+}
+
+/// Why [`classify`] failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Error {
+    /// The image is empty or its pixel buffer does not match its size.
+    Image(PreprocessError),
+}
+
+impl From<PreprocessError> for Error {
+    fn from(e: PreprocessError) -> Self {
+        Error::Image(e)
+    }
+}
+
+impl core::fmt::Display for Error {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Error::Image(PreprocessError::EmptyImage) => {
+                f.write_str("image has zero width or height")
+            }
+            Error::Image(PreprocessError::WrongPixelCount { expected, actual }) => {
+                write!(
+                    f,
+                    "image needs {expected} bytes (width * height * 3), got {actual}"
+                )
+            }
+            Error::Image(PreprocessError::WrongOutputLen { expected, actual }) => {
+                write!(
+                    f,
+                    "internal: input buffer of {actual} values, expected {expected}"
+                )
+            }
+        }
+    }
+}
+
+impl core::error::Error for Error {}
+
+/// Classifies an RGB8 photo of any size: bilinear resize to
+/// `INPUT_H x INPUT_W` and normalization straight into the arena, the
+/// network, then softmax. Allocates nothing.
+pub fn classify(image: Image<'_>, arena: &mut Arena) -> Result<Prediction, Error> {
+    resize_normalize(
+        image,
+        INPUT_H,
+        INPUT_W,
+        MEAN,
+        STD,
+        generated::input_mut(&mut arena.buf),
+    )?;
+    generated::forward(&mut arena.buf);
+    let logits = generated::logits(&arena.buf);
+    let probabilities = softmax(&logits);
+    let mut class = 0;
+    for (i, p) in probabilities.iter().enumerate() {
+        if p.total_cmp(&probabilities[class]).is_gt() {
+            class = i;
+        }
+    }
+    Ok(Prediction {
+        class,
+        name: CLASS_NAMES[class],
+        probabilities,
+        logits,
+    })
+}
+
+/// Runs the network on an already preprocessed input (planar CHW `[3][H][W]`,
+/// normalized with [`MEAN`] and [`STD`]) and returns the logits.
+pub fn run(input: &[f32; INPUT_LEN], arena: &mut Arena) -> [f32; NUM_CLASSES] {
+    generated::run(input, &mut arena.buf)
+}
+
+/// Numerically stable softmax.
+fn softmax(logits: &[f32; NUM_CLASSES]) -> [f32; NUM_CLASSES] {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut p = [0f32; NUM_CLASSES];
+    let mut sum = 0.0;
+    for (o, &l) in p.iter_mut().zip(logits) {
+        *o = exp(l - max);
+        sum += *o;
+    }
+    if sum > 0.0 && sum.is_finite() {
+        p.iter_mut().for_each(|v| *v /= sum);
+    } else {
+        // NaN logits: report a uniform distribution rather than NaNs.
+        p = [1.0 / NUM_CLASSES as f32; NUM_CLASSES];
+    }
+    p
+}
+
+/// `e^x` for `x <= 0` without libm (`core` has none): `2^(x log2 e)`, split
+/// into an integer power set in the exponent bits and a degree-6
+/// polynomial for the fraction; relative error below 1e-6.
+fn exp(x: f32) -> f32 {
+    if x.is_nan() {
+        return f32::NAN;
+    }
+    if x < -87.0 {
+        return 0.0;
+    }
+    let t = x * core::f32::consts::LOG2_E;
+    let n = t as i32 - i32::from(t < 0.0 && t != (t as i32) as f32);
+    let f = t - n as f32; // in [0, 1)
+    let y = f * core::f32::consts::LN_2;
+    // Taylor series of e^y for y in [0, ln 2).
+    let poly = 1.0
+        + y * (1.0
+            + y * (0.5
+                + y * (1.0 / 6.0 + y * (1.0 / 24.0 + y * (1.0 / 120.0 + y * (1.0 / 720.0))))));
+    f32::from_bits(((n + 127) as u32) << 23) * poly
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exp_matches_std_over_the_softmax_range() {
+        extern crate std;
+        let mut x = -87.0f32;
+        while x <= 0.0 {
+            let (got, want) = (exp(x), std::primitive::f32::exp(x));
+            assert!(
+                (got - want).abs() <= want * 2e-6,
+                "exp({x}) = {got}, want {want}"
+            );
+            x += 0.013;
+        }
+        assert_eq!(exp(0.0), 1.0);
+        assert_eq!(exp(-100.0), 0.0);
+    }
+
+    #[test]
+    fn softmax_sums_to_one_and_orders_like_logits() {
+        let mut l = [0f32; NUM_CLASSES];
+        for (i, v) in l.iter_mut().enumerate() {
+            *v = i as f32 * 0.7 - 1.0;
+        }
+        let p = softmax(&l);
+        assert!((p.iter().sum::<f32>() - 1.0).abs() < 1e-5);
+        assert!(p.windows(2).all(|w| w[0] < w[1]));
+    }
+}

@@ -1,0 +1,58 @@
+//! Helpers shared by the model tests.
+
+#![allow(dead_code)]
+
+use derm_runtime::Arena;
+
+/// A zeroed arena on the heap without building it on the stack first (it is
+/// larger than a test thread's stack).
+pub fn boxed_arena() -> Box<Arena> {
+    let layout = std::alloc::Layout::new::<Arena>();
+    // SAFETY: Arena is a plain array of f32, for which all-zero bytes are
+    // valid; the layout is Arena's own, so Box may free it.
+    unsafe {
+        let p = std::alloc::alloc_zeroed(layout).cast::<Arena>();
+        assert!(!p.is_null(), "out of memory allocating the arena");
+        Box::from_raw(p)
+    }
+}
+
+/// Reads an f32 tensor from a safetensors file: (shape, values).
+pub fn read_tensor(path: &str, name: &str) -> (Vec<usize>, Vec<f32>) {
+    let bytes =
+        std::fs::read(path).unwrap_or_else(|e| panic!("{path}: {e} (golden vectors missing?)"));
+    let st =
+        safetensors::SafeTensors::deserialize(&bytes).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let t = st
+        .tensor(name)
+        .unwrap_or_else(|e| panic!("{path}: tensor {name:?}: {e}"));
+    assert_eq!(
+        t.dtype(),
+        safetensors::Dtype::F32,
+        "{path}: {name} must be f32"
+    );
+    let v = t
+        .data()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    (t.shape().to_vec(), v)
+}
+
+/// Asserts `got` is within `tol` of `want`'s range (max - min) everywhere.
+pub fn assert_close_to_range(got: &[f32], want: &[f32], tol: f32, what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    let max = want.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let min = want.iter().copied().fold(f32::INFINITY, f32::min);
+    let bound = tol * (max - min);
+    let worst = got
+        .iter()
+        .zip(want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(
+        worst <= bound,
+        "{what}: max |diff| {worst:e} > {tol} x logit range {} \n got  {got:?}\n want {want:?}",
+        max - min
+    );
+}

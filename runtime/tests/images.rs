@@ -1,0 +1,103 @@
+//! Images of every shape in the ESFair range (1x1 to 6000x4000) classify
+//! without panicking; empty or inconsistent ones are errors.
+
+mod common;
+
+use derm_runtime::{Error, Image, NUM_CLASSES, PreprocessError, classify};
+
+fn image_bytes(w: usize, h: usize) -> Vec<u8> {
+    (0..w * h * 3)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect()
+}
+
+#[test]
+fn every_shape_classifies() {
+    let mut arena = common::boxed_arena();
+    // Extremes, the model size and its neighbours, odd and skewed shapes.
+    // Each inference is a whole network, so the sample is small enough for qemu.
+    let shapes = [
+        (1, 1),
+        (1, 6000),
+        (6000, 1),
+        (2, 3),
+        (223, 225),
+        (224, 224),
+        (600, 450),
+        (1023, 767),
+        (4000, 6000),
+        (6000, 4000),
+    ];
+    for (w, h) in shapes {
+        let px = image_bytes(w, h);
+        let p = classify(Image::new(w, h, &px).unwrap(), &mut arena)
+            .unwrap_or_else(|e| panic!("{w}x{h}: {e}"));
+        assert!(p.class < NUM_CLASSES, "{w}x{h}");
+        let sum: f32 = p.probabilities.iter().sum();
+        assert!(
+            (sum - 1.0).abs() < 1e-4,
+            "{w}x{h}: probabilities sum to {sum}"
+        );
+        assert!(
+            p.logits.iter().all(|v| v.is_finite()),
+            "{w}x{h}: {:?}",
+            p.logits
+        );
+    }
+}
+
+#[test]
+fn constant_images_of_many_sizes_give_one_answer() {
+    // Resizing a constant image is exact, so the size cannot change the result.
+    let mut arena = common::boxed_arena();
+    let mut first = None;
+    for (w, h) in [(1, 1), (3, 700), (224, 224), (1500, 2)] {
+        let px = vec![90u8; w * h * 3];
+        let p = classify(Image::new(w, h, &px).unwrap(), &mut arena).unwrap();
+        let f = *first.get_or_insert(p.logits);
+        for (a, b) in p.logits.iter().zip(&f) {
+            assert!(
+                (a - b).abs() <= 1e-4 * (1.0 + b.abs()),
+                "{w}x{h}: {:?} vs {f:?}",
+                p.logits
+            );
+        }
+    }
+}
+
+#[test]
+fn empty_and_inconsistent_images_are_errors() {
+    let mut arena = common::boxed_arena();
+    for (w, h) in [(0, 0), (0, 5), (5, 0), (0, 6000)] {
+        let img = Image {
+            width: w,
+            height: h,
+            pixels: &[],
+        };
+        assert_eq!(
+            classify(img, &mut arena),
+            Err(Error::Image(PreprocessError::EmptyImage))
+        );
+        assert!(Image::new(w, h, &[]).is_err());
+    }
+    let px = [0u8; 11];
+    let img = Image {
+        width: 2,
+        height: 2,
+        pixels: &px,
+    };
+    assert!(matches!(
+        classify(img, &mut arena),
+        Err(Error::Image(PreprocessError::WrongPixelCount {
+            expected: 12,
+            actual: 11
+        }))
+    ));
+    // Sizes whose product overflows are rejected, not wrapped.
+    let img = Image {
+        width: usize::MAX,
+        height: 3,
+        pixels: &px,
+    };
+    assert!(classify(img, &mut arena).is_err());
+}

@@ -1,0 +1,108 @@
+//! The generated model against golden vectors: the embedded model against
+//! `<model>.golden.safetensors` (exported with the model), and a tiny
+//! synthetic model against `derm_codegen::reference`, fused and unfused.
+
+mod common;
+
+use common::{assert_close_to_range, boxed_arena, read_tensor};
+use derm_runtime::{INPUT_H, INPUT_LEN, INPUT_W, NUM_CLASSES};
+
+/// Parity bound, relative to each sample's logit range.
+const TOL: f32 = 1e-4;
+
+#[allow(dead_code)]
+mod tiny {
+    include!(concat!(env!("OUT_DIR"), "/tiny_model.rs"));
+}
+
+#[allow(dead_code)]
+mod tiny_unfused {
+    include!(concat!(env!("OUT_DIR"), "/tiny_unfused_model.rs"));
+}
+
+fn golden_path() -> String {
+    let model = env!("DERM_MODEL_PATH");
+    let stem = model.strip_suffix(".safetensors").unwrap_or(model);
+    format!("{stem}.golden.safetensors")
+}
+
+#[test]
+fn embedded_model_matches_golden_logits() {
+    let path = golden_path();
+    let (xs, x) = read_tensor(&path, "input");
+    let (ys, y) = read_tensor(&path, "logits");
+    assert_eq!(xs[1..], [3, INPUT_H, INPUT_W], "{path}: input shape");
+    assert_eq!(ys, [xs[0], NUM_CLASSES], "{path}: logits shape");
+    assert!(xs[0] > 0, "{path}: no samples");
+    let mut arena = boxed_arena();
+    for (i, (input, want)) in x
+        .chunks_exact(INPUT_LEN)
+        .zip(y.chunks_exact(NUM_CLASSES))
+        .enumerate()
+    {
+        let input: &[f32; INPUT_LEN] = input.try_into().unwrap();
+        let got = derm_runtime::run(input, &mut arena);
+        assert_close_to_range(&got, want, TOL, &format!("{path} sample {i}"));
+    }
+}
+
+#[test]
+fn run_does_not_depend_on_arena_contents() {
+    let path = golden_path();
+    let (_, x) = read_tensor(&path, "input");
+    let input: &[f32; INPUT_LEN] = x[..INPUT_LEN].try_into().unwrap();
+    let mut arena = boxed_arena();
+    let a = derm_runtime::run(input, &mut arena);
+    // A second run on a dirty arena (and after another input) is identical.
+    let other = [0.25f32; INPUT_LEN];
+    derm_runtime::run(&other, &mut arena);
+    let b = derm_runtime::run(input, &mut arena);
+    assert_eq!(a, b);
+}
+
+fn tiny_golden() -> (Vec<f32>, Vec<f32>) {
+    let bytes = include_bytes!(concat!(env!("OUT_DIR"), "/tiny_golden.bin"));
+    let v: Vec<f32> = bytes
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    let n = v.len() / (tiny::INPUT_LEN + tiny::NUM_CLASSES);
+    let (x, y) = v.split_at(n * tiny::INPUT_LEN);
+    (x.to_vec(), y.to_vec())
+}
+
+#[test]
+fn tiny_generated_code_matches_reference_interpreter() {
+    let (x, y) = tiny_golden();
+    assert_eq!(y.len(), 3 * tiny::NUM_CLASSES);
+    let mut arena = vec![0f32; tiny::ARENA_LEN];
+    let arena: &mut [f32; tiny::ARENA_LEN] = arena.as_mut_slice().try_into().unwrap();
+    for (i, (input, want)) in x
+        .chunks_exact(tiny::INPUT_LEN)
+        .zip(y.chunks_exact(tiny::NUM_CLASSES))
+        .enumerate()
+    {
+        let got = tiny::run(input.try_into().unwrap(), arena);
+        assert_close_to_range(&got, want, TOL, &format!("tiny fused, sample {i}"));
+        let mut arena2 = vec![0f32; tiny_unfused::ARENA_LEN];
+        let got2 = tiny_unfused::run(
+            input.try_into().unwrap(),
+            arena2.as_mut_slice().try_into().unwrap(),
+        );
+        assert_close_to_range(&got2, want, TOL, &format!("tiny unfused, sample {i}"));
+    }
+    // The fixture exercises both paths: fusion removed every add kernel.
+    assert!(tiny::LAYERS.iter().all(|(_, k)| *k != "add"));
+    assert!(tiny_unfused::LAYERS.iter().any(|(_, k)| *k == "add"));
+}
+
+#[test]
+fn constants_describe_the_embedded_model() {
+    assert_eq!(INPUT_LEN, 3 * INPUT_H * INPUT_W);
+    assert_eq!(derm_runtime::CLASS_NAMES.len(), NUM_CLASSES);
+    const { assert!(derm_runtime::ARENA_LEN >= derm_runtime::PEAK_LIVE_LEN) };
+    const { assert!(derm_runtime::ARENA_LEN >= INPUT_LEN) };
+    const { assert!(derm_runtime::PARAMS > 0 && derm_runtime::MACS > 0) };
+    assert!(derm_runtime::STD.iter().all(|s| *s != 0.0));
+    assert_eq!(derm_runtime::LAYERS[0].1, "conv_stem");
+}
