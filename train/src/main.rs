@@ -15,6 +15,10 @@ struct Cli {
 enum Command {
     /// Check that libtorch loads and computes, and print its settings.
     Env,
+    /// Write a seeded (untrained) student file, optionally over torchvision weights.
+    InitStudent(derm_train::cmd::export::InitStudentArgs),
+    /// Fold BatchNorm and write the model file for derm-codegen, plus golden vectors.
+    Export(derm_train::cmd::export::ExportArgs),
     /// Decode a dataset once into a preprocessed cache and print Table I.
     Prepare(derm_train::cmd::prepare::PrepareArgs),
     /// Lesion-grouped, class-stratified k-fold split of a cache.
@@ -26,6 +30,8 @@ enum Command {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
+        Command::InitStudent(a) => derm_train::cmd::export::init_student(a)?,
+        Command::Export(a) => derm_train::cmd::export::run(a)?,
         Command::Prepare(a) => derm_train::cmd::prepare::run(a)?,
         Command::Split(a) => derm_train::cmd::split::run(a)?,
         Command::Stats(a) => derm_train::cmd::stats::run(a)?,

@@ -222,8 +222,9 @@ pub fn save(path: &Path, vs: &nn::VarStore, meta: &StudentMeta) -> Result<()> {
         .collect::<Result<Vec<_>>>()?;
     let info = HashMap::from([(METADATA_KEY.to_owned(), serde_json::to_string(meta)?)]);
     let tmp = path.with_extension("safetensors.partial");
-    safetensors::serialize_to_file(views, Some(info), &tmp)
-        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", tmp.display()))?;
+    let bytes = safetensors::serialize(views, Some(info))
+        .map_err(|e| anyhow::anyhow!("cannot serialize {}: {e}", path.display()))?;
+    std::fs::write(&tmp, bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
     std::fs::rename(&tmp, path)
         .with_context(|| format!("cannot move {} to {}", tmp.display(), path.display()))?;
     Ok(())

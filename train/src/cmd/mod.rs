@@ -1,6 +1,7 @@
 //! The subcommands of `derm-train`: one module each, holding its clap
 //! arguments and a thin `run` that calls the library.
 
+pub mod export;
 pub mod prepare;
 pub mod split;
 pub mod stats;

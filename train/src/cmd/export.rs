@@ -1,0 +1,174 @@
+//! `derm-train init-student` (a seeded, untrained student file) and `derm-train export`
+//! (student file -> model file + golden vectors).
+
+use std::path::PathBuf;
+
+use anyhow::{Result, bail};
+use clap::Args;
+
+use crate::export::{self, ExportOptions};
+use crate::models::mobilenet_v3::{self, Arch, Head, LoadOptions};
+use crate::student_file::{DEFAULT_CLASSES, Provenance, Student, StudentMeta};
+
+/// Arguments of `derm-train init-student`.
+#[derive(Debug, Clone, Args)]
+pub struct InitStudentArgs {
+    /// MobileNetV3 size: small or large.
+    #[arg(long, default_value = "small")]
+    pub arch: Arch,
+    /// Classifier head: paper (one Linear) or torchvision (Linear-Hardswish-Dropout-Linear).
+    #[arg(long, default_value = "paper")]
+    pub head: Head,
+    /// Class names in logit order, comma-separated.
+    #[arg(long, value_delimiter = ',', default_values_t = DEFAULT_CLASSES.map(String::from))]
+    pub classes: Vec<String>,
+    /// Fairness group names, comma-separated (informational).
+    #[arg(long, value_delimiter = ',')]
+    pub groups: Vec<String>,
+    /// Input height and width.
+    #[arg(long, num_args = 2, value_names = ["H", "W"], default_values_t = [224u32, 224])]
+    pub input_size: Vec<u32>,
+    /// Per-channel RGB mean on the 0..1 scale.
+    #[arg(long, num_args = 3, default_values_t = [0.5f32, 0.5, 0.5])]
+    pub mean: Vec<f32>,
+    /// Per-channel RGB standard deviation.
+    #[arg(long, num_args = 3, default_values_t = [0.5f32, 0.5, 0.5])]
+    pub std: Vec<f32>,
+    /// Seed of the initialization.
+    #[arg(long, default_value_t = 0)]
+    pub seed: i64,
+    /// A torchvision state dict (safetensors) to load by name after the seeded init.
+    #[arg(long)]
+    pub init_weights: Option<PathBuf>,
+    /// Key prefixes of `--init-weights` to leave as initialized (e.g. `classifier` for the
+    /// paper head, `classifier.3` for a torchvision head with other than 1000 classes).
+    #[arg(long, value_delimiter = ',')]
+    pub skip: Vec<String>,
+    /// Free-form note stored in the provenance.
+    #[arg(long, default_value = "")]
+    pub notes: String,
+    /// Output student file.
+    #[arg(short, long)]
+    pub output: PathBuf,
+}
+
+/// Arguments of `derm-train export`.
+#[derive(Debug, Clone, Args)]
+pub struct ExportArgs {
+    /// Student file (from training or `init-student`).
+    pub checkpoint: PathBuf,
+    /// Output model file; the golden vectors go beside it as `<name>.golden.safetensors`.
+    #[arg(short, long)]
+    pub output: PathBuf,
+    /// Number of golden inputs.
+    #[arg(long, default_value_t = 2)]
+    pub golden_n: i64,
+    /// Seed of the golden inputs.
+    #[arg(long, default_value_t = 0)]
+    pub golden_seed: i64,
+    /// Leave the per-layer outputs out of the golden file (keeps `input` and `logits`).
+    #[arg(long)]
+    pub no_layers: bool,
+}
+
+fn three(v: &[f32], what: &str) -> Result<[f32; 3]> {
+    <[f32; 3]>::try_from(v).map_err(|_| anyhow::anyhow!("--{what} needs 3 values, got {v:?}"))
+}
+
+/// The command line as typed, for provenance.
+pub fn command_line() -> String {
+    std::env::args().collect::<Vec<_>>().join(" ")
+}
+
+/// `git rev-parse HEAD` of the current directory's repository, or empty.
+pub fn git_commit() -> String {
+    std::process::Command::new("git")
+        .args(["rev-parse", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default()
+}
+
+/// Builds and writes a seeded student (optionally over torchvision weights).
+pub fn init_student(a: InitStudentArgs) -> Result<()> {
+    let [h, w] = <[u32; 2]>::try_from(a.input_size.as_slice())
+        .map_err(|_| anyhow::anyhow!("--input-size needs 2 values"))?;
+    let mut meta = StudentMeta::new(
+        a.arch,
+        a.head,
+        a.classes.clone(),
+        Provenance {
+            trained: false,
+            command: command_line(),
+            git_commit: git_commit(),
+            seed: Some(a.seed),
+            init_weights: a.init_weights.as_ref().map(|p| p.display().to_string()),
+            notes: a.notes.clone(),
+            ..Default::default()
+        },
+    );
+    meta.group_names = a.groups.clone();
+    meta.input_size = [h, w];
+    meta.mean = three(&a.mean, "mean")?;
+    meta.std = three(&a.std, "std")?;
+    let mut s = Student::seeded(meta, a.seed)?;
+    if let Some(p) = &a.init_weights {
+        let n = mobilenet_v3::load_torchvision_weights(
+            &mut s.vs,
+            p,
+            &LoadOptions {
+                skip: a.skip.clone(),
+            },
+        )?;
+        println!("loaded {n} tensors from {}", p.display());
+    } else if !a.skip.is_empty() {
+        bail!("--skip only applies with --init-weights");
+    }
+    s.save(&a.output)?;
+    println!(
+        "wrote {} (mobilenet_v3_{}, {} head, {} classes, {} trainable parameters)",
+        a.output.display(),
+        a.arch,
+        a.head,
+        a.classes.len(),
+        mobilenet_v3::trainable_parameters(&s.vs)
+    );
+    Ok(())
+}
+
+/// Exports a student file to a model file and golden vectors.
+pub fn run(a: ExportArgs) -> Result<()> {
+    if a.golden_n < 1 {
+        bail!("--golden-n must be at least 1, got {}", a.golden_n);
+    }
+    let mut provenance = serde_json::Map::new();
+    provenance.insert(
+        "export".into(),
+        serde_json::json!({
+            "command": command_line(),
+            "git_commit": git_commit(),
+            "checkpoint": a.checkpoint.display().to_string(),
+        }),
+    );
+    let r = export::export(
+        &a.checkpoint,
+        &a.output,
+        &ExportOptions {
+            provenance,
+            golden_layers: !a.no_layers,
+        },
+        a.golden_n,
+        a.golden_seed,
+    )?;
+    println!(
+        "wrote {} ({} ops, {} parameters; folded graph vs student: {:.1e} of the logit range)",
+        r.model_path.display(),
+        r.ops,
+        r.params,
+        r.fold_error
+    );
+    println!("wrote {}", r.golden_path.display());
+    Ok(())
+}
