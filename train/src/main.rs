@@ -25,6 +25,8 @@ enum Command {
     Split(derm_train::cmd::split::SplitArgs),
     /// Table I of a fold's training data before and after balancing, and the class weights.
     Stats(derm_train::cmd::stats::StatsArgs),
+    /// Score a predictions CSV against a cache with the ESFair metrics (+ confusion PNGs).
+    Metrics(derm_train::cmd::metrics::MetricsArgs),
 }
 
 fn main() -> Result<()> {
@@ -35,6 +37,7 @@ fn main() -> Result<()> {
         Command::Prepare(a) => derm_train::cmd::prepare::run(a)?,
         Command::Split(a) => derm_train::cmd::split::run(a)?,
         Command::Stats(a) => derm_train::cmd::stats::run(a)?,
+        Command::Metrics(a) => derm_train::cmd::metrics::run(a)?,
         Command::Env => {
             let r = derm_train::env_report::env_report()?;
             println!("libtorch threads: {}", r.threads);

@@ -182,3 +182,61 @@ fn confusion_pngs_are_written() {
         assert!(bytes.len() > 1000, "{} looks empty", f.display());
     }
 }
+
+#[test]
+fn metrics_command_scores_a_predictions_file() {
+    use derm_train::cmd::metrics::{MetricsArgs, run};
+    use derm_train::data::cache::{CacheWriter, SampleMeta};
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = CacheWriter::create(dir.path().join("cache"), 2).unwrap();
+    // (label, group): the case() rows again.
+    let (p, l, g) = case();
+    for i in 0..l.len() {
+        let meta = SampleMeta {
+            id: format!("img{i}"),
+            source: String::new(),
+            label: l[i],
+            group: g[i].min(2),
+            lesion: format!("l{i}"),
+        };
+        w.push(meta, &[i as u8; 12]).unwrap();
+    }
+    w.finish(names(&["a", "b", "c"]), vec![], "synthetic".into())
+        .unwrap();
+    let classes = ["BCC", "BKL", "MEL", "NV", "unknown", "VASC"];
+    let mut csv = "id,pred\n".to_string();
+    for (i, &pi) in p.iter().enumerate() {
+        // Names and indices are both accepted.
+        let pred = if i % 2 == 0 {
+            classes[pi].to_string()
+        } else {
+            pi.to_string()
+        };
+        csv += &format!("img{i},{pred}\n");
+    }
+    let preds = dir.path().join("preds.csv");
+    std::fs::write(&preds, &csv).unwrap();
+    let args = |preds: std::path::PathBuf| MetricsArgs {
+        cache: dir.path().join("cache"),
+        predictions: preds,
+        exclude_group: vec!["c".into()],
+        minority_group: None,
+        latency: None,
+        out: dir.path().join("eval"),
+    };
+    run(args(preds)).unwrap();
+    let report: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("eval/evaluation.json")).unwrap(),
+    )
+    .unwrap();
+    let r = &report["result"];
+    assert_eq!(report["command"], "metrics");
+    assert!(close(r["accuracy"].as_f64().unwrap(), 9.0 / 11.0));
+    assert!(close(r["spd"].as_f64().unwrap(), 0.125));
+    assert!(dir.path().join("eval/confusion_b.png").is_file());
+
+    let bad = dir.path().join("bad.csv");
+    std::fs::write(&bad, "id,pred\nimg0,NV\nnot_there,NV\n").unwrap();
+    let e = run(args(bad)).unwrap_err().to_string();
+    assert!(e.contains("not_there") && e.contains("line 3"), "{e}");
+}

@@ -2,6 +2,7 @@
 //! arguments and a thin `run` that calls the library.
 
 pub mod export;
+pub mod metrics;
 pub mod prepare;
 pub mod split;
 pub mod stats;
