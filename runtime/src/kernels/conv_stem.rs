@@ -160,36 +160,150 @@ pub mod neon {
             for ox in (0..ox_lo).chain(ox_hi..ow) {
                 pixel(input, w, bias, &g, oy, ox, 0, out);
             }
+            // Groups of four interior pixels; the last group is moved left to
+            // end at ox_hi (recomputing a few pixels with identical results)
+            // instead of leaving up to three pixels to the slow path.
+            macro_rules! group {
+                ($ox:expr) => {{
+                    let ox = $ox;
+                    let mut cb = 0;
+                    // MobileNet's stem (3x3, stride 2, RGB): the unrolled kernel
+                    // reads 10 values past each group's first tap column, so the
+                    // group must end inside the input slice.
+                    let rgb3x3 = kh == 3 && kw == 3 && cin == 3 && stride == 2 && pad == 1;
+                    if rgb3x3 && 2 * ih * iw + (oy * 2 + 1) * iw + ox * 2 + 10 <= input.len() {
+                        while cb < c16 {
+                            // SAFETY: rows oy * 2 - 1..oy * 2 + 2 are inside (full
+                            // tap range), the group's reads end inside input (the
+                            // check above), cb + 16 <= cout bounds weights, bias
+                            // and the four output pixels (ox + 4 <= ox_hi <= ow).
+                            unsafe {
+                                let args = (
+                                    input.as_ptr(),
+                                    w.as_ptr(),
+                                    bias.as_ptr(),
+                                    &g,
+                                    oy,
+                                    ox,
+                                    cb,
+                                    out.as_mut_ptr(),
+                                );
+                                match act {
+                                    Activation::None => rgb3x3s2::<0>(args),
+                                    Activation::Relu => rgb3x3s2::<1>(args),
+                                    Activation::Hardswish => rgb3x3s2::<2>(args),
+                                }
+                            }
+                            cb += 16;
+                        }
+                    }
+                    while cb < c16 {
+                        // SAFETY: rows oy * stride - pad + ky (< kh) are inside
+                        // (full tap range) and columns of pixels ox..ox + 4 are
+                        // inside because ox + 4 <= ox_hi; cb + 16 <= cout keeps
+                        // weight, bias and output reads in bounds.
+                        unsafe {
+                            four_pixels(
+                                input.as_ptr(),
+                                w.as_ptr(),
+                                bias.as_ptr(),
+                                &g,
+                                oy,
+                                ox,
+                                cb,
+                                out.as_mut_ptr(),
+                            )
+                        };
+                        cb += 16;
+                    }
+                    if c16 < cout {
+                        for px in ox..ox + 4 {
+                            pixel(input, w, bias, &g, oy, px, c16, out);
+                        }
+                    }
+                }};
+            }
             let mut ox = ox_lo;
             while ox + 4 <= ox_hi {
-                let mut cb = 0;
-                while cb < c16 {
-                    // SAFETY: rows oy * stride - pad + ky (< kh) are inside
-                    // (full tap range) and columns of pixels ox..ox + 4 are
-                    // inside because ox + 4 <= ox_hi; cb + 16 <= cout keeps
-                    // weight, bias and output reads in bounds.
-                    unsafe {
-                        four_pixels(
-                            input.as_ptr(),
-                            w.as_ptr(),
-                            bias.as_ptr(),
-                            &g,
-                            oy,
-                            ox,
-                            cb,
-                            out.as_mut_ptr(),
-                        )
-                    };
-                    cb += 16;
-                }
-                for px in ox..ox + 4 {
-                    pixel(input, w, bias, &g, oy, px, c16, out);
-                }
+                group!(ox);
                 ox += 4;
+            }
+            if ox < ox_hi && ox_hi - ox_lo >= 4 {
+                group!(ox_hi - 4);
+                ox = ox_hi;
             }
             while ox < ox_hi {
                 pixel(input, w, bias, &g, oy, ox, 0, out);
                 ox += 1;
+            }
+        }
+    }
+
+    /// Arguments of [`rgb3x3s2`]: input, weights, bias, shape, oy, ox, cb, out.
+    type GroupArgs<'a> = (
+        *const f32,
+        *const f32,
+        *const f32,
+        &'a Geom,
+        usize,
+        usize,
+        usize,
+        *mut f32,
+    );
+
+    /// Pixels `ox..ox + 4` of row `oy`, channels `cb..cb + 16`, for a 3x3
+    /// stride-2 pad-1 stem on 3 planar channels, activation `A` (0 none,
+    /// 1 ReLU, 2 hardswish). Each input row is read with two `ld2`: lanes
+    /// 0, 2, 4, 6 and 1, 3, 5, 7 are the kx = 0 and kx = 1 taps of the four
+    /// pixels, and the load two values further on gives kx = 2; each tap's
+    /// 16 weights are one `ld1` of four registers; 16 accumulators.
+    ///
+    /// # Safety
+    /// All taps of the four pixels are inside the input, the reads end at
+    /// most 11 values after the first tap of the last row of the last
+    /// channel, inside the input slice; `cb + 16 <= cout`.
+    #[inline(always)]
+    unsafe fn rgb3x3s2<const A: u8>(args: GroupArgs<'_>) {
+        let (input, w, bias, g, oy, ox, cb, out) = args;
+        let plane = g.ih * g.iw;
+        let act = match A {
+            0 => Activation::None,
+            1 => Activation::Relu,
+            _ => Activation::Hardswish,
+        };
+        // SAFETY: see the function contract.
+        unsafe {
+            let b = vld1q_f32_x4(bias.add(cb));
+            let b = [b.0, b.1, b.2, b.3];
+            let mut acc = [b; 4];
+            for ci in 0..3 {
+                for ky in 0..3 {
+                    let r = input.add(ci * plane + (oy * 2 + ky - 1) * g.iw + ox * 2 - 1);
+                    let e = vld2q_f32(r);
+                    let f = vld2q_f32(r.add(2));
+                    let cols = [e.0, e.1, f.0];
+                    for (kx, col) in cols.iter().enumerate() {
+                        let wt = vld1q_f32_x4(w.add(((ky * 3 + kx) * 3 + ci) * g.cout + cb));
+                        let wt = [wt.0, wt.1, wt.2, wt.3];
+                        macro_rules! px {
+                            ($l:literal) => {
+                                for j in 0..4 {
+                                    acc[$l][j] = vfmaq_laneq_f32::<$l>(acc[$l][j], wt[j], *col);
+                                }
+                            };
+                        }
+                        px!(0);
+                        px!(1);
+                        px!(2);
+                        px!(3);
+                    }
+                }
+            }
+            for (px, accp) in acc.iter().enumerate() {
+                let o = out.add((oy * g.ow + ox + px) * g.cout + cb);
+                for (j, av) in accp.iter().enumerate() {
+                    vst1q_f32(o.add(4 * j), activate(act, *av));
+                }
             }
         }
     }
@@ -254,6 +368,10 @@ pub mod neon {
     }
 
     /// One output pixel, channels `c0..cout`, skipping padding taps.
+    ///
+    /// The accumulators live in the output pixel itself: per valid tap one
+    /// input scalar is broadcast against the tap's weight row, so the tap
+    /// index arithmetic is paid once per tap rather than per channel block.
     #[allow(clippy::too_many_arguments)]
     #[inline(never)]
     fn pixel(
@@ -270,30 +388,42 @@ pub mod neon {
         let (kx0, kx1) = tap_range(ox, g.stride, g.pad, g.kw, g.iw);
         let plane = g.ih * g.iw;
         let o = (oy * g.ow + ox) * g.cout;
-        let mut cb = c0;
-        while cb + 4 <= g.cout {
-            // SAFETY: tap_range keeps iy < ih and ix < iw, so input reads are
-            // below cin * ih * iw; cb + 4 <= cout bounds weights, bias and
-            // the output pixel (asserted lengths).
-            unsafe {
-                let mut acc = vld1q_f32(bias.as_ptr().add(cb));
-                for ky in ky0..ky1 {
-                    let iy = oy * g.stride + ky - g.pad;
-                    for kx in kx0..kx1 {
-                        let ix = ox * g.stride + kx - g.pad;
-                        for ci in 0..g.cin {
-                            let a = *input.as_ptr().add(ci * plane + iy * g.iw + ix);
-                            let wt = w
-                                .as_ptr()
-                                .add(((ky * g.kw + kx) * g.cin + ci) * g.cout + cb);
-                            acc = vfmaq_n_f32(acc, vld1q_f32(wt), a);
+        let c4 = c0 + (g.cout - c0) / 4 * 4;
+        out[o + c0..o + c4].copy_from_slice(&bias[c0..c4]);
+        for ky in ky0..ky1 {
+            let iy = oy * g.stride + ky - g.pad;
+            for kx in kx0..kx1 {
+                let ix = ox * g.stride + kx - g.pad;
+                for ci in 0..g.cin {
+                    let a = input[ci * plane + iy * g.iw + ix];
+                    let t = ((ky * g.kw + kx) * g.cin + ci) * g.cout;
+                    let mut cb = c0;
+                    while cb < c4 {
+                        // SAFETY: cb + 4 <= c4 <= cout bounds the weight row
+                        // (t + cout <= kh * kw * cin * cout) and the output
+                        // pixel (o + cout <= oh * ow * cout), both asserted.
+                        unsafe {
+                            let d = out.as_mut_ptr().add(o + cb);
+                            vst1q_f32(
+                                d,
+                                vfmaq_n_f32(vld1q_f32(d), vld1q_f32(w.as_ptr().add(t + cb)), a),
+                            );
                         }
+                        cb += 4;
                     }
                 }
-                vst1q_f32(out.as_mut_ptr().add(o + cb), activate(g.act, acc));
+            }
+        }
+        let mut cb = c0;
+        while cb < c4 {
+            // SAFETY: as above.
+            unsafe {
+                let d = out.as_mut_ptr().add(o + cb);
+                vst1q_f32(d, activate(g.act, vld1q_f32(d)));
             }
             cb += 4;
         }
+        let cb = c4;
         for ch in cb..g.cout {
             let mut acc = bias[ch];
             for ky in ky0..ky1 {
