@@ -28,6 +28,25 @@ fn main() {
     };
     println!("cargo:rerun-if-changed={}", model_path.display());
     println!("cargo:rustc-env=DERM_MODEL_PATH={}", model_path.display());
+    // Tests compare against the golden vectors exported with the model; a
+    // snapshot taken with the model keeps the two consistent even if the
+    // files change after this build.
+    let golden = golden_path(&model_path);
+    println!("cargo:rerun-if-changed={}", golden.display());
+    let golden_snapshot = out.join("model.golden.safetensors");
+    match std::fs::read(&golden) {
+        Ok(bytes) => {
+            write(&golden_snapshot, &bytes);
+            println!(
+                "cargo:rustc-env=DERM_GOLDEN_PATH={}",
+                golden_snapshot.display()
+            );
+        }
+        Err(_) => {
+            let _ = std::fs::remove_file(&golden_snapshot);
+            println!("cargo:rustc-env=DERM_GOLDEN_PATH={}", golden.display());
+        }
+    }
 
     let model = ModelFile::read(&model_path).unwrap_or_else(|e| fail(format!("model file: {e}")));
     let opts = GenOptions {
@@ -41,6 +60,16 @@ fn main() {
     write(&out.join("model_weights.bin"), &g.weights);
 
     tiny_fixture(&out);
+}
+
+/// `<model>.golden.safetensors` beside `<model>.safetensors`.
+fn golden_path(model: &Path) -> PathBuf {
+    let name = model
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("model.safetensors");
+    let stem = name.strip_suffix(".safetensors").unwrap_or(name);
+    model.with_file_name(format!("{stem}.golden.safetensors"))
 }
 
 fn write(path: &Path, bytes: &[u8]) {

@@ -4,6 +4,7 @@
 //! `cargo run --release -p derm-codegen --example synthetic_model -- models/default.safetensors [SEED]`
 //!
 //! writes `models/default.safetensors` and `models/default.golden.safetensors`.
+//! `-- --tiny DIR` writes the tiny synthetic model and its graph JSON (fuzzer seeds).
 
 use std::collections::HashMap;
 
@@ -19,6 +20,14 @@ fn main() -> Result<()> {
     let Some(out) = args.next() else {
         bail!("usage: synthetic_model OUT.safetensors [SEED]");
     };
+    if out == "--tiny" {
+        // Seed files for the fuzzer: the tiny model and its graph JSON alone.
+        let dir = args.next().context("usage: synthetic_model --tiny DIR")?;
+        let m = SyntheticSpec::tiny(1).build()?;
+        m.write(format!("{dir}/tiny.safetensors"))?;
+        std::fs::write(format!("{dir}/tiny.json"), serde_json::to_string(&m.graph)?)?;
+        return Ok(());
+    }
     let seed: u64 = args
         .next()
         .map(|s| s.parse())

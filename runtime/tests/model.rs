@@ -20,10 +20,10 @@ mod tiny_unfused {
     include!(concat!(env!("OUT_DIR"), "/tiny_unfused_model.rs"));
 }
 
+/// The golden vectors exported with the model (`<model>.golden.safetensors`),
+/// as snapshotted by the build script together with the model.
 fn golden_path() -> String {
-    let model = env!("DERM_MODEL_PATH");
-    let stem = model.strip_suffix(".safetensors").unwrap_or(model);
-    format!("{stem}.golden.safetensors")
+    env!("DERM_GOLDEN_PATH").to_owned()
 }
 
 #[test]
