@@ -1,13 +1,17 @@
-//! `pi-bench`: the paper's latency protocol on the embedded runtime.
+//! `pi-bench`: the paper's latency protocol on the embedded model.
 //!
-//! Protocol: 10 iterations, each timing 100 images end to end; L is the mean
-//! seconds per 100 images and the latency score is `1 - L / 100`.
+//! Protocol: 10 iterations, each classifying 100 RGB images end to end
+//! (bilinear resize + normalization + the network + softmax, single thread).
+//! L is the mean seconds per 100 images and the latency score is `1 - L / 100`.
 
+use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::Result;
+use anyhow::{Context, Result, bail};
 use clap::Parser;
-use derm_runtime::preprocess::{Image, resize_normalize};
+use derm_runtime::{
+    ARENA_LEN, Arena, CLASS_NAMES, INPUT_H, INPUT_W, Image, MACS, NUM_CLASSES, PARAMS, classify,
+};
 
 /// Reproduce the paper's latency measurement on this machine.
 #[derive(Debug, Parser)]
@@ -22,44 +26,126 @@ struct Args {
     /// Seed of the generated images.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Untimed warm-up images before the first iteration.
+    #[arg(long, default_value_t = 5)]
+    warmup: usize,
+    /// Also write the report as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
 }
 
 /// ESFair-like photo sizes (width, height): phone and dermatoscope shots.
 const SIZES: [(usize, usize); 4] = [(600, 450), (1024, 768), (640, 480), (200, 150)];
 
+/// What one run measured.
+struct Report {
+    iterations: usize,
+    images: usize,
+    l_seconds_per_100: f64,
+    latency_score: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    mean_ms: f64,
+    class_counts: [usize; NUM_CLASSES],
+}
+
 fn main() -> Result<()> {
     let args = Args::parse();
+    if args.iterations == 0 || args.images == 0 {
+        bail!("--iterations and --images must be at least 1");
+    }
     let images = generate_images(args.images, args.seed);
-    let mut input = vec![0f32; 3 * 224 * 224];
+    // Boxed: the arena is ARENA_LEN * 4 bytes.
+    let mut arena = Box::new(Arena::new());
+    for (w, h, px) in images.iter().cycle().take(args.warmup) {
+        classify(Image::new(*w, *h, px)?, &mut arena)?;
+    }
     let mut per_image_ms = Vec::with_capacity(args.iterations * args.images);
     let mut per_iteration_s = Vec::with_capacity(args.iterations);
+    let mut class_counts = [0usize; NUM_CLASSES];
     for _ in 0..args.iterations {
         let start = Instant::now();
         for (w, h, px) in &images {
             let t = Instant::now();
-            let img = Image::new(*w, *h, px).map_err(|e| anyhow::anyhow!("{e:?}"))?;
-            resize_normalize(img, 224, 224, [0.5; 3], [0.5; 3], &mut input)
-                .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+            let p = classify(Image::new(*w, *h, px)?, &mut arena)?;
             per_image_ms.push(t.elapsed().as_secs_f64() * 1e3);
+            class_counts[p.class] += 1;
         }
         per_iteration_s.push(start.elapsed().as_secs_f64());
     }
-    let l = per_iteration_s.iter().sum::<f64>() / per_iteration_s.len() as f64;
+    let mean_iteration = per_iteration_s.iter().sum::<f64>() / per_iteration_s.len() as f64;
+    let l = mean_iteration * 100.0 / args.images as f64;
+    let mean_ms = per_image_ms.iter().sum::<f64>() / per_image_ms.len() as f64;
     per_image_ms.sort_by(f64::total_cmp);
     let pct = |p: f64| per_image_ms[((per_image_ms.len() - 1) as f64 * p).round() as usize];
-    println!("stage measured:   preprocessing (resize to 224x224 + normalize)");
+    let report = Report {
+        iterations: args.iterations,
+        images: args.images,
+        l_seconds_per_100: l,
+        latency_score: 1.0 - l / 100.0,
+        p50_ms: pct(0.5),
+        p99_ms: pct(0.99),
+        mean_ms,
+        class_counts,
+    };
+    print_report(&report);
+    if let Some(path) = &args.json {
+        std::fs::write(path, json(&report))
+            .with_context(|| format!("writing {}", path.display()))?;
+        println!("report:           {}", path.display());
+    }
+    Ok(())
+}
+
+fn print_report(r: &Report) {
+    println!(
+        "model:            {INPUT_W}x{INPUT_H} input, {NUM_CLASSES} classes, {PARAMS} params, {:.1} M MACs, arena {} KiB",
+        MACS as f64 / 1e6,
+        ARENA_LEN * 4 / 1024
+    );
+    println!("stage measured:   classify (resize + normalize + network + softmax), 1 thread");
+    println!("image sizes:      {SIZES:?} (generated RGB8, cycled)");
     println!(
         "protocol:         {} iterations x {} images",
-        args.iterations, args.images
+        r.iterations, r.images
     );
-    println!("L (s / 100 img):  {:.4}", l * 100.0 / args.images as f64);
-    println!(
-        "latency score:    {:.5}",
-        1.0 - (l * 100.0 / args.images as f64) / 100.0
-    );
-    println!("per image p50:    {:.3} ms", pct(0.5));
-    println!("per image p99:    {:.3} ms", pct(0.99));
-    Ok(())
+    println!("L (s / 100 img):  {:.4}", r.l_seconds_per_100);
+    println!("latency score:    {:.5}", r.latency_score);
+    println!("per image mean:   {:.3} ms", r.mean_ms);
+    println!("per image p50:    {:.3} ms", r.p50_ms);
+    println!("per image p99:    {:.3} ms", r.p99_ms);
+}
+
+/// The report as a JSON object (written by hand: flat and fixed).
+fn json(r: &Report) -> String {
+    let classes: Vec<String> = CLASS_NAMES
+        .iter()
+        .zip(&r.class_counts)
+        .map(|(n, c)| format!("{n:?}: {c}"))
+        .collect();
+    format!(
+        concat!(
+            "{{\n  \"protocol\": {{\"iterations\": {}, \"images_per_iteration\": {}, \"stage\": \"classify\", \"threads\": 1}},\n",
+            "  \"model\": {{\"input\": [{}, {}], \"classes\": {}, \"params\": {}, \"macs\": {}, \"arena_bytes\": {}}},\n",
+            "  \"l_seconds_per_100_images\": {},\n  \"latency_score\": {},\n",
+            "  \"per_image_ms\": {{\"mean\": {}, \"p50\": {}, \"p99\": {}}},\n",
+            "  \"predicted_class_counts\": {{{}}}\n}}\n"
+        ),
+        r.iterations,
+        r.images,
+        INPUT_H,
+        INPUT_W,
+        NUM_CLASSES,
+        PARAMS,
+        MACS,
+        ARENA_LEN * 4,
+        r.l_seconds_per_100,
+        r.latency_score,
+        r.mean_ms,
+        r.p50_ms,
+        r.p99_ms,
+        classes.join(", ")
+    )
 }
 
 /// Deterministic pseudo-random RGB8 images cycling through [`SIZES`].

@@ -72,21 +72,7 @@ impl From<PreprocessError> for Error {
 impl core::fmt::Display for Error {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
-            Error::Image(PreprocessError::EmptyImage) => {
-                f.write_str("image has zero width or height")
-            }
-            Error::Image(PreprocessError::WrongPixelCount { expected, actual }) => {
-                write!(
-                    f,
-                    "image needs {expected} bytes (width * height * 3), got {actual}"
-                )
-            }
-            Error::Image(PreprocessError::WrongOutputLen { expected, actual }) => {
-                write!(
-                    f,
-                    "internal: input buffer of {actual} values, expected {expected}"
-                )
-            }
+            Error::Image(e) => e.fmt(f),
         }
     }
 }

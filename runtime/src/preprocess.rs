@@ -23,6 +23,22 @@ pub enum PreprocessError {
     },
 }
 
+impl core::fmt::Display for PreprocessError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            PreprocessError::EmptyImage => f.write_str("image has zero width or height"),
+            PreprocessError::WrongPixelCount { expected, actual } => {
+                write!(f, "image needs {expected} bytes (width * height * 3), got {actual}")
+            }
+            PreprocessError::WrongOutputLen { expected, actual } => {
+                write!(f, "output buffer holds {actual} values, expected {expected}")
+            }
+        }
+    }
+}
+
+impl core::error::Error for PreprocessError {}
+
 /// A borrowed RGB8 image, row-major, 3 bytes per pixel.
 #[derive(Debug, Clone, Copy)]
 pub struct Image<'a> {
