@@ -27,6 +27,14 @@ enum Command {
     Stats(derm_train::cmd::stats::StatsArgs),
     /// Score a predictions CSV against a cache with the ESFair metrics (+ confusion PNGs).
     Metrics(derm_train::cmd::metrics::MetricsArgs),
+    /// Train the Swin V2-T teacher on a fold of a cache.
+    Teacher(Box<derm_train::cmd::teacher::TeacherArgs>),
+    /// Train the MobileNetV3 student alone (from scratch or ImageNet weights).
+    Student(Box<derm_train::cmd::student::StudentArgs>),
+    /// Train the student with the distillation loss against a teacher or its cached logits.
+    Distill(Box<derm_train::cmd::distill::DistillArgs>),
+    /// Run a trained teacher once over a cache and store its logits for `distill`.
+    TeacherLogits(derm_train::cmd::teacher_logits::TeacherLogitsArgs),
 }
 
 fn main() -> Result<()> {
@@ -38,6 +46,10 @@ fn main() -> Result<()> {
         Command::Split(a) => derm_train::cmd::split::run(a)?,
         Command::Stats(a) => derm_train::cmd::stats::run(a)?,
         Command::Metrics(a) => derm_train::cmd::metrics::run(a)?,
+        Command::Teacher(a) => derm_train::cmd::teacher::run(*a)?,
+        Command::Student(a) => derm_train::cmd::student::run(*a)?,
+        Command::Distill(a) => derm_train::cmd::distill::run(*a)?,
+        Command::TeacherLogits(a) => derm_train::cmd::teacher_logits::run(a)?,
         Command::Env => {
             let r = derm_train::env_report::env_report()?;
             println!("libtorch threads: {}", r.threads);

@@ -1,8 +1,12 @@
 //! The subcommands of `derm-train`: one module each, holding its clap
 //! arguments and a thin `run` that calls the library.
 
+pub mod distill;
 pub mod export;
 pub mod metrics;
 pub mod prepare;
 pub mod split;
 pub mod stats;
+pub mod student;
+pub mod teacher;
+pub mod teacher_logits;

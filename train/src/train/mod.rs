@@ -2,7 +2,9 @@
 //! shared training loop (supervised and distillation) and its progress display.
 
 pub mod checkpoint;
+pub mod cli;
 pub mod fit;
 pub mod loss;
 pub mod optim;
 pub mod progress;
+pub mod teacher_file;

@@ -1,7 +1,10 @@
-//! Helpers shared by the training tests: a tiny synthetic cache and a tiny network with
+//! Helpers shared by the training tests: a tiny synthetic cache, a tiny real-data cache
+//! ([`ham`]) and a tiny network with
 //! every kind of state the loop must carry (BatchNorm statistics, dropout randomness).
 
 #![allow(dead_code)]
+
+pub mod ham;
 
 use std::path::Path;
 

@@ -1,0 +1,262 @@
+//! Command-line options shared by `teacher`, `student` and `distill`, and the setup they
+//! share: open the cache and fold, subsample for small budgets, balance, resolve class
+//! weights, and turn flags into [`FitOptions`].
+
+use std::path::PathBuf;
+
+use anyhow::{Result, ensure};
+use clap::Args;
+use serde::Serialize;
+
+use super::fit::{Criterion, FitOptions};
+use super::loss::KdConfig;
+use super::optim::{OptimConfig, OptimizerKind};
+use crate::args::{BalanceArgs, FoldArgs};
+use crate::data::balance::BalancePlan;
+use crate::data::cache::Cache;
+use crate::data::rng::Rng;
+use crate::metrics::EvalOptions;
+
+/// Flags of the training loop itself.
+#[derive(Debug, Clone, Args)]
+pub struct TrainArgs {
+    /// Output folder: checkpoint, best weights, final model, JSON report.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Continue from `OUT/checkpoint.safetensors` (same flags required).
+    #[arg(long)]
+    pub resume: bool,
+    /// Training image side (the cache's tiles are resized; divisible by 32).
+    #[arg(long, default_value_t = 128)]
+    pub train_size: usize,
+    /// Epochs.
+    #[arg(long, default_value_t = 1)]
+    pub epochs: u64,
+    /// Batch size.
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+    /// Peak learning rate (the paper's SGD used 1e-4; AdamW on small budgets wants ~1e-3).
+    #[arg(long, default_value_t = 1e-3)]
+    pub lr: f64,
+    /// Optimizer: sgd (momentum 0.9) or adamw.
+    #[arg(long, default_value = "adamw")]
+    pub optimizer: OptimizerKind,
+    /// Weight decay (default: 0 for sgd, 0.05 for adamw).
+    #[arg(long)]
+    pub weight_decay: Option<f64>,
+    /// Linear warmup steps (default: 5% of the run, at most 500).
+    #[arg(long)]
+    pub warmup_steps: Option<u64>,
+    /// Keep the learning rate constant after the warmup instead of a cosine decay.
+    #[arg(long)]
+    pub constant_lr: bool,
+    /// Seed of initialization, data order, flips, noise and dropout.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Best-epoch criterion: accuracy, balanced, fairness or overall.
+    #[arg(long, default_value = "overall")]
+    pub select: Criterion,
+    /// Checkpoint every N steps (0: only at epoch ends).
+    #[arg(long, default_value_t = 50)]
+    pub checkpoint_every: u64,
+    /// Use at most N training images of the fold (a seeded random subset), for small budgets.
+    #[arg(long)]
+    pub max_train: Option<usize>,
+    /// Use at most N validation images of the fold (a seeded random subset).
+    #[arg(long)]
+    pub max_val: Option<usize>,
+    /// Groups left out of SPD and the minority choice (comma-separated, e.g. `unknown`).
+    #[arg(long, value_delimiter = ',')]
+    pub exclude_groups: Vec<String>,
+    /// Force the minority group instead of the smallest one.
+    #[arg(long)]
+    pub minority_group: Option<String>,
+    /// No random flips.
+    #[arg(long)]
+    pub no_flip: bool,
+    /// libtorch intra-op threads (default: libtorch's choice).
+    #[arg(long)]
+    pub threads: Option<i32>,
+    /// No progress bar or progress lines.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// Distillation knobs.
+#[derive(Debug, Clone, Args)]
+pub struct KdArgs {
+    /// Weight of the teacher term.
+    #[arg(long, default_value_t = 0.8)]
+    pub alpha: f64,
+    /// Softmax temperature.
+    #[arg(long, default_value_t = 4.0)]
+    pub temperature: f64,
+}
+
+impl KdArgs {
+    /// As a [`KdConfig`].
+    pub fn config(&self) -> KdConfig {
+        KdConfig {
+            alpha: self.alpha,
+            temperature: self.temperature,
+        }
+    }
+}
+
+/// What a run trains on.
+#[derive(Debug)]
+pub struct RunData {
+    /// The cache.
+    pub cache: Cache,
+    /// Training indices (after `--max-train`).
+    pub train: Vec<usize>,
+    /// Validation indices (after `--max-val`).
+    pub val: Vec<usize>,
+    /// Balanced training slots.
+    pub plan: BalancePlan,
+    /// Cross-entropy class weights.
+    pub class_weights: Vec<f32>,
+}
+
+/// Sizes of a run's data, for reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct DataSummary {
+    /// Cache folder.
+    pub cache: String,
+    /// Cache tile side.
+    pub cache_size: usize,
+    /// Folds.
+    pub k: usize,
+    /// Validation fold.
+    pub fold: usize,
+    /// Training images used.
+    pub train_images: usize,
+    /// Training slots per epoch (originals + noise copies).
+    pub train_slots: usize,
+    /// Noise copies per epoch.
+    pub noise_copies: usize,
+    /// Validation images used.
+    pub val_images: usize,
+    /// Balancing preset.
+    pub balance: String,
+    /// Class weights.
+    pub class_weights: Vec<f32>,
+}
+
+fn subsample(mut v: Vec<usize>, max: Option<usize>, seed: u64, stream: u64) -> Vec<usize> {
+    if let Some(m) = max.filter(|&m| m < v.len()) {
+        Rng::from_parts(&[seed, stream, 0x5B5E]).shuffle(&mut v);
+        v.truncate(m);
+        v.sort_unstable();
+    }
+    v
+}
+
+impl RunData {
+    /// Opens the cache and fold, subsamples, balances and resolves class weights.
+    pub fn open(fold: &FoldArgs, balance: &BalanceArgs, train: &TrainArgs) -> Result<Self> {
+        let (cache, f) = fold.open()?;
+        let tr = subsample(f.train, train.max_train, train.seed, 1);
+        let val = subsample(f.val, train.max_val, train.seed, 2);
+        ensure!(
+            !tr.is_empty() && !val.is_empty(),
+            "empty training or validation set"
+        );
+        let plan = BalancePlan::new(&cache, &tr, &balance.config()?, train.seed);
+        let class_weights = balance
+            .class_weights
+            .resolve(&plan.class_counts(cache.labels()))
+            .to_vec();
+        Ok(Self {
+            cache,
+            train: tr,
+            val,
+            plan,
+            class_weights,
+        })
+    }
+
+    /// Sizes for the report.
+    pub fn summary(&self, fold: &FoldArgs, balance: &BalanceArgs) -> DataSummary {
+        DataSummary {
+            cache: fold.cache.display().to_string(),
+            cache_size: self.cache.image_size(),
+            k: fold.k,
+            fold: fold.fold,
+            train_images: self.train.len(),
+            train_slots: self.plan.len(),
+            noise_copies: self.plan.num_copies(),
+            val_images: self.val.len(),
+            balance: balance.balance.to_string(),
+            class_weights: self.class_weights.clone(),
+        }
+    }
+
+    /// Metric options from the cache's names and the flags.
+    pub fn eval_options(&self, train: &TrainArgs) -> EvalOptions {
+        EvalOptions {
+            class_names: self.cache.class_names().to_vec(),
+            group_names: self.cache.group_names().to_vec(),
+            minority_group: train.minority_group.clone(),
+            exclude_groups: train.exclude_groups.clone(),
+            latency_s_per_100: None,
+        }
+    }
+}
+
+impl TrainArgs {
+    /// Applies `--threads` and checks the image size against the model's multiple.
+    pub fn setup(&self, multiple: usize) -> Result<()> {
+        if let Some(t) = self.threads {
+            ensure!(t > 0, "--threads {t} must be > 0");
+            tch::set_num_threads(t);
+        }
+        ensure!(
+            self.train_size > 0 && self.train_size.is_multiple_of(multiple),
+            "--train-size {} must be a positive multiple of {multiple}",
+            self.train_size
+        );
+        Ok(())
+    }
+
+    /// The loop options.
+    pub fn fit_options(&self, data: &RunData, kd: KdConfig) -> FitOptions {
+        let mut optim = OptimConfig::for_kind(self.optimizer);
+        if let Some(wd) = self.weight_decay {
+            optim.weight_decay = wd;
+        }
+        FitOptions {
+            epochs: self.epochs,
+            batch_size: self.batch_size,
+            eval_batch_size: self.batch_size.max(64),
+            seed: self.seed,
+            train_size: Some(self.train_size),
+            flip: !self.no_flip,
+            lr: self.lr,
+            warmup_steps: self.warmup_steps,
+            constant_lr: self.constant_lr,
+            optim,
+            checkpoint_every: self.checkpoint_every,
+            criterion: self.select,
+            kd,
+            class_weights: Some(data.class_weights.clone()),
+            eval: data.eval_options(self),
+        }
+    }
+}
+
+/// The command line as one string, for provenance.
+pub fn command_line() -> String {
+    std::env::args().collect::<Vec<_>>().join(" ")
+}
+
+/// `git rev-parse HEAD` if available (empty otherwise).
+pub fn git_commit() -> String {
+    std::process::Command::new("git")
+        .args(["rev-parse", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default()
+}
