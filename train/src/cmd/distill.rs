@@ -47,7 +47,8 @@ pub fn run(a: DistillArgs) -> Result<()> {
     let kd = a.kd.config();
     kd.validate()?;
     let data = RunData::open(&a.fold, &a.balance, &a.train)?;
-    let opts = a.train.fit_options(&data, kd);
+    let mut opts = a.train.fit_options(&data, kd);
+    a.model.apply(&mut opts);
     let mut extra = BTreeMap::new();
 
     let mut cached = None;

@@ -32,9 +32,20 @@ pub struct StudentModelArgs {
     /// [-1, 1] and its BatchNorm statistics are placeholders, which are re-estimated first.
     #[arg(long)]
     pub init_weights: Option<PathBuf>,
-    /// Training batches used to re-estimate BatchNorm statistics of `--init-weights`.
+    /// Training batches used to re-estimate BatchNorm statistics of `--init-weights`, and
+    /// before every evaluation (0: never).
     #[arg(long, default_value_t = 20)]
     pub bn_batches: usize,
+}
+
+impl StudentModelArgs {
+    /// Sets the loop's precise-BN option from `--bn-batches`.
+    pub fn apply(&self, opts: &mut FitOptions) {
+        opts.bn_recalibrate = (self.bn_batches > 0).then_some(fit::BnRecalibrate {
+            batches: self.bn_batches,
+            momentum: BN_MOMENTUM,
+        });
+    }
 }
 
 /// Arguments of `derm-train student`.
@@ -103,8 +114,17 @@ pub fn setup_student(
             plan: &data.plan,
             val: &data.val,
         };
-        bn_layers =
-            fit::reestimate_batchnorm(&net, &vs, BN_MOMENTUM, &fd, opts, Some(&map), m.bn_batches)?;
+        if m.bn_batches > 0 {
+            bn_layers = fit::reestimate_batchnorm(
+                &net,
+                &vs,
+                BN_MOMENTUM,
+                &fd,
+                opts,
+                Some(&map),
+                m.bn_batches,
+            )?;
+        }
         eprintln!(
             "loaded {n} tensors from {}; re-estimated {bn_layers} BatchNorm layers over {} batches",
             w.display(),
@@ -216,7 +236,8 @@ pub fn student_report(
 pub fn run(a: StudentArgs) -> Result<()> {
     a.train.setup(32)?;
     let data = RunData::open(&a.fold, &a.balance, &a.train)?;
-    let opts = a.train.fit_options(&data, Default::default());
+    let mut opts = a.train.fit_options(&data, Default::default());
+    a.model.apply(&mut opts);
     let s = setup_student(&a.model, &data, &opts, a.train.seed)?;
     let fd = FitData {
         cache: &data.cache,

@@ -10,9 +10,11 @@ use clap::Args;
 use tch::nn::ModuleT;
 use tch::{Kind, Tensor};
 
+use crate::args::FoldArgs;
 use crate::data::balance::BalancePlan;
 use crate::data::cache::Cache;
 use crate::data::loader::{Batches, LoaderOptions};
+use crate::train::cli::train_indices;
 use crate::train::progress::EpochProgress;
 use crate::train::teacher_file::{self, LogitsMeta};
 
@@ -37,6 +39,22 @@ pub struct TeacherLogitsArgs {
     /// libtorch intra-op threads.
     #[arg(long)]
     pub threads: Option<i32>,
+    /// Only the training images of fold `--fold` of `--k` (after `--max-train` with
+    /// `--seed`), i.e. exactly the rows a `distill` run with the same flags reads.
+    #[arg(long)]
+    pub fold: Option<usize>,
+    /// Folds (with `--fold`).
+    #[arg(long, default_value_t = 5)]
+    pub k: usize,
+    /// Seed of the fold assignment (with `--fold`).
+    #[arg(long, default_value_t = 0)]
+    pub split_seed: u64,
+    /// As `distill --max-train` (with `--fold`).
+    #[arg(long)]
+    pub max_train: Option<usize>,
+    /// As `distill --seed` (with `--fold`).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
 }
 
 /// Runs `derm-train teacher-logits`.
@@ -60,37 +78,60 @@ pub fn run(a: TeacherLogitsArgs) -> Result<()> {
     );
     let size = a.train_size.unwrap_or(meta.input_size);
     meta.config()?.check_input_size(size as i64, size as i64)?;
-    let all: Vec<usize> = (0..cache.len()).collect();
-    let plan = BalancePlan::plain(&all);
+    let rows: Vec<usize> = match a.fold {
+        Some(fold) => {
+            let f = FoldArgs {
+                cache: a.cache.clone(),
+                k: a.k,
+                fold,
+                split_seed: a.split_seed,
+            };
+            train_indices(&f, a.max_train, a.seed)?.1
+        }
+        None => (0..cache.len()).collect(),
+    };
+    let plan = BalancePlan::plain(&rows);
     let mut opts = LoaderOptions::eval(a.batch_size);
     opts.train_size = Some(size);
     let batches = Batches::new(&cache, &plan, opts, 0)?;
     let mut progress = EpochProgress::new("teacher-logits", batches.num_batches() as u64, true);
     let start = Instant::now();
-    let mut rows = Vec::new();
+    let mut out_rows = Vec::new();
     for b in batches {
         let b = b?;
         let y = tch::no_grad(|| net.forward_t(&b.images, false));
         progress.step(b.indices.len() as u64, 0.0);
-        rows.push(y.to_kind(Kind::Float));
+        out_rows.push(y.to_kind(Kind::Float));
     }
     progress.finish();
-    let logits = Tensor::cat(&rows, 0);
+    let computed = Tensor::cat(&out_rows, 0);
+    let logits = Tensor::zeros(
+        [cache.len() as i64, computed.size()[1]],
+        (Kind::Float, tch::Device::Cpu),
+    );
+    let idx: Vec<i64> = rows.iter().map(|&i| i as i64).collect();
+    let logits = logits.index_copy(0, &Tensor::from_slice(&idx), &computed);
+    let mut present = vec![false; cache.len()];
+    for &i in &rows {
+        present[i] = true;
+    }
     let seconds = start.elapsed().as_secs_f64();
     let lm = LogitsMeta {
         teacher: a.teacher.display().to_string(),
         cache: a.cache.display().to_string(),
         samples: cache.len(),
+        computed: rows.len(),
         input_size: size,
         seconds,
     };
-    teacher_file::save_logits(&a.out, &logits, &lm)?;
+    teacher_file::save_logits(&a.out, &logits, &present, &lm)?;
     println!(
-        "wrote {} ({} x {} logits at {size}x{size}) in {seconds:.1} s ({:.1} images/s)",
+        "wrote {} ({} of {} rows x {} logits at {size}x{size}) in {seconds:.1} s ({:.1} images/s)",
         a.out.display(),
+        rows.len(),
         cache.len(),
         logits.size()[1],
-        cache.len() as f64 / seconds
+        rows.len() as f64 / seconds
     );
     Ok(())
 }

@@ -152,6 +152,17 @@ fn subsample(mut v: Vec<usize>, max: Option<usize>, seed: u64, stream: u64) -> V
     v
 }
 
+/// The training indices a run with these flags uses (the fold's, after `--max-train`), so
+/// `teacher-logits` can compute exactly those rows.
+pub fn train_indices(
+    fold: &FoldArgs,
+    max_train: Option<usize>,
+    seed: u64,
+) -> Result<(Cache, Vec<usize>)> {
+    let (cache, f) = fold.open()?;
+    Ok((cache, subsample(f.train, max_train, seed, 1)))
+}
+
 impl RunData {
     /// Opens the cache and fold, subsamples, balances and resolves class weights.
     pub fn open(fold: &FoldArgs, balance: &BalanceArgs, train: &TrainArgs) -> Result<Self> {
@@ -241,6 +252,7 @@ impl TrainArgs {
             kd,
             class_weights: Some(data.class_weights.clone()),
             eval: data.eval_options(self),
+            bn_recalibrate: None,
         }
     }
 }

@@ -189,6 +189,21 @@ pub struct FitOptions {
     pub class_weights: Option<Vec<f32>>,
     /// Metric options (class and group names, minority, exclusions).
     pub eval: EvalOptions,
+    /// Re-estimate BatchNorm statistics over this many training batches before each
+    /// evaluation ("precise BN"). With torchvision's momentum of 0.01 the running statistics
+    /// trail the weights by hundreds of steps, which on short runs makes eval-mode outputs
+    /// meaningless.
+    #[serde(default)]
+    pub bn_recalibrate: Option<BnRecalibrate>,
+}
+
+/// Precise-BN settings.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct BnRecalibrate {
+    /// Training batches averaged.
+    pub batches: usize,
+    /// The model's BatchNorm momentum (to read batch statistics back).
+    pub momentum: f64,
 }
 
 impl FitOptions {
@@ -670,6 +685,9 @@ pub fn fit(
             break;
         }
         let images_per_s = progress.images_per_s();
+        if let Some(bn) = opts.bn_recalibrate {
+            reestimate_batchnorm(model, vs, bn.momentum, data, opts, input, bn.batches)?;
+        }
         let (val, val_loss) = evaluate(
             model,
             data.cache,

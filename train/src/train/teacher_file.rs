@@ -110,18 +110,31 @@ pub struct LogitsMeta {
     pub cache: String,
     /// Samples in the cache.
     pub samples: usize,
+    /// Samples whose logits were computed (the others are zero rows, marked absent).
+    #[serde(default)]
+    pub computed: usize,
     /// Image side the teacher saw.
     pub input_size: usize,
     /// Seconds it took.
     pub seconds: f64,
 }
 
-/// Writes `[N, C]` logits for every cache sample.
-pub fn save_logits(path: &Path, logits: &tch::Tensor, meta: &LogitsMeta) -> Result<()> {
+/// Writes `[N, C]` logits, one row per cache sample, and `present` (`[N]` u8: 1 where the
+/// row was computed).
+pub fn save_logits(
+    path: &Path,
+    logits: &tch::Tensor,
+    present: &[bool],
+    meta: &LogitsMeta,
+) -> Result<()> {
     let mut m = HashMap::new();
     m.insert(LOGITS_METADATA_KEY.to_owned(), serde_json::to_string(meta)?);
-    let bytes =
-        checkpoint::to_safetensors_bytes(&[("logits".to_owned(), logits.shallow_clone())], m)?;
+    let p: Vec<u8> = present.iter().map(|&b| b as u8).collect();
+    let tensors = [
+        ("logits".to_owned(), logits.shallow_clone()),
+        ("present".to_owned(), tch::Tensor::from_slice(&p)),
+    ];
+    let bytes = checkpoint::to_safetensors_bytes(&tensors, m)?;
     checkpoint::write_atomic(path, &bytes).with_context(|| format!("saving {}", path.display()))
 }
 
@@ -165,11 +178,18 @@ pub fn load_logits(
         &[samples as i64, classes as i64],
         tch::Kind::Float,
     )?;
-    Ok((
-        meta,
-        super::fit::TeacherLogits {
-            logits: t,
-            present: vec![true; samples],
-        },
-    ))
+    let present = match st.tensor("present") {
+        Ok(p) => {
+            ensure!(
+                p.dtype() == safetensors::Dtype::U8 && p.shape() == [samples],
+                "{}: \"present\" must be u8 [{samples}], found {:?} {:?}",
+                path.display(),
+                p.dtype(),
+                p.shape()
+            );
+            p.data().iter().map(|&b| b != 0).collect()
+        }
+        Err(_) => vec![true; samples],
+    };
+    Ok((meta, super::fit::TeacherLogits { logits: t, present }))
 }

@@ -109,6 +109,7 @@ pub fn tiny_options(cache: &Cache, kind: OptimizerKind, epochs: u64) -> FitOptio
             group_names: cache.group_names().to_vec(),
             ..Default::default()
         },
+        bn_recalibrate: None,
     }
 }
 
