@@ -528,3 +528,43 @@ pub fn export_student(
         fold_error,
     })
 }
+
+/// Gives every BatchNorm of a student random running statistics and affine parameters (as
+/// after training) and widens the classifier, from `seed`. A fresh init has mean 0, var 1,
+/// gamma 1, beta 0 and near-equal logits, which would let a wrong BatchNorm fold or a
+/// dropped bias pass a parity test; tests of the export path call this first.
+pub fn perturb_for_parity_tests(student: &Student, seed: i64) {
+    tch::manual_seed(seed);
+    tch::no_grad(|| {
+        let all = student.vs.variables();
+        let mut vars: Vec<(&String, &Tensor)> = all.iter().collect();
+        // HashMap order is random; a fixed order makes the draws reproducible.
+        vars.sort_by(|a, b| a.0.cmp(b.0));
+        for (name, v) in vars {
+            let mut v = v.shallow_clone();
+            let n = v.size();
+            let r = |lo: f64, hi: f64| {
+                Tensor::rand(&n, (Kind::Float, tch::Device::Cpu)) * (hi - lo) + lo
+            };
+            let is_bn = all.contains_key(
+                &name
+                    .rsplit_once('.')
+                    .map(|(p, _)| format!("{p}.running_var"))
+                    .unwrap_or_default(),
+            );
+            if name.ends_with(".running_var") {
+                v.copy_(&r(0.5, 2.0));
+            } else if name.ends_with(".running_mean") {
+                v.copy_(&r(-0.2, 0.2));
+            } else if is_bn && name.ends_with(".weight") {
+                v.copy_(&r(0.5, 1.5));
+            } else if is_bn && name.ends_with(".bias") {
+                v.copy_(&r(-0.1, 0.1));
+            } else if name.starts_with("classifier") && name.ends_with(".bias") {
+                v.copy_(&r(-0.5, 0.5));
+            } else if name.starts_with("classifier") {
+                v.copy_(&(v.shallow_clone() * 20.0));
+            }
+        }
+    });
+}

@@ -75,9 +75,12 @@ fn three(v: &[f32], what: &str) -> Result<[f32; 3]> {
     <[f32; 3]>::try_from(v).map_err(|_| anyhow::anyhow!("--{what} needs 3 values, got {v:?}"))
 }
 
-/// The command line as typed, for provenance.
+/// The command line, for provenance (the program as `derm-train`, not its build path).
 pub fn command_line() -> String {
-    std::env::args().collect::<Vec<_>>().join(" ")
+    std::iter::once("derm-train".to_owned())
+        .chain(std::env::args().skip(1))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// `git rev-parse HEAD` of the current directory's repository, or empty.
