@@ -28,10 +28,16 @@ impl core::fmt::Display for PreprocessError {
         match self {
             PreprocessError::EmptyImage => f.write_str("image has zero width or height"),
             PreprocessError::WrongPixelCount { expected, actual } => {
-                write!(f, "image needs {expected} bytes (width * height * 3), got {actual}")
+                write!(
+                    f,
+                    "image needs {expected} bytes (width * height * 3), got {actual}"
+                )
             }
             PreprocessError::WrongOutputLen { expected, actual } => {
-                write!(f, "output buffer holds {actual} values, expected {expected}")
+                write!(
+                    f,
+                    "output buffer holds {actual} values, expected {expected}"
+                )
             }
         }
     }
