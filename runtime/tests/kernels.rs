@@ -155,12 +155,20 @@ type PointwiseFn =
     fn(&[f32], usize, usize, usize, &[f32], &[f32], Activation, Option<&[f32]>, &mut [f32]);
 
 fn pointwise_variants() -> Vec<(&'static str, PointwiseFn)> {
-    let v: Vec<(&'static str, PointwiseFn)> = vec![
+    #[allow(unused_mut)]
+    let mut v: Vec<(&'static str, PointwiseFn)> = vec![
         ("dispatch", kernels::pointwise),
         ("portable", kernels::pointwise::portable),
         #[cfg(target_arch = "aarch64")]
         ("neon", kernels::pointwise::neon::pointwise),
     ];
+    #[cfg(target_arch = "x86_64")]
+    if kernels::has_avx2_fma() {
+        // SAFETY: the CPU supports AVX2 and FMA.
+        v.push(("avx2", |a, p, k, n, w, b, act, r, o| unsafe {
+            kernels::pointwise::avx2::pointwise(a, p, k, n, w, b, act, r, o)
+        }));
+    }
     v
 }
 
@@ -248,12 +256,23 @@ type DepthwiseFn = fn(
 );
 
 fn depthwise_variants() -> Vec<(&'static str, DepthwiseFn)> {
-    let v: Vec<(&'static str, DepthwiseFn)> = vec![
+    #[allow(unused_mut)]
+    let mut v: Vec<(&'static str, DepthwiseFn)> = vec![
         ("dispatch", kernels::depthwise),
         ("portable", kernels::depthwise::portable),
         #[cfg(target_arch = "aarch64")]
         ("neon", kernels::depthwise::neon::depthwise),
     ];
+    #[cfg(target_arch = "x86_64")]
+    if kernels::has_avx2_fma() {
+        // SAFETY: the CPU supports AVX2 and FMA.
+        v.push((
+            "avx2",
+            |a, ih, iw, c, w, b, k, s, pad, oh, ow, act, o| unsafe {
+                kernels::depthwise::avx2::depthwise(a, ih, iw, c, w, b, k, s, pad, oh, ow, act, o)
+            },
+        ));
+    }
     v
 }
 
@@ -343,12 +362,25 @@ type StemFn = fn(
 );
 
 fn stem_variants() -> Vec<(&'static str, StemFn)> {
-    let v: Vec<(&'static str, StemFn)> = vec![
+    #[allow(unused_mut)]
+    let mut v: Vec<(&'static str, StemFn)> = vec![
         ("dispatch", kernels::conv_stem),
         ("portable", kernels::conv_stem::portable),
         #[cfg(target_arch = "aarch64")]
         ("neon", kernels::conv_stem::neon::conv_stem),
     ];
+    #[cfg(target_arch = "x86_64")]
+    if kernels::has_avx2_fma() {
+        // SAFETY: the CPU supports AVX2 and FMA.
+        v.push((
+            "avx2",
+            |a, ih, iw, ci, w, b, co, kh, kw, s, pad, oh, ow, act, o| unsafe {
+                kernels::conv_stem::avx2::conv_stem(
+                    a, ih, iw, ci, w, b, co, kh, kw, s, pad, oh, ow, act, o,
+                )
+            },
+        ));
+    }
     v
 }
 
@@ -723,8 +755,9 @@ fn activations_at_breakpoints() {
 
 /// On aarch64 the functions codegen calls must be the NEON kernels, never the
 /// portable fallback (a silent fallback would cost the Pi 4 its speed).
+#[cfg(target_arch = "aarch64")]
 #[test]
-fn top_level_kernels_dispatch_to_the_target_variant() {
+fn top_level_kernels_are_the_neon_variants() {
     let names = [
         core::any::type_name_of_val(&kernels::pointwise),
         core::any::type_name_of_val(&kernels::depthwise),
@@ -734,14 +767,19 @@ fn top_level_kernels_dispatch_to_the_target_variant() {
         core::any::type_name_of_val(&kernels::global_avg_pool),
         core::any::type_name_of_val(&kernels::add),
     ];
-    let want = if cfg!(target_arch = "aarch64") {
-        "::neon::"
-    } else {
-        "::portable"
-    };
     for name in names {
-        assert!(name.contains(want), "{name} is not a {want} kernel");
+        assert!(name.contains("::neon::"), "{name} is not a NEON kernel");
     }
+}
+
+/// On x86_64 the AVX2 detection agrees with std's, so hosts with AVX2 + FMA
+/// really run the AVX2 kernels.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn avx2_detection_matches_std() {
+    let std_says =
+        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma");
+    assert_eq!(kernels::has_avx2_fma(), std_says);
 }
 
 /// The test's own layout helpers round-trip (the reference relies on them).

@@ -8,7 +8,7 @@ use super::depthwise::tap_range;
 #[cfg(target_arch = "aarch64")]
 pub use neon::conv_stem;
 /// The variant this target uses: NEON on aarch64, [`portable`] elsewhere.
-#[cfg(not(target_arch = "aarch64"))]
+#[cfg(not(any(target_arch = "aarch64", target_arch = "x86_64")))]
 pub use portable as conv_stem;
 
 /// Portable stem convolution.
@@ -438,5 +438,176 @@ pub mod neon {
             }
             out[o + ch] = g.act.apply(acc);
         }
+    }
+}
+
+/// AVX2 + FMA stem for x86_64 hosts: per output pixel, up to 32 output
+/// channels (4 `__m256`) accumulate in registers while each valid tap's
+/// input value is broadcast once.
+#[cfg(target_arch = "x86_64")]
+pub mod avx2 {
+    use super::super::Activation;
+    use super::super::avx2_util::activate;
+    use super::super::depthwise::tap_range;
+    use core::arch::x86_64::*;
+
+    /// AVX2 stem convolution with the contract of [`super::portable`].
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 and FMA ([`super::super::has_avx2_fma`]).
+    ///
+    /// # Panics
+    /// If a slice is shorter than the shape says.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn conv_stem(
+        input: &[f32],
+        ih: usize,
+        iw: usize,
+        cin: usize,
+        w: &[f32],
+        bias: &[f32],
+        cout: usize,
+        kh: usize,
+        kw: usize,
+        stride: usize,
+        pad: usize,
+        oh: usize,
+        ow: usize,
+        act: Activation,
+        out: &mut [f32],
+    ) {
+        assert!(
+            input.len() >= cin * ih * iw,
+            "conv_stem: input shorter than cin * ih * iw"
+        );
+        assert!(
+            w.len() >= kh * kw * cin * cout,
+            "conv_stem: weights shorter than kh * kw * cin * cout"
+        );
+        assert!(bias.len() >= cout, "conv_stem: bias shorter than cout");
+        assert!(
+            out.len() >= oh * ow * cout,
+            "conv_stem: out shorter than oh * ow * cout"
+        );
+        let plane = ih * iw;
+        let c32 = cout - cout % 32;
+        let c8 = cout - cout % 8;
+        for oy in 0..oh {
+            let (ky0, ky1) = tap_range(oy, stride, pad, kh, ih);
+            for ox in 0..ow {
+                let (kx0, kx1) = tap_range(ox, stride, pad, kw, iw);
+                let o = (oy * ow + ox) * cout;
+                // SAFETY (both blocks): tap_range keeps input reads inside;
+                // cb + 32 (or + 8) <= cout bounds weights, bias and the
+                // output pixel; lengths asserted above.
+                let mut cb = 0;
+                while cb < c32 {
+                    unsafe {
+                        let bp = bias.as_ptr().add(cb);
+                        let mut acc = [
+                            _mm256_loadu_ps(bp),
+                            _mm256_loadu_ps(bp.add(8)),
+                            _mm256_loadu_ps(bp.add(16)),
+                            _mm256_loadu_ps(bp.add(24)),
+                        ];
+                        for ky in ky0..ky1 {
+                            let iy = oy * stride + ky - pad;
+                            for kx in kx0..kx1 {
+                                let ix = ox * stride + kx - pad;
+                                for ci in 0..cin {
+                                    let a = _mm256_set1_ps(
+                                        *input.as_ptr().add(ci * plane + iy * iw + ix),
+                                    );
+                                    let wt =
+                                        w.as_ptr().add(((ky * kw + kx) * cin + ci) * cout + cb);
+                                    for (j, v) in acc.iter_mut().enumerate() {
+                                        *v = _mm256_fmadd_ps(a, _mm256_loadu_ps(wt.add(8 * j)), *v);
+                                    }
+                                }
+                            }
+                        }
+                        for (j, v) in acc.iter().enumerate() {
+                            _mm256_storeu_ps(
+                                out.as_mut_ptr().add(o + cb + 8 * j),
+                                activate(act, *v),
+                            );
+                        }
+                    }
+                    cb += 32;
+                }
+                while cb < c8 {
+                    unsafe {
+                        let mut acc = _mm256_loadu_ps(bias.as_ptr().add(cb));
+                        for ky in ky0..ky1 {
+                            let iy = oy * stride + ky - pad;
+                            for kx in kx0..kx1 {
+                                let ix = ox * stride + kx - pad;
+                                for ci in 0..cin {
+                                    let a = _mm256_set1_ps(
+                                        *input.as_ptr().add(ci * plane + iy * iw + ix),
+                                    );
+                                    let wt =
+                                        w.as_ptr().add(((ky * kw + kx) * cin + ci) * cout + cb);
+                                    acc = _mm256_fmadd_ps(a, _mm256_loadu_ps(wt), acc);
+                                }
+                            }
+                        }
+                        _mm256_storeu_ps(out.as_mut_ptr().add(o + cb), activate(act, acc));
+                    }
+                    cb += 8;
+                }
+                for ch in c8..cout {
+                    let mut acc = bias[ch];
+                    for ky in ky0..ky1 {
+                        let iy = oy * stride + ky - pad;
+                        for kx in kx0..kx1 {
+                            let ix = ox * stride + kx - pad;
+                            for ci in 0..cin {
+                                acc += input[ci * plane + iy * iw + ix]
+                                    * w[((ky * kw + kx) * cin + ci) * cout + ch];
+                            }
+                        }
+                    }
+                    out[o + ch] = act.apply(acc);
+                }
+            }
+        }
+    }
+}
+
+/// The variant this target uses: AVX2 + FMA when the CPU has them, else
+/// [`portable`].
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+#[inline]
+pub fn conv_stem(
+    input: &[f32],
+    ih: usize,
+    iw: usize,
+    cin: usize,
+    w: &[f32],
+    bias: &[f32],
+    cout: usize,
+    kh: usize,
+    kw: usize,
+    stride: usize,
+    pad: usize,
+    oh: usize,
+    ow: usize,
+    act: Activation,
+    out: &mut [f32],
+) {
+    if super::has_avx2_fma() {
+        // SAFETY: the CPU supports AVX2 and FMA (checked just above).
+        unsafe {
+            avx2::conv_stem(
+                input, ih, iw, cin, w, bias, cout, kh, kw, stride, pad, oh, ow, act, out,
+            )
+        }
+    } else {
+        portable(
+            input, ih, iw, cin, w, bias, cout, kh, kw, stride, pad, oh, ow, act, out,
+        )
     }
 }

@@ -6,7 +6,7 @@ use super::Activation;
 #[cfg(target_arch = "aarch64")]
 pub use neon::depthwise;
 /// The variant this target uses: NEON on aarch64, [`portable`] elsewhere.
-#[cfg(not(target_arch = "aarch64"))]
+#[cfg(not(any(target_arch = "aarch64", target_arch = "x86_64")))]
 pub use portable as depthwise;
 
 /// Portable depthwise convolution.
@@ -405,5 +405,126 @@ pub mod neon {
             }
             out[(oy * g.ow + ox) * c + ch] = g.act.apply(acc);
         }
+    }
+}
+
+/// AVX2 + FMA depthwise kernel for x86_64 hosts: 8 channels per `__m256`,
+/// taps outside the input skipped per pixel; the 8-channel blocks of one
+/// pixel run back to back so the input pixel and weight rows stream.
+#[cfg(target_arch = "x86_64")]
+pub mod avx2 {
+    use super::super::Activation;
+    use super::super::avx2_util::activate;
+    use super::tap_range;
+    use core::arch::x86_64::*;
+
+    /// AVX2 depthwise convolution with the contract of [`super::portable`].
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 and FMA ([`super::super::has_avx2_fma`]).
+    ///
+    /// # Panics
+    /// If a slice is shorter than the shape says.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn depthwise(
+        input: &[f32],
+        ih: usize,
+        iw: usize,
+        c: usize,
+        w: &[f32],
+        bias: &[f32],
+        k: usize,
+        stride: usize,
+        pad: usize,
+        oh: usize,
+        ow: usize,
+        act: Activation,
+        out: &mut [f32],
+    ) {
+        assert!(
+            input.len() >= ih * iw * c,
+            "depthwise: input shorter than ih * iw * c"
+        );
+        assert!(
+            w.len() >= k * k * c,
+            "depthwise: weights shorter than k * k * c"
+        );
+        assert!(bias.len() >= c, "depthwise: bias shorter than c");
+        assert!(
+            out.len() >= oh * ow * c,
+            "depthwise: out shorter than oh * ow * c"
+        );
+        let c8 = c - c % 8;
+        for oy in 0..oh {
+            let (ky0, ky1) = tap_range(oy, stride, pad, k, ih);
+            for ox in 0..ow {
+                let (kx0, kx1) = tap_range(ox, stride, pad, k, iw);
+                let o = (oy * ow + ox) * c;
+                let mut cb = 0;
+                while cb < c8 {
+                    // SAFETY: tap_range keeps iy < ih and ix < iw; cb + 8 <=
+                    // c bounds the input pixel, weight row, bias and output
+                    // pixel (o + c <= oh * ow * c); lengths asserted above.
+                    unsafe {
+                        let mut acc = _mm256_loadu_ps(bias.as_ptr().add(cb));
+                        for ky in ky0..ky1 {
+                            let iy = oy * stride + ky - pad;
+                            let src = input.as_ptr().add(iy * iw * c + cb);
+                            let wr = w.as_ptr().add(ky * k * c + cb);
+                            for kx in kx0..kx1 {
+                                let ix = ox * stride + kx - pad;
+                                acc = _mm256_fmadd_ps(
+                                    _mm256_loadu_ps(src.add(ix * c)),
+                                    _mm256_loadu_ps(wr.add(kx * c)),
+                                    acc,
+                                );
+                            }
+                        }
+                        _mm256_storeu_ps(out.as_mut_ptr().add(o + cb), activate(act, acc));
+                    }
+                    cb += 8;
+                }
+                for ch in c8..c {
+                    let mut acc = bias[ch];
+                    for ky in ky0..ky1 {
+                        let iy = oy * stride + ky - pad;
+                        for kx in kx0..kx1 {
+                            let ix = ox * stride + kx - pad;
+                            acc += input[(iy * iw + ix) * c + ch] * w[(ky * k + kx) * c + ch];
+                        }
+                    }
+                    out[o + ch] = act.apply(acc);
+                }
+            }
+        }
+    }
+}
+
+/// The variant this target uses: AVX2 + FMA when the CPU has them, else
+/// [`portable`].
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+#[inline]
+pub fn depthwise(
+    input: &[f32],
+    ih: usize,
+    iw: usize,
+    c: usize,
+    w: &[f32],
+    bias: &[f32],
+    k: usize,
+    stride: usize,
+    pad: usize,
+    oh: usize,
+    ow: usize,
+    act: Activation,
+    out: &mut [f32],
+) {
+    if super::has_avx2_fma() {
+        // SAFETY: the CPU supports AVX2 and FMA (checked just above).
+        unsafe { avx2::depthwise(input, ih, iw, c, w, bias, k, stride, pad, oh, ow, act, out) }
+    } else {
+        portable(input, ih, iw, c, w, bias, k, stride, pad, oh, ow, act, out)
     }
 }

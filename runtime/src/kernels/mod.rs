@@ -134,3 +134,66 @@ pub(crate) mod neon_util {
         }
     }
 }
+
+/// Whether this x86_64 CPU (and OS) supports AVX2 and FMA, which the
+/// `avx2` kernel variants need. Detected once with `cpuid`/`xgetbv` (no
+/// `std` needed) and cached.
+#[cfg(target_arch = "x86_64")]
+pub fn has_avx2_fma() -> bool {
+    use core::sync::atomic::{AtomicU8, Ordering};
+    static STATE: AtomicU8 = AtomicU8::new(0);
+    match STATE.load(Ordering::Relaxed) {
+        1 => false,
+        2 => true,
+        _ => {
+            let yes = detect_avx2_fma();
+            STATE.store(if yes { 2 } else { 1 }, Ordering::Relaxed);
+            yes
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn detect_avx2_fma() -> bool {
+    use core::arch::x86_64::{__cpuid, __cpuid_count};
+    #[target_feature(enable = "xsave")]
+    fn xcr0() -> u64 {
+        // SAFETY: only called after cpuid reported OSXSAVE, so xgetbv exists.
+        unsafe { core::arch::x86_64::_xgetbv(0) }
+    }
+    let (max_leaf, l1) = (__cpuid(0).eax, __cpuid(1));
+    let fma = l1.ecx & (1 << 12) != 0;
+    let osxsave = l1.ecx & (1 << 27) != 0;
+    let avx = l1.ecx & (1 << 28) != 0;
+    if max_leaf < 7 || !(fma && osxsave && avx) {
+        return false;
+    }
+    // SAFETY: OSXSAVE is set, so the xsave feature (xgetbv) is present.
+    let os_saves_ymm = unsafe { xcr0() } & 0b110 == 0b110;
+    let avx2 = __cpuid_count(7, 0).ebx & (1 << 5) != 0;
+    os_saves_ymm && avx2
+}
+
+/// AVX2 helpers shared by the x86_64 kernels.
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod avx2_util {
+    use super::Activation;
+    use core::arch::x86_64::*;
+
+    /// Applies `act` to eight lanes (same formulas as [`super::hardswish`]).
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    pub(crate) fn activate(act: Activation, v: __m256) -> __m256 {
+        match act {
+            Activation::None => v,
+            Activation::Relu => _mm256_max_ps(v, _mm256_setzero_ps()),
+            Activation::Hardswish => {
+                let r6 = _mm256_min_ps(
+                    _mm256_max_ps(_mm256_add_ps(v, _mm256_set1_ps(3.0)), _mm256_setzero_ps()),
+                    _mm256_set1_ps(6.0),
+                );
+                _mm256_mul_ps(v, _mm256_mul_ps(r6, _mm256_set1_ps(1.0 / 6.0)))
+            }
+        }
+    }
+}

@@ -13,7 +13,7 @@ const MR: usize = 4;
 #[cfg(target_arch = "aarch64")]
 pub use neon::pointwise;
 /// The variant this target uses: NEON on aarch64, [`portable`] elsewhere.
-#[cfg(not(target_arch = "aarch64"))]
+#[cfg(not(any(target_arch = "aarch64", target_arch = "x86_64")))]
 pub use portable as pointwise;
 
 /// Portable pointwise convolution.
@@ -385,5 +385,175 @@ pub mod neon {
                 }
             }
         }
+    }
+}
+
+/// AVX2 + FMA pointwise kernel for x86_64 hosts: one packed panel of 8
+/// output channels is one `__m256`; 8 pixels give 8 accumulators, and each
+/// input channel costs one weight load plus 8 broadcast-FMAs.
+#[cfg(target_arch = "x86_64")]
+pub mod avx2 {
+    use super::super::avx2_util::activate;
+    use super::super::{Activation, NR, packed_len};
+    use core::arch::x86_64::*;
+
+    /// AVX2 pointwise convolution with the contract of [`super::portable`].
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 and FMA ([`super::super::has_avx2_fma`]).
+    ///
+    /// # Panics
+    /// If a slice is shorter than the shape says.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn pointwise(
+        input: &[f32],
+        p: usize,
+        k: usize,
+        n: usize,
+        w: &[f32],
+        bias: &[f32],
+        act: Activation,
+        residual: Option<&[f32]>,
+        out: &mut [f32],
+    ) {
+        assert!(input.len() >= p * k, "pointwise: input shorter than p * k");
+        assert!(
+            w.len() >= packed_len(k, n),
+            "pointwise: packed weights too short"
+        );
+        assert!(bias.len() >= n, "pointwise: bias shorter than n");
+        assert!(out.len() >= p * n, "pointwise: out shorter than p * n");
+        if let Some(r) = residual {
+            assert!(r.len() >= p * n, "pointwise: residual shorter than p * n");
+        }
+        let res = residual.map_or(core::ptr::null(), <[f32]>::as_ptr);
+        let mut p0 = 0;
+        // SAFETY (all loops): pixels p0..p0 + R <= p keep every read and
+        // write inside the asserted lengths; see `tile`.
+        unsafe {
+            while p0 + 8 <= p {
+                tile::<8>(
+                    input.as_ptr(),
+                    p0,
+                    k,
+                    n,
+                    w.as_ptr(),
+                    bias,
+                    act,
+                    res,
+                    out.as_mut_ptr(),
+                );
+                p0 += 8;
+            }
+            if p0 + 4 <= p {
+                tile::<4>(
+                    input.as_ptr(),
+                    p0,
+                    k,
+                    n,
+                    w.as_ptr(),
+                    bias,
+                    act,
+                    res,
+                    out.as_mut_ptr(),
+                );
+                p0 += 4;
+            }
+            while p0 < p {
+                tile::<1>(
+                    input.as_ptr(),
+                    p0,
+                    k,
+                    n,
+                    w.as_ptr(),
+                    bias,
+                    act,
+                    res,
+                    out.as_mut_ptr(),
+                );
+                p0 += 1;
+            }
+        }
+    }
+
+    /// Pixels `p0..p0 + R`, every panel.
+    ///
+    /// # Safety
+    /// AVX2 + FMA; `input` holds `(p0 + R) * k` values, `w`
+    /// `packed_len(k, n)`, `out` (and `res` if not null) `(p0 + R) * n`.
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn tile<const R: usize>(
+        input: *const f32,
+        p0: usize,
+        k: usize,
+        n: usize,
+        w: *const f32,
+        bias: &[f32],
+        act: Activation,
+        res: *const f32,
+        out: *mut f32,
+    ) {
+        for panel in 0..n.div_ceil(NR) {
+            let j0 = panel * NR;
+            let width = NR.min(n - j0);
+            let mut b = [0.0f32; NR];
+            b[..width].copy_from_slice(&bias[j0..j0 + width]);
+            // SAFETY: see the function contract; panel < n.div_ceil(8).
+            unsafe {
+                let mut acc = [_mm256_loadu_ps(b.as_ptr()); R];
+                let a = input.add(p0 * k);
+                let wp = w.add(panel * k * NR);
+                for i in 0..k {
+                    let wv = _mm256_loadu_ps(wp.add(i * NR));
+                    for (r, accr) in acc.iter_mut().enumerate() {
+                        *accr = _mm256_fmadd_ps(_mm256_set1_ps(*a.add(r * k + i)), wv, *accr);
+                    }
+                }
+                for (r, accr) in acc.iter().enumerate() {
+                    let o = (p0 + r) * n + j0;
+                    let mut v = activate(act, *accr);
+                    if width == NR {
+                        if !res.is_null() {
+                            v = _mm256_add_ps(v, _mm256_loadu_ps(res.add(o)));
+                        }
+                        _mm256_storeu_ps(out.add(o), v);
+                    } else {
+                        let mut t = [0.0f32; NR];
+                        _mm256_storeu_ps(t.as_mut_ptr(), v);
+                        for (c, &x) in t.iter().enumerate().take(width) {
+                            let extra = if res.is_null() { 0.0 } else { *res.add(o + c) };
+                            *out.add(o + c) = x + extra;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The variant this target uses: AVX2 + FMA when the CPU has them, else
+/// [`portable`] (checked once, then one cached load per call).
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+#[inline]
+pub fn pointwise(
+    input: &[f32],
+    p: usize,
+    k: usize,
+    n: usize,
+    w: &[f32],
+    bias: &[f32],
+    act: Activation,
+    residual: Option<&[f32]>,
+    out: &mut [f32],
+) {
+    if super::has_avx2_fma() {
+        // SAFETY: the CPU supports AVX2 and FMA (checked just above).
+        unsafe { avx2::pointwise(input, p, k, n, w, bias, act, residual, out) }
+    } else {
+        portable(input, p, k, n, w, bias, act, residual, out)
     }
 }
