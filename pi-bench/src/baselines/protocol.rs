@@ -1,0 +1,87 @@
+//! The parts of pi-bench's protocol a baseline shares: the generated images (the same
+//! generator and sizes as `pi-bench`) and the summary (L, latency score, per-image stats).
+
+/// ESFair-like photo sizes (width, height): phone and dermatoscope shots.
+pub const SIZES: [(usize, usize); 4] = [(600, 450), (1024, 768), (640, 480), (200, 150)];
+
+/// Deterministic pseudo-random RGB8 images cycling through [`SIZES`] (identical to
+/// `pi-bench`'s, so every engine sees the same pixels).
+pub fn generate_images(n: usize, seed: u64) -> Vec<(usize, usize, Vec<u8>)> {
+    let mut state = seed ^ 0x9E37_79B9_7F4A_7C15;
+    (0..n)
+        .map(|i| {
+            let (w, h) = SIZES[i % SIZES.len()];
+            let px = (0..w * h * 3)
+                .map(|_| {
+                    // xorshift64*: cheap and reproducible across platforms.
+                    state ^= state >> 12;
+                    state ^= state << 25;
+                    state ^= state >> 27;
+                    (state.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 56) as u8
+                })
+                .collect();
+            (w, h, px)
+        })
+        .collect()
+}
+
+/// What one run measured.
+pub struct Summary {
+    iterations: usize,
+    images: usize,
+    l_seconds_per_100: f64,
+    latency_score: f64,
+    mean_ms: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+impl Summary {
+    /// From each iteration's seconds and every image's milliseconds (sorted in place).
+    pub fn new(per_iteration_s: &[f64], per_image_ms: &mut [f64], images: usize) -> Self {
+        let mean_iteration = per_iteration_s.iter().sum::<f64>() / per_iteration_s.len() as f64;
+        let l = mean_iteration * 100.0 / images as f64;
+        let mean_ms = per_image_ms.iter().sum::<f64>() / per_image_ms.len() as f64;
+        per_image_ms.sort_by(f64::total_cmp);
+        let pct = |p: f64| per_image_ms[((per_image_ms.len() - 1) as f64 * p).round() as usize];
+        Self {
+            iterations: per_iteration_s.len(),
+            images,
+            l_seconds_per_100: l,
+            latency_score: 1.0 - l / 100.0,
+            mean_ms,
+            p50_ms: pct(0.5),
+            p99_ms: pct(0.99),
+        }
+    }
+
+    /// Prints the lines `pi-bench` prints for the same quantities.
+    pub fn print(&self) {
+        println!("L (s / 100 img):  {:.4}", self.l_seconds_per_100);
+        println!("latency score:    {:.5}", self.latency_score);
+        println!("per image mean:   {:.3} ms", self.mean_ms);
+        println!("per image p50:    {:.3} ms", self.p50_ms);
+        println!("per image p99:    {:.3} ms", self.p99_ms);
+    }
+
+    /// The summary as JSON, with the same keys as `pi-bench --json` where they overlap.
+    pub fn json(&self, engine: &str, model: &str) -> String {
+        format!(
+            concat!(
+                "{{\n  \"engine\": {:?},\n  \"model_file\": {:?},\n",
+                "  \"protocol\": {{\"iterations\": {}, \"images_per_iteration\": {}, \"stage\": \"classify\", \"threads\": 1}},\n",
+                "  \"l_seconds_per_100_images\": {},\n  \"latency_score\": {},\n",
+                "  \"per_image_ms\": {{\"mean\": {}, \"p50\": {}, \"p99\": {}}}\n}}\n"
+            ),
+            engine,
+            model,
+            self.iterations,
+            self.images,
+            self.l_seconds_per_100,
+            self.latency_score,
+            self.mean_ms,
+            self.p50_ms,
+            self.p99_ms
+        )
+    }
+}
