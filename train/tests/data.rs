@@ -277,7 +277,7 @@ fn cmyk_jpeg(cmyk: [u8; 4]) -> Vec<u8> {
         put(extra, cat, &mut bits);
         put(0, 1, &mut bits);
     }
-    while bits.len() % 8 != 0 {
+    while !bits.len().is_multiple_of(8) {
         bits.push(true);
     }
     for byte in bits.chunks(8) {

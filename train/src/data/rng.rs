@@ -91,26 +91,29 @@ impl Rng {
         }
     }
 
-    /// Fills `out` with independent N(0, sigma^2) samples (Box-Muller).
+    /// Fills `out` with independent N(0, sigma^2) samples (Marsaglia's polar
+    /// method in f32: no trigonometry, one 64-bit draw per attempt; noise
+    /// for whole batches is generated on every training step).
     pub fn fill_normal(&mut self, out: &mut [f32], sigma: f32) {
-        let mut chunks = out.chunks_exact_mut(2);
-        for pair in &mut chunks {
-            let (a, b) = self.normal_pair();
-            pair[0] = a as f32 * sigma;
-            pair[1] = b as f32 * sigma;
+        const SCALE: f32 = 1.0 / (1u32 << 24) as f32;
+        let mut i = 0;
+        while i < out.len() {
+            let (u, v, s) = loop {
+                let r = self.next_u64();
+                let u = ((r >> 40) as f32 * SCALE) * 2.0 - 1.0;
+                let v = (((r >> 8) & 0xFF_FFFF) as f32 * SCALE) * 2.0 - 1.0;
+                let s = u * u + v * v;
+                if s > 0.0 && s < 1.0 {
+                    break (u, v, s);
+                }
+            };
+            let m = (-2.0 * s.ln() / s).sqrt() * sigma;
+            out[i] = u * m;
+            if i + 1 < out.len() {
+                out[i + 1] = v * m;
+            }
+            i += 2;
         }
-        if let [last] = chunks.into_remainder() {
-            *last = self.normal_pair().0 as f32 * sigma;
-        }
-    }
-
-    fn normal_pair(&mut self) -> (f64, f64) {
-        // 1 - u keeps the log argument in (0, 1].
-        let u1 = 1.0 - self.next_f64();
-        let u2 = self.next_f64();
-        let r = (-2.0 * u1.ln()).sqrt();
-        let t = std::f64::consts::TAU * u2;
-        (r * t.cos(), r * t.sin())
     }
 }
 
@@ -152,5 +155,12 @@ mod tests {
         let var = v.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / n;
         assert!(mean.abs() < 0.0005, "mean {mean}");
         assert!((var.sqrt() - 0.05).abs() < 0.0005, "std {}", var.sqrt());
+        let kurt = v.iter().map(|&x| (x as f64 - mean).powi(4)).sum::<f64>() / n / (var * var);
+        assert!((kurt - 3.0).abs() < 0.06, "kurtosis {kurt}");
+        let within_1sd = v.iter().filter(|&&x| (x as f64).abs() < 0.05).count() as f64 / n;
+        assert!(
+            (within_1sd - 0.6827).abs() < 0.005,
+            "P(|x| < sigma) = {within_1sd}"
+        );
     }
 }
