@@ -46,7 +46,7 @@ for arch in small large; do
     --notes "scripts/compare.sh timing model (untrained)" -o "$student" >"$out/$arch.export.log"
   "$dt" export "$student" -o "$model" --no-layers >>"$out/$arch.export.log"
   echo "timing derm-runtime ($arch) ..." >&2
-  DERM_MODEL="$model" cargo run -q --release -p pi-bench -- "$@" \
+  DERM_MODEL="$model" cargo run -q --release -p pi-bench --bin pi-bench -- "$@" \
     --json "$out/$arch.runtime.json" >"$out/$arch.runtime.txt"
   echo "timing libtorch ($arch) ..." >&2
   DERM_MODEL="$model" cargo run -q -p pi-bench --features libtorch --bin pi-bench-libtorch \
