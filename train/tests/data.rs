@@ -616,3 +616,33 @@ fn manifest_problems_name_the_row() {
             .contains("nope")
     );
 }
+
+#[test]
+fn holdout_refuses_shared_lesions_and_maps_groups() {
+    use derm_train::data::split::holdout;
+    let tmp = tempfile::tempdir().unwrap();
+    let make = |name: &str, lesions: &[&str], groups: Vec<String>| {
+        let mut w = CacheWriter::create(tmp.path().join(name), 2).unwrap();
+        for (i, l) in lesions.iter().enumerate() {
+            let meta = SampleMeta {
+                id: format!("{name}{i}"),
+                source: String::new(),
+                label: i % NUM_CLASSES,
+                group: i % groups.len(),
+                lesion: l.to_string(),
+            };
+            w.push(meta, &[0; 12]).unwrap();
+        }
+        w.finish(groups, vec![], name.into()).unwrap()
+    };
+    let g = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let train = make("train", &["L1", "L2", "L2", "L3"], g(&["a", "b"]));
+    let test = make("test", &["L4", "L5"], g(&["b", "c"]));
+    let h = holdout(&train, &test).unwrap();
+    assert_eq!(h.train, [0, 1, 2, 3]);
+    assert_eq!(h.test, [0, 1]);
+    assert_eq!(h.test_group_in_train, [Some(1), None]);
+    let leaky = make("leaky", &["L9", "L2"], g(&["a"]));
+    let e = holdout(&train, &leaky).unwrap_err().to_string();
+    assert!(e.contains("L2") && e.contains("both"), "{e}");
+}
