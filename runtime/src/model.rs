@@ -132,10 +132,13 @@ fn softmax(logits: &[f32; NUM_CLASSES]) -> [f32; NUM_CLASSES] {
     p
 }
 
-/// `e^x` for `x <= 0` without libm (`core` has none): `2^(x log2 e)`, split
-/// into an integer power set in the exponent bits and a degree-6
-/// polynomial for the fraction; relative error below 1e-6.
+/// `e^x` for `x <= 0` without libm (`core` has none): `x = n ln2 + y` with
+/// integer `n` and `|y| <= ln2 / 2` (Cody-Waite: `ln2` split in two so `y` is
+/// exact), `e^x = 2^n e^y` with `2^n` built in the exponent bits and `e^y` a
+/// degree-6 Taylor polynomial; relative error about 1e-7.
 fn exp(x: f32) -> f32 {
+    const LN2_HI: f32 = 0.693_145_75; // few mantissa bits: n * LN2_HI is exact
+    const LN2_LO: f32 = 1.428_606_8e-6;
     if x.is_nan() {
         return f32::NAN;
     }
@@ -143,10 +146,14 @@ fn exp(x: f32) -> f32 {
         return 0.0;
     }
     let t = x * core::f32::consts::LOG2_E;
-    let n = t as i32 - i32::from(t < 0.0 && t != (t as i32) as f32);
-    let f = t - n as f32; // in [0, 1)
-    let y = f * core::f32::consts::LN_2;
-    // Taylor series of e^y for y in [0, ln 2).
+    let mut n = t as i32;
+    let r = t - n as f32;
+    if r > 0.5 {
+        n += 1;
+    } else if r < -0.5 {
+        n -= 1;
+    }
+    let y = (x - n as f32 * LN2_HI) - n as f32 * LN2_LO;
     let poly = 1.0
         + y * (1.0
             + y * (0.5
@@ -165,7 +172,7 @@ mod tests {
         while x <= 0.0 {
             let (got, want) = (exp(x), std::primitive::f32::exp(x));
             assert!(
-                (got - want).abs() <= want * 2e-6,
+                (got - want).abs() <= want * 5e-7,
                 "exp({x}) = {got}, want {want}"
             );
             x += 0.013;
