@@ -8,7 +8,7 @@
 
 use std::path::{Path, PathBuf};
 
-use derm_codegen::synthetic::{SplitMix64, SyntheticSpec};
+use derm_codegen::synthetic::{SplitMix64, SyntheticSpec, tiny_branching};
 use derm_codegen::{GenOptions, WeightsSource, generate, ir::ModelFile, reference};
 
 fn fail(msg: String) -> ! {
@@ -80,31 +80,45 @@ fn write(path: &Path, bytes: &[u8]) {
     std::fs::write(path, bytes).unwrap_or_else(|e| fail(format!("{}: {e}", path.display())));
 }
 
-/// `tiny_model.rs`, `tiny_unfused_model.rs` and `tiny_golden.bin` (f32 LE:
-/// `TINY_SAMPLES` inputs then their logits from the reference interpreter).
+/// Test fixtures checked against the reference interpreter:
+/// `tiny_model.rs` (residuals fused), `tiny_unfused_model.rs`,
+/// `tiny_branching_model.rs` (an SE whose input stays alive), each with its
+/// weights, and `<model>_golden.bin` (f32 LE: inputs, then their reference logits).
 fn tiny_fixture(out: &Path) {
-    const TINY_SAMPLES: usize = 3;
-    let model = SyntheticSpec::tiny(11)
+    let tiny = SyntheticSpec::tiny(11)
         .build()
         .unwrap_or_else(|e| fail(format!("tiny model: {e}")));
-    for (name, fuse) in [("tiny", true), ("tiny_unfused", false)] {
+    let branching =
+        tiny_branching(12).unwrap_or_else(|e| fail(format!("tiny branching model: {e}")));
+    for (name, model, fuse) in [
+        ("tiny", &tiny, true),
+        ("tiny_unfused", &tiny, false),
+        ("tiny_branching", &branching, true),
+    ] {
         let opts = GenOptions {
             runtime_path: "::derm_runtime".into(),
             weights: WeightsSource::OutDir(format!("{name}_weights.bin")),
             fuse_residual: fuse,
         };
-        let g = generate(&model, &opts).unwrap_or_else(|e| fail(format!("tiny model: {e}")));
+        let g = generate(model, &opts).unwrap_or_else(|e| fail(format!("{name}: {e}")));
         write(&out.join(format!("{name}_model.rs")), g.code.as_bytes());
         write(&out.join(format!("{name}_weights.bin")), &g.weights);
     }
+    write_golden(&tiny, &out.join("tiny_golden.bin"));
+    write_golden(&branching, &out.join("tiny_branching_golden.bin"));
+}
+
+/// Three seeded inputs and their reference logits.
+fn write_golden(model: &ModelFile, path: &Path) {
+    const SAMPLES: usize = 3;
     let n_in: usize = model.graph.input.shape.iter().product();
     let mut rng = SplitMix64(5);
     let mut inputs = Vec::new();
     let mut logits = Vec::new();
-    for _ in 0..TINY_SAMPLES {
+    for _ in 0..SAMPLES {
         let x: Vec<f32> = (0..n_in).map(|_| rng.uniform() * 2.0).collect();
         logits.extend(
-            reference::logits(&model, &x).unwrap_or_else(|e| fail(format!("tiny model: {e}"))),
+            reference::logits(model, &x).unwrap_or_else(|e| fail(format!("reference: {e}"))),
         );
         inputs.extend(x);
     }
@@ -113,5 +127,5 @@ fn tiny_fixture(out: &Path) {
         .chain(&logits)
         .flat_map(|v| v.to_le_bytes())
         .collect();
-    write(&out.join("tiny_golden.bin"), &bytes);
+    write(path, &bytes);
 }

@@ -246,6 +246,44 @@ impl SyntheticSpec {
     }
 }
 
+/// The tiny model with one extra branch: the first squeeze-excite's input is
+/// also added to its output, so that input stays alive after the SE and the
+/// in-place SE kernel must work on a copy. No MobileNetV3 has this shape;
+/// it exists so the copy path of the code generator is exercised.
+pub fn tiny_branching(seed: u64) -> Result<ModelFile, IrError> {
+    let m = SyntheticSpec::tiny(seed).build()?;
+    let mut g = m.graph;
+    let se = g
+        .ops
+        .iter()
+        .position(|o| matches!(o, Op::SqueezeExcite(_)))
+        .ok_or_else(|| IrError::BadField {
+            field: "ops".into(),
+            reason: "the tiny model has no squeeze-excite".into(),
+        })?;
+    let (se_in, se_out) = match &g.ops[se] {
+        Op::SqueezeExcite(s) => (s.input.clone(), s.output.clone()),
+        _ => unreachable!("position() matched a squeeze-excite"),
+    };
+    let branch = format!("{se_out}.branch");
+    for op in &mut g.ops[se + 1..] {
+        if let Op::Conv2d(c) = op
+            && c.input == se_out
+        {
+            c.input = branch.clone();
+        }
+    }
+    g.ops.insert(
+        se + 1,
+        Op::Add(Add {
+            name: branch.clone(),
+            inputs: [se_out, se_in],
+            output: branch,
+        }),
+    );
+    ModelFile::new(g, m.tensors)
+}
+
 /// torchvision's `_make_divisible`: round to a multiple of `d`, never more
 /// than 10% below `v`.
 fn make_divisible(v: usize, d: usize) -> usize {

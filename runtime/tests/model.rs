@@ -16,6 +16,11 @@ mod tiny {
 }
 
 #[allow(dead_code)]
+mod tiny_branching {
+    include!(concat!(env!("OUT_DIR"), "/tiny_branching_model.rs"));
+}
+
+#[allow(dead_code)]
 mod tiny_unfused {
     include!(concat!(env!("OUT_DIR"), "/tiny_unfused_model.rs"));
 }
@@ -105,4 +110,27 @@ fn constants_describe_the_embedded_model() {
     const { assert!(derm_runtime::PARAMS > 0 && derm_runtime::MACS > 0) };
     assert!(derm_runtime::STD.iter().all(|s| *s != 0.0));
     assert_eq!(derm_runtime::LAYERS[0].1, "conv_stem");
+}
+
+#[test]
+fn squeeze_excite_on_a_copy_matches_reference_interpreter() {
+    // Here the SE input is read again after the SE, so the generated code
+    // copies it before the in-place kernel instead of aliasing.
+    let bytes = include_bytes!(concat!(env!("OUT_DIR"), "/tiny_branching_golden.bin"));
+    let v: Vec<f32> = bytes
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    let (x, y) = v.split_at(3 * tiny_branching::INPUT_LEN);
+    let mut arena = vec![0f32; tiny_branching::ARENA_LEN];
+    let arena: &mut [f32; tiny_branching::ARENA_LEN] = arena.as_mut_slice().try_into().unwrap();
+    for (i, (input, want)) in x
+        .chunks_exact(tiny_branching::INPUT_LEN)
+        .zip(y.chunks_exact(tiny_branching::NUM_CLASSES))
+        .enumerate()
+    {
+        let got = tiny_branching::run(input.try_into().unwrap(), arena);
+        assert_close_to_range(&got, want, TOL, &format!("tiny branching, sample {i}"));
+    }
+    assert!(tiny_branching::LAYERS.iter().any(|(_, k)| *k == "add"));
 }
