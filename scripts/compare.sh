@@ -55,15 +55,15 @@ for arch in small large; do
   rt_p50=$(field "$out/$arch.runtime.json" p50)
   lt_mean=$(field "$out/$arch.libtorch.json" mean)
   lt_p50=$(field "$out/$arch.libtorch.json" p50)
-  parity=$(grep -o 'max |logit diff| [0-9.eE+-]*' "$out/$arch.libtorch.txt" | awk '{print $4}')
+  parity=$(grep -o '= [0-9.eE+-]* of the logit range' "$out/$arch.libtorch.txt" | awk '{print $2}')
   rows+=("$(awk -v a="$arch" -v rm="$rt_mean" -v rp="$rt_p50" -v lm="$lt_mean" -v lp="$lt_p50" -v d="${parity:-n/a}" \
     'BEGIN { printf "| MobileNetV3-%s | %.3f | %.3f | %.3f | %.3f | %.1fx | %s |", (a=="small"?"Small":"Large"), rm, rp, lm, lp, lp/rp, d }')")
 done
 
 echo
 echo "single thread, f32, paper head, 224x224, 6 classes; ms per image (resize + normalize + network + softmax)"
-echo "$(uname -m), $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo 2>/dev/null | cut -d: -f2 | sed 's/^ //')"
+echo "$(uname -m), $(grep -m1 'model name' /proc/cpuinfo 2>/dev/null | cut -d: -f2 | sed 's/^ //'), $(nproc) cores available, load average $(cut -d' ' -f1-3 /proc/loadavg)"
 echo
-echo "| model | derm-runtime mean | derm-runtime p50 | libtorch mean | libtorch p50 | speed-up (p50) | max logit diff |"
+echo "| model | derm-runtime mean | derm-runtime p50 | libtorch mean | libtorch p50 | speed-up (p50) | max logit diff / range |"
 echo "|---|---|---|---|---|---|---|"
 printf '%s\n' "${rows[@]}"

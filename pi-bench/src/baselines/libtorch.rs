@@ -115,7 +115,10 @@ fn main() -> Result<()> {
         args.iterations, args.images
     );
     match parity {
-        Some(d) => println!("vs derm-runtime:  max |logit diff| {d:.2e} on image 0 (same model)"),
+        Some((d, range)) => println!(
+            "vs derm-runtime:  max |logit diff| {d:.2e} on image 0 = {:.2e} of the logit range (same model)",
+            d / range.max(f32::MIN_POSITIVE)
+        ),
         None => println!("vs derm-runtime:  not compared (the runtime embeds another model)"),
     }
     r.print();
@@ -133,12 +136,12 @@ fn tch_version() -> String {
 }
 
 /// Largest logit difference between libtorch and the embedded runtime model on one image,
-/// if the runtime embeds a model of the same shape and size as `model`.
+/// and libtorch's logit range, if the runtime embeds a model of the same shape and size.
 fn runtime_parity(
     model: &ModelFile,
     image: &(usize, usize, Vec<u8>),
     tch_logits: &[f32],
-) -> Result<Option<f32>> {
+) -> Result<Option<(f32, f32)>> {
     let params: usize = model
         .tensors
         .values()
@@ -158,13 +161,15 @@ fn runtime_parity(
         &mut arena,
     )
     .map_err(|e| anyhow::anyhow!("runtime: {e}"))?;
-    Ok(Some(
-        p.logits
-            .iter()
-            .zip(tch_logits)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0f32, f32::max),
-    ))
+    let diff = p
+        .logits
+        .iter()
+        .zip(tch_logits)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    let max = tch_logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let min = tch_logits.iter().copied().fold(f32::INFINITY, f32::min);
+    Ok(Some((diff, max - min)))
 }
 
 fn img(im: &(usize, usize, Vec<u8>)) -> Result<Image<'_>> {
