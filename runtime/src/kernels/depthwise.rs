@@ -141,7 +141,7 @@ pub mod neon {
         match (k, stride) {
             (3, 1) => rows::<3, 9, 1, 8>(input, w, bias, &g, out),
             (3, 2) => rows::<3, 9, 2, 4>(input, w, bias, &g, out),
-            (5, 1) => rows::<5, 25, 1, 2>(input, w, bias, &g, out),
+            (5, 1) => rows::<5, 25, 1, 4>(input, w, bias, &g, out),
             (5, 2) => rows::<5, 25, 2, 2>(input, w, bias, &g, out),
             _ => {
                 for oy in 0..oh {
@@ -259,6 +259,13 @@ pub mod neon {
                     let col0 = (ox * S) as isize - g.pad as isize;
                     unsafe { block::<K, KK, S, PX, 0, K>(&ctx, col0, o.add(orow + ox * c)) };
                     ox += PX;
+                }
+                // Narrow rows (7x7 maps leave 3 interior columns for 5x5)
+                // still get a two-pixel block.
+                if PX > 2 && ox + 2 <= ox_hi {
+                    let col0 = (ox * S) as isize - g.pad as isize;
+                    unsafe { block::<K, KK, S, 2, 0, K>(&ctx, col0, o.add(orow + ox * c)) };
+                    ox += 2;
                 }
                 while ox < ox_hi {
                     let col0 = (ox * S) as isize - g.pad as isize;
