@@ -92,6 +92,10 @@ fn generated_constants_describe_the_exports() {
     );
     // Parameters after BatchNorm folding: trainable minus one of (gamma, beta) per channel.
     assert_eq!(small_paper::PARAMS, 924_414);
-    assert!(large_torchvision::PARAMS > large_paper::PARAMS);
+    // The torchvision head adds Linear(960 -> 1280) and widens the last Linear to 1280 inputs.
+    assert_eq!(
+        large_torchvision::PARAMS - large_paper::PARAMS,
+        (960 * 1280 + 1280) + (1280 * 6 + 6) - (960 * 6 + 6)
+    );
     assert_eq!(large_paper::MEAN, [0.7640, 0.5382, 0.5630]);
 }
