@@ -281,7 +281,9 @@ pub mod neon {
                 let mut av = [vdupq_n_f32(0.0); R];
                 for r in 0..R {
                     av[r] = vld1q_f32(rows[r]);
-                    rows[r] = rows[r].add(4);
+                    // Opaque per step too, or LLVM hoists a shared offset
+                    // out of the loop and pays an add per row pointer.
+                    rows[r] = opaque(rows[r].add(4));
                 }
                 macro_rules! step {
                     ($l:literal) => {
