@@ -686,6 +686,9 @@ pub fn fit(
         }
         let images_per_s = progress.images_per_s();
         if let Some(bn) = opts.bn_recalibrate {
+            // Its training-mode forward may draw dropout masks: seed it like a step, so a run
+            // resumed right before this point draws the same ones.
+            tch::manual_seed(step_seed(opts.seed ^ 0xB4, state.global_step));
             reestimate_batchnorm(model, vs, bn.momentum, data, opts, input, bn.batches)?;
         }
         let (val, val_loss) = evaluate(
