@@ -75,16 +75,14 @@ pub(crate) fn tap_range(
 
 /// NEON depthwise kernel for aarch64.
 ///
-/// For each output row and block of 4 channels the `k * k` weight vectors
-/// are loaded once into registers (9 or 25 of the 32); `PX` neighbouring
-/// output pixels are then computed together so the input vectors they share
-/// are loaded once (8/4 pixels for 3x3 stride 1/2, 4/2 for 5x5). Taps in the
-/// padding rows get zero weights and a clamped (valid) row pointer, so every
-/// row takes the unrolled path; pixels whose taps leave the row on the left
-/// or right use the same unrolled code with a compile-time column range.
-/// Zero-weight taps multiply real (finite) activations, so a non-finite
-/// input next to the border can turn a padded output into NaN where PyTorch
-/// would not look at it; activations are finite in practice.
+/// For each output row and block of 4 channels the `k * k` weight vectors are loaded once into
+/// registers (9 or 25 of the 32); `PX` neighbouring output pixels are then computed together so the
+/// input vectors they share are loaded once (8/4 pixels for 3x3 stride 1/2, 4 for 5x5, with a
+/// 2-pixel tail). Taps in the padding rows get zero weights and a clamped (valid) row pointer, so
+/// every row takes the unrolled path; pixels whose taps leave the row on the left or right use the
+/// same unrolled code with a compile-time column range. Zero-weight taps multiply real (finite)
+/// activations, so a non-finite input next to the border can turn a padded output into NaN where
+/// PyTorch would not look at it; activations are finite in practice.
 #[cfg(target_arch = "aarch64")]
 pub mod neon {
     use super::super::Activation;
@@ -142,7 +140,7 @@ pub mod neon {
             (3, 1) => rows::<3, 9, 1, 8>(input, w, bias, &g, out),
             (3, 2) => rows::<3, 9, 2, 4>(input, w, bias, &g, out),
             (5, 1) => rows::<5, 25, 1, 4>(input, w, bias, &g, out),
-            (5, 2) => rows::<5, 25, 2, 2>(input, w, bias, &g, out),
+            (5, 2) => rows::<5, 25, 2, 4>(input, w, bias, &g, out),
             _ => {
                 for oy in 0..oh {
                     for ox in 0..ow {
