@@ -34,18 +34,16 @@ struct Args {
     json: Option<PathBuf>,
 }
 
-/// ESFair-like photo sizes (width, height): phone and dermatoscope shots.
-const SIZES: [(usize, usize); 4] = [(600, 450), (1024, 768), (640, 480), (200, 150)];
+// Shared with the libtorch baseline binary, so both engines see the same pixels and are
+// summarized by the same formulas.
+#[path = "baselines/protocol.rs"]
+mod protocol;
+
+use protocol::{SIZES, Summary, generate_images};
 
 /// What one run measured.
 struct Report {
-    iterations: usize,
-    images: usize,
-    l_seconds_per_100: f64,
-    latency_score: f64,
-    p50_ms: f64,
-    p99_ms: f64,
-    mean_ms: f64,
+    summary: Summary,
     class_counts: [usize; NUM_CLASSES],
 }
 
@@ -73,19 +71,8 @@ fn main() -> Result<()> {
         }
         per_iteration_s.push(start.elapsed().as_secs_f64());
     }
-    let mean_iteration = per_iteration_s.iter().sum::<f64>() / per_iteration_s.len() as f64;
-    let l = mean_iteration * 100.0 / args.images as f64;
-    let mean_ms = per_image_ms.iter().sum::<f64>() / per_image_ms.len() as f64;
-    per_image_ms.sort_by(f64::total_cmp);
-    let pct = |p: f64| per_image_ms[((per_image_ms.len() - 1) as f64 * p).round() as usize];
     let report = Report {
-        iterations: args.iterations,
-        images: args.images,
-        l_seconds_per_100: l,
-        latency_score: 1.0 - l / 100.0,
-        p50_ms: pct(0.5),
-        p99_ms: pct(0.99),
-        mean_ms,
+        summary: Summary::new(&per_iteration_s, &mut per_image_ms, args.images),
         class_counts,
     };
     print_report(&report);
@@ -107,13 +94,9 @@ fn print_report(r: &Report) {
     println!("image sizes:      {SIZES:?} (generated RGB8, cycled)");
     println!(
         "protocol:         {} iterations x {} images",
-        r.iterations, r.images
+        r.summary.iterations, r.summary.images
     );
-    println!("L (s / 100 img):  {:.4}", r.l_seconds_per_100);
-    println!("latency score:    {:.5}", r.latency_score);
-    println!("per image mean:   {:.3} ms", r.mean_ms);
-    println!("per image p50:    {:.3} ms", r.p50_ms);
-    println!("per image p99:    {:.3} ms", r.p99_ms);
+    r.summary.print();
 }
 
 /// The report as a JSON object (written by hand: flat and fixed).
@@ -131,39 +114,19 @@ fn json(r: &Report) -> String {
             "  \"per_image_ms\": {{\"mean\": {}, \"p50\": {}, \"p99\": {}}},\n",
             "  \"predicted_class_counts\": {{{}}}\n}}\n"
         ),
-        r.iterations,
-        r.images,
+        r.summary.iterations,
+        r.summary.images,
         INPUT_H,
         INPUT_W,
         NUM_CLASSES,
         PARAMS,
         MACS,
         ARENA_LEN * 4,
-        r.l_seconds_per_100,
-        r.latency_score,
-        r.mean_ms,
-        r.p50_ms,
-        r.p99_ms,
+        r.summary.l_seconds_per_100,
+        r.summary.latency_score,
+        r.summary.mean_ms,
+        r.summary.p50_ms,
+        r.summary.p99_ms,
         classes.join(", ")
     )
-}
-
-/// Deterministic pseudo-random RGB8 images cycling through [`SIZES`].
-fn generate_images(n: usize, seed: u64) -> Vec<(usize, usize, Vec<u8>)> {
-    let mut state = seed ^ 0x9E37_79B9_7F4A_7C15;
-    (0..n)
-        .map(|i| {
-            let (w, h) = SIZES[i % SIZES.len()];
-            let px = (0..w * h * 3)
-                .map(|_| {
-                    // xorshift64*: cheap and reproducible across platforms.
-                    state ^= state >> 12;
-                    state ^= state << 25;
-                    state ^= state >> 27;
-                    (state.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 56) as u8
-                })
-                .collect();
-            (w, h, px)
-        })
-        .collect()
 }

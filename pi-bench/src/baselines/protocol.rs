@@ -27,13 +27,20 @@ pub fn generate_images(n: usize, seed: u64) -> Vec<(usize, usize, Vec<u8>)> {
 
 /// What one run measured.
 pub struct Summary {
-    iterations: usize,
-    images: usize,
-    l_seconds_per_100: f64,
-    latency_score: f64,
-    mean_ms: f64,
-    p50_ms: f64,
-    p99_ms: f64,
+    /// Timed iterations.
+    pub iterations: usize,
+    /// Images per iteration.
+    pub images: usize,
+    /// L: mean seconds per 100 images.
+    pub l_seconds_per_100: f64,
+    /// `1 - L / 100`.
+    pub latency_score: f64,
+    /// Mean milliseconds per image.
+    pub mean_ms: f64,
+    /// Median milliseconds per image.
+    pub p50_ms: f64,
+    /// 99th percentile milliseconds per image.
+    pub p99_ms: f64,
 }
 
 impl Summary {
@@ -65,6 +72,10 @@ impl Summary {
     }
 
     /// The summary as JSON, with the same keys as `pi-bench --json` where they overlap.
+    #[allow(
+        dead_code,
+        reason = "only the baseline binary uses it; pi-bench's report adds model fields"
+    )]
     pub fn json(&self, engine: &str, model: &str) -> String {
         format!(
             concat!(
