@@ -34,7 +34,8 @@ pub struct BalanceArgs {
     #[arg(long, default_value_t = 1.0)]
     pub scale: f64,
     /// Cross-entropy class weights: six numbers in class order, `paper`
-    /// (15,15,15,15,1,5) or `auto` (inverse frequency of the training slots).
+    /// (15,15,15,15,1,5), `auto` (inverse frequency of the training slots) or `sqrt` (its
+    /// square root: milder, keeps more of the majority class's accuracy).
     #[arg(long, default_value = "paper")]
     pub class_weights: ClassWeights,
 }

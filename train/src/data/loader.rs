@@ -10,6 +10,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
+use super::augment::{self, Augment, Jitter};
 use super::balance::{BalancePlan, Slot};
 use super::cache::Cache;
 use super::rng::Rng;
@@ -30,6 +31,9 @@ pub struct LoaderOptions {
     pub shuffle: bool,
     /// Drop a last, smaller batch.
     pub drop_last: bool,
+    /// Dihedral symmetries, random resized crop, colour jitter (training only).
+    #[serde(default)]
+    pub augment: Augment,
 }
 
 impl LoaderOptions {
@@ -42,6 +46,7 @@ impl LoaderOptions {
             flip: true,
             shuffle: true,
             drop_last: true,
+            augment: Augment::default(),
         }
     }
 
@@ -54,6 +59,7 @@ impl LoaderOptions {
             flip: false,
             shuffle: false,
             drop_last: false,
+            augment: Augment::default(),
         }
     }
 }
@@ -86,6 +92,7 @@ pub struct Batch {
 const STREAM_ORDER: u64 = 0x0DE5;
 const STREAM_FLIP: u64 = 0xF11B;
 const STREAM_NOISE: u64 = 0x4015;
+const STREAM_AUGMENT: u64 = 0xA06E;
 
 /// Iterator over an epoch's batches (`Item = Result<Batch>`).
 #[derive(Debug)]
@@ -158,6 +165,7 @@ impl<'a> Batches<'a> {
         if let Some(t) = opts.train_size {
             ensure!(t > 0, "train size must be > 0");
         }
+        opts.augment.validate()?;
         ensure!(
             state.position <= plan.slots.len(),
             "sampler position {} beyond the plan's {} slots",
@@ -209,7 +217,72 @@ impl<'a> Batches<'a> {
         self.opts.train_size.unwrap_or(self.cache.image_size())
     }
 
+    /// The flips of the sample at epoch position `pos` (the same draws as before augmentation
+    /// existed, so flips-only runs are unchanged).
+    fn flips(&self, pos: usize) -> (bool, bool) {
+        if self.opts.flip {
+            let mut r = Rng::from_parts(&[self.opts.seed, self.epoch, pos as u64, STREAM_FLIP]);
+            (r.coin(), r.coin())
+        } else {
+            (false, false)
+        }
+    }
+
+    /// Images through the per-sample geometric path: crop, resize, flips, transpose.
+    fn geometry_batch(&self, start: usize, slots: &[Slot]) -> Result<Tensor> {
+        let s = self.cache.image_size();
+        let out = self.output_size();
+        let aug = self.opts.augment;
+        let (seed, epoch) = (self.opts.seed, self.epoch);
+        let crops: Vec<(Vec<f32>, usize, usize, (bool, bool), bool)> = slots
+            .par_iter()
+            .enumerate()
+            .map(|(k, slot)| -> Result<_> {
+                let mut px = vec![0u8; self.cache.sample_bytes()];
+                self.cache.read_image(slot.index, &mut px)?;
+                let mut r = Rng::from_parts(&[seed, epoch, (start + k) as u64, STREAM_AUGMENT]);
+                let transpose = aug.dihedral && r.coin();
+                let bx = match &aug.crop {
+                    Some(c) => c.draw(s, &mut r),
+                    None => (0, 0, s, s),
+                };
+                let mut chw = vec![0f32; 3 * bx.2 * bx.3];
+                augment::crop_to_chw(&px, s, bx, &self.lut, &mut chw);
+                Ok((chw, bx.3, bx.2, self.flips(start + k), transpose))
+            })
+            .collect::<Result<_>>()?;
+        let views = crops
+            .iter()
+            .map(|(chw, h, w, fl, tr)| augment::finish_geometry(chw, *h, *w, out, *fl, *tr))
+            .collect::<Result<Vec<_>>>()
+            .context("augmenting batch")?;
+        Ok(Tensor::cat(&views, 0))
+    }
+
     fn make(&self, start: usize, slots: &[Slot]) -> Result<Batch> {
+        let mut images = if self.opts.augment.per_sample_geometry() {
+            self.geometry_batch(start, slots)?
+        } else {
+            self.plain_batch(start, slots)?
+        };
+        let b = slots.len();
+        let (seed, epoch) = (self.opts.seed, self.epoch);
+        if let Some(j) = &self.opts.augment.jitter {
+            let factors: Vec<[f32; 3]> = (0..b)
+                .map(|k| {
+                    // A stream of its own, so switching the crop on or off leaves jitter alone.
+                    let mut r =
+                        Rng::from_parts(&[seed, epoch, (start + k) as u64, STREAM_AUGMENT, 1]);
+                    j.draw(&mut r)
+                })
+                .collect();
+            images = Jitter::apply(&images, &factors, self.cache.mean(), self.cache.std());
+        }
+        self.finish(start, slots, images)
+    }
+
+    /// Images through the original path: whole tiles, flips, one batched resize.
+    fn plain_batch(&self, start: usize, slots: &[Slot]) -> Result<Tensor> {
         let s = self.cache.image_size();
         let per = 3 * s * s;
         let b = slots.len();
@@ -240,6 +313,15 @@ impl<'a> Batches<'a> {
                 .f_internal_upsample_bilinear2d_aa([out as i64, out as i64], false, None, None)
                 .context("resizing batch")?;
         }
+        Ok(images)
+    }
+}
+
+impl Batches<'_> {
+    fn finish(&self, start: usize, slots: &[Slot], mut images: Tensor) -> Result<Batch> {
+        let b = slots.len();
+        let out = self.output_size();
+        let (seed, epoch) = (self.opts.seed, self.epoch);
         if self.sigma > 0.0 && slots.iter().any(|sl| sl.noise) {
             let per_out = 3 * out * out;
             let mut noise = vec![0f32; b * per_out];

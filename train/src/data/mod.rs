@@ -5,6 +5,7 @@
 //! then [`split::kfold`] on the cache, a [`balance::BalancePlan`] over the
 //! training indices, and [`loader::Batches`] over that plan each epoch.
 
+pub mod augment;
 pub mod balance;
 pub mod cache;
 pub mod decode;

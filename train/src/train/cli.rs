@@ -12,6 +12,7 @@ use super::fit::{Criterion, FitOptions};
 use super::loss::KdConfig;
 use super::optim::{OptimConfig, OptimizerKind};
 use crate::args::{BalanceArgs, FoldArgs};
+use crate::data::augment::{Augment, CropRange, Jitter};
 use crate::data::balance::BalancePlan;
 use crate::data::cache::Cache;
 use crate::data::rng::Rng;
@@ -74,6 +75,20 @@ pub struct TrainArgs {
     /// No random flips.
     #[arg(long)]
     pub no_flip: bool,
+    /// Also random transposes: with the flips, all 8 dihedral symmetries (90-degree
+    /// rotations included).
+    #[arg(long)]
+    pub dihedral: bool,
+    /// Random resized crop: area fraction range `MIN,MAX` of the cache tile (e.g. `0.35,1`).
+    #[arg(long, value_parser = parse_pair)]
+    pub crop_scale: Option<(f32, f32)>,
+    /// Aspect-ratio range `MIN,MAX` of the random resized crop (with `--crop-scale`).
+    #[arg(long, value_parser = parse_pair, default_value = "0.75,1.3333")]
+    pub crop_ratio: (f32, f32),
+    /// Colour jitter strengths `BRIGHTNESS,CONTRAST,SATURATION`, each factor drawn from
+    /// [1 - x, 1 + x] (e.g. `0.1,0.1,0.1`).
+    #[arg(long, value_parser = parse_triple)]
+    pub jitter: Option<(f32, f32, f32)>,
     /// libtorch intra-op threads (default: libtorch's choice).
     #[arg(long)]
     pub threads: Option<i32>,
@@ -215,7 +230,47 @@ impl RunData {
     }
 }
 
+fn parse_floats(s: &str, n: usize) -> std::result::Result<Vec<f32>, String> {
+    let v: Vec<f32> = s
+        .split(',')
+        .map(|x| x.trim().parse::<f32>())
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|e| format!("{s:?}: {e}"))?;
+    if v.len() != n {
+        return Err(format!("{s:?}: expected {n} comma-separated numbers"));
+    }
+    Ok(v)
+}
+
+fn parse_pair(s: &str) -> std::result::Result<(f32, f32), String> {
+    let v = parse_floats(s, 2)?;
+    Ok((v[0], v[1]))
+}
+
+fn parse_triple(s: &str) -> std::result::Result<(f32, f32, f32), String> {
+    let v = parse_floats(s, 3)?;
+    Ok((v[0], v[1], v[2]))
+}
+
 impl TrainArgs {
+    /// The augmentation the flags ask for.
+    pub fn augment(&self) -> Augment {
+        Augment {
+            dihedral: self.dihedral,
+            crop: self.crop_scale.map(|scale| CropRange {
+                scale,
+                ratio: self.crop_ratio,
+            }),
+            jitter: self
+                .jitter
+                .map(|(brightness, contrast, saturation)| Jitter {
+                    brightness,
+                    contrast,
+                    saturation,
+                }),
+        }
+    }
+
     /// Applies `--threads` and checks the image size against the model's multiple.
     pub fn setup(&self, multiple: usize) -> Result<()> {
         if let Some(t) = self.threads {
@@ -227,6 +282,7 @@ impl TrainArgs {
             "--train-size {} must be a positive multiple of {multiple}",
             self.train_size
         );
+        self.augment().validate()?;
         Ok(())
     }
 
@@ -243,6 +299,7 @@ impl TrainArgs {
             seed: self.seed,
             train_size: Some(self.train_size),
             flip: !self.no_flip,
+            augment: self.augment(),
             lr: self.lr,
             warmup_steps: self.warmup_steps,
             constant_lr: self.constant_lr,

@@ -171,6 +171,9 @@ pub struct FitOptions {
     pub train_size: Option<usize>,
     /// Random flips.
     pub flip: bool,
+    /// Dihedral symmetries, random resized crop and colour jitter on top of the flips.
+    #[serde(default)]
+    pub augment: crate::data::augment::Augment,
     /// Peak learning rate.
     pub lr: f64,
     /// Warmup steps (`None`: 5% of the run, at most 500).
@@ -211,6 +214,7 @@ impl FitOptions {
         let mut o = LoaderOptions::train(self.batch_size, self.seed);
         o.train_size = self.train_size;
         o.flip = self.flip;
+        o.augment = self.augment;
         o
     }
 }
