@@ -268,6 +268,7 @@ pub(crate) fn generate(
         .collect::<Result<Vec<_>, _>>()?;
     let [m0, m1, m2] = g.preprocess.mean;
     let [s0, s1, s2] = g.preprocess.std;
+    let centre_crop = g.preprocess.crop == crate::ir::Crop::Centre;
     // Counted from the file: packing pads panels with zeros.
     let params = model_params(model).unwrap_or(0);
     let macs: u64 = layers.iter().map(|l| l.macs).sum();
@@ -307,6 +308,9 @@ pub(crate) fn generate(
         pub const MEAN: [f32; 3] = [#m0, #m1, #m2];
         /// Per-channel (R, G, B) standard deviation of the input normalization.
         pub const STD: [f32; 3] = [#s0, #s1, #s2];
+        /// Whether a photo is centre-cropped to the input's aspect ratio before the resize
+        /// (`false`: resized whole).
+        pub const CENTRE_CROP: bool = #centre_crop;
         /// Number of model parameters.
         pub const PARAMS: usize = #params_lit;
         /// Multiply-accumulates per inference.

@@ -8,8 +8,8 @@
 use std::collections::BTreeMap;
 
 use crate::ir::{
-    Activation, Add, Conv2d, FORMAT_NAME, FORMAT_VERSION, GlobalAvgPool, Graph, InputSpec, IrError,
-    Layout, Linear, ModelFile, Op, Preprocess, SqueezeExcite, Tensor,
+    Activation, Add, Conv2d, Crop, FORMAT_NAME, FORMAT_VERSION, GlobalAvgPool, Graph, InputSpec,
+    IrError, Layout, Linear, ModelFile, Op, Preprocess, SqueezeExcite, Tensor,
 };
 
 /// One inverted-residual block (torchvision's `InvertedResidualConfig`).
@@ -233,6 +233,7 @@ impl SyntheticSpec {
             output: "logits".into(),
             preprocess: Preprocess {
                 resize: [s, s],
+                crop: Crop::Centre,
                 mean: [0.5; 3],
                 std: [0.5; 3],
             },

@@ -19,7 +19,8 @@
 //! - an RGB8 image of any size as an [`Image`]: `width * height * 3` bytes,
 //!   row-major, R G B interleaved.
 //!
-//! [`classify`] resizes (bilinear) and normalizes the image into the arena,
+//! [`classify`] crops the centred square (as training does; see
+//! [`CENTRE_CROP`]), resizes (bilinear) and normalizes the image into the arena,
 //! runs the network and returns the most probable class with all
 //! probabilities. [`run`] is the lower-level entry point taking an already
 //! preprocessed input (`[3][INPUT_H][INPUT_W]` planar, normalized with
@@ -59,10 +60,10 @@ mod model;
 pub mod preprocess;
 
 pub use model::{
-    ARENA_LEN, Arena, CLASS_NAMES, Error, INPUT_H, INPUT_LEN, INPUT_W, LAYERS, MACS, MEAN,
-    NUM_CLASSES, PARAMS, PEAK_LIVE_LEN, Prediction, STD, classify, run,
+    ARENA_LEN, Arena, CENTRE_CROP, CLASS_NAMES, Error, INPUT_H, INPUT_LEN, INPUT_W, LAYERS, MACS,
+    MEAN, NUM_CLASSES, PARAMS, PEAK_LIVE_LEN, Prediction, STD, classify, run,
 };
-pub use preprocess::{Image, PreprocessError};
+pub use preprocess::{Image, PreprocessError, Region};
 
 /// Items the generated model code refers to; not part of the API.
 #[doc(hidden)]

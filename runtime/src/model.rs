@@ -2,7 +2,7 @@
 //! `models/default.safetensors` (or `$DERM_MODEL`), with every shape a
 //! constant, weights in flash and one caller-owned arena.
 
-use crate::preprocess::{Image, PreprocessError, resize_normalize};
+use crate::preprocess::{Image, PreprocessError, centre_crop, crop_resize_normalize};
 
 // The generated module is a complete model API; this crate re-exports
 // the parts its own API promises, so some items stay unused here.
@@ -13,8 +13,8 @@ mod generated {
 
 pub(crate) use generated::CLASS_NAMES_C;
 pub use generated::{
-    ARENA_LEN, CLASS_NAMES, INPUT_H, INPUT_LEN, INPUT_W, LAYERS, MACS, MEAN, NUM_CLASSES, PARAMS,
-    PEAK_LIVE_LEN, STD,
+    ARENA_LEN, CENTRE_CROP, CLASS_NAMES, INPUT_H, INPUT_LEN, INPUT_W, LAYERS, MACS, MEAN,
+    NUM_CLASSES, PARAMS, PEAK_LIVE_LEN, STD,
 };
 
 /// Working memory of one inference: every activation and scratch buffer at
@@ -79,12 +79,25 @@ impl core::fmt::Display for Error {
 
 impl core::error::Error for Error {}
 
-/// Classifies an RGB8 photo of any size: bilinear resize to
-/// `INPUT_H x INPUT_W` and normalization straight into the arena, the
-/// network, then softmax. Allocates nothing.
+/// Classifies an RGB8 photo of any size: with [`CENTRE_CROP`] (what
+/// `derm-train export` writes) the centred crop with the input's aspect ratio,
+/// i.e. the centred square of the shorter side as in training, otherwise the
+/// whole photo; bilinear resize to `INPUT_H x INPUT_W` and normalization
+/// straight into the arena, the network, then softmax. Allocates nothing.
 pub fn classify(image: Image<'_>, arena: &mut Arena) -> Result<Prediction, Error> {
-    resize_normalize(
+    let region = if CENTRE_CROP {
+        centre_crop(image.width, image.height, INPUT_W, INPUT_H)
+    } else {
+        crate::preprocess::Region {
+            x: 0,
+            y: 0,
+            width: image.width,
+            height: image.height,
+        }
+    };
+    crop_resize_normalize(
         image,
+        region,
         INPUT_H,
         INPUT_W,
         MEAN,

@@ -1,6 +1,8 @@
-//! Image preprocessing: bilinear resize of RGB8 pixels to the model's input
-//! size, then per-channel normalization, written straight into a caller-owned
-//! planar (CHW) `f32` buffer.
+//! Image preprocessing: the centred crop with the input's aspect ratio (for a
+//! square input, the centred square of the shorter side, as training's
+//! `derm-train prepare` and the paper do), bilinear resize of its RGB8 pixels
+//! to the model's input size, then per-channel normalization, written straight
+//! into a caller-owned planar (CHW) `f32` buffer.
 
 /// Why an image could not be preprocessed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -14,6 +16,8 @@ pub enum PreprocessError {
         /// The length that was passed.
         actual: usize,
     },
+    /// The crop region is empty or reaches outside the image.
+    BadRegion,
     /// The output buffer is not `3 * out_h * out_w` long.
     WrongOutputLen {
         /// `3 * out_h * out_w`.
@@ -27,6 +31,9 @@ impl core::fmt::Display for PreprocessError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
             PreprocessError::EmptyImage => f.write_str("image has zero width or height"),
+            PreprocessError::BadRegion => {
+                f.write_str("crop region is empty or reaches outside the image")
+            }
             PreprocessError::WrongPixelCount { expected, actual } => {
                 write!(
                     f,
@@ -77,11 +84,76 @@ impl<'a> Image<'a> {
     }
 }
 
-/// Resizes `image` to `out_h x out_w` with bilinear interpolation (half-pixel
+/// A rectangle of an image, in pixels: columns `x..x + width`, rows `y..y + height`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Region {
+    /// First column.
+    pub x: usize,
+    /// First row.
+    pub y: usize,
+    /// Columns.
+    pub width: usize,
+    /// Rows.
+    pub height: usize,
+}
+
+/// The largest centred region of a `width x height` image with the aspect ratio of
+/// `out_w x out_h` (for a square output: the centred square of the shorter side). This is the
+/// crop training uses, so a photo of another aspect ratio is not squashed.
+pub fn centre_crop(width: usize, height: usize, out_w: usize, out_h: usize) -> Region {
+    let (w, h) = if out_w == 0 || out_h == 0 {
+        (width, height)
+    } else if width.saturating_mul(out_h) > height.saturating_mul(out_w) {
+        // Wider than the output: keep the full height.
+        ((height * out_w / out_h).clamp(1, width.max(1)), height)
+    } else {
+        (width, (width * out_h / out_w).clamp(1, height.max(1)))
+    };
+    Region {
+        x: (width - w) / 2,
+        y: (height - h) / 2,
+        width: w,
+        height: h,
+    }
+}
+
+/// Resizes the whole of `image` to `out_h x out_w` with bilinear interpolation (half-pixel
 /// centers, as PyTorch's `align_corners=False`) and writes
 /// `(value / 255 - mean[c]) / std[c]` in CHW order into `out`.
 pub fn resize_normalize(
     image: Image<'_>,
+    out_h: usize,
+    out_w: usize,
+    mean: [f32; 3],
+    std: [f32; 3],
+    out: &mut [f32],
+) -> Result<(), PreprocessError> {
+    let all = Region {
+        x: 0,
+        y: 0,
+        width: image.width,
+        height: image.height,
+    };
+    crop_resize_normalize(image, all, out_h, out_w, mean, std, out)
+}
+
+/// [`centre_crop`] then [`crop_resize_normalize`]: what [`crate::classify`] does.
+pub fn centre_crop_resize_normalize(
+    image: Image<'_>,
+    out_h: usize,
+    out_w: usize,
+    mean: [f32; 3],
+    std: [f32; 3],
+    out: &mut [f32],
+) -> Result<(), PreprocessError> {
+    let region = centre_crop(image.width, image.height, out_w, out_h);
+    crop_resize_normalize(image, region, out_h, out_w, mean, std, out)
+}
+
+/// Like [`resize_normalize`], on `region` of `image` only.
+pub fn crop_resize_normalize(
+    image: Image<'_>,
+    region: Region,
     out_h: usize,
     out_w: usize,
     mean: [f32; 3],
@@ -96,14 +168,21 @@ pub fn resize_normalize(
         });
     }
     let image = Image::new(image.width, image.height, image.pixels)?;
+    if region.width == 0
+        || region.height == 0
+        || region.x.saturating_add(region.width) > image.width
+        || region.y.saturating_add(region.height) > image.height
+    {
+        return Err(PreprocessError::BadRegion);
+    }
     let scale = [
         1.0 / (255.0 * std[0]),
         1.0 / (255.0 * std[1]),
         1.0 / (255.0 * std[2]),
     ];
     let bias = [-mean[0] / std[0], -mean[1] / std[1], -mean[2] / std[2]];
-    let sy = image.height as f32 / out_h as f32;
-    let sx = image.width as f32 / out_w as f32;
+    let sy = region.height as f32 / out_h as f32;
+    let sx = region.width as f32 / out_w as f32;
     let plane = out_h * out_w;
     let (red, rest) = out.split_at_mut(plane);
     let (green, blue) = rest.split_at_mut(plane);
@@ -115,11 +194,12 @@ pub fn resize_normalize(
     for x_start in (0..out_w).step_by(STRIP) {
         let n = STRIP.min(out_w - x_start);
         for (j, col) in cols[..n].iter_mut().enumerate() {
-            let (x0, x1, fx) = source_coords(x_start + j, sx, image.width);
-            *col = (x0 * 3, x1 * 3, fx);
+            let (x0, x1, fx) = source_coords(x_start + j, sx, region.width);
+            *col = ((region.x + x0) * 3, (region.x + x1) * 3, fx);
         }
         for oy in 0..out_h {
-            let (y0, y1, fy) = source_coords(oy, sy, image.height);
+            let (y0, y1, fy) = source_coords(oy, sy, region.height);
+            let (y0, y1) = (region.y + y0, region.y + y1);
             let row0 = &image.pixels[y0 * row_len..(y0 + 1) * row_len];
             let row1 = &image.pixels[y1 * row_len..(y1 + 1) * row_len];
             let at = oy * out_w + x_start;
@@ -233,6 +313,56 @@ mod tests {
             naive(img, oh, ow, &mut want[..n]);
             assert_eq!(got[..n], want[..n], "{w}x{h} -> {ow}x{oh}");
         }
+    }
+
+    #[test]
+    fn centre_crop_keeps_the_middle_square() {
+        assert_eq!(
+            centre_crop(200, 150, 128, 128),
+            Region {
+                x: 25,
+                y: 0,
+                width: 150,
+                height: 150
+            }
+        );
+        assert_eq!(
+            centre_crop(3, 700, 4, 4),
+            Region {
+                x: 0,
+                y: 348,
+                width: 3,
+                height: 3
+            }
+        );
+        assert_eq!(centre_crop(1, 6000, 224, 224).height, 1);
+        assert_eq!(centre_crop(640, 480, 4, 3).width, 640);
+    }
+
+    #[test]
+    fn crop_equals_resizing_the_cut_out_pixels() {
+        let pixels: Vec<u8> = (0..20 * 10 * 3).map(|i| (i * 37 % 251) as u8).collect();
+        let img = Image::new(20, 10, &pixels).unwrap();
+        let r = centre_crop(20, 10, 6, 6);
+        let cut: Vec<u8> = (r.y..r.y + r.height)
+            .flat_map(|y| pixels[(y * 20 + r.x) * 3..(y * 20 + r.x + r.width) * 3].to_vec())
+            .collect();
+        let mut a = [0f32; 3 * 36];
+        let mut b = [0f32; 3 * 36];
+        centre_crop_resize_normalize(img, 6, 6, [0.5; 3], [0.25; 3], &mut a).unwrap();
+        let cut_img = Image::new(r.width, r.height, &cut).unwrap();
+        resize_normalize(cut_img, 6, 6, [0.5; 3], [0.25; 3], &mut b).unwrap();
+        assert_eq!(a, b);
+        let outside = Region {
+            x: 15,
+            y: 0,
+            width: 10,
+            height: 10,
+        };
+        assert_eq!(
+            crop_resize_normalize(img, outside, 6, 6, [0.5; 3], [0.25; 3], &mut a),
+            Err(PreprocessError::BadRegion)
+        );
     }
 
     #[test]

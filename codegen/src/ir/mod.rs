@@ -84,17 +84,32 @@ pub enum Layout {
     Nchw,
 }
 
-/// Preprocessing: bilinear resize of the whole image (no crop, half-pixel
-/// centers) to `resize`, then `(pixel / 255 - mean[c]) / std[c]`.
+/// Preprocessing: the [`Crop`], bilinear resize (half-pixel centers) to `resize`, then
+/// `(pixel / 255 - mean[c]) / std[c]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Preprocess {
     /// `[H, W]`, equal to the input's spatial size.
     pub resize: [usize; 2],
+    /// Which part of the photo is resized (absent in older files: the whole image).
+    #[serde(default)]
+    pub crop: Crop,
     /// Per-channel mean (R, G, B) on the 0..1 scale.
     pub mean: [f32; 3],
     /// Per-channel standard deviation (R, G, B); non-zero.
     pub std: [f32; 3],
+}
+
+/// Which part of a photo preprocessing resizes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Crop {
+    /// The whole image, squashed to the input's aspect ratio.
+    #[default]
+    None,
+    /// The largest centred region with the input's aspect ratio (for a square input, the
+    /// centred square of the shorter side): how `derm-train prepare` makes training tiles.
+    Centre,
 }
 
 /// Activation fused into the end of an op.
