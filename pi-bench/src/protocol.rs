@@ -1,4 +1,4 @@
-//! The parts of pi-bench's protocol a baseline shares: the generated images (the same
+//! The paper's latency protocol, shared by `pi-bench` and every baseline engine: the generated images (the same
 //! generator and sizes as `pi-bench`) and the summary (L, latency score, per-image stats).
 
 /// ESFair-like photo sizes (width, height): phone and dermatoscope shots.
@@ -72,10 +72,6 @@ impl Summary {
     }
 
     /// The summary as JSON, with the same keys as `pi-bench --json` where they overlap.
-    #[allow(
-        dead_code,
-        reason = "only the baseline binary uses it; pi-bench's report adds model fields"
-    )]
     pub fn json(&self, engine: &str, model: &str) -> String {
         format!(
             concat!(

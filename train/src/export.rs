@@ -305,6 +305,8 @@ pub fn model_file(student: &Student, opts: &ExportOptions) -> Result<ModelFile> 
         output: b.last.clone(),
         preprocess: ir::Preprocess {
             resize: [h, w],
+            // Training tiles are centred squares of the photo (`derm-train prepare`).
+            crop: ir::Crop::Centre,
             mean: meta.mean,
             std: meta.std,
         },
@@ -527,6 +529,34 @@ pub fn export_student(
         params: model.tensors.values().filter_map(ir::Tensor::numel).sum(),
         fold_error,
     })
+}
+
+/// Adds `bias[c]` to the output bias of the student's last Linear (`classifier.0` for the
+/// paper head, `classifier.3` for torchvision's), so every logit `c` moves by `bias[c]`.
+pub fn add_logit_bias(student: &Student, bias: &[f32]) -> Result<()> {
+    let name = match student.meta.head {
+        crate::models::mobilenet_v3::Head::Paper => "classifier.0.bias",
+        crate::models::mobilenet_v3::Head::Torchvision => "classifier.3.bias",
+    };
+    let vars = student.vs.variables();
+    let b = vars
+        .get(name)
+        .with_context(|| format!("student has no {name}"))?;
+    anyhow::ensure!(
+        b.size() == [bias.len() as i64],
+        "--logit-bias has {} numbers, the classifier has {:?} outputs",
+        bias.len(),
+        b.size()
+    );
+    anyhow::ensure!(
+        bias.iter().all(|v| v.is_finite()),
+        "--logit-bias must be finite: {bias:?}"
+    );
+    tch::no_grad(|| {
+        let mut b = b.shallow_clone();
+        let _ = b.g_add_(&Tensor::from_slice(bias));
+    });
+    Ok(())
 }
 
 /// Gives every BatchNorm of a student random running statistics and affine parameters (as

@@ -16,12 +16,11 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use derm_codegen::ir::ModelFile;
-use derm_runtime::preprocess::{Image, resize_normalize};
+use derm_runtime::preprocess::{Image, centre_crop, crop_resize_normalize, resize_normalize};
 use derm_train::export::TchGraph;
 use tch::{Kind, Tensor};
 
-#[path = "protocol.rs"]
-mod protocol;
+use pi_bench::protocol;
 
 /// Time a model file in libtorch with pi-bench's protocol.
 #[derive(Debug, Parser)]
@@ -61,10 +60,17 @@ fn main() -> Result<()> {
     let [h, w] = model.graph.preprocess.resize;
     let (mean, std) = (model.graph.preprocess.mean, model.graph.preprocess.std);
     let classes = model.num_classes();
+    let centre = model.graph.preprocess.crop == derm_codegen::ir::Crop::Centre;
     let mut input = vec![0f32; 3 * h * w];
     let mut classify = |img: Image<'_>| -> Result<(usize, Vec<f32>)> {
-        resize_normalize(img, h, w, mean, std, &mut input)
-            .map_err(|e| anyhow::anyhow!("preprocessing: {e}"))?;
+        // The same crop as the runtime's `classify` for this file.
+        let pre = if centre {
+            let r = centre_crop(img.width, img.height, w, h);
+            crop_resize_normalize(img, r, h, w, mean, std, &mut input)
+        } else {
+            resize_normalize(img, h, w, mean, std, &mut input)
+        };
+        pre.map_err(|e| anyhow::anyhow!("preprocessing: {e}"))?;
         let x = Tensor::from_slice(&input).view([1, 3, h as i64, w as i64]);
         let logits = net.forward(&x)?;
         let probs = logits.softmax(-1, Kind::Float);

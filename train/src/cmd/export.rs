@@ -69,6 +69,12 @@ pub struct ExportArgs {
     /// Leave the per-layer outputs out of the golden file (keeps `input` and `logits`).
     #[arg(long)]
     pub no_layers: bool,
+    /// Add these numbers (one per class, comma-separated) to the classifier's output bias: a
+    /// post-hoc logit adjustment that moves the decision thresholds at no run-time cost
+    /// (e.g. `-tau * ln(class weight)` to undo part of the class weighting). Recorded in the
+    /// provenance.
+    #[arg(long, value_delimiter = ',', allow_hyphen_values = true)]
+    pub logit_bias: Option<Vec<f32>>,
 }
 
 fn three(v: &[f32], what: &str) -> Result<[f32; 3]> {
@@ -153,10 +159,15 @@ pub fn run(a: ExportArgs) -> Result<()> {
             "command": command_line(),
             "git_commit": git_commit(),
             "checkpoint": a.checkpoint.display().to_string(),
+            "logit_bias": a.logit_bias,
         }),
     );
-    let r = export::export(
-        &a.checkpoint,
+    let student = crate::student_file::load(&a.checkpoint)?;
+    if let Some(b) = &a.logit_bias {
+        export::add_logit_bias(&student, b)?;
+    }
+    let r = export::export_student(
+        &student,
         &a.output,
         &ExportOptions {
             provenance,

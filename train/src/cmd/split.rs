@@ -3,7 +3,7 @@
 use std::collections::HashSet;
 use std::path::PathBuf;
 
-use anyhow::{Result, ensure};
+use anyhow::{Context, Result, ensure};
 use clap::Args;
 use serde::Serialize;
 
@@ -28,6 +28,11 @@ pub struct SplitArgs {
     /// JSON report with the folds (default: `<cache>/folds-k<K>-seed<SEED>.json`).
     #[arg(long)]
     pub report: Option<PathBuf>,
+    /// Also write each fold's validation images as a CSV manifest
+    /// (`DIR/fold<F>-val.csv`: image_id, paper_label, group, lesion_id), e.g. to score a
+    /// model on it with `pi-bench --manifest`.
+    #[arg(long)]
+    pub manifests: Option<PathBuf>,
 }
 
 #[derive(Serialize)]
@@ -76,5 +81,23 @@ pub fn run(args: SplitArgs) -> Result<()> {
     };
     write_report(&report, "split", &body)?;
     println!("report: {}", report.display());
+    if let Some(dir) = &args.manifests {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        for (f, fold) in folds.iter().enumerate() {
+            let path = dir.join(format!("fold{f}-val.csv"));
+            let mut text = String::from("image_id,paper_label,group,lesion_id\n");
+            for &i in &fold.val {
+                text.push_str(&format!(
+                    "{},{},{},{}\n",
+                    cache.id(i),
+                    cache.class_names()[cache.label(i)],
+                    cache.group_names()[cache.group(i)],
+                    cache.lesion(i)
+                ));
+            }
+            std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+            println!("manifest: {} ({} images)", path.display(), fold.val.len());
+        }
+    }
     Ok(())
 }
