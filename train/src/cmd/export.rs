@@ -75,6 +75,10 @@ pub struct ExportArgs {
     /// provenance.
     #[arg(long, value_delimiter = ',', allow_hyphen_values = true)]
     pub logit_bias: Option<Vec<f32>>,
+    /// A JSON file stored in the provenance under `evaluation` (e.g. the `pi-bench --json`
+    /// report of this model on a held-out fold), so the numbers travel with the model.
+    #[arg(long)]
+    pub evaluation: Option<PathBuf>,
 }
 
 fn three(v: &[f32], what: &str) -> Result<[f32; 3]> {
@@ -162,6 +166,13 @@ pub fn run(a: ExportArgs) -> Result<()> {
             "logit_bias": a.logit_bias,
         }),
     );
+    if let Some(p) = &a.evaluation {
+        let text = std::fs::read_to_string(p)
+            .map_err(|e| anyhow::anyhow!("reading --evaluation {}: {e}", p.display()))?;
+        let v: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| anyhow::anyhow!("--evaluation {} is not JSON: {e}", p.display()))?;
+        provenance.insert("evaluation".into(), v);
+    }
     let student = crate::student_file::load(&a.checkpoint)?;
     if let Some(b) = &a.logit_bias {
         export::add_logit_bias(&student, b)?;
