@@ -2,7 +2,7 @@
 //! Rust source specialized for its exact shapes.
 //!
 //! - [`ir`]: the model file (schema, reader, writer, validation).
-//! - [`reference`]: a naive `f32` interpreter, the oracle for everything else.
+//! - [`reference`](mod@reference): a naive `f32` interpreter, the oracle for everything else.
 //! - [`generate`]: model file -> Rust module + weight blob for `derm-runtime`'s kernels.
 //! - [`plan`]: the static memory plan used by the generated code.
 //! - [`synthetic`]: seeded random MobileNetV3-shaped models for tests.

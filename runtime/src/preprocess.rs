@@ -341,16 +341,23 @@ mod tests {
 
     #[test]
     fn crop_equals_resizing_the_cut_out_pixels() {
-        let pixels: Vec<u8> = (0..20 * 10 * 3).map(|i| (i * 37 % 251) as u8).collect();
+        let mut pixels = [0u8; 20 * 10 * 3];
+        for (i, p) in pixels.iter_mut().enumerate() {
+            *p = (i * 37 % 251) as u8;
+        }
         let img = Image::new(20, 10, &pixels).unwrap();
         let r = centre_crop(20, 10, 6, 6);
-        let cut: Vec<u8> = (r.y..r.y + r.height)
-            .flat_map(|y| pixels[(y * 20 + r.x) * 3..(y * 20 + r.x + r.width) * 3].to_vec())
-            .collect();
+        let mut cut = [0u8; 10 * 10 * 3];
+        let row = r.width * 3;
+        for y in 0..r.height {
+            let src = ((r.y + y) * 20 + r.x) * 3;
+            cut[y * row..(y + 1) * row].copy_from_slice(&pixels[src..src + row]);
+        }
+        let cut = &cut[..r.height * row];
         let mut a = [0f32; 3 * 36];
         let mut b = [0f32; 3 * 36];
         centre_crop_resize_normalize(img, 6, 6, [0.5; 3], [0.25; 3], &mut a).unwrap();
-        let cut_img = Image::new(r.width, r.height, &cut).unwrap();
+        let cut_img = Image::new(r.width, r.height, cut).unwrap();
         resize_normalize(cut_img, 6, 6, [0.5; 3], [0.25; 3], &mut b).unwrap();
         assert_eq!(a, b);
         let outside = Region {

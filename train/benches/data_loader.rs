@@ -7,6 +7,7 @@
 
 use std::time::Instant;
 
+use derm_train::data::augment::{Augment, CropRange, Jitter};
 use derm_train::data::balance::{BalancePlan, Slot};
 use derm_train::data::cache::{Cache, CacheWriter, SampleMeta};
 use derm_train::data::loader::{Batches, LoaderOptions};
@@ -75,11 +76,32 @@ fn main() {
         train_size: Some(128),
         ..train
     };
-    let cases: [(&str, &BalancePlan, LoaderOptions); 4] = [
+    let flips_128 = LoaderOptions {
+        train_size: Some(128),
+        ..train
+    };
+    let all_aug_128 = LoaderOptions {
+        augment: Augment {
+            dihedral: true,
+            crop: Some(CropRange {
+                scale: (0.35, 1.0),
+                ratio: (0.75, 4.0 / 3.0),
+            }),
+            jitter: Some(Jitter {
+                brightness: 0.1,
+                contrast: 0.1,
+                saturation: 0.1,
+            }),
+        },
+        ..flips_128
+    };
+    let cases: [(&str, &BalancePlan, LoaderOptions); 6] = [
         ("eval (normalize only)", &plain, eval),
         ("train: flips", &plain, train),
         ("train: flips + noise on every sample", &noisy, train),
         ("train: flips + resize to 128 + noise", &noisy, train_128),
+        ("train: flips + resize to 128", &plain, flips_128),
+        ("train: dihedral + crop + jitter, 128", &plain, all_aug_128),
     ];
     for (name, plan, opts) in cases {
         let warmup = 3;

@@ -19,8 +19,8 @@ fn targets_arg(s: &str) -> Result<[usize; NUM_CLASSES]> {
 #[derive(Debug, Clone, Args)]
 pub struct BalanceArgs {
     /// Balancing preset: S1 none; S2/S3 every class to 2500 per group with
-    /// noise sigma 0.03/0.05; S4/S5 [BCC,BKL,MEL,NV,unknown,VASC] to
-    /// [4000,4000,4000,4000,2500,2500] with sigma 0.03/0.05.
+    /// noise sigma 0.03/0.05; S4/S5 `[BCC,BKL,MEL,NV,unknown,VASC]` to
+    /// `[4000,4000,4000,4000,2500,2500]` with sigma 0.03/0.05.
     #[arg(long, default_value = "S1")]
     pub balance: Preset,
     /// Custom per-class targets per group, six counts in class order

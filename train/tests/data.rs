@@ -4,6 +4,7 @@
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
+use derm_train::data::augment::{Augment, CropRange, Jitter};
 use derm_train::data::balance::{BalanceConfig, BalancePlan, Preset};
 use derm_train::data::cache::{Cache, CacheWriter, SampleMeta};
 use derm_train::data::decode::{DecodeLimits, decode_bytes};
@@ -217,6 +218,47 @@ fn prepare_a_real_subset_then_load_batches() {
         .map(|b| Vec::<f32>::try_from(b.unwrap().images.flatten(0, -1)).unwrap())
         .collect();
     assert_eq!(resumed, e0[1..], "resume continues with identical batches");
+
+    // Augmentation: same determinism and resume property, and it really changes the pixels.
+    let mut a = o;
+    a.augment = Augment {
+        dihedral: true,
+        crop: Some(CropRange {
+            scale: (0.35, 1.0),
+            ratio: (0.75, 4.0 / 3.0),
+        }),
+        jitter: Some(Jitter {
+            brightness: 0.1,
+            contrast: 0.1,
+            saturation: 0.1,
+        }),
+    };
+    let run_aug = |epoch| -> Vec<Vec<f32>> {
+        Batches::new(&cache, &plan, a, epoch)
+            .unwrap()
+            .map(|b| Vec::<f32>::try_from(b.unwrap().images.flatten(0, -1)).unwrap())
+            .collect()
+    };
+    let a0 = run_aug(0);
+    assert_eq!(a0.len(), 3);
+    assert_eq!(a0[0].len(), 8 * 3 * 16 * 16);
+    assert!(a0.iter().flatten().all(|v| v.is_finite()));
+    assert_eq!(a0, run_aug(0), "augmented batches are reproducible");
+    assert_ne!(a0, e0, "augmentation changes the batches");
+    let mut it = Batches::new(&cache, &plan, a, 0).unwrap();
+    it.next().unwrap().unwrap();
+    let resumed: Vec<Vec<f32>> = Batches::resume(&cache, &plan, a, it.state())
+        .unwrap()
+        .map(|b| Vec::<f32>::try_from(b.unwrap().images.flatten(0, -1)).unwrap())
+        .collect();
+    assert_eq!(resumed, a0[1..], "resume replays the same augmentation");
+    let mut bad = a;
+    bad.augment.crop = Some(CropRange {
+        scale: (0.5, 2.0),
+        ratio: (0.75, 1.33),
+    });
+    let err = Batches::new(&cache, &plan, bad, 0).unwrap_err().to_string();
+    assert!(err.contains("crop scale"), "{err}");
 }
 
 fn jpeg(img: &image::RgbImage) -> Vec<u8> {

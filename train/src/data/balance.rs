@@ -26,7 +26,7 @@ pub enum Preset {
     S2,
     /// Every class to 2500 per group, sigma 0.05.
     S3,
-    /// [BCC,BKL,MEL,NV,unknown,VASC] to [4000,4000,4000,4000,2500,2500], sigma 0.03.
+    /// `[BCC,BKL,MEL,NV,unknown,VASC]` to `[4000,4000,4000,4000,2500,2500]`, sigma 0.03.
     S4,
     /// As S4 with sigma 0.05.
     S5,

@@ -94,6 +94,15 @@ const STREAM_FLIP: u64 = 0xF11B;
 const STREAM_NOISE: u64 = 0x4015;
 const STREAM_AUGMENT: u64 = 0xA06E;
 
+/// One sample's crop (normalized CHW) and the geometric draws still to apply to it.
+struct CroppedSample {
+    chw: Vec<f32>,
+    h: usize,
+    w: usize,
+    flips: (bool, bool),
+    transpose: bool,
+}
+
 /// Iterator over an epoch's batches (`Item = Result<Batch>`).
 #[derive(Debug)]
 pub struct Batches<'a> {
@@ -234,7 +243,7 @@ impl<'a> Batches<'a> {
         let out = self.output_size();
         let aug = self.opts.augment;
         let (seed, epoch) = (self.opts.seed, self.epoch);
-        let crops: Vec<(Vec<f32>, usize, usize, (bool, bool), bool)> = slots
+        let crops: Vec<CroppedSample> = slots
             .par_iter()
             .enumerate()
             .map(|(k, slot)| -> Result<_> {
@@ -248,12 +257,18 @@ impl<'a> Batches<'a> {
                 };
                 let mut chw = vec![0f32; 3 * bx.2 * bx.3];
                 augment::crop_to_chw(&px, s, bx, &self.lut, &mut chw);
-                Ok((chw, bx.3, bx.2, self.flips(start + k), transpose))
+                Ok(CroppedSample {
+                    chw,
+                    h: bx.3,
+                    w: bx.2,
+                    flips: self.flips(start + k),
+                    transpose,
+                })
             })
             .collect::<Result<_>>()?;
         let views = crops
             .iter()
-            .map(|(chw, h, w, fl, tr)| augment::finish_geometry(chw, *h, *w, out, *fl, *tr))
+            .map(|c| augment::finish_geometry(&c.chw, c.h, c.w, out, c.flips, c.transpose))
             .collect::<Result<Vec<_>>>()
             .context("augmenting batch")?;
         Ok(Tensor::cat(&views, 0))

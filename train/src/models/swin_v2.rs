@@ -45,7 +45,7 @@ pub struct SwinV2Config {
 }
 
 impl SwinV2Config {
-    /// torchvision's `swin_v2_t`: patch 4, embed 96, depths [2,2,6,2], heads [3,6,12,24],
+    /// torchvision's `swin_v2_t`: patch 4, embed 96, depths `[2,2,6,2]`, heads `[3,6,12,24]`,
     /// window 8, MLP ratio 4, stochastic depth 0.2.
     pub fn swin_v2_t(num_classes: i64) -> Self {
         Self {

@@ -92,6 +92,7 @@ pub fn tiny_options(cache: &Cache, kind: OptimizerKind, epochs: u64) -> FitOptio
         seed: 7,
         train_size: None,
         flip: true,
+        augment: Default::default(),
         lr: if kind == OptimizerKind::Sgd {
             0.05
         } else {
