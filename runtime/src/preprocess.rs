@@ -109,9 +109,10 @@ pub fn centre_crop(width: usize, height: usize, out_w: usize, out_h: usize) -> R
     } else {
         (width, (width * out_h / out_w).clamp(1, height.max(1)))
     };
+    // Saturating: an `Image` built by hand may be empty; the resize then reports it.
     Region {
-        x: (width - w) / 2,
-        y: (height - h) / 2,
+        x: width.saturating_sub(w) / 2,
+        y: height.saturating_sub(h) / 2,
         width: w,
         height: h,
     }
@@ -337,6 +338,9 @@ mod tests {
         );
         assert_eq!(centre_crop(1, 6000, 224, 224).height, 1);
         assert_eq!(centre_crop(640, 480, 4, 3).width, 640);
+        // Empty images do not underflow (the resize rejects them).
+        assert_eq!(centre_crop(0, 5, 4, 4).x, 0);
+        assert_eq!(centre_crop(5, 0, 4, 4).y, 0);
     }
 
     #[test]
