@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # test.sh: every check this project has, failing loudly on the first failure.
-#   formatting, clippy (host, and aarch64 for the NEON code), host tests with libtorch,
+#   formatting, clippy (host, and aarch64 for the NEON code), rustdoc with warnings denied,
+#   host tests with libtorch,
 #   and the runtime's tests built for aarch64 and run under qemu (Cortex-A72).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,6 +25,9 @@ step "cargo clippy (aarch64, derm-runtime)"
 RUSTC=/usr/bin/rustc CARGO_TARGET_DIR=target/aarch64-cross \
   /usr/bin/cargo-clippy clippy -p derm-runtime --all-targets --locked \
   --target aarch64-unknown-linux-gnu -- -D warnings
+
+step "cargo doc (warnings denied)"
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --workspace --locked
 
 step "cargo test (host)"
 # One libtorch thread per test process: tests already run in parallel on few cores.

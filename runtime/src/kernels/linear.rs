@@ -11,7 +11,7 @@ pub use portable as linear;
 
 /// Portable linear layer.
 ///
-/// `input` is `[k]`, `w` is packed like [`super::pointwise`]'s weights
+/// `input` is `[k]`, `w` is packed like [`super::pointwise`](mod@super::pointwise)'s weights
 /// (`n.div_ceil(8) * 8 * k` values), `bias` and `out` are `[n]`.
 #[inline]
 pub fn portable(

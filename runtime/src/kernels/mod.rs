@@ -8,7 +8,7 @@
 //!
 //! Layouts (the contract with `derm-codegen`):
 //! - activations are `f32`, HWC (batch 1, channels contiguous); only
-//!   [`conv_stem`] reads the planar CHW model input;
+//!   [`conv_stem`](mod@conv_stem) reads the planar CHW model input;
 //! - 1x1 convolution and linear weights are packed in panels of [`NR`] output
 //!   channels: `w[(j / NR) * k * NR + i * NR + j % NR] = W[j][i]`, the last
 //!   panel zero-padded, so `w.len() == n.div_ceil(NR) * NR * k`;
