@@ -16,17 +16,11 @@ use derm_train::data::{NUM_CLASSES, class_index};
 use image::codecs::jpeg::JpegEncoder;
 use image::{ImageBuffer, ImageEncoder, Luma, Rgb};
 
+#[path = "common/data_dir.rs"]
+mod data_dir;
+
 fn ham() -> PathBuf {
-    let p = PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../shared/data/ham10000"
-    ));
-    assert!(
-        p.join("metadata.csv").is_file(),
-        "HAM10000 not found at {} (these tests need ../shared/data/ham10000 next to the workspace)",
-        p.display()
-    );
-    p
+    data_dir::ham_data().0
 }
 
 struct Meta {
@@ -69,7 +63,9 @@ fn ham_metadata() -> Meta {
 #[test]
 fn ham_folds_never_share_a_lesion_and_are_stratified() {
     let m = ham_metadata();
-    assert_eq!(m.labels.len(), 8077);
+    // The data set's pinned size, or the fixture's.
+    let want = if data_dir::ham_data().1 { 8077 } else { 48 };
+    assert_eq!(m.labels.len(), want);
     let k = 5;
     for seed in [0, 1] {
         let folds = kfold_by(&m.labels, &m.groups, &m.lesions, k, seed).unwrap();
@@ -632,7 +628,7 @@ fn manifest_problems_name_the_row() {
     let csv = tmp.path().join("m.csv");
     std::fs::write(
         &csv,
-        "image_id,paper_label,group,lesion_id\nISIC_0024306,NV,g1,L1\nISIC_0024306,NV,g1,L1\nmissing_img,NV,g1,L2\nISIC_0024307,akiec,g1,L3\nISIC_0024309,MEL,,L4\n",
+        "image_id,paper_label,group,lesion_id\nISIC_0024306,NV,g1,L1\nISIC_0024306,NV,g1,L1\nmissing_img,NV,g1,L2\nISIC_0024307,akiec,g1,L3\nISIC_0024310,MEL,,L4\n",
     )
     .unwrap();
     let src = read_manifest(&csv, &ham().join("images"), &ManifestColumns::default()).unwrap();

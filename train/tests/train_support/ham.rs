@@ -1,4 +1,5 @@
-//! A tiny real-data cache: the first images of each class of ../shared/data/ham10000,
+//! A tiny real-data cache: the first images of each class of HAM10000 (the data set or the
+//! in-repo fixture),
 //! decoded at a small side so that every model trains a few steps in seconds.
 
 use std::path::{Path, PathBuf};
@@ -7,18 +8,12 @@ use derm_train::data::cache::{Cache, CacheWriter, SampleMeta};
 use derm_train::data::class_index;
 use derm_train::data::decode::{DecodeLimits, decode_file};
 
-/// `../shared/data/ham10000` relative to the workspace root.
+#[path = "../common/data_dir.rs"]
+mod data_dir;
+
+/// The HAM10000 folder: the data set beside the workspace, or the in-repo fixture.
 pub fn ham_dir() -> PathBuf {
-    let d = PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../shared/data/ham10000"
-    ));
-    assert!(
-        d.join("metadata.csv").is_file(),
-        "HAM10000 not found at {} (the tests need ../shared/data/ham10000 beside the workspace)",
-        d.display()
-    );
-    d
+    data_dir::ham_data().0
 }
 
 /// Builds a cache of `per_class` images of each of the six classes at `size` px in `dir`.
