@@ -88,12 +88,7 @@ pub fn classify(image: Image<'_>, arena: &mut Arena) -> Result<Prediction, Error
     let region = if CENTRE_CROP {
         centre_crop(image.width, image.height, INPUT_W, INPUT_H)
     } else {
-        crate::preprocess::Region {
-            x: 0,
-            y: 0,
-            width: image.width,
-            height: image.height,
-        }
+        crate::preprocess::Region::whole(image.width, image.height)
     };
     crop_resize_normalize(
         image,

@@ -97,6 +97,18 @@ pub struct Region {
     pub height: usize,
 }
 
+impl Region {
+    /// All of a `width x height` image.
+    pub fn whole(width: usize, height: usize) -> Self {
+        Region {
+            x: 0,
+            y: 0,
+            width,
+            height,
+        }
+    }
+}
+
 /// The largest centred region of a `width x height` image with the aspect ratio of
 /// `out_w x out_h` (for a square output: the centred square of the shorter side). This is the
 /// crop training uses, so a photo of another aspect ratio is not squashed.
@@ -129,26 +141,8 @@ pub fn resize_normalize(
     std: [f32; 3],
     out: &mut [f32],
 ) -> Result<(), PreprocessError> {
-    let all = Region {
-        x: 0,
-        y: 0,
-        width: image.width,
-        height: image.height,
-    };
+    let all = Region::whole(image.width, image.height);
     crop_resize_normalize(image, all, out_h, out_w, mean, std, out)
-}
-
-/// [`centre_crop`] then [`crop_resize_normalize`]: what [`crate::classify`] does.
-pub fn centre_crop_resize_normalize(
-    image: Image<'_>,
-    out_h: usize,
-    out_w: usize,
-    mean: [f32; 3],
-    std: [f32; 3],
-    out: &mut [f32],
-) -> Result<(), PreprocessError> {
-    let region = centre_crop(image.width, image.height, out_w, out_h);
-    crop_resize_normalize(image, region, out_h, out_w, mean, std, out)
 }
 
 /// Like [`resize_normalize`], on `region` of `image` only.
@@ -360,7 +354,7 @@ mod tests {
         let cut = &cut[..r.height * row];
         let mut a = [0f32; 3 * 36];
         let mut b = [0f32; 3 * 36];
-        centre_crop_resize_normalize(img, 6, 6, [0.5; 3], [0.25; 3], &mut a).unwrap();
+        crop_resize_normalize(img, r, 6, 6, [0.5; 3], [0.25; 3], &mut a).unwrap();
         let cut_img = Image::new(r.width, r.height, cut).unwrap();
         resize_normalize(cut_img, 6, 6, [0.5; 3], [0.25; 3], &mut b).unwrap();
         assert_eq!(a, b);

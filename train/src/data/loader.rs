@@ -246,25 +246,27 @@ impl<'a> Batches<'a> {
         let crops: Vec<CroppedSample> = slots
             .par_iter()
             .enumerate()
-            .map(|(k, slot)| -> Result<_> {
-                let mut px = vec![0u8; self.cache.sample_bytes()];
-                self.cache.read_image(slot.index, &mut px)?;
-                let mut r = Rng::from_parts(&[seed, epoch, (start + k) as u64, STREAM_AUGMENT]);
-                let transpose = aug.dihedral && r.coin();
-                let bx = match &aug.crop {
-                    Some(c) => c.draw(s, &mut r),
-                    None => (0, 0, s, s),
-                };
-                let mut chw = vec![0f32; 3 * bx.2 * bx.3];
-                augment::crop_to_chw(&px, s, bx, &self.lut, &mut chw);
-                Ok(CroppedSample {
-                    chw,
-                    h: bx.3,
-                    w: bx.2,
-                    flips: self.flips(start + k),
-                    transpose,
-                })
-            })
+            .map_init(
+                || vec![0u8; self.cache.sample_bytes()],
+                |px, (k, slot)| -> Result<_> {
+                    self.cache.read_image(slot.index, px)?;
+                    let mut r = Rng::from_parts(&[seed, epoch, (start + k) as u64, STREAM_AUGMENT]);
+                    let transpose = aug.dihedral && r.coin();
+                    let bx = match &aug.crop {
+                        Some(c) => c.draw(s, &mut r),
+                        None => (0, 0, s, s),
+                    };
+                    let mut chw = vec![0f32; 3 * bx.2 * bx.3];
+                    augment::crop_to_chw(px, s, bx, &self.lut, &mut chw);
+                    Ok(CroppedSample {
+                        chw,
+                        h: bx.3,
+                        w: bx.2,
+                        flips: self.flips(start + k),
+                        transpose,
+                    })
+                },
+            )
             .collect::<Result<_>>()?;
         let views = crops
             .iter()
@@ -302,7 +304,6 @@ impl<'a> Batches<'a> {
         let per = 3 * s * s;
         let b = slots.len();
         let mut buf = vec![0f32; b * per];
-        let (seed, epoch, flip) = (self.opts.seed, self.epoch, self.opts.flip);
         buf.par_chunks_mut(per)
             .zip(slots.par_iter())
             .enumerate()
@@ -310,13 +311,7 @@ impl<'a> Batches<'a> {
                 || vec![0u8; self.cache.sample_bytes()],
                 |px, (k, (dst, slot))| -> Result<()> {
                     self.cache.read_image(slot.index, px)?;
-                    let (fh, fv) = if flip {
-                        let mut r =
-                            Rng::from_parts(&[seed, epoch, (start + k) as u64, STREAM_FLIP]);
-                        (r.coin(), r.coin())
-                    } else {
-                        (false, false)
-                    };
+                    let (fh, fv) = self.flips(start + k);
                     hwc_to_chw(px, s, &self.lut, fh, fv, dst);
                     Ok(())
                 },
