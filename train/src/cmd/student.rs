@@ -36,6 +36,21 @@ pub struct StudentModelArgs {
     /// before every evaluation (0: never).
     #[arg(long, default_value_t = 20)]
     pub bn_batches: usize,
+    /// How `--init-weights`' placeholder BatchNorm layers are re-estimated: `preserve`
+    /// rescales each layer's affine part so the network computes exactly the pretrained
+    /// function on the new data; `reset` keeps gamma = 1, normalizing every channel.
+    #[arg(long, value_enum, default_value = "reset")]
+    pub bn_init: BnInit,
+}
+
+/// How the placeholder BatchNorm statistics of pretrained weights are replaced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BnInit {
+    /// Statistics re-estimated, gamma and beta unchanged (every channel normalized).
+    Reset,
+    /// Statistics re-estimated and gamma/beta rescaled to keep the pretrained function.
+    Preserve,
 }
 
 impl StudentModelArgs {
@@ -115,15 +130,33 @@ pub fn setup_student(
             val: &data.val,
         };
         if m.bn_batches > 0 {
-            bn_layers = fit::reestimate_batchnorm(
-                &net,
-                &vs,
-                BN_MOMENTUM,
-                &fd,
-                opts,
-                Some(&map),
-                m.bn_batches,
-            )?;
+            bn_layers = match m.bn_init {
+                BnInit::Reset => fit::reestimate_batchnorm(
+                    &net,
+                    &vs,
+                    BN_MOMENTUM,
+                    &fd,
+                    opts,
+                    Some(&map),
+                    m.bn_batches,
+                )?,
+                BnInit::Preserve => {
+                    let (n, change) = fit::preserve_pretrained_batchnorm(
+                        &net,
+                        &vs,
+                        BN_MOMENTUM,
+                        mobilenet_v3::BN_EPS,
+                        &fd,
+                        opts,
+                        Some(&map),
+                        m.bn_batches,
+                    )?;
+                    eprintln!(
+                        "BatchNorm kept the pretrained function: largest relative change in the last of {n} passes {change:.4}"
+                    );
+                    n
+                }
+            };
         }
         eprintln!(
             "loaded {n} tensors from {}; re-estimated {bn_layers} BatchNorm layers over {} batches",
@@ -207,6 +240,7 @@ pub fn student_report(
             .map_or("none".into(), |p| p.display().to_string()),
     );
     model.insert("bn_reestimated_layers".into(), s.bn_layers.to_string());
+    model.insert("bn_init".into(), format!("{:?}", m.bn_init).to_lowercase());
     model.insert("input_mean".into(), format!("{:?}", s.mean));
     model.insert("input_std".into(), format!("{:?}", s.std));
     let best = outcome

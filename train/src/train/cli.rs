@@ -89,6 +89,9 @@ pub struct TrainArgs {
     /// [1 - x, 1 + x] (e.g. `0.1,0.1,0.1`).
     #[arg(long, value_parser = parse_triple)]
     pub jitter: Option<(f32, f32, f32)>,
+    /// Label smoothing of the hard-label cross-entropy, in [0, 1) (0: none).
+    #[arg(long, default_value_t = 0.0)]
+    pub label_smoothing: f64,
     /// libtorch intra-op threads (default: libtorch's choice).
     #[arg(long)]
     pub threads: Option<i32>,
@@ -283,6 +286,11 @@ impl TrainArgs {
             self.train_size
         );
         self.augment().validate()?;
+        ensure!(
+            (0.0..1.0).contains(&self.label_smoothing),
+            "--label-smoothing {} must be in [0, 1)",
+            self.label_smoothing
+        );
         Ok(())
     }
 
@@ -310,6 +318,7 @@ impl TrainArgs {
             class_weights: Some(data.class_weights.clone()),
             eval: data.eval_options(self),
             bn_recalibrate: None,
+            label_smoothing: self.label_smoothing,
         }
     }
 }

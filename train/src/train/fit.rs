@@ -198,6 +198,9 @@ pub struct FitOptions {
     /// meaningless.
     #[serde(default)]
     pub bn_recalibrate: Option<BnRecalibrate>,
+    /// Label smoothing of the (hard-label) cross-entropy, in `[0, 1)`; 0 is plain CE.
+    #[serde(default)]
+    pub label_smoothing: f64,
 }
 
 /// Precise-BN settings.
@@ -531,6 +534,78 @@ pub fn reestimate_batchnorm(
     Ok(layers.len())
 }
 
+/// Re-estimates the BatchNorm statistics of a network whose BatchNorm layers were folded
+/// away before it was shipped (placeholder statistics), *without changing the function it
+/// computes*: each layer's affine part is rescaled so that, in eval mode,
+/// `gamma' * (y - mean) / sqrt(var + eps) + beta' == a * y + c`, the placeholder layer's own
+/// map (`a = gamma / sqrt(var0 + eps)`, `c = beta - mean0 * a`), with `gamma' = a * sqrt(var + eps)`
+/// and `beta' = c + a * mean`.
+///
+/// Plain re-estimation ([`reestimate_batchnorm`] alone) normalizes every channel to unit
+/// variance while gamma stays 1, which rescales the pretrained features channel by channel
+/// before fine-tuning starts. Here train-mode BatchNorm then reproduces the pretrained
+/// activations up to batch noise. Each pass measures every layer's input statistics under the
+/// previous pass's layers, so layer `k` is exact after `k` passes: there is one pass per
+/// BatchNorm layer (the deep layers of a folded network see activations thousands of times
+/// larger than unit variance, so fewer passes leave them far off). The largest relative
+/// change of the last pass (batch noise only, a few percent) is returned with the layer
+/// count so callers can report it.
+pub fn preserve_pretrained_batchnorm(
+    model: &dyn ModuleT,
+    vs: &nn::VarStore,
+    momentum: f64,
+    eps: f64,
+    data: &FitData<'_>,
+    opts: &FitOptions,
+    input: Option<&InputMap>,
+    batches: usize,
+) -> Result<(usize, f64)> {
+    let vars = vs.variables();
+    let mut names: Vec<&String> = vars
+        .keys()
+        .filter(|k| k.ends_with(".running_mean"))
+        .collect();
+    names.sort();
+    // Per layer: (gamma, beta, running_mean, running_var, a, c).
+    let mut layers = Vec::with_capacity(names.len());
+    for n in names {
+        let prefix = n.trim_end_matches(".running_mean");
+        let get = |s: &str| -> Result<Tensor> {
+            Ok(vars
+                .get(&format!("{prefix}.{s}"))
+                .with_context(|| format!("{prefix} has running_mean but no {s}"))?
+                .shallow_clone())
+        };
+        let (gamma, beta, mean, var) = (
+            get("weight")?,
+            get("bias")?,
+            get("running_mean")?,
+            get("running_var")?,
+        );
+        let a = tch::no_grad(|| &gamma / (&var + eps).sqrt());
+        let c = tch::no_grad(|| &beta - &mean * &a);
+        layers.push((gamma, beta, mean, var, a, c));
+    }
+    let mut change = f64::INFINITY;
+    for _ in 0..layers.len() {
+        let before: Vec<(Tensor, Tensor)> =
+            layers.iter().map(|l| (l.2.copy(), l.3.copy())).collect();
+        reestimate_batchnorm(model, vs, momentum, data, opts, input, batches)?;
+        change = 0.0;
+        tch::no_grad(|| {
+            for ((gamma, beta, mean, var, a, c), (m0, v0)) in layers.iter_mut().zip(&before) {
+                let sd = (&*var + eps).sqrt();
+                gamma.copy_(&(&*a * &sd));
+                beta.copy_(&(&*c + &*a * &*mean));
+                let dm = ((&*mean - m0).abs() / &sd).max().double_value(&[]);
+                let dv = ((&*var - v0).abs() / (v0 + eps)).max().double_value(&[]);
+                change = change.max(dm).max(dv);
+            }
+        });
+    }
+    Ok((layers.len(), change))
+}
+
 impl FitData<'_> {
     fn clone_loader(&self, opts: &FitOptions, epoch: u64) -> Result<Batches<'_>> {
         Batches::new(self.cache, self.plan, opts.loader(), epoch)
@@ -651,7 +726,12 @@ pub fn fit(
             };
             let logits = model.forward_t(&x, true);
             let loss = match &teacher {
-                Teacher::None => loss::cross_entropy(&logits, &batch.labels, weights.as_ref()),
+                Teacher::None => loss::cross_entropy_smoothed(
+                    &logits,
+                    &batch.labels,
+                    weights.as_ref(),
+                    opts.label_smoothing,
+                ),
                 Teacher::Model(t) => {
                     let tl = tch::no_grad(|| t.forward_t(&batch.images, false));
                     loss::distillation_loss(&logits, &tl, &batch.labels, weights.as_ref(), opts.kd)

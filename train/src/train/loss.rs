@@ -11,6 +11,18 @@ pub fn cross_entropy(logits: &Tensor, targets: &Tensor, weights: Option<&Tensor>
     logits.cross_entropy_loss(targets, weights, Reduction::Mean, -100, 0.0)
 }
 
+/// [`cross_entropy`] against targets smoothed towards the uniform distribution:
+/// `(1 - eps) * one_hot + eps / C` (PyTorch's `label_smoothing`; with class weights the
+/// normalizer is still `sum_i w[y_i]`).
+pub fn cross_entropy_smoothed(
+    logits: &Tensor,
+    targets: &Tensor,
+    weights: Option<&Tensor>,
+    smoothing: f64,
+) -> Tensor {
+    logits.cross_entropy_loss(targets, weights, Reduction::Mean, -100, smoothing)
+}
+
 /// The distillation loss's two knobs.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct KdConfig {

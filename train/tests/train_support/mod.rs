@@ -111,6 +111,7 @@ pub fn tiny_options(cache: &Cache, kind: OptimizerKind, epochs: u64) -> FitOptio
             ..Default::default()
         },
         bn_recalibrate: None,
+        label_smoothing: 0.0,
     }
 }
 
