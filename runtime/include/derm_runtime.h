@@ -1,6 +1,6 @@
 /* derm_runtime.h: C interface of derm-runtime (a skin-lesion classifier with
- * the model compiled in). Link the static library built by cargo
- * (crate-type staticlib) or call through any Rust binary that exports it.
+ * the model compiled in). Link libderm_capi.a (cargo build --release -p
+ * derm-capi; see examples/c) or call through any Rust binary that exports it.
  * Nothing allocates; the caller owns the arena. Thread safety: one arena per
  * concurrent call. */
 #ifndef DERM_RUNTIME_H
