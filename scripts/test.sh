@@ -2,7 +2,8 @@
 # test.sh: every check this project has, failing loudly on the first failure.
 #   formatting, clippy (host, and aarch64 for the NEON code), rustdoc with warnings denied,
 #   host tests with libtorch,
-#   and the runtime's tests built for aarch64 and run under qemu (Cortex-A72).
+#   the runtime's tests built for aarch64 and run under qemu (Cortex-A72),
+#   and the C example (examples/c) on both.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -46,5 +47,8 @@ target/debug/derm-train init-student --arch large --head torchvision --seed 7 \
 target/debug/derm-train export "$large/student.safetensors" -o "$large/model.safetensors" --no-layers
 DERM_MODEL="$PWD/$large/model.safetensors" \
   derm_cross test -p derm-runtime --locked --target aarch64-unknown-linux-gnu --test model
+
+step "C example against the static library (host, and aarch64 under qemu)"
+scripts/c-example.sh
 
 step "all checks passed"
