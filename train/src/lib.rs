@@ -6,6 +6,7 @@ pub mod cmd;
 pub mod data;
 pub mod env_report;
 pub mod export;
+pub mod infer;
 pub mod metrics;
 pub mod models;
 pub mod plot;

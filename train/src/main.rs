@@ -33,6 +33,9 @@ enum Command {
     Student(Box<derm_train::cmd::student::StudentArgs>),
     /// Train the student with the distillation loss against a teacher or its cached logits.
     Distill(Box<derm_train::cmd::distill::DistillArgs>),
+    /// Score trained student or teacher files (or their ensemble, optionally with test-time
+    /// augmentation) on a cache or one fold of it.
+    Evaluate(derm_train::cmd::evaluate::EvaluateArgs),
     /// Run a trained teacher once over a cache and store its logits for `distill`.
     TeacherLogits(derm_train::cmd::teacher_logits::TeacherLogitsArgs),
 }
@@ -49,6 +52,7 @@ fn main() -> Result<()> {
         Command::Teacher(a) => derm_train::cmd::teacher::run(*a)?,
         Command::Student(a) => derm_train::cmd::student::run(*a)?,
         Command::Distill(a) => derm_train::cmd::distill::run(*a)?,
+        Command::Evaluate(a) => derm_train::cmd::evaluate::run(a)?,
         Command::TeacherLogits(a) => derm_train::cmd::teacher_logits::run(a)?,
         Command::Env => {
             let r = derm_train::env_report::env_report()?;

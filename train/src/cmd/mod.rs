@@ -2,6 +2,7 @@
 //! arguments and a thin `run` that calls the library.
 
 pub mod distill;
+pub mod evaluate;
 pub mod export;
 pub mod metrics;
 pub mod prepare;

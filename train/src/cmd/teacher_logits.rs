@@ -1,36 +1,38 @@
-//! `derm-train teacher-logits`: runs a trained teacher once over every image of a cache and
-//! stores its logits, so `distill --teacher-logits` costs about what training the student
-//! alone costs.
+//! `derm-train teacher-logits`: runs a trained teacher (or an ensemble of trained models,
+//! optionally with test-time augmentation) once over every image of a cache and stores its
+//! logits, so `distill --teacher-logits` costs about what training the student alone costs.
 
 use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Result, ensure};
 use clap::Args;
-use tch::nn::ModuleT;
 use tch::{Kind, Tensor};
 
 use crate::args::FoldArgs;
-use crate::data::balance::BalancePlan;
 use crate::data::cache::Cache;
-use crate::data::loader::{Batches, LoaderOptions};
+use crate::infer::{self, InferOptions, Tta};
 use crate::train::cli::train_indices;
-use crate::train::progress::EpochProgress;
 use crate::train::teacher_file::{self, LogitsMeta};
 
 /// Arguments of `derm-train teacher-logits`.
 #[derive(Debug, Clone, Args)]
 pub struct TeacherLogitsArgs {
-    /// Teacher file (`OUT/teacher.safetensors` of `derm-train teacher`).
-    #[arg(long)]
-    pub teacher: PathBuf,
+    /// Teacher: any model file derm-train trains (`teacher.safetensors` of `derm-train
+    /// teacher`, `student.safetensors` of `student` or `distill`). Give it several times for
+    /// an ensemble: the logits are averaged.
+    #[arg(long = "teacher", required = true)]
+    pub teachers: Vec<PathBuf>,
+    /// Test-time augmentation: logits averaged over none, a mirror, or the 8 dihedral views.
+    #[arg(long, value_enum, default_value_t = Tta::None)]
+    pub tta: Tta,
     /// Cache folder.
     #[arg(long)]
     pub cache: PathBuf,
     /// Output file (safetensors).
     #[arg(long)]
     pub out: PathBuf,
-    /// Image side (default: the side the teacher was trained at).
+    /// Image side for every model (default: the side each was trained at).
     #[arg(long)]
     pub train_size: Option<usize>,
     /// Batch size.
@@ -64,20 +66,13 @@ pub fn run(a: TeacherLogitsArgs) -> Result<()> {
         tch::set_num_threads(t);
     }
     ensure!(a.batch_size > 0, "--batch-size must be > 0");
-    let (meta, _vs, net) = teacher_file::load(&a.teacher)?;
+    let models = a
+        .teachers
+        .iter()
+        .map(|p| infer::load_model(p))
+        .collect::<Result<Vec<_>>>()?;
     let cache = Cache::open(&a.cache)?;
-    ensure!(
-        meta.mean == cache.mean() && meta.std == cache.std(),
-        "{}: the teacher was trained with mean {:?} / std {:?}, {} has {:?} / {:?}",
-        a.teacher.display(),
-        meta.mean,
-        meta.std,
-        a.cache.display(),
-        cache.mean(),
-        cache.std()
-    );
-    let size = a.train_size.unwrap_or(meta.input_size);
-    meta.config()?.check_input_size(size as i64, size as i64)?;
+    infer::check_classes(&models, &cache)?;
     let rows: Vec<usize> = match a.fold {
         Some(fold) => {
             let f = FoldArgs {
@@ -90,21 +85,14 @@ pub fn run(a: TeacherLogitsArgs) -> Result<()> {
         }
         None => (0..cache.len()).collect(),
     };
-    let plan = BalancePlan::plain(&rows);
-    let mut opts = LoaderOptions::eval(a.batch_size);
-    opts.train_size = Some(size);
-    let batches = Batches::new(&cache, &plan, opts, 0)?;
-    let mut progress = EpochProgress::new("teacher-logits", batches.num_batches() as u64, true);
     let start = Instant::now();
-    let mut out_rows = Vec::new();
-    for b in batches {
-        let b = b?;
-        let y = tch::no_grad(|| net.forward_t(&b.images, false));
-        progress.step(b.indices.len() as u64, 0.0);
-        out_rows.push(y.to_kind(Kind::Float));
-    }
-    progress.finish();
-    let computed = Tensor::cat(&out_rows, 0);
+    let opts = InferOptions {
+        batch_size: a.batch_size,
+        size: a.train_size,
+        tta: a.tta,
+        progress: true,
+    };
+    let computed = infer::ensemble_logits(&models, &cache, &rows, &opts)?;
     let logits = Tensor::zeros(
         [cache.len() as i64, computed.size()[1]],
         (Kind::Float, tch::Device::Cpu),
@@ -116,21 +104,32 @@ pub fn run(a: TeacherLogitsArgs) -> Result<()> {
         present[i] = true;
     }
     let seconds = start.elapsed().as_secs_f64();
+    let sizes: Vec<usize> = models
+        .iter()
+        .map(|m| a.train_size.unwrap_or(m.input_size))
+        .collect();
     let lm = LogitsMeta {
-        teacher: a.teacher.display().to_string(),
+        teacher: a
+            .teachers
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(","),
         cache: a.cache.display().to_string(),
         samples: cache.len(),
         computed: rows.len(),
-        input_size: size,
+        input_size: sizes[0],
         seconds,
     };
     teacher_file::save_logits(&a.out, &logits, &present, &lm)?;
     println!(
-        "wrote {} ({} of {} rows x {} logits at {size}x{size}) in {seconds:.1} s ({:.1} images/s)",
+        "wrote {} ({} of {} rows x {} logits; {} model(s) at {sizes:?} px, TTA {}) in {seconds:.1} s ({:.1} images/s)",
         a.out.display(),
         rows.len(),
         cache.len(),
         logits.size()[1],
+        models.len(),
+        a.tta,
         rows.len() as f64 / seconds
     );
     Ok(())

@@ -181,6 +181,17 @@ pub fn train_indices(
     Ok((cache, subsample(f.train, max_train, seed, 1)))
 }
 
+/// The validation indices a run with these flags uses (the fold's, after `--max-val`), so
+/// `evaluate` scores exactly the images training validated on.
+pub fn val_indices(
+    fold: &FoldArgs,
+    max_val: Option<usize>,
+    seed: u64,
+) -> Result<(Cache, Vec<usize>)> {
+    let (cache, f) = fold.open()?;
+    Ok((cache, subsample(f.val, max_val, seed, 2)))
+}
+
 impl RunData {
     /// Opens the cache and fold, subsamples, balances and resolves class weights.
     pub fn open(fold: &FoldArgs, balance: &BalanceArgs, train: &TrainArgs) -> Result<Self> {
