@@ -1,6 +1,7 @@
 //! Compiles the model into Rust: runs derm-codegen on `$DERM_MODEL` (absolute,
 //! or relative to the workspace root) or on `models/default.safetensors`,
-//! writing the module and its weight blob to `OUT_DIR`.
+//! writing the module, its weight blob and the model's metadata constants (file name,
+//! SHA-256, precision, provenance) to `OUT_DIR`.
 //!
 //! It also generates a tiny synthetic model (with and without residual
 //! fusion) and its reference-interpreter outputs, which the tests use to
@@ -8,6 +9,7 @@
 
 use std::path::{Path, PathBuf};
 
+use derm_codegen::metadata::ModelMetadata;
 use derm_codegen::synthetic::{SplitMix64, SyntheticSpec, tiny_branching};
 use derm_codegen::{GenOptions, WeightsSource, generate, ir::ModelFile, reference};
 
@@ -48,7 +50,11 @@ fn main() {
         }
     }
 
-    let model = ModelFile::read(&model_path).unwrap_or_else(|e| fail(format!("model file: {e}")));
+    // One read for both the model and its fingerprint, so they describe the same bytes.
+    let bytes = std::fs::read(&model_path)
+        .unwrap_or_else(|e| fail(format!("model file {}: {e}", model_path.display())));
+    let model = ModelFile::from_bytes(&bytes)
+        .unwrap_or_else(|e| fail(format!("model file {}: {e}", model_path.display())));
     let opts = GenOptions {
         runtime_path: "crate".into(),
         weights: WeightsSource::OutDir("model_weights.bin".into()),
@@ -58,6 +64,14 @@ fn main() {
         generate(&model, &opts).unwrap_or_else(|e| fail(format!("{}: {e}", model_path.display())));
     write(&out.join("model.rs"), g.code.as_bytes());
     write(&out.join("model_weights.bin"), &g.weights);
+    let name = model_path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let meta = ModelMetadata::new(&model, &name, &bytes)
+        .rust_consts()
+        .unwrap_or_else(|e| fail(format!("model metadata: {e}")));
+    write(&out.join("model_metadata.rs"), meta.as_bytes());
 
     tiny_fixture(&out);
 }

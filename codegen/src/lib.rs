@@ -5,6 +5,7 @@
 //! - [`reference`](mod@reference): a naive `f32` interpreter, the oracle for everything else.
 //! - [`generate`]: model file -> Rust module + weight blob for `derm-runtime`'s kernels.
 //! - [`plan`]: the static memory plan used by the generated code.
+//! - [`metadata`]: the model file's name, SHA-256, precision and provenance as constants.
 //! - [`synthetic`]: seeded random MobileNetV3-shaped models for tests.
 //!
 //! ```
@@ -18,6 +19,7 @@
 
 mod emit;
 pub mod ir;
+pub mod metadata;
 mod nodes;
 pub mod plan;
 pub mod reference;

@@ -52,6 +52,12 @@
 //! Every layer is a direct call of a kernel in [`kernels`] with constant
 //! shapes (NEON on aarch64, portable Rust elsewhere). [`LAYERS`] lists the
 //! kernel chosen for each layer, [`MACS`] and [`PARAMS`] size the model.
+//!
+//! # Which model
+//!
+//! [`MODEL_NAME`], [`MODEL_SHA256`] (of the file's bytes, computed at build time),
+//! [`MODEL_PRECISION`] and [`MODEL_PROVENANCE_JSON`] (how the file was made and its recorded
+//! evaluation) identify the embedded model file, so results can name exactly what ran.
 #![no_std]
 
 pub mod ffi;
@@ -64,6 +70,14 @@ pub use model::{
     MEAN, NUM_CLASSES, PARAMS, PEAK_LIVE_LEN, Prediction, STD, classify, run,
 };
 pub use preprocess::{Image, PreprocessError, Region};
+
+/// The embedded model file's identity, written by `build.rs` with
+/// `derm_codegen::metadata` (each constant carries its own documentation).
+mod metadata {
+    include!(concat!(env!("OUT_DIR"), "/model_metadata.rs"));
+}
+
+pub use metadata::{MODEL_NAME, MODEL_PRECISION, MODEL_PROVENANCE_JSON, MODEL_SHA256};
 
 /// Items the generated model code refers to; not part of the API.
 #[doc(hidden)]
