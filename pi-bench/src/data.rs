@@ -89,7 +89,13 @@ fn class_index(classes: &[&str], name: &str) -> Option<usize> {
 /// Decodes an image file to RGB8 under size limits (a lying header is an error).
 pub fn decode(path: &Path) -> Result<(usize, usize, Vec<u8>)> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    let mut reader = image::ImageReader::new(std::io::Cursor::new(&bytes))
+    decode_bytes(&bytes)
+}
+
+/// Decodes image file bytes (format sniffed from the content) to RGB8 under size limits; the
+/// step `--mode end-to-end` times.
+pub fn decode_bytes(bytes: &[u8]) -> Result<(usize, usize, Vec<u8>)> {
+    let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes))
         .with_guessed_format()
         .context("sniffing the format")?;
     let mut limits = image::Limits::default();
@@ -97,7 +103,8 @@ pub fn decode(path: &Path) -> Result<(usize, usize, Vec<u8>)> {
     limits.max_image_height = Some(16_384);
     limits.max_alloc = Some(512 << 20);
     reader.limits(limits);
-    let img = reader.decode().context("decoding")?.to_rgb8();
+    // into_rgb8 keeps an RGB8 decode (every JPEG photo) without a copy.
+    let img = reader.decode().context("decoding")?.into_rgb8();
     let (w, h) = (img.width() as usize, img.height() as usize);
     Ok((w, h, img.into_raw()))
 }

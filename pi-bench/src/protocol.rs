@@ -39,18 +39,31 @@ pub struct Summary {
     pub mean_ms: f64,
     /// Median milliseconds per image.
     pub p50_ms: f64,
+    /// 90th percentile milliseconds per image.
+    pub p90_ms: f64,
     /// 99th percentile milliseconds per image.
     pub p99_ms: f64,
+    /// Images per second: images per iteration over the mean iteration's wall time.
+    pub images_per_s: f64,
 }
 
 impl Summary {
-    /// From each iteration's seconds and every image's milliseconds (sorted in place).
+    /// From each iteration's (wall) seconds and every image's milliseconds (sorted in
+    /// place; with several workers, all of theirs together). Empty input gives NaN, not a
+    /// panic.
     pub fn new(per_iteration_s: &[f64], per_image_ms: &mut [f64], images: usize) -> Self {
         let mean_iteration = per_iteration_s.iter().sum::<f64>() / per_iteration_s.len() as f64;
         let l = mean_iteration * 100.0 / images as f64;
         let mean_ms = per_image_ms.iter().sum::<f64>() / per_image_ms.len() as f64;
         per_image_ms.sort_by(f64::total_cmp);
-        let pct = |p: f64| per_image_ms[((per_image_ms.len() - 1) as f64 * p).round() as usize];
+        // Nearest rank on the sorted times.
+        let pct = |p: f64| {
+            let last = per_image_ms.len().saturating_sub(1);
+            per_image_ms
+                .get((last as f64 * p).round() as usize)
+                .copied()
+                .unwrap_or(f64::NAN)
+        };
         Self {
             iterations: per_iteration_s.len(),
             images,
@@ -58,7 +71,9 @@ impl Summary {
             latency_score: 1.0 - l / 100.0,
             mean_ms,
             p50_ms: pct(0.5),
+            p90_ms: pct(0.9),
             p99_ms: pct(0.99),
+            images_per_s: images as f64 / mean_iteration,
         }
     }
 
@@ -66,8 +81,10 @@ impl Summary {
     pub fn print(&self) {
         println!("L (s / 100 img):  {:.4}", self.l_seconds_per_100);
         println!("latency score:    {:.5}", self.latency_score);
+        println!("images / s:       {:.1}", self.images_per_s);
         println!("per image mean:   {:.3} ms", self.mean_ms);
         println!("per image p50:    {:.3} ms", self.p50_ms);
+        println!("per image p90:    {:.3} ms", self.p90_ms);
         println!("per image p99:    {:.3} ms", self.p99_ms);
     }
 
@@ -76,9 +93,10 @@ impl Summary {
         format!(
             concat!(
                 "{{\n  \"engine\": {:?},\n  \"model_file\": {:?},\n",
-                "  \"protocol\": {{\"iterations\": {}, \"images_per_iteration\": {}, \"stage\": \"classify\", \"threads\": 1}},\n",
+                "  \"protocol\": {{\"iterations\": {}, \"images_per_iteration\": {}, \"mode\": \"classify\", \"stage\": \"classify\", \"threads\": 1}},\n",
                 "  \"l_seconds_per_100_images\": {},\n  \"latency_score\": {},\n",
-                "  \"per_image_ms\": {{\"mean\": {}, \"p50\": {}, \"p99\": {}}}\n}}\n"
+                "  \"images_per_second\": {},\n",
+                "  \"per_image_ms\": {{\"mean\": {}, \"p50\": {}, \"p90\": {}, \"p99\": {}}}\n}}\n"
             ),
             engine,
             model,
@@ -86,8 +104,10 @@ impl Summary {
             self.images,
             self.l_seconds_per_100,
             self.latency_score,
+            self.images_per_s,
             self.mean_ms,
             self.p50_ms,
+            self.p90_ms,
             self.p99_ms
         )
     }
