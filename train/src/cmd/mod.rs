@@ -2,6 +2,8 @@
 //! arguments and a thin `run` that calls the library.
 
 pub mod distill;
+pub mod experiment;
+pub mod experiment_report;
 pub mod export;
 pub mod metrics;
 pub mod prepare;
