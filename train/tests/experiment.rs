@@ -72,7 +72,7 @@ fn two_shards_in_two_processes_report_what_one_run_does() {
     let grid = [&grid[..], &["--epochs", "1"]].concat();
 
     let sharded = tmp.path().join("sharded");
-    let with = |shard: &str| [&grid[..], &["--shard", shard]].concat();
+    let with = |shard: &'static str| [&grid[..], &["--shard", shard]].concat();
     let a = experiment(&cache, &sharded, &with("0/2")).spawn().unwrap();
     let b = experiment(&cache, &sharded, &with("1/2")).spawn().unwrap();
     let (out_a, out_b) = (
