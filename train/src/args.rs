@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{Result, ensure};
 use clap::Args;
+use serde::{Deserialize, Serialize};
 
 use crate::data::NUM_CLASSES;
 use crate::data::balance::{BalanceConfig, ClassWeights, Preset, parse_targets};
@@ -16,7 +17,7 @@ fn targets_arg(s: &str) -> Result<[usize; NUM_CLASSES]> {
 }
 
 /// Balancing and class weights (paper III-C, III-D).
-#[derive(Debug, Clone, Args)]
+#[derive(Debug, Clone, PartialEq, Args, Serialize, Deserialize)]
 pub struct BalanceArgs {
     /// Balancing preset: S1 none; S2/S3 every class to 2500 per group with
     /// noise sigma 0.03/0.05; S4/S5 `[BCC,BKL,MEL,NV,unknown,VASC]` to
@@ -53,7 +54,7 @@ impl BalanceArgs {
 }
 
 /// A cache and which fold of it to train on.
-#[derive(Debug, Clone, Args)]
+#[derive(Debug, Clone, PartialEq, Eq, Args, Serialize, Deserialize)]
 pub struct FoldArgs {
     /// Cache folder (from `prepare`).
     #[arg(long)]
@@ -81,5 +82,51 @@ impl FoldArgs {
         let cache = Cache::open(&self.cache)?;
         let mut folds = kfold(&cache, self.k, self.split_seed)?;
         Ok((cache, folds.swap_remove(self.fold)))
+    }
+}
+
+/// A fold and the subset of it a run uses: the data part of a [`RunSpec`](crate::train::spec::RunSpec).
+#[derive(Debug, Clone, PartialEq, Eq, Args, Serialize, Deserialize)]
+pub struct DataArgs {
+    #[command(flatten)]
+    #[serde(flatten)]
+    /// Cache and fold.
+    pub fold: FoldArgs,
+    /// Use at most N training images of the fold (a seeded random subset), for small budgets.
+    #[arg(long)]
+    pub max_train: Option<usize>,
+    /// Use at most N validation images of the fold (a seeded random subset).
+    #[arg(long)]
+    pub max_val: Option<usize>,
+}
+
+/// Where and how a training command runs: not part of what it trains (its spec), so a
+/// resumed run or another machine may change them.
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// Output folder: checkpoint, best weights, final model, JSON report.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Continue from `OUT/checkpoint.safetensors` (same flags required).
+    #[arg(long)]
+    pub resume: bool,
+    /// libtorch intra-op threads (default: libtorch's choice).
+    #[arg(long)]
+    pub threads: Option<i32>,
+    /// No progress bar or progress lines.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+impl RunArgs {
+    /// The execution context of one run labelled `label` (progress display, provenance).
+    pub fn context(&self, label: &str) -> crate::train::run::RunContext {
+        crate::train::run::RunContext {
+            out: self.out.clone(),
+            resume: self.resume,
+            threads: self.threads,
+            progress: !self.quiet,
+            label: label.into(),
+        }
     }
 }

@@ -5,6 +5,7 @@ pub mod args;
 pub mod cmd;
 pub mod data;
 pub mod env_report;
+pub mod experiment;
 pub mod export;
 pub mod infer;
 pub mod metrics;

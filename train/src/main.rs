@@ -38,6 +38,10 @@ enum Command {
     Evaluate(derm_train::cmd::evaluate::EvaluateArgs),
     /// Run a trained teacher once over a cache and store its logits for `distill`.
     TeacherLogits(derm_train::cmd::teacher_logits::TeacherLogitsArgs),
+    /// Train the Table III grid (settings x models x folds), resumable and shardable.
+    Experiment(Box<derm_train::cmd::experiment::ExperimentArgs>),
+    /// Table III, Fig. 6 and Fig. 7 from the finished cells of an experiment folder.
+    ExperimentReport(derm_train::cmd::experiment_report::ExperimentReportArgs),
 }
 
 fn main() -> Result<()> {
@@ -54,6 +58,8 @@ fn main() -> Result<()> {
         Command::Distill(a) => derm_train::cmd::distill::run(*a)?,
         Command::Evaluate(a) => derm_train::cmd::evaluate::run(a)?,
         Command::TeacherLogits(a) => derm_train::cmd::teacher_logits::run(a)?,
+        Command::Experiment(a) => derm_train::cmd::experiment::run(*a)?,
+        Command::ExperimentReport(a) => derm_train::cmd::experiment_report::run(a)?,
         Command::Env => {
             let r = derm_train::env_report::env_report()?;
             println!("libtorch threads: {}", r.threads);

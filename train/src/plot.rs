@@ -138,3 +138,115 @@ pub fn confusion_pngs(dir: &Path, prefix: &str, eval: &Evaluation) -> Result<Vec
     }
     Ok(out)
 }
+
+/// Bar colours of [`grouped_bars_png`], one per series (cycled).
+const PALETTE: [RGBColor; 6] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+];
+
+/// A grouped bar plot (like the paper's Fig. 6) of values in `[0, 1]`: one group per
+/// `groups` entry along x, one bar per `series` entry in each group, `values[series][group]`
+/// = `(mean, std)` drawn as a bar with a ±std error bar (`None`: no bar).
+pub fn grouped_bars_png(
+    path: &Path,
+    title: &str,
+    groups: &[String],
+    series: &[String],
+    values: &[Vec<Option<(f64, f64)>>],
+) -> Result<()> {
+    let (ng, ns) = (groups.len(), series.len());
+    ensure!(
+        ng > 0 && ns > 0 && values.len() == ns && values.iter().all(|v| v.len() == ng),
+        "bar plot values must be {ns} series x {ng} groups"
+    );
+    let (left, top, plot_h, group_w, legend_w) = (64, 48, 300, 40 + 36 * ns as i32, 170);
+    let w = (left + group_w * ng as i32 + legend_w) as u32;
+    let h = (top + plot_h + 48) as u32;
+    let y_of = |v: f64| top + plot_h - (v.clamp(0.0, 1.0) * plot_h as f64).round() as i32;
+    let err = |e: &dyn std::fmt::Display| anyhow!("drawing {}: {e}", path.display());
+    {
+        let root = BitMapBackend::new(path, (w, h)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| err(&e))?;
+        let font = |size: i32| ("sans-serif", size).into_font();
+        let right = Pos::new(HPos::Right, VPos::Center);
+        let centre = Pos::new(HPos::Center, VPos::Top);
+        root.draw(&Text::new(
+            title.to_string(),
+            (left, 12),
+            font(18).color(&BLACK),
+        ))
+        .map_err(|e| err(&e))?;
+        let x_end = left + group_w * ng as i32;
+        for tick in 0..=5 {
+            let v = tick as f64 / 5.0;
+            let y = y_of(v);
+            root.draw(&PathElement::new(
+                vec![(left, y), (x_end, y)],
+                RGBColor(225, 225, 225),
+            ))
+            .map_err(|e| err(&e))?;
+            root.draw(&Text::new(
+                format!("{v:.1}"),
+                (left - 8, y),
+                font(13).color(&BLACK).pos(right),
+            ))
+            .map_err(|e| err(&e))?;
+        }
+        root.draw(&PathElement::new(
+            vec![(left, top), (left, top + plot_h), (x_end, top + plot_h)],
+            BLACK,
+        ))
+        .map_err(|e| err(&e))?;
+        for (g, name) in groups.iter().enumerate() {
+            let x0 = left + g as i32 * group_w + 20;
+            for (s, row) in values.iter().enumerate() {
+                let Some((mean, sd)) = row[g] else { continue };
+                let (bx0, bx1) = (x0 + s as i32 * 36 + 3, x0 + s as i32 * 36 + 33);
+                root.draw(&Rectangle::new(
+                    [(bx0, y_of(mean)), (bx1, top + plot_h)],
+                    PALETTE[s % PALETTE.len()].filled(),
+                ))
+                .map_err(|e| err(&e))?;
+                if sd > 0.0 {
+                    let xm = (bx0 + bx1) / 2;
+                    let (ylo, yhi) = (y_of(mean - sd), y_of(mean + sd));
+                    for seg in [
+                        vec![(xm, ylo), (xm, yhi)],
+                        vec![(xm - 6, ylo), (xm + 6, ylo)],
+                        vec![(xm - 6, yhi), (xm + 6, yhi)],
+                    ] {
+                        root.draw(&PathElement::new(seg, BLACK.stroke_width(2)))
+                            .map_err(|e| err(&e))?;
+                    }
+                }
+            }
+            root.draw(&Text::new(
+                name.clone(),
+                (left + g as i32 * group_w + group_w / 2, top + plot_h + 10),
+                font(15).color(&BLACK).pos(centre),
+            ))
+            .map_err(|e| err(&e))?;
+        }
+        for (s, name) in series.iter().enumerate() {
+            let y = top + 10 + s as i32 * 24;
+            root.draw(&Rectangle::new(
+                [(x_end + 20, y), (x_end + 36, y + 16)],
+                PALETTE[s % PALETTE.len()].filled(),
+            ))
+            .map_err(|e| err(&e))?;
+            root.draw(&Text::new(
+                name.clone(),
+                (x_end + 44, y + 1),
+                font(14).color(&BLACK),
+            ))
+            .map_err(|e| err(&e))?;
+        }
+        root.present().map_err(|e| err(&e))?;
+    }
+    Ok(())
+}

@@ -2,25 +2,22 @@
 //! teacher, either running the teacher on every batch (`--teacher`) or reading logits it
 //! computed once per image (`--teacher-logits`, from `derm-train teacher-logits`).
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use anyhow::{Result, bail, ensure};
+use anyhow::{Result, bail};
 use clap::Args;
 
-use super::student::{StudentModelArgs, save_student, setup_student, student_report};
-use crate::args::{BalanceArgs, FoldArgs};
-use crate::report;
-use crate::train::cli::{KdArgs, RunData, TrainArgs};
-use crate::train::fit::{self, FitData, Teacher};
-use crate::train::teacher_file;
+use crate::args::{BalanceArgs, DataArgs, RunArgs};
+use crate::train::cli::{KdArgs, TrainArgs};
+use crate::train::run;
+use crate::train::spec::{KdSpec, ModelSpec, RunSpec, StudentModelArgs, TeacherSource};
 
 /// Arguments of `derm-train distill`.
 #[derive(Debug, Clone, Args)]
 pub struct DistillArgs {
     #[command(flatten)]
-    /// Cache and fold.
-    pub fold: FoldArgs,
+    /// Cache, fold and subset.
+    pub data: DataArgs,
     #[command(flatten)]
     /// Balancing and class weights.
     pub balance: BalanceArgs,
@@ -39,103 +36,28 @@ pub struct DistillArgs {
     /// Cached teacher logits (`derm-train teacher-logits`); used instead of running the teacher.
     #[arg(long)]
     pub teacher_logits: Option<PathBuf>,
+    #[command(flatten)]
+    /// Output folder, resume, threads.
+    pub run: RunArgs,
 }
 
 /// Runs `derm-train distill`.
 pub fn run(a: DistillArgs) -> Result<()> {
-    a.train.setup(32)?;
-    let kd = a.kd.config();
-    kd.validate()?;
-    let data = RunData::open(&a.fold, &a.balance, &a.train)?;
-    let mut opts = a.train.fit_options(&data, kd);
-    a.model.apply(&mut opts);
-    let mut extra = BTreeMap::new();
-
-    let mut cached = None;
-    let mut live = None;
-    match (&a.teacher_logits, &a.teacher) {
-        (Some(p), _) => {
-            let (meta, logits) =
-                teacher_file::load_logits(p, data.cache.len(), data.cache.class_names().len())?;
-            ensure!(
-                meta.input_size == a.train.train_size,
-                "{}: logits were computed at {}x{}, this run trains at {}",
-                p.display(),
-                meta.input_size,
-                meta.input_size,
-                a.train.train_size
-            );
-            extra.insert("teacher_logits".into(), serde_json::to_value(&meta)?);
-            cached = Some(logits);
-        }
-        (None, Some(p)) => {
-            let (meta, vs, net) = teacher_file::load(p)?;
-            ensure!(
-                meta.mean == data.cache.mean() && meta.std == data.cache.std(),
-                "{}: the teacher was trained with mean {:?} / std {:?}, this cache has {:?} / {:?}",
-                p.display(),
-                meta.mean,
-                meta.std,
-                data.cache.mean(),
-                data.cache.std()
-            );
-            extra.insert("teacher".into(), serde_json::to_value(&meta)?);
-            live = Some((vs, net));
-        }
+    // Cached logits win when both are given: they are what the teacher computes anyway.
+    let source = match (a.teacher_logits, a.teacher) {
+        (Some(p), _) => TeacherSource::Logits(p),
+        (None, Some(p)) => TeacherSource::File(p),
         (None, None) => bail!("distill needs --teacher FILE or --teacher-logits FILE"),
-    }
-    let teacher = match (&cached, &live) {
-        (Some(c), _) => Teacher::Cached(c),
-        (None, Some((_, net))) => Teacher::Model(net),
-        (None, None) => unreachable!("one of them was set above"),
     };
-    extra.insert(
-        "teacher_source".into(),
-        serde_json::Value::String(
-            if cached.is_some() {
-                "cached logits"
-            } else {
-                "live teacher"
-            }
-            .into(),
-        ),
-    );
-
-    let s = setup_student(&a.model, &data, &opts, a.train.seed)?;
-    let fd = FitData {
-        cache: &data.cache,
-        plan: &data.plan,
-        val: &data.val,
+    let spec = RunSpec {
+        data: a.data,
+        balance: a.balance,
+        model: ModelSpec::Student(a.model),
+        teacher: Some(KdSpec { source, kd: a.kd }),
+        train: a.train,
     };
-    let control = fit::RunControl {
-        resume: a.train.resume,
-        progress: !a.train.quiet,
-        label: "distill".into(),
-        ..Default::default()
-    };
-    let outcome = fit::fit(
-        &s.net,
-        &s.vs,
-        &fd,
-        teacher,
-        s.input.as_ref(),
-        &opts,
-        &a.train.out,
-        &control,
-    )?;
-    let notes = format!("distilled (alpha {}, T {})", kd.alpha, kd.temperature);
-    let path = save_student(&s, &a.model, &data, &a.train, &outcome, &a.train.out, notes)?;
-    let mut outputs = BTreeMap::new();
-    outputs.insert("student".into(), path.display().to_string());
-    outputs.insert(
-        "checkpoint".into(),
-        a.train.out.join(fit::CHECKPOINT_FILE).display().to_string(),
-    );
-    let mut rep = student_report(
-        "distill", &s, &a.model, &a.fold, &a.balance, &data, opts, &outcome, outputs,
-    );
-    rep.extra = extra;
-    report::write_report(&a.train.out.join("report.json"), "distill", &rep)?;
-    rep.print();
+    run::execute(&spec, &a.run.context("distill"))?
+        .report
+        .print();
     Ok(())
 }

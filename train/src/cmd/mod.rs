@@ -3,6 +3,8 @@
 
 pub mod distill;
 pub mod evaluate;
+pub mod experiment;
+pub mod experiment_report;
 pub mod export;
 pub mod metrics;
 pub mod prepare;

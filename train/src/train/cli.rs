@@ -2,31 +2,24 @@
 //! share: open the cache and fold, subsample for small budgets, balance, resolve class
 //! weights, and turn flags into [`FitOptions`].
 
-use std::path::PathBuf;
-
 use anyhow::{Result, ensure};
 use clap::Args;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::fit::{Criterion, FitOptions};
 use super::loss::KdConfig;
 use super::optim::{OptimConfig, OptimizerKind};
-use crate::args::{BalanceArgs, FoldArgs};
+use crate::args::{BalanceArgs, DataArgs, FoldArgs};
 use crate::data::augment::{Augment, CropRange, Jitter};
 use crate::data::balance::BalancePlan;
 use crate::data::cache::Cache;
 use crate::data::rng::Rng;
 use crate::metrics::EvalOptions;
 
-/// Flags of the training loop itself.
-#[derive(Debug, Clone, Args)]
+/// Flags of the training loop itself (what is trained, not where: see
+/// [`RunArgs`](crate::args::RunArgs)).
+#[derive(Debug, Clone, PartialEq, Args, Serialize, Deserialize)]
 pub struct TrainArgs {
-    /// Output folder: checkpoint, best weights, final model, JSON report.
-    #[arg(long)]
-    pub out: PathBuf,
-    /// Continue from `OUT/checkpoint.safetensors` (same flags required).
-    #[arg(long)]
-    pub resume: bool,
     /// Training image side (the cache's tiles are resized; divisible by 32).
     #[arg(long, default_value_t = 128)]
     pub train_size: usize,
@@ -60,12 +53,6 @@ pub struct TrainArgs {
     /// Checkpoint every N steps (0: only at epoch ends).
     #[arg(long, default_value_t = 50)]
     pub checkpoint_every: u64,
-    /// Use at most N training images of the fold (a seeded random subset), for small budgets.
-    #[arg(long)]
-    pub max_train: Option<usize>,
-    /// Use at most N validation images of the fold (a seeded random subset).
-    #[arg(long)]
-    pub max_val: Option<usize>,
     /// Groups left out of SPD and the minority choice (comma-separated, e.g. `unknown`).
     #[arg(long, value_delimiter = ',')]
     pub exclude_groups: Vec<String>,
@@ -92,16 +79,10 @@ pub struct TrainArgs {
     /// Label smoothing of the hard-label cross-entropy, in [0, 1) (0: none).
     #[arg(long, default_value_t = 0.0)]
     pub label_smoothing: f64,
-    /// libtorch intra-op threads (default: libtorch's choice).
-    #[arg(long)]
-    pub threads: Option<i32>,
-    /// No progress bar or progress lines.
-    #[arg(long)]
-    pub quiet: bool,
 }
 
 /// Distillation knobs.
-#[derive(Debug, Clone, Args)]
+#[derive(Debug, Clone, PartialEq, Args, Serialize, Deserialize)]
 pub struct KdArgs {
     /// Weight of the teacher term.
     #[arg(long, default_value_t = 0.8)]
@@ -194,10 +175,10 @@ pub fn val_indices(
 
 impl RunData {
     /// Opens the cache and fold, subsamples, balances and resolves class weights.
-    pub fn open(fold: &FoldArgs, balance: &BalanceArgs, train: &TrainArgs) -> Result<Self> {
-        let (cache, f) = fold.open()?;
-        let tr = subsample(f.train, train.max_train, train.seed, 1);
-        let val = subsample(f.val, train.max_val, train.seed, 2);
+    pub fn open(data: &DataArgs, balance: &BalanceArgs, train: &TrainArgs) -> Result<Self> {
+        let (cache, f) = data.fold.open()?;
+        let tr = subsample(f.train, data.max_train, train.seed, 1);
+        let val = subsample(f.val, data.max_val, train.seed, 2);
         ensure!(
             !tr.is_empty() && !val.is_empty(),
             "empty training or validation set"
@@ -217,7 +198,8 @@ impl RunData {
     }
 
     /// Sizes for the report.
-    pub fn summary(&self, fold: &FoldArgs, balance: &BalanceArgs) -> DataSummary {
+    pub fn summary(&self, data: &DataArgs, balance: &BalanceArgs) -> DataSummary {
+        let fold = &data.fold;
         DataSummary {
             cache: fold.cache.display().to_string(),
             cache_size: self.cache.image_size(),
@@ -285,12 +267,9 @@ impl TrainArgs {
         }
     }
 
-    /// Applies `--threads` and checks the image size against the model's multiple.
-    pub fn setup(&self, multiple: usize) -> Result<()> {
-        if let Some(t) = self.threads {
-            ensure!(t > 0, "--threads {t} must be > 0");
-            tch::set_num_threads(t);
-        }
+    /// Checks the image size against the model's multiple, the augmentation and the label
+    /// smoothing.
+    pub fn validate(&self, multiple: usize) -> Result<()> {
         ensure!(
             self.train_size > 0 && self.train_size.is_multiple_of(multiple),
             "--train-size {} must be a positive multiple of {multiple}",

@@ -310,6 +310,8 @@ pub struct FitOutcome {
     pub best_weights: PathBuf,
     /// Whether the run was stopped early by [`RunControl::stop_after_steps`].
     pub stopped: bool,
+    /// The global step a resumed run continued from (`None`: it started from scratch).
+    pub resumed_from_step: Option<u64>,
     /// Seconds spent in this call.
     pub seconds: f64,
 }
@@ -612,6 +614,264 @@ impl FitData<'_> {
     }
 }
 
+/// The learning-rate schedule and step count of a run over `data` with `opts`.
+fn schedule(data: &FitData<'_>, opts: &FitOptions) -> Result<(u64, LrSchedule)> {
+    let steps_per_epoch = data.clone_loader(opts, 0)?.num_batches() as u64;
+    ensure!(
+        steps_per_epoch > 0,
+        "{} training samples make no full batch of {}",
+        data.plan.len(),
+        opts.batch_size
+    );
+    let total_steps = steps_per_epoch * opts.epochs;
+    let warmup = opts
+        .warmup_steps
+        .unwrap_or_else(|| (total_steps / 20).min(500));
+    let schedule = LrSchedule {
+        base_lr: opts.lr,
+        warmup_steps: warmup,
+        total_steps,
+        min_lr_ratio: 0.0,
+        constant: opts.constant_lr,
+    };
+    Ok((steps_per_epoch, schedule))
+}
+
+impl LoopState {
+    /// The state of a run that has not taken a step.
+    fn start(opts: &FitOptions, total_steps: u64) -> Self {
+        LoopState {
+            options: opts.clone(),
+            global_step: 0,
+            total_steps,
+            sampler: SamplerState {
+                epoch: 0,
+                position: 0,
+            },
+            epoch_loss_sum: 0.0,
+            epoch_steps: 0,
+            best: None,
+            history: Vec::new(),
+            finished: false,
+        }
+    }
+
+    /// Loads the checkpoint at `path` into `vs` and `optimizer` and returns its loop state;
+    /// refuses one written with other options (its steps would not mean the same thing).
+    fn resume(
+        path: &Path,
+        opts: &FitOptions,
+        vs: &nn::VarStore,
+        optimizer: &mut Optimizer,
+    ) -> Result<Self> {
+        let file = CheckpointFile::open(path)?;
+        let saved: LoopState = file.state()?;
+        if saved.options != *opts {
+            bail!(
+                "{} was written with different options; resume with the same ones or use a new --out.\n saved: {}\n now:   {}",
+                path.display(),
+                serde_json::to_string(&saved.options)?,
+                serde_json::to_string(opts)?
+            );
+        }
+        file.load_model(vs)?;
+        file.load_optimizer(optimizer)?;
+        eprintln!(
+            "resuming {} at step {} (epoch {}, position {})",
+            path.display(),
+            saved.global_step,
+            saved.sampler.epoch,
+            saved.sampler.position
+        );
+        Ok(saved)
+    }
+}
+
+/// The parts of a run that stay fixed while it trains.
+struct Trainer<'a> {
+    model: &'a dyn ModuleT,
+    vs: &'a nn::VarStore,
+    data: &'a FitData<'a>,
+    teacher: Teacher<'a>,
+    input: Option<&'a InputMap>,
+    opts: &'a FitOptions,
+    control: &'a RunControl,
+    schedule: LrSchedule,
+    steps_per_epoch: u64,
+    weights: Option<Tensor>,
+    ckpt_path: PathBuf,
+    best_path: PathBuf,
+}
+
+/// How the training part of an epoch ended.
+struct EpochRun {
+    /// Stopped by [`RunControl::stop_after_steps`] before the epoch's end.
+    stopped: bool,
+    images_per_s: f64,
+    last_lr: f64,
+}
+
+impl Trainer<'_> {
+    /// The loss of one batch: weighted cross-entropy, or distillation against the teacher.
+    fn loss(&self, logits: &Tensor, batch: &crate::data::loader::Batch) -> Result<Tensor> {
+        let w = self.weights.as_ref();
+        Ok(match &self.teacher {
+            Teacher::None => {
+                loss::cross_entropy_smoothed(logits, &batch.labels, w, self.opts.label_smoothing)
+            }
+            Teacher::Model(t) => {
+                let tl = tch::no_grad(|| t.forward_t(&batch.images, false));
+                loss::distillation_loss(logits, &tl, &batch.labels, w, self.opts.kd)
+            }
+            Teacher::Cached(c) => {
+                let tl = c.rows(&batch.indices)?;
+                loss::distillation_loss(logits, &tl, &batch.labels, w, self.opts.kd)
+            }
+        })
+    }
+
+    /// Trains the rest of the current epoch, checkpointing every `checkpoint_every` steps.
+    fn train_epoch(&self, state: &mut LoopState, optimizer: &mut Optimizer) -> Result<EpochRun> {
+        let (opts, data) = (self.opts, self.data);
+        let mut batches = Batches::resume(data.cache, data.plan, opts.loader(), state.sampler)?;
+        let left = self.steps_per_epoch.saturating_sub(state.epoch_steps);
+        let mut progress = EpochProgress::new(
+            &format!(
+                "{} epoch {}/{}",
+                self.control.label,
+                state.sampler.epoch + 1,
+                opts.epochs
+            ),
+            left,
+            self.control.progress,
+        );
+        let mut last_lr = self.schedule.lr(state.global_step.saturating_sub(1));
+        let mut stopped = false;
+        loop {
+            if self
+                .control
+                .stop_after_steps
+                .is_some_and(|s| state.global_step >= s)
+            {
+                stopped = true;
+                break;
+            }
+            let Some(batch) = batches.next() else { break };
+            let batch = batch?;
+            tch::manual_seed(step_seed(opts.seed, state.global_step));
+            let lr = self.schedule.lr(state.global_step);
+            let x = match self.input {
+                Some(m) => m.apply(&batch.images),
+                None => batch.images.shallow_clone(),
+            };
+            let logits = self.model.forward_t(&x, true);
+            let loss = self.loss(&logits, &batch)?;
+            optimizer.zero_grad();
+            loss.backward();
+            optimizer.step(lr);
+            let l = loss.double_value(&[]);
+            ensure!(
+                l.is_finite(),
+                "loss became {l} at step {} (lower --lr?)",
+                state.global_step
+            );
+            last_lr = lr;
+            state.global_step += 1;
+            state.epoch_loss_sum += l;
+            state.epoch_steps += 1;
+            state.sampler = batches.state();
+            progress.step(
+                batch.indices.len() as u64,
+                state.epoch_loss_sum / state.epoch_steps as f64,
+            );
+            if opts.checkpoint_every > 0 && state.global_step.is_multiple_of(opts.checkpoint_every)
+            {
+                checkpoint::save(&self.ckpt_path, self.vs, optimizer, state)?;
+            }
+        }
+        progress.finish();
+        Ok(EpochRun {
+            stopped,
+            images_per_s: progress.images_per_s(),
+            last_lr,
+        })
+    }
+
+    /// Evaluates the epoch just trained, keeps its weights if it is the best so far, and
+    /// checkpoints the start of the next epoch.
+    fn end_epoch(
+        &self,
+        state: &mut LoopState,
+        optimizer: &Optimizer,
+        run: &EpochRun,
+    ) -> Result<()> {
+        let (opts, data, model) = (self.opts, self.data, self.model);
+        let epoch = state.sampler.epoch;
+        if let Some(bn) = opts.bn_recalibrate {
+            // Its training-mode forward may draw dropout masks: seed it like a step, so a run
+            // resumed right before this point draws the same ones.
+            tch::manual_seed(step_seed(opts.seed ^ 0xB4, state.global_step));
+            reestimate_batchnorm(
+                model,
+                self.vs,
+                bn.momentum,
+                data,
+                opts,
+                self.input,
+                bn.batches,
+            )?;
+        }
+        let (val, val_loss) = evaluate(
+            model,
+            data.cache,
+            data.val,
+            opts.eval_batch_size,
+            opts.train_size,
+            self.input,
+            &opts.eval,
+        )?;
+        let score = opts.criterion.score(&val);
+        let record = EpochRecord {
+            epoch,
+            train_loss: state.epoch_loss_sum / state.epoch_steps.max(1) as f64,
+            steps: state.epoch_steps,
+            images_per_s: run.images_per_s,
+            last_lr: run.last_lr,
+            val_loss,
+            val,
+            score,
+        };
+        eprintln!(
+            "{} epoch {}: train loss {:.4}, val loss {:.4}, acc {:.4}, balanced {:.4}, fairness {}, {} {:.4}",
+            self.control.label,
+            epoch + 1,
+            record.train_loss,
+            val_loss,
+            record.val.accuracy,
+            record.val.balanced_accuracy,
+            record
+                .val
+                .fairness
+                .map_or("-".into(), |f| format!("{f:.4}")),
+            opts.criterion,
+            score
+        );
+        if state.best.as_ref().is_none_or(|b| score > b.score) {
+            save_weights(&self.best_path, self.vs)?;
+            state.best = Some(Best { epoch, score });
+        }
+        state.history.push(record);
+        state.sampler = SamplerState {
+            epoch: epoch + 1,
+            position: 0,
+        };
+        state.epoch_loss_sum = 0.0;
+        state.epoch_steps = 0;
+        state.finished = epoch + 1 >= opts.epochs;
+        checkpoint::save(&self.ckpt_path, self.vs, optimizer, state)
+    }
+}
+
 /// Trains `model` (whose variables live in `vs`) and writes `out/checkpoint.safetensors`,
 /// `out/best_weights.safetensors`. `input` maps the loader's normalization to the model's;
 /// the teacher (if any) sees the loader's images unchanged.
@@ -636,198 +896,44 @@ pub fn fit(
     opts.kd.validate()?;
     ensure!(!data.val.is_empty(), "the validation fold is empty");
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    let ckpt_path = out.join(CHECKPOINT_FILE);
-    let best_path = out.join(BEST_WEIGHTS_FILE);
-
-    let steps_per_epoch = data.clone_loader(opts, 0)?.num_batches() as u64;
-    ensure!(
-        steps_per_epoch > 0,
-        "{} training samples make no full batch of {}",
-        data.plan.len(),
-        opts.batch_size
-    );
-    let total_steps = steps_per_epoch * opts.epochs;
-    let warmup = opts
-        .warmup_steps
-        .unwrap_or_else(|| (total_steps / 20).min(500));
-    let schedule = LrSchedule {
-        base_lr: opts.lr,
-        warmup_steps: warmup,
-        total_steps,
-        min_lr_ratio: 0.0,
-        constant: opts.constant_lr,
+    let (steps_per_epoch, schedule) = schedule(data, opts)?;
+    let trainer = Trainer {
+        model,
+        vs,
+        data,
+        teacher,
+        input,
+        opts,
+        control,
+        schedule,
+        steps_per_epoch,
+        weights: opts.class_weights.as_ref().map(|w| Tensor::from_slice(w)),
+        ckpt_path: out.join(CHECKPOINT_FILE),
+        best_path: out.join(BEST_WEIGHTS_FILE),
     };
-    let weights = opts.class_weights.as_ref().map(|w| Tensor::from_slice(w));
     let mut optimizer = Optimizer::new(vs, opts.optim)?;
-
-    let mut state = LoopState {
-        options: opts.clone(),
-        global_step: 0,
-        total_steps,
-        sampler: SamplerState {
-            epoch: 0,
-            position: 0,
-        },
-        epoch_loss_sum: 0.0,
-        epoch_steps: 0,
-        best: None,
-        history: Vec::new(),
-        finished: false,
+    let (mut state, resumed_from_step) = if control.resume && trainer.ckpt_path.exists() {
+        let s = LoopState::resume(&trainer.ckpt_path, opts, vs, &mut optimizer)?;
+        let step = s.global_step;
+        (s, Some(step))
+    } else {
+        (LoopState::start(opts, steps_per_epoch * opts.epochs), None)
     };
-    if control.resume && ckpt_path.exists() {
-        let file = CheckpointFile::open(&ckpt_path)?;
-        let saved: LoopState = file.state()?;
-        if saved.options != *opts {
-            bail!(
-                "{} was written with different options; resume with the same ones or use a new --out.\n saved: {}\n now:   {}",
-                ckpt_path.display(),
-                serde_json::to_string(&saved.options)?,
-                serde_json::to_string(opts)?
-            );
-        }
-        file.load_model(vs)?;
-        file.load_optimizer(&mut optimizer)?;
-        state = saved;
-        eprintln!(
-            "resuming {} at step {} (epoch {}, position {})",
-            ckpt_path.display(),
-            state.global_step,
-            state.sampler.epoch,
-            state.sampler.position
-        );
-    }
 
     let mut stopped = false;
     while !state.finished {
-        let epoch = state.sampler.epoch;
-        let mut batches = Batches::resume(data.cache, data.plan, opts.loader(), state.sampler)?;
-        let left = steps_per_epoch.saturating_sub(state.epoch_steps);
-        let mut progress = EpochProgress::new(
-            &format!("{} epoch {}/{}", control.label, epoch + 1, opts.epochs),
-            left,
-            control.progress,
-        );
-        let mut last_lr = schedule.lr(state.global_step.saturating_sub(1));
-        loop {
-            if control
-                .stop_after_steps
-                .is_some_and(|s| state.global_step >= s)
-            {
-                stopped = true;
-                break;
-            }
-            let Some(batch) = batches.next() else { break };
-            let batch = batch?;
-            tch::manual_seed(step_seed(opts.seed, state.global_step));
-            let lr = schedule.lr(state.global_step);
-            let x = match input {
-                Some(m) => m.apply(&batch.images),
-                None => batch.images.shallow_clone(),
-            };
-            let logits = model.forward_t(&x, true);
-            let loss = match &teacher {
-                Teacher::None => loss::cross_entropy_smoothed(
-                    &logits,
-                    &batch.labels,
-                    weights.as_ref(),
-                    opts.label_smoothing,
-                ),
-                Teacher::Model(t) => {
-                    let tl = tch::no_grad(|| t.forward_t(&batch.images, false));
-                    loss::distillation_loss(&logits, &tl, &batch.labels, weights.as_ref(), opts.kd)
-                }
-                Teacher::Cached(c) => {
-                    let tl = c.rows(&batch.indices)?;
-                    loss::distillation_loss(&logits, &tl, &batch.labels, weights.as_ref(), opts.kd)
-                }
-            };
-            optimizer.zero_grad();
-            loss.backward();
-            optimizer.step(lr);
-            let l = loss.double_value(&[]);
-            ensure!(
-                l.is_finite(),
-                "loss became {l} at step {} (lower --lr?)",
-                state.global_step
-            );
-            last_lr = lr;
-            state.global_step += 1;
-            state.epoch_loss_sum += l;
-            state.epoch_steps += 1;
-            state.sampler = batches.state();
-            progress.step(
-                batch.indices.len() as u64,
-                state.epoch_loss_sum / state.epoch_steps as f64,
-            );
-            if opts.checkpoint_every > 0 && state.global_step.is_multiple_of(opts.checkpoint_every)
-            {
-                checkpoint::save(&ckpt_path, vs, &optimizer, &state)?;
-            }
-        }
-        progress.finish();
-        if stopped {
+        let run = trainer.train_epoch(&mut state, &mut optimizer)?;
+        if run.stopped {
+            stopped = true;
             break;
         }
-        let images_per_s = progress.images_per_s();
-        if let Some(bn) = opts.bn_recalibrate {
-            // Its training-mode forward may draw dropout masks: seed it like a step, so a run
-            // resumed right before this point draws the same ones.
-            tch::manual_seed(step_seed(opts.seed ^ 0xB4, state.global_step));
-            reestimate_batchnorm(model, vs, bn.momentum, data, opts, input, bn.batches)?;
-        }
-        let (val, val_loss) = evaluate(
-            model,
-            data.cache,
-            data.val,
-            opts.eval_batch_size,
-            opts.train_size,
-            input,
-            &opts.eval,
-        )?;
-        let score = opts.criterion.score(&val);
-        let record = EpochRecord {
-            epoch,
-            train_loss: state.epoch_loss_sum / state.epoch_steps.max(1) as f64,
-            steps: state.epoch_steps,
-            images_per_s,
-            last_lr,
-            val_loss,
-            val,
-            score,
-        };
-        eprintln!(
-            "{} epoch {}: train loss {:.4}, val loss {:.4}, acc {:.4}, balanced {:.4}, fairness {}, {} {:.4}",
-            control.label,
-            epoch + 1,
-            record.train_loss,
-            val_loss,
-            record.val.accuracy,
-            record.val.balanced_accuracy,
-            record
-                .val
-                .fairness
-                .map_or("-".into(), |f| format!("{f:.4}")),
-            opts.criterion,
-            score
-        );
-        if state.best.as_ref().is_none_or(|b| score > b.score) {
-            save_weights(&best_path, vs)?;
-            state.best = Some(Best { epoch, score });
-        }
-        state.history.push(record);
-        state.sampler = SamplerState {
-            epoch: epoch + 1,
-            position: 0,
-        };
-        state.epoch_loss_sum = 0.0;
-        state.epoch_steps = 0;
-        state.finished = epoch + 1 >= opts.epochs;
-        checkpoint::save(&ckpt_path, vs, &optimizer, &state)?;
+        trainer.end_epoch(&mut state, &optimizer, &run)?;
     }
     Ok(FitOutcome {
         state,
-        best_weights: best_path,
+        best_weights: trainer.best_path,
         stopped,
+        resumed_from_step,
         seconds: started.elapsed().as_secs_f64(),
     })
 }

@@ -7,4 +7,6 @@ pub mod fit;
 pub mod loss;
 pub mod optim;
 pub mod progress;
+pub mod run;
+pub mod spec;
 pub mod teacher_file;
