@@ -12,7 +12,6 @@ use derm_train::infer::{self, InferOptions, LoadedModel, Tta};
 use derm_train::models::mobilenet_v3::{Arch, Head};
 use derm_train::student_file::{Provenance, Student, StudentMeta};
 use derm_train::train::fit::InputMap;
-use tch::nn::ModuleT;
 use tch::{Kind, Tensor};
 
 const SIZE: u32 = 32;
