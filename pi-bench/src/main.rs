@@ -271,10 +271,14 @@ fn print_header(args: &Args, s: &Summary, labelled: bool) {
         println!("{:<18}{text}", format!("{label}:"));
     }
     println!("mode:             {} ({})", args.mode, args.mode.stage());
-    println!(
-        "threads:          {} (one arena each, each iteration's images split among them)",
-        args.threads
-    );
+    if args.threads == 1 {
+        println!("threads:          1");
+    } else {
+        println!(
+            "threads:          {} (one arena each; each iteration's images split among them)",
+            args.threads
+        );
+    }
     match (labelled, args.mode) {
         (true, Mode::EndToEnd) => {
             println!("images:           drawn from the labelled set (their files' bytes in memory)")

@@ -59,10 +59,10 @@ impl Mode {
     pub fn stage(self) -> String {
         let crop = if CENTRE_CROP { "centre crop + " } else { "" };
         match self {
-            Mode::Model => "preprocessed input tensor in memory -> network (run)".into(),
-            Mode::Classify => format!(
-                "decoded RGB8 in memory -> {crop}resize + normalize + network + softmax (classify)"
-            ),
+            Mode::Model => "preprocessed input tensor in memory -> network".into(),
+            Mode::Classify => {
+                format!("decoded RGB8 in memory -> {crop}resize + normalize + network + softmax")
+            }
             Mode::EndToEnd => format!(
                 "image bytes in memory -> decode + {crop}resize + normalize + network + softmax"
             ),
