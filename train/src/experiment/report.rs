@@ -295,6 +295,9 @@ pub fn write(dir: &Path, latency: Option<Latency>) -> Result<ExperimentReport> {
     Ok(rep)
 }
 
+/// Reads one metric of a report row (for the per-metric plots).
+type MetricOf = fn(&Row) -> Option<Stat>;
+
 /// One grouped bar plot per metric: settings along x, one bar per model, std error bars.
 fn bar_plots(dir: &Path, rep: &ExperimentReport) -> Result<Vec<PathBuf>> {
     let mut settings: Vec<String> = Vec::new();
@@ -307,7 +310,7 @@ fn bar_plots(dir: &Path, rep: &ExperimentReport) -> Result<Vec<PathBuf>> {
             models.push(r.model.clone());
         }
     }
-    let metrics: [(&str, &str, fn(&Row) -> Option<Stat>); 4] = [
+    let metrics: [(&str, &str, MetricOf); 4] = [
         ("overall", "overall", |r| r.overall),
         ("accuracy", "accuracy", |r| r.accuracy),
         ("balanced_accuracy", "balanced accuracy", |r| {

@@ -552,6 +552,7 @@ pub fn reestimate_batchnorm(
 /// larger than unit variance, so fewer passes leave them far off). The largest relative
 /// change of the last pass (batch noise only, a few percent) is returned with the layer
 /// count so callers can report it.
+#[allow(clippy::too_many_arguments)]
 pub fn preserve_pretrained_batchnorm(
     model: &dyn ModuleT,
     vs: &nn::VarStore,

@@ -266,8 +266,9 @@ fn train_teacher(spec: &RunSpec, m: &TeacherModelArgs, ctx: &RunContext) -> Resu
 /// The distillation teacher of a run, loaded: its logits or its network.
 enum LoadedTeacher {
     Cached(fit::TeacherLogits),
-    // The variables stay alive with the network that uses them.
-    Live { _vs: nn::VarStore, net: SwinV2 },
+    // The variables stay alive with the network that uses them. Boxed: a Swin network is
+    // large next to the cached variant.
+    Live { _vs: nn::VarStore, net: Box<SwinV2> },
 }
 
 /// Loads the teacher of `source` and checks it against the run's cache and image size;
@@ -307,7 +308,10 @@ fn load_teacher(
             );
             extra.insert("teacher".into(), serde_json::to_value(&meta)?);
             extra.insert("teacher_source".into(), "live teacher".into());
-            LoadedTeacher::Live { _vs: vs, net }
+            LoadedTeacher::Live {
+                _vs: vs,
+                net: Box::new(net),
+            }
         }
     })
 }
@@ -334,7 +338,7 @@ fn train_student(spec: &RunSpec, m: &StudentModelArgs, ctx: &RunContext) -> Resu
     let teacher = match &loaded {
         None => Teacher::None,
         Some(LoadedTeacher::Cached(c)) => Teacher::Cached(c),
-        Some(LoadedTeacher::Live { net, .. }) => Teacher::Model(net),
+        Some(LoadedTeacher::Live { net, .. }) => Teacher::Model(net.as_ref()),
     };
 
     let s = setup_student(m, &data, &opts, spec.train.seed)?;
