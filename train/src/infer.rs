@@ -127,13 +127,27 @@ impl fmt::Debug for LoadedModel {
     }
 }
 
-/// Which metadata key a model file carries (without reading its tensors).
+/// Which metadata key a model file carries. Reads only the safetensors header (8-byte
+/// length, then JSON), not the tensors: the loader reads the file again, and a teacher is
+/// about 110 MB.
 fn file_kind(path: &Path) -> Result<ModelKind> {
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
-        .map_err(|e| anyhow::anyhow!("{} is not a safetensors file: {e}", path.display()))?;
-    let meta = header.metadata().as_ref();
-    let has = |k: &str| meta.is_some_and(|m| m.contains_key(k));
+    use std::io::Read;
+    let not_st = |why: &str| anyhow::anyhow!("{} is not a safetensors file: {why}", path.display());
+    let mut f =
+        std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut len = [0u8; 8];
+    f.read_exact(&mut len)
+        .map_err(|_| not_st("shorter than 8 bytes"))?;
+    let n = u64::from_le_bytes(len);
+    let file_len = f.metadata()?.len();
+    ensure!(n <= file_len.saturating_sub(8), not_st("header too large"));
+    let mut header = vec![0u8; n as usize];
+    f.read_exact(&mut header)
+        .map_err(|_| not_st("truncated header"))?;
+    let header: serde_json::Value =
+        serde_json::from_slice(&header).map_err(|e| not_st(&e.to_string()))?;
+    let meta = header.get("__metadata__");
+    let has = |k: &str| meta.is_some_and(|m| m.get(k).is_some());
     if has(student_file::METADATA_KEY) {
         Ok(ModelKind::Student)
     } else if has(teacher_file::METADATA_KEY) {
