@@ -1,8 +1,10 @@
 //! Image preprocessing: the centred crop with the input's aspect ratio (for a
 //! square input, the centred square of the shorter side, as training's
-//! `derm-train prepare` and the paper do), bilinear resize of its RGB8 pixels
-//! to the model's input size, then per-channel normalization, written straight
-//! into a caller-owned planar (CHW) `f32` buffer.
+//! `derm-train prepare` and the paper do), an antialiased bilinear resize of its
+//! RGB8 pixels to the model's input size (the filter training's loader uses, so a
+//! model sees the same pixels in training and in use), then per-channel
+//! normalization, written straight into a caller-owned planar (CHW) `f32` buffer.
+//! No heap: the filter weights live in fixed tables on the stack (about 14 KiB).
 
 /// Why an image could not be preprocessed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,6 +20,10 @@ pub enum PreprocessError {
     },
     /// The crop region is empty or reaches outside the image.
     BadRegion,
+    /// The crop is more than about 500 times the output size along an axis (a side of
+    /// 64,000 pixels for a 128 px model): more source pixels per output pixel than the
+    /// resize's fixed-size weight tables hold.
+    TooLarge,
     /// The output buffer is not `3 * out_h * out_w` long.
     WrongOutputLen {
         /// `3 * out_h * out_w`.
@@ -33,6 +39,9 @@ impl core::fmt::Display for PreprocessError {
             PreprocessError::EmptyImage => f.write_str("image has zero width or height"),
             PreprocessError::BadRegion => {
                 f.write_str("crop region is empty or reaches outside the image")
+            }
+            PreprocessError::TooLarge => {
+                f.write_str("crop is too large to resize (more than about 500x the output side)")
             }
             PreprocessError::WrongPixelCount { expected, actual } => {
                 write!(
@@ -130,8 +139,10 @@ pub fn centre_crop(width: usize, height: usize, out_w: usize, out_h: usize) -> R
     }
 }
 
-/// Resizes the whole of `image` to `out_h x out_w` with bilinear interpolation (half-pixel
-/// centers, as PyTorch's `align_corners=False`) and writes
+/// Resizes the whole of `image` to `out_h x out_w` with antialiased bilinear interpolation
+/// (PyTorch's `interpolate(mode="bilinear", antialias=True, align_corners=False)`, Pillow's
+/// `BILINEAR`: when shrinking, the triangle filter widens by the reduction so every source
+/// pixel counts; when enlarging, plain bilinear with half-pixel centres) and writes
 /// `(value / 255 - mean[c]) / std[c]` in CHW order into `out`.
 pub fn resize_normalize(
     image: Image<'_>,
@@ -178,58 +189,113 @@ pub fn crop_resize_normalize(
     let bias = [-mean[0] / std[0], -mean[1] / std[1], -mean[2] / std[2]];
     let sy = region.height as f32 / out_h as f32;
     let sx = region.width as f32 / out_w as f32;
+    if taps_needed(sy) > MAX_TAPS || taps_needed(sx) > MAX_TAPS {
+        return Err(PreprocessError::TooLarge);
+    }
     let plane = out_h * out_w;
     let (red, rest) = out.split_at_mut(plane);
     let (green, blue) = rest.split_at_mut(plane);
     let row_len = image.width * 3;
-    // Column strips: each strip's source columns and weights are computed
-    // once (on the stack) instead of once per output row.
+    // Column strips: each strip's source columns and weights are computed once (on the
+    // stack) instead of once per output row. A strip ends early when its weights would
+    // overflow the table, which only happens for large reductions.
     const STRIP: usize = 64;
-    let mut cols = [(0usize, 0usize, 0f32); STRIP];
-    for x_start in (0..out_w).step_by(STRIP) {
-        let n = STRIP.min(out_w - x_start);
-        for (j, col) in cols[..n].iter_mut().enumerate() {
-            let (x0, x1, fx) = source_coords(x_start + j, sx, region.width);
-            *col = ((region.x + x0) * 3, (region.x + x1) * 3, fx);
+    let mut cols = [(0usize, 0usize, 0usize); STRIP]; // (first byte, taps, weight offset)
+    let mut wx = [0f32; COLUMN_TABLE];
+    let mut wy = [0f32; MAX_TAPS];
+    let need = taps_needed(sx);
+    let mut x_start = 0;
+    while x_start < out_w {
+        let mut n = 0;
+        let mut used = 0;
+        while n < STRIP && x_start + n < out_w {
+            let Some(w) = wx.get_mut(used..used + need) else {
+                break;
+            };
+            let (first, taps) = triangle_taps(x_start + n, sx, region.width, w);
+            cols[n] = ((region.x + first) * 3, taps, used);
+            used += taps;
+            n += 1;
         }
         for oy in 0..out_h {
-            let (y0, y1, fy) = source_coords(oy, sy, region.height);
-            let (y0, y1) = (region.y + y0, region.y + y1);
-            let row0 = &image.pixels[y0 * row_len..(y0 + 1) * row_len];
-            let row1 = &image.pixels[y1 * row_len..(y1 + 1) * row_len];
+            let (first_row, rows) = triangle_taps(oy, sy, region.height, &mut wy);
             let at = oy * out_w + x_start;
             let (r, g, b) = (
                 &mut red[at..at + n],
                 &mut green[at..at + n],
                 &mut blue[at..at + n],
             );
-            for (j, &(x0, x1, fx)) in cols[..n].iter().enumerate() {
+            for (j, &(x0, taps, w0)) in cols[..n].iter().enumerate() {
+                let weights = &wx[w0..w0 + taps];
                 let mut v = [0f32; 3];
-                for (c, v) in v.iter_mut().enumerate() {
-                    let p00 = f32::from(row0[x0 + c]);
-                    let p01 = f32::from(row0[x1 + c]);
-                    let p10 = f32::from(row1[x0 + c]);
-                    let p11 = f32::from(row1[x1 + c]);
-                    let top = p00 + (p01 - p00) * fx;
-                    let bottom = p10 + (p11 - p10) * fx;
-                    *v = (top + (bottom - top) * fy) * scale[c] + bias[c];
+                for (ky, &w_row) in wy[..rows].iter().enumerate() {
+                    let y = region.y + first_row + ky;
+                    let src = &image.pixels[y * row_len + x0..y * row_len + x0 + taps * 3];
+                    // Horizontal pass of one source row, then its vertical weight.
+                    let mut h = [0f32; 3];
+                    for (px, &w) in src.chunks_exact(3).zip(weights) {
+                        h[0] += w * f32::from(px[0]);
+                        h[1] += w * f32::from(px[1]);
+                        h[2] += w * f32::from(px[2]);
+                    }
+                    v[0] += w_row * h[0];
+                    v[1] += w_row * h[1];
+                    v[2] += w_row * h[2];
                 }
-                r[j] = v[0];
-                g[j] = v[1];
-                b[j] = v[2];
+                r[j] = v[0] * scale[0] + bias[0];
+                g[j] = v[1] * scale[1] + bias[1];
+                b[j] = v[2] * scale[2] + bias[2];
             }
         }
+        x_start += n;
     }
     Ok(())
 }
 
-/// Maps output index `o` to the two source indices and the weight of the
-/// second, clamping at the borders like PyTorch's bilinear `interpolate`.
-fn source_coords(o: usize, scale: f32, len: usize) -> (usize, usize, f32) {
-    let src = ((o as f32 + 0.5) * scale - 0.5).max(0.0);
-    let i0 = (src as usize).min(len - 1);
-    let i1 = (i0 + 1).min(len - 1);
-    (i0, i1, src - i0 as f32)
+/// The most source pixels one output pixel reads along one axis: a reduction by `r` reads
+/// about `2r + 1`, so this allows reductions up to about 500x (a 64,000 px crop for a 128 px
+/// model), far beyond any photo that fits in memory.
+const MAX_TAPS: usize = 1024;
+
+/// Weights of one column strip (8 KiB on the stack); a strip holds at least one column.
+const COLUMN_TABLE: usize = 2 * MAX_TAPS;
+
+/// An upper bound on the taps [`triangle_taps`] uses for a reduction by `scale`.
+fn taps_needed(scale: f32) -> usize {
+    2 * (scale.max(1.0) as usize) + 3
+}
+
+/// The source indices and normalized weights of output index `o` along an axis of `len`
+/// source pixels reduced by `scale` (input / output): the triangle (bilinear) filter widened
+/// by the reduction, so every source pixel contributes when shrinking. This is PyTorch's
+/// `interpolate(mode="bilinear", antialias=True, align_corners=False)` and Pillow's
+/// `BILINEAR` resize, formula for formula, which is what training's loader uses; when
+/// enlarging it is ordinary bilinear interpolation with half-pixel centres. Writes the
+/// weights to `w` and returns the first source index and the number of taps.
+fn triangle_taps(o: usize, scale: f32, len: usize, w: &mut [f32]) -> (usize, usize) {
+    let support = scale.max(1.0);
+    let inv = 1.0 / support;
+    let centre = scale * (o as f32 + 0.5);
+    // Truncation toward zero, then clamping, as in PyTorch and Pillow.
+    let first = ((centre - support + 0.5) as usize).min(len - 1);
+    let end = ((centre + support + 0.5) as usize).clamp(first + 1, len);
+    let taps = (end - first).min(w.len());
+    let mut total = 0.0;
+    for (j, wj) in w[..taps].iter_mut().enumerate() {
+        let d = ((first + j) as f32 - centre + 0.5) * inv;
+        *wj = (1.0 - d.abs()).max(0.0);
+        total += *wj;
+    }
+    if total > 0.0 {
+        for wj in &mut w[..taps] {
+            *wj /= total;
+        }
+    } else {
+        // Unreachable for valid sizes; a lone tap keeps the output defined regardless.
+        w[0] = 1.0;
+        return (first, 1);
+    }
+    (first, taps)
 }
 
 #[cfg(test)]
@@ -253,50 +319,78 @@ mod tests {
     }
 
     #[test]
-    fn downscale_by_two_averages_pixel_pairs() {
-        // A 4x1 ramp to 2x1: half-pixel centers land between pixels 0,1 and 2,3.
+    fn downscale_by_two_widens_the_triangle() {
+        // A 4x1 ramp to 2x1. Output 0 is centred at source 1.0 with a triangle of half-width 2:
+        // source pixels 0, 1, 2 weigh 0.75, 0.75, 0.25 (normalized by 1.75). Worked by hand
+        // from PyTorch's antialiased bilinear formula.
         let pixels: [u8; 12] = [0, 0, 0, 100, 100, 100, 200, 200, 200, 250, 250, 250];
         let img = Image::new(4, 1, &pixels).unwrap();
         let mut out = [0f32; 6];
         resize_normalize(img, 1, 2, [0.0; 3], [1.0 / 255.0; 3], &mut out).unwrap();
-        assert_eq!(&out[..2], &[50.0, 225.0]);
+        let want = [
+            125.0 / 1.75,
+            (0.25 * 100.0 + 0.75 * 200.0 + 0.75 * 250.0) / 1.75,
+        ];
+        for (got, want) in out[..2].iter().zip(want) {
+            assert!((got - want).abs() < 1e-3, "{got} vs {want}");
+        }
     }
 
-    /// The straightforward per-pixel loop the strip version must equal.
+    /// The antialiased bilinear resize written per output pixel, in f64, straight from the
+    /// formula (PyTorch's `_upsample_bilinear2d_aa`): the strip version must agree with it.
     fn naive(image: Image<'_>, out_h: usize, out_w: usize, out: &mut [f32]) {
-        let (sy, sx) = (
-            image.height as f32 / out_h as f32,
-            image.width as f32 / out_w as f32,
-        );
+        fn weights(o: usize, input: usize, output: usize) -> (usize, [f64; 256], usize) {
+            let scale = input as f64 / output as f64;
+            let support = scale.max(1.0);
+            let centre = scale * (o as f64 + 0.5);
+            let first = ((centre - support + 0.5) as i64).max(0) as usize;
+            let end = ((centre + support + 0.5) as i64).min(input as i64) as usize;
+            let mut w = [0f64; 256];
+            let mut total = 0.0;
+            for j in first..end {
+                let v = (1.0 - ((j as f64 - centre + 0.5) / support).abs()).max(0.0);
+                w[j - first] = v;
+                total += v;
+            }
+            for v in &mut w {
+                *v /= total;
+            }
+            (first, w, end - first)
+        }
         for oy in 0..out_h {
-            let (y0, y1, fy) = source_coords(oy, sy, image.height);
+            let (y0, wy, ny) = weights(oy, image.height, out_h);
             for ox in 0..out_w {
-                let (x0, x1, fx) = source_coords(ox, sx, image.width);
+                let (x0, wx, nx) = weights(ox, image.width, out_w);
                 for c in 0..3 {
-                    let px =
-                        |y: usize, x: usize| f32::from(image.pixels[(y * image.width + x) * 3 + c]);
-                    let top = px(y0, x0) + (px(y0, x1) - px(y0, x0)) * fx;
-                    let bottom = px(y1, x0) + (px(y1, x1) - px(y1, x0)) * fx;
-                    let v = top + (bottom - top) * fy;
+                    let mut v = 0.0;
+                    for ky in 0..ny {
+                        for kx in 0..nx {
+                            let px = image.pixels[((y0 + ky) * image.width + x0 + kx) * 3 + c];
+                            v += wy[ky] * wx[kx] * f64::from(px);
+                        }
+                    }
                     out[c * out_h * out_w + oy * out_w + ox] =
-                        v * (1.0 / (255.0 * 0.25)) + (-0.5 / 0.25);
+                        (v * (1.0 / (255.0 * 0.25)) + (-0.5 / 0.25)) as f32;
                 }
             }
         }
     }
 
     #[test]
-    fn strips_equal_the_per_pixel_loop() {
+    fn strips_equal_the_per_pixel_formula() {
         let mut state = 7u32;
         let mut pixels = [0u8; 3 * 97 * 131];
         for p in pixels.iter_mut() {
             state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
             *p = (state >> 24) as u8;
         }
-        // Up- and down-scaling, widths below, at and across strip boundaries.
+        // Up- and down-scaling (mild, 2x, 13x, to one pixel), widths below, at and across
+        // strip boundaries.
         for (w, h, ow, oh) in [
             (97, 131, 150, 7),
             (97, 131, 64, 64),
+            (97, 131, 80, 112),
+            (97, 131, 45, 10),
             (5, 3, 129, 2),
             (97, 131, 1, 1),
         ] {
@@ -306,8 +400,40 @@ mod tests {
             let n = 3 * ow * oh;
             resize_normalize(img, oh, ow, [0.5; 3], [0.25; 3], &mut got[..n]).unwrap();
             naive(img, oh, ow, &mut want[..n]);
-            assert_eq!(got[..n], want[..n], "{w}x{h} -> {ow}x{oh}");
+            for (i, (g, w_)) in got[..n].iter().zip(&want[..n]).enumerate() {
+                assert!(
+                    (g - w_).abs() < 1e-4,
+                    "{w}x{h} -> {ow}x{oh} at {i}: {g} vs {w_}"
+                );
+            }
         }
+    }
+
+    #[test]
+    fn a_large_reduction_keeps_every_pixel_and_huge_ones_are_refused() {
+        // 600 px of alternating black and white columns to 128: every output averages
+        // several columns, so nothing aliases to pure black or white.
+        let mut pixels = [0u8; 600 * 3];
+        for (i, p) in pixels.chunks_exact_mut(3).enumerate() {
+            p.fill(if i % 2 == 0 { 0 } else { 255 });
+        }
+        let img = Image::new(600, 1, &pixels).unwrap();
+        let mut out = [0f32; 3 * 128];
+        resize_normalize(img, 1, 128, [0.0; 3], [1.0 / 255.0; 3], &mut out).unwrap();
+        for v in &out {
+            assert!((v - 127.5).abs() < 20.0, "{v}");
+        }
+        let wide = [7u8; 3 * 70_000];
+        let img = Image::new(70_000, 1, &wide).unwrap();
+        assert_eq!(
+            resize_normalize(img, 1, 1, [0.0; 3], [1.0; 3], &mut [0f32; 3]),
+            Err(PreprocessError::TooLarge)
+        );
+        // Just inside the limit it works, and a constant stays constant.
+        let img = Image::new(60_000, 1, &wide[..3 * 60_000]).unwrap();
+        let mut one = [0f32; 3 * 128];
+        resize_normalize(img, 1, 128, [0.0; 3], [1.0 / 255.0; 3], &mut one).unwrap();
+        assert!(one.iter().all(|v| (v - 7.0).abs() < 1e-3));
     }
 
     #[test]
