@@ -98,6 +98,12 @@ pub struct DataArgs {
     /// Use at most N validation images of the fold (a seeded random subset).
     #[arg(long)]
     pub max_val: Option<usize>,
+    /// Train on the validation images too (after `--max-val`). Their scores are then
+    /// training scores: this is for the final model of a recipe already measured on
+    /// held-out folds, with `--select last`.
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub train_on_val: bool,
 }
 
 /// Where and how a training command runs: not part of what it trains (its spec), so a

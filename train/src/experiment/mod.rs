@@ -305,6 +305,7 @@ pub fn grid(
                         },
                         max_train: template.max_train,
                         max_val: template.max_val,
+                        train_on_val: false,
                     },
                     balance: BalanceArgs {
                         balance: setting,

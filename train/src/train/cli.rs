@@ -47,7 +47,8 @@ pub struct TrainArgs {
     /// Seed of initialization, data order, flips, noise and dropout.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Best-epoch criterion: accuracy, balanced, fairness or overall.
+    /// Best-epoch criterion: accuracy, balanced, fairness, overall, or last (the final
+    /// epoch, no selection on the validation fold).
     #[arg(long, default_value = "overall")]
     pub select: Criterion,
     /// Checkpoint every N steps (0: only at epoch ends).
@@ -115,6 +116,9 @@ pub struct RunData {
     pub plan: BalancePlan,
     /// Cross-entropy class weights.
     pub class_weights: Vec<f32>,
+    /// Whether the validation images are also trained on (`--train-on-val`), so their
+    /// scores are not held-out scores.
+    pub val_in_train: bool,
 }
 
 /// Sizes of a run's data, for reports.
@@ -177,8 +181,14 @@ impl RunData {
     /// Opens the cache and fold, subsamples, balances and resolves class weights.
     pub fn open(data: &DataArgs, balance: &BalanceArgs, train: &TrainArgs) -> Result<Self> {
         let (cache, f) = data.fold.open()?;
-        let tr = subsample(f.train, data.max_train, train.seed, 1);
+        let mut tr = subsample(f.train, data.max_train, train.seed, 1);
         let val = subsample(f.val, data.max_val, train.seed, 2);
+        if data.train_on_val {
+            // The validation images join training; they are still scored each epoch (as
+            // training images now), which shows the run is healthy but measures nothing.
+            tr.extend_from_slice(&val);
+            tr.sort_unstable();
+        }
         ensure!(
             !tr.is_empty() && !val.is_empty(),
             "empty training or validation set"
@@ -194,6 +204,7 @@ impl RunData {
             val,
             plan,
             class_weights,
+            val_in_train: data.train_on_val,
         })
     }
 

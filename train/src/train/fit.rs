@@ -47,6 +47,9 @@ pub enum Criterion {
     /// Mean of accuracy and fairness: ESFair's overall score without its latency term,
     /// which is the same for every epoch of one model.
     Overall,
+    /// The final epoch: no selection on the validation fold, so its scores are an unbiased
+    /// estimate (and a run trained with `--train-on-val` has nothing to select on).
+    Last,
 }
 
 impl FromStr for Criterion {
@@ -57,8 +60,11 @@ impl FromStr for Criterion {
             "balanced" | "balanced_accuracy" => Self::Balanced,
             "fairness" => Self::Fairness,
             "overall" => Self::Overall,
+            "last" => Self::Last,
             o => {
-                bail!("unknown selection criterion {o:?} (accuracy, balanced, fairness or overall)")
+                bail!(
+                    "unknown selection criterion {o:?} (accuracy, balanced, fairness, overall or last)"
+                )
             }
         })
     }
@@ -71,20 +77,27 @@ impl fmt::Display for Criterion {
             Self::Balanced => "balanced",
             Self::Fairness => "fairness",
             Self::Overall => "overall",
+            Self::Last => "last",
         })
     }
 }
 
 impl Criterion {
-    /// The score to maximize.
+    /// The score to maximize (for [`Criterion::Last`], the overall score, reported only:
+    /// every epoch replaces the previous one, see [`Criterion::keeps`]).
     pub fn score(self, e: &Evaluation) -> f64 {
         let fair = e.fairness.unwrap_or(0.0);
         match self {
             Self::Accuracy => e.accuracy,
             Self::Balanced => e.balanced_accuracy,
             Self::Fairness => fair + 1e-6 * e.accuracy,
-            Self::Overall => (e.accuracy + fair) / 2.0,
+            Self::Overall | Self::Last => (e.accuracy + fair) / 2.0,
         }
+    }
+
+    /// Whether an epoch scoring `score` becomes the best one, given the best so far.
+    pub fn keeps(self, score: f64, best: Option<f64>) -> bool {
+        self == Self::Last || best.is_none_or(|b| score > b)
     }
 }
 
@@ -857,7 +870,10 @@ impl Trainer<'_> {
             opts.criterion,
             score
         );
-        if state.best.as_ref().is_none_or(|b| score > b.score) {
+        if opts
+            .criterion
+            .keeps(score, state.best.as_ref().map(|b| b.score))
+        {
             save_weights(&self.best_path, self.vs)?;
             state.best = Some(Best { epoch, score });
         }

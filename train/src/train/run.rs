@@ -152,6 +152,16 @@ fn control(ctx: &RunContext) -> fit::RunControl {
     }
 }
 
+/// The validation scores a model file records: none when the validation images were
+/// trained on (`--train-on-val`), since those would be training scores that `export` and
+/// `pi-bench` would then show as validation scores.
+fn recorded_metrics(data: &RunData, best: Option<&EpochRecord>) -> BTreeMap<String, f64> {
+    match best {
+        Some(r) if !data.val_in_train => metric_map(r),
+        _ => BTreeMap::new(),
+    }
+}
+
 fn best_record(outcome: &FitOutcome) -> Option<EpochRecord> {
     outcome
         .state
@@ -230,7 +240,7 @@ fn train_teacher(spec: &RunSpec, m: &TeacherModelArgs, ctx: &RunContext) -> Resu
         std: data.cache.std(),
         command: command_line(),
         git_commit: git_commit(),
-        metrics: best.as_ref().map(metric_map).unwrap_or_default(),
+        metrics: recorded_metrics(&data, best.as_ref()),
     };
     let teacher_path = ctx.out.join("teacher.safetensors");
     teacher_file::save(&teacher_path, &vs, &meta)?;
@@ -475,7 +485,7 @@ pub fn save_student(
         git_commit: git_commit(),
         seed: Some(train.seed as i64),
         init_weights: m.init_weights.as_ref().map(|p| p.display().to_string()),
-        metrics: best.as_ref().map(metric_map).unwrap_or_default(),
+        metrics: recorded_metrics(data, best.as_ref()),
         notes,
     };
     let mut meta = StudentMeta::new(
