@@ -4,7 +4,8 @@
 //! from `(seed, epoch, position)` across crate upgrades (a resumed run must
 //! draw exactly what the uninterrupted one drew), so we own the algorithm
 //! (xoshiro256++ seeded through SplitMix64) instead of depending on `rand`'s
-//! unspecified `StdRng`.
+//! unspecified `StdRng`. Gaussian noise comes from `rand_distr`'s sampler fed by
+//! this generator (Cargo.lock pins its version, hence its values).
 
 /// xoshiro256++ generator.
 #[derive(Debug, Clone)]
@@ -91,28 +92,32 @@ impl Rng {
         }
     }
 
-    /// Fills `out` with independent N(0, sigma^2) samples (Marsaglia's polar
-    /// method in f32: no trigonometry, one 64-bit draw per attempt; noise
-    /// for whole batches is generated on every training step).
+    /// Fills `out` with independent N(0, sigma^2) samples: `rand_distr`'s ziggurat
+    /// sampler driven by this generator, so the noise of a slot is still a pure function
+    /// of the stream's parts (a resumed run draws the same noise without storing state).
     pub fn fill_normal(&mut self, out: &mut [f32], sigma: f32) {
-        const SCALE: f32 = 1.0 / (1u32 << 24) as f32;
-        let mut i = 0;
-        while i < out.len() {
-            let (u, v, s) = loop {
-                let r = self.next_u64();
-                let u = ((r >> 40) as f32 * SCALE) * 2.0 - 1.0;
-                let v = (((r >> 8) & 0xFF_FFFF) as f32 * SCALE) * 2.0 - 1.0;
-                let s = u * u + v * v;
-                if s > 0.0 && s < 1.0 {
-                    break (u, v, s);
-                }
-            };
-            let m = (-2.0 * s.ln() / s).sqrt() * sigma;
-            out[i] = u * m;
-            if i + 1 < out.len() {
-                out[i + 1] = v * m;
-            }
-            i += 2;
+        use rand_distr::Distribution;
+        for v in out {
+            let z: f32 = rand_distr::StandardNormal.sample(self);
+            *v = z * sigma;
+        }
+    }
+}
+
+/// Lets `rand_distr`'s distributions draw from our generator.
+impl rand::RngCore for Rng {
+    fn next_u32(&mut self) -> u32 {
+        (Rng::next_u64(self) >> 32) as u32
+    }
+
+    fn next_u64(&mut self) -> u64 {
+        Rng::next_u64(self)
+    }
+
+    fn fill_bytes(&mut self, dst: &mut [u8]) {
+        for chunk in dst.chunks_mut(8) {
+            let bytes = Rng::next_u64(self).to_le_bytes();
+            chunk.copy_from_slice(&bytes[..chunk.len()]);
         }
     }
 }
