@@ -3,7 +3,7 @@
 #   formatting, clippy (host, and aarch64 for the NEON code), rustdoc with warnings denied,
 #   host tests with libtorch,
 #   the runtime's tests built for aarch64 and run under qemu (Cortex-A72),
-#   and the C example (examples/c) on both.
+#   the C example (examples/c) on both, and pi-bench for aarch64 under qemu.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -50,5 +50,26 @@ DERM_MODEL="$PWD/$large/model.safetensors" \
 
 step "C example against the static library (host, and aarch64 under qemu)"
 scripts/c-example.sh
+
+step "pi-bench for aarch64 under qemu: the ESFair table on the 48 fixture images"
+derm_cross build --release --locked -p pi-bench --target aarch64-unknown-linux-gnu
+pb=target/pi-bench-aarch64
+rm -rf "$pb" && mkdir -p "$pb"
+fixture=train/tests/fixtures/ham10000
+qemu-aarch64 -L / -cpu cortex-a72 target/aarch64-cross/aarch64-unknown-linux-gnu/release/pi-bench \
+  --manifest "$fixture/metadata.csv" --image-dir "$fixture/images" --images 5 --iterations 1 \
+  --strict --json "$pb/report.json"
+# Every image classified (n = 48), the score keys present, the confusion PNGs written.
+python3 - "$pb/report.json" <<'PY'
+import json, os, sys
+r = json.load(open(sys.argv[1]))
+bad = [k for k in ("accuracy", "balanced_accuracy", "fairness", "latency_score", "overall", "groups")
+       if k not in r]
+if bad or r["esfair"]["n"] != 48 or r["skipped"]:
+    sys.exit(f"pi-bench (aarch64): missing {bad}, n = {r['esfair']['n']}, skipped {r['skipped']}")
+if not all(os.path.getsize(p) > 0 for p in r["confusion_pngs"]):
+    sys.exit("pi-bench (aarch64): an empty confusion PNG")
+print(f"pi-bench (aarch64): 48 images, accuracy {r['accuracy']:.4f}, L {r['l_seconds_per_100_images']:.2f} s under qemu")
+PY
 
 step "all checks passed"
