@@ -363,10 +363,10 @@ mod tests {
                 let (x0, wx, nx) = weights(ox, image.width, out_w);
                 for c in 0..3 {
                     let mut v = 0.0;
-                    for ky in 0..ny {
-                        for kx in 0..nx {
+                    for (ky, &w_row) in wy[..ny].iter().enumerate() {
+                        for (kx, &w_col) in wx[..nx].iter().enumerate() {
                             let px = image.pixels[((y0 + ky) * image.width + x0 + kx) * 3 + c];
-                            v += wy[ky] * wx[kx] * f64::from(px);
+                            v += w_row * w_col * f64::from(px);
                         }
                     }
                     out[c * out_h * out_w + oy * out_w + ox] =
