@@ -85,6 +85,48 @@ impl FoldArgs {
     }
 }
 
+/// A cache, or one fold of it, to score or compute logits on (`evaluate`, `teacher-logits`):
+/// every image without `--fold`; with it, the images of that fold the command names.
+#[derive(Debug, Clone, Args)]
+pub struct CacheFoldArgs {
+    /// Cache folder (from `prepare`).
+    #[arg(long)]
+    pub cache: PathBuf,
+    /// Only one fold's images (`evaluate`: its validation images; `teacher-logits`: its
+    /// training images); default: every image.
+    #[arg(long)]
+    pub fold: Option<usize>,
+    /// Folds (with `--fold`).
+    #[arg(long, default_value_t = 5)]
+    pub k: usize,
+    /// Seed of the fold assignment (with `--fold`).
+    #[arg(long, default_value_t = 0)]
+    pub split_seed: u64,
+}
+
+impl CacheFoldArgs {
+    /// Opens the cache once and picks its rows: `in_fold` (e.g. the fold's validation or
+    /// training indices) when `--fold` is given, else every row.
+    pub fn open(
+        &self,
+        in_fold: impl FnOnce(&FoldArgs) -> Result<(Cache, Vec<usize>)>,
+    ) -> Result<(Cache, Vec<usize>)> {
+        match self.fold {
+            Some(fold) => in_fold(&FoldArgs {
+                cache: self.cache.clone(),
+                k: self.k,
+                fold,
+                split_seed: self.split_seed,
+            }),
+            None => {
+                let cache = Cache::open(&self.cache)?;
+                let rows = (0..cache.len()).collect();
+                Ok((cache, rows))
+            }
+        }
+    }
+}
+
 /// A fold and the subset of it a run uses: the data part of a [`RunSpec`](crate::train::spec::RunSpec).
 #[derive(Debug, Clone, PartialEq, Eq, Args, Serialize, Deserialize)]
 pub struct DataArgs {

@@ -9,8 +9,7 @@ use anyhow::{Result, ensure};
 use clap::Args;
 use serde::Serialize;
 
-use crate::args::FoldArgs;
-use crate::data::cache::Cache;
+use crate::args::CacheFoldArgs;
 use crate::infer::{self, InferOptions, Tta};
 use crate::metrics::{EvalOptions, Evaluation, evaluate};
 use crate::plot::confusion_pngs;
@@ -23,18 +22,9 @@ pub struct EvaluateArgs {
     /// Student or teacher file; give it several times to score the ensemble (logits averaged).
     #[arg(long = "model", required = true)]
     pub models: Vec<PathBuf>,
-    /// Cache folder (from `derm-train prepare`).
-    #[arg(long)]
-    pub cache: PathBuf,
-    /// Score only the validation images of this fold (default: every image of the cache).
-    #[arg(long)]
-    pub fold: Option<usize>,
-    /// Folds (with `--fold`).
-    #[arg(long, default_value_t = 5)]
-    pub k: usize,
-    /// Seed of the fold assignment (with `--fold`).
-    #[arg(long, default_value_t = 0)]
-    pub split_seed: u64,
+    /// The cache; with `--fold`, only that fold's validation images.
+    #[command(flatten)]
+    pub data: CacheFoldArgs,
     /// As training's `--max-val` (with `--fold` and `--seed`): the same validation subset.
     #[arg(long)]
     pub max_val: Option<usize>,
@@ -90,22 +80,7 @@ pub fn run(a: EvaluateArgs) -> Result<()> {
         ensure!(t > 0, "--threads {t} must be > 0");
         tch::set_num_threads(t);
     }
-    let (cache, rows) = match a.fold {
-        Some(fold) => {
-            let f = FoldArgs {
-                cache: a.cache.clone(),
-                k: a.k,
-                fold,
-                split_seed: a.split_seed,
-            };
-            val_indices(&f, a.max_val, a.seed)?
-        }
-        None => {
-            let cache = Cache::open(&a.cache)?;
-            let rows = (0..cache.len()).collect();
-            (cache, rows)
-        }
-    };
+    let (cache, rows) = a.data.open(|f| val_indices(f, a.max_val, a.seed))?;
     let models = a
         .models
         .iter()
@@ -161,10 +136,10 @@ pub fn run(a: EvaluateArgs) -> Result<()> {
     std::fs::write(&pred_path, csv)?;
     let body = EvaluateReport {
         models: a.models.iter().map(|p| p.display().to_string()).collect(),
-        cache: a.cache.display().to_string(),
-        fold: a.fold,
-        k: a.k,
-        split_seed: a.split_seed,
+        cache: a.data.cache.display().to_string(),
+        fold: a.data.fold,
+        k: a.data.k,
+        split_seed: a.data.split_seed,
         images: rows.len(),
         tta: a.tta,
         train_size: a.train_size,

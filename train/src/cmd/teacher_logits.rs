@@ -9,8 +9,7 @@ use anyhow::{Result, ensure};
 use clap::Args;
 use tch::{Kind, Tensor};
 
-use crate::args::FoldArgs;
-use crate::data::cache::Cache;
+use crate::args::CacheFoldArgs;
 use crate::infer::{self, InferOptions, Tta};
 use crate::train::cli::train_indices;
 use crate::train::teacher_file::{self, LogitsMeta};
@@ -26,9 +25,10 @@ pub struct TeacherLogitsArgs {
     /// Test-time augmentation: logits averaged over none, a mirror, or the 8 dihedral views.
     #[arg(long, value_enum, default_value_t = Tta::None)]
     pub tta: Tta,
-    /// Cache folder.
-    #[arg(long)]
-    pub cache: PathBuf,
+    /// The cache; with `--fold`, only the training images of that fold (after `--max-train`
+    /// with `--seed`), i.e. exactly the rows a `distill` run with the same flags reads.
+    #[command(flatten)]
+    pub data: CacheFoldArgs,
     /// Output file (safetensors).
     #[arg(long)]
     pub out: PathBuf,
@@ -41,16 +41,6 @@ pub struct TeacherLogitsArgs {
     /// libtorch intra-op threads.
     #[arg(long)]
     pub threads: Option<i32>,
-    /// Only the training images of fold `--fold` of `--k` (after `--max-train` with
-    /// `--seed`), i.e. exactly the rows a `distill` run with the same flags reads.
-    #[arg(long)]
-    pub fold: Option<usize>,
-    /// Folds (with `--fold`).
-    #[arg(long, default_value_t = 5)]
-    pub k: usize,
-    /// Seed of the fold assignment (with `--fold`).
-    #[arg(long, default_value_t = 0)]
-    pub split_seed: u64,
     /// As `distill --max-train` (with `--fold`).
     #[arg(long)]
     pub max_train: Option<usize>,
@@ -71,20 +61,8 @@ pub fn run(a: TeacherLogitsArgs) -> Result<()> {
         .iter()
         .map(|p| infer::load_model(p))
         .collect::<Result<Vec<_>>>()?;
-    let cache = Cache::open(&a.cache)?;
+    let (cache, rows) = a.data.open(|f| train_indices(f, a.max_train, a.seed))?;
     infer::check_classes(&models, &cache)?;
-    let rows: Vec<usize> = match a.fold {
-        Some(fold) => {
-            let f = FoldArgs {
-                cache: a.cache.clone(),
-                k: a.k,
-                fold,
-                split_seed: a.split_seed,
-            };
-            train_indices(&f, a.max_train, a.seed)?.1
-        }
-        None => (0..cache.len()).collect(),
-    };
     let start = Instant::now();
     let opts = InferOptions {
         batch_size: a.batch_size,
@@ -115,7 +93,7 @@ pub fn run(a: TeacherLogitsArgs) -> Result<()> {
             .map(|p| p.display().to_string())
             .collect::<Vec<_>>()
             .join(","),
-        cache: a.cache.display().to_string(),
+        cache: a.data.cache.display().to_string(),
         samples: cache.len(),
         computed: rows.len(),
         input_size: sizes[0],
