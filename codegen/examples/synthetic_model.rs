@@ -4,6 +4,8 @@
 //! `cargo run --release -p derm-codegen --example synthetic_model -- models/default.safetensors [SEED]`
 //!
 //! writes `models/default.safetensors` and `models/default.golden.safetensors`.
+//! `-- OUT.safetensors [SEED] --spec tiny` writes the tiny synthetic model
+//! (`SyntheticSpec::tiny`, 32x32, every op kind) and its golden vectors instead.
 //! `-- --tiny DIR` writes the tiny synthetic model and its graph JSON (fuzzer seeds).
 
 use std::collections::HashMap;
@@ -18,7 +20,7 @@ const SAMPLES: usize = 2;
 fn main() -> Result<()> {
     let mut args = std::env::args().skip(1);
     let Some(out) = args.next() else {
-        bail!("usage: synthetic_model OUT.safetensors [SEED]");
+        bail!("usage: synthetic_model OUT.safetensors [SEED] [--spec small|tiny]");
     };
     if out == "--tiny" {
         // Seed files for the fuzzer: the tiny model and its graph JSON alone.
@@ -28,13 +30,25 @@ fn main() -> Result<()> {
         std::fs::write(format!("{dir}/tiny.json"), serde_json::to_string(&m.graph)?)?;
         return Ok(());
     }
-    let seed: u64 = args
-        .next()
-        .map(|s| s.parse())
-        .transpose()
-        .context("SEED")?
-        .unwrap_or(2026);
-    let model = SyntheticSpec::mobilenet_v3_small(&DEFAULT_CLASSES, seed).build()?;
+    let mut seed = 2026;
+    let mut tiny = false;
+    while let Some(arg) = args.next() {
+        if arg == "--spec" {
+            tiny = match args.next().as_deref() {
+                Some("small") => false,
+                Some("tiny") => true,
+                other => bail!("--spec {other:?}: expected small or tiny"),
+            };
+        } else {
+            seed = arg.parse().with_context(|| format!("SEED {arg:?}"))?;
+        }
+    }
+    let spec = if tiny {
+        SyntheticSpec::tiny(seed)
+    } else {
+        SyntheticSpec::mobilenet_v3_small(&DEFAULT_CLASSES, seed)
+    };
+    let model = spec.build()?;
     model.write(&out)?;
 
     let n_in: usize = model.graph.input.shape.iter().product();

@@ -7,6 +7,8 @@
 //! - [`plan`]: the static memory plan used by the generated code.
 //! - [`metadata`]: the model file's name, SHA-256, precision and provenance as constants.
 //! - [`synthetic`]: seeded random MobileNetV3-shaped models for tests.
+//! - [`onnx`]: the model as an ONNX file, for other engines and tools.
+//! - [`golden`]: a model's golden inputs and expected logits.
 //!
 //! ```
 //! use derm_codegen::{GenOptions, generate, synthetic::SyntheticSpec};
@@ -18,9 +20,11 @@
 //! ```
 
 mod emit;
+pub mod golden;
 pub mod ir;
 pub mod metadata;
 mod nodes;
+pub mod onnx;
 pub mod plan;
 pub mod reference;
 pub mod synthetic;
