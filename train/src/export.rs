@@ -21,6 +21,12 @@
 //! tch (eval mode, no grad), and every op's output (`layer.<op name>`, `[N, C, H, W]` or
 //! `[N, C]`) from running the exported graph's folded weights in tch, which also checks the
 //! folding: export fails if those logits drift from the student's.
+//!
+//! [`Precision`] chooses how the weights are stored. Folding always happens in f32;
+//! [`store_precision`] then converts the tensors (f16: IEEE half, round-to-nearest-even).
+//! The runtime widens stored weights back to f32 and computes in f32, so the golden vectors
+//! of a non-f32 export are recomputed from the widened weights ([`golden_stored`]): they
+//! are what the stored file computes, and parity tests keep their 1e-4 tolerance.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -37,6 +43,36 @@ pub const INPUT_NAME: &str = "input";
 /// Prefix of the per-layer tensors in the golden file.
 pub const LAYER_PREFIX: &str = "layer.";
 
+/// Provenance key recording the stored precision of the weights ([`Precision::name`]).
+pub const PRECISION_KEY: &str = "precision";
+
+/// How the exported weights and biases are stored. Arithmetic is f32 whatever the choice:
+/// the runtime widens stored weights to f32.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Precision {
+    /// IEEE binary32, exactly the folded weights.
+    #[default]
+    F32,
+    /// IEEE binary16 (round-to-nearest-even): half the bytes, about 3 decimal digits.
+    F16,
+}
+
+impl Precision {
+    /// The name in the command line, the provenance and `derm_codegen::metadata::precision`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::F16 => "f16",
+        }
+    }
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// What goes into the model file besides the network.
 #[derive(Debug, Clone)]
 pub struct ExportOptions {
@@ -45,6 +81,8 @@ pub struct ExportOptions {
     /// Write every op's output (`layer.<op name>`) into the golden file (about 7.5 MB per
     /// 224x224 Small input); `false` keeps only `input` and `logits`.
     pub golden_layers: bool,
+    /// Stored type of every weight and bias.
+    pub precision: Precision,
 }
 
 impl Default for ExportOptions {
@@ -52,6 +90,7 @@ impl Default for ExportOptions {
         Self {
             provenance: serde_json::Map::new(),
             golden_layers: true,
+            precision: Precision::F32,
         }
     }
 }
@@ -61,9 +100,10 @@ impl Default for ExportOptions {
 pub struct Golden {
     /// Preprocessed inputs `[N, 3, H, W]`.
     pub input: Tensor,
-    /// The student's logits `[N, C]` (tch, eval, no grad).
+    /// The logits `[N, C]` the stored model must produce: the student's (tch, eval, no
+    /// grad) for an f32 export, the folded graph's on the widened weights otherwise.
     pub logits: Tensor,
-    /// Every op's output from the folded graph, in execution order.
+    /// Every op's output from the folded graph (with the stored weights), in execution order.
     pub layers: Vec<(String, Tensor)>,
 }
 
@@ -231,7 +271,9 @@ impl Builder {
 
 /// Builds the model file of a student: BatchNorm folded, op list as in the module docs,
 /// preprocessing, classes and groups from its metadata, and provenance (the student's,
-/// then `opts.provenance` over it). The result has passed `derm_codegen`'s validation.
+/// `precision`, then `opts.provenance` over it). Tensors are f32 here whatever
+/// `opts.precision` says ([`store_precision`] converts them), so the fold can be checked
+/// on its own. The result has passed `derm_codegen`'s validation.
 pub fn model_file(student: &Student, opts: &ExportOptions) -> Result<ModelFile> {
     let m = &student.model;
     let meta = &student.meta;
@@ -292,6 +334,10 @@ pub fn model_file(student: &Student, opts: &ExportOptions) -> Result<ModelFile> 
             "head": meta.head.name(),
             "batchnorm": "folded (eval running statistics)",
         }),
+    );
+    provenance.insert(
+        PRECISION_KEY.into(),
+        serde_json::Value::String(opts.precision.name().into()),
     );
     provenance.extend(opts.provenance.clone());
     let graph = Graph {
@@ -475,6 +521,62 @@ pub fn golden(student: &Student, model: &ModelFile, n: i64, seed: i64) -> Result
     })
 }
 
+/// `model` (all f32) with every tensor stored in `precision`. Errors name a tensor whose
+/// values do not fit (an f16 overflow would silently become infinity).
+pub fn store_precision(model: &ModelFile, precision: Precision) -> Result<ModelFile> {
+    let mut tensors = BTreeMap::new();
+    for (name, t) in &model.tensors {
+        let values = t
+            .to_f32()
+            .with_context(|| format!("tensor {name} is {}, expected f32 or f16", t.dtype))?;
+        let stored = match precision {
+            Precision::F32 => ir::Tensor::from_f32(t.shape.clone(), &values),
+            Precision::F16 => {
+                let mut data = Vec::with_capacity(values.len() * 2);
+                for (i, &v) in values.iter().enumerate() {
+                    // `from_f32` rounds to nearest, ties to even.
+                    let h = half::f16::from_f32(v);
+                    if v.is_finite() && !h.is_finite() {
+                        bail!(
+                            "tensor {name}[{i}] = {v} does not fit in f16 (largest {})",
+                            half::f16::MAX
+                        );
+                    }
+                    data.extend_from_slice(&h.to_le_bytes());
+                }
+                ir::Tensor {
+                    dtype: ir::DType::F16,
+                    shape: t.shape.clone(),
+                    data,
+                }
+            }
+        };
+        tensors.insert(name.clone(), stored);
+    }
+    let mut graph = model.graph.clone();
+    // `ModelFile::new` rebuilds the table rows from the new tensors.
+    graph.tensors.clear();
+    ModelFile::new(graph, tensors).map_err(|e| anyhow::anyhow!("{precision} model is invalid: {e}"))
+}
+
+/// Golden vectors of `stored`, the export of `folded` in a narrower precision: per-layer
+/// outputs and logits recomputed in tch from its widened weights, because those, not the
+/// student's, are what the runtime computes from the file. `folded` is the f32 golden of
+/// the same inputs ([`golden`], which checked the fold).
+pub fn golden_stored(folded: &Golden, stored: &ModelFile) -> Result<Golden> {
+    let layers = TchGraph::new(stored)?.layers(&folded.input)?;
+    let logits = layers
+        .last()
+        .context("the graph has no ops")?
+        .1
+        .shallow_clone();
+    Ok(Golden {
+        input: folded.input.shallow_clone(),
+        logits,
+        layers,
+    })
+}
+
 /// What [`export`] wrote.
 #[derive(Debug)]
 pub struct ExportReport {
@@ -486,8 +588,13 @@ pub struct ExportReport {
     pub ops: usize,
     /// Parameters stored (after folding).
     pub params: usize,
-    /// Folded graph vs student logits, as a fraction of the logit range.
+    /// Folded graph vs student logits, as a fraction of the logit range (f32 weights).
     pub fold_error: f64,
+    /// Stored weights' precision.
+    pub precision: Precision,
+    /// Golden logits of the stored model vs the student's, as a fraction of the logit
+    /// range: the folding plus the rounding of the weights (equals `fold_error` for f32).
+    pub precision_error: f64,
 }
 
 /// Reads the student file `checkpoint`, writes the model file `out` and its golden file
@@ -511,9 +618,18 @@ pub fn export_student(
     golden_n: i64,
     seed: i64,
 ) -> Result<ExportReport> {
-    let model = model_file(student, opts)?;
-    let mut g = golden(student, &model, golden_n, seed)?;
+    let folded = model_file(student, opts)?;
+    let g = golden(student, &folded, golden_n, seed)?;
     let fold_error = relative_error(&g.layers.last().context("no ops")?.1, &g.logits)?;
+    let (model, mut g, precision_error) = match opts.precision {
+        Precision::F32 => (folded, g, fold_error),
+        Precision::F16 => {
+            let stored = store_precision(&folded, opts.precision)?;
+            let sg = golden_stored(&g, &stored)?;
+            let err = relative_error(&sg.logits, &g.logits)?;
+            (stored, sg, err)
+        }
+    };
     if !opts.golden_layers {
         g.layers.clear();
     }
@@ -528,6 +644,8 @@ pub fn export_student(
         ops: model.graph.ops.len(),
         params: model.tensors.values().filter_map(ir::Tensor::numel).sum(),
         fold_error,
+        precision: opts.precision,
+        precision_error,
     })
 }
 

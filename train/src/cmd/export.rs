@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::{Result, bail};
 use clap::Args;
 
-use crate::export::{self, ExportOptions};
+use crate::export::{self, ExportOptions, Precision};
 use crate::models::mobilenet_v3::{self, Arch, Head, LoadOptions};
 use crate::student_file::{DEFAULT_CLASSES, Provenance, Student, StudentMeta};
 
@@ -75,6 +75,11 @@ pub struct ExportArgs {
     /// provenance.
     #[arg(long, value_delimiter = ',', allow_hyphen_values = true)]
     pub logit_bias: Option<Vec<f32>>,
+    /// Stored type of the weights and biases: f32, or f16 (IEEE half, round-to-nearest-even;
+    /// half the file). Arithmetic stays f32: the runtime widens the weights. The golden
+    /// logits are those of the stored weights.
+    #[arg(long, value_enum, default_value_t = Precision::F32)]
+    pub precision: Precision,
     /// A JSON file stored in the provenance under `evaluation` (e.g. the `pi-bench --json`
     /// report of this model on a held-out fold), so the numbers travel with the model.
     #[arg(long)]
@@ -183,6 +188,7 @@ pub fn run(a: ExportArgs) -> Result<()> {
         &ExportOptions {
             provenance,
             golden_layers: !a.no_layers,
+            precision: a.precision,
         },
         a.golden_n,
         a.golden_seed,
@@ -194,6 +200,12 @@ pub fn run(a: ExportArgs) -> Result<()> {
         r.params,
         r.fold_error
     );
+    if r.precision != Precision::F32 {
+        println!(
+            "{} weights vs student: {:.1e} of the logit range (golden logits are the {} model's)",
+            r.precision, r.precision_error, r.precision
+        );
+    }
     println!("wrote {}", r.golden_path.display());
     Ok(())
 }

@@ -1,0 +1,152 @@
+//! `--precision f16`: the same student exported as f32 and f16. The f16 file is about half
+//! the size, stores every weight as F16, passes derm-codegen's validation, computes logits
+//! within 1e-2 of the logit range of the f32 export's, and its golden logits are its own
+//! (the widened weights'), not the student's.
+
+use std::path::Path;
+
+use derm_codegen::ir::{DType, ModelFile};
+use derm_codegen::{metadata, reference};
+use derm_train::export::{self, ExportOptions, Precision, golden_path};
+use derm_train::models::mobilenet_v3::{Arch, Head};
+use derm_train::student_file::{Provenance, Student, StudentMeta};
+
+/// A seeded Small student with non-identity BatchNorms (as `tests/export.rs` builds it).
+fn student(seed: i64) -> Student {
+    let classes = ["BCC", "BKL", "MEL", "NV", "unknown"]
+        .map(String::from)
+        .to_vec();
+    let mut meta = StudentMeta::new(Arch::Small, Head::Paper, classes, Provenance::default());
+    meta.input_size = [32, 48];
+    meta.mean = [0.6, 0.5, 0.4];
+    meta.std = [0.2, 0.25, 0.3];
+    let s = Student::seeded(meta, seed).unwrap();
+    export::perturb_for_parity_tests(&s, seed + 100);
+    s
+}
+
+fn golden_f32(path: &Path, name: &str) -> Vec<f32> {
+    let bytes = std::fs::read(path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let t = st.tensor(name).unwrap();
+    assert_eq!(t.dtype(), safetensors::Dtype::F32, "{name}");
+    t.data()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect()
+}
+
+fn range(v: &[f32]) -> f32 {
+    v.iter().copied().fold(f32::MIN, f32::max) - v.iter().copied().fold(f32::MAX, f32::min)
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max)
+}
+
+#[test]
+fn f16_export_is_half_the_size_and_close_to_f32() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = student(7);
+    let (p32, p16) = (
+        dir.path().join("m32.safetensors"),
+        dir.path().join("m16.safetensors"),
+    );
+    let opts = |precision| ExportOptions {
+        golden_layers: false,
+        precision,
+        ..Default::default()
+    };
+    let r32 = export::export_student(&s, &p32, &opts(Precision::F32), 2, 3).unwrap();
+    let r16 = export::export_student(&s, &p16, &opts(Precision::F16), 2, 3).unwrap();
+    assert_eq!(r32.precision_error, r32.fold_error);
+    assert!(
+        r16.precision_error > r16.fold_error && r16.precision_error < 1e-2,
+        "f16 vs student {} (fold {})",
+        r16.precision_error,
+        r16.fold_error
+    );
+
+    let (b32, b16) = (
+        std::fs::metadata(&p32).unwrap().len() as f64,
+        std::fs::metadata(&p16).unwrap().len() as f64,
+    );
+    let ratio = b16 / b32;
+    assert!(
+        (0.45..=0.56).contains(&ratio),
+        "f16 file {b16} B is {ratio:.3} of the f32 file {b32} B"
+    );
+
+    let m32 = ModelFile::read(&p32).unwrap();
+    let m16 = ModelFile::read(&p16).unwrap();
+    assert_eq!(m16.graph.ops, m32.graph.ops);
+    assert_eq!(m16.tensors.len(), m32.tensors.len());
+    for (name, t) in &m16.tensors {
+        assert_eq!(t.dtype, DType::F16, "{name}");
+        assert_eq!(m16.graph.tensors[name].dtype, DType::F16, "{name}");
+        assert_eq!(t.shape, m32.tensors[name].shape, "{name}");
+    }
+    assert_eq!(metadata::precision(&m16), "f16");
+    assert_eq!(metadata::precision(&m32), "f32");
+    assert_eq!(m16.graph.provenance["precision"], "f16");
+    assert_eq!(m32.graph.provenance["precision"], "f32");
+
+    // Same seed, same inputs: the golden files differ only in their logits.
+    let input = golden_f32(&golden_path(&p16), "input");
+    assert_eq!(input, golden_f32(&golden_path(&p32), "input"));
+    let want32 = golden_f32(&golden_path(&p32), "logits");
+    let want16 = golden_f32(&golden_path(&p16), "logits");
+    let (per, c) = (3 * 32 * 48, 5);
+    for n in 0..2 {
+        let x = &input[n * per..(n + 1) * per];
+        let l32 = &want32[n * c..(n + 1) * c];
+        let l16 = &want16[n * c..(n + 1) * c];
+        let r = range(l32);
+        assert!(r > 1e-3, "degenerate logits {l32:?}");
+        let got16 = reference::logits(&m16, x).unwrap();
+        // The f16 golden logits are what the f16 file computes (the runtime's 1e-4 check) ...
+        let own = max_abs_diff(&got16, l16);
+        assert!(
+            own <= 1e-4 * range(l16),
+            "sample {n}: {got16:?} vs golden {l16:?}"
+        );
+        // ... which is close to, but not exactly, the f32 model: the weights were rounded.
+        let err = max_abs_diff(&got16, l32);
+        assert!(
+            err > 0.0 && err <= 1e-2 * r,
+            "sample {n}: f16 {got16:?} vs f32 {l32:?} (err {err}, range {r})"
+        );
+    }
+}
+
+#[test]
+fn f16_rounds_to_nearest_even_and_rejects_overflow() {
+    let s = student(8);
+    let m = export::model_file(&s, &ExportOptions::default()).unwrap();
+    let name = "classifier.0.bias".to_owned();
+    let patch = |values: &[f32]| {
+        let mut m = m.clone();
+        let t = m.tensors.get_mut(&name).unwrap();
+        for (i, v) in values.iter().enumerate() {
+            t.data[i * 4..i * 4 + 4].copy_from_slice(&v.to_le_bytes());
+        }
+        m
+    };
+    // Halfway between neighbours of spacing 2^-10 near 1: ties go to the even mantissa.
+    let tie_down = 1.0 + 2f32.powi(-11);
+    let tie_up = 1.0 + 3.0 * 2f32.powi(-11);
+    let h = export::store_precision(&patch(&[tie_down, tie_up, -70000.0 / 2.0]), Precision::F16)
+        .unwrap();
+    let v = h.tensors[&name].to_f32().unwrap();
+    assert_eq!(&v[..3], &[1.0, 1.0 + 2f32.powi(-9), -35008.0]);
+
+    let err = export::store_precision(&patch(&[70000.0]), Precision::F16).unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(
+        msg.contains(&name) && msg.contains("70000"),
+        "error should name the tensor and value: {msg}"
+    );
+}
