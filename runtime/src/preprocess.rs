@@ -26,7 +26,7 @@ pub enum PreprocessError {
     TooLarge,
     /// The output buffer is not `3 * out_h * out_w` long.
     WrongOutputLen {
-        /// `3 * out_h * out_w`.
+        /// `3 * out_h * out_w`, saturated.
         expected: usize,
         /// The length that was passed.
         actual: usize,
@@ -122,13 +122,19 @@ impl Region {
 /// `out_w x out_h` (for a square output: the centred square of the shorter side). This is the
 /// crop training uses, so a photo of another aspect ratio is not squashed.
 pub fn centre_crop(width: usize, height: usize, out_w: usize, out_h: usize) -> Region {
+    // In u128, where a product of two sizes cannot overflow: the C ABI passes on whatever
+    // width and height its caller claims, and this runs before the pixel count is checked.
+    let (wide, tall) = (width as u128, height as u128);
+    let (ow, oh) = (out_w as u128, out_h as u128);
     let (w, h) = if out_w == 0 || out_h == 0 {
         (width, height)
-    } else if width.saturating_mul(out_h) > height.saturating_mul(out_w) {
-        // Wider than the output: keep the full height.
-        ((height * out_w / out_h).clamp(1, width.max(1)), height)
+    } else if wide * oh > tall * ow {
+        // Wider than the output: keep the full height. The quotient is below `width`, so it
+        // fits in a usize.
+        (((tall * ow / oh) as usize).clamp(1, width.max(1)), height)
     } else {
-        (width, (width * out_h / out_w).clamp(1, height.max(1)))
+        // The quotient is at most `height`.
+        (width, ((wide * oh / ow) as usize).clamp(1, height.max(1)))
     };
     // Saturating: an `Image` built by hand may be empty; the resize then reports it.
     Region {
@@ -166,10 +172,12 @@ pub fn crop_resize_normalize(
     std: [f32; 3],
     out: &mut [f32],
 ) -> Result<(), PreprocessError> {
-    let expected = 3 * out_h * out_w;
-    if out.len() != expected {
+    // Checked: a product that wraps could match a short buffer and send the loops below out
+    // of it. A saturated `expected` matches no slice of f32.
+    let expected = out_h.checked_mul(out_w).and_then(|n| n.checked_mul(3));
+    if expected != Some(out.len()) {
         return Err(PreprocessError::WrongOutputLen {
-            expected,
+            expected: expected.unwrap_or(usize::MAX),
             actual: out.len(),
         });
     }
@@ -180,6 +188,10 @@ pub fn crop_resize_normalize(
         || region.y.saturating_add(region.height) > image.height
     {
         return Err(PreprocessError::BadRegion);
+    }
+    if out.is_empty() {
+        // A zero output side: nothing to write, and the reduction below would be infinite.
+        return Ok(());
     }
     let scale = [
         1.0 / (255.0 * std[0]),
@@ -262,7 +274,10 @@ const COLUMN_TABLE: usize = 2 * MAX_TAPS;
 
 /// An upper bound on the taps [`triangle_taps`] uses for a reduction by `scale`.
 fn taps_needed(scale: f32) -> usize {
-    2 * (scale.max(1.0) as usize) + 3
+    // Saturating: `as` already saturates a huge or infinite scale to usize::MAX.
+    (scale.max(1.0) as usize)
+        .saturating_mul(2)
+        .saturating_add(3)
 }
 
 /// The source indices and normalized weights of output index `o` along an axis of `len`

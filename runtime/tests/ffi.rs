@@ -118,6 +118,19 @@ fn bad_arguments_return_codes() {
             call(px.as_ptr(), 11, 2, 2, arena_ptr, size, &mut class),
             DERM_ERR_LENGTH
         );
+        // Sizes whose products overflow (the centre crop used to multiply them unchecked).
+        assert_eq!(
+            call(
+                px.as_ptr(),
+                12,
+                usize::MAX - 36,
+                usize::MAX - 2,
+                arena_ptr,
+                size,
+                &mut class
+            ),
+            DERM_ERR_LENGTH
+        );
         let mut logits = [0f32; NUM_CLASSES];
         let x = [0f32; 4];
         assert_eq!(

@@ -3,7 +3,8 @@
 
 mod common;
 
-use derm_runtime::{Error, Image, NUM_CLASSES, PreprocessError, classify};
+use derm_runtime::preprocess::{centre_crop, resize_normalize};
+use derm_runtime::{Error, Image, MEAN, NUM_CLASSES, PreprocessError, STD, classify};
 
 fn image_bytes(w: usize, h: usize) -> Vec<u8> {
     (0..w * h * 3)
@@ -100,4 +101,40 @@ fn empty_and_inconsistent_images_are_errors() {
         pixels: &px,
     };
     assert!(classify(img, &mut arena).is_err());
+}
+
+#[test]
+fn absurd_sizes_are_errors_not_overflows() {
+    // Sizes as a C caller may claim them: the centre crop's products of these overflowed
+    // (a panic where overflow checks are on, as in this test profile).
+    let mut arena = common::boxed_arena();
+    let img = Image {
+        width: usize::MAX - 36,
+        height: usize::MAX - 2,
+        pixels: &[],
+    };
+    assert_eq!(
+        classify(img, &mut arena),
+        Err(Error::Image(PreprocessError::WrongPixelCount {
+            expected: usize::MAX,
+            actual: 0
+        }))
+    );
+    let r = centre_crop(usize::MAX, usize::MAX / 2, 4, 4);
+    assert_eq!((r.width, r.height), (usize::MAX / 2, usize::MAX / 2));
+
+    // An output size whose element count wraps to the buffer's length (here 0) was accepted,
+    // and the resize then indexed past the buffer even without overflow checks.
+    let px = [7u8; 3 * 4 * 4];
+    let img = Image::new(4, 4, &px).unwrap();
+    assert_eq!(
+        resize_normalize(img, usize::MAX / 2 + 1, 2, MEAN, STD, &mut []),
+        Err(PreprocessError::WrongOutputLen {
+            expected: usize::MAX,
+            actual: 0
+        })
+    );
+    // A zero output side has nothing to write (its reduction factor is infinite).
+    assert_eq!(resize_normalize(img, 0, 5, MEAN, STD, &mut []), Ok(()));
+    assert_eq!(resize_normalize(img, 5, 0, MEAN, STD, &mut []), Ok(()));
 }
