@@ -1,6 +1,7 @@
 # shellcheck shell=bash
 # Source this file (after scripts/setup.sh) to get the build environment:
-#   libtorch for tch (host builds), and the aarch64 cross settings as DERM_CROSS_* values.
+#   libtorch for tch (host builds), ONNX Runtime when installed, and the aarch64 cross
+#   settings as DERM_CROSS_* values.
 # It installs nothing and changes no toolchain default.
 DERM_CACHE="${DERM_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/derm}"
 export DERM_CACHE
@@ -8,6 +9,12 @@ export LIBTORCH="$DERM_CACHE/libtorch-2.13.0-cpu"
 export LD_LIBRARY_PATH="$LIBTORCH/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 # These would make tch's build script look somewhere other than $LIBTORCH.
 unset LIBTORCH_USE_PYTORCH LIBTORCH_INCLUDE LIBTORCH_LIB LIBTORCH_STATIC
+# ONNX Runtime for pi-bench's `ort` feature (optional: `scripts/setup.sh ort`). The `ort`
+# crate loads it at run time from ORT_DYLIB_PATH, exported only when the library is there
+# (sourcing never fails for an optional part).
+if [ -f "$DERM_CACHE/onnxruntime-1.31.1/lib/libonnxruntime.so.1.31.1" ]; then
+  export ORT_DYLIB_PATH="$DERM_CACHE/onnxruntime-1.31.1/lib/libonnxruntime.so"
+fi
 
 # Raspberry Pi 4 (Cortex-A72). Debian's rustc provides the aarch64 std; rustup's toolchain
 # stays the default, so cross commands pass RUSTC/RUSTDOC themselves (see derm_cross).

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # setup.sh: install what this workspace needs and nothing else.
 #
-#   scripts/setup.sh [libtorch] [aarch64] [icount]   (default: libtorch aarch64)
-#   scripts/setup.sh --check                          exit 0 when everything is in place
+#   scripts/setup.sh [libtorch] [aarch64] [icount] [ort]   (default: libtorch aarch64)
+#   scripts/setup.sh --check [PART...]   exit 0 when those parts (default: libtorch aarch64)
+#                                        are in place
 #
 #   libtorch  libtorch 2.13.0, CPU only, for tch 0.26.0 (training, export, baselines).
 #             Taken from the PyPI wheels torch==2.13.0 (cp311 manylinux_2_28_x86_64),
@@ -19,6 +20,12 @@
 #             qemu-user, and rust-web-src (for bare-metal -Zbuild-std=core). Needs root.
 #   icount    a qemu TCG plugin (libinsn.so) that counts executed aarch64 instructions, built
 #             from Debian's qemu source package into $DERM_CACHE/qemu-plugins.
+#   ort       ONNX Runtime 1.31.1 (CPU), the shared library the `ort` crate loads at run time
+#             (pi-bench's `ort` feature, scripts/compare.sh). Taken from the PyPI wheel
+#             onnxruntime==1.31.1 (cp311 manylinux_2_28_x86_64), pinned by sha256; only
+#             libonnxruntime.so* is kept (~30 MB), in $DERM_CACHE/onnxruntime-1.31.1/lib.
+#             scripts/env.sh points ORT_DYLIB_PATH at it. Optional: no default build or test
+#             needs it.
 #
 # Safe to run twice or at once (flock), and nothing half-installed looks installed: each
 # part is built in a temporary folder and moved into place before its marker is written.
@@ -43,6 +50,12 @@ AARCH64_PKGS=(rustc-web libstd-rust-web-dev:amd64 libstd-rust-web-dev:arm64 rust
               rust-web-src gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user)
 ICOUNT_PKGS=(gcc pkg-config libglib2.0-dev xz-utils)
 PLUGIN_DIR="$DERM_CACHE/qemu-plugins"
+
+# ONNX Runtime 1.31 is the API version ort 2.0.0-rc.15 (Cargo.toml) targets.
+ORT_VERSION=1.31.1
+ORT_SHA256=5752bd508126ae7c49894d3b9d2e83f0c3d487319246d04c444b393308d7ad7f
+ORT_DIR="$DERM_CACHE/onnxruntime-$ORT_VERSION"
+ORT_STAMP="onnxruntime=$ORT_VERSION layout=1"
 
 # --- libtorch ---------------------------------------------------------------------------
 libtorch_ok() {
@@ -130,6 +143,79 @@ PY
   trap - EXIT
   flock -u 8
   log "libtorch: installed in $LIBTORCH_DIR ($(du -sh "$LIBTORCH_DIR" | cut -f1)) in $(( $(date +%s) - start ))s"
+}
+
+# --- ONNX Runtime -----------------------------------------------------------------------
+ort_ok() {
+  [ -f "$ORT_DIR/.derm-setup-ok" ] \
+    && [ "$(cat "$ORT_DIR/.derm-setup-ok")" = "$ORT_STAMP" ] \
+    && [ -f "$ORT_DIR/lib/libonnxruntime.so.$ORT_VERSION" ] && [ -e "$ORT_DIR/lib/libonnxruntime.so" ]
+}
+
+install_ort() {
+  ort_ok && { log "ONNX Runtime $ORT_VERSION present in $ORT_DIR"; return 0; }
+  [ "$(uname -s)-$(uname -m)" = "Linux-x86_64" ] \
+    || die "ort: only Linux x86_64 hosts are supported (this is $(uname -s)-$(uname -m))"
+  command -v python3 >/dev/null 2>&1 \
+    || die "ort: python3 is needed to download the wheel; install it (apt-get install python3 python3-pip)"
+  python3 -m pip --version >/dev/null 2>&1 \
+    || die "ort: pip is missing; install it (apt-get install python3-pip, or python3 -m ensurepip)"
+  mkdir -p "$DERM_CACHE"
+  exec 5>"$DERM_CACHE/.onnxruntime.lock"
+  flock 5
+  ort_ok && { log "ONNX Runtime installed by a concurrent run"; return 0; }
+  local tmp start
+  start=$(date +%s)
+  tmp="$(mktemp -d "$DERM_CACHE/.onnxruntime-tmp.XXXXXX")"
+  # shellcheck disable=SC2064
+  trap "rm -rf '$tmp'" EXIT
+  printf 'onnxruntime==%s --hash=sha256:%s\n' "$ORT_VERSION" "$ORT_SHA256" >"$tmp/requirements.txt"
+  log "ort: downloading onnxruntime $ORT_VERSION with pip (~24 MB)"
+  # The platform and python flags pin the exact file whatever python runs pip.
+  if ! env -u PIP_FIND_LINKS PIP_REQUIRE_VIRTUALENV=false \
+    python3 -m pip download --no-deps --no-cache-dir --require-hashes --only-binary=:all: \
+      --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
+      --platform manylinux2014_x86_64 --python-version 3.11 --implementation cp --abi cp311 \
+      --progress-bar off --disable-pip-version-check \
+      -d "$tmp/wheels" -r "$tmp/requirements.txt" >&2; then
+    die "ort: pip could not download the pinned wheel (network, or a sha256 mismatch: see pip's message above). Nothing was installed; fix the cause and rerun scripts/setup.sh ort"
+  fi
+  log "ort: extracting libonnxruntime.so"
+  python3 - "$tmp/wheels" "$tmp/stage/lib" <<'PY' || die "ort: extraction failed (see above); nothing was installed"
+import glob, os, re, shutil, sys, zipfile
+wheels, lib = sys.argv[1], sys.argv[2]
+found = glob.glob(os.path.join(wheels, "onnxruntime-*.whl"))
+if len(found) != 1:
+    sys.exit(f"expected one onnxruntime wheel, found {found}")
+os.makedirs(lib, exist_ok=True)
+got = []
+with zipfile.ZipFile(found[0]) as z:
+    for info in z.infolist():
+        name = os.path.basename(info.filename)
+        if re.fullmatch(r"libonnxruntime\.so(\.[0-9]+)*", name):
+            with z.open(info) as src, open(os.path.join(lib, name), "wb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
+            got.append(name)
+if not got:
+    sys.exit("the onnxruntime wheel holds no libonnxruntime.so*")
+PY
+  [ -f "$tmp/stage/lib/libonnxruntime.so.$ORT_VERSION" ] \
+    || die "ort: the wheel has no libonnxruntime.so.$ORT_VERSION; nothing was installed"
+  chmod 0755 "$tmp/stage/lib/"libonnxruntime.so*
+  # The wheel ships only the versioned file; the SONAME link and the plain name are for dlopen.
+  ln -sf "libonnxruntime.so.$ORT_VERSION" "$tmp/stage/lib/libonnxruntime.so.1"
+  ln -sf "libonnxruntime.so.$ORT_VERSION" "$tmp/stage/lib/libonnxruntime.so"
+  if command -v ldd >/dev/null 2>&1 && ldd "$tmp/stage/lib/libonnxruntime.so" | grep -q 'not found'; then
+    ldd "$tmp/stage/lib/libonnxruntime.so" >&2
+    die "ort: libonnxruntime.so has unresolved dependencies (listed above); nothing was installed"
+  fi
+  printf '%s\n' "$ORT_STAMP" >"$tmp/stage/.derm-setup-ok"
+  rm -rf "$ORT_DIR"
+  mv "$tmp/stage" "$ORT_DIR"
+  rm -rf "$tmp"
+  trap - EXIT
+  flock -u 5
+  log "ort: installed in $ORT_DIR ($(du -sh "$ORT_DIR" | cut -f1)) in $(( $(date +%s) - start ))s"
 }
 
 # --- Debian packages --------------------------------------------------------------------
@@ -270,10 +356,10 @@ parts=()
 check=0
 for a in "$@"; do
   case "$a" in
-    libtorch|aarch64|icount) parts+=("$a") ;;
+    libtorch|aarch64|icount|ort) parts+=("$a") ;;
     --check) check=1 ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; exit 0 ;;
-    *) die "unknown argument '$a' (expected: libtorch, aarch64, icount, --check, --help)" ;;
+    *) die "unknown argument '$a' (expected: libtorch, aarch64, icount, ort, --check, --help)" ;;
   esac
 done
 [ "${#parts[@]}" = 0 ] && parts=(libtorch aarch64)

@@ -8,9 +8,13 @@
 //! - [`data`]: labelled test images (ESFair folder or CSV manifest), decoded to RGB8;
 //! - [`esfair`]: the score, with the same definitions as `derm-train`'s metrics;
 //! - [`model_info`]: the embedded model's file, SHA-256, precision and recorded metrics;
-//! - [`plot`]: per-group confusion-matrix PNGs.
+//! - [`plot`]: per-group confusion-matrix PNGs;
+//! - `engine` (feature `engine`, enabled by `libtorch`, `ort` and `tract`): the same protocol
+//!   on other inference engines, with a logit check against the embedded model.
 
 pub mod data;
+#[cfg(feature = "engine")]
+pub mod engine;
 pub mod esfair;
 pub mod model_info;
 pub mod plot;

@@ -87,28 +87,4 @@ impl Summary {
         println!("per image p90:    {:.3} ms", self.p90_ms);
         println!("per image p99:    {:.3} ms", self.p99_ms);
     }
-
-    /// The summary as JSON, with the same keys as `pi-bench --json` where they overlap.
-    pub fn json(&self, engine: &str, model: &str) -> String {
-        format!(
-            concat!(
-                "{{\n  \"engine\": {:?},\n  \"model_file\": {:?},\n",
-                "  \"protocol\": {{\"iterations\": {}, \"images_per_iteration\": {}, \"mode\": \"classify\", \"stage\": \"classify\", \"threads\": 1}},\n",
-                "  \"l_seconds_per_100_images\": {},\n  \"latency_score\": {},\n",
-                "  \"images_per_second\": {},\n",
-                "  \"per_image_ms\": {{\"mean\": {}, \"p50\": {}, \"p90\": {}, \"p99\": {}}}\n}}\n"
-            ),
-            engine,
-            model,
-            self.iterations,
-            self.images,
-            self.l_seconds_per_100,
-            self.latency_score,
-            self.images_per_s,
-            self.mean_ms,
-            self.p50_ms,
-            self.p90_ms,
-            self.p99_ms
-        )
-    }
 }
