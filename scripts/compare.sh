@@ -27,10 +27,11 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 # shellcheck source=scripts/env.sh
 source scripts/env.sh
+# Before the export below: nproc reports OMP_NUM_THREADS when it is set.
+cores=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 out="target/compare"
 mkdir -p "$out"
-cores=$(nproc)
 
 # The engine binaries build in the dev profile, whose dependencies are already optimized
 # (opt-level 2, see Cargo.toml); our crates and tract's are raised to opt-level 3 so the
