@@ -3,9 +3,9 @@
 //!
 //! The model file is exported to ONNX in memory (`derm_codegen::onnx`, or `--onnx FILE`),
 //! loaded by tract-onnx with the input fixed to `[1, 3, H, W]`, decluttered and optimized once,
-//! and run with one plan state per worker. tract runs one thread per image here (its
-//! multithreaded matrix products are behind a feature this build leaves off), so
-//! `--intra-op-threads` must be 1. Preprocessing, softmax, the timed loop, the logit check
+//! and run with one plan state per worker, reused across images. tract runs one thread per
+//! image here (its multithreaded matrix products are behind a feature this build leaves off),
+//! so `--intra-op-threads` must be 1. Preprocessing, softmax, the timed loop, the logit check
 //! against the embedded model and the report are `pi_bench::engine`'s.
 
 use std::process::ExitCode;
@@ -25,9 +25,9 @@ struct Args {
     onnx: OnnxArgs,
 }
 
-/// One tract plan and the input's shape.
+/// One worker's run state of the shared plan, and the input's shape.
 struct Tract {
-    plan: Arc<TypedRunnableModel>,
+    state: TypedSimpleState,
     shape: [usize; 4],
 }
 
@@ -35,7 +35,7 @@ impl Network for Tract {
     fn logits(&mut self, input: &[f32]) -> Result<Vec<f32>> {
         let x = Tensor::from_shape(&self.shape, input).map_err(|e| anyhow!("tract input: {e}"))?;
         let outputs = self
-            .plan
+            .state
             .run(tvec!(x.into()))
             .map_err(|e| anyhow!("tract: {e:#}"))?;
         let logits = outputs.first().context("tract: the graph has no output")?;
@@ -72,11 +72,14 @@ fn main() -> Result<ExitCode> {
     let model = ModelSource::read(&protocol.model)?;
     let (onnx, origin) = args.onnx.bytes(&model)?;
     let shape = model.input_shape();
-    // The optimized plan is immutable and shared; each run makes its own state.
+    // The optimized plan is immutable and shared; each worker keeps one run state, reused
+    // from image to image as a serving loop would.
     let shared = plan(&onnx, shape).with_context(|| format!("ONNX graph {origin}"))?;
     let nets = engine::workers(protocol, || {
         Ok(Tract {
-            plan: Arc::clone(&shared),
+            state: shared
+                .spawn()
+                .map_err(|e| anyhow!("tract run state: {e:#}"))?,
             shape,
         })
     })?;
