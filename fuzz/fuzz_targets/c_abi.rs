@@ -34,43 +34,14 @@ use derm_runtime::{
 };
 use libfuzzer_sys::fuzz_target;
 
+mod common;
+use common::{Bytes, boxed_arena, repeat};
+
 /// Largest pixel buffer a run builds (by repeating its bytes).
 const MAX_RGB: usize = 64 * 1024;
 
 /// What an output holds before the call: a NaN no kernel produces, to see whether it was written.
 const UNTOUCHED: f32 = f32::from_bits(0x7fc0_d3a1);
-
-/// Reads the input front to back; past the end every read is zero.
-struct Bytes<'a>(&'a [u8]);
-
-impl<'a> Bytes<'a> {
-    fn u8(&mut self) -> u8 {
-        let (&b, rest) = self.0.split_first().unwrap_or((&0, &[]));
-        self.0 = rest;
-        b
-    }
-
-    fn le(&mut self, n: usize) -> u64 {
-        (0..n).fold(0u64, |v, i| v | u64::from(self.u8()) << (8 * i))
-    }
-
-    /// A size: the tag's low two bits choose small (0..=63), 16-bit, any `usize`, or
-    /// `usize::MAX` minus a small number.
-    fn size(&mut self) -> usize {
-        let tag = self.u8();
-        let small = usize::from(tag >> 2);
-        match tag & 3 {
-            0 => small,
-            1 => self.le(2) as usize,
-            2 => self.le(8) as usize,
-            _ => usize::MAX - small,
-        }
-    }
-
-    fn rest(&mut self) -> &'a [u8] {
-        std::mem::take(&mut self.0)
-    }
-}
 
 /// Caller memory for the C arena (`derm_arena_size() + 64` bytes from a 64-aligned address, so
 /// a full-size arena fits at every offset 0..64) and a Rust arena for the reference results.
@@ -91,17 +62,12 @@ fn c_arena_layout() -> std::alloc::Layout {
 fn memory() -> std::sync::MutexGuard<'static, Option<Memory>> {
     let mut guard = MEMORY.lock().unwrap_or_else(|e| e.into_inner());
     guard.get_or_insert_with(|| {
-        let layout = std::alloc::Layout::new::<Arena>();
-        // SAFETY: both layouts have non-zero size; Arena is plain f32s, valid when zeroed, and
-        // the Box gets Arena's own layout. The C arena lives for the whole process.
-        unsafe {
-            let c_arena = std::alloc::alloc_zeroed(c_arena_layout());
-            let rust = std::alloc::alloc_zeroed(layout).cast::<Arena>();
-            assert!(!c_arena.is_null() && !rust.is_null(), "out of memory");
-            Memory {
-                c_arena,
-                rust: Box::from_raw(rust),
-            }
+        // SAFETY: the layout has non-zero size. The C arena lives for the whole process.
+        let c_arena = unsafe { std::alloc::alloc_zeroed(c_arena_layout()) };
+        assert!(!c_arena.is_null(), "out of memory");
+        Memory {
+            c_arena,
+            rust: boxed_arena(),
         }
     });
     guard
@@ -168,11 +134,7 @@ fn c_classify(input: &mut Bytes<'_>) {
         _ => declared.min(MAX_RGB) ^ usize::from(input.u8() & 1),
     };
     let seed = input.rest();
-    let rgb: Vec<u8> = if seed.is_empty() {
-        vec![0; rgb_len]
-    } else {
-        seed.iter().copied().cycle().take(rgb_len).collect()
-    };
+    let rgb = repeat(seed, rgb_len);
     let rgb_ptr = if flags & 4 != 0 {
         std::ptr::null()
     } else {

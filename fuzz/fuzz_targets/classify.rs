@@ -39,44 +39,15 @@ use derm_runtime::{
 };
 use libfuzzer_sys::fuzz_target;
 
+mod common;
+use common::{Bytes, boxed_arena, repeat};
+
 /// Largest pixel buffer a run builds by repeating its bytes: enough for very wide (87,381 x 1)
 /// or tall images and for 500x reductions, small enough to keep runs fast.
 const MAX_FILL: usize = 256 * 1024;
 
 /// Largest output buffer `crop_resize_normalize` gets (3 x 64 x 64).
 const MAX_OUT: usize = 3 * 64 * 64;
-
-/// Reads the input front to back; past the end every read is zero.
-struct Bytes<'a>(&'a [u8]);
-
-impl<'a> Bytes<'a> {
-    fn u8(&mut self) -> u8 {
-        let (&b, rest) = self.0.split_first().unwrap_or((&0, &[]));
-        self.0 = rest;
-        b
-    }
-
-    fn le(&mut self, n: usize) -> u64 {
-        (0..n).fold(0u64, |v, i| v | u64::from(self.u8()) << (8 * i))
-    }
-
-    /// A size: the tag's low two bits choose small (0..=63), 16-bit, any `usize`, or
-    /// `usize::MAX` minus a small number.
-    fn size(&mut self) -> usize {
-        let tag = self.u8();
-        let small = usize::from(tag >> 2);
-        match tag & 3 {
-            0 => small,
-            1 => self.le(2) as usize,
-            2 => self.le(8) as usize,
-            _ => usize::MAX - small,
-        }
-    }
-
-    fn rest(&mut self) -> &'a [u8] {
-        std::mem::take(&mut self.0)
-    }
-}
 
 /// The arena reused across runs (so it holds the previous run's values) and a second one that
 /// is filled with NaN before each use.
@@ -87,17 +58,6 @@ struct Arenas {
 
 static ARENAS: Mutex<Option<Arenas>> = Mutex::new(None);
 
-fn boxed_arena() -> Box<Arena> {
-    let layout = std::alloc::Layout::new::<Arena>();
-    // SAFETY: Arena is a plain array of f32, for which all-zero bytes are valid; the layout is
-    // Arena's own, so Box may free it.
-    unsafe {
-        let p = std::alloc::alloc_zeroed(layout).cast::<Arena>();
-        assert!(!p.is_null(), "out of memory allocating the arena");
-        Box::from_raw(p)
-    }
-}
-
 fn fill_nan(arena: &mut Arena) {
     // SAFETY: Arena is `repr(C)` around an array of f32; viewing it as f32s is exact.
     let floats = unsafe {
@@ -107,14 +67,6 @@ fn fill_nan(arena: &mut Arena) {
         )
     };
     floats.fill(f32::NAN);
-}
-
-/// `len` bytes made by repeating `seed` (zeros when it is empty).
-fn repeat(seed: &[u8], len: usize) -> Vec<u8> {
-    if seed.is_empty() {
-        return vec![0; len];
-    }
-    seed.iter().copied().cycle().take(len).collect()
 }
 
 /// `w * h * 3` when it is at most `cap`.
