@@ -57,6 +57,32 @@ ORT_SHA256=5752bd508126ae7c49894d3b9d2e83f0c3d487319246d04c444b393308d7ad7f
 ORT_DIR="$DERM_CACHE/onnxruntime-$ORT_VERSION"
 ORT_STAMP="onnxruntime=$ORT_VERSION layout=1"
 
+# --- pinned wheels from PyPI (libtorch, ort) --------------------------------------------
+# need_pip PART WHAT: dies unless this host can download the x86_64 wheels with pip; WHAT
+# ("the wheels", "the wheel") only words the message.
+need_pip() {
+  [ "$(uname -s)-$(uname -m)" = "Linux-x86_64" ] \
+    || die "$1: only Linux x86_64 hosts are supported (this is $(uname -s)-$(uname -m))"
+  command -v python3 >/dev/null 2>&1 \
+    || die "$1: python3 is needed to download $2; install it (apt-get install python3 python3-pip)"
+  python3 -m pip --version >/dev/null 2>&1 \
+    || die "$1: pip is missing; install it (apt-get install python3-pip, or python3 -m ensurepip)"
+}
+
+# pip_download DIR REQUIREMENTS PLATFORM...: downloads into DIR the wheels REQUIREMENTS pins by
+# version and sha256, for CPython 3.11 on the PLATFORMs; the platform and python flags pin the
+# exact files whatever python runs pip. Returns pip's status.
+pip_download() {
+  local dir="$1" req="$2" p platforms=()
+  shift 2
+  for p in "$@"; do platforms+=(--platform "$p"); done
+  env -u PIP_FIND_LINKS PIP_REQUIRE_VIRTUALENV=false \
+    python3 -m pip download --no-deps --no-cache-dir --require-hashes --only-binary=:all: \
+      "${platforms[@]}" --python-version 3.11 --implementation cp --abi cp311 \
+      --progress-bar off --disable-pip-version-check \
+      -d "$dir" -r "$req" >&2
+}
+
 # --- libtorch ---------------------------------------------------------------------------
 libtorch_ok() {
   [ -f "$LIBTORCH_DIR/.derm-setup-ok" ] \
@@ -69,12 +95,7 @@ libtorch_ok() {
 
 install_libtorch() {
   libtorch_ok && { log "libtorch $TORCH_VERSION (CPU) present in $LIBTORCH_DIR"; return 0; }
-  [ "$(uname -s)-$(uname -m)" = "Linux-x86_64" ] \
-    || die "libtorch: only Linux x86_64 hosts are supported (this is $(uname -s)-$(uname -m))"
-  command -v python3 >/dev/null 2>&1 \
-    || die "libtorch: python3 is needed to download the wheels; install it (apt-get install python3 python3-pip)"
-  python3 -m pip --version >/dev/null 2>&1 \
-    || die "libtorch: pip is missing; install it (apt-get install python3-pip, or python3 -m ensurepip)"
+  need_pip libtorch "the wheels"
   mkdir -p "$DERM_CACHE"
   exec 8>"$DERM_CACHE/.libtorch.lock"
   flock 8
@@ -90,13 +111,8 @@ nvidia-cuda-runtime==$CUDART_VERSION --hash=sha256:$CUDART_SHA256
 nvidia-cuda-cupti==$CUPTI_VERSION --hash=sha256:$CUPTI_SHA256
 REQ
   log "libtorch: downloading torch $TORCH_VERSION and two CUDA runtime wheels with pip (~540 MB)"
-  # The platform and python flags pin the exact files whatever python runs pip.
-  if ! env -u PIP_FIND_LINKS PIP_REQUIRE_VIRTUALENV=false \
-    python3 -m pip download --no-deps --no-cache-dir --require-hashes --only-binary=:all: \
-      --platform manylinux_2_28_x86_64 --platform manylinux_2_25_x86_64 --platform manylinux_2_17_x86_64 \
-      --platform manylinux2014_x86_64 --python-version 3.11 --implementation cp --abi cp311 \
-      --progress-bar off --disable-pip-version-check \
-      -d "$tmp/wheels" -r "$tmp/requirements.txt" >&2; then
+  if ! pip_download "$tmp/wheels" "$tmp/requirements.txt" manylinux_2_28_x86_64 \
+    manylinux_2_25_x86_64 manylinux_2_17_x86_64 manylinux2014_x86_64; then
     die "libtorch: pip could not download the pinned wheels (network, or a sha256 mismatch: see pip's message above). Nothing was installed; fix the cause and rerun scripts/setup.sh"
   fi
   log "libtorch: extracting the CPU parts"
@@ -154,12 +170,7 @@ ort_ok() {
 
 install_ort() {
   ort_ok && { log "ONNX Runtime $ORT_VERSION present in $ORT_DIR"; return 0; }
-  [ "$(uname -s)-$(uname -m)" = "Linux-x86_64" ] \
-    || die "ort: only Linux x86_64 hosts are supported (this is $(uname -s)-$(uname -m))"
-  command -v python3 >/dev/null 2>&1 \
-    || die "ort: python3 is needed to download the wheel; install it (apt-get install python3 python3-pip)"
-  python3 -m pip --version >/dev/null 2>&1 \
-    || die "ort: pip is missing; install it (apt-get install python3-pip, or python3 -m ensurepip)"
+  need_pip ort "the wheel"
   mkdir -p "$DERM_CACHE"
   exec 5>"$DERM_CACHE/.onnxruntime.lock"
   flock 5
@@ -171,13 +182,8 @@ install_ort() {
   trap "rm -rf '$tmp'" EXIT
   printf 'onnxruntime==%s --hash=sha256:%s\n' "$ORT_VERSION" "$ORT_SHA256" >"$tmp/requirements.txt"
   log "ort: downloading onnxruntime $ORT_VERSION with pip (~24 MB)"
-  # The platform and python flags pin the exact file whatever python runs pip.
-  if ! env -u PIP_FIND_LINKS PIP_REQUIRE_VIRTUALENV=false \
-    python3 -m pip download --no-deps --no-cache-dir --require-hashes --only-binary=:all: \
-      --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
-      --platform manylinux2014_x86_64 --python-version 3.11 --implementation cp --abi cp311 \
-      --progress-bar off --disable-pip-version-check \
-      -d "$tmp/wheels" -r "$tmp/requirements.txt" >&2; then
+  if ! pip_download "$tmp/wheels" "$tmp/requirements.txt" manylinux_2_28_x86_64 \
+    manylinux_2_27_x86_64 manylinux_2_17_x86_64 manylinux2014_x86_64; then
     die "ort: pip could not download the pinned wheel (network, or a sha256 mismatch: see pip's message above). Nothing was installed; fix the cause and rerun scripts/setup.sh ort"
   fi
   log "ort: extracting libonnxruntime.so"
