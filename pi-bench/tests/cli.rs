@@ -3,7 +3,8 @@
 //! threads, the JSON fields and the confusion PNGs beside the JSON.
 
 use std::path::PathBuf;
-use std::process::Command;
+
+mod common;
 
 fn fixture() -> PathBuf {
     PathBuf::from(concat!(
@@ -13,22 +14,11 @@ fn fixture() -> PathBuf {
 }
 
 fn out_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("pi-bench-cli-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    common::out_dir(&format!("cli-{name}"))
 }
 
 fn pi_bench(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_pi-bench"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    common::run(env!("CARGO_BIN_EXE_pi-bench"), args, &[])
 }
 
 #[test]

@@ -3,10 +3,13 @@
 //! from disk and a model other than the embedded one run too; bad input fails without a panic.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use derm_codegen::synthetic::SyntheticSpec;
 use serde_json::Value;
+
+#[path = "../common/mod.rs"]
+mod common;
+pub use common::{out_dir, run};
 
 /// The file derm-runtime embeds in this build (its build script reads `DERM_MODEL` too).
 pub fn embedded_model() -> PathBuf {
@@ -22,33 +25,6 @@ pub fn embedded_model() -> PathBuf {
         path.display()
     );
     path
-}
-
-/// A fresh temporary folder for one test.
-pub fn out_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("pi-bench-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-/// Runs `bin` with `args`: (success, stdout, stderr).
-pub fn run(bin: &str, args: &[&str], env_remove: &[&str]) -> (bool, String, String) {
-    let mut cmd = Command::new(bin);
-    cmd.args(args);
-    for k in env_remove {
-        cmd.env_remove(k);
-    }
-    let Output {
-        status,
-        stdout,
-        stderr,
-    } = cmd.output().unwrap();
-    (
-        status.success(),
-        String::from_utf8_lossy(&stdout).into_owned(),
-        String::from_utf8_lossy(&stderr).into_owned(),
-    )
 }
 
 fn report(path: &Path) -> Value {
