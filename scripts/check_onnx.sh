@@ -21,19 +21,10 @@ ONNX_VERSION=1.23.2
 NUMPY_VERSION=2.4.6
 venv="target/onnx-venv"
 out="target/onnx-check"
-stamp="onnxruntime==$ORT_VERSION onnx==$ONNX_VERSION numpy==$NUMPY_VERSION"
-
-if [ "$(cat "$venv/.installed" 2>/dev/null)" != "$stamp" ]; then
-  command -v python3 >/dev/null || { echo "check_onnx: python3 is needed" >&2; exit 1; }
-  echo "check_onnx: installing $stamp into $venv (once)" >&2
-  rm -rf "$venv"
-  python3 -m venv "$venv"
-  # shellcheck disable=SC2086 # the stamp is the list of requirements
-  "$venv/bin/pip" install --quiet --no-cache-dir --disable-pip-version-check $stamp
-  "$venv/bin/python" -c "import onnx, onnxruntime, numpy" \
-    || { echo "check_onnx: onnx/onnxruntime do not import in $venv" >&2; exit 1; }
-  echo "$stamp" >"$venv/.installed"
-fi
+# shellcheck source=scripts/venv.sh
+source scripts/venv.sh
+derm_venv check_onnx "$venv" "onnx, onnxruntime, numpy" "onnx/onnxruntime do not import" \
+  "onnxruntime==$ORT_VERSION" "onnx==$ONNX_VERSION" "numpy==$NUMPY_VERSION"
 
 cargo build --locked -p derm-codegen --bin derm-codegen --example synthetic_model
 codegen="target/debug/derm-codegen"

@@ -22,22 +22,10 @@ cd "$root"
 TORCH_VERSION=2.13.0
 TORCHVISION_VERSION=0.28.0
 venv="target/torchvision-venv"
-stamp="torch==$TORCH_VERSION torchvision==$TORCHVISION_VERSION"
-
-if [ "$(cat "$venv/.installed" 2>/dev/null)" != "$stamp" ]; then
-  command -v python3 >/dev/null || { echo "check_torchvision: python3 is needed" >&2; exit 1; }
-  echo "check_torchvision: installing $stamp into $venv (once)" >&2
-  rm -rf "$venv"
-  python3 -m venv "$venv"
-  tmp="target/torchvision-venv.tmp"
-  rm -rf "$tmp" && mkdir -p "$tmp"
-  TMPDIR="$root/$tmp" "$venv/bin/pip" install --quiet --no-cache-dir --disable-pip-version-check \
-    "torch==$TORCH_VERSION" "torchvision==$TORCHVISION_VERSION"
-  rm -rf "$tmp"
-  "$venv/bin/python" -c "import torch, torchvision" \
-    || { echo "check_torchvision: torch does not import in $venv" >&2; exit 1; }
-  echo "$stamp" >"$venv/.installed"
-fi
+# shellcheck source=scripts/venv.sh
+source scripts/venv.sh
+derm_venv check_torchvision "$venv" "torch, torchvision" "torch does not import" \
+  "torch==$TORCH_VERSION" "torchvision==$TORCHVISION_VERSION"
 
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 # derm-train gets libtorch from scripts/env.sh inside the script; the venv's torch uses its own.
