@@ -12,6 +12,13 @@ fn codegen(args: &[&std::ffi::OsStr]) -> std::process::Output {
         .unwrap()
 }
 
+/// Runs `derm-codegen` with `args`, which must fail; returns its stderr.
+fn codegen_fails(args: &[&std::ffi::OsStr]) -> String {
+    let o = codegen(args);
+    assert!(!o.status.success());
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
 #[test]
 fn writes_code_and_weights() {
     let dir = tempfile::tempdir().unwrap();
@@ -45,17 +52,13 @@ fn bad_files_are_named() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("model.rs");
     let missing = dir.path().join("missing.safetensors");
-    let o = codegen(&[missing.as_os_str(), "-o".as_ref(), out.as_os_str()]);
-    assert!(!o.status.success());
-    let err = String::from_utf8_lossy(&o.stderr);
+    let err = codegen_fails(&[missing.as_os_str(), "-o".as_ref(), out.as_os_str()]);
     assert!(err.contains("missing.safetensors"), "{err}");
 
     let truncated = dir.path().join("truncated.safetensors");
     let bytes = SyntheticSpec::tiny(4).build().unwrap().to_bytes().unwrap();
     std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
-    let o = codegen(&[truncated.as_os_str(), "-o".as_ref(), out.as_os_str()]);
-    assert!(!o.status.success());
-    let err = String::from_utf8_lossy(&o.stderr);
+    let err = codegen_fails(&[truncated.as_os_str(), "-o".as_ref(), out.as_os_str()]);
     assert!(
         err.contains("truncated.safetensors") && err.contains("not a valid safetensors file"),
         "{err}"
@@ -174,14 +177,12 @@ fn onnx_errors_name_the_file_and_write_nothing() {
     let out = dir.path().join("model.onnx");
     let json = dir.path().join("golden.json");
     let missing = dir.path().join("missing.safetensors");
-    let o = codegen(&[
+    let err = codegen_fails(&[
         "onnx".as_ref(),
         missing.as_os_str(),
         "-o".as_ref(),
         out.as_os_str(),
     ]);
-    assert!(!o.status.success());
-    let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("missing.safetensors"), "{err}");
 
     // A model without its golden file, when --golden-json asks for it.
@@ -191,7 +192,7 @@ fn onnx_errors_name_the_file_and_write_nothing() {
         .unwrap()
         .write(&model)
         .unwrap();
-    let o = codegen(&[
+    let err = codegen_fails(&[
         "onnx".as_ref(),
         model.as_os_str(),
         "-o".as_ref(),
@@ -199,8 +200,6 @@ fn onnx_errors_name_the_file_and_write_nothing() {
         "--golden-json".as_ref(),
         json.as_os_str(),
     ]);
-    assert!(!o.status.success());
-    let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("lonely.golden.safetensors"), "{err}");
     assert!(!out.exists() && !json.exists(), "nothing written on error");
 
@@ -213,7 +212,7 @@ fn onnx_errors_name_the_file_and_write_nothing() {
         .write(&big)
         .unwrap();
     let golden = dir.path().join("tiny.golden.safetensors");
-    let o = codegen(&[
+    let err = codegen_fails(&[
         "onnx".as_ref(),
         big.as_os_str(),
         "-o".as_ref(),
@@ -223,8 +222,6 @@ fn onnx_errors_name_the_file_and_write_nothing() {
         "--golden".as_ref(),
         golden.as_os_str(),
     ]);
-    assert!(!o.status.success());
-    let err = String::from_utf8_lossy(&o.stderr);
     assert!(
         err.contains("tiny.golden.safetensors") && err.contains("224"),
         "{err}"
