@@ -6,7 +6,8 @@
 //! writes `models/default.safetensors` and `models/default.golden.safetensors`.
 //! `-- OUT.safetensors [SEED] --spec tiny` writes the tiny synthetic model
 //! (`SyntheticSpec::tiny`, 32x32, every op kind) and its golden vectors instead.
-//! `-- --tiny DIR` writes the tiny synthetic model and its graph JSON (fuzzer seeds).
+//! `-- --tiny DIR` writes the tiny synthetic model, its int8 version (`tiny_int8.*`) and their
+//! graph JSON (fuzzer seeds).
 
 use std::collections::HashMap;
 
@@ -28,6 +29,13 @@ fn main() -> Result<()> {
         let m = SyntheticSpec::tiny(1).build()?;
         m.write(format!("{dir}/tiny.safetensors"))?;
         std::fs::write(format!("{dir}/tiny.json"), serde_json::to_string(&m.graph)?)?;
+        // Its int8 version: seeds that reach the quantized validation paths.
+        let q = derm_codegen::synthetic::int8_of(&m, 8)?;
+        q.write(format!("{dir}/tiny_int8.safetensors"))?;
+        std::fs::write(
+            format!("{dir}/tiny_int8.json"),
+            serde_json::to_string(&q.graph)?,
+        )?;
         return Ok(());
     }
     let mut seed = 2026;

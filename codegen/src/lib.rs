@@ -26,6 +26,7 @@ pub mod metadata;
 mod nodes;
 pub mod onnx;
 pub mod plan;
+pub mod quant;
 pub mod reference;
 pub mod synthetic;
 
@@ -134,6 +135,16 @@ pub struct Generated {
 /// kernel call (fusing residual adds), plans the arena and packs the weights.
 pub fn generate(model: &ModelFile, opts: &GenOptions) -> Result<Generated, CodegenError> {
     let shapes = model.validate()?;
+    if model.graph.quantization.is_some() {
+        // The int8 semantics are defined and executed by `reference::int8`;
+        // compiling them needs the int8 kernels and a byte arena.
+        return Err(CodegenError::Unsupported {
+            op: model.graph.ops.first().map_or("", |o| o.name()).to_owned(),
+            reason: "int8 models are not compiled yet: run them with derm_codegen::reference \
+                     (docs/int8.md)"
+                .into(),
+        });
+    }
     let nodes = nodes::lower(model, &shapes, opts.fuse_residual)?;
     emit::generate(model, &shapes, &nodes, opts)
 }

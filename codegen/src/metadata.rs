@@ -93,9 +93,14 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 
 /// The distinct stored types of the tensors the ops read (weights and biases, not
 /// quantization parameters), in the order `f32`, `f16`, `i8`, joined by `+`; `f32` for a
-/// model without weights. Codegen widens everything to `f32` for the kernels, so this is
-/// what the file stores, not the arithmetic.
+/// model without weights; `int8` for a quantized model (integer weights, activations and
+/// arithmetic). For float models codegen widens everything to `f32` for the kernels, so
+/// this is what the file stores, not the arithmetic.
 pub fn precision(model: &ModelFile) -> String {
+    if model.graph.quantization.is_some() {
+        // Weights, activations and arithmetic are all integer.
+        return "int8".into();
+    }
     let mut seen = [false; 3];
     for op in &model.graph.ops {
         for name in op.tensor_names() {
@@ -104,6 +109,8 @@ pub fn precision(model: &ModelFile) -> String {
                     DType::F32 => 0,
                     DType::F16 => 1,
                     DType::I8 => 2,
+                    // Only int8 models (handled above) store i32 tensors.
+                    DType::I32 => continue,
                 };
                 seen[k] = true;
             }

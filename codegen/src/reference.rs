@@ -1,10 +1,13 @@
-//! A naive `f32` interpreter of the IR: the oracle between the exporting
-//! framework and the generated code.
+//! A naive interpreter of the IR: the oracle between the exporting framework
+//! and the generated code, in `f32` for float models and in integers
+//! ([`int8`]) for quantized ones.
 //!
 //! Straight loops over logical NCHW shapes with no packing, fusion or
 //! planning, so a mismatch elsewhere can be located layer by layer.
 
 use crate::ir::{Activation, IrError, ModelFile, Op};
+
+pub mod int8;
 
 /// One value computed by the interpreter.
 #[derive(Debug, Clone, PartialEq)]
@@ -13,8 +16,10 @@ pub struct LayerOutput {
     pub name: String,
     /// Logical shape: `[C, H, W]` or `[N]`.
     pub shape: Vec<usize>,
-    /// Data in that shape's row-major (CHW) order.
+    /// Data in that shape's row-major (CHW) order (dequantized for an int8 model).
     pub data: Vec<f32>,
+    /// The int8 values themselves, for an int8 model's values other than the logits.
+    pub quantized: Option<Vec<i8>>,
 }
 
 fn act(a: Activation, x: f32) -> f32 {
@@ -31,21 +36,66 @@ fn hardsigmoid(x: f32) -> f32 {
 
 /// Runs the model on one preprocessed input (`[3, H, W]` flattened) and
 /// returns every op's output in execution order; the model's logits are the
-/// value named `model.graph.output`.
+/// value named `model.graph.output`. A quantized model (one with
+/// `quantization`) runs with its int8 semantics ([`crate::reference::int8`]),
+/// and its values are reported dequantized.
 pub fn run(model: &ModelFile, input: &[f32]) -> Result<Vec<LayerOutput>, IrError> {
     let shapes = model.validate()?;
-    let g = &model.graph;
-    let in_shape = &shapes[&g.input.name];
+    if model.graph.quantization.is_some() {
+        let plan = crate::quant::QuantPlan::new(model, &shapes)?;
+        return int8::run(model, &shapes, &plan, input);
+    }
+    run_float(model, &shapes, input, &mut |_, _| {})
+}
+
+/// [`run`] of a float model that also shows `observe` every intermediate
+/// that int8 calibration needs, by its [`crate::quant::activation_keys`] key:
+/// the input, each op's output, the pre-activation of hardswish ops, and
+/// squeeze-excite's pooled and hidden vectors.
+pub fn run_observed(
+    model: &ModelFile,
+    input: &[f32],
+    observe: &mut dyn FnMut(&str, &[f32]),
+) -> Result<Vec<LayerOutput>, IrError> {
+    let shapes = model.validate()?;
+    if model.graph.quantization.is_some() {
+        return Err(IrError::BadField {
+            field: "quantization".into(),
+            reason: "calibration observes a float model; this one is already quantized".into(),
+        });
+    }
+    run_float(model, &shapes, input, observe)
+}
+
+fn check_input(
+    model: &ModelFile,
+    shapes: &crate::ir::ValueShapes,
+    input: &[f32],
+) -> Result<Vec<usize>, IrError> {
+    let in_shape = &shapes[&model.graph.input.name];
     if input.len() != in_shape.iter().product::<usize>() {
         return Err(IrError::BadField {
             field: "input".into(),
             reason: format!("{} values given, expected {in_shape:?}", input.len()),
         });
     }
+    Ok(in_shape.clone())
+}
+
+fn run_float(
+    model: &ModelFile,
+    shapes: &crate::ir::ValueShapes,
+    input: &[f32],
+    observe: &mut dyn FnMut(&str, &[f32]),
+) -> Result<Vec<LayerOutput>, IrError> {
+    let g = &model.graph;
+    let in_shape = check_input(model, shapes, input)?;
+    observe(&g.input.name, input);
     let mut values: Vec<LayerOutput> = vec![LayerOutput {
         name: g.input.name.clone(),
-        shape: in_shape.clone(),
+        shape: in_shape,
         data: input.to_vec(),
+        quantized: None,
     }];
     let get = |values: &[LayerOutput], name: &str| -> usize {
         // Validation guarantees every read value exists.
@@ -53,12 +103,16 @@ pub fn run(model: &ModelFile, input: &[f32]) -> Result<Vec<LayerOutput>, IrError
     };
     for op in &g.ops {
         let out_shape = shapes[op.output()].clone();
-        let data = match op {
+        let data: Vec<f32> = match op {
             Op::Conv2d(c) => {
                 let x = &values[get(&values, &c.input)];
                 let w = model.tensor_f32(&c.weight)?;
                 let b = model.tensor_f32(&c.bias)?;
-                conv2d(&x.data, &x.shape, &out_shape, &w, &b, c)
+                let pre = conv2d(&x.data, &x.shape, &out_shape, &w, &b, c);
+                if c.activation == Activation::Hardswish {
+                    observe(&crate::quant::pre_activation_key(&c.name), &pre);
+                }
+                pre.into_iter().map(|v| act(c.activation, v)).collect()
             }
             Op::SqueezeExcite(s) => {
                 let x = &values[get(&values, &s.input)];
@@ -71,11 +125,13 @@ pub fn run(model: &ModelFile, input: &[f32]) -> Result<Vec<LayerOutput>, IrError
                 let mean: Vec<f32> = (0..c)
                     .map(|ch| x.data[ch * hw..(ch + 1) * hw].iter().sum::<f32>() / hw as f32)
                     .collect();
+                observe(&crate::quant::pooled_key(&s.name), &mean);
                 let hidden: Vec<f32> = (0..q)
                     .map(|j| {
                         (b1[j] + (0..c).map(|i| w1[j * c + i] * mean[i]).sum::<f32>()).max(0.0)
                     })
                     .collect();
+                observe(&crate::quant::hidden_key(&s.name), &hidden);
                 let scale: Vec<f32> = (0..c)
                     .map(|j| {
                         hardsigmoid(b2[j] + (0..q).map(|i| w2[j * q + i] * hidden[i]).sum::<f32>())
@@ -105,20 +161,21 @@ pub fn run(model: &ModelFile, input: &[f32]) -> Result<Vec<LayerOutput>, IrError
                 let w = model.tensor_f32(&l.weight)?;
                 let b = model.tensor_f32(&l.bias)?;
                 let k = l.in_features;
-                (0..l.out_features)
-                    .map(|j| {
-                        act(
-                            l.activation,
-                            b[j] + (0..k).map(|i| w[j * k + i] * x[i]).sum::<f32>(),
-                        )
-                    })
-                    .collect()
+                let pre: Vec<f32> = (0..l.out_features)
+                    .map(|j| b[j] + (0..k).map(|i| w[j * k + i] * x[i]).sum::<f32>())
+                    .collect();
+                if l.activation == Activation::Hardswish {
+                    observe(&crate::quant::pre_activation_key(&l.name), &pre);
+                }
+                pre.into_iter().map(|v| act(l.activation, v)).collect()
             }
         };
+        observe(op.output(), &data);
         values.push(LayerOutput {
             name: op.output().to_owned(),
             shape: out_shape,
             data,
+            quantized: None,
         });
     }
     values.remove(0);
@@ -173,7 +230,7 @@ fn conv2d(
                         }
                     }
                 }
-                y[(co * oh + oy) * ow + ox] = act(c.activation, acc);
+                y[(co * oh + oy) * ow + ox] = acc;
             }
         }
     }
@@ -204,8 +261,9 @@ mod tests {
             activation: Activation::Hardswish,
         };
         let y = conv2d(&[1.0; 9], &[1, 3, 3], &[1, 2, 2], &[1.0; 4], &[-5.0], &c);
+        assert_eq!(y, vec![-1.0; 4]);
         // hardswish(-1) = -1 * 2 / 6.
-        assert_eq!(y, vec![-1.0 / 3.0; 4]);
+        assert_eq!(act(c.activation, y[0]), -1.0 / 3.0);
         assert_eq!(act(Activation::Relu, -2.0), 0.0);
         assert_eq!(act(Activation::Hardswish, 4.0), 4.0);
     }

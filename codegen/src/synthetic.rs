@@ -8,8 +8,8 @@
 use std::collections::BTreeMap;
 
 use crate::ir::{
-    Activation, Add, Conv2d, Crop, FORMAT_NAME, FORMAT_VERSION, GlobalAvgPool, Graph, InputSpec,
-    IrError, Layout, Linear, ModelFile, Op, Preprocess, SqueezeExcite, Tensor,
+    Activation, Add, Conv2d, Crop, FORMAT_NAME, GlobalAvgPool, Graph, InputSpec, IrError, Layout,
+    Linear, MIN_FORMAT_VERSION, ModelFile, Op, Preprocess, SqueezeExcite, Tensor,
 };
 
 /// One inverted-residual block (torchvision's `InvertedResidualConfig`).
@@ -224,7 +224,7 @@ impl SyntheticSpec {
         let s = self.input_size;
         let graph = Graph {
             format: FORMAT_NAME.into(),
-            version: FORMAT_VERSION,
+            version: MIN_FORMAT_VERSION,
             input: InputSpec {
                 name: "input".into(),
                 shape: [1, 3, s, s],
@@ -242,6 +242,7 @@ impl SyntheticSpec {
             ops: b.ops,
             tensors: BTreeMap::new(),
             provenance,
+            quantization: None,
         };
         ModelFile::new(graph, b.tensors)
     }
@@ -283,6 +284,35 @@ pub fn tiny_branching(seed: u64) -> Result<ModelFile, IrError> {
         }),
     );
     ModelFile::new(g, m.tensors)
+}
+
+/// Smooth, image-like inputs in the normalized range for `model`, from a
+/// seed: a few frequencies and a phase per seed, so different seeds come from
+/// one distribution (calibration and test inputs of synthetic int8 models).
+pub fn smooth_input(model: &ModelFile, seed: u64) -> Vec<f32> {
+    let [_, c, h, w] = model.graph.input.shape;
+    let (a, b, phase) = (
+        (seed % 5) as f32 * 3.0 + 1.0,
+        (seed % 3) as f32 * 4.0 + 2.0,
+        seed as f32 * 0.7,
+    );
+    (0..c * h * w)
+        .map(|i| {
+            let (ch, y, x) = (i / (h * w), (i / w) % h, i % w);
+            let t = a * y as f32 / h as f32 + b * x as f32 / w as f32 + ch as f32 * 0.3 + phase;
+            t.sin() * 1.5
+        })
+        .collect()
+}
+
+/// `model` quantized to int8 by post-training quantization (min/max ranges)
+/// calibrated on `n` [`smooth_input`]s (seeds `0..n`).
+pub fn int8_of(model: &ModelFile, n: u64) -> Result<ModelFile, IrError> {
+    let mut cal = crate::quant::ptq::Calibration::new();
+    for s in 0..n {
+        cal.observe(model, &smooth_input(model, s))?;
+    }
+    crate::quant::ptq::quantize(model, &cal, crate::quant::ptq::RangeMethod::MinMax)
 }
 
 /// torchvision's `_make_divisible`: round to a multiple of `d`, never more

@@ -1,7 +1,8 @@
 //! The model reader and code generator never panic, whatever the bytes.
 //!
 //! Inputs starting with `{` are used as the graph JSON of an otherwise valid
-//! file (the tiny synthetic model's tensors), which reaches validation and
+//! file (the tiny synthetic model's tensors, or its int8 version's when the
+//! JSON has `quantization`), which reaches validation and
 //! code generation far more often than mutated safetensors bytes; anything
 //! else is read as a whole file.
 #![no_main]
@@ -19,15 +20,31 @@ fn tiny() -> &'static ModelFile {
     M.get_or_init(|| SyntheticSpec::tiny(1).build().expect("tiny model builds"))
 }
 
+/// The tiny model quantized to int8 (i8 weights, their scales, i32 biases).
+fn tiny_int8() -> &'static ModelFile {
+    static M: OnceLock<ModelFile> = OnceLock::new();
+    M.get_or_init(|| derm_codegen::synthetic::int8_of(tiny(), 8).expect("tiny model quantizes"))
+}
+
 fn with_graph(json: &str) -> Option<Vec<u8>> {
-    let m = tiny();
+    // A graph with int8 fields is given the int8 tensors, so mutations of the quantization
+    // parameters reach validation instead of failing on the tensor table.
+    let m = if json.contains("\"quantization\"") {
+        tiny_int8()
+    } else {
+        tiny()
+    };
     let views = m.tensors.iter().map(|(k, t)| {
         let dt = match t.dtype {
             DType::F32 => safetensors::Dtype::F32,
             DType::F16 => safetensors::Dtype::F16,
             DType::I8 => safetensors::Dtype::I8,
+            DType::I32 => safetensors::Dtype::I32,
         };
-        (k.clone(), safetensors::tensor::TensorView::new(dt, t.shape.clone(), &t.data).expect("valid view"))
+        (
+            k.clone(),
+            safetensors::tensor::TensorView::new(dt, t.shape.clone(), &t.data).expect("valid view"),
+        )
     });
     let meta = HashMap::from([("derm.graph".to_owned(), json.to_owned())]);
     safetensors::serialize(views, Some(meta)).ok()
@@ -36,7 +53,9 @@ fn with_graph(json: &str) -> Option<Vec<u8>> {
 fuzz_target!(|data: &[u8]| {
     let file;
     let bytes = if data.first() == Some(&b'{') {
-        let Ok(json) = std::str::from_utf8(data) else { return };
+        let Ok(json) = std::str::from_utf8(data) else {
+            return;
+        };
         let Some(b) = with_graph(json) else { return };
         file = b;
         &file[..]

@@ -39,11 +39,13 @@ pub enum IrError {
         found: String,
     },
     /// `version` is not one this reader supports.
-    #[error("graph version {found} is not supported (this reader supports version {supported})")]
+    #[error(
+        "graph version {found} is not supported (this reader supports versions 1 to {supported})"
+    )]
     UnsupportedVersion {
         /// The version in the file.
         found: String,
-        /// The version this reader understands.
+        /// The newest version this reader understands.
         supported: u32,
     },
     /// A top-level field (input, output, preprocess, classes) is invalid.

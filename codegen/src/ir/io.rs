@@ -6,7 +6,10 @@ use std::path::Path;
 
 use safetensors::{SafeTensors, View};
 
-use super::{DType, FORMAT_NAME, FORMAT_VERSION, GRAPH_KEY, Graph, IrError, ModelFile, Tensor};
+use super::{
+    DType, FORMAT_NAME, FORMAT_VERSION, GRAPH_KEY, Graph, IrError, MIN_FORMAT_VERSION, ModelFile,
+    Tensor,
+};
 
 impl View for &Tensor {
     fn dtype(&self) -> safetensors::Dtype {
@@ -73,7 +76,7 @@ impl ModelFile {
                 DType::from_safetensors(view.dtype()).ok_or_else(|| IrError::TensorDtype {
                     context: "file".into(),
                     tensor: name.to_owned(),
-                    expected: "f32, f16 or i8".into(),
+                    expected: "f32, f16, i8 or i32".into(),
                     actual: format!("{:?}", view.dtype()),
                 })?;
             let tensor = Tensor {
@@ -118,7 +121,10 @@ fn parse_graph(json: &str) -> Result<Graph, IrError> {
         None => return Err(IrError::GraphJson("missing field `format`".into())),
     }
     match obj.get("version") {
-        Some(v) if v.as_u64() == Some(u64::from(FORMAT_VERSION)) => {}
+        Some(v)
+            if v.as_u64().is_some_and(|v| {
+                (u64::from(MIN_FORMAT_VERSION)..=u64::from(FORMAT_VERSION)).contains(&v)
+            }) => {}
         Some(v) => {
             return Err(IrError::UnsupportedVersion {
                 found: v.to_string(),

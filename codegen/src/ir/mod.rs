@@ -22,8 +22,12 @@ pub use validate::ValueShapes;
 pub const GRAPH_KEY: &str = "derm.graph";
 /// Value of the graph's `format` field.
 pub const FORMAT_NAME: &str = "derm-model";
-/// The only graph version this reader understands.
-pub const FORMAT_VERSION: u32 = 1;
+/// The newest graph version this reader understands. Version 2 added int8
+/// activations ([`Graph::quantization`]) and `i32` tensors.
+pub const FORMAT_VERSION: u32 = 2;
+/// The oldest graph version this reader understands, and the one float
+/// models are written with, so that readers of version 1 still read them.
+pub const MIN_FORMAT_VERSION: u32 = 1;
 
 /// A whole model: the graph plus the bytes of every tensor it names.
 #[derive(Debug, Clone, PartialEq)]
@@ -40,7 +44,7 @@ pub struct ModelFile {
 pub struct Graph {
     /// Always [`FORMAT_NAME`].
     pub format: String,
-    /// Always [`FORMAT_VERSION`] for this reader.
+    /// [`MIN_FORMAT_VERSION`] to [`FORMAT_VERSION`]; 2 when `quantization` is present.
     pub version: u32,
     /// The network input.
     pub input: InputSpec,
@@ -62,6 +66,31 @@ pub struct Graph {
     /// metrics, git commit); must be a JSON object.
     #[serde(default)]
     pub provenance: serde_json::Map<String, serde_json::Value>,
+    /// int8 activations (version 2): present, every op computes in integers
+    /// as `docs/int8.md` specifies; absent, the model is float.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantization: Option<Quantization>,
+}
+
+/// The int8 activation parameters of a quantized model (`docs/int8.md`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Quantization {
+    /// Per-tensor parameters by key: every value name except the graph
+    /// output, plus `<op>:pre_activation` for hardswish convolutions and
+    /// linears and `<op>:pooled`, `<op>:hidden` for squeeze-excite
+    /// ([`crate::quant::activation_keys`] lists them for a graph).
+    pub activations: BTreeMap<String, QParams>,
+}
+
+/// Affine int8 parameters of one activation tensor: `real = scale * (q - zero_point)`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QParams {
+    /// Positive, finite and normal.
+    pub scale: f32,
+    /// In `-128..=127` (an `i32` in the file so that a bad value is reported, not truncated).
+    pub zero_point: i32,
 }
 
 /// Shape and layout of the network input.
@@ -307,6 +336,9 @@ pub enum DType {
     F16,
     /// Signed 8-bit integer; weights of this type carry [`Quant`] parameters.
     I8,
+    /// Signed 32-bit integer: the biases of an int8 model, in accumulator units
+    /// (`docs/int8.md`; version 2).
+    I32,
 }
 
 impl DType {
@@ -316,6 +348,7 @@ impl DType {
             DType::F32 => 4,
             DType::F16 => 2,
             DType::I8 => 1,
+            DType::I32 => 4,
         }
     }
 
@@ -325,6 +358,7 @@ impl DType {
             DType::F32 => "f32",
             DType::F16 => "f16",
             DType::I8 => "i8",
+            DType::I32 => "i32",
         }
     }
 
@@ -333,6 +367,7 @@ impl DType {
             DType::F32 => safetensors::Dtype::F32,
             DType::F16 => safetensors::Dtype::F16,
             DType::I8 => safetensors::Dtype::I8,
+            DType::I32 => safetensors::Dtype::I32,
         }
     }
 
@@ -341,6 +376,7 @@ impl DType {
             safetensors::Dtype::F32 => Some(DType::F32),
             safetensors::Dtype::F16 => Some(DType::F16),
             safetensors::Dtype::I8 => Some(DType::I8),
+            safetensors::Dtype::I32 => Some(DType::I32),
             _ => None,
         }
     }
@@ -414,8 +450,33 @@ impl Tensor {
         self.shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d))
     }
 
+    /// An `i32` tensor (the biases of an int8 model).
+    pub fn from_i32(shape: Vec<usize>, values: &[i32]) -> Self {
+        Self {
+            dtype: DType::I32,
+            shape,
+            data: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        }
+    }
+
+    /// The values of an `i8` tensor; `None` for other dtypes.
+    pub fn to_i8(&self) -> Option<Vec<i8>> {
+        (self.dtype == DType::I8).then(|| self.data.iter().map(|&b| b as i8).collect())
+    }
+
+    /// The values of an `i32` tensor; `None` for other dtypes.
+    pub fn to_i32(&self) -> Option<Vec<i32>> {
+        (self.dtype == DType::I32).then(|| {
+            self.data
+                .chunks_exact(4)
+                .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect()
+        })
+    }
+
     /// The values as `f32` for `f32` and `f16` tensors; `None` for `i8`
-    /// (which needs its quantization parameters, see [`ModelFile::tensor_f32`]).
+    /// (which needs its quantization parameters, see [`ModelFile::tensor_f32`])
+    /// and `i32` (whose scale comes from the graph, see [`ModelFile::dequantized`]).
     pub fn to_f32(&self) -> Option<Vec<f32>> {
         match self.dtype {
             DType::F32 => Some(
@@ -430,7 +491,7 @@ impl Tensor {
                     .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
                     .collect(),
             ),
-            DType::I8 => None,
+            DType::I8 | DType::I32 => None,
         }
     }
 }
@@ -471,6 +532,14 @@ impl ModelFile {
             })?;
         if let Some(v) = t.to_f32() {
             return Ok(v);
+        }
+        if t.dtype == DType::I32 {
+            return Err(IrError::BadQuant {
+                tensor: name.to_owned(),
+                reason: "an i32 bias is in accumulator units; its scale comes from the op's \
+                         input (ModelFile::dequantized converts the whole model)"
+                    .into(),
+            });
         }
         let spec = self.graph.tensors.get(name);
         let quant = spec

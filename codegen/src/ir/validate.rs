@@ -3,7 +3,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::{DType, FORMAT_NAME, FORMAT_VERSION, IrError, Layout, ModelFile, Op, TensorSpec};
+use super::{
+    DType, FORMAT_NAME, FORMAT_VERSION, IrError, Layout, MIN_FORMAT_VERSION, ModelFile, Op,
+    TensorSpec,
+};
 
 /// Inferred shape of every value: `[C, H, W]` for feature maps, `[N]` for
 /// vectors (pooled features, logits). Batch is always 1 and left out.
@@ -43,11 +46,20 @@ pub(super) fn validate(model: &ModelFile) -> Result<ValueShapes, IrError> {
             found: g.format.clone(),
         });
     }
-    if g.version != FORMAT_VERSION {
+    if !(MIN_FORMAT_VERSION..=FORMAT_VERSION).contains(&g.version) {
         return Err(IrError::UnsupportedVersion {
             found: g.version.to_string(),
             supported: FORMAT_VERSION,
         });
+    }
+    if g.quantization.is_some() && g.version < 2 {
+        return Err(bad_field(
+            "version",
+            format!(
+                "int8 quantization needs version 2, the file says {}",
+                g.version
+            ),
+        ));
     }
     validate_table(model)?;
 
@@ -135,6 +147,9 @@ pub(super) fn validate(model: &ModelFile) -> Result<ValueShapes, IrError> {
             ),
         ));
     }
+    if g.quantization.is_some() {
+        crate::quant::QuantPlan::new(model, &shapes)?;
+    }
     Ok(shapes)
 }
 
@@ -210,6 +225,10 @@ fn validate_quant(model: &ModelFile, name: &str, spec: &TensorSpec) -> Result<()
                 Err(bad("i8 tensors need quant parameters".into()))
             }
         }
+        (None, DType::I32) if model.graph.quantization.is_none() => Err(bad(
+            "i32 tensors (int8 biases) belong to quantized models (version 2 with quantization)"
+                .into(),
+        )),
         (None, _) => Ok(()),
         (Some(_), d) if d != DType::I8 => Err(bad(format!("{d} tensors cannot be quantized"))),
         (Some(q), _) => {

@@ -1,0 +1,246 @@
+//! Post-training quantization: activation ranges observed on calibration
+//! inputs by the float reference interpreter, then weights, biases and
+//! activations turned into an int8 model file (format version 2).
+
+use std::collections::BTreeMap;
+
+use super::{WEIGHT_MAX, activation_keys, params_for_range};
+use crate::ir::{
+    DType, FORMAT_VERSION, IrError, ModelFile, Op, QParams, Quant, Quantization, Tensor, TensorSpec,
+};
+
+/// How an activation's range is chosen from what calibration saw.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum RangeMethod {
+    /// The smallest and largest value seen.
+    MinMax,
+    /// The `p` and `1 - p` quantiles of a deterministic sample of the values
+    /// (for example 0.9999), so rare outliers do not stretch the scale.
+    Percentile(f64),
+}
+
+impl std::str::FromStr for RangeMethod {
+    type Err = String;
+    /// `minmax` or `percentile:P` with `P` in (0.5, 1], for example `percentile:99.99`
+    /// (percent) or `percentile:0.9999`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s == "minmax" {
+            return Ok(Self::MinMax);
+        }
+        let p = s
+            .strip_prefix("percentile:")
+            .and_then(|p| p.parse::<f64>().ok())
+            .map(|p| if p > 1.0 { p / 100.0 } else { p })
+            .filter(|p| *p > 0.5 && *p <= 1.0)
+            .ok_or_else(|| {
+                format!("{s:?}: expected `minmax` or `percentile:P` with P in (50, 100] percent")
+            })?;
+        Ok(Self::Percentile(p))
+    }
+}
+
+impl std::fmt::Display for RangeMethod {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::MinMax => f.write_str("minmax"),
+            Self::Percentile(p) => write!(f, "percentile:{}", p * 100.0),
+        }
+    }
+}
+
+/// Values kept per activation and per input for percentiles: enough for a
+/// 0.01% tail over a few hundred images, bounded in memory.
+const SAMPLES_PER_INPUT: usize = 2048;
+
+#[derive(Debug, Clone, Default)]
+struct Stat {
+    min: f32,
+    max: f32,
+    samples: Vec<f32>,
+}
+
+/// Activation statistics of a float model over calibration inputs.
+#[derive(Debug, Clone, Default)]
+pub struct Calibration {
+    stats: BTreeMap<String, Stat>,
+    inputs: usize,
+}
+
+impl Calibration {
+    /// No observations yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Inputs observed so far.
+    pub fn inputs(&self) -> usize {
+        self.inputs
+    }
+
+    /// Runs the float `model` on one preprocessed input (`[3, H, W]`) and
+    /// records every activation it needs.
+    pub fn observe(&mut self, model: &ModelFile, input: &[f32]) -> Result<(), IrError> {
+        let stats = &mut self.stats;
+        crate::reference::run_observed(model, input, &mut |key, data| {
+            let s = stats.entry(key.to_owned()).or_insert(Stat {
+                min: f32::INFINITY,
+                max: f32::NEG_INFINITY,
+                samples: Vec::new(),
+            });
+            for &v in data {
+                if v.is_finite() {
+                    s.min = s.min.min(v);
+                    s.max = s.max.max(v);
+                }
+            }
+            // An even stride over the tensor: deterministic and spread over all channels.
+            let step = data.len().div_ceil(SAMPLES_PER_INPUT).max(1);
+            s.samples
+                .extend(data.iter().step_by(step).filter(|v| v.is_finite()));
+        })?;
+        self.inputs += 1;
+        Ok(())
+    }
+
+    /// The range `[lo, hi]` of `key` under `method`; `None` if never observed.
+    pub fn range(&self, key: &str, method: RangeMethod) -> Option<(f32, f32)> {
+        let s = self.stats.get(key)?;
+        if s.min > s.max {
+            return None;
+        }
+        match method {
+            RangeMethod::MinMax => Some((s.min, s.max)),
+            RangeMethod::Percentile(p) => {
+                let mut v = s.samples.clone();
+                v.sort_by(f32::total_cmp);
+                let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
+                Some((at(1.0 - p), at(p)))
+            }
+        }
+    }
+}
+
+/// Symmetric per-output-channel int8: `scale[c] = max |w[c]| / 127`.
+fn quantize_weight(w: &[f32], out: usize) -> (Vec<i8>, Vec<f32>) {
+    let inner = w.len() / out.max(1);
+    let mut q = Vec::with_capacity(w.len());
+    let mut scales = Vec::with_capacity(out);
+    for row in w.chunks(inner.max(1)) {
+        let max = row.iter().fold(0f32, |m, v| m.max(v.abs()));
+        // An all-zero channel quantizes to zeros whatever the scale; keep it normal.
+        let s = if max > 0.0 {
+            max / WEIGHT_MAX as f32
+        } else {
+            1.0
+        };
+        scales.push(s);
+        q.extend(row.iter().map(|&v| {
+            (f64::from(v) / f64::from(s))
+                .round_ties_even()
+                .clamp(-f64::from(WEIGHT_MAX), f64::from(WEIGHT_MAX)) as i8
+        }));
+    }
+    (q, scales)
+}
+
+/// Builds the int8 model of the float `model` from `calibration` (which must
+/// have observed it): weights per channel, biases in accumulator units,
+/// activation parameters from `method`. Records `"precision": "int8"` and the
+/// calibration in the provenance. Errors name the tensor that cannot be
+/// represented (a bias beyond `i32`) or the key never observed.
+pub fn quantize(
+    model: &ModelFile,
+    calibration: &Calibration,
+    method: RangeMethod,
+) -> Result<ModelFile, IrError> {
+    let g = &model.graph;
+    if g.quantization.is_some() {
+        return Err(IrError::BadField {
+            field: "quantization".into(),
+            reason: "the model is already quantized".into(),
+        });
+    }
+    let mut acts = BTreeMap::new();
+    for key in activation_keys(g) {
+        let (lo, hi) = calibration
+            .range(&key, method)
+            .ok_or_else(|| IrError::BadQuant {
+                tensor: key.clone(),
+                reason: "never observed during calibration".into(),
+            })?;
+        acts.insert(key, params_for_range(lo, hi));
+    }
+    let mut tensors = BTreeMap::new();
+    let mut table = BTreeMap::new();
+    let mut add_layer = |weight: &str, bias: &str, out: usize, x: QParams| -> Result<(), IrError> {
+        let w = model.tensor_f32(weight)?;
+        let b = model.tensor_f32(bias)?;
+        let shape = model.tensors[weight].shape.clone();
+        let (q, scales) = quantize_weight(&w, out);
+        let (sn, zn) = (format!("{weight}.scale"), format!("{weight}.zero_point"));
+        for n in [&sn, &zn] {
+            if model.tensors.contains_key(n) {
+                return Err(IrError::BadQuant {
+                    tensor: weight.to_owned(),
+                    reason: format!("its parameter name {n:?} is already a tensor"),
+                });
+            }
+        }
+        let bq = b
+            .iter()
+            .zip(&scales)
+            .enumerate()
+            .map(|(c, (&b, &s))| {
+                let v = (f64::from(b) / (f64::from(x.scale) * f64::from(s))).round_ties_even();
+                if v.abs() < f64::from(i32::MAX) {
+                    Ok(v as i32)
+                } else {
+                    Err(IrError::BadQuant {
+                        tensor: bias.to_owned(),
+                        reason: format!("channel {c}: {b} does not fit i32 at scale x*w"),
+                    })
+                }
+            })
+            .collect::<Result<Vec<i32>, _>>()?;
+        table.insert(
+            weight.to_owned(),
+            TensorSpec {
+                dtype: DType::I8,
+                shape: shape.clone(),
+                quant: Some(Quant {
+                    scale: sn.clone(),
+                    zero_point: zn.clone(),
+                    axis: 0,
+                }),
+            },
+        );
+        tensors.insert(weight.to_owned(), Tensor::from_i8(shape, &q));
+        tensors.insert(sn, Tensor::from_f32(vec![out], &scales));
+        tensors.insert(zn, Tensor::from_i8(vec![out], &vec![0; out]));
+        tensors.insert(bias.to_owned(), Tensor::from_i32(vec![out], &bq));
+        Ok(())
+    };
+    for op in &g.ops {
+        match op {
+            Op::Conv2d(c) => add_layer(&c.weight, &c.bias, c.out_channels, acts[&c.input])?,
+            Op::Linear(l) => add_layer(&l.weight, &l.bias, l.out_features, acts[&l.input])?,
+            Op::SqueezeExcite(s) => {
+                let pooled = acts[&super::pooled_key(&s.name)];
+                let hidden = acts[&super::hidden_key(&s.name)];
+                add_layer(&s.fc1_weight, &s.fc1_bias, s.squeeze_channels, pooled)?;
+                add_layer(&s.fc2_weight, &s.fc2_bias, s.channels, hidden)?;
+            }
+            Op::Add(_) | Op::GlobalAvgPool(_) => {}
+        }
+    }
+    let mut graph = g.clone();
+    graph.version = FORMAT_VERSION;
+    graph.tensors = table;
+    graph.quantization = Some(Quantization { activations: acts });
+    graph.provenance.insert("precision".into(), "int8".into());
+    graph.provenance.insert(
+        "calibration".into(),
+        serde_json::json!({"inputs": calibration.inputs(), "range": method.to_string()}),
+    );
+    ModelFile::new(graph, tensors)
+}

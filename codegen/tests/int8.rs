@@ -1,0 +1,312 @@
+//! int8 models: post-training quantization of synthetic models tracks the
+//! float network, the file round-trips, and every corrupt quantization
+//! parameter is rejected with an error naming the tensor or activation.
+
+use derm_codegen::ir::{IrError, ModelFile, QParams};
+use derm_codegen::quant::ptq::{Calibration, RangeMethod, quantize};
+use derm_codegen::quant::{activation_keys, pre_activation_key};
+use derm_codegen::reference;
+use derm_codegen::synthetic::{SyntheticSpec, tiny_branching};
+
+fn input(model: &ModelFile, seed: u64) -> Vec<f32> {
+    derm_codegen::synthetic::smooth_input(model, seed)
+}
+
+fn int8_of(model: &ModelFile, n: u64, method: RangeMethod) -> ModelFile {
+    let mut cal = Calibration::new();
+    for s in 0..n {
+        cal.observe(model, &input(model, s)).unwrap();
+    }
+    quantize(model, &cal, method).unwrap()
+}
+
+/// Largest minus smallest value.
+fn span(v: &[f32]) -> f32 {
+    v.iter().cloned().fold(f32::MIN, f32::max) - v.iter().cloned().fold(f32::MAX, f32::min)
+}
+
+/// Largest |a - b| over the logits, as a fraction of b's range.
+fn rel_err(a: &[f32], b: &[f32]) -> f32 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+        / span(b).max(1e-12)
+}
+
+fn tiny() -> ModelFile {
+    SyntheticSpec::tiny(7).build().unwrap()
+}
+
+#[test]
+fn ptq_logits_track_the_float_model() {
+    for (name, model) in [("tiny", tiny()), ("branching", tiny_branching(5).unwrap())] {
+        for method in [RangeMethod::MinMax, RangeMethod::Percentile(0.9999)] {
+            let q = int8_of(&model, 24, method);
+            // Max |diff| over all test inputs against the mean logit range:
+            // one input with nearly equal logits would make a per-input ratio meaningless.
+            let (mut diff, mut range) = (0f32, 0f32);
+            for s in 100..116 {
+                let x = input(&model, s);
+                let f = reference::logits(&model, &x).unwrap();
+                let i = reference::logits(&q, &x).unwrap();
+                diff = diff.max(rel_err(&i, &f) * span(&f));
+                range += span(&f) / 16.0;
+            }
+            let worst = diff / range;
+            // Random weights amplify rounding through ~20 layers (1-12% per layer here);
+            // a wrong op or rescale gives a difference of the order of the whole range.
+            assert!(worst < 0.2, "{name} {method}: {worst}");
+        }
+    }
+}
+
+#[test]
+fn int8_file_round_trips_and_reports_itself() {
+    let q = int8_of(&tiny(), 8, RangeMethod::MinMax);
+    assert_eq!(q.graph.version, 2);
+    assert_eq!(derm_codegen::metadata::precision(&q), "int8");
+    let back = ModelFile::from_bytes(&q.to_bytes().unwrap()).unwrap();
+    assert_eq!(back, q);
+    // Weights are a quarter of the float file's.
+    let bytes = |m: &ModelFile| m.tensors.values().map(|t| t.data.len()).sum::<usize>();
+    // A third of the float file's bytes for this tiny model, whose per-channel scales and
+    // i32 biases weigh more than in a real network (MobileNetV3: docs/int8.md).
+    let ratio = bytes(&q) as f64 / bytes(&tiny()) as f64;
+    assert!(ratio < 0.36, "{ratio}");
+    let x = input(&q, 3);
+    let a = reference::logits(&q, &x).unwrap();
+    assert_eq!(a, reference::logits(&back, &x).unwrap());
+    // Every value is reported as int8 and its dequantization.
+    let acts = &q.graph.quantization.as_ref().unwrap().activations;
+    for v in reference::run(&q, &x).unwrap() {
+        let Some(ints) = &v.quantized else {
+            assert_eq!(v.name, q.graph.output);
+            continue;
+        };
+        let p = acts[&v.name];
+        for (d, &i) in v.data.iter().zip(ints) {
+            assert_eq!(*d, p.scale * (i32::from(i) - p.zero_point) as f32);
+        }
+    }
+    // Not compiled yet: a named refusal, not a wrong float model.
+    let e = derm_codegen::generate(&q, &Default::default())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("int8 models are not compiled yet"), "{e}");
+}
+
+#[test]
+fn keys_cover_every_intermediate() {
+    let m = tiny();
+    let keys = activation_keys(&m.graph);
+    assert_eq!(keys[0], m.graph.input.name);
+    assert!(!keys.contains(&m.graph.output));
+    assert!(keys.iter().any(|k| k.ends_with(":pooled")));
+    assert!(keys.iter().any(|k| k.ends_with(":hidden")));
+    assert!(keys.iter().any(|k| k.ends_with(":pre_activation")));
+}
+
+/// The quantized tiny model with its graph JSON edited, read back from bytes.
+fn read_edited(edit: impl FnOnce(&mut serde_json::Value)) -> Result<ModelFile, IrError> {
+    let q = int8_of(&tiny(), 4, RangeMethod::MinMax);
+    let mut v = serde_json::to_value(&q.graph).unwrap();
+    edit(&mut v);
+    let mut q2 = q.clone();
+    q2.graph = serde_json::from_value(v).map_err(|e| IrError::GraphJson(e.to_string()))?;
+    ModelFile::from_bytes(&raw_bytes(&q2))
+}
+
+/// Serializes without validating (to_bytes would refuse a corrupt model).
+fn raw_bytes(m: &ModelFile) -> Vec<u8> {
+    let meta = std::collections::HashMap::from([(
+        "derm.graph".to_owned(),
+        serde_json::to_string(&m.graph).unwrap(),
+    )]);
+    let views: Vec<_> = m
+        .tensors
+        .iter()
+        .map(|(k, t)| {
+            let dt = match t.dtype {
+                derm_codegen::ir::DType::F32 => safetensors::Dtype::F32,
+                derm_codegen::ir::DType::F16 => safetensors::Dtype::F16,
+                derm_codegen::ir::DType::I8 => safetensors::Dtype::I8,
+                derm_codegen::ir::DType::I32 => safetensors::Dtype::I32,
+            };
+            (
+                k.clone(),
+                safetensors::tensor::TensorView::new(dt, t.shape.clone(), &t.data).unwrap(),
+            )
+        })
+        .collect();
+    safetensors::serialize(views, Some(meta)).unwrap()
+}
+
+fn act_key(m: &ModelFile) -> String {
+    // A mid-network value: the second op's output.
+    m.graph.ops[1].output().to_owned()
+}
+
+#[test]
+fn corrupt_activation_parameters_are_named() {
+    let key = act_key(&tiny());
+    let set = |p: serde_json::Value| {
+        let key = key.clone();
+        move |v: &mut serde_json::Value| v["quantization"]["activations"][&key] = p
+    };
+    for (p, expect) in [
+        (
+            serde_json::json!({"scale": 0.0, "zero_point": 0}),
+            "not a positive normal",
+        ),
+        (
+            serde_json::json!({"scale": -0.5, "zero_point": 0}),
+            "not a positive normal",
+        ),
+        (
+            serde_json::json!({"scale": 1e-40, "zero_point": 0}),
+            "not a positive normal",
+        ),
+        (
+            serde_json::json!({"scale": 0.1, "zero_point": 128}),
+            "outside -128..=127",
+        ),
+        (
+            serde_json::json!({"scale": 0.1, "zero_point": -129}),
+            "outside -128..=127",
+        ),
+        // Consistent types, but the multiplier into this value needs a shift beyond 62.
+        (
+            serde_json::json!({"scale": 1e30, "zero_point": 0}),
+            "shift outside 1..=62",
+        ),
+    ] {
+        let e = read_edited(set(p.clone())).unwrap_err().to_string();
+        assert!(e.contains(&key) && e.contains(expect), "{p}: {e}");
+    }
+    // NaN has no JSON form: null is a schema error naming the field.
+    let e = read_edited(set(serde_json::json!({"scale": null, "zero_point": 0})))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("graph JSON") && e.contains("null"), "{e}");
+    // And built in memory, NaN is named like zero.
+    let mut q = int8_of(&tiny(), 4, RangeMethod::MinMax);
+    q.graph.quantization.as_mut().unwrap().activations.insert(
+        key.clone(),
+        QParams {
+            scale: f32::NAN,
+            zero_point: 0,
+        },
+    );
+    let e = q.validate().unwrap_err().to_string();
+    assert!(e.contains(&key) && e.contains("NaN"), "{e}");
+}
+
+#[test]
+fn missing_extra_and_versioned_keys_are_named() {
+    let m = tiny();
+    let pre = m
+        .graph
+        .ops
+        .iter()
+        .find_map(|o| match o {
+            derm_codegen::ir::Op::Conv2d(c)
+                if c.activation == derm_codegen::ir::Activation::Hardswish =>
+            {
+                Some(pre_activation_key(&c.name))
+            }
+            _ => None,
+        })
+        .unwrap();
+    let e = read_edited(|v| {
+        v["quantization"]["activations"]
+            .as_object_mut()
+            .unwrap()
+            .remove(&pre);
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains(&pre) && e.contains("missing"), "{e}");
+    let e = read_edited(|v| {
+        v["quantization"]["activations"]["no such value"] =
+            serde_json::json!({"scale": 0.1, "zero_point": 0})
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("no such value"), "{e}");
+    let out = m.graph.output.clone();
+    let e = read_edited(|v| {
+        v["quantization"]["activations"][&out] = serde_json::json!({"scale": 0.1, "zero_point": 0})
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains(&out) && e.contains("f32"), "{e}");
+    let e = read_edited(|v| v["version"] = 1.into())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("version 2"), "{e}");
+}
+
+#[test]
+fn corrupt_weights_and_biases_are_named() {
+    let q = int8_of(&tiny(), 4, RangeMethod::MinMax);
+    let conv = match &q.graph.ops[1] {
+        derm_codegen::ir::Op::Conv2d(c) => c.clone(),
+        o => panic!("op 1 is {}", o.kind()),
+    };
+    let spec = q.graph.tensors[&conv.weight].quant.clone().unwrap();
+
+    // A weight of -128.
+    let mut m = q.clone();
+    m.tensors.get_mut(&conv.weight).unwrap().data[0] = 0x80;
+    let e = ModelFile::from_bytes(&raw_bytes(&m))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains(&conv.weight) && e.contains("-128"), "{e}");
+
+    // An asymmetric weight zero point.
+    let mut m = q.clone();
+    m.tensors.get_mut(&spec.zero_point).unwrap().data[0] = 3;
+    let e = ModelFile::from_bytes(&raw_bytes(&m))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains(&conv.weight) && e.contains("symmetric"), "{e}");
+
+    // Weight scales of 0 and NaN.
+    for bad in [0f32, f32::NAN] {
+        let mut m = q.clone();
+        m.tensors.get_mut(&spec.scale).unwrap().data[..4].copy_from_slice(&bad.to_le_bytes());
+        let e = ModelFile::from_bytes(&raw_bytes(&m))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(&conv.weight), "{bad}: {e}");
+    }
+
+    // A float bias in an int8 model.
+    let mut m = q.clone();
+    let n = m.tensors[&conv.bias].shape[0];
+    m.tensors.insert(
+        conv.bias.clone(),
+        derm_codegen::ir::Tensor::from_f32(vec![n], &vec![0.0; n]),
+    );
+    m.graph.tensors.get_mut(&conv.bias).unwrap().dtype = derm_codegen::ir::DType::F32;
+    let e = ModelFile::from_bytes(&raw_bytes(&m))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains(&conv.bias) && e.contains("i32"), "{e}");
+
+    // i32 tensors in a float model.
+    let mut f = tiny();
+    f.tensors.insert(
+        conv.bias.clone(),
+        derm_codegen::ir::Tensor::from_i32(vec![n], &vec![0; n]),
+    );
+    f.graph.tensors.get_mut(&conv.bias).unwrap().dtype = derm_codegen::ir::DType::I32;
+    let e = ModelFile::from_bytes(&raw_bytes(&f))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains(&conv.bias) && e.contains("quantized models"),
+        "{e}"
+    );
+}
