@@ -27,12 +27,16 @@
 //! The runtime widens stored weights back to f32 and computes in f32, so the golden vectors
 //! of a non-f32 export are recomputed from the widened weights ([`golden_stored`]): they
 //! are what the stored file computes, and parity tests keep their 1e-4 tolerance.
+//! int8 ([`quantize_int8`]) is post-training quantization by `derm_codegen::quant::ptq`
+//! calibrated on training images; its golden logits are the int8 reference interpreter's
+//! (`docs/int8.md`), which every int8 kernel must match exactly.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 use derm_codegen::ir::{self, Graph, ModelFile, Op};
+pub use derm_codegen::quant::ptq::RangeMethod;
 use tch::{Kind, Tensor};
 
 use crate::models::mobilenet_v3::{self, Classifier, ConvBnAct, SqueezeExcite};
@@ -46,8 +50,8 @@ pub const LAYER_PREFIX: &str = "layer.";
 /// Provenance key recording the stored precision of the weights ([`Precision::name`]).
 pub const PRECISION_KEY: &str = "precision";
 
-/// How the exported weights and biases are stored. Arithmetic is f32 whatever the choice:
-/// the runtime widens stored weights to f32.
+/// How the exported weights and biases are stored. For f32 and f16 the arithmetic is f32
+/// (the runtime widens stored weights); int8 computes in integers.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum Precision {
     /// IEEE binary32, exactly the folded weights.
@@ -55,6 +59,9 @@ pub enum Precision {
     F32,
     /// IEEE binary16 (round-to-nearest-even): half the bytes, about 3 decimal digits.
     F16,
+    /// int8 weights and activations with integer arithmetic (`docs/int8.md`), calibrated
+    /// on training images: a quarter of the bytes.
+    Int8,
 }
 
 impl Precision {
@@ -63,6 +70,7 @@ impl Precision {
         match self {
             Precision::F32 => "f32",
             Precision::F16 => "f16",
+            Precision::Int8 => "int8",
         }
     }
 }
@@ -83,6 +91,8 @@ pub struct ExportOptions {
     pub golden_layers: bool,
     /// Stored type of every weight and bias.
     pub precision: Precision,
+    /// Calibration of an int8 export (required for [`Precision::Int8`]).
+    pub calibration: Option<Calibrate>,
 }
 
 impl Default for ExportOptions {
@@ -91,8 +101,21 @@ impl Default for ExportOptions {
             provenance: serde_json::Map::new(),
             golden_layers: true,
             precision: Precision::F32,
+            calibration: None,
         }
     }
+}
+
+/// Calibration data of an int8 export.
+#[derive(Debug, Clone)]
+pub struct Calibrate {
+    /// Preprocessed images (`[3, H, W]` each, normalized for the student): training
+    /// images, never the ones the model is evaluated on.
+    pub inputs: Vec<Vec<f32>>,
+    /// How each activation's range is chosen.
+    pub range: RangeMethod,
+    /// Show a progress bar.
+    pub progress: bool,
 }
 
 /// Golden vectors for one model file.
@@ -342,7 +365,7 @@ pub fn model_file(student: &Student, opts: &ExportOptions) -> Result<ModelFile> 
     provenance.extend(opts.provenance.clone());
     let graph = Graph {
         format: ir::FORMAT_NAME.into(),
-        version: ir::FORMAT_VERSION,
+        version: ir::MIN_FORMAT_VERSION,
         input: ir::InputSpec {
             name: INPUT_NAME.into(),
             shape: [1, 3, h, w],
@@ -361,6 +384,7 @@ pub fn model_file(student: &Student, opts: &ExportOptions) -> Result<ModelFile> 
         ops: b.ops,
         tensors: BTreeMap::new(),
         provenance,
+        quantization: None,
     };
     ModelFile::new(graph, b.tensors).map_err(|e| anyhow::anyhow!("exported graph is invalid: {e}"))
 }
@@ -521,9 +545,13 @@ pub fn golden(student: &Student, model: &ModelFile, n: i64, seed: i64) -> Result
     })
 }
 
-/// `model` (all f32) with every tensor stored in `precision`. Errors name a tensor whose
-/// values do not fit (an f16 overflow would silently become infinity).
+/// `model` (all f32) with every tensor stored in `precision` (f32 or f16; int8 needs
+/// calibration: [`quantize_int8`]). Errors name a tensor whose values do not fit (an f16
+/// overflow would silently become infinity).
 pub fn store_precision(model: &ModelFile, precision: Precision) -> Result<ModelFile> {
+    if precision == Precision::Int8 {
+        bail!("int8 is not a storage type: quantize with calibration images (quantize_int8)");
+    }
     let mut tensors = BTreeMap::new();
     for (name, t) in &model.tensors {
         let values = t
@@ -550,6 +578,7 @@ pub fn store_precision(model: &ModelFile, precision: Precision) -> Result<ModelF
                     data,
                 }
             }
+            Precision::Int8 => unreachable!("refused above"),
         };
         tensors.insert(name.clone(), stored);
     }
@@ -574,6 +603,41 @@ pub fn golden_stored(folded: &Golden, stored: &ModelFile) -> Result<Golden> {
         input: folded.input.shallow_clone(),
         logits,
         layers,
+    })
+}
+
+/// The int8 model of `folded` (an f32 export): activation ranges observed on
+/// `cal.inputs` by the float reference interpreter, then `derm_codegen::quant::ptq::quantize`.
+pub fn quantize_int8(folded: &ModelFile, cal: &Calibrate) -> Result<ModelFile> {
+    use derm_codegen::quant::ptq::{Calibration, quantize};
+    if cal.inputs.is_empty() {
+        bail!("int8 export needs at least one calibration image");
+    }
+    let mut c = Calibration::new();
+    let mut progress = crate::train::progress::EpochProgress::new(
+        "calibrate",
+        cal.inputs.len() as u64,
+        cal.progress,
+    );
+    for x in &cal.inputs {
+        c.observe(folded, x)
+            .map_err(|e| anyhow::anyhow!("calibration: {e}"))?;
+        progress.step(1, 0.0);
+    }
+    progress.finish();
+    quantize(folded, &c, cal.range).map_err(|e| anyhow::anyhow!("int8 quantization: {e}"))
+}
+
+/// Golden vectors of the int8 model `stored`: `folded`'s inputs and the int8 reference
+/// interpreter's logits (the values every int8 kernel must reproduce exactly). The
+/// per-layer outputs are left out.
+pub fn golden_int8(folded: &Golden, stored: &ModelFile) -> Result<Golden> {
+    let net = crate::infer::ModelFileNet::new(stored.clone())?;
+    let logits = net.logits(&folded.input)?;
+    Ok(Golden {
+        input: folded.input.shallow_clone(),
+        logits,
+        layers: Vec::new(),
     })
 }
 
@@ -626,6 +690,20 @@ pub fn export_student(
         Precision::F16 => {
             let stored = store_precision(&folded, opts.precision)?;
             let sg = golden_stored(&g, &stored)?;
+            let err = relative_error(&sg.logits, &g.logits)?;
+            (stored, sg, err)
+        }
+        Precision::Int8 => {
+            let cal = opts
+                .calibration
+                .as_ref()
+                .context("an int8 export needs calibration images")?;
+            let mut stored = quantize_int8(&folded, cal)?;
+            stored
+                .graph
+                .provenance
+                .insert(PRECISION_KEY.into(), "int8".into());
+            let sg = golden_int8(&g, &stored)?;
             let err = relative_error(&sg.logits, &g.logits)?;
             (stored, sg, err)
         }

@@ -15,6 +15,7 @@ use tch::{Kind, Tensor};
 use crate::data::balance::BalancePlan;
 use crate::data::cache::Cache;
 use crate::data::loader::{Batches, LoaderOptions};
+use crate::export::TchGraph;
 use crate::student_file;
 use crate::train::fit::InputMap;
 use crate::train::progress::EpochProgress;
@@ -87,6 +88,10 @@ pub enum ModelKind {
     Student,
     /// A Swin V2 teacher file.
     Teacher,
+    /// An exported model file (`derm-train export`: f32, f16 or int8), run as the runtime
+    /// computes it: float files by [`crate::export::TchGraph`], int8 files by the int8
+    /// reference interpreter (`docs/int8.md`).
+    ModelFile,
 }
 
 impl fmt::Display for ModelKind {
@@ -94,6 +99,7 @@ impl fmt::Display for ModelKind {
         f.write_str(match self {
             ModelKind::Student => "student",
             ModelKind::Teacher => "teacher",
+            ModelKind::ModelFile => "model file",
         })
     }
 }
@@ -127,6 +133,67 @@ impl fmt::Debug for LoadedModel {
     }
 }
 
+/// An exported model file as a network: float files run through [`TchGraph`] (libtorch),
+/// int8 files through `derm_codegen::reference::int8` one image at a time, with the
+/// quantization plan built once.
+#[derive(Debug)]
+pub struct ModelFileNet {
+    model: derm_codegen::ir::ModelFile,
+    inner: FileNet,
+}
+
+#[derive(Debug)]
+enum FileNet {
+    Float(Box<TchGraph>),
+    Int8 {
+        shapes: derm_codegen::ir::ValueShapes,
+        plan: derm_codegen::quant::QuantPlan,
+    },
+}
+
+impl ModelFileNet {
+    /// Prepares `model` (validated again: it may have been built in memory).
+    pub fn new(model: derm_codegen::ir::ModelFile) -> Result<Self> {
+        let shapes = model.validate()?;
+        let inner = if model.graph.quantization.is_some() {
+            let plan = derm_codegen::quant::QuantPlan::new(&model, &shapes)?;
+            FileNet::Int8 { shapes, plan }
+        } else {
+            FileNet::Float(Box::new(TchGraph::new(&model)?))
+        };
+        Ok(Self { model, inner })
+    }
+
+    /// Logits `[N, C]` of a preprocessed batch `[N, 3, H, W]`.
+    pub fn logits(&self, x: &Tensor) -> Result<Tensor> {
+        match &self.inner {
+            FileNet::Float(g) => g.forward(x),
+            FileNet::Int8 { shapes, plan } => {
+                let n = x.size().first().copied().unwrap_or(0);
+                let flat = Vec::<f32>::try_from(x.to_kind(Kind::Float).contiguous().view(-1))?;
+                let per = flat.len() / n.max(1) as usize;
+                let mut out = Vec::with_capacity(n as usize * self.model.num_classes());
+                for img in flat.chunks(per.max(1)) {
+                    let layers =
+                        derm_codegen::reference::int8::run(&self.model, shapes, plan, img)?;
+                    let last = layers.last().context("the graph has no ops")?;
+                    out.extend_from_slice(&last.data);
+                }
+                Ok(Tensor::from_slice(&out).view([n, self.model.num_classes() as i64]))
+            }
+        }
+    }
+}
+
+impl ModuleT for ModelFileNet {
+    fn forward_t(&self, xs: &Tensor, _train: bool) -> Tensor {
+        // Shapes were checked when the file was loaded and the loader produces the model's
+        // input size, so an error here is a bug, not bad input.
+        self.logits(xs)
+            .unwrap_or_else(|e| panic!("model file inference failed: {e:#}"))
+    }
+}
+
 /// Which metadata key a model file carries. Reads only the safetensors header (8-byte
 /// length, then JSON), not the tensors: the loader reads the file again, and a teacher is
 /// about 110 MB.
@@ -152,13 +219,15 @@ fn file_kind(path: &Path) -> Result<ModelKind> {
         Ok(ModelKind::Student)
     } else if has(teacher_file::METADATA_KEY) {
         Ok(ModelKind::Teacher)
+    } else if has(derm_codegen::ir::GRAPH_KEY) {
+        Ok(ModelKind::ModelFile)
     } else {
         bail!(
-            "{}: neither a student ({}) nor a teacher ({}) file; for an exported runtime model \
-             use pi-bench",
+            "{}: neither a student ({}), a teacher ({}) nor an exported model file ({})",
             path.display(),
             student_file::METADATA_KEY,
-            teacher_file::METADATA_KEY
+            teacher_file::METADATA_KEY,
+            derm_codegen::ir::GRAPH_KEY
         )
     }
 }
@@ -183,6 +252,26 @@ pub fn load_model(path: &Path) -> Result<LoadedModel> {
                 std: s.meta.std,
                 net: Box::new(s.model),
                 _vs: s.vs,
+            }
+        }
+        ModelKind::ModelFile => {
+            let model = derm_codegen::ir::ModelFile::read(path)?;
+            let g = &model.graph;
+            let [_, _, h, w] = g.input.shape;
+            ensure!(
+                h == w,
+                "{}: non-square input {h}x{w} is not supported here",
+                path.display()
+            );
+            LoadedModel {
+                path: path.to_owned(),
+                kind: ModelKind::ModelFile,
+                input_size: h,
+                class_names: g.classes.clone(),
+                mean: g.preprocess.mean,
+                std: g.preprocess.std,
+                net: Box::new(ModelFileNet::new(model)?),
+                _vs: nn::VarStore::new(tch::Device::Cpu),
             }
         }
         ModelKind::Teacher => {
@@ -251,7 +340,9 @@ pub fn ensemble_logits(
     let views = opts.tta.views();
     for m in models {
         let input = match m.kind {
-            ModelKind::Student => Some(InputMap::new(cache.mean(), cache.std(), m.mean, m.std)),
+            ModelKind::Student | ModelKind::ModelFile => {
+                Some(InputMap::new(cache.mean(), cache.std(), m.mean, m.std))
+            }
             ModelKind::Teacher => {
                 ensure!(
                     m.mean == cache.mean() && m.std == cache.std(),

@@ -1,4 +1,4 @@
-//! `--precision f16`: the same student exported as f32 and f16. The f16 file is about half
+//! `--precision f16` and `int8`: the same student exported as f32, f16 and int8. The f16 file is about half
 //! the size, stores every weight as F16, passes derm-codegen's validation, computes logits
 //! within 1e-2 of the logit range of the f32 export's, and its golden logits are its own
 //! (the widened weights'), not the student's.
@@ -149,4 +149,93 @@ fn f16_rounds_to_nearest_even_and_rejects_overflow() {
         msg.contains(&name) && msg.contains("70000"),
         "error should name the tensor and value: {msg}"
     );
+}
+
+#[test]
+fn int8_export_is_a_quarter_of_the_size_and_its_golden_is_the_reference() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = student(11);
+    let (p32, p8) = (
+        dir.path().join("m32.safetensors"),
+        dir.path().join("m8.safetensors"),
+    );
+    let base = ExportOptions {
+        golden_layers: false,
+        ..Default::default()
+    };
+    export::export_student(&s, &p32, &base, 3, 5).unwrap();
+    // Calibration images: seeded uniform pixels, as golden inputs (other seed).
+    let cal = export::golden_inputs(&s, 32, 99);
+    let flat = Vec::<f32>::try_from(cal.contiguous().view(-1)).unwrap();
+    let per = 3 * 32 * 48;
+    let inputs: Vec<Vec<f32>> = flat.chunks(per).map(<[f32]>::to_vec).collect();
+    // int8 without calibration is a named error, not a silent float export.
+    let e = export::export_student(
+        &s,
+        &p8,
+        &ExportOptions {
+            precision: Precision::Int8,
+            ..base.clone()
+        },
+        3,
+        5,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("calibration"), "{e}");
+    let r8 = export::export_student(
+        &s,
+        &p8,
+        &ExportOptions {
+            precision: Precision::Int8,
+            calibration: Some(export::Calibrate {
+                inputs,
+                range: export::RangeMethod::MinMax,
+                progress: false,
+            }),
+            ..base
+        },
+        3,
+        5,
+    )
+    .unwrap();
+    // Random weights through ~50 int8 layers: a few percent of the logit range.
+    assert!(
+        r8.precision_error < 0.15,
+        "int8 vs student {}",
+        r8.precision_error
+    );
+
+    let m32 = ModelFile::read(&p32).unwrap();
+    let m8 = ModelFile::read(&p8).unwrap();
+    assert_eq!(m8.graph.version, 2);
+    assert_eq!(metadata::precision(&m8), "int8");
+    assert_eq!(m8.graph.provenance["precision"], "int8");
+    assert_eq!(m8.graph.ops, m32.graph.ops);
+    let weight_bytes = |m: &ModelFile| {
+        m.graph
+            .ops
+            .iter()
+            .flat_map(|o| o.tensor_names())
+            .map(|t| m.tensors[t].data.len())
+            .sum::<usize>() as f64
+    };
+    let ratio = weight_bytes(&m8) / weight_bytes(&m32);
+    assert!(
+        ratio < 0.3,
+        "int8 weights and biases are {ratio:.3} of f32's"
+    );
+
+    // The golden logits are exactly what the int8 reference computes from the file.
+    let input = golden_f32(&golden_path(&p8), "input");
+    assert_eq!(input, golden_f32(&golden_path(&p32), "input"));
+    let want8 = golden_f32(&golden_path(&p8), "logits");
+    let want32 = golden_f32(&golden_path(&p32), "logits");
+    for n in 0..3 {
+        let x = &input[n * per..(n + 1) * per];
+        let got = reference::logits(&m8, x).unwrap();
+        assert_eq!(got, want8[n * 5..(n + 1) * 5], "sample {n}");
+        let err = max_abs_diff(&got, &want32[n * 5..(n + 1) * 5]);
+        assert!(err > 0.0, "sample {n}: int8 equals f32 exactly");
+    }
 }

@@ -19,7 +19,8 @@ use crate::train::cli::val_indices;
 /// Arguments of `derm-train evaluate`.
 #[derive(Debug, Clone, Args)]
 pub struct EvaluateArgs {
-    /// Student or teacher file; give it several times to score the ensemble (logits averaged).
+    /// Student, teacher or exported model file (f32, f16 or int8, run as the runtime computes
+    /// it); give it several times to score the ensemble (logits averaged).
     #[arg(long = "model", required = true)]
     pub models: Vec<PathBuf>,
     /// The cache; with `--fold`, only that fold's validation images.

@@ -3,10 +3,10 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Result, bail};
+use anyhow::{Result, bail, ensure};
 use clap::Args;
 
-use crate::export::{self, ExportOptions, Precision};
+use crate::export::{self, Calibrate, ExportOptions, Precision, RangeMethod};
 use crate::models::mobilenet_v3::{self, Arch, Head, LoadOptions};
 use crate::student_file::{DEFAULT_CLASSES, Provenance, Student, StudentMeta};
 
@@ -75,11 +75,34 @@ pub struct ExportArgs {
     /// provenance.
     #[arg(long, value_delimiter = ',', allow_hyphen_values = true)]
     pub logit_bias: Option<Vec<f32>>,
-    /// Stored type of the weights and biases: f32, or f16 (IEEE half, round-to-nearest-even;
-    /// half the file). Arithmetic stays f32: the runtime widens the weights. The golden
-    /// logits are those of the stored weights.
+    /// Stored type of the weights and biases: f32; f16 (IEEE half, round-to-nearest-even;
+    /// half the file; arithmetic stays f32); or int8 (integer weights, activations and
+    /// arithmetic, docs/int8.md; needs `--calibration-cache`). The golden logits are those
+    /// of the stored model.
     #[arg(long, value_enum, default_value_t = Precision::F32)]
     pub precision: Precision,
+    /// int8: the prepared cache whose training images calibrate the activation ranges.
+    #[arg(long, help_heading = "int8 calibration")]
+    pub calibration_cache: Option<PathBuf>,
+    /// int8: calibrate on the training images of this fold (never on the images you
+    /// evaluate on); without it, on every image of the cache.
+    #[arg(long, help_heading = "int8 calibration")]
+    pub calibration_fold: Option<usize>,
+    /// int8: number of folds (with `--calibration-fold`).
+    #[arg(long, default_value_t = 5, help_heading = "int8 calibration")]
+    pub calibration_k: usize,
+    /// int8: seed of the fold assignment (with `--calibration-fold`).
+    #[arg(long, default_value_t = 0, help_heading = "int8 calibration")]
+    pub calibration_split_seed: u64,
+    /// int8: calibration images, drawn from the candidates with `--golden-seed`.
+    #[arg(long, default_value_t = 256, help_heading = "int8 calibration")]
+    pub calibration_images: usize,
+    /// int8: activation ranges, `minmax` or `percentile:P` (e.g. `percentile:99.99`).
+    #[arg(long, default_value = "minmax", help_heading = "int8 calibration")]
+    pub calibration_range: RangeMethod,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
     /// A JSON file stored in the provenance under `evaluation` (e.g. the `pi-bench --json`
     /// report of this model on a held-out fold), so the numbers travel with the model.
     #[arg(long)]
@@ -182,6 +205,14 @@ pub fn run(a: ExportArgs) -> Result<()> {
     if let Some(b) = &a.logit_bias {
         export::add_logit_bias(&student, b)?;
     }
+    let calibration = match (a.precision, &a.calibration_cache) {
+        (Precision::Int8, Some(cache)) => Some(calibration_inputs(&a, cache, &student)?),
+        (Precision::Int8, None) => {
+            bail!("--precision int8 needs --calibration-cache (training images to calibrate on)")
+        }
+        (_, Some(_)) => bail!("--calibration-cache only applies with --precision int8"),
+        (_, None) => None,
+    };
     let r = export::export_student(
         &student,
         &a.output,
@@ -189,6 +220,7 @@ pub fn run(a: ExportArgs) -> Result<()> {
             provenance,
             golden_layers: !a.no_layers,
             precision: a.precision,
+            calibration,
         },
         a.golden_n,
         a.golden_seed,
@@ -208,4 +240,58 @@ pub fn run(a: ExportArgs) -> Result<()> {
     }
     println!("wrote {}", r.golden_path.display());
     Ok(())
+}
+
+/// The int8 calibration images: `--calibration-images` of the cache's (or the fold's
+/// training) images, drawn with `--golden-seed`, preprocessed as evaluation does (resized to
+/// the student's input, normalized with its mean and std).
+fn calibration_inputs(
+    a: &ExportArgs,
+    cache: &std::path::Path,
+    student: &Student,
+) -> Result<Calibrate> {
+    use crate::data::balance::BalancePlan;
+    use crate::data::loader::{Batches, LoaderOptions};
+    ensure!(
+        a.calibration_images > 0,
+        "--calibration-images must be at least 1"
+    );
+    let data = crate::args::CacheFoldArgs {
+        cache: cache.to_owned(),
+        fold: a.calibration_fold,
+        k: a.calibration_k,
+        split_seed: a.calibration_split_seed,
+    };
+    let (cache, rows) = data.open(|f| crate::train::cli::train_indices(f, None, 0))?;
+    let rows =
+        crate::train::cli::subsample(rows, Some(a.calibration_images), a.golden_seed as u64, 3);
+    let map = crate::train::fit::InputMap::new(
+        cache.mean(),
+        cache.std(),
+        student.meta.mean,
+        student.meta.std,
+    );
+    let mut lo = LoaderOptions::eval(64);
+    lo.train_size = Some(student.meta.input_size[0] as usize);
+    let plan = BalancePlan::plain(&rows);
+    let mut inputs = Vec::with_capacity(rows.len());
+    for b in Batches::new(&cache, &plan, lo, 0)? {
+        let x = map.apply(&b?.images).contiguous();
+        let n = x.size()[0] as usize;
+        let flat = Vec::<f32>::try_from(x.view(-1))?;
+        inputs.extend(flat.chunks(flat.len() / n.max(1)).map(<[f32]>::to_vec));
+    }
+    println!(
+        "calibrating int8 on {} images of {}{}",
+        inputs.len(),
+        cache.dir().display(),
+        a.calibration_fold
+            .map(|f| format!(" (training images of fold {f})"))
+            .unwrap_or_default()
+    );
+    Ok(Calibrate {
+        inputs,
+        range: a.calibration_range,
+        progress: !a.quiet,
+    })
 }

@@ -146,7 +146,9 @@ pub struct DataSummary {
     pub class_weights: Vec<f32>,
 }
 
-fn subsample(mut v: Vec<usize>, max: Option<usize>, seed: u64, stream: u64) -> Vec<usize> {
+/// At most `max` of `v`, drawn with `seed` on its own random `stream` (so draws for
+/// different purposes are independent), in ascending order.
+pub fn subsample(mut v: Vec<usize>, max: Option<usize>, seed: u64, stream: u64) -> Vec<usize> {
     if let Some(m) = max.filter(|&m| m < v.len()) {
         Rng::from_parts(&[seed, stream, 0x5B5E]).shuffle(&mut v);
         v.truncate(m);
