@@ -15,6 +15,9 @@
 //! - depthwise weights are `[kh][kw][c]`, stem weights `[kh][kw][cin][cout]`;
 //! - BatchNorm is already folded into the weights and biases.
 //!
+//! Int8 requantization (the one `i32` to `i8` rounding rule every int8
+//! kernel follows) lives in [`requant`](mod@requant).
+//!
 //! Kernels never allocate. Mismatched lengths are caught by `debug_assert!`
 //! in the portable kernels and by `assert!` in the NEON ones, whose raw
 //! pointer accesses rely on them.
@@ -25,6 +28,7 @@ pub mod depthwise;
 pub mod linear;
 pub mod pointwise;
 pub mod pool;
+pub mod requant;
 pub mod squeeze_excite;
 
 pub use add::add;
@@ -33,6 +37,7 @@ pub use depthwise::depthwise;
 pub use linear::linear;
 pub use pointwise::pointwise;
 pub use pool::global_avg_pool;
+pub use requant::{requant, requant_i8};
 pub use squeeze_excite::squeeze_excite;
 
 /// Output channels per packed weight panel (the pointwise register tile width).

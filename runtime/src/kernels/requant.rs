@@ -1,0 +1,321 @@
+//! Int8 requantization: the one rounding rule every int8 kernel follows.
+//!
+//! An int8 kernel accumulates in `i32` and maps the accumulator `x` back to
+//! the output's int8 scale with a real multiplier `r`, stored as a 31-bit
+//! fixed-point multiplier `m` and a right shift `s` (`r = m * 2^-s`):
+//!
+//! ```text
+//! requant(x: i32, m: i32, s: u32) -> i32
+//!     = saturate_i32((x as i64 * m as i64 + (1 << (s - 1))) >> s)
+//! ```
+//!
+//! - `>>` is the arithmetic (flooring) shift of the 64-bit value, so the
+//!   result is `x * m / 2^s` rounded to nearest, ties toward +infinity, with
+//!   a single rounding;
+//! - `m` lies in `[2^30, 2^31 - 1]` and `s` in `[1, 62]`. The product fits
+//!   `i64` because `|x| <= 2^31` and `m < 2^31`, and adding `2^(s - 1) <= 2^61`
+//!   cannot overflow either;
+//! - the result saturates to `i32`, which matters when `r > 1`.
+//!
+//! `derm-codegen` derives `(m, s)` from `r` as `s = 30 - floor(log2 r)`,
+//! `m = round(r * 2^s)`, and if `m == 2^31` then `m = 2^30, s -= 1`; it
+//! rejects scales whose `s` falls outside `[1, 62]`.
+//!
+//! [`requant_i8`] applies the rule to one output row (one pixel's channels,
+//! per-channel multipliers), adds the output zero point and clamps to
+//! `[min, max]`: `(-128, 127)` for plain int8 saturation, `(zero_point, 127)`
+//! for a fused ReLU. Every variant gives bit-identical results.
+
+/// The variant this target uses: NEON on aarch64, [`portable`] elsewhere.
+#[cfg(target_arch = "aarch64")]
+pub use neon::requant_i8;
+/// The variant this target uses: NEON on aarch64, [`portable`] elsewhere.
+#[cfg(not(any(target_arch = "aarch64", target_arch = "x86_64")))]
+pub use portable as requant_i8;
+
+/// The requantization rule for one value (see the module docs):
+/// `saturate_i32((x * m + 2^(s - 1)) >> s)` computed in `i64`.
+///
+/// `m` must lie in `[2^30, 2^31 - 1]` and `s` in `[1, 62]` (checked by
+/// `debug_assert!`).
+#[inline(always)]
+pub const fn requant(x: i32, m: i32, s: u32) -> i32 {
+    debug_assert!(
+        m >= 1 << 30 && s >= 1 && s <= 62,
+        "requant: multiplier outside [2^30, 2^31 - 1] or shift outside [1, 62]"
+    );
+    // |x * m| < 2^62 and 2^(s - 1) <= 2^61, so the sum cannot overflow.
+    let v = (x as i64 * m as i64 + (1i64 << (s - 1))) >> s;
+    if v > i32::MAX as i64 {
+        i32::MAX
+    } else if v < i32::MIN as i64 {
+        i32::MIN
+    } else {
+        v as i32
+    }
+}
+
+/// Portable row requantization:
+/// `out[i] = clamp(zero_point + requant(acc[i], mult[i], shift[i]), min, max)`.
+///
+/// All slices have the same length; `zero_point` lies in `[-128, 127]` and
+/// `min <= max`. The zero-point addition saturates in `i32` (it can only
+/// matter for saturated values, which the clamp maps to `min` or `max`
+/// anyway).
+#[inline]
+pub fn portable(
+    acc: &[i32],
+    mult: &[i32],
+    shift: &[u8],
+    zero_point: i32,
+    min: i8,
+    max: i8,
+    out: &mut [i8],
+) {
+    debug_assert_eq!(acc.len(), out.len());
+    debug_assert_eq!(mult.len(), out.len());
+    debug_assert_eq!(shift.len(), out.len());
+    debug_assert!(min <= max);
+    // The vector variants add the zero point in 64 bits without saturating;
+    // that equals this saturating add only for int8 zero points.
+    debug_assert!((-128..=127).contains(&zero_point));
+    for (((o, &x), &m), &s) in out.iter_mut().zip(acc).zip(mult).zip(shift) {
+        let v = requant(x, m, s as u32).saturating_add(zero_point);
+        // max-then-min, in this order in every variant, so that even a
+        // (contract-breaking) min > max gives the same bits everywhere.
+        *o = v.max(min as i32).min(max as i32) as i8;
+    }
+}
+
+/// NEON row requantization for aarch64, 8 values per iteration.
+///
+/// `SRSHL` with a negative per-lane shift (`vrshlq_s64`) is exactly the rule:
+/// it adds `2^(s - 1)` and shifts right arithmetically, computing the sum
+/// without intermediate overflow, for every shift up to 63. `vqmovn_s64`
+/// then saturates to `i32`, `vqaddq_s32` adds the zero point saturating like
+/// [`portable`], and the final narrowings to `i8` are exact because the
+/// values are already clamped to `[min, max]`.
+#[cfg(target_arch = "aarch64")]
+pub mod neon {
+    use super::portable;
+    use core::arch::aarch64::*;
+
+    /// NEON row requantization with the contract of [`super::portable`].
+    ///
+    /// # Panics
+    /// If `acc`, `mult` or `shift` is shorter than `out` (the raw-pointer
+    /// loop relies on this check).
+    #[inline]
+    pub fn requant_i8(
+        acc: &[i32],
+        mult: &[i32],
+        shift: &[u8],
+        zero_point: i32,
+        min: i8,
+        max: i8,
+        out: &mut [i8],
+    ) {
+        let len = out.len();
+        assert!(
+            acc.len() >= len && mult.len() >= len && shift.len() >= len,
+            "requant_i8: inputs shorter than out"
+        );
+        debug_assert!(min <= max);
+        let mut i = 0;
+        // SAFETY: i + 8 <= len and every input holds at least len values, so
+        // the 8-lane loads and the 8-byte store stay in bounds.
+        unsafe {
+            let zp = vdupq_n_s32(zero_point);
+            let lo = vdupq_n_s32(min as i32);
+            let hi = vdupq_n_s32(max as i32);
+            while i + 8 <= len {
+                // Negated shifts: SRSHL shifts right for negative counts and
+                // reads only the low byte of each 64-bit count.
+                let ns = vmovl_s8(vneg_s8(vreinterpret_s8_u8(vld1_u8(shift.as_ptr().add(i)))));
+                let a = quad(acc.as_ptr().add(i), mult.as_ptr().add(i), vget_low_s16(ns));
+                let b = quad(
+                    acc.as_ptr().add(i + 4),
+                    mult.as_ptr().add(i + 4),
+                    vget_high_s16(ns),
+                );
+                let a = vminq_s32(vmaxq_s32(vqaddq_s32(a, zp), lo), hi);
+                let b = vminq_s32(vmaxq_s32(vqaddq_s32(b, zp), lo), hi);
+                let v = vqmovn_s16(vcombine_s16(vqmovn_s32(a), vqmovn_s32(b)));
+                vst1_s8(out.as_mut_ptr().add(i), v);
+                i += 8;
+            }
+        }
+        portable(
+            &acc[i..len],
+            &mult[i..len],
+            &shift[i..len],
+            zero_point,
+            min,
+            max,
+            &mut out[i..],
+        );
+    }
+
+    /// `saturate_i32((x * m + 2^(s - 1)) >> s)` on four lanes; `ns` holds the
+    /// negated shifts.
+    ///
+    /// # Safety
+    /// `acc` and `mult` point at four readable values each.
+    #[inline(always)]
+    unsafe fn quad(acc: *const i32, mult: *const i32, ns: int16x4_t) -> int32x4_t {
+        // SAFETY: the caller guarantees four values behind each pointer; the
+        // rest is register-only NEON (aarch64 baseline).
+        unsafe {
+            let x = vld1q_s32(acc);
+            let m = vld1q_s32(mult);
+            let ns = vmovl_s16(ns);
+            let p0 = vmull_s32(vget_low_s32(x), vget_low_s32(m));
+            let p1 = vmull_high_s32(x, m);
+            let r0 = vrshlq_s64(p0, vmovl_s32(vget_low_s32(ns)));
+            let r1 = vrshlq_s64(p1, vmovl_high_s32(ns));
+            vqmovn_high_s64(vqmovn_s64(r0), r1)
+        }
+    }
+}
+
+/// AVX2 row requantization for x86_64 hosts, 8 values per iteration.
+///
+/// `_mm256_mul_epi32` multiplies the even 32-bit lanes into 64-bit products,
+/// so the odd lanes go through a second multiply after a 32-bit shift. AVX2
+/// has no 64-bit arithmetic right shift, but the logical `_mm256_srlv_epi64`
+/// gives the same result after an offset: every product `v = x * m` of two
+/// `i32`s lies in `[-2^62 + 2^31, 2^62]`, so `v + 2^(s - 1) + 2^62` lies in
+/// `[0, 2^64)` (no wrap-around as an unsigned 64-bit value) and
+/// `(v + 2^(s - 1) + 2^62) >>logical s == ((v + 2^(s - 1)) >>arith s) + 2^(62 - s)`
+/// because `2^s` divides `2^62` for `s <= 62`. After subtracting `2^(62 - s)` the zero
+/// point is added and the value clamped to `[min, max]` while still 64-bit,
+/// which equals [`portable`]'s saturate-then-clamp since `min` and `max` lie
+/// well inside `i32`.
+#[cfg(target_arch = "x86_64")]
+pub mod avx2 {
+    use super::portable;
+    use core::arch::x86_64::*;
+
+    /// AVX2 row requantization with the contract of [`super::portable`].
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 (implied by [`super::super::has_avx2_fma`]).
+    ///
+    /// # Panics
+    /// If `acc`, `mult` or `shift` is shorter than `out`.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn requant_i8(
+        acc: &[i32],
+        mult: &[i32],
+        shift: &[u8],
+        zero_point: i32,
+        min: i8,
+        max: i8,
+        out: &mut [i8],
+    ) {
+        let len = out.len();
+        assert!(
+            acc.len() >= len && mult.len() >= len && shift.len() >= len,
+            "requant_i8: inputs shorter than out"
+        );
+        debug_assert!(min <= max);
+        let c = Consts {
+            zp: _mm256_set1_epi64x(zero_point as i64),
+            lo: _mm256_set1_epi64x(min as i64),
+            hi: _mm256_set1_epi64x(max as i64),
+        };
+        let mut i = 0;
+        while i + 8 <= len {
+            // SAFETY: i + 8 <= len and every input holds at least len values,
+            // so the 8-lane loads (unaligned) and the 8-byte store stay in
+            // bounds.
+            unsafe {
+                let x = _mm256_loadu_si256(acc.as_ptr().add(i).cast());
+                let m = _mm256_loadu_si256(mult.as_ptr().add(i).cast());
+                let s = _mm256_cvtepu8_epi32(_mm_loadl_epi64(shift.as_ptr().add(i).cast()));
+                // Even lanes keep their 32-bit values in the low halves of
+                // the 64-bit lanes (mul_epi32 ignores the high halves, the
+                // shift counts must be masked); odd lanes are moved down.
+                let even = lanes(
+                    x,
+                    m,
+                    _mm256_and_si256(s, _mm256_set1_epi64x(0xFFFF_FFFF)),
+                    &c,
+                );
+                let odd = lanes(
+                    _mm256_srli_epi64::<32>(x),
+                    _mm256_srli_epi64::<32>(m),
+                    _mm256_srli_epi64::<32>(s),
+                    &c,
+                );
+                // Clamped to [min, max], so the low 32 bits are the values;
+                // interleave them back into lane order.
+                let v = _mm256_blend_epi32::<0b1010_1010>(even, _mm256_slli_epi64::<32>(odd));
+                // Saturating packs are exact on values already in i8 range.
+                let w =
+                    _mm_packs_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+                _mm_storel_epi64(out.as_mut_ptr().add(i).cast(), _mm_packs_epi16(w, w));
+            }
+            i += 8;
+        }
+        portable(
+            &acc[i..len],
+            &mult[i..len],
+            &shift[i..len],
+            zero_point,
+            min,
+            max,
+            &mut out[i..],
+        );
+    }
+
+    /// Per-call constants, broadcast to 64-bit lanes.
+    struct Consts {
+        zp: __m256i,
+        lo: __m256i,
+        hi: __m256i,
+    }
+
+    /// `clamp(zp + ((x * m + 2^(s - 1)) >> s), lo, hi)` on the four 64-bit
+    /// lanes whose low 32 bits hold `x` and `m`; `s` holds 64-bit counts.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn lanes(x: __m256i, m: __m256i, s: __m256i, c: &Consts) -> __m256i {
+        let one = _mm256_set1_epi64x(1);
+        let bias = _mm256_set1_epi64x(1 << 62);
+        let p = _mm256_mul_epi32(x, m);
+        // 2^(s - 1) + 2^62: the rounding constant plus the offset that makes
+        // the sum non-negative, so the logical shift floors like an
+        // arithmetic one.
+        let round = _mm256_add_epi64(_mm256_sllv_epi64(one, _mm256_sub_epi64(s, one)), bias);
+        let q = _mm256_srlv_epi64(_mm256_add_epi64(p, round), s);
+        let v = _mm256_sub_epi64(q, _mm256_srlv_epi64(bias, s));
+        let v = _mm256_add_epi64(v, c.zp);
+        // AVX2 has no 64-bit min/max: compare and blend, max first like
+        // the other variants.
+        let v = _mm256_blendv_epi8(v, c.lo, _mm256_cmpgt_epi64(c.lo, v));
+        _mm256_blendv_epi8(v, c.hi, _mm256_cmpgt_epi64(v, c.hi))
+    }
+}
+
+/// The variant this target uses: AVX2 when the CPU has it (with FMA, as
+/// [`super::has_avx2_fma`] reports for every AVX2 kernel), else [`portable`]
+/// (checked once, then one cached load per call).
+#[cfg(target_arch = "x86_64")]
+#[inline]
+pub fn requant_i8(
+    acc: &[i32],
+    mult: &[i32],
+    shift: &[u8],
+    zero_point: i32,
+    min: i8,
+    max: i8,
+    out: &mut [i8],
+) {
+    if super::has_avx2_fma() {
+        // SAFETY: the CPU supports AVX2 (checked just above).
+        unsafe { avx2::requant_i8(acc, mult, shift, zero_point, min, max, out) }
+    } else {
+        portable(acc, mult, shift, zero_point, min, max, out)
+    }
+}
