@@ -476,7 +476,8 @@ impl Tensor {
 
     /// The values as `f32` for `f32` and `f16` tensors; `None` for `i8`
     /// (which needs its quantization parameters, see [`ModelFile::tensor_f32`])
-    /// and `i32` (whose scale comes from the graph, see [`ModelFile::dequantized`]).
+    /// and `i32` (an int8 model's biases, whose scale comes from the op's input:
+    /// `docs/int8.md`).
     pub fn to_f32(&self) -> Option<Vec<f32>> {
         match self.dtype {
             DType::F32 => Some(
@@ -536,8 +537,8 @@ impl ModelFile {
         if t.dtype == DType::I32 {
             return Err(IrError::BadQuant {
                 tensor: name.to_owned(),
-                reason: "an i32 bias is in accumulator units; its scale comes from the op's \
-                         input (ModelFile::dequantized converts the whole model)"
+                reason: "an i32 bias is in accumulator units (input scale * weight scale, \
+                         docs/int8.md), not a float weight"
                     .into(),
             });
         }
