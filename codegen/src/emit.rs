@@ -1,5 +1,6 @@
-//! From lowered nodes to one Rust module: buffers and their lifetimes, the
-//! memory plan, the weight blob, and the token stream.
+//! From lowered nodes to one Rust module: the weight blob and the token
+//! stream. Which buffer each step uses and where it lives is decided by
+//! [`plan_memory`]; this module only renders that plan.
 
 use std::collections::HashMap;
 
@@ -8,7 +9,7 @@ use quote::{ToTokens, format_ident, quote};
 
 use crate::ir::{ModelFile, ValueShapes};
 use crate::nodes::{Emit, Node, lit};
-use crate::plan::{Buffer, Plan, greedy_by_size};
+use crate::plan::{Buffer, Plan, Step, plan_memory};
 use crate::{CodegenError, GenOptions, Generated, LayerReport, Report, WeightsSource};
 
 /// Arena offsets are multiples of this many `f32` (64 bytes: a cache line,
@@ -17,96 +18,16 @@ pub const ARENA_ALIGN: usize = 16;
 /// Tensors in the weight blob start at multiples of this many `f32`.
 pub const WEIGHT_ALIGN: usize = 16;
 
-/// Where each step reads and writes, in buffer indices.
-struct StepBuffers {
-    inputs: Vec<usize>,
-    output: usize,
-    /// In-place node whose input stays alive: copy input into output first.
-    copy_from: Option<usize>,
-    scratch: Option<usize>,
-}
-
-/// Buffers with their lifetimes, and which buffer each step touches.
-struct Liveness {
-    buffers: Vec<Buffer>,
-    names: Vec<String>,
-    steps: Vec<StepBuffers>,
-    input: usize,
-    output: usize,
-}
-
-fn liveness(model: &ModelFile, shapes: &ValueShapes, nodes: &[Node]) -> Liveness {
-    let g = &model.graph;
-    let n = nodes.len();
-    let mut last_use: HashMap<&str, usize> = HashMap::new();
-    for (i, node) in nodes.iter().enumerate() {
-        for v in node.get().inputs() {
-            last_use.insert(v, i);
-        }
-    }
-    last_use.insert(&g.output, n);
-    let mut buffers = Vec::new();
-    let mut names = Vec::new();
-    let mut of_value: HashMap<String, usize> = HashMap::new();
-    let input_len: usize = shapes[&g.input.name].iter().product();
-    buffers.push(Buffer {
-        size: input_len,
-        first: 0,
-        last: 0,
-    });
-    names.push(g.input.name.clone());
-    of_value.insert(g.input.name.clone(), 0);
-    let mut steps = Vec::with_capacity(n);
-    for (i, node) in nodes.iter().enumerate() {
-        let node = node.get();
-        let inputs: Vec<usize> = node.inputs().iter().map(|v| of_value[*v]).collect();
-        for &b in &inputs {
-            buffers[b].last = buffers[b].last.max(i);
-        }
-        let mut copy_from = None;
-        let output = if node.in_place() && last_use.get(node.inputs()[0]) == Some(&i) {
-            inputs[0]
-        } else {
-            if node.in_place() {
-                copy_from = Some(inputs[0]);
-            }
-            buffers.push(Buffer {
-                size: node.output_len(),
-                first: i,
-                last: i,
-            });
-            names.push(node.output().to_owned());
-            buffers.len() - 1
-        };
-        of_value.insert(node.output().to_owned(), output);
-        let scratch = (node.scratch_len() > 0).then(|| {
-            buffers.push(Buffer {
-                size: node.scratch_len(),
-                first: i,
-                last: i,
-            });
-            names.push(format!("{} (scratch)", node.name()));
-            buffers.len() - 1
-        });
-        steps.push(StepBuffers {
-            inputs: if node.in_place() && copy_from.is_none() {
-                vec![]
-            } else {
-                inputs
-            },
-            output,
-            copy_from,
-            scratch,
-        });
-    }
-    let output = of_value[&g.output];
-    buffers[output].last = n;
-    Liveness {
-        buffers,
-        names,
-        steps,
-        input: 0,
-        output,
+/// The memory planner's view of one lowered node.
+fn step_of(node: &Node) -> Step {
+    let node = node.get();
+    Step {
+        name: node.name().to_owned(),
+        inputs: node.inputs().into_iter().map(str::to_owned).collect(),
+        output: node.output().to_owned(),
+        output_len: node.output_len(),
+        in_place: node.in_place(),
+        scratch_len: node.scratch_len(),
     }
 }
 
@@ -160,8 +81,10 @@ pub(crate) fn generate(
     let rt: TokenStream = syn::parse_str::<syn::Path>(&opts.runtime_path)
         .map_err(|e| CodegenError::Option(format!("runtime path {:?}: {e}", opts.runtime_path)))?
         .to_token_stream();
-    let live = liveness(model, shapes, nodes);
-    let plan = greedy_by_size(&live.buffers, ARENA_ALIGN);
+    let steps: Vec<Step> = nodes.iter().map(step_of).collect();
+    let input_len: usize = shapes[&g.input.name].iter().product();
+    let live = plan_memory((&g.input.name, input_len), &steps, &g.output, ARENA_ALIGN);
+    let plan = &live.plan;
 
     let mut blob: Vec<f32> = Vec::new();
     let mut layer_fns = TokenStream::new();
@@ -183,7 +106,7 @@ pub(crate) fn generate(
         wanted.push(step.output);
         wanted.extend(step.scratch);
         wanted.extend(step.copy_from);
-        let (split, names) = split_arena(&plan, &live.buffers, &wanted);
+        let (split, names) = split_arena(plan, &live.buffers, &wanted);
         let inputs: Vec<TokenStream> = step
             .inputs
             .iter()

@@ -1,13 +1,27 @@
 //! Static memory plan: every activation and kernel scratch buffer gets a
 //! fixed offset into one `f32` arena.
 //!
-//! Input: for each buffer its size and the first and last step that touch it
-//! (both inclusive). Two buffers may share memory only if their step ranges
-//! are disjoint. Algorithm (TFLite Micro's greedy planner): place buffers
-//! from largest to smallest, each at the lowest offset where it overlaps no
-//! already placed buffer whose lifetime intersects its own. The result is
-//! compared with the peak-live lower bound: the largest sum of sizes of
-//! buffers alive at one step, which no plan can beat.
+//! Two stages, both pure:
+//!
+//! 1. Liveness ([`plan_memory`], in `liveness.rs`): from the lowered steps
+//!    (which values each kernel call reads and writes, whether it works in
+//!    place, how much scratch it needs) to buffers with lifetimes, and which
+//!    buffer each step touches.
+//! 2. Placement ([`greedy_by_size`]): from buffers with lifetimes to offsets.
+//!
+//! [`plan_memory`] runs both; the code generator only renders its result.
+//!
+//! Placement input: for each buffer its size and the first and last step that
+//! touch it (both inclusive). Two buffers may share memory only if their step
+//! ranges are disjoint. Algorithm (TFLite Micro's greedy planner): place
+//! buffers from largest to smallest, each at the lowest offset where it
+//! overlaps no already placed buffer whose lifetime intersects its own. The
+//! result is compared with the peak-live lower bound: the largest sum of sizes
+//! of buffers alive at one step, which no plan can beat.
+
+mod liveness;
+
+pub use liveness::{MemoryPlan, Step, StepBuffers, plan_memory};
 
 /// A buffer to place.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
