@@ -1,0 +1,80 @@
+//! Storage precision of an exported model: f16 conversion ([`store_precision`]) and int8
+//! post-training quantization ([`quantize_int8`]).
+//!
+//! Both take the f32 model file of `graph.rs` and return a new one; the goldens of the
+//! result are recomputed in `golden.rs`.
+
+use std::collections::BTreeMap;
+
+use anyhow::{Context, Result, bail};
+use derm_codegen::ir::{self, ModelFile};
+
+use super::{Calibrate, Precision};
+
+/// Provenance key recording the stored precision of the weights ([`Precision::name`]).
+pub const PRECISION_KEY: &str = "precision";
+
+/// `model` (all f32) with every tensor stored in `precision` (f32 or f16; int8 needs
+/// calibration: [`quantize_int8`]). Errors name a tensor whose values do not fit (an f16
+/// overflow would silently become infinity).
+pub fn store_precision(model: &ModelFile, precision: Precision) -> Result<ModelFile> {
+    if precision == Precision::Int8 {
+        bail!("int8 is not a storage type: quantize with calibration images (quantize_int8)");
+    }
+    let mut tensors = BTreeMap::new();
+    for (name, t) in &model.tensors {
+        let values = t
+            .to_f32()
+            .with_context(|| format!("tensor {name} is {}, expected f32 or f16", t.dtype))?;
+        let stored = match precision {
+            Precision::F32 => ir::Tensor::from_f32(t.shape.clone(), &values),
+            Precision::F16 => {
+                let mut data = Vec::with_capacity(values.len() * 2);
+                for (i, &v) in values.iter().enumerate() {
+                    // `from_f32` rounds to nearest, ties to even.
+                    let h = half::f16::from_f32(v);
+                    if v.is_finite() && !h.is_finite() {
+                        bail!(
+                            "tensor {name}[{i}] = {v} does not fit in f16 (largest {})",
+                            half::f16::MAX
+                        );
+                    }
+                    data.extend_from_slice(&h.to_le_bytes());
+                }
+                ir::Tensor {
+                    dtype: ir::DType::F16,
+                    shape: t.shape.clone(),
+                    data,
+                }
+            }
+            Precision::Int8 => unreachable!("refused above"),
+        };
+        tensors.insert(name.clone(), stored);
+    }
+    let mut graph = model.graph.clone();
+    // `ModelFile::new` rebuilds the table rows from the new tensors.
+    graph.tensors.clear();
+    ModelFile::new(graph, tensors).map_err(|e| anyhow::anyhow!("{precision} model is invalid: {e}"))
+}
+
+/// The int8 model of `folded` (an f32 export): activation ranges observed on
+/// `cal.inputs` by the float reference interpreter, then `derm_codegen::quant::ptq::quantize`.
+pub fn quantize_int8(folded: &ModelFile, cal: &Calibrate) -> Result<ModelFile> {
+    use derm_codegen::quant::ptq::{Calibration, quantize};
+    if cal.inputs.is_empty() {
+        bail!("int8 export needs at least one calibration image");
+    }
+    let mut c = Calibration::new();
+    let mut progress = crate::train::progress::EpochProgress::new(
+        "calibrate",
+        cal.inputs.len() as u64,
+        cal.progress,
+    );
+    for x in &cal.inputs {
+        c.observe(folded, x)
+            .map_err(|e| anyhow::anyhow!("calibration: {e}"))?;
+        progress.step(1, 0.0);
+    }
+    progress.finish();
+    quantize(folded, &c, cal.range).map_err(|e| anyhow::anyhow!("int8 quantization: {e}"))
+}
