@@ -38,7 +38,7 @@ fn codegen_constants_through_the_runtime_rule_match_the_oracle() {
             })
             .collect();
         let zp = (r.next() % 256) as i32 - 128;
-        let relu = r.next() % 2 == 0;
+        let relu = r.next().is_multiple_of(2);
         let min = if relu { zp as i8 } else { -128 };
         let mult = vec![m.m; n];
         let shift = vec![m.shift as u8; n];
