@@ -65,7 +65,9 @@ export DERM_MODEL="$model_dir/tiny.safetensors"
 seed() { # seed TARGET NAME: bytes from stdin, written once
   local dir="fuzz/corpus/$1"
   mkdir -p "$dir"
-  [[ -e "$dir/$2" ]] || cat >"$dir/$2"
+  # Read stdin either way: a writer whose reader left early dies of SIGPIPE, which
+  # pipefail turns into the script's exit on every run after the first.
+  if [[ -e "$dir/$2" ]]; then cat >/dev/null; else cat >"$dir/$2"; fi
 }
 seed read_model tiny.json <"$model_dir/tiny.json"
 seed read_model tiny.safetensors <"$model_dir/tiny.safetensors"
