@@ -127,12 +127,7 @@ fn raw_bytes(m: &ModelFile) -> Vec<u8> {
         .tensors
         .iter()
         .map(|(k, t)| {
-            let dt = match t.dtype {
-                derm_codegen::ir::DType::F32 => safetensors::Dtype::F32,
-                derm_codegen::ir::DType::F16 => safetensors::Dtype::F16,
-                derm_codegen::ir::DType::I8 => safetensors::Dtype::I8,
-                derm_codegen::ir::DType::I32 => safetensors::Dtype::I32,
-            };
+            let dt = t.dtype.to_safetensors();
             (
                 k.clone(),
                 safetensors::tensor::TensorView::new(dt, t.shape.clone(), &t.data).unwrap(),

@@ -17,12 +17,7 @@ fn with_graph_json(model: &ModelFile, edit: impl FnOnce(&mut serde_json::Value))
         .tensors
         .iter()
         .map(|(k, t)| {
-            let dt = match t.dtype {
-                DType::F32 => safetensors::Dtype::F32,
-                DType::F16 => safetensors::Dtype::F16,
-                DType::I8 => safetensors::Dtype::I8,
-                DType::I32 => safetensors::Dtype::I32,
-            };
+            let dt = t.dtype.to_safetensors();
             (
                 k.clone(),
                 safetensors::tensor::TensorView::new(dt, t.shape.clone(), &t.data).unwrap(),

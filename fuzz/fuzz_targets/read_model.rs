@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::sync::OnceLock;
 
-use derm_codegen::ir::{DType, ModelFile};
+use derm_codegen::ir::ModelFile;
 use derm_codegen::synthetic::SyntheticSpec;
 use derm_codegen::{GenOptions, generate};
 use libfuzzer_sys::fuzz_target;
@@ -35,12 +35,7 @@ fn with_graph(json: &str) -> Option<Vec<u8>> {
         tiny()
     };
     let views = m.tensors.iter().map(|(k, t)| {
-        let dt = match t.dtype {
-            DType::F32 => safetensors::Dtype::F32,
-            DType::F16 => safetensors::Dtype::F16,
-            DType::I8 => safetensors::Dtype::I8,
-            DType::I32 => safetensors::Dtype::I32,
-        };
+        let dt = t.dtype.to_safetensors();
         (
             k.clone(),
             safetensors::tensor::TensorView::new(dt, t.shape.clone(), &t.data).expect("valid view"),

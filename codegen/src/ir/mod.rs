@@ -362,7 +362,8 @@ impl DType {
         }
     }
 
-    pub(crate) fn to_safetensors(self) -> safetensors::Dtype {
+    /// The safetensors dtype this element type is stored as.
+    pub fn to_safetensors(self) -> safetensors::Dtype {
         match self {
             DType::F32 => safetensors::Dtype::F32,
             DType::F16 => safetensors::Dtype::F16,
