@@ -7,37 +7,23 @@
 //! this passes and the runtime's parity test fails, the bug is in codegen or
 //! the kernels; if this fails, the export and the IR disagree.
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
+use derm_codegen::golden::Golden;
 use derm_codegen::{ir::ModelFile, reference};
-
-fn read_f32(st: &safetensors::SafeTensors<'_>, name: &str) -> Result<(Vec<usize>, Vec<f32>)> {
-    let t = st
-        .tensor(name)
-        .with_context(|| format!("tensor {name:?}"))?;
-    let v = t
-        .data()
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect();
-    Ok((t.shape().to_vec(), v))
-}
 
 fn main() -> Result<()> {
     let mut args = std::env::args().skip(1);
     let Some(model_path) = args.next() else {
         bail!("usage: check_golden MODEL.safetensors [GOLDEN.safetensors]");
     };
-    let golden_path = args.next().unwrap_or_else(|| {
-        let stem = model_path
-            .strip_suffix(".safetensors")
-            .unwrap_or(&model_path);
-        format!("{stem}.golden.safetensors")
-    });
+    let golden_path = args
+        .next()
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| Golden::path_for(model_path.as_ref()));
     let model = ModelFile::read(&model_path)?;
-    let bytes = std::fs::read(&golden_path).with_context(|| golden_path.clone())?;
-    let st = safetensors::SafeTensors::deserialize(&bytes).with_context(|| golden_path.clone())?;
-    let (xs, x) = read_f32(&st, "input")?;
-    let (_, y) = read_f32(&st, "logits")?;
+    let golden = Golden::read(&golden_path)?;
+    golden.check(&model)?;
+    let (xs, x, y) = (golden.input_shape, &golden.inputs, &golden.logits);
     let n_in: usize = xs[1..].iter().product();
     let c = model.num_classes();
     let mut worst: f32 = 0.0;
