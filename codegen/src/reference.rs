@@ -193,6 +193,7 @@ pub fn logits(model: &ModelFile, input: &[f32]) -> Result<Vec<f32>, IrError> {
         .unwrap_or_default())
 }
 
+/// The convolution before its activation: `bias[co]` plus every tap, per output.
 fn conv2d(
     x: &[f32],
     xs: &[usize],
@@ -201,17 +202,33 @@ fn conv2d(
     b: &[f32],
     c: &crate::ir::Conv2d,
 ) -> Vec<f32> {
+    let plane = ys[1] * ys[2];
+    let mut y: Vec<f32> = (0..ys[0] * plane).map(|o| b[o / plane]).collect();
+    for_each_tap(xs, ys, c, |o, xi, wi| y[o] += w[wi] * x[xi]);
+    y
+}
+
+/// Visits every tap of convolution `c` that falls inside the input (zero
+/// padding contributes nothing in either semantics): `f(output index, input
+/// index, weight index)`, all in logical CHW / `[out, in/groups, kh, kw]`
+/// order, each output's taps in one fixed order. The float and int8
+/// interpreters share it, so they convolve identically.
+pub(crate) fn for_each_tap(
+    xs: &[usize],
+    ys: &[usize],
+    c: &crate::ir::Conv2d,
+    mut f: impl FnMut(usize, usize, usize),
+) {
     let (ih, iw) = (xs[1] as isize, xs[2] as isize);
     let (oc, oh, ow) = (ys[0], ys[1], ys[2]);
     let [kh, kw] = c.kernel;
     let cin_g = c.in_channels / c.groups;
     let cout_g = c.out_channels / c.groups;
-    let mut y = vec![0f32; oc * oh * ow];
     for co in 0..oc {
         let g = co / cout_g;
         for oy in 0..oh {
             for ox in 0..ow {
-                let mut acc = b[co];
+                let o = (co * oh + oy) * ow + ox;
                 for ci in 0..cin_g {
                     let cx = g * cin_g + ci;
                     for ky in 0..kh {
@@ -224,17 +241,14 @@ fn conv2d(
                             if ix < 0 || ix >= iw {
                                 continue;
                             }
-                            let xv =
-                                x[(cx * ih as usize + iy as usize) * iw as usize + ix as usize];
-                            acc += w[((co * cin_g + ci) * kh + ky) * kw + kx] * xv;
+                            let xi = (cx * ih as usize + iy as usize) * iw as usize + ix as usize;
+                            f(o, xi, ((co * cin_g + ci) * kh + ky) * kw + kx);
                         }
                     }
                 }
-                y[(co * oh + oy) * ow + ox] = acc;
             }
         }
     }
-    y
 }
 
 #[cfg(test)]

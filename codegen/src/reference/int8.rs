@@ -190,43 +190,16 @@ pub fn run(
 /// `acc[co, oy, ox] = bias[co] + sum w * (x - zx)` over the taps inside the
 /// input (padding adds nothing: it is real zero, `x = zx`).
 fn conv_acc(x: &[i8], xs: &[usize], ys: &[usize], p: &ConvPlan, c: &crate::ir::Conv2d) -> Vec<i32> {
-    let (ih, iw) = (xs[1] as isize, xs[2] as isize);
-    let (oc, oh, ow) = (ys[0], ys[1], ys[2]);
-    let [kh, kw] = c.kernel;
-    let cin_g = c.in_channels / c.groups;
-    let cout_g = c.out_channels / c.groups;
+    let plane = ys[1] * ys[2];
     let zx = i64::from(p.x_zero_point);
-    let mut y = vec![0i32; oc * oh * ow];
-    for co in 0..oc {
-        let g = co / cout_g;
-        for oy in 0..oh {
-            for ox in 0..ow {
-                let mut acc = i64::from(p.bias[co]);
-                for ci in 0..cin_g {
-                    let cx = g * cin_g + ci;
-                    for ky in 0..kh {
-                        let iy = (oy * c.stride[0] + ky) as isize - c.padding[0] as isize;
-                        if iy < 0 || iy >= ih {
-                            continue;
-                        }
-                        for kx in 0..kw {
-                            let ix = (ox * c.stride[1] + kx) as isize - c.padding[1] as isize;
-                            if ix < 0 || ix >= iw {
-                                continue;
-                            }
-                            let xv =
-                                x[(cx * ih as usize + iy as usize) * iw as usize + ix as usize];
-                            let wv = p.weight[((co * cin_g + ci) * kh + ky) * kw + kx];
-                            acc += i64::from(wv) * (i64::from(xv) - zx);
-                        }
-                    }
-                }
-                // The plan checked that no accumulator can leave i32.
-                y[(co * oh + oy) * ow + ox] = acc as i32;
-            }
-        }
-    }
-    y
+    let mut acc: Vec<i64> = (0..ys[0] * plane)
+        .map(|o| i64::from(p.bias[o / plane]))
+        .collect();
+    super::for_each_tap(xs, ys, c, |o, xi, wi| {
+        acc[o] += i64::from(p.weight[wi]) * (i64::from(x[xi]) - zx);
+    });
+    // The plan checked that no accumulator can leave i32.
+    acc.into_iter().map(|a| a as i32).collect()
 }
 
 /// The conv/linear epilogue; `channel(i)` is the output channel of element `i`.
