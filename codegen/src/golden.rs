@@ -51,12 +51,7 @@ impl Golden {
 
     /// Reads the golden file at `path`; errors name the file.
     pub fn read(path: impl AsRef<Path>) -> Result<Self, IrError> {
-        let path = path.as_ref();
-        let bytes = std::fs::read(path).map_err(|source| IrError::Io {
-            path: path.to_owned(),
-            source,
-        })?;
-        Self::from_bytes(&bytes).map_err(|e| e.in_file(path))
+        crate::ir::read_file(path.as_ref(), Self::from_bytes)
     }
 
     /// Parses golden vectors from safetensors bytes; never panics.

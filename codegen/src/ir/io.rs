@@ -49,12 +49,7 @@ impl ModelFile {
 
     /// Reads and validates the model file at `path`; errors name the file.
     pub fn read(path: impl AsRef<Path>) -> Result<Self, IrError> {
-        let path = path.as_ref();
-        let bytes = std::fs::read(path).map_err(|source| IrError::Io {
-            path: path.to_owned(),
-            source,
-        })?;
-        Self::from_bytes(&bytes).map_err(|e| e.in_file(path))
+        read_file(path.as_ref(), Self::from_bytes)
     }
 
     /// Parses and validates a model from safetensors bytes. Never panics,
@@ -134,4 +129,17 @@ fn parse_graph(json: &str) -> Result<Graph, IrError> {
         None => return Err(IrError::GraphJson("missing field `version`".into())),
     }
     serde_json::from_value(value).map_err(|e| IrError::GraphJson(e.to_string()))
+}
+
+/// Reads the file at `path` and parses its bytes with `parse`; every error
+/// (I/O or parse) names the file. Shared by the model and golden readers.
+pub(crate) fn read_file<T>(
+    path: &Path,
+    parse: impl FnOnce(&[u8]) -> Result<T, IrError>,
+) -> Result<T, IrError> {
+    let bytes = std::fs::read(path).map_err(|source| IrError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    parse(&bytes).map_err(|e| e.in_file(path))
 }

@@ -9,6 +9,7 @@
 
 mod error;
 mod io;
+pub(crate) use io::read_file;
 mod validate;
 
 use std::collections::BTreeMap;
