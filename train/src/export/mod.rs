@@ -183,11 +183,8 @@ pub fn export_student(
                 .calibration
                 .as_ref()
                 .context("an int8 export needs calibration images")?;
-            let mut stored = quantize_int8(&folded, cal)?;
-            stored
-                .graph
-                .provenance
-                .insert(PRECISION_KEY.into(), "int8".into());
+            // `model_file` and `quantize` have both recorded "int8" as the precision.
+            let stored = quantize_int8(&folded, cal)?;
             let sg = golden_int8(&g, &stored)?;
             let err = relative_error(&sg.logits, &g.logits)?;
             (stored, sg, err)
