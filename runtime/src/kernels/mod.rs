@@ -14,6 +14,8 @@
 //!   panel zero-padded, so `w.len() == n.div_ceil(NR) * NR * k`;
 //! - depthwise weights are `[kh][kw][c]`, stem weights `[kh][kw][cin][cout]`;
 //! - BatchNorm is already folded into the weights and biases.
+//! - int8 models use the kernels of [`int8`](mod@int8) instead: int8 HWC
+//!   activations, unpacked `[n][k]` 1x1 and linear weights (see its docs).
 //!
 //! Int8 requantization (the one `i32` to `i8` rounding rule every int8
 //! kernel follows) lives in [`requant`](mod@requant).
@@ -25,6 +27,7 @@
 pub mod add;
 pub mod conv_stem;
 pub mod depthwise;
+pub mod int8;
 pub mod linear;
 pub mod pointwise;
 pub mod pool;

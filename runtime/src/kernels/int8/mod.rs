@@ -1,0 +1,222 @@
+//! Int8 kernels: the integer network of `docs/int8.md`, bit for bit.
+//!
+//! An int8 model computes in integers from the quantized input to the logits:
+//! int8 activations (`real = scale * (q - zero_point)`, one scale and zero
+//! point per tensor), int8 weights in `[-127, 127]` (symmetric, one scale per
+//! output channel), `i32` biases in accumulator units and `i32`
+//! accumulators. Every rescale from an accumulator back to int8 goes through
+//! the one requantization rule, which lives in
+//! [`super::requant`](mod@super::requant): these kernels call its
+//! [`requant`](super::requant::requant) and its row function
+//! [`requant::portable`] and never restate the rule. The oracle they must
+//! reproduce exactly is `derm_codegen::reference::int8`.
+//!
+//! Layouts (the contract with `derm-codegen`):
+//! - activations are int8 HWC (`[pixels][channels]`), except the quantized
+//!   model input, which is CHW (`[3][H][W]`) and read only by
+//!   [`conv_stem`](mod@conv_stem);
+//! - stem weights are `[kh][kw][cin][cout]`, depthwise weights `[k][k][c]`,
+//!   pointwise and linear weights `[n][k]` row-major (not packed);
+//! - biases are `i32` per output channel; requantization multipliers come
+//!   per output channel as `mult: &[i32]` (in `[2^30, 2^31)`) and
+//!   `shift: &[u8]` (in `[1, 62]`), or as one [`Mult`] for per-tensor
+//!   rescales.
+//!
+//! Accumulators add with `wrapping_add`: the oracle sums in `i64` and casts
+//! the total `as i32` (codegen checks that the total fits), and wrapping
+//! `i32` arithmetic gives that total modulo `2^32`, i.e. the same bits, in
+//! any order and even where a partial sum would leave `i32`. Products of an
+//! int8 weight and an input minus its zero point are at most `128 * 255` in
+//! magnitude, so they are plain multiplies.
+//!
+//! Kernels never allocate: accumulator rows live in fixed arrays of
+//! [`CHUNK`] channels on the stack, so wide layers go through in chunks.
+//! Mismatched lengths are caught by `debug_assert!`.
+
+pub mod add;
+pub mod conv_stem;
+pub mod depthwise;
+pub mod linear;
+pub mod pointwise;
+pub mod pool;
+pub mod quantize;
+pub mod squeeze_excite;
+
+pub use add::{AddParams, add};
+pub use conv_stem::{ConvShape, conv_stem};
+pub use depthwise::{DepthwiseShape, depthwise};
+pub use linear::{linear, linear_logits};
+pub use pointwise::{PointwiseShape, pointwise};
+pub use pool::global_avg_pool;
+pub use quantize::quantize;
+pub use squeeze_excite::{SeParams, SeShape, squeeze_excite};
+
+use super::requant;
+use core::ops::Range;
+
+/// Channels per stack accumulator row: wide layers are processed in chunks
+/// of this many output channels, so no kernel needs a scratch argument
+/// (256 bytes of `i32`, a comfortable stack footprint on any target).
+pub const CHUNK: usize = 64;
+
+/// How an i32 accumulator row becomes int8 output (per output channel c).
+#[derive(Clone, Copy, Debug)]
+pub enum Epilogue<'a> {
+    /// `y = clamp(zero_point + requant(acc, mult[c], shift[c]), min, 127)`; `min = zero_point` for a fused ReLU, else -128.
+    Requant {
+        /// Per output channel multiplier, in `[2^30, 2^31)`.
+        mult: &'a [i32],
+        /// Per output channel right shift, in `[1, 62]`.
+        shift: &'a [u8],
+        /// Output zero point, in `[-128, 127]`.
+        zero_point: i32,
+        /// Lower clamp: the zero point for a fused ReLU (real 0), else -128.
+        min: i8,
+    },
+    /// `a = clamp(pre_zero_point + requant(acc, mult[c], shift[c]), -128, 127)`; `y = table[(a + 128) as usize]`.
+    Hardswish {
+        /// Per output channel multiplier into the pre-activation's scale.
+        mult: &'a [i32],
+        /// Per output channel right shift, in `[1, 62]`.
+        shift: &'a [u8],
+        /// Zero point of the pre-activation, in `[-128, 127]`.
+        pre_zero_point: i32,
+        /// Hardswish of every pre-activation value `a`, at index `a + 128`,
+        /// already in the output's scale (built by codegen in `f64`, so
+        /// every machine uses the same bytes).
+        table: &'a [i8; 256],
+    },
+}
+
+impl<'a> Epilogue<'a> {
+    /// Applies the epilogue to one row of `out.len()` channels: channel `c`
+    /// is index `c` of `acc`, `out` and the multipliers, so `acc`, `mult`
+    /// and `shift` all have `out.len()` values (see [`Epilogue::slice`] for
+    /// part of a row).
+    #[inline]
+    pub fn apply(&self, acc: &[i32], out: &mut [i8]) {
+        debug_assert_eq!(acc.len(), out.len());
+        match *self {
+            Epilogue::Requant {
+                mult,
+                shift,
+                zero_point,
+                min,
+            } => requant::portable(acc, mult, shift, zero_point, min, 127, out),
+            Epilogue::Hardswish {
+                mult,
+                shift,
+                pre_zero_point,
+                table,
+            } => {
+                requant::portable(acc, mult, shift, pre_zero_point, -128, 127, out);
+                for o in out.iter_mut() {
+                    // a is an i8, so a + 128 always indexes the 256
+                    // entries: no bounds failure is possible.
+                    *o = table[(i32::from(*o) + 128) as usize];
+                }
+            }
+        }
+    }
+
+    /// The same epilogue restricted to the output channels in `range` (its
+    /// multipliers and shifts sliced; zero points, clamp and table kept), for
+    /// rows processed in chunks.
+    #[inline]
+    pub fn slice(&self, range: Range<usize>) -> Epilogue<'a> {
+        match *self {
+            Epilogue::Requant {
+                mult,
+                shift,
+                zero_point,
+                min,
+            } => Epilogue::Requant {
+                mult: &mult[range.clone()],
+                shift: &shift[range],
+                zero_point,
+                min,
+            },
+            Epilogue::Hardswish {
+                mult,
+                shift,
+                pre_zero_point,
+                table,
+            } => Epilogue::Hardswish {
+                mult: &mult[range.clone()],
+                shift: &shift[range],
+                pre_zero_point,
+                table,
+            },
+        }
+    }
+
+    /// The number of output channels the epilogue has multipliers for.
+    #[inline]
+    pub fn channels(&self) -> usize {
+        match *self {
+            Epilogue::Requant { mult, shift, .. } | Epilogue::Hardswish { mult, shift, .. } => {
+                debug_assert_eq!(mult.len(), shift.len());
+                mult.len()
+            }
+        }
+    }
+}
+
+/// A multiplier m * 2^-shift as the requantization rule takes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Mult {
+    /// Fixed-point multiplier, in `[2^30, 2^31)`.
+    pub m: i32,
+    /// Right shift, in `[1, 62]`.
+    pub shift: u8,
+}
+
+impl Mult {
+    /// [`requant`](super::requant::requant)`(x, self.m, self.shift)`.
+    #[inline(always)]
+    pub const fn requant(self, x: i32) -> i32 {
+        requant::requant(x, self.m, self.shift as u32)
+    }
+}
+
+/// One [`Mult`] broadcast over a chunk, so that per-tensor rescales go
+/// through the same row function ([`requant::portable`]) as per-channel ones.
+struct Uniform {
+    mult: [i32; CHUNK],
+    shift: [u8; CHUNK],
+}
+
+impl Uniform {
+    #[inline]
+    fn new(m: Mult) -> Self {
+        Self {
+            mult: [m.m; CHUNK],
+            shift: [m.shift; CHUNK],
+        }
+    }
+
+    /// `out[i] = clamp(zero_point + requant(acc[i], m), min, max)` for a row
+    /// of at most [`CHUNK`] values.
+    #[inline]
+    fn apply(&self, acc: &[i32], zero_point: i32, min: i8, max: i8, out: &mut [i8]) {
+        let n = acc.len();
+        requant::portable(
+            acc,
+            &self.mult[..n],
+            &self.shift[..n],
+            zero_point,
+            min,
+            max,
+            out,
+        );
+    }
+}
+
+/// `sum_i w[i] * x[i]` of two int8 rows, modulo `2^32` (see the module docs).
+#[inline(always)]
+fn dot(w: &[i8], x: &[i8]) -> i32 {
+    debug_assert_eq!(w.len(), x.len());
+    w.iter().zip(x).fold(0i32, |s, (&a, &b)| {
+        s.wrapping_add(i32::from(a) * i32::from(b))
+    })
+}

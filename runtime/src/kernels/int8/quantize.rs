@@ -1,0 +1,47 @@
+//! Quantization of the model's `f32` input to int8: the first step of an
+//! int8 model.
+
+/// The variant every target uses for now: [`portable`] (vector variants will
+/// keep its signature).
+pub use portable as quantize;
+
+/// `1.5 * 2^23`: adding it to an `f32` of magnitude at most `2^22` leaves a
+/// sum in `[2^23, 2^24)`, where the spacing of `f32` values is exactly 1, so
+/// the addition itself rounds to an integer.
+const ROUND_MAGIC: f32 = 12_582_912.0;
+
+/// Portable input quantization:
+/// `out[i] = sat8(zero_point + round_ties_even(clamp(input[i] * inv_scale, -1024, 1024)))`,
+/// where `input[i] * inv_scale` is one `f32` multiply and a NaN product gives
+/// `zero_point` (`quantize_input` of `derm_codegen::quant`).
+///
+/// `input` and `out` have the same length (`[3][H][W]`, CHW, as the model
+/// input); `zero_point` is the input's zero point.
+///
+/// The rounding needs no `libm`: for `|v| <= 1024`, `(v + 1.5 * 2^23) - 1.5 * 2^23`
+/// is `round_ties_even(v)` exactly. The sum lies in `[2^23, 2^24)`, where
+/// `f32` values are the integers, so IEEE round-to-nearest-even rounds it to
+/// `1.5 * 2^23 + round_ties_even(v)` (the constant is even, so the parity of
+/// the sum is the parity of the rounded `v` and "ties to even" picks the same
+/// integer); the subtraction of two integers below `2^24` is then exact.
+/// Rust never reassociates or contracts floating-point arithmetic, so the
+/// compiler cannot fold the two operations into `v` (this assumes `f32`
+/// arithmetic is evaluated in single precision, as on every SSE2, NEON or
+/// soft-float target; x87-only targets are not supported).
+#[inline]
+pub fn portable(input: &[f32], inv_scale: f32, zero_point: i32, out: &mut [i8]) {
+    debug_assert_eq!(input.len(), out.len());
+    for (o, &x) in out.iter_mut().zip(input) {
+        let v = x * inv_scale;
+        // f32::clamp passes NaN through; the rule maps it to real 0.
+        let v = if v.is_nan() {
+            0.0
+        } else {
+            v.clamp(-1024.0, 1024.0)
+        };
+        // An integer in [-1024, 1024], so the conversion is exact.
+        let q = ((v + ROUND_MAGIC) - ROUND_MAGIC) as i32;
+        // The oracle adds in i64; saturating in i32 gives the same clamp.
+        *o = zero_point.saturating_add(q).clamp(-128, 127) as i8;
+    }
+}

@@ -1,0 +1,186 @@
+//! Int8 squeeze-and-excite, in place on an HWC tensor:
+//! `y = x * hardsigmoid(fc2(relu(fc1(mean(x)))))`.
+
+use super::{CHUNK, Mult, Uniform, requant};
+
+/// The variant every target uses for now: [`portable`] (vector variants will
+/// keep its signature).
+pub use portable as squeeze_excite;
+
+/// Fraction bits of the gate: `gate = round(hardsigmoid * 2^15)` in
+/// `[0, 2^15]`, so `(x - zx) * gate` is at most `255 * 2^15 < 2^24` and fits
+/// `i32`.
+pub const GATE_BITS: u32 = 15;
+/// The gate's value for 1.0.
+pub const GATE_ONE: i32 = 1 << GATE_BITS;
+
+/// Shape of a squeeze-excite block: `pixels` rows of `c` channels, `squeeze`
+/// hidden units.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SeShape {
+    /// Pixels (`h * w`).
+    pub pixels: usize,
+    /// Channels of the input (and output, and the gate).
+    pub c: usize,
+    /// Hidden units of the squeeze (fc1's outputs).
+    pub squeeze: usize,
+}
+
+/// The constants of one squeeze-excite block (`SePlan` in codegen).
+#[derive(Clone, Copy, Debug)]
+pub struct SeParams<'a> {
+    /// Zero point of the input (and of the in-place output's input values).
+    pub x_zero_point: i32,
+    /// `x_scale / (pixels * pooled_scale)`.
+    pub pool_mult: Mult,
+    /// Zero point of the pooled vector.
+    pub pooled_zero_point: i32,
+    /// `[squeeze][c]`, in `[-127, 127]`.
+    pub fc1_weight: &'a [i8],
+    /// `[squeeze]`, accumulator units.
+    pub fc1_bias: &'a [i32],
+    /// `[squeeze]`: `pooled_scale * w1_scale[j] / hidden_scale`.
+    pub fc1_mult: &'a [i32],
+    /// `[squeeze]`: shifts of `fc1_mult`.
+    pub fc1_shift: &'a [u8],
+    /// Zero point of the hidden vector, also its ReLU floor.
+    pub hidden_zero_point: i32,
+    /// `[c][squeeze]`, in `[-127, 127]`.
+    pub fc2_weight: &'a [i8],
+    /// `[c]`, accumulator units.
+    pub fc2_bias: &'a [i32],
+    /// `[c]`: `hidden_scale * w2_scale[c] * 2^15 / 6` (the `x / 6` of
+    /// hardsigmoid, in gate units).
+    pub gate_mult: &'a [i32],
+    /// `[c]`: shifts of `gate_mult`.
+    pub gate_shift: &'a [u8],
+    /// `x_scale / (2^15 * y_scale)`.
+    pub out_mult: Mult,
+    /// Output zero point.
+    pub out_zero_point: i32,
+}
+
+/// Portable int8 squeeze-and-excite, scaling `x` (`[pixels][c]`) in place.
+///
+/// With `zx`, `zp`, `zh`, `zy` the zero points of the input, pooled vector,
+/// hidden vector and output:
+///
+/// ```text
+/// pooled[ch] = sat8(zp + requant(sum_p (x[p][ch] - zx), pool_mult)) - zp
+/// hidden[j]  = clamp(zh + requant(fc1_bias[j] + sum_ch fc1_w[j][ch] * pooled[ch],
+///                                 fc1_mult[j], fc1_shift[j]), zh, 127) - zh
+/// gate[ch]   = clamp(requant(fc2_bias[ch] + sum_j fc2_w[ch][j] * hidden[j],
+///                            gate_mult[ch], gate_shift[ch]) + GATE_ONE / 2, 0, GATE_ONE)
+/// y[p][ch]   = sat8(zy + requant((x[p][ch] - zx) * gate[ch], out_mult))
+/// ```
+///
+/// (`hardsigmoid(v) = clamp(v / 6 + 1/2, 0, 1)`: the `/ 6` is in
+/// `gate_mult`, the `+ 1/2` is `GATE_ONE / 2`.) `scratch` holds at least
+/// `2 * c + squeeze` values: the pooled vector, the hidden vector and the
+/// gate, in that order.
+///
+/// The oracle adds zero points and the gate offset in `i64` before
+/// clamping; here they are saturating `i32` adds (inside
+/// [`requant::portable`] for the int8 steps). The two differ only when the
+/// exact sum leaves `i32`, and then both clamp to the same bound, because
+/// the other operand is far inside `i32` and the clamp bounds are too.
+#[inline]
+pub fn portable(x: &mut [i8], s: SeShape, p: &SeParams<'_>, scratch: &mut [i32]) {
+    let (c, q) = (s.c, s.squeeze);
+    debug_assert_eq!(x.len(), s.pixels * c);
+    debug_assert!(scratch.len() >= 2 * c + q);
+    debug_assert_eq!(p.fc1_weight.len(), q * c);
+    debug_assert_eq!(p.fc1_bias.len(), q);
+    debug_assert_eq!(p.fc1_mult.len(), q);
+    debug_assert_eq!(p.fc1_shift.len(), q);
+    debug_assert_eq!(p.fc2_weight.len(), c * q);
+    debug_assert_eq!(p.fc2_bias.len(), c);
+    debug_assert_eq!(p.gate_mult.len(), c);
+    debug_assert_eq!(p.gate_shift.len(), c);
+    let zx = p.x_zero_point;
+    let (zp, zh) = (p.pooled_zero_point, p.hidden_zero_point);
+    debug_assert!(
+        [zx, zp, zh, p.out_zero_point]
+            .iter()
+            .all(|z| (-128..=127).contains(z))
+    );
+    if c == 0 {
+        return;
+    }
+    let (pooled, rest) = scratch.split_at_mut(c);
+    let (hidden, rest) = rest.split_at_mut(q);
+    let gate = &mut rest[..c];
+    let mut q8 = [0i8; CHUNK];
+
+    // Pool: channel sums over the pixels (wrapping: the oracle's i64 sum
+    // `as i32`), to int8 in the pooled scale, then back to offsets from the
+    // pooled zero point (in [-255, 255]).
+    pooled.fill(0);
+    for row in x.chunks_exact(c) {
+        for (a, &v) in pooled.iter_mut().zip(row) {
+            *a = a.wrapping_add(i32::from(v) - zx);
+        }
+    }
+    let pool = Uniform::new(p.pool_mult);
+    for chunk in pooled.chunks_mut(CHUNK) {
+        let q8 = &mut q8[..chunk.len()];
+        pool.apply(chunk, zp, -128, 127, q8);
+        for (a, &v) in chunk.iter_mut().zip(q8.iter()) {
+            *a = i32::from(v) - zp;
+        }
+    }
+
+    // fc1 and ReLU: the hidden zero point is the lower clamp (real 0).
+    for (j, h) in hidden.iter_mut().enumerate() {
+        let w = &p.fc1_weight[j * c..(j + 1) * c];
+        *h = w
+            .iter()
+            .zip(pooled.iter())
+            .fold(p.fc1_bias[j], |acc, (&wv, &v)| {
+                acc.wrapping_add(i32::from(wv) * v)
+            });
+    }
+    for (j0, chunk) in (0..q).step_by(CHUNK).zip(hidden.chunks_mut(CHUNK)) {
+        let m = chunk.len();
+        let q8 = &mut q8[..m];
+        requant::portable(
+            chunk,
+            &p.fc1_mult[j0..j0 + m],
+            &p.fc1_shift[j0..j0 + m],
+            zh,
+            zh as i8,
+            127,
+            q8,
+        );
+        for (h, &v) in chunk.iter_mut().zip(q8.iter()) {
+            *h = i32::from(v) - zh;
+        }
+    }
+
+    // fc2 and hardsigmoid, in Q15.
+    for (ch, g) in gate.iter_mut().enumerate() {
+        let w = &p.fc2_weight[ch * q..(ch + 1) * q];
+        let acc = w
+            .iter()
+            .zip(hidden.iter())
+            .fold(p.fc2_bias[ch], |acc, (&wv, &h)| {
+                acc.wrapping_add(i32::from(wv) * h)
+            });
+        let v = requant::requant(acc, p.gate_mult[ch], u32::from(p.gate_shift[ch]));
+        *g = v.saturating_add(GATE_ONE / 2).clamp(0, GATE_ONE);
+    }
+
+    // Scale every pixel by the gate, into the output's scale.
+    let out = Uniform::new(p.out_mult);
+    let mut prod = [0i32; CHUNK];
+    for row in x.chunks_exact_mut(c) {
+        for (row, gate) in row.chunks_mut(CHUNK).zip(gate.chunks(CHUNK)) {
+            let prod = &mut prod[..row.len()];
+            for ((d, &v), &g) in prod.iter_mut().zip(row.iter()).zip(gate) {
+                // |x - zx| <= 255 and 0 <= g <= 2^15: below 2^24.
+                *d = (i32::from(v) - zx) * g;
+            }
+            out.apply(prod, p.out_zero_point, -128, 127, row);
+        }
+    }
+}
