@@ -133,17 +133,15 @@ pub struct Generated {
 
 /// Generates Rust for `model`: validates it, lowers each op to a runtime
 /// kernel call (fusing residual adds), plans the arena and packs the weights.
+/// A quantized model (one with `quantization`) becomes calls to the int8
+/// kernels (`derm_runtime::kernels::int8`) with every constant of its
+/// [`quant::QuantPlan`]; residual adds stay separate there.
 pub fn generate(model: &ModelFile, opts: &GenOptions) -> Result<Generated, CodegenError> {
     let shapes = model.validate()?;
     if model.graph.quantization.is_some() {
-        // The int8 semantics are defined and executed by `reference::int8`;
-        // compiling them needs the int8 kernels and a byte arena.
-        return Err(CodegenError::Unsupported {
-            op: model.graph.ops.first().map_or("", |o| o.name()).to_owned(),
-            reason: "int8 models are not compiled yet: run them with derm_codegen::reference \
-                     (docs/int8.md)"
-                .into(),
-        });
+        // Building the plan derives and checks every integer constant.
+        let plan = quant::QuantPlan::new(model, &shapes)?;
+        return emit::int8::generate(model, &shapes, &plan, opts);
     }
     let nodes = nodes::lower(model, &shapes, opts.fuse_residual)?;
     emit::generate(model, &shapes, &nodes, opts)

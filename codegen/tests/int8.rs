@@ -89,11 +89,22 @@ fn int8_file_round_trips_and_reports_itself() {
             assert_eq!(*d, p.scale * (i32::from(i) - p.zero_point) as f32);
         }
     }
-    // Not compiled yet: a named refusal, not a wrong float model.
-    let e = derm_codegen::generate(&q, &Default::default())
-        .unwrap_err()
-        .to_string();
-    assert!(e.contains("int8 models are not compiled yet"), "{e}");
+    // Compiled to int8 kernel calls: the generated module quantizes its input first and
+    // ends in the f32 logits of the last linear layer.
+    let g = derm_codegen::generate(&q, &Default::default()).unwrap();
+    assert!(
+        g.code.contains("kernels::int8::quantize("),
+        "no input quantization"
+    );
+    assert!(
+        g.code.contains("kernels::int8::linear_logits("),
+        "no f32 logits"
+    );
+    assert!(
+        !g.code.contains("kernels::pointwise("),
+        "a float kernel in an int8 model"
+    );
+    assert_eq!(g.report.layers[0].kernel, "int8::quantize");
 }
 
 #[test]

@@ -12,6 +12,8 @@ use crate::nodes::{Emit, Node, lit};
 use crate::plan::{Buffer, Plan, Step, plan_memory};
 use crate::{CodegenError, GenOptions, Generated, LayerReport, Report, WeightsSource};
 
+pub(crate) mod int8;
+
 /// Arena offsets are multiples of this many `f32` (64 bytes: a cache line,
 /// and any SIMD width the kernels use).
 pub const ARENA_ALIGN: usize = 16;
@@ -177,28 +179,12 @@ pub(crate) fn generate(
         }
         WeightsSource::Path(p) => quote!(::core::include_bytes!(#p)),
     };
-    let [_, c, h, wd] = g.input.shape;
-    let (input_len, input_h, input_w) = (lit(c * h * wd), lit(h), lit(wd));
-    let num_classes = lit(g.classes.len());
-    let classes = &g.classes;
-    let c_classes = classes
-        .iter()
-        .map(|c| {
-            std::ffi::CString::new(c.as_str())
-                .map(|s| proc_macro2::Literal::c_string(&s))
-                .map_err(|_| CodegenError::Option(format!("class name {c:?} contains a NUL byte")))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    let [m0, m1, m2] = g.preprocess.mean;
-    let [s0, s1, s2] = g.preprocess.std;
-    let centre_crop = g.preprocess.crop == crate::ir::Crop::Centre;
-    // Counted from the file: packing pads panels with zeros.
+    let common = CommonItems::new(model, &layers)?.tokens();
     let params = model_params(model).unwrap_or(0);
     let macs: u64 = layers.iter().map(|l| l.macs).sum();
     let (arena_len, peak) = (lit(plan.total), lit(plan.peak_live));
     let input_off = lit(plan.offsets[live.input]);
     let output_off = lit(plan.offsets[live.output]);
-    let (params_lit, macs_lit) = (lit(params), proc_macro2::Literal::u64_unsuffixed(macs));
     let n_layers = lit(layers.len());
     let arena_doc = format!(
         "Arena length in `f32` ({} bytes): the static memory plan of every activation and kernel \
@@ -215,29 +201,7 @@ pub(crate) fn generate(
         pub const ARENA_LEN: usize = #arena_len;
         /// The most `f32` alive at once: no memory plan can be smaller than this.
         pub const PEAK_LIVE_LEN: usize = #peak;
-        /// Length of the model input (`3 * INPUT_H * INPUT_W`, planar CHW).
-        pub const INPUT_LEN: usize = #input_len;
-        /// Input height in pixels.
-        pub const INPUT_H: usize = #input_h;
-        /// Input width in pixels.
-        pub const INPUT_W: usize = #input_w;
-        /// Number of classes (logits).
-        pub const NUM_CLASSES: usize = #num_classes;
-        /// Class names in logit order.
-        pub const CLASS_NAMES: [&str; NUM_CLASSES] = [#(#classes),*];
-        /// Class names as C strings, for the C ABI.
-        pub const CLASS_NAMES_C: [&::core::ffi::CStr; NUM_CLASSES] = [#(#c_classes),*];
-        /// Per-channel (R, G, B) mean of the input normalization, on the 0..1 scale.
-        pub const MEAN: [f32; 3] = [#m0, #m1, #m2];
-        /// Per-channel (R, G, B) standard deviation of the input normalization.
-        pub const STD: [f32; 3] = [#s0, #s1, #s2];
-        /// Whether a photo is centre-cropped to the input's aspect ratio before the resize
-        /// (`false`: resized whole).
-        pub const CENTRE_CROP: bool = #centre_crop;
-        /// Number of model parameters.
-        pub const PARAMS: usize = #params_lit;
-        /// Multiply-accumulates per inference.
-        pub const MACS: u64 = #macs_lit;
+        #common
         /// Where the model input lives in the arena.
         pub const INPUT_OFFSET: usize = #input_off;
         /// Where the logits live in the arena after [`forward`].
@@ -312,6 +276,68 @@ pub(crate) fn generate(
                 .collect(),
         },
     })
+}
+
+/// The constants every generated module has, float or int8: input shape,
+/// classes, normalization, parameter and MAC counts.
+pub(super) struct CommonItems {
+    tokens: TokenStream,
+}
+
+impl CommonItems {
+    pub(super) fn new(model: &ModelFile, layers: &[LayerReport]) -> Result<Self, CodegenError> {
+        let g = &model.graph;
+        let [_, c, h, wd] = g.input.shape;
+        let (input_len, input_h, input_w) = (lit(c * h * wd), lit(h), lit(wd));
+        let num_classes = lit(g.classes.len());
+        let classes = &g.classes;
+        let c_classes = classes
+            .iter()
+            .map(|c| {
+                std::ffi::CString::new(c.as_str())
+                    .map(|s| proc_macro2::Literal::c_string(&s))
+                    .map_err(|_| {
+                        CodegenError::Option(format!("class name {c:?} contains a NUL byte"))
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let [m0, m1, m2] = g.preprocess.mean;
+        let [s0, s1, s2] = g.preprocess.std;
+        let centre_crop = g.preprocess.crop == crate::ir::Crop::Centre;
+        // Counted from the file: packing pads panels with zeros.
+        let params = lit(model_params(model).unwrap_or(0));
+        let macs = proc_macro2::Literal::u64_unsuffixed(layers.iter().map(|l| l.macs).sum::<u64>());
+        let tokens = quote! {
+            /// Length of the model input (`3 * INPUT_H * INPUT_W`, planar CHW).
+            pub const INPUT_LEN: usize = #input_len;
+            /// Input height in pixels.
+            pub const INPUT_H: usize = #input_h;
+            /// Input width in pixels.
+            pub const INPUT_W: usize = #input_w;
+            /// Number of classes (logits).
+            pub const NUM_CLASSES: usize = #num_classes;
+            /// Class names in logit order.
+            pub const CLASS_NAMES: [&str; NUM_CLASSES] = [#(#classes),*];
+            /// Class names as C strings, for the C ABI.
+            pub const CLASS_NAMES_C: [&::core::ffi::CStr; NUM_CLASSES] = [#(#c_classes),*];
+            /// Per-channel (R, G, B) mean of the input normalization, on the 0..1 scale.
+            pub const MEAN: [f32; 3] = [#m0, #m1, #m2];
+            /// Per-channel (R, G, B) standard deviation of the input normalization.
+            pub const STD: [f32; 3] = [#s0, #s1, #s2];
+            /// Whether a photo is centre-cropped to the input's aspect ratio before the resize
+            /// (`false`: resized whole).
+            pub const CENTRE_CROP: bool = #centre_crop;
+            /// Number of model parameters.
+            pub const PARAMS: usize = #params;
+            /// Multiply-accumulates per inference.
+            pub const MACS: u64 = #macs;
+        };
+        Ok(Self { tokens })
+    }
+
+    pub(super) fn tokens(self) -> TokenStream {
+        self.tokens
+    }
 }
 
 /// Parameters stored in the model file for the ops (weights and biases).
