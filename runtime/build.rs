@@ -10,7 +10,7 @@
 use std::path::{Path, PathBuf};
 
 use derm_codegen::metadata::ModelMetadata;
-use derm_codegen::synthetic::{SplitMix64, SyntheticSpec, tiny_branching};
+use derm_codegen::synthetic::{SplitMix64, SyntheticSpec, int8_of, smooth_input, tiny_branching};
 use derm_codegen::{GenOptions, WeightsSource, generate, ir::ModelFile, reference};
 
 fn fail(msg: String) -> ! {
@@ -97,17 +97,21 @@ fn write(path: &Path, bytes: &[u8]) {
 /// Test fixtures checked against the reference interpreter:
 /// `tiny_model.rs` (residuals fused), `tiny_unfused_model.rs`,
 /// `tiny_branching_model.rs` (an SE whose input stays alive), each with its
-/// weights, and `<model>_golden.bin` (f32 LE: inputs, then their reference logits).
+/// weights, and `<model>_golden.bin` (f32 LE: inputs, then their reference logits);
+/// `tiny_int8_model.rs`, the tiny model quantized (int8 kernels), whose golden logits are
+/// the int8 oracle's (`tiny_int8_golden.bin`, inputs like the calibration images).
 fn tiny_fixture(out: &Path) {
     let tiny = SyntheticSpec::tiny(11)
         .build()
         .unwrap_or_else(|e| fail(format!("tiny model: {e}")));
     let branching =
         tiny_branching(12).unwrap_or_else(|e| fail(format!("tiny branching model: {e}")));
+    let tiny_int8 = int8_of(&tiny, 4).unwrap_or_else(|e| fail(format!("tiny int8 model: {e}")));
     for (name, model, fuse) in [
         ("tiny", &tiny, true),
         ("tiny_unfused", &tiny, false),
         ("tiny_branching", &branching, true),
+        ("tiny_int8", &tiny_int8, true),
     ] {
         let opts = GenOptions {
             runtime_path: "::derm_runtime".into(),
@@ -120,6 +124,13 @@ fn tiny_fixture(out: &Path) {
     }
     write_golden(&tiny, &out.join("tiny_golden.bin"));
     write_golden(&branching, &out.join("tiny_branching_golden.bin"));
+    // Seeds 4.. were not calibrated on; the last input is noise, so some values saturate.
+    let mut rng = SplitMix64(9);
+    let noise: Vec<f32> = (0..tiny.graph.input.shape.iter().product::<usize>())
+        .map(|_| rng.uniform() * 4.0 - 2.0)
+        .collect();
+    let inputs = [smooth_input(&tiny, 4), smooth_input(&tiny, 5), noise];
+    write_golden_of(&tiny_int8, &inputs, &out.join("tiny_int8_golden.bin"));
 }
 
 /// Three seeded inputs and their reference logits.
@@ -127,14 +138,21 @@ fn write_golden(model: &ModelFile, path: &Path) {
     const SAMPLES: usize = 3;
     let n_in: usize = model.graph.input.shape.iter().product();
     let mut rng = SplitMix64(5);
+    let inputs: Vec<Vec<f32>> = (0..SAMPLES)
+        .map(|_| (0..n_in).map(|_| rng.uniform() * 2.0).collect())
+        .collect();
+    write_golden_of(model, &inputs, path);
+}
+
+/// `inputs` and their reference logits, as f32 LE.
+fn write_golden_of(model: &ModelFile, samples: &[Vec<f32>], path: &Path) {
     let mut inputs = Vec::new();
     let mut logits = Vec::new();
-    for _ in 0..SAMPLES {
-        let x: Vec<f32> = (0..n_in).map(|_| rng.uniform() * 2.0).collect();
+    for x in samples {
         logits.extend(
-            reference::logits(model, &x).unwrap_or_else(|e| fail(format!("reference: {e}"))),
+            reference::logits(model, x).unwrap_or_else(|e| fail(format!("reference: {e}"))),
         );
-        inputs.extend(x);
+        inputs.extend_from_slice(x);
     }
     let bytes: Vec<u8> = inputs
         .iter()

@@ -1,0 +1,86 @@
+//! The int8 path end to end: a tiny quantized model, compiled by the build
+//! script into int8 kernel calls, against the int8 oracle
+//! (`derm_codegen::reference::int8`, run at build time) and against logits
+//! committed below. Integer arithmetic is the same on every machine, so both
+//! comparisons are bit for bit, and this test runs unchanged on x86_64 and
+//! on aarch64 (under qemu in `scripts/test.sh`).
+
+#[allow(dead_code)]
+mod tiny_int8 {
+    include!(concat!(env!("OUT_DIR"), "/tiny_int8_model.rs"));
+}
+
+/// The inputs and oracle logits the build script wrote.
+fn golden() -> (Vec<f32>, Vec<f32>) {
+    let bytes = include_bytes!(concat!(env!("OUT_DIR"), "/tiny_int8_golden.bin"));
+    let v: Vec<f32> = bytes
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    let n = v.len() / (tiny_int8::INPUT_LEN + tiny_int8::NUM_CLASSES);
+    let (x, y) = v.split_at(n * tiny_int8::INPUT_LEN);
+    (x.to_vec(), y.to_vec())
+}
+
+fn run_all() -> Vec<f32> {
+    let (x, _) = golden();
+    let mut arena = vec![0f32; tiny_int8::ARENA_LEN];
+    let arena: &mut [f32; tiny_int8::ARENA_LEN] = arena.as_mut_slice().try_into().unwrap();
+    x.chunks_exact(tiny_int8::INPUT_LEN)
+        .flat_map(|input| tiny_int8::run(input.try_into().unwrap(), arena))
+        .collect()
+}
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
+#[test]
+fn tiny_int8_model_is_bit_exact_with_the_oracle() {
+    let (_, want) = golden();
+    assert_eq!(want.len(), 3 * tiny_int8::NUM_CLASSES);
+    assert_eq!(bits(&run_all()), bits(&want));
+    // It is an int8 module: the input is quantized first, every kernel is an int8 one.
+    assert_eq!(tiny_int8::LAYERS[0].1, "int8::quantize");
+    assert!(
+        tiny_int8::LAYERS
+            .iter()
+            .all(|(_, k)| k.starts_with("int8::"))
+    );
+    assert!(tiny_int8::LAYERS.iter().any(|(_, k)| *k == "int8::add"));
+    assert!(
+        tiny_int8::LAYERS
+            .iter()
+            .any(|(_, k)| *k == "int8::squeeze_excite")
+    );
+}
+
+/// The logits of the three golden inputs, as `f32` bits, pinned when the int8
+/// kernels were written. A change here means the int8 arithmetic (or the
+/// tiny model, or its quantization) changed: every machine must agree with it.
+const EXPECTED_BITS: [u32; 3 * tiny_int8::NUM_CLASSES] = [
+    1038080363, 1025253690, 3183645562, // smooth input, seed 4
+    1042756404, 3166804731, 3183840469, // smooth input, seed 5
+    1040450302, 3175221521, 3192261117, // uniform noise in [-2, 2)
+];
+
+#[test]
+fn tiny_int8_logits_match_the_committed_bits() {
+    let got = bits(&run_all());
+    assert_eq!(
+        got, EXPECTED_BITS,
+        "int8 logits differ from the committed ones (printed as got)"
+    );
+}
+
+#[test]
+fn int8_run_does_not_depend_on_arena_contents() {
+    let (x, _) = golden();
+    let input: &[f32; tiny_int8::INPUT_LEN] = x[..tiny_int8::INPUT_LEN].try_into().unwrap();
+    let mut arena = vec![f32::NAN; tiny_int8::ARENA_LEN];
+    let arena: &mut [f32; tiny_int8::ARENA_LEN] = arena.as_mut_slice().try_into().unwrap();
+    let a = tiny_int8::run(input, arena);
+    tiny_int8::run(&[0.25; tiny_int8::INPUT_LEN], arena);
+    let b = tiny_int8::run(input, arena);
+    assert_eq!(bits(&a), bits(&b));
+}
