@@ -19,6 +19,8 @@ enum Command {
     InitStudent(derm_train::cmd::export::InitStudentArgs),
     /// Fold BatchNorm and write the model file for derm-codegen, plus golden vectors.
     Export(derm_train::cmd::export::ExportArgs),
+    /// Quantize an f32 model file to int8 (post-training, calibrated on training images).
+    Quantize(derm_train::cmd::quantize::QuantizeArgs),
     /// Decode a dataset once into a preprocessed cache and print Table I.
     Prepare(derm_train::cmd::prepare::PrepareArgs),
     /// Lesion-grouped, class-stratified k-fold split of a cache.
@@ -49,6 +51,7 @@ fn main() -> Result<()> {
     match cli.command {
         Command::InitStudent(a) => derm_train::cmd::export::init_student(a)?,
         Command::Export(a) => derm_train::cmd::export::run(a)?,
+        Command::Quantize(a) => derm_train::cmd::quantize::run(a)?,
         Command::Prepare(a) => derm_train::cmd::prepare::run(a)?,
         Command::Split(a) => derm_train::cmd::split::run(a)?,
         Command::Stats(a) => derm_train::cmd::stats::run(a)?,

@@ -81,6 +81,21 @@ pub struct ExportArgs {
     /// of the stored model.
     #[arg(long, value_enum, default_value_t = Precision::F32)]
     pub precision: Precision,
+    /// int8 calibration images.
+    #[command(flatten)]
+    pub calibration: CalibrationArgs,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+    /// A JSON file stored in the provenance under `evaluation` (e.g. the `pi-bench --json`
+    /// report of this model on a held-out fold), so the numbers travel with the model.
+    #[arg(long)]
+    pub evaluation: Option<PathBuf>,
+}
+
+/// Where int8 calibration images come from (`export --precision int8`, `quantize`).
+#[derive(Debug, Clone, Args)]
+pub struct CalibrationArgs {
     /// int8: the prepared cache whose training images calibrate the activation ranges.
     #[arg(long, help_heading = "int8 calibration")]
     pub calibration_cache: Option<PathBuf>,
@@ -100,13 +115,6 @@ pub struct ExportArgs {
     /// int8: activation ranges, `minmax` or `percentile:P` (e.g. `percentile:99.99`).
     #[arg(long, default_value = "minmax", help_heading = "int8 calibration")]
     pub calibration_range: RangeMethod,
-    /// No progress bar.
-    #[arg(long)]
-    pub quiet: bool,
-    /// A JSON file stored in the provenance under `evaluation` (e.g. the `pi-bench --json`
-    /// report of this model on a held-out fold), so the numbers travel with the model.
-    #[arg(long)]
-    pub evaluation: Option<PathBuf>,
 }
 
 fn three(v: &[f32], what: &str) -> Result<[f32; 3]> {
@@ -205,8 +213,17 @@ pub fn run(a: ExportArgs) -> Result<()> {
     if let Some(b) = &a.logit_bias {
         export::add_logit_bias(&student, b)?;
     }
-    let calibration = match (a.precision, &a.calibration_cache) {
-        (Precision::Int8, Some(cache)) => Some(calibration_inputs(&a, cache, &student)?),
+    let calibration = match (a.precision, &a.calibration.calibration_cache) {
+        (Precision::Int8, Some(cache)) => {
+            let m = &student.meta;
+            Some(calibration_inputs(
+                &a.calibration,
+                cache,
+                (m.mean, m.std, m.input_size[0] as usize),
+                a.golden_seed as u64,
+                !a.quiet,
+            )?)
+        }
         (Precision::Int8, None) => {
             bail!("--precision int8 needs --calibration-cache (training images to calibrate on)")
         }
@@ -243,12 +260,14 @@ pub fn run(a: ExportArgs) -> Result<()> {
 }
 
 /// The int8 calibration images: `--calibration-images` of the cache's (or the fold's
-/// training) images, drawn with `--golden-seed`, preprocessed as evaluation does (resized to
-/// the student's input, normalized with its mean and std).
-fn calibration_inputs(
-    a: &ExportArgs,
+/// training) images, drawn with `seed`, preprocessed as evaluation does (resized to the
+/// model's input size, normalized with its `(mean, std, size)`).
+pub fn calibration_inputs(
+    a: &CalibrationArgs,
     cache: &std::path::Path,
-    student: &Student,
+    (mean, std, size): ([f32; 3], [f32; 3], usize),
+    seed: u64,
+    progress: bool,
 ) -> Result<Calibrate> {
     use crate::data::balance::BalancePlan;
     use crate::data::loader::{Batches, LoaderOptions};
@@ -263,16 +282,10 @@ fn calibration_inputs(
         split_seed: a.calibration_split_seed,
     };
     let (cache, rows) = data.open(|f| crate::train::cli::train_indices(f, None, 0))?;
-    let rows =
-        crate::train::cli::subsample(rows, Some(a.calibration_images), a.golden_seed as u64, 3);
-    let map = crate::train::fit::InputMap::new(
-        cache.mean(),
-        cache.std(),
-        student.meta.mean,
-        student.meta.std,
-    );
+    let rows = crate::train::cli::subsample(rows, Some(a.calibration_images), seed, 3);
+    let map = crate::train::fit::InputMap::new(cache.mean(), cache.std(), mean, std);
     let mut lo = LoaderOptions::eval(64);
-    lo.train_size = Some(student.meta.input_size[0] as usize);
+    lo.train_size = Some(size);
     let plan = BalancePlan::plain(&rows);
     let mut inputs = Vec::with_capacity(rows.len());
     for b in Batches::new(&cache, &plan, lo, 0)? {
@@ -292,6 +305,6 @@ fn calibration_inputs(
     Ok(Calibrate {
         inputs,
         range: a.calibration_range,
-        progress: !a.quiet,
+        progress,
     })
 }

@@ -1,0 +1,128 @@
+//! `derm-train quantize`: an f32 model file to an int8 one by post-training
+//! quantization (docs/int8.md), for a model whose training checkpoint is not at
+//! hand (e.g. the shipped `models/default.safetensors`). `export --precision int8`
+//! does the same from a checkpoint.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use derm_codegen::golden::Golden as FloatGolden;
+use derm_codegen::ir::ModelFile;
+use derm_codegen::reference;
+use tch::Tensor;
+
+use super::export::{CalibrationArgs, calibration_inputs, command_line, git_commit};
+use crate::export::{Golden, golden_path, quantize_int8};
+
+/// Arguments of `derm-train quantize`.
+#[derive(Debug, Clone, Args)]
+pub struct QuantizeArgs {
+    /// The f32 (or f16) model file; the golden file beside it supplies the golden inputs.
+    pub model: PathBuf,
+    /// Output int8 model file; its golden vectors (the int8 oracle's logits on the same
+    /// inputs) go beside it as `<name>.golden.safetensors`.
+    #[arg(short, long)]
+    pub output: PathBuf,
+    /// Where the calibration images come from (`--calibration-cache` is required).
+    #[command(flatten)]
+    pub calibration: CalibrationArgs,
+    /// Seed of the draw of calibration images.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// Quantizes `a.model` and writes the int8 file and its golden vectors.
+pub fn run(a: QuantizeArgs) -> Result<()> {
+    let model = ModelFile::read(&a.model).map_err(|e| anyhow::anyhow!("{e}"))?;
+    if model.graph.quantization.is_some() {
+        bail!("{} is already an int8 model", a.model.display());
+    }
+    let golden_in = FloatGolden::path_for(&a.model);
+    let golden = FloatGolden::read(&golden_in).map_err(|e| {
+        anyhow::anyhow!(
+            "{e} (quantize reads the golden inputs of {} from its golden file)",
+            a.model.display()
+        )
+    })?;
+    let cache = a
+        .calibration
+        .calibration_cache
+        .as_ref()
+        .context("quantize needs --calibration-cache (training images to calibrate on)")?;
+    let g = &model.graph;
+    let size = g.input.shape[2];
+    if g.input.shape[3] != size {
+        bail!(
+            "{}: calibration resizes to a square input; this one is {:?}",
+            a.model.display(),
+            g.input.shape
+        );
+    }
+    let cal = calibration_inputs(
+        &a.calibration,
+        cache,
+        (g.preprocess.mean, g.preprocess.std, size),
+        a.seed,
+        !a.quiet,
+    )?;
+    let mut q = quantize_int8(&model, &cal)?;
+    q.graph.provenance.insert(
+        "quantize".into(),
+        serde_json::json!({
+            "command": command_line(),
+            "git_commit": git_commit(),
+            "source": a.model.display().to_string(),
+            "calibration_images": cal.inputs.len(),
+            "calibration_range": a.calibration.calibration_range.to_string(),
+        }),
+    );
+    q.write(&a.output)
+        .map_err(|e| anyhow::anyhow!("writing {}: {e}", a.output.display()))?;
+
+    let [n, c, h, w] = golden.input_shape;
+    let per = c * h * w;
+    let mut logits = Vec::with_capacity(n * golden.num_classes);
+    let mut agree = 0;
+    for (x, want) in golden
+        .inputs
+        .chunks_exact(per)
+        .zip(golden.logits.chunks_exact(golden.num_classes))
+    {
+        let y = reference::logits(&q, x).map_err(|e| anyhow::anyhow!("int8 reference: {e}"))?;
+        agree += usize::from(argmax(&y) == argmax(want));
+        logits.extend(y);
+    }
+    let dims = |d: &[usize]| d.iter().map(|&v| v as i64).collect::<Vec<_>>();
+    let out = Golden {
+        input: Tensor::from_slice(&golden.inputs).view(dims(&golden.input_shape).as_slice()),
+        logits: Tensor::from_slice(&logits).view([n as i64, golden.num_classes as i64]),
+        layers: Vec::new(),
+    };
+    let gp = golden_path(&a.output);
+    out.write(&gp)?;
+    let bytes = |p: &std::path::Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+    println!(
+        "wrote {} ({} bytes, {:.3}x of {}), calibrated on {} images ({})",
+        a.output.display(),
+        bytes(&a.output),
+        bytes(&a.output) as f64 / bytes(&a.model).max(1) as f64,
+        a.model.display(),
+        cal.inputs.len(),
+        a.calibration.calibration_range
+    );
+    println!(
+        "wrote {} ({n} golden inputs; int8 top-1 agrees with the f32 golden on {agree} of {n})",
+        gp.display()
+    );
+    Ok(())
+}
+
+fn argmax(v: &[f32]) -> usize {
+    (0..v.len())
+        .max_by(|&i, &j| v[i].total_cmp(&v[j]))
+        .unwrap_or(0)
+}
