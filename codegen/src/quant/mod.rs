@@ -164,12 +164,18 @@ pub fn activation_keys(g: &Graph) -> Vec<String> {
     keys
 }
 
+/// The narrowest activation range quantization uses. A tensor that was (nearly) constant
+/// zero on every calibration image, such as the hidden vector of a squeeze-excite whose
+/// ReLU never fired, would otherwise get a scale so small that the next layer's bias,
+/// stored in units of `x_scale * w_scale`, no longer fits `i32`.
+pub const MIN_SPAN: f32 = 1.0 / 64.0;
+
 /// Affine parameters covering `[lo, hi]` (widened to contain 0, so real 0 is
-/// exact): `scale = (hi - lo) / 255`, `zero_point = round(-128 - lo / scale)`.
+/// exact): `scale = (hi - lo) / 255`, `zero_point = round(-128 - lo / scale)`. A span
+/// below [`MIN_SPAN`] is widened to it.
 pub fn params_for_range(lo: f32, hi: f32) -> QParams {
     let (lo, hi) = (f64::from(lo.min(0.0)), f64::from(hi.max(0.0)));
-    // A constant-zero tensor still needs a valid scale.
-    let span = (hi - lo).max(1e-6);
+    let span = (hi - lo).max(f64::from(MIN_SPAN));
     let scale = (span / 255.0) as f32;
     let zp = (-128.0 - lo / f64::from(scale)).round_ties_even();
     QParams {
@@ -252,6 +258,11 @@ mod tests {
         assert_eq!(t[0], 10);
         let r = params_for_range(0.0, 6.0);
         assert_eq!(r.zero_point, -128);
+        // A dead (all-zero) tensor gets the narrowest range, not a vanishing scale.
+        assert_eq!(
+            params_for_range(0.0, 0.0).scale,
+            (f64::from(MIN_SPAN) / 255.0) as f32
+        );
         let s = params_for_range(-1.0, 1.0);
         // -128 - lo / scale is -0.5 up to the rounding of the f32 scale.
         assert!(
