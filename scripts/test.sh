@@ -48,6 +48,14 @@ target/debug/derm-train export "$large/student.safetensors" -o "$large/model.saf
 DERM_MODEL="$PWD/$large/model.safetensors" \
   derm_cross test -p derm-runtime --locked --target aarch64-unknown-linux-gnu --test model
 
+step "the int8 MobileNetV3-Small (models/default-int8.safetensors) bit-exact with its golden logits"
+# Integer arithmetic: the compiled int8 model must reproduce the int8 reference interpreter's
+# logits to the bit on the host and on the Pi 4 target.
+int8_model="$PWD/models/default-int8.safetensors"
+DERM_MODEL="$int8_model" cargo test -p derm-runtime --locked --test model
+DERM_MODEL="$int8_model" \
+  derm_cross test -p derm-runtime --locked --target aarch64-unknown-linux-gnu --test model
+
 step "C example against the static library (host, and aarch64 under qemu)"
 scripts/c-example.sh
 
