@@ -7,7 +7,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-step() { printf '\n==> %s\n' "$*" >&2; }
+# Each step prints how long the one before it took, so a slow step shows in any CI log.
+step_start=$SECONDS
+step() {
+  if [ -n "${step_name:-}" ]; then
+    printf '    (%s: %d s)\n' "$step_name" $((SECONDS - step_start)) >&2
+  fi
+  step_name=$*
+  step_start=$SECONDS
+  printf '\n==> %s\n' "$*" >&2
+}
 
 if ! scripts/setup.sh --check 2>/dev/null; then
   step "installing what is missing (scripts/setup.sh)"
@@ -80,4 +89,4 @@ if not all(os.path.getsize(p) > 0 for p in r["confusion_pngs"]):
 print(f"pi-bench (aarch64): 48 images, accuracy {r['accuracy']:.4f}, L {r['l_seconds_per_100_images']:.2f} s under qemu")
 PY
 
-step "all checks passed"
+step "all checks passed in $SECONDS s"
