@@ -175,21 +175,18 @@ impl Epi {
 
     fn get(&self) -> Epilogue<'_> {
         match self.kind {
-            Kind::None | Kind::Relu => Epilogue::Requant {
-                mult: &self.mult,
-                shift: &self.shift,
-                zero_point: self.zero_point,
-                min: match self.kind {
+            Kind::None | Kind::Relu => Epilogue::requant(
+                &self.mult,
+                &self.shift,
+                self.zero_point,
+                match self.kind {
                     Kind::Relu => self.zero_point as i8,
                     _ => -128,
                 },
-            },
-            Kind::Hardswish => Epilogue::Hardswish {
-                mult: &self.mult,
-                shift: &self.shift,
-                pre_zero_point: self.zero_point,
-                table: &self.table,
-            },
+            ),
+            Kind::Hardswish => {
+                Epilogue::hardswish(&self.mult, &self.shift, self.zero_point, &self.table)
+            }
         }
     }
 
@@ -604,21 +601,11 @@ fn epilogue_rounding_relu_floor_and_hardswish_index() {
     let mult = vec![half.m; n];
     let shift = vec![half.shift; n];
     let mut out = vec![0i8; n];
-    let plain = Epilogue::Requant {
-        mult: &mult,
-        shift: &shift,
-        zero_point: 5,
-        min: -128,
-    };
+    let plain = Epilogue::requant(&mult, &shift, 5, -128);
     int8::linear(&[9], 1, &w, &bias, plain, &mut out);
     assert_eq!(out, [5, 6, 4, 6, 5, 4, 7, 127, -128]);
     // ReLU: the floor is the zero point (real 0).
-    let relu = Epilogue::Requant {
-        mult: &mult,
-        shift: &shift,
-        zero_point: 17,
-        min: 17,
-    };
+    let relu = Epilogue::requant(&mult, &shift, 17, 17);
     int8::linear(&[9], 1, &w, &bias, relu, &mut out);
     assert_eq!(out, [17, 18, 17, 18, 17, 17, 19, 127, 17]);
     // Hardswish: a = sat8(5 + requant) = [5, 6, 4, 6, 5, 4, 7, 127, -128],
@@ -627,12 +614,7 @@ fn epilogue_rounding_relu_floor_and_hardswish_index() {
     for (i, t) in table.iter_mut().enumerate() {
         *t = ((i * 37 + 11) % 256) as u8 as i8;
     }
-    let hs = Epilogue::Hardswish {
-        mult: &mult,
-        shift: &shift,
-        pre_zero_point: 5,
-        table: &table,
-    };
+    let hs = Epilogue::hardswish(&mult, &shift, 5, &table);
     int8::linear(&[9], 1, &w, &bias, hs, &mut out);
     let idx = [133, 134, 132, 134, 133, 132, 135, 255, 0];
     let want: Vec<i8> = idx.iter().map(|&i| table[i]).collect();
@@ -640,12 +622,7 @@ fn epilogue_rounding_relu_floor_and_hardswish_index() {
     // Epilogue::apply and slice directly: channel c uses mult[c].
     let m = [from_real(1.0).m, from_real(0.25).m];
     let sh = [from_real(1.0).shift, from_real(0.25).shift];
-    let e = Epilogue::Requant {
-        mult: &m,
-        shift: &sh,
-        zero_point: 0,
-        min: -128,
-    };
+    let e = Epilogue::requant(&m, &sh, 0, -128);
     let mut o = [0i8; 2];
     e.apply(&[10, 10], &mut o);
     assert_eq!(o, [10, 3]); // 10 / 4 = 2.5 -> 3

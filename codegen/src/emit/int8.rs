@@ -341,9 +341,7 @@ fn epilogue(rt: &TokenStream, o: &ConvOutput) -> (TokenStream, TokenStream) {
             let (z, min) = (int(i64::from(*zero_point)), int(i64::from(*min)));
             (
                 statics,
-                quote!(#rt::kernels::int8::Epilogue::Requant {
-                    mult: #m, shift: #s, zero_point: #z, min: #min
-                }),
+                quote!(#rt::kernels::int8::Epilogue::requant(#m, #s, #z, #min)),
             )
         }
         ConvOutput::Hardswish {
@@ -357,9 +355,7 @@ fn epilogue(rt: &TokenStream, o: &ConvOutput) -> (TokenStream, TokenStream) {
             let z = int(i64::from(*pre_zero_point));
             (
                 statics,
-                quote!(#rt::kernels::int8::Epilogue::Hardswish {
-                    mult: #m, shift: #s, pre_zero_point: #z, table: &TABLE
-                }),
+                quote!(#rt::kernels::int8::Epilogue::hardswish(#m, #s, #z, &TABLE)),
             )
         }
         // Lowering sends the logits to `linear_logits`; no int8 epilogue.

@@ -1,7 +1,7 @@
 //! Depthwise kxk int8 convolution on HWC tensors.
 
-use super::{CHUNK, Epilogue};
-use crate::kernels::depthwise::tap_range;
+use super::Epilogue;
+use super::window::{Window, for_each_output};
 
 /// The variant every target uses for now: [`portable`] (vector variants will
 /// keep its signature).
@@ -39,7 +39,7 @@ pub struct DepthwiseShape {
 /// (taps in the padding are skipped: padding is real zero, which adds
 /// nothing), then `e` maps the row to int8.
 ///
-/// Channels go in chunks of [`CHUNK`] through a stack accumulator, so the
+/// Channels go in chunks of [`CHUNK`](super::CHUNK) through a stack accumulator, so the
 /// epilogue is applied to each chunk with its slice of multipliers.
 #[inline]
 pub fn portable(
@@ -53,37 +53,24 @@ pub fn portable(
 ) {
     debug_assert_eq!(x.len(), s.ih * s.iw * s.c);
     debug_assert_eq!(w.len(), s.k * s.k * s.c);
-    debug_assert_eq!(bias.len(), s.c);
-    debug_assert_eq!(e.channels(), s.c);
-    debug_assert_eq!(out.len(), s.oh * s.ow * s.c);
-    debug_assert!(s.stride > 0);
     debug_assert!((-128..=127).contains(&x_zero_point));
+    let win = Window {
+        ih: s.ih,
+        iw: s.iw,
+        kh: s.k,
+        kw: s.k,
+        stride: s.stride,
+        pad: s.pad,
+        oh: s.oh,
+        ow: s.ow,
+    };
     let c = s.c;
-    let mut acc = [0i32; CHUNK];
-    for oy in 0..s.oh {
-        let (ky0, ky1) = tap_range(oy, s.stride, s.pad, s.k, s.ih);
-        for ox in 0..s.ow {
-            let (kx0, kx1) = tap_range(ox, s.stride, s.pad, s.k, s.iw);
-            let o = (oy * s.ow + ox) * c;
-            for c0 in (0..c).step_by(CHUNK) {
-                let n = CHUNK.min(c - c0);
-                let acc = &mut acc[..n];
-                acc.copy_from_slice(&bias[c0..c0 + n]);
-                for ky in ky0..ky1 {
-                    let iy = oy * s.stride + ky - s.pad;
-                    for kx in kx0..kx1 {
-                        let ix = ox * s.stride + kx - s.pad;
-                        let src = (iy * s.iw + ix) * c + c0;
-                        let wt = (ky * s.k + kx) * c + c0;
-                        for ((d, &xv), &wv) in
-                            acc.iter_mut().zip(&x[src..src + n]).zip(&w[wt..wt + n])
-                        {
-                            *d = d.wrapping_add(i32::from(wv) * (i32::from(xv) - x_zero_point));
-                        }
-                    }
-                }
-                e.slice(c0..c0 + n).apply(acc, &mut out[o + c0..o + c0 + n]);
-            }
+    for_each_output(win, c, bias, e, out, |acc, c0, t| {
+        let n = acc.len();
+        let src = (t.iy * s.iw + t.ix) * c + c0;
+        let wt = (t.ky * s.k + t.kx) * c + c0;
+        for ((d, &xv), &wv) in acc.iter_mut().zip(&x[src..src + n]).zip(&w[wt..wt + n]) {
+            *d = d.wrapping_add(i32::from(wv) * (i32::from(xv) - x_zero_point));
         }
-    }
+    });
 }

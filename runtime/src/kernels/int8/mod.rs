@@ -41,6 +41,7 @@ pub mod pointwise;
 pub mod pool;
 pub mod quantize;
 pub mod squeeze_excite;
+mod window;
 
 pub use add::{AddParams, add};
 pub use conv_stem::{ConvShape, conv_stem};
@@ -59,26 +60,32 @@ use core::ops::Range;
 /// (256 bytes of `i32`, a comfortable stack footprint on any target).
 pub const CHUNK: usize = 64;
 
-/// How an i32 accumulator row becomes int8 output (per output channel c).
+/// How an i32 accumulator row becomes int8 output: channel `c` is rescaled
+/// by `requant(acc, mult[c], shift[c])`, then `activation` maps it to int8.
 #[derive(Clone, Copy, Debug)]
-pub enum Epilogue<'a> {
-    /// `y = clamp(zero_point + requant(acc, mult[c], shift[c]), min, 127)`; `min = zero_point` for a fused ReLU, else -128.
-    Requant {
-        /// Per output channel multiplier, in `[2^30, 2^31)`.
-        mult: &'a [i32],
-        /// Per output channel right shift, in `[1, 62]`.
-        shift: &'a [u8],
+pub struct Epilogue<'a> {
+    /// Per output channel multiplier, in `[2^30, 2^31)`.
+    pub mult: &'a [i32],
+    /// Per output channel right shift, in `[1, 62]`.
+    pub shift: &'a [u8],
+    /// What follows the rescale.
+    pub activation: Activation<'a>,
+}
+
+/// The step after the rescale in an [`Epilogue`].
+#[derive(Clone, Copy, Debug)]
+pub enum Activation<'a> {
+    /// `y = clamp(zero_point + requant(acc), min, 127)`; `min = zero_point`
+    /// for a fused ReLU (real 0), else -128.
+    Clamp {
         /// Output zero point, in `[-128, 127]`.
         zero_point: i32,
-        /// Lower clamp: the zero point for a fused ReLU (real 0), else -128.
+        /// Lower clamp: the zero point for a fused ReLU, else -128.
         min: i8,
     },
-    /// `a = clamp(pre_zero_point + requant(acc, mult[c], shift[c]), -128, 127)`; `y = table[(a + 128) as usize]`.
+    /// `a = clamp(pre_zero_point + requant(acc), -128, 127)`;
+    /// `y = table[(a + 128) as usize]`.
     Hardswish {
-        /// Per output channel multiplier into the pre-activation's scale.
-        mult: &'a [i32],
-        /// Per output channel right shift, in `[1, 62]`.
-        shift: &'a [u8],
         /// Zero point of the pre-activation, in `[-128, 127]`.
         pre_zero_point: i32,
         /// Hardswish of every pre-activation value `a`, at index `a + 128`,
@@ -89,6 +96,36 @@ pub enum Epilogue<'a> {
 }
 
 impl<'a> Epilogue<'a> {
+    /// Requantization to an output with `zero_point`, clamped below at
+    /// `min` ([`Activation::Clamp`]).
+    #[inline]
+    pub const fn requant(mult: &'a [i32], shift: &'a [u8], zero_point: i32, min: i8) -> Self {
+        Self {
+            mult,
+            shift,
+            activation: Activation::Clamp { zero_point, min },
+        }
+    }
+
+    /// Requantization into the pre-activation's scale, then the hardswish
+    /// `table` ([`Activation::Hardswish`]).
+    #[inline]
+    pub const fn hardswish(
+        mult: &'a [i32],
+        shift: &'a [u8],
+        pre_zero_point: i32,
+        table: &'a [i8; 256],
+    ) -> Self {
+        Self {
+            mult,
+            shift,
+            activation: Activation::Hardswish {
+                pre_zero_point,
+                table,
+            },
+        }
+    }
+
     /// Applies the epilogue to one row of `out.len()` channels: channel `c`
     /// is index `c` of `acc`, `out` and the multipliers, so `acc`, `mult`
     /// and `shift` all have `out.len()` values (see [`Epilogue::slice`] for
@@ -96,20 +133,15 @@ impl<'a> Epilogue<'a> {
     #[inline]
     pub fn apply(&self, acc: &[i32], out: &mut [i8]) {
         debug_assert_eq!(acc.len(), out.len());
-        match *self {
-            Epilogue::Requant {
-                mult,
-                shift,
-                zero_point,
-                min,
-            } => requant::portable(acc, mult, shift, zero_point, min, 127, out),
-            Epilogue::Hardswish {
-                mult,
-                shift,
+        match self.activation {
+            Activation::Clamp { zero_point, min } => {
+                requant::portable(acc, self.mult, self.shift, zero_point, min, 127, out)
+            }
+            Activation::Hardswish {
                 pre_zero_point,
                 table,
             } => {
-                requant::portable(acc, mult, shift, pre_zero_point, -128, 127, out);
+                requant::portable(acc, self.mult, self.shift, pre_zero_point, -128, 127, out);
                 for o in out.iter_mut() {
                     // a is an i8, so a + 128 always indexes the 256
                     // entries: no bounds failure is possible.
@@ -120,45 +152,22 @@ impl<'a> Epilogue<'a> {
     }
 
     /// The same epilogue restricted to the output channels in `range` (its
-    /// multipliers and shifts sliced; zero points, clamp and table kept), for
-    /// rows processed in chunks.
+    /// multipliers and shifts sliced, the activation kept), for rows
+    /// processed in chunks.
     #[inline]
     pub fn slice(&self, range: Range<usize>) -> Epilogue<'a> {
-        match *self {
-            Epilogue::Requant {
-                mult,
-                shift,
-                zero_point,
-                min,
-            } => Epilogue::Requant {
-                mult: &mult[range.clone()],
-                shift: &shift[range],
-                zero_point,
-                min,
-            },
-            Epilogue::Hardswish {
-                mult,
-                shift,
-                pre_zero_point,
-                table,
-            } => Epilogue::Hardswish {
-                mult: &mult[range.clone()],
-                shift: &shift[range],
-                pre_zero_point,
-                table,
-            },
+        Epilogue {
+            mult: &self.mult[range.clone()],
+            shift: &self.shift[range],
+            activation: self.activation,
         }
     }
 
     /// The number of output channels the epilogue has multipliers for.
     #[inline]
     pub fn channels(&self) -> usize {
-        match *self {
-            Epilogue::Requant { mult, shift, .. } | Epilogue::Hardswish { mult, shift, .. } => {
-                debug_assert_eq!(mult.len(), shift.len());
-                mult.len()
-            }
-        }
+        debug_assert_eq!(self.mult.len(), self.shift.len());
+        self.mult.len()
     }
 }
 
