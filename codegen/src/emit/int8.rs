@@ -22,12 +22,12 @@
 use proc_macro2::{Literal, TokenStream};
 use quote::{ToTokens, format_ident, quote};
 
-use super::{model_params, sanitize, split_arena};
+use super::{Module, model_params, sanitize, split_arena};
 use crate::ir::{Conv2d, ModelFile, Op, ValueShapes};
 use crate::nodes::lit;
 use crate::plan::{Buffer, Plan, Step, plan_memory};
 use crate::quant::{AddPlan, ConvOutput, ConvPlan, Multiplier, OpPlan, QuantPlan, SePlan};
-use crate::{CodegenError, GenOptions, Generated, LayerReport, Report, WeightsSource};
+use crate::{CodegenError, GenOptions, Generated, LayerReport, Report};
 
 /// Arena offsets and weight tensors start at multiples of this many bytes.
 const ALIGN_BYTES: usize = 64;
@@ -582,9 +582,7 @@ pub(crate) fn generate(
     opts: &GenOptions,
 ) -> Result<Generated, CodegenError> {
     let g = &model.graph;
-    let rt: TokenStream = syn::parse_str::<syn::Path>(&opts.runtime_path)
-        .map_err(|e| CodegenError::Option(format!("runtime path {:?}: {e}", opts.runtime_path)))?
-        .to_token_stream();
+    let rt = super::runtime_path(opts)?;
     let nodes = lower(model, shapes, qplan)?;
     let steps: Vec<Step> = nodes.iter().map(|n| n.step.clone()).collect();
     let input_len: usize = shapes[&g.input.name].iter().product();
@@ -609,7 +607,6 @@ pub(crate) fn generate(
     let mut layer_fns = TokenStream::new();
     let mut calls = TokenStream::new();
     let mut layers = Vec::new();
-    let mut layer_names = Vec::new();
     for (i, (node, sb)) in nodes.iter().zip(&live.steps).enumerate() {
         let mut wanted: Vec<usize> = sb.inputs.clone();
         wanted.push(sb.output);
@@ -682,106 +679,40 @@ pub(crate) fn generate(
             }
         });
         calls.extend(quote!(#fn_name(arena, w);));
-        let (name, kernel) = (node.name.clone(), node.kernel);
-        layer_names.push(quote!((#name, #kernel)));
         layers.push(LayerReport {
-            name,
-            kernel,
+            name: node.name.clone(),
+            kernel: node.kernel,
             output_len: node.step.output_len / node.out_ty.size(),
             macs: node.macs,
         });
     }
 
     let blob_bytes: Vec<u8> = blob.iter().map(|&v| v as u8).collect();
-    let blob_len = lit(blob_bytes.len());
-    let include = match &opts.weights {
-        WeightsSource::OutDir(file) => {
-            let f = format!("/{file}");
-            quote!(::core::include_bytes!(
-                ::core::concat!(::core::env!("OUT_DIR"), #f)
-            ))
-        }
-        WeightsSource::Path(p) => quote!(::core::include_bytes!(#p)),
-    };
-    let common = super::CommonItems::new(model, &layers)?;
-    let common = common.tokens();
-    let (arena_len, peak) = (lit(words.total), lit(words.peak_live));
-    let input_off = lit(words.offsets[live.input]);
-    let output_off = lit(words.offsets[live.output]);
-    let n_layers = lit(layers.len());
-    let arena_doc = format!(
-        "Arena length in `f32` words ({} bytes): the static memory plan of every activation and \
-         kernel scratch buffer of this int8 model, counted in bytes (int8 activations, `f32` \
-         input and logits, `i32` scratch). The peak-live lower bound is {} words (`PEAK_LIVE_LEN`).",
-        words.total * 4,
-        words.peak_live
-    );
-    let tokens = quote! {
-        #[cfg(target_endian = "big")]
-        ::core::compile_error!("the embedded weights are little-endian");
-
-        #[doc = #arena_doc]
-        pub const ARENA_LEN: usize = #arena_len;
-        /// The most `f32` words alive at once: no memory plan can be smaller than this.
-        pub const PEAK_LIVE_LEN: usize = #peak;
-        #common
-        /// Where the model input lives in the arena (in `f32` words).
-        pub const INPUT_OFFSET: usize = #input_off;
-        /// Where the logits live in the arena after [`forward`] (in `f32` words).
-        pub const OUTPUT_OFFSET: usize = #output_off;
-        /// Length of the embedded int8 weights in bytes.
-        pub const WEIGHTS_LEN: usize = #blob_len;
-        /// Every layer in execution order: (model op name, kernel).
-        pub const LAYERS: [(&str, &str); #n_layers] = [#(#layer_names),*];
-
-        /// 64-byte alignment for the embedded weights, so they are read in place.
-        #[repr(C, align(64))]
-        struct AlignedBlob<T: ?Sized>(T);
-
-        static WEIGHT_BYTES: AlignedBlob<[u8; #blob_len]> = AlignedBlob(*#include);
-
-        /// The embedded int8 weights, without copying.
-        #[inline(always)]
-        fn weights() -> &'static [i8] {
-            #rt::__codegen::bytemuck::cast_slice::<u8, i8>(&WEIGHT_BYTES.0)
-        }
-
-        #layer_fns
-
-        /// Runs the network on the `f32` input stored at `arena[INPUT_OFFSET..][..INPUT_LEN]`
-        /// (quantizing it is the first step), leaving the `f32` logits at
-        /// `arena[OUTPUT_OFFSET..][..NUM_CLASSES]`.
-        pub fn forward(arena: &mut [f32; ARENA_LEN]) {
-            let w = weights();
-            #calls
-        }
-
-        /// The logits left in the arena by [`forward`].
-        pub fn logits(arena: &[f32; ARENA_LEN]) -> [f32; NUM_CLASSES] {
-            let mut out = [0f32; NUM_CLASSES];
-            out.copy_from_slice(&arena[OUTPUT_OFFSET..OUTPUT_OFFSET + NUM_CLASSES]);
-            out
-        }
-
-        /// The model input region of the arena, for writing a preprocessed image into.
-        pub fn input_mut(arena: &mut [f32; ARENA_LEN]) -> &mut [f32] {
-            &mut arena[INPUT_OFFSET..INPUT_OFFSET + INPUT_LEN]
-        }
-
-        /// Runs the network on `input` (planar CHW, normalized) and returns the logits.
-        pub fn run(input: &[f32; INPUT_LEN], arena: &mut [f32; ARENA_LEN]) -> [f32; NUM_CLASSES] {
-            input_mut(arena).copy_from_slice(input);
-            forward(arena);
-            logits(arena)
-        }
-    };
-    let file: syn::File = syn::parse2(tokens).map_err(|e| CodegenError::Format(e.to_string()))?;
-    let code = format!(
-        "// @generated by derm-codegen {} from an int8 model with {} ops; do not edit.\n{}",
-        env!("CARGO_PKG_VERSION"),
-        g.ops.len(),
-        prettyplease::unparse(&file)
-    );
+    let code = Module {
+        rt: &rt,
+        arena_doc: format!(
+            "Arena length in `f32` words ({} bytes): the static memory plan of every activation \
+             and kernel scratch buffer of this int8 model, counted in bytes (int8 activations, \
+             `f32` input and logits, `i32` scratch). The peak-live lower bound is {} words \
+             (`PEAK_LIVE_LEN`).",
+            words.total * 4,
+            words.peak_live
+        ),
+        arena_len: words.total,
+        peak_live_len: words.peak_live,
+        input_offset: words.offsets[live.input],
+        output_offset: words.offsets[live.output],
+        weight_ty: quote!(i8),
+        weights_len: blob_bytes.len(),
+        weights_len_doc: "Length of the embedded int8 weights in bytes.",
+        forward_doc: "Runs the network on the `f32` input stored at \
+                      `arena[INPUT_OFFSET..][..INPUT_LEN]` (quantizing it is the first step), \
+                      leaving the `f32` logits at `arena[OUTPUT_OFFSET..][..NUM_CLASSES]`.",
+        header: format!("an int8 model with {} ops", g.ops.len()),
+        layer_fns,
+        calls,
+    }
+    .render(model, &layers, &blob_bytes, opts)?;
     let params = model_params(model).unwrap_or(0);
     let macs = layers.iter().map(|l| l.macs).sum();
     Ok(Generated {

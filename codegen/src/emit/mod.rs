@@ -80,9 +80,7 @@ pub(crate) fn generate(
     opts: &GenOptions,
 ) -> Result<Generated, CodegenError> {
     let g = &model.graph;
-    let rt: TokenStream = syn::parse_str::<syn::Path>(&opts.runtime_path)
-        .map_err(|e| CodegenError::Option(format!("runtime path {:?}: {e}", opts.runtime_path)))?
-        .to_token_stream();
+    let rt = runtime_path(opts)?;
     let steps: Vec<Step> = nodes.iter().map(step_of).collect();
     let input_len: usize = shapes[&g.input.name].iter().product();
     let live = plan_memory((&g.input.name, input_len), &steps, &g.output, ARENA_ALIGN);
@@ -92,7 +90,6 @@ pub(crate) fn generate(
     let mut layer_fns = TokenStream::new();
     let mut calls = TokenStream::new();
     let mut layers = Vec::new();
-    let mut layer_names = Vec::new();
     for (i, (node, step)) in nodes.iter().zip(&live.steps).enumerate() {
         let node = node.get();
         let weights = node.weights(model)?;
@@ -157,107 +154,39 @@ pub(crate) fn generate(
             }
         });
         calls.extend(quote!(#fn_name(arena, w);));
-        let (name, kernel) = (node.name().to_owned(), node.kernel());
-        layer_names.push(quote!((#name, #kernel)));
         layers.push(LayerReport {
-            name,
-            kernel,
+            name: node.name().to_owned(),
+            kernel: node.kernel(),
             output_len: node.output_len(),
             macs: node.macs(),
         });
     }
 
     let blob_bytes: Vec<u8> = blob.iter().flat_map(|v| v.to_le_bytes()).collect();
-    let weights_len = lit(blob.len());
-    let blob_len = lit(blob_bytes.len());
-    let include = match &opts.weights {
-        WeightsSource::OutDir(file) => {
-            let f = format!("/{file}");
-            quote!(::core::include_bytes!(
-                ::core::concat!(::core::env!("OUT_DIR"), #f)
-            ))
-        }
-        WeightsSource::Path(p) => quote!(::core::include_bytes!(#p)),
-    };
-    let common = CommonItems::new(model, &layers)?.tokens();
     let params = model_params(model).unwrap_or(0);
     let macs: u64 = layers.iter().map(|l| l.macs).sum();
-    let (arena_len, peak) = (lit(plan.total), lit(plan.peak_live));
-    let input_off = lit(plan.offsets[live.input]);
-    let output_off = lit(plan.offsets[live.output]);
-    let n_layers = lit(layers.len());
-    let arena_doc = format!(
-        "Arena length in `f32` ({} bytes): the static memory plan of every activation and kernel \
-         scratch buffer. The peak-live lower bound is {} (`PEAK_LIVE_LEN`).",
-        plan.total * 4,
-        plan.peak_live
-    );
-
-    let tokens = quote! {
-        #[cfg(target_endian = "big")]
-        ::core::compile_error!("the embedded weights are little-endian");
-
-        #[doc = #arena_doc]
-        pub const ARENA_LEN: usize = #arena_len;
-        /// The most `f32` alive at once: no memory plan can be smaller than this.
-        pub const PEAK_LIVE_LEN: usize = #peak;
-        #common
-        /// Where the model input lives in the arena.
-        pub const INPUT_OFFSET: usize = #input_off;
-        /// Where the logits live in the arena after [`forward`].
-        pub const OUTPUT_OFFSET: usize = #output_off;
-        /// Length of the embedded weights in `f32`, packed for the kernels.
-        pub const WEIGHTS_LEN: usize = #weights_len;
-        /// Every layer in execution order: (model op name, kernel).
-        pub const LAYERS: [(&str, &str); #n_layers] = [#(#layer_names),*];
-
-        /// 64-byte alignment for the embedded weights, so they are read in place.
-        #[repr(C, align(64))]
-        struct AlignedBlob<T: ?Sized>(T);
-
-        static WEIGHT_BYTES: AlignedBlob<[u8; #blob_len]> = AlignedBlob(*#include);
-
-        /// The embedded weights as `f32`, without copying.
-        #[inline(always)]
-        fn weights() -> &'static [f32] {
-            #rt::__codegen::bytemuck::cast_slice::<u8, f32>(&WEIGHT_BYTES.0)
-        }
-
-        #layer_fns
-
-        /// Runs the network on the input stored at `arena[INPUT_OFFSET..][..INPUT_LEN]`,
-        /// leaving the logits at `arena[OUTPUT_OFFSET..][..NUM_CLASSES]`.
-        pub fn forward(arena: &mut [f32; ARENA_LEN]) {
-            let w = weights();
-            #calls
-        }
-
-        /// The logits left in the arena by [`forward`].
-        pub fn logits(arena: &[f32; ARENA_LEN]) -> [f32; NUM_CLASSES] {
-            let mut out = [0f32; NUM_CLASSES];
-            out.copy_from_slice(&arena[OUTPUT_OFFSET..OUTPUT_OFFSET + NUM_CLASSES]);
-            out
-        }
-
-        /// The model input region of the arena, for writing a preprocessed image into.
-        pub fn input_mut(arena: &mut [f32; ARENA_LEN]) -> &mut [f32] {
-            &mut arena[INPUT_OFFSET..INPUT_OFFSET + INPUT_LEN]
-        }
-
-        /// Runs the network on `input` (planar CHW, normalized) and returns the logits.
-        pub fn run(input: &[f32; INPUT_LEN], arena: &mut [f32; ARENA_LEN]) -> [f32; NUM_CLASSES] {
-            input_mut(arena).copy_from_slice(input);
-            forward(arena);
-            logits(arena)
-        }
-    };
-    let file: syn::File = syn::parse2(tokens).map_err(|e| CodegenError::Format(e.to_string()))?;
-    let code = format!(
-        "// @generated by derm-codegen {} from a model with {} ops; do not edit.\n{}",
-        env!("CARGO_PKG_VERSION"),
-        g.ops.len(),
-        prettyplease::unparse(&file)
-    );
+    let code = Module {
+        rt: &rt,
+        arena_doc: format!(
+            "Arena length in `f32` ({} bytes): the static memory plan of every activation and \
+             kernel scratch buffer. The peak-live lower bound is {} (`PEAK_LIVE_LEN`).",
+            plan.total * 4,
+            plan.peak_live
+        ),
+        arena_len: plan.total,
+        peak_live_len: plan.peak_live,
+        input_offset: plan.offsets[live.input],
+        output_offset: plan.offsets[live.output],
+        weight_ty: quote!(f32),
+        weights_len: blob.len(),
+        weights_len_doc: "Length of the embedded weights in `f32`, packed for the kernels.",
+        forward_doc: "Runs the network on the input stored at `arena[INPUT_OFFSET..][..INPUT_LEN]`, \
+                      leaving the logits at `arena[OUTPUT_OFFSET..][..NUM_CLASSES]`.",
+        header: format!("a model with {} ops", g.ops.len()),
+        layer_fns,
+        calls,
+    }
+    .render(model, &layers, &blob_bytes, opts)?;
     Ok(Generated {
         code,
         weights: blob_bytes,
@@ -276,6 +205,156 @@ pub(crate) fn generate(
                 .collect(),
         },
     })
+}
+
+/// The runtime crate's path in the generated code (`GenOptions::runtime_path`).
+pub(super) fn runtime_path(opts: &GenOptions) -> Result<TokenStream, CodegenError> {
+    Ok(syn::parse_str::<syn::Path>(&opts.runtime_path)
+        .map_err(|e| CodegenError::Option(format!("runtime path {:?}: {e}", opts.runtime_path)))?
+        .to_token_stream())
+}
+
+/// What a generated module's float and int8 forms differ in; [`Module::render`]
+/// writes everything else (constants, the aligned weight blob, `forward`,
+/// `logits`, `input_mut`, `run`) once for both.
+pub(super) struct Module<'a> {
+    /// The runtime crate's path.
+    pub rt: &'a TokenStream,
+    /// Doc of `ARENA_LEN`.
+    pub arena_doc: String,
+    /// `ARENA_LEN`, in `f32` words.
+    pub arena_len: usize,
+    /// `PEAK_LIVE_LEN`, in `f32` words.
+    pub peak_live_len: usize,
+    /// `INPUT_OFFSET`, in `f32` words.
+    pub input_offset: usize,
+    /// `OUTPUT_OFFSET`, in `f32` words.
+    pub output_offset: usize,
+    /// The element type `weights()` returns (`f32` or `i8`).
+    pub weight_ty: TokenStream,
+    /// `WEIGHTS_LEN`, in elements of `weight_ty`.
+    pub weights_len: usize,
+    /// Doc of `WEIGHTS_LEN`.
+    pub weights_len_doc: &'static str,
+    /// Doc of `forward`.
+    pub forward_doc: &'static str,
+    /// What the `@generated` header says the module was made from.
+    pub header: String,
+    /// One function per layer.
+    pub layer_fns: TokenStream,
+    /// The calls of those functions, in order, inside `forward`.
+    pub calls: TokenStream,
+}
+
+impl Module<'_> {
+    /// The module's source text: the items of both forms around the layer
+    /// functions, pretty-printed under an `@generated` header.
+    pub(super) fn render(
+        self,
+        model: &ModelFile,
+        layers: &[LayerReport],
+        blob: &[u8],
+        opts: &GenOptions,
+    ) -> Result<String, CodegenError> {
+        let Module {
+            rt,
+            arena_doc,
+            arena_len,
+            peak_live_len,
+            input_offset,
+            output_offset,
+            weight_ty,
+            weights_len,
+            weights_len_doc,
+            forward_doc,
+            header,
+            layer_fns,
+            calls,
+        } = self;
+        let include = match &opts.weights {
+            WeightsSource::OutDir(file) => {
+                let f = format!("/{file}");
+                quote!(::core::include_bytes!(
+                    ::core::concat!(::core::env!("OUT_DIR"), #f)
+                ))
+            }
+            WeightsSource::Path(p) => quote!(::core::include_bytes!(#p)),
+        };
+        let common = CommonItems::new(model, layers)?.tokens();
+        let (arena_len, peak) = (lit(arena_len), lit(peak_live_len));
+        let (input_off, output_off) = (lit(input_offset), lit(output_offset));
+        let (weights_len, blob_len) = (lit(weights_len), lit(blob.len()));
+        let n_layers = lit(layers.len());
+        let layer_names = layers.iter().map(|l| {
+            let (name, kernel) = (&l.name, l.kernel);
+            quote!((#name, #kernel))
+        });
+        let weights_doc = format!("The embedded weights as `{weight_ty}`, without copying.");
+        let tokens = quote! {
+            #[cfg(target_endian = "big")]
+            ::core::compile_error!("the embedded weights are little-endian");
+
+            #[doc = #arena_doc]
+            pub const ARENA_LEN: usize = #arena_len;
+            /// The most `f32` words alive at once: no memory plan can be smaller than this.
+            pub const PEAK_LIVE_LEN: usize = #peak;
+            #common
+            /// Where the model input lives in the arena (in `f32` words).
+            pub const INPUT_OFFSET: usize = #input_off;
+            /// Where the logits live in the arena after [`forward`] (in `f32` words).
+            pub const OUTPUT_OFFSET: usize = #output_off;
+            #[doc = #weights_len_doc]
+            pub const WEIGHTS_LEN: usize = #weights_len;
+            /// Every layer in execution order: (model op name, kernel).
+            pub const LAYERS: [(&str, &str); #n_layers] = [#(#layer_names),*];
+
+            /// 64-byte alignment for the embedded weights, so they are read in place.
+            #[repr(C, align(64))]
+            struct AlignedBlob<T: ?Sized>(T);
+
+            static WEIGHT_BYTES: AlignedBlob<[u8; #blob_len]> = AlignedBlob(*#include);
+
+            #[doc = #weights_doc]
+            #[inline(always)]
+            fn weights() -> &'static [#weight_ty] {
+                #rt::__codegen::bytemuck::cast_slice::<u8, #weight_ty>(&WEIGHT_BYTES.0)
+            }
+
+            #layer_fns
+
+            #[doc = #forward_doc]
+            pub fn forward(arena: &mut [f32; ARENA_LEN]) {
+                let w = weights();
+                #calls
+            }
+
+            /// The logits left in the arena by [`forward`].
+            pub fn logits(arena: &[f32; ARENA_LEN]) -> [f32; NUM_CLASSES] {
+                let mut out = [0f32; NUM_CLASSES];
+                out.copy_from_slice(&arena[OUTPUT_OFFSET..OUTPUT_OFFSET + NUM_CLASSES]);
+                out
+            }
+
+            /// The model input region of the arena, for writing a preprocessed image into.
+            pub fn input_mut(arena: &mut [f32; ARENA_LEN]) -> &mut [f32] {
+                &mut arena[INPUT_OFFSET..INPUT_OFFSET + INPUT_LEN]
+            }
+
+            /// Runs the network on `input` (planar CHW, normalized) and returns the logits.
+            pub fn run(input: &[f32; INPUT_LEN], arena: &mut [f32; ARENA_LEN]) -> [f32; NUM_CLASSES] {
+                input_mut(arena).copy_from_slice(input);
+                forward(arena);
+                logits(arena)
+            }
+        };
+        let file: syn::File =
+            syn::parse2(tokens).map_err(|e| CodegenError::Format(e.to_string()))?;
+        Ok(format!(
+            "// @generated by derm-codegen {} from {header}; do not edit.\n{}",
+            env!("CARGO_PKG_VERSION"),
+            prettyplease::unparse(&file)
+        ))
+    }
 }
 
 /// The constants every generated module has, float or int8: input shape,
