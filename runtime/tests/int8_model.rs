@@ -5,6 +5,8 @@
 //! comparisons are bit for bit, and this test runs unchanged on x86_64 and
 //! on aarch64 (under qemu in `scripts/test.sh`).
 
+mod common;
+
 #[allow(dead_code)]
 mod tiny_int8 {
     include!(concat!(env!("OUT_DIR"), "/tiny_int8_model.rs"));
@@ -12,14 +14,11 @@ mod tiny_int8 {
 
 /// The inputs and oracle logits the build script wrote.
 fn golden() -> (Vec<f32>, Vec<f32>) {
-    let bytes = include_bytes!(concat!(env!("OUT_DIR"), "/tiny_int8_golden.bin"));
-    let v: Vec<f32> = bytes
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect();
-    let n = v.len() / (tiny_int8::INPUT_LEN + tiny_int8::NUM_CLASSES);
-    let (x, y) = v.split_at(n * tiny_int8::INPUT_LEN);
-    (x.to_vec(), y.to_vec())
+    common::split_golden(
+        include_bytes!(concat!(env!("OUT_DIR"), "/tiny_int8_golden.bin")),
+        tiny_int8::INPUT_LEN,
+        tiny_int8::NUM_CLASSES,
+    )
 }
 
 fn run_all() -> Vec<f32> {

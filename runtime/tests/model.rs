@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{assert_close_to_range, boxed_arena, read_tensor};
+use common::{assert_close_to_range, boxed_arena, read_tensor, split_golden};
 use derm_runtime::{INPUT_H, INPUT_LEN, INPUT_W, NUM_CLASSES};
 
 /// Parity bound, relative to each sample's logit range.
@@ -72,14 +72,11 @@ fn run_does_not_depend_on_arena_contents() {
 }
 
 fn tiny_golden() -> (Vec<f32>, Vec<f32>) {
-    let bytes = include_bytes!(concat!(env!("OUT_DIR"), "/tiny_golden.bin"));
-    let v: Vec<f32> = bytes
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect();
-    let n = v.len() / (tiny::INPUT_LEN + tiny::NUM_CLASSES);
-    let (x, y) = v.split_at(n * tiny::INPUT_LEN);
-    (x.to_vec(), y.to_vec())
+    split_golden(
+        include_bytes!(concat!(env!("OUT_DIR"), "/tiny_golden.bin")),
+        tiny::INPUT_LEN,
+        tiny::NUM_CLASSES,
+    )
 }
 
 #[test]
@@ -128,12 +125,12 @@ fn constants_describe_the_embedded_model() {
 fn squeeze_excite_on_a_copy_matches_reference_interpreter() {
     // Here the SE input is read again after the SE, so the generated code
     // copies it before the in-place kernel instead of aliasing.
-    let bytes = include_bytes!(concat!(env!("OUT_DIR"), "/tiny_branching_golden.bin"));
-    let v: Vec<f32> = bytes
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect();
-    let (x, y) = v.split_at(3 * tiny_branching::INPUT_LEN);
+    let (x, y) = split_golden(
+        include_bytes!(concat!(env!("OUT_DIR"), "/tiny_branching_golden.bin")),
+        tiny_branching::INPUT_LEN,
+        tiny_branching::NUM_CLASSES,
+    );
+    assert_eq!(y.len(), 3 * tiny_branching::NUM_CLASSES);
     let mut arena = vec![0f32; tiny_branching::ARENA_LEN];
     let arena: &mut [f32; tiny_branching::ARENA_LEN] = arena.as_mut_slice().try_into().unwrap();
     for (i, (input, want)) in x

@@ -39,6 +39,25 @@ pub fn read_tensor(path: &str, name: &str) -> (Vec<usize>, Vec<f32>) {
     (t.shape().to_vec(), v)
 }
 
+/// Splits a build-script golden file (`<name>_golden.bin`: every input, then
+/// every logit row, as little-endian `f32`) into (inputs, logits), for a
+/// model with `input_len` inputs and `num_classes` logits per sample.
+pub fn split_golden(bytes: &[u8], input_len: usize, num_classes: usize) -> (Vec<f32>, Vec<f32>) {
+    assert_eq!(bytes.len() % 4, 0, "golden file: not whole f32s");
+    let v: Vec<f32> = bytes
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    let n = v.len() / (input_len + num_classes);
+    assert_eq!(
+        v.len(),
+        n * (input_len + num_classes),
+        "golden file: not whole samples"
+    );
+    let (x, y) = v.split_at(n * input_len);
+    (x.to_vec(), y.to_vec())
+}
+
 /// Asserts `got` is within `tol` of `want`'s range (max - min) everywhere.
 pub fn assert_close_to_range(got: &[f32], want: &[f32], tol: f32, what: &str) {
     assert_eq!(got.len(), want.len(), "{what}: length");
