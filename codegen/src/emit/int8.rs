@@ -24,7 +24,7 @@ use quote::{ToTokens, format_ident, quote};
 
 use super::{Module, model_params, sanitize, split_arena};
 use crate::ir::{Conv2d, ModelFile, Op, ValueShapes};
-use crate::nodes::lit;
+use crate::nodes::{depthwise_layout, lit, stem_layout};
 use crate::plan::{Buffer, Plan, Step, plan_memory};
 use crate::quant::{AddPlan, ConvOutput, ConvPlan, Multiplier, OpPlan, QuantPlan, SePlan};
 use crate::{CodegenError, GenOptions, Generated, LayerReport, Report};
@@ -366,33 +366,6 @@ fn epilogue(rt: &TokenStream, o: &ConvOutput) -> (TokenStream, TokenStream) {
 fn bias_static(name: &str, b: &[i32]) -> TokenStream {
     let (id, n, v) = (format_ident!("{}", name), lit(b.len()), ints(b));
     quote!(static #id: [i32; #n] = [#(#v),*];)
-}
-
-/// Weights `[out][in][kh][kw]` of a dense conv as `[kh][kw][in][out]`.
-fn stem_layout(w: &[i8], cout: usize, cin: usize, kh: usize, kw: usize) -> Vec<i8> {
-    let mut out = vec![0i8; w.len()];
-    for co in 0..cout {
-        for ci in 0..cin {
-            for y in 0..kh {
-                for x in 0..kw {
-                    out[((y * kw + x) * cin + ci) * cout + co] =
-                        w[((co * cin + ci) * kh + y) * kw + x];
-                }
-            }
-        }
-    }
-    out
-}
-
-/// Depthwise weights `[c][1][k][k]` as `[k][k][c]`.
-fn depthwise_layout(w: &[i8], c: usize, k: usize) -> Vec<i8> {
-    let mut out = vec![0i8; w.len()];
-    for ch in 0..c {
-        for t in 0..k * k {
-            out[t * c + ch] = w[ch * k * k + t];
-        }
-    }
-    out
 }
 
 /// The statics and the kernel call of one node.

@@ -60,19 +60,7 @@ impl NodeCodegen for ConvStem {
         let w = model.tensor_f32(&self.op.weight)?;
         let (co, ci) = (self.op.out_channels, self.op.in_channels);
         let [kh, kw] = self.op.kernel;
-        // [cout][cin][kh][kw] -> [kh][kw][cin][cout]: one output pixel's
-        // channels become one contiguous FMA run.
-        let mut packed = vec![0f32; w.len()];
-        for o in 0..co {
-            for i in 0..ci {
-                for y in 0..kh {
-                    for x in 0..kw {
-                        packed[((y * kw + x) * ci + i) * co + o] =
-                            w[((o * ci + i) * kh + y) * kw + x];
-                    }
-                }
-            }
-        }
+        let packed = super::stem_layout(&w, co, ci, kh, kw);
         Ok(vec![packed, model.tensor_f32(&self.op.bias)?])
     }
     fn macs(&self) -> u64 {

@@ -66,13 +66,7 @@ impl NodeCodegen for Depthwise {
         let w = model.tensor_f32(&self.op.weight)?;
         let c = self.op.out_channels;
         let k = self.op.kernel[0];
-        // [c][1][k][k] -> [k][k][c]: each tap is a contiguous channel vector.
-        let mut packed = vec![0f32; w.len()];
-        for ch in 0..c {
-            for t in 0..k * k {
-                packed[t * c + ch] = w[ch * k * k + t];
-            }
-        }
+        let packed = super::depthwise_layout(&w, c, k);
         Ok(vec![packed, model.tensor_f32(&self.op.bias)?])
     }
     fn macs(&self) -> u64 {

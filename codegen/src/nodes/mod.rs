@@ -114,6 +114,43 @@ pub(crate) fn pack_panels(w: &[f32], n: usize, k: usize) -> Vec<f32> {
     out
 }
 
+/// Dense conv weights `[cout][cin][kh][kw]` (PyTorch's) as the stem kernels'
+/// `[kh][kw][cin][cout]`: one output pixel's channels are one contiguous run
+/// per tap and input channel. Float and int8 stems share this layout.
+pub(crate) fn stem_layout<T: Copy + Default>(
+    w: &[T],
+    cout: usize,
+    cin: usize,
+    kh: usize,
+    kw: usize,
+) -> Vec<T> {
+    let mut out = vec![T::default(); w.len()];
+    for co in 0..cout {
+        for ci in 0..cin {
+            for y in 0..kh {
+                for x in 0..kw {
+                    out[((y * kw + x) * cin + ci) * cout + co] =
+                        w[((co * cin + ci) * kh + y) * kw + x];
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Depthwise weights `[c][1][k][k]` (PyTorch's) as the depthwise kernels'
+/// `[k][k][c]`: each tap is a contiguous channel vector. Float and int8
+/// depthwise convolutions share this layout.
+pub(crate) fn depthwise_layout<T: Copy + Default>(w: &[T], c: usize, k: usize) -> Vec<T> {
+    let mut out = vec![T::default(); w.len()];
+    for ch in 0..c {
+        for t in 0..k * k {
+            out[t * c + ch] = w[ch * k * k + t];
+        }
+    }
+    out
+}
+
 /// Lowers the validated graph to kernel calls, fusing each residual add
 /// into the pointwise conv that produces one of its operands when allowed.
 pub(crate) fn lower(
