@@ -1,9 +1,12 @@
 //! `--precision f16` and `int8`: the same student exported as f32, f16 and int8. The f16 file is about half
 //! the size, stores every weight as F16, passes derm-codegen's validation, computes logits
 //! within 1e-2 of the logit range of the f32 export's, and its golden logits are its own
-//! (the widened weights'), not the student's.
+//! (the widened weights'), not the student's. `derm-train quantize` turns an f32 file into int8.
+
+mod train_support;
 
 use std::path::Path;
+use std::process::Command;
 
 use derm_codegen::ir::{DType, ModelFile};
 use derm_codegen::{metadata, reference};
@@ -238,4 +241,96 @@ fn int8_export_is_a_quarter_of_the_size_and_its_golden_is_the_reference() {
         let err = max_abs_diff(&got, &want32[n * 5..(n + 1) * 5]);
         assert!(err > 0.0, "sample {n}: int8 equals f32 exactly");
     }
+}
+
+/// `derm-train quantize` on a real f32 file: the int8 file it writes is the int8 reference's
+/// (golden logits equal `reference::logits` on the f32 file's golden inputs, bit for bit),
+/// records its command, and the command's refusals name the file at fault.
+#[test]
+fn quantize_command_turns_an_f32_file_into_an_int8_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = student(12);
+    // Calibration resizes cached images to a square input.
+    s.meta.input_size = [32, 32];
+    let p32 = dir.path().join("m32.safetensors");
+    let p8 = dir.path().join("m8.safetensors");
+    export::export_student(
+        &s,
+        &p32,
+        &ExportOptions {
+            golden_layers: false,
+            ..Default::default()
+        },
+        3,
+        5,
+    )
+    .unwrap();
+    let cache = dir.path().join("cache");
+    train_support::ham::ham_cache(&cache, 2, 40);
+    let quantize = |model: &Path, out: &Path, extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_derm-train"))
+            .arg("quantize")
+            .arg(model)
+            .arg("-o")
+            .arg(out)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let cal = cache.to_str().unwrap();
+    let o = quantize(
+        &p32,
+        &p8,
+        &[
+            "--calibration-cache",
+            cal,
+            "--calibration-images",
+            "8",
+            "--quiet",
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "quantize failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(stdout.contains("calibrated on 8 images"), "{stdout}");
+
+    let m8 = ModelFile::read(&p8).unwrap();
+    assert_eq!(metadata::precision(&m8), "int8");
+    let q = &m8.graph.provenance["quantize"];
+    assert_eq!(q["calibration_images"], 8);
+    assert!(
+        q["command"]
+            .as_str()
+            .unwrap()
+            .starts_with("derm-train quantize"),
+        "{q}"
+    );
+    let input = golden_f32(&golden_path(&p8), "input");
+    assert_eq!(input, golden_f32(&golden_path(&p32), "input"));
+    let want = golden_f32(&golden_path(&p8), "logits");
+    let per = 3 * 32 * 32;
+    assert_eq!(input.len(), 3 * per);
+    for n in 0..3 {
+        let got = reference::logits(&m8, &input[n * per..(n + 1) * per]).unwrap();
+        assert_eq!(got, want[n * 5..(n + 1) * 5], "sample {n}");
+    }
+
+    // Refusals: an int8 input file, and a missing calibration cache, each named.
+    let again = dir.path().join("again.safetensors");
+    let o = quantize(&p8, &again, &["--calibration-cache", cal]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(err.contains("already an int8 model"), "{err}");
+    let o = quantize(&p32, &again, &[]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(err.contains("--calibration-cache"), "{err}");
+    assert!(
+        !again.exists(),
+        "a refused quantize wrote {}",
+        again.display()
+    );
 }
