@@ -484,16 +484,45 @@ fn fold(b: &[i32], w: &[i8], k: usize, zx: i32) -> Vec<i32> {
         .collect()
 }
 
+type PointwiseFn = fn(&[i8], PointwiseShape, &[i8], &[i32], Epilogue<'_>, &mut [i8]);
+
+/// Every pointwise variant this machine can run.
+fn pointwise_variants() -> Vec<(&'static str, PointwiseFn)> {
+    #[allow(unused_mut)]
+    let mut v: Vec<(&'static str, PointwiseFn)> = vec![
+        ("dispatch", int8::pointwise),
+        ("portable", int8::pointwise::portable),
+        #[cfg(target_arch = "aarch64")]
+        ("neon", int8::pointwise::neon::pointwise),
+    ];
+    #[cfg(target_arch = "x86_64")]
+    if derm_runtime::kernels::has_avx2_fma() {
+        // SAFETY: the CPU supports AVX2.
+        v.push(("avx2", |x, s, w, b, e, o| unsafe {
+            int8::pointwise::avx2::pointwise(x, s, w, b, e, o)
+        }));
+    }
+    v
+}
+
 #[test]
 fn pointwise_matches_reference_with_folded_bias() {
     let mut rng = Rng(0x5eed_0004);
+    // k covers the vector variants' 16-channel steps, their 8-channel tail
+    // and the scalar rest (77 = 4 * 16 + 8 + 5); pixels and n cover full
+    // tiles and both edges.
     let shapes = [
         (1, 3, 3),
         (5, 13, 70),
         (7, 70, 13),
         (13, 64, 130),
         (30, 16, 64),
+        (9, 24, 10),
+        (6, 40, 19),
+        (5, 77, 9),
+        (4, 144, 8),
     ];
+    let variants = pointwise_variants();
     for (pixels, k, n) in shapes {
         let s = PointwiseShape { pixels, k, n };
         for kind in KINDS {
@@ -503,10 +532,14 @@ fn pointwise_matches_reference_with_folded_bias() {
             let b = rng.biases(n, 1 << 15);
             let acc = gemm_ref(&x, pixels, k, zx, &w, &b);
             let e = Epi::fit(&mut rng, kind, &acc, n);
-            let mut out = vec![0i8; pixels * n];
-            int8::pointwise(&x, s, &w, &fold(&b, &w, k, zx), e.get(), &mut out);
-            assert_eq!(out, e.expected(&acc, n), "{s:?} {kind:?}");
-            assert_spread(&out, "pointwise");
+            let want = e.expected(&acc, n);
+            let folded = fold(&b, &w, k, zx);
+            for (name, f) in &variants {
+                let mut out = vec![0i8; pixels * n];
+                f(&x, s, &w, &folded, e.get(), &mut out);
+                assert_eq!(out, want, "{name} {s:?} {kind:?}");
+                assert_spread(&out, "pointwise");
+            }
         }
     }
 }

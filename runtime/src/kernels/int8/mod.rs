@@ -8,7 +8,8 @@
 //! the one requantization rule, which lives in
 //! [`super::requant`](mod@super::requant): these kernels call its
 //! [`requant`](super::requant::requant) and its row function
-//! [`requant::portable`] and never restate the rule. The oracle they must
+//! [`requant_i8`](super::requant::requant_i8) (NEON or AVX2 where the
+//! target has them, bit-identical to its portable form) and never restate the rule. The oracle they must
 //! reproduce exactly is `derm_codegen::reference::int8`.
 //!
 //! Layouts (the contract with `derm-codegen`):
@@ -135,13 +136,13 @@ impl<'a> Epilogue<'a> {
         debug_assert_eq!(acc.len(), out.len());
         match self.activation {
             Activation::Clamp { zero_point, min } => {
-                requant::portable(acc, self.mult, self.shift, zero_point, min, 127, out)
+                requant::requant_i8(acc, self.mult, self.shift, zero_point, min, 127, out)
             }
             Activation::Hardswish {
                 pre_zero_point,
                 table,
             } => {
-                requant::portable(acc, self.mult, self.shift, pre_zero_point, -128, 127, out);
+                requant::requant_i8(acc, self.mult, self.shift, pre_zero_point, -128, 127, out);
                 for o in out.iter_mut() {
                     // a is an i8, so a + 128 always indexes the 256
                     // entries: no bounds failure is possible.
@@ -189,7 +190,7 @@ impl Mult {
 }
 
 /// One [`Mult`] broadcast over a chunk, so that per-tensor rescales go
-/// through the same row function ([`requant::portable`]) as per-channel ones.
+/// through the same row function ([`requant::requant_i8`]) as per-channel ones.
 struct Uniform {
     mult: [i32; CHUNK],
     shift: [u8; CHUNK],
@@ -209,7 +210,7 @@ impl Uniform {
     #[inline]
     fn apply(&self, acc: &[i32], zero_point: i32, min: i8, max: i8, out: &mut [i8]) {
         let n = acc.len();
-        requant::portable(
+        requant::requant_i8(
             acc,
             &self.mult[..n],
             &self.shift[..n],

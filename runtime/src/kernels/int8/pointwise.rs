@@ -1,10 +1,24 @@
 //! 1x1 int8 convolution (a GEMM over pixels) on HWC tensors.
+//!
+//! Every variant runs the same driver ([`drive`]): pixels in tiles of `MR`
+//! rows, output channels in chunks of [`CHUNK`] and, inside a chunk, in
+//! tiles of `NR` channels; a [`DotTile`] computes the `MR x NR` dot
+//! products of a tile over the whole `k`, then the bias is added and the
+//! epilogue maps each pixel's chunk to int8. The variants differ only in the
+//! tile:
+//! - [`portable`]: scalar `i32` arithmetic;
+//! - [`neon`] (aarch64, ARMv8.0): SMULL/SMLAL of 8 int8 pairs into int16
+//!   (two products of `|w| <= 127`, `|x| <= 128` stay within int16), then
+//!   SADALP into int32 lanes, 16 input channels per step, as `docs/int8.md`
+//!   describes for the Cortex-A72;
+//! - [`avx2`] (x86_64, chosen at run time): 16 input channels widened to
+//!   int16 and multiplied pairwise into int32 with `vpmaddwd`.
+//!
+//! All of them sum the same products modulo `2^32` (see the module docs of
+//! [`super`]), so every variant gives the same bits as the oracle whatever
+//! the order of the additions.
 
-use super::{CHUNK, Epilogue, dot};
-
-/// The variant every target uses for now: [`portable`] (vector variants will
-/// keep its signature).
-pub use portable as pointwise;
+use super::{CHUNK, Epilogue};
 
 /// Shape of a pointwise convolution: `pixels` input rows of `k` channels,
 /// `n` output channels.
@@ -16,6 +30,123 @@ pub struct PointwiseShape {
     pub k: usize,
     /// Output channels.
     pub n: usize,
+}
+
+/// The dot products of one tile: `R` input rows against `C` weight rows.
+trait DotTile {
+    /// `out[r][c] = sum_{i < k} x[r * k + i] * w[c * k + i]`, wrapping.
+    ///
+    /// # Safety
+    /// `x` holds `R * k` values and `w` holds `C * k` values; the variant's
+    /// CPU features are present.
+    unsafe fn tile<const R: usize, const C: usize>(
+        x: *const i8,
+        w: *const i8,
+        k: usize,
+    ) -> [[i32; C]; R];
+}
+
+/// The loops every variant shares (see the module docs), with `MR x NR`
+/// tiles from `D` and narrower tiles at the edges.
+///
+/// # Safety
+/// `D`'s CPU features are present.
+///
+/// # Panics
+/// If a slice is shorter than `s` says (checked before any raw read).
+#[inline(always)]
+// Tile coordinates index several arrays and pointers at once.
+#[allow(clippy::needless_range_loop)]
+unsafe fn drive<D: DotTile, const MR: usize, const NR: usize>(
+    x: &[i8],
+    s: PointwiseShape,
+    w: &[i8],
+    bias: &[i32],
+    e: Epilogue<'_>,
+    out: &mut [i8],
+) {
+    let (pixels, k, n) = (s.pixels, s.k, s.n);
+    assert!(
+        x.len() >= pixels * k && w.len() >= n * k && bias.len() >= n && out.len() >= pixels * n,
+        "int8 pointwise: a slice is shorter than the shape {s:?}"
+    );
+    debug_assert_eq!(e.channels(), n);
+    let mut acc = [[0i32; CHUNK]; MR];
+    let mut p0 = 0;
+    while p0 < pixels {
+        let rows = MR.min(pixels - p0);
+        let xp = x[p0 * k..].as_ptr();
+        for j0 in (0..n).step_by(CHUNK) {
+            let m = CHUNK.min(n - j0);
+            let mut j = 0;
+            while j < m {
+                let cols = NR.min(m - j);
+                let wp = w[(j0 + j) * k..].as_ptr();
+                // SAFETY: rows <= pixels - p0 rows of x from p0 and cols <=
+                // n - j0 - j rows of w from j0 + j lie inside the asserted
+                // lengths; D's features are the caller's contract.
+                unsafe {
+                    if rows == MR && cols == NR {
+                        put(&mut acc, j, D::tile::<MR, NR>(xp, wp, k));
+                    } else {
+                        for r in 0..rows {
+                            for c in 0..cols {
+                                let t = D::tile::<1, 1>(xp.add(r * k), wp.add(c * k), k);
+                                acc[r][j + c] = t[0][0];
+                            }
+                        }
+                    }
+                }
+                j += cols;
+            }
+            for (r, a) in acc.iter_mut().enumerate().take(rows) {
+                let a = &mut a[..m];
+                for (v, &b) in a.iter_mut().zip(&bias[j0..j0 + m]) {
+                    *v = v.wrapping_add(b);
+                }
+                let o = (p0 + r) * n + j0;
+                e.slice(j0..j0 + m).apply(a, &mut out[o..o + m]);
+            }
+        }
+        p0 += rows;
+    }
+}
+
+/// Copies a tile's sums into the chunk accumulators at column `j`.
+#[inline(always)]
+fn put<const MR: usize, const R: usize, const C: usize>(
+    acc: &mut [[i32; CHUNK]; MR],
+    j: usize,
+    t: [[i32; C]; R],
+) {
+    for (r, row) in t.iter().enumerate() {
+        acc[r][j..j + C].copy_from_slice(row);
+    }
+}
+
+/// Scalar tiles.
+struct Scalar;
+
+impl DotTile for Scalar {
+    #[inline(always)]
+    unsafe fn tile<const R: usize, const C: usize>(
+        x: *const i8,
+        w: *const i8,
+        k: usize,
+    ) -> [[i32; C]; R] {
+        let mut out = [[0i32; C]; R];
+        for i in 0..k {
+            for c in 0..C {
+                // SAFETY: i < k, c < C, r < R: inside the contract's lengths.
+                let wv = i32::from(unsafe { *w.add(c * k + i) });
+                for (r, row) in out.iter_mut().enumerate() {
+                    let xv = i32::from(unsafe { *x.add(r * k + i) });
+                    row[c] = row[c].wrapping_add(wv * xv);
+                }
+            }
+        }
+        out
+    }
 }
 
 /// Portable int8 pointwise convolution:
@@ -31,6 +162,9 @@ pub struct PointwiseShape {
 /// forms are the same integer; with wrapping `i32` arithmetic they are the
 /// same modulo `2^32`, hence the same bits after the oracle's `as i32`, even
 /// where the folded bias and the raw sum are individually large.
+///
+/// # Panics
+/// If a slice is shorter than `s` says.
 #[inline]
 pub fn portable(
     x: &[i8],
@@ -40,23 +174,219 @@ pub fn portable(
     e: Epilogue<'_>,
     out: &mut [i8],
 ) {
-    debug_assert_eq!(x.len(), s.pixels * s.k);
-    debug_assert_eq!(w.len(), s.n * s.k);
-    debug_assert_eq!(bias.len(), s.n);
-    debug_assert_eq!(e.channels(), s.n);
-    debug_assert_eq!(out.len(), s.pixels * s.n);
-    let (k, n) = (s.k, s.n);
-    let mut acc = [0i32; CHUNK];
-    for p in 0..s.pixels {
-        let row = &x[p * k..(p + 1) * k];
-        for j0 in (0..n).step_by(CHUNK) {
-            let m = CHUNK.min(n - j0);
-            for (jj, a) in acc[..m].iter_mut().enumerate() {
-                let j = j0 + jj;
-                *a = bias[j].wrapping_add(dot(&w[j * k..(j + 1) * k], row));
+    // SAFETY: the scalar tiles need no CPU feature.
+    unsafe { drive::<Scalar, 4, 2>(x, s, w, bias, e, out) }
+}
+
+/// NEON (ARMv8.0: no SDOT) pointwise convolution.
+#[cfg(target_arch = "aarch64")]
+pub mod neon {
+    use super::{DotTile, PointwiseShape, drive};
+    use crate::kernels::int8::Epilogue;
+    use core::arch::aarch64::*;
+
+    /// NEON int8 pointwise convolution with the contract of [`super::portable`].
+    ///
+    /// # Panics
+    /// If a slice is shorter than `s` says.
+    #[inline]
+    pub fn pointwise(
+        x: &[i8],
+        s: PointwiseShape,
+        w: &[i8],
+        bias: &[i32],
+        e: Epilogue<'_>,
+        out: &mut [i8],
+    ) {
+        // SAFETY: NEON is part of every aarch64 target.
+        unsafe { drive::<Neon, 4, 4>(x, s, w, bias, e, out) }
+    }
+
+    struct Neon;
+
+    impl DotTile for Neon {
+        #[inline(always)]
+        // Tile coordinates index several arrays and pointers at once.
+        #[allow(clippy::needless_range_loop)]
+        unsafe fn tile<const R: usize, const C: usize>(
+            x: *const i8,
+            w: *const i8,
+            k: usize,
+        ) -> [[i32; C]; R] {
+            // SAFETY: every load reads i..i + 16 or i..i + 8 with that end
+            // at most k, inside rows of k values (the trait's contract).
+            unsafe {
+                let mut acc = [[vdupq_n_s32(0); C]; R];
+                let mut i = 0;
+                while i + 16 <= k {
+                    let mut xv = [vdupq_n_s8(0); R];
+                    for (r, v) in xv.iter_mut().enumerate() {
+                        *v = vld1q_s8(x.add(r * k + i));
+                    }
+                    for c in 0..C {
+                        let wv = vld1q_s8(w.add(c * k + i));
+                        for r in 0..R {
+                            // |w| <= 127, |x| <= 128: the two products
+                            // summed in int16 stay below 2^15.
+                            let p = vmull_s8(vget_low_s8(xv[r]), vget_low_s8(wv));
+                            let p = vmlal_high_s8(p, xv[r], wv);
+                            acc[r][c] = vpadalq_s16(acc[r][c], p);
+                        }
+                    }
+                    i += 16;
+                }
+                if i + 8 <= k {
+                    for c in 0..C {
+                        let wv = vld1_s8(w.add(c * k + i));
+                        for r in 0..R {
+                            let p = vmull_s8(vld1_s8(x.add(r * k + i)), wv);
+                            acc[r][c] = vpadalq_s16(acc[r][c], p);
+                        }
+                    }
+                    i += 8;
+                }
+                let mut out = [[0i32; C]; R];
+                for r in 0..R {
+                    for c in 0..C {
+                        let mut s = vaddvq_s32(acc[r][c]);
+                        for t in i..k {
+                            let p = i32::from(*x.add(r * k + t)) * i32::from(*w.add(c * k + t));
+                            s = s.wrapping_add(p);
+                        }
+                        out[r][c] = s;
+                    }
+                }
+                out
             }
-            e.slice(j0..j0 + m)
-                .apply(&acc[..m], &mut out[p * n + j0..p * n + j0 + m]);
         }
     }
 }
+
+/// AVX2 pointwise convolution (x86_64, chosen at run time).
+#[cfg(target_arch = "x86_64")]
+pub mod avx2 {
+    use super::{DotTile, PointwiseShape, drive};
+    use crate::kernels::int8::Epilogue;
+    use core::arch::x86_64::*;
+
+    /// AVX2 int8 pointwise convolution with the contract of [`super::portable`].
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 ([`crate::kernels::has_avx2_fma`]).
+    ///
+    /// # Panics
+    /// If a slice is shorter than `s` says.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn pointwise(
+        x: &[i8],
+        s: PointwiseShape,
+        w: &[i8],
+        bias: &[i32],
+        e: Epilogue<'_>,
+        out: &mut [i8],
+    ) {
+        // SAFETY: AVX2 is this function's contract.
+        unsafe { drive::<Avx2, 2, 4>(x, s, w, bias, e, out) }
+    }
+
+    struct Avx2;
+
+    /// The sum of the eight `i32` lanes, wrapping.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn hsum(v: __m256i) -> i32 {
+        let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+        let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
+        let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s));
+        _mm_cvtsi128_si32(s)
+    }
+
+    impl DotTile for Avx2 {
+        #[inline(always)]
+        // Tile coordinates index several arrays and pointers at once.
+        #[allow(clippy::needless_range_loop)]
+        unsafe fn tile<const R: usize, const C: usize>(
+            x: *const i8,
+            w: *const i8,
+            k: usize,
+        ) -> [[i32; C]; R] {
+            // SAFETY: every load reads i..i + 16 or i..i + 8 with that end
+            // at most k, inside rows of k values; AVX2 is the caller's
+            // contract (only `avx2::pointwise` instantiates this).
+            unsafe {
+                let mut acc = [[_mm256_setzero_si256(); C]; R];
+                let mut i = 0;
+                while i + 16 <= k {
+                    let mut xv = [_mm256_setzero_si256(); R];
+                    for (r, v) in xv.iter_mut().enumerate() {
+                        *v = _mm256_cvtepi8_epi16(_mm_loadu_si128(x.add(r * k + i).cast()));
+                    }
+                    for c in 0..C {
+                        let wv = _mm256_cvtepi8_epi16(_mm_loadu_si128(w.add(c * k + i).cast()));
+                        for r in 0..R {
+                            // Pairs of int16 products summed into int32:
+                            // exact (at most 2 * 128 * 128).
+                            acc[r][c] = _mm256_add_epi32(acc[r][c], _mm256_madd_epi16(xv[r], wv));
+                        }
+                    }
+                    i += 16;
+                }
+                if i + 8 <= k {
+                    for c in 0..C {
+                        let wv = _mm_cvtepi8_epi16(_mm_loadl_epi64(w.add(c * k + i).cast()));
+                        for r in 0..R {
+                            let xv = _mm_cvtepi8_epi16(_mm_loadl_epi64(x.add(r * k + i).cast()));
+                            let p = _mm256_zextsi128_si256(_mm_madd_epi16(xv, wv));
+                            acc[r][c] = _mm256_add_epi32(acc[r][c], p);
+                        }
+                    }
+                    i += 8;
+                }
+                let mut out = [[0i32; C]; R];
+                for r in 0..R {
+                    for c in 0..C {
+                        let mut s = hsum(acc[r][c]);
+                        for t in i..k {
+                            let p = i32::from(*x.add(r * k + t)) * i32::from(*w.add(c * k + t));
+                            s = s.wrapping_add(p);
+                        }
+                        out[r][c] = s;
+                    }
+                }
+                out
+            }
+        }
+    }
+}
+
+/// The variant this target uses: NEON.
+#[cfg(target_arch = "aarch64")]
+pub use neon::pointwise;
+
+/// The variant this target uses: AVX2 when the CPU has it (with FMA, as
+/// [`crate::kernels::has_avx2_fma`] reports for every AVX2 kernel), else
+/// [`portable`] (checked once, then one cached load per call).
+///
+/// # Panics
+/// If a slice is shorter than `s` says.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+pub fn pointwise(
+    x: &[i8],
+    s: PointwiseShape,
+    w: &[i8],
+    bias: &[i32],
+    e: Epilogue<'_>,
+    out: &mut [i8],
+) {
+    if crate::kernels::has_avx2_fma() {
+        // SAFETY: the CPU supports AVX2 (checked just above).
+        unsafe { avx2::pointwise(x, s, w, bias, e, out) }
+    } else {
+        portable(x, s, w, bias, e, out)
+    }
+}
+
+/// The variant this target uses: [`portable`].
+#[cfg(not(any(target_arch = "aarch64", target_arch = "x86_64")))]
+pub use portable as pointwise;

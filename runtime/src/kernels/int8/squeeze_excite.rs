@@ -81,7 +81,7 @@ pub struct SeParams<'a> {
 ///
 /// The oracle adds zero points and the gate offset in `i64` before
 /// clamping; here they are saturating `i32` adds (inside
-/// [`requant::portable`] for the int8 steps). The two differ only when the
+/// [`requant::requant_i8`] for the int8 steps). The two differ only when the
 /// exact sum leaves `i32`, and then both clamp to the same bound, because
 /// the other operand is far inside `i32` and the clamp bounds are too.
 #[inline]
@@ -143,7 +143,7 @@ pub fn portable(x: &mut [i8], s: SeShape, p: &SeParams<'_>, scratch: &mut [i32])
     for (j0, chunk) in (0..q).step_by(CHUNK).zip(hidden.chunks_mut(CHUNK)) {
         let m = chunk.len();
         let q8 = &mut q8[..m];
-        requant::portable(
+        requant::requant_i8(
             chunk,
             &p.fc1_mult[j0..j0 + m],
             &p.fc1_shift[j0..j0 + m],
