@@ -358,6 +358,25 @@ fn conv_shape(
     }
 }
 
+type StemFn = fn(&[i8], ConvShape, i32, &[i8], &[i32], Epilogue<'_>, &mut [i8]);
+
+/// Every stem variant this machine can run.
+fn conv_stem_variants() -> Vec<(&'static str, StemFn)> {
+    #[allow(unused_mut)]
+    let mut v: Vec<(&'static str, StemFn)> = vec![
+        ("dispatch", int8::conv_stem),
+        ("portable", int8::conv_stem::portable),
+    ];
+    #[cfg(target_arch = "x86_64")]
+    if derm_runtime::kernels::has_avx2_fma() {
+        // SAFETY: the CPU supports AVX2.
+        v.push(("avx2", |x, s, z, w, b, e, o| unsafe {
+            int8::conv_stem::avx2::conv_stem(x, s, z, w, b, e, o)
+        }));
+    }
+    v
+}
+
 #[test]
 fn conv_stem_matches_reference() {
     let mut rng = Rng(0x5eed_0002);
@@ -378,10 +397,13 @@ fn conv_stem_matches_reference() {
             let bias = rng.biases(s.cout, 1 << 16);
             let acc = conv_stem_ref(&x, s, zx, &w, &bias);
             let e = Epi::fit(&mut rng, kind, &acc, s.cout);
-            let mut out = vec![0i8; s.oh * s.ow * s.cout];
-            int8::conv_stem(&x, s, zx, &w, &bias, e.get(), &mut out);
-            assert_eq!(out, e.expected(&acc, s.cout), "{s:?} {kind:?}");
-            assert_spread(&out, "conv_stem");
+            let want = e.expected(&acc, s.cout);
+            for (name, f) in conv_stem_variants() {
+                let mut out = vec![0i8; s.oh * s.ow * s.cout];
+                f(&x, s, zx, &w, &bias, e.get(), &mut out);
+                assert_eq!(out, want, "{name} {s:?} {kind:?}");
+                assert_spread(&out, "conv_stem");
+            }
         }
     }
 }
@@ -426,6 +448,25 @@ fn dw_shape(ih: usize, iw: usize, c: usize, k: usize, stride: usize, pad: usize)
     }
 }
 
+type DepthwiseFn = fn(&[i8], DepthwiseShape, i32, &[i8], &[i32], Epilogue<'_>, &mut [i8]);
+
+/// Every depthwise variant this machine can run.
+fn depthwise_variants() -> Vec<(&'static str, DepthwiseFn)> {
+    #[allow(unused_mut)]
+    let mut v: Vec<(&'static str, DepthwiseFn)> = vec![
+        ("dispatch", int8::depthwise),
+        ("portable", int8::depthwise::portable),
+    ];
+    #[cfg(target_arch = "x86_64")]
+    if derm_runtime::kernels::has_avx2_fma() {
+        // SAFETY: the CPU supports AVX2.
+        v.push(("avx2", |x, s, z, w, b, e, o| unsafe {
+            int8::depthwise::avx2::depthwise(x, s, z, w, b, e, o)
+        }));
+    }
+    v
+}
+
 #[test]
 fn depthwise_matches_reference() {
     let mut rng = Rng(0x5eed_0003);
@@ -446,10 +487,13 @@ fn depthwise_matches_reference() {
             let bias = rng.biases(s.c, 1 << 15);
             let acc = depthwise_ref(&x, s, zx, &w, &bias);
             let e = Epi::fit(&mut rng, kind, &acc, s.c);
-            let mut out = vec![0i8; s.oh * s.ow * s.c];
-            int8::depthwise(&x, s, zx, &w, &bias, e.get(), &mut out);
-            assert_eq!(out, e.expected(&acc, s.c), "{s:?} {kind:?}");
-            assert_spread(&out, "depthwise");
+            let want = e.expected(&acc, s.c);
+            for (name, f) in depthwise_variants() {
+                let mut out = vec![0i8; s.oh * s.ow * s.c];
+                f(&x, s, zx, &w, &bias, e.get(), &mut out);
+                assert_eq!(out, want, "{name} {s:?} {kind:?}");
+                assert_spread(&out, "depthwise");
+            }
         }
     }
 }

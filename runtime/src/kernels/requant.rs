@@ -203,6 +203,7 @@ pub mod avx2 {
     ///
     /// # Panics
     /// If `acc`, `mult` or `shift` is shorter than `out`.
+    #[inline]
     #[target_feature(enable = "avx2")]
     pub unsafe fn requant_i8(
         acc: &[i32],
@@ -317,5 +318,64 @@ pub fn requant_i8(
         unsafe { avx2::requant_i8(acc, mult, shift, zero_point, min, max, out) }
     } else {
         portable(acc, mult, shift, zero_point, min, max, out)
+    }
+}
+
+/// A [`requant_i8`] variant chosen at compile time, so that a kernel
+/// variant compiled for a CPU feature (an AVX2 int8 kernel) calls the row
+/// function of the same feature directly, and the compiler can inline it
+/// instead of going through the run-time dispatch on every row.
+pub(crate) trait Row {
+    /// [`requant_i8`]'s contract.
+    ///
+    /// # Safety
+    /// The variant's CPU features are present.
+    unsafe fn requant_i8(
+        acc: &[i32],
+        mult: &[i32],
+        shift: &[u8],
+        zero_point: i32,
+        min: i8,
+        max: i8,
+        out: &mut [i8],
+    );
+}
+
+/// [`requant_i8`] as this target dispatches it (needs no CPU feature).
+pub(crate) struct Dispatch;
+
+impl Row for Dispatch {
+    #[inline(always)]
+    unsafe fn requant_i8(
+        acc: &[i32],
+        mult: &[i32],
+        shift: &[u8],
+        zero_point: i32,
+        min: i8,
+        max: i8,
+        out: &mut [i8],
+    ) {
+        requant_i8(acc, mult, shift, zero_point, min, max, out)
+    }
+}
+
+/// [`avx2::requant_i8`], for kernels compiled with AVX2.
+#[cfg(target_arch = "x86_64")]
+pub(crate) struct Avx2;
+
+#[cfg(target_arch = "x86_64")]
+impl Row for Avx2 {
+    #[inline(always)]
+    unsafe fn requant_i8(
+        acc: &[i32],
+        mult: &[i32],
+        shift: &[u8],
+        zero_point: i32,
+        min: i8,
+        max: i8,
+        out: &mut [i8],
+    ) {
+        // SAFETY: AVX2 is the caller's contract.
+        unsafe { avx2::requant_i8(acc, mult, shift, zero_point, min, max, out) }
     }
 }

@@ -2,10 +2,12 @@
 //! HWC, used only for the first layer (3 input channels).
 
 use super::Epilogue;
-use super::window::{Window, for_each_output};
+use super::window::{Window, for_each_output, mac_broadcast};
+use crate::kernels::requant::{Dispatch, Row};
 
-/// The variant every target uses for now: [`portable`] (vector variants will
-/// keep its signature).
+/// The variant this target uses: [`portable`], which the compiler
+/// vectorizes with NEON on aarch64.
+#[cfg(not(target_arch = "x86_64"))]
 pub use portable as conv_stem;
 
 /// Shape of a dense convolution: input `ih x iw x cin`, `cout` output
@@ -56,6 +58,25 @@ pub fn portable(
     e: Epilogue<'_>,
     out: &mut [i8],
 ) {
+    // SAFETY: the dispatching row function needs no CPU feature.
+    unsafe { body::<Dispatch>(x, s, x_zero_point, w, bias, e, out) }
+}
+
+/// [`portable`]'s computation with the row function `R`: the one source of
+/// every variant (they differ in the features they are compiled with).
+///
+/// # Safety
+/// `R`'s CPU features are present.
+#[inline(always)]
+unsafe fn body<R: Row>(
+    x: &[i8],
+    s: ConvShape,
+    x_zero_point: i32,
+    w: &[i8],
+    bias: &[i32],
+    e: Epilogue<'_>,
+    out: &mut [i8],
+) {
     debug_assert_eq!(x.len(), s.cin * s.ih * s.iw);
     debug_assert_eq!(w.len(), s.kh * s.kw * s.cin * s.cout);
     debug_assert!((-128..=127).contains(&x_zero_point));
@@ -70,14 +91,63 @@ pub fn portable(
         ow: s.ow,
     };
     let plane = s.ih * s.iw;
-    for_each_output(win, s.cout, bias, e, out, |acc, c0, t| {
-        let n = acc.len();
-        for ci in 0..s.cin {
-            let a = i32::from(x[ci * plane + t.iy * s.iw + t.ix]) - x_zero_point;
-            let wt = ((t.ky * s.kw + t.kx) * s.cin + ci) * s.cout + c0;
-            for (d, &wv) in acc.iter_mut().zip(&w[wt..wt + n]) {
-                *d = d.wrapping_add(i32::from(wv) * a);
+    // 16-bit operands (see `mac_broadcast`).
+    let zx = x_zero_point as i16;
+    // SAFETY: R's features are the caller's contract.
+    unsafe {
+        for_each_output::<R>(win, s.cout, bias, e, out, |acc, c0, t| {
+            for ci in 0..s.cin {
+                let v = i16::from(x[ci * plane + t.iy * s.iw + t.ix]) - zx;
+                let wt = ((t.ky * s.kw + t.kx) * s.cin + ci) * s.cout + c0;
+                mac_broadcast(acc, &w[wt..], v);
             }
-        }
-    });
+        })
+    }
+}
+
+/// x86_64: [`portable`]'s source compiled with AVX2.
+#[cfg(target_arch = "x86_64")]
+pub mod avx2 {
+    use super::{ConvShape, Epilogue, body};
+    use crate::kernels::requant;
+
+    /// AVX2 int8 stem convolution with the contract of [`super::portable`].
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 ([`crate::kernels::has_avx2_fma`]).
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn conv_stem(
+        x: &[i8],
+        s: ConvShape,
+        x_zero_point: i32,
+        w: &[i8],
+        bias: &[i32],
+        e: Epilogue<'_>,
+        out: &mut [i8],
+    ) {
+        // SAFETY: AVX2 is this function's contract.
+        unsafe { body::<requant::Avx2>(x, s, x_zero_point, w, bias, e, out) }
+    }
+}
+
+/// The variant this target uses: [`avx2`] when the CPU has AVX2 (with FMA,
+/// as [`crate::kernels::has_avx2_fma`] reports for every AVX2 kernel), else
+/// [`portable`].
+#[cfg(target_arch = "x86_64")]
+#[inline]
+pub fn conv_stem(
+    x: &[i8],
+    s: ConvShape,
+    x_zero_point: i32,
+    w: &[i8],
+    bias: &[i32],
+    e: Epilogue<'_>,
+    out: &mut [i8],
+) {
+    if crate::kernels::has_avx2_fma() {
+        // SAFETY: the CPU supports AVX2 (checked just above).
+        unsafe { avx2::conv_stem(x, s, x_zero_point, w, bias, e, out) }
+    } else {
+        portable(x, s, x_zero_point, w, bias, e, out)
+    }
 }

@@ -133,20 +133,33 @@ impl<'a> Epilogue<'a> {
     /// part of a row).
     #[inline]
     pub fn apply(&self, acc: &[i32], out: &mut [i8]) {
+        // SAFETY: the dispatching row function needs no CPU feature.
+        unsafe { self.apply_with::<requant::Dispatch>(acc, out) }
+    }
+
+    /// [`Epilogue::apply`] with the row function `R` (see [`requant::Row`]).
+    ///
+    /// # Safety
+    /// `R`'s CPU features are present.
+    #[inline(always)]
+    pub(crate) unsafe fn apply_with<R: requant::Row>(&self, acc: &[i32], out: &mut [i8]) {
         debug_assert_eq!(acc.len(), out.len());
-        match self.activation {
-            Activation::Clamp { zero_point, min } => {
-                requant::requant_i8(acc, self.mult, self.shift, zero_point, min, 127, out)
-            }
-            Activation::Hardswish {
-                pre_zero_point,
-                table,
-            } => {
-                requant::requant_i8(acc, self.mult, self.shift, pre_zero_point, -128, 127, out);
-                for o in out.iter_mut() {
-                    // a is an i8, so a + 128 always indexes the 256
-                    // entries: no bounds failure is possible.
-                    *o = table[(i32::from(*o) + 128) as usize];
+        // SAFETY: R's features are the caller's contract.
+        unsafe {
+            match self.activation {
+                Activation::Clamp { zero_point, min } => {
+                    R::requant_i8(acc, self.mult, self.shift, zero_point, min, 127, out)
+                }
+                Activation::Hardswish {
+                    pre_zero_point,
+                    table,
+                } => {
+                    R::requant_i8(acc, self.mult, self.shift, pre_zero_point, -128, 127, out);
+                    for o in out.iter_mut() {
+                        // a is an i8, so a + 128 always indexes the 256
+                        // entries: no bounds failure is possible.
+                        *o = table[(i32::from(*o) + 128) as usize];
+                    }
                 }
             }
         }

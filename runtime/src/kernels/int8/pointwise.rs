@@ -1,17 +1,17 @@
 //! 1x1 int8 convolution (a GEMM over pixels) on HWC tensors.
 //!
-//! Every variant runs the same driver ([`drive`]): pixels in tiles of `MR`
+//! Every variant runs the same driver (`drive`): pixels in tiles of `MR`
 //! rows, output channels in chunks of [`CHUNK`] and, inside a chunk, in
-//! tiles of `NR` channels; a [`DotTile`] computes the `MR x NR` dot
+//! tiles of `NR` channels; a `DotTile` computes the `MR x NR` dot
 //! products of a tile over the whole `k`, then the bias is added and the
 //! epilogue maps each pixel's chunk to int8. The variants differ only in the
 //! tile:
-//! - [`portable`]: scalar `i32` arithmetic;
-//! - [`neon`] (aarch64, ARMv8.0): SMULL/SMLAL of 8 int8 pairs into int16
+//! - `portable`: scalar `i32` arithmetic;
+//! - `neon` (aarch64, ARMv8.0): SMULL/SMLAL of 8 int8 pairs into int16
 //!   (two products of `|w| <= 127`, `|x| <= 128` stay within int16), then
 //!   SADALP into int32 lanes, 16 input channels per step, as `docs/int8.md`
 //!   describes for the Cortex-A72;
-//! - [`avx2`] (x86_64, chosen at run time): 16 input channels widened to
+//! - `avx2` (x86_64, chosen at run time): 16 input channels widened to
 //!   int16 and multiplied pairwise into int32 with `vpmaddwd`.
 //!
 //! All of them sum the same products modulo `2^32` (see the module docs of
@@ -34,6 +34,9 @@ pub struct PointwiseShape {
 
 /// The dot products of one tile: `R` input rows against `C` weight rows.
 trait DotTile {
+    /// The requantization row function compiled with the same features.
+    type Row: crate::kernels::requant::Row;
+
     /// `out[r][c] = sum_{i < k} x[r * k + i] * w[c * k + i]`, wrapping.
     ///
     /// # Safety
@@ -105,7 +108,11 @@ unsafe fn drive<D: DotTile, const MR: usize, const NR: usize>(
                     *v = v.wrapping_add(b);
                 }
                 let o = (p0 + r) * n + j0;
-                e.slice(j0..j0 + m).apply(a, &mut out[o..o + m]);
+                // SAFETY: D::Row has D's features, the caller's contract.
+                unsafe {
+                    e.slice(j0..j0 + m)
+                        .apply_with::<D::Row>(a, &mut out[o..o + m])
+                };
             }
         }
         p0 += rows;
@@ -128,6 +135,8 @@ fn put<const MR: usize, const R: usize, const C: usize>(
 struct Scalar;
 
 impl DotTile for Scalar {
+    type Row = crate::kernels::requant::Dispatch;
+
     #[inline(always)]
     unsafe fn tile<const R: usize, const C: usize>(
         x: *const i8,
@@ -205,6 +214,8 @@ pub mod neon {
     struct Neon;
 
     impl DotTile for Neon {
+        type Row = crate::kernels::requant::Dispatch;
+
         #[inline(always)]
         // Tile coordinates index several arrays and pointers at once.
         #[allow(clippy::needless_range_loop)]
@@ -302,6 +313,8 @@ pub mod avx2 {
     }
 
     impl DotTile for Avx2 {
+        type Row = crate::kernels::requant::Avx2;
+
         #[inline(always)]
         // Tile coordinates index several arrays and pointers at once.
         #[allow(clippy::needless_range_loop)]

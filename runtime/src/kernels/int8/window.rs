@@ -11,6 +11,7 @@
 
 use super::{CHUNK, Epilogue};
 use crate::kernels::depthwise::tap_range;
+use crate::kernels::requant::Row;
 
 /// A `kh x kw` window with `stride` and symmetric zero padding `pad` (both
 /// axes) sliding over an `ih x iw` input to give an `oh x ow` output.
@@ -40,9 +41,12 @@ pub(crate) struct Tap {
 /// chunk of output channels starting at `c0`, the accumulators start at
 /// `bias[c0..]`, `add(acc, c0, tap)` adds each tap inside the input (taps
 /// in the padding add nothing: padding is real zero), and `e` maps the
-/// chunk to int8.
+/// chunk to int8 through the row function `R`.
+///
+/// # Safety
+/// `R`'s CPU features are present.
 #[inline(always)]
-pub(crate) fn for_each_output(
+pub(crate) unsafe fn for_each_output<R: Row>(
     win: Window,
     cout: usize,
     bias: &[i32],
@@ -71,8 +75,98 @@ pub(crate) fn for_each_output(
                         add(acc, c0, Tap { ky, kx, iy, ix });
                     }
                 }
-                e.slice(c0..c0 + n).apply(acc, &mut out[o + c0..o + c0 + n]);
+                // SAFETY: R's features are the caller's contract.
+                unsafe {
+                    e.slice(c0..c0 + n)
+                        .apply_with::<R>(acc, &mut out[o + c0..o + c0 + n])
+                };
             }
         }
+    }
+}
+
+/// `w * v` for an int8 weight and a 16-bit input offset `v` in
+/// `[-255, 255]`, as `i32`: the product is below `2^15` in magnitude, so
+/// x86 takes one 16-bit multiply per lane (`vpmullw`, 16 lanes) and aarch64
+/// the widening multiply-accumulate (SMLAL), which the compiler finds from
+/// the widened operands. The value is the same either way.
+#[inline(always)]
+fn product(w: i8, v: i16) -> i32 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        i32::from(i16::from(w) * v)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        i32::from(i16::from(w)) * i32::from(v)
+    }
+}
+
+/// `acc[c] += product(w[c], x[c] - zx)` over one block of `L` channels.
+#[inline(always)]
+fn mac_block<const L: usize>(acc: &mut [i32], w: &[i8], x: &[i8], zx: i16) {
+    let (acc, w, x): (&mut [i32; L], &[i8; L], &[i8; L]) = (
+        (&mut acc[..L]).try_into().unwrap(),
+        w[..L].try_into().unwrap(),
+        x[..L].try_into().unwrap(),
+    );
+    for l in 0..L {
+        acc[l] = acc[l].wrapping_add(product(w[l], i16::from(x[l]) - zx));
+    }
+}
+
+/// `acc[c] += w[c] * (x[c] - zx)`, wrapping, for `c < acc.len()`.
+///
+/// The channels go in fixed blocks of 16 and 8 (then one by one): a
+/// fixed-size block vectorizes at any row length, where a loop over a short
+/// run-time length (16 or 24 channels) would stay scalar under the
+/// compiler's wider unrolled vector loop. MobileNetV3's channel counts are
+/// multiples of 8.
+#[inline(always)]
+pub(crate) fn mac(acc: &mut [i32], w: &[i8], x: &[i8], zx: i16) {
+    let n = acc.len();
+    let mut i = 0;
+    while i + 16 <= n {
+        mac_block::<16>(&mut acc[i..], &w[i..], &x[i..], zx);
+        i += 16;
+    }
+    if i + 8 <= n {
+        mac_block::<8>(&mut acc[i..], &w[i..], &x[i..], zx);
+        i += 8;
+    }
+    for c in i..n {
+        acc[c] = acc[c].wrapping_add(product(w[c], i16::from(x[c]) - zx));
+    }
+}
+
+/// `acc[c] += w[c] * v`, wrapping, for `c < acc.len()`: one input value
+/// `v` in `[-255, 255]` for every channel (the stem's taps), in the blocks
+/// of [`mac`].
+#[inline(always)]
+pub(crate) fn mac_broadcast(acc: &mut [i32], w: &[i8], v: i16) {
+    let n = acc.len();
+    let mut i = 0;
+    while i + 16 <= n {
+        mac_broadcast_block::<16>(&mut acc[i..], &w[i..], v);
+        i += 16;
+    }
+    if i + 8 <= n {
+        mac_broadcast_block::<8>(&mut acc[i..], &w[i..], v);
+        i += 8;
+    }
+    for c in i..n {
+        acc[c] = acc[c].wrapping_add(product(w[c], v));
+    }
+}
+
+/// `acc[c] += product(w[c], v)` over one block of `L` channels.
+#[inline(always)]
+fn mac_broadcast_block<const L: usize>(acc: &mut [i32], w: &[i8], v: i16) {
+    let (acc, w): (&mut [i32; L], &[i8; L]) = (
+        (&mut acc[..L]).try_into().unwrap(),
+        w[..L].try_into().unwrap(),
+    );
+    for l in 0..L {
+        acc[l] = acc[l].wrapping_add(product(w[l], v));
     }
 }
