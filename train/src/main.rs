@@ -21,6 +21,8 @@ enum Command {
     Export(derm_train::cmd::export::ExportArgs),
     /// Quantize an f32 model file to int8 (post-training, calibrated on training images).
     Quantize(derm_train::cmd::quantize::QuantizeArgs),
+    /// Quantization-aware fine-tuning of an f32 model file, written as an int8 model file.
+    Qat(derm_train::cmd::qat::QatArgs),
     /// Decode a dataset once into a preprocessed cache and print Table I.
     Prepare(derm_train::cmd::prepare::PrepareArgs),
     /// Lesion-grouped, class-stratified k-fold split of a cache.
@@ -52,6 +54,7 @@ fn main() -> Result<()> {
         Command::InitStudent(a) => derm_train::cmd::export::init_student(a)?,
         Command::Export(a) => derm_train::cmd::export::run(a)?,
         Command::Quantize(a) => derm_train::cmd::quantize::run(a)?,
+        Command::Qat(a) => derm_train::cmd::qat::run(a)?,
         Command::Prepare(a) => derm_train::cmd::prepare::run(a)?,
         Command::Split(a) => derm_train::cmd::split::run(a)?,
         Command::Stats(a) => derm_train::cmd::stats::run(a)?,

@@ -334,3 +334,153 @@ fn quantize_command_turns_an_f32_file_into_an_int8_one() {
         again.display()
     );
 }
+
+/// The fake-quantized forward of `derm-train qat` models the int8 network: on a real
+/// exported student, every op's output equals the int8 oracle's (dequantized) but for a few
+/// values at most three quanta away (a float sum landing on the other side of a rounding
+/// boundary than the exact integer sum, then carried into the next layers), so the
+/// rounding it trains against is the runtime's.
+#[test]
+fn qat_forward_tracks_the_int8_oracle() {
+    use derm_codegen::quant::ptq::{RangeMethod, quantize};
+    use derm_train::export::qat::{QatGraph, activation_grid};
+    use derm_train::export::{Calibrate, calibrate};
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = student(21);
+    s.meta.input_size = [32, 32];
+    let p32 = dir.path().join("m32.safetensors");
+    export::export_student(
+        &s,
+        &p32,
+        &ExportOptions {
+            golden_layers: false,
+            ..Default::default()
+        },
+        8,
+        5,
+    )
+    .unwrap();
+    let model = ModelFile::read(&p32).unwrap();
+    let input = golden_f32(&golden_path(&p32), "input");
+    let per = 3 * 32 * 32;
+    let inputs: Vec<Vec<f32>> = input.chunks_exact(per).map(<[f32]>::to_vec).collect();
+    let cal = Calibrate {
+        inputs: inputs.clone(),
+        range: RangeMethod::MinMax,
+        progress: false,
+    };
+    let observed = calibrate(&model, &cal).unwrap();
+    let q = quantize(&model, &observed, RangeMethod::MinMax).unwrap();
+    let grid = activation_grid(&model, &observed, RangeMethod::MinMax).unwrap();
+    let vs = tch::nn::VarStore::new(tch::Device::Cpu);
+    let g = QatGraph::new(&model, grid.clone(), &vs.root()).unwrap();
+    let (mut values, mut off, mut worst) = (0usize, 0usize, 0f32);
+    for x in &inputs {
+        let want = reference::run(&q, x).unwrap();
+        let t = tch::Tensor::from_slice(x).view([1, 3, 32, 32]);
+        let got = g.layers(&t).unwrap();
+        assert_eq!(got.len(), want.len());
+        // The logits (f32 in both) are compared through the argmax below.
+        for (w, (name, y)) in want.iter().zip(&got).take(want.len() - 1) {
+            let y = Vec::<f32>::try_from(y.detach().contiguous().view(-1)).unwrap();
+            let quantum = grid[&w.name].scale;
+            for (i, (a, b)) in w.data.iter().zip(&y).enumerate() {
+                let d = (a - b).abs() / quantum;
+                assert!(
+                    d <= 3.0,
+                    "{name}[{i}]: fake-quantized {b}, int8 oracle {a} (quantum {quantum})"
+                );
+                off += usize::from(d > 0.5);
+                worst = worst.max(d);
+            }
+            values += y.len();
+        }
+        let (li, lq) = (&want[want.len() - 1].data, &got[got.len() - 1].1);
+        let lq = Vec::<f32>::try_from(lq.detach().view(-1)).unwrap();
+        let argmax = |v: &[f32]| (0..v.len()).max_by(|&i, &j| v[i].total_cmp(&v[j])).unwrap();
+        assert_eq!(argmax(li), argmax(&lq), "logits {li:?} vs {lq:?}");
+    }
+    eprintln!("{off} of {values} values off the int8 oracle, at most {worst} quanta");
+    assert!(
+        off * 20 < values,
+        "{off} of {values} values off the int8 oracle"
+    );
+}
+
+/// `derm-train qat` end to end on cached real images: it fine-tunes, writes an int8 file
+/// whose golden logits are the int8 oracle's bit for bit, records how it was made, and
+/// refuses an int8 input by name.
+#[test]
+fn qat_command_writes_an_int8_file_that_the_oracle_reproduces() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = student(14);
+    s.meta.input_size = [32, 32];
+    let p32 = dir.path().join("m32.safetensors");
+    let p8 = dir.path().join("qat8.safetensors");
+    export::export_student(
+        &s,
+        &p32,
+        &ExportOptions {
+            golden_layers: false,
+            ..Default::default()
+        },
+        3,
+        5,
+    )
+    .unwrap();
+    let cache = dir.path().join("cache");
+    train_support::ham::ham_cache(&cache, 2, 40);
+    let qat = |model: &Path, out: &Path| {
+        Command::new(env!("CARGO_BIN_EXE_derm-train"))
+            .arg("qat")
+            .arg(model)
+            .arg("-o")
+            .arg(out)
+            .args(["--cache", cache.to_str().unwrap(), "--max-train", "8"])
+            .args([
+                "--calibration-images",
+                "8",
+                "--batch-size",
+                "8",
+                "--epochs",
+                "1",
+            ])
+            .args(["--lr", "1e-3", "--quiet"])
+            .output()
+            .unwrap()
+    };
+    let o = qat(&p32, &p8);
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "qat failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        stdout.contains("quantization-aware, 1 epochs on 8 images"),
+        "{stdout}"
+    );
+
+    let m8 = ModelFile::read(&p8).unwrap();
+    assert_eq!(metadata::precision(&m8), "int8");
+    let q = &m8.graph.provenance["qat"];
+    assert_eq!(q["epochs"], 1);
+    assert_eq!(q["training_images"], 8);
+    assert_eq!(q["calibration_images"], 8);
+    assert!(q["final_loss"].as_f64().unwrap().is_finite(), "{q}");
+    let input = golden_f32(&golden_path(&p8), "input");
+    let want = golden_f32(&golden_path(&p8), "logits");
+    let per = 3 * 32 * 32;
+    for n in 0..3 {
+        let got = reference::logits(&m8, &input[n * per..(n + 1) * per]).unwrap();
+        assert_eq!(got, want[n * 5..(n + 1) * 5], "sample {n}");
+    }
+
+    let again = dir.path().join("again.safetensors");
+    let o = qat(&p8, &again);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(err.contains("already an int8 model"), "{err}");
+    assert!(!again.exists(), "a refused qat wrote {}", again.display());
+}

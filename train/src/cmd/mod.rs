@@ -8,6 +8,7 @@ pub mod experiment_report;
 pub mod export;
 pub mod metrics;
 pub mod prepare;
+pub mod qat;
 pub mod quantize;
 pub mod split;
 pub mod stats;

@@ -83,27 +83,7 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
     q.write(&a.output)
         .map_err(|e| anyhow::anyhow!("writing {}: {e}", a.output.display()))?;
 
-    let [n, c, h, w] = golden.input_shape;
-    let per = c * h * w;
-    let mut logits = Vec::with_capacity(n * golden.num_classes);
-    let mut agree = 0;
-    for (x, want) in golden
-        .inputs
-        .chunks_exact(per)
-        .zip(golden.logits.chunks_exact(golden.num_classes))
-    {
-        let y = reference::logits(&q, x).map_err(|e| anyhow::anyhow!("int8 reference: {e}"))?;
-        agree += usize::from(argmax(&y) == argmax(want));
-        logits.extend(y);
-    }
-    let dims = |d: &[usize]| d.iter().map(|&v| v as i64).collect::<Vec<_>>();
-    let out = Golden {
-        input: Tensor::from_slice(&golden.inputs).view(dims(&golden.input_shape).as_slice()),
-        logits: Tensor::from_slice(&logits).view([n as i64, golden.num_classes as i64]),
-        layers: Vec::new(),
-    };
-    let gp = golden_path(&a.output);
-    out.write(&gp)?;
+    let (gp, n, agree) = write_int8_golden(&q, &golden, &a.output)?;
     let bytes = |p: &std::path::Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
     println!(
         "wrote {} ({} bytes, {:.3}x of {}), calibrated on {} images ({})",
@@ -119,6 +99,38 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
         gp.display()
     );
     Ok(())
+}
+
+/// Writes the golden file of the int8 model `q` (written at `output`): the float golden
+/// inputs and the int8 oracle's logits on them. Returns its path, the number of inputs and
+/// on how many of them the int8 top-1 agrees with the float golden logits.
+pub(crate) fn write_int8_golden(
+    q: &ModelFile,
+    golden: &FloatGolden,
+    output: &std::path::Path,
+) -> Result<(PathBuf, usize, usize)> {
+    let [n, c, h, w] = golden.input_shape;
+    let per = c * h * w;
+    let mut logits = Vec::with_capacity(n * golden.num_classes);
+    let mut agree = 0;
+    for (x, want) in golden
+        .inputs
+        .chunks_exact(per)
+        .zip(golden.logits.chunks_exact(golden.num_classes))
+    {
+        let y = reference::logits(q, x).map_err(|e| anyhow::anyhow!("int8 reference: {e}"))?;
+        agree += usize::from(argmax(&y) == argmax(want));
+        logits.extend(y);
+    }
+    let dims = |d: &[usize]| d.iter().map(|&v| v as i64).collect::<Vec<_>>();
+    let out = Golden {
+        input: Tensor::from_slice(&golden.inputs).view(dims(&golden.input_shape).as_slice()),
+        logits: Tensor::from_slice(&logits).view([n as i64, golden.num_classes as i64]),
+        layers: Vec::new(),
+    };
+    let gp = golden_path(output);
+    out.write(&gp)?;
+    Ok((gp, n, agree))
 }
 
 fn argmax(v: &[f32]) -> usize {

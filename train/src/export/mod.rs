@@ -38,6 +38,7 @@
 mod golden;
 mod graph;
 mod precision;
+pub mod qat;
 mod tch_graph;
 mod tweaks;
 
@@ -52,7 +53,7 @@ pub use golden::{
     relative_error,
 };
 pub use graph::{INPUT_NAME, fold_conv_bn, model_file};
-pub use precision::{PRECISION_KEY, quantize_int8, store_precision};
+pub use precision::{PRECISION_KEY, calibrate, quantize_int8, store_precision};
 pub use tch_graph::TchGraph;
 pub use tweaks::{add_logit_bias, perturb_for_parity_tests};
 

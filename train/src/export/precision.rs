@@ -58,13 +58,24 @@ pub fn store_precision(model: &ModelFile, precision: Precision) -> Result<ModelF
 }
 
 /// The int8 model of `folded` (an f32 export): activation ranges observed on
-/// `cal.inputs` by the float reference interpreter, then `derm_codegen::quant::ptq::quantize`.
+/// `cal.inputs` by the float reference interpreter ([`calibrate`]), then
+/// `derm_codegen::quant::ptq::quantize`.
 pub fn quantize_int8(folded: &ModelFile, cal: &Calibrate) -> Result<ModelFile> {
-    use derm_codegen::quant::ptq::{Calibration, quantize};
+    let c = calibrate(folded, cal)?;
+    derm_codegen::quant::ptq::quantize(folded, &c, cal.range)
+        .map_err(|e| anyhow::anyhow!("int8 quantization: {e}"))
+}
+
+/// Every activation of `folded` observed on `cal.inputs` by the float reference
+/// interpreter (with a progress bar when `cal.progress`).
+pub fn calibrate(
+    folded: &ModelFile,
+    cal: &Calibrate,
+) -> Result<derm_codegen::quant::ptq::Calibration> {
     if cal.inputs.is_empty() {
         bail!("int8 export needs at least one calibration image");
     }
-    let mut c = Calibration::new();
+    let mut c = derm_codegen::quant::ptq::Calibration::new();
     let mut progress = crate::train::progress::EpochProgress::new(
         "calibrate",
         cal.inputs.len() as u64,
@@ -76,5 +87,5 @@ pub fn quantize_int8(folded: &ModelFile, cal: &Calibrate) -> Result<ModelFile> {
         progress.step(1, 0.0);
     }
     progress.finish();
-    quantize(folded, &c, cal.range).map_err(|e| anyhow::anyhow!("int8 quantization: {e}"))
+    Ok(c)
 }

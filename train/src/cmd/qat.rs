@@ -1,0 +1,207 @@
+//! `derm-train qat`: quantization-aware fine-tuning of an f32 model file, written as an
+//! int8 model file (docs/int8.md, "Quantization-aware fine-tuning").
+//!
+//! Calibrates the activation ranges on training images as `quantize` does, fine-tunes the
+//! folded float network with those int8 grids in its forward pass
+//! ([`crate::export::qat`]), then quantizes the fine-tuned weights on the same grids.
+
+use std::path::PathBuf;
+
+use anyhow::{Result, bail, ensure};
+use clap::Args;
+use derm_codegen::golden::Golden as FloatGolden;
+use derm_codegen::ir::ModelFile;
+use derm_codegen::quant::ptq;
+
+use super::export::{CalibrationArgs, calibration_inputs, command_line, git_commit};
+use super::quantize::write_int8_golden;
+use crate::args::CacheFoldArgs;
+use crate::data::balance::BalancePlan;
+use crate::data::loader::{Batches, LoaderOptions};
+use crate::export::qat::{QatOptions, QatTrainer, activation_grid};
+use crate::export::{RangeMethod, calibrate};
+use crate::train::fit::InputMap;
+use crate::train::progress::EpochProgress;
+
+/// Arguments of `derm-train qat`.
+#[derive(Debug, Clone, Args)]
+pub struct QatArgs {
+    /// The f32 model file to fine-tune; the golden file beside it supplies the golden inputs.
+    pub model: PathBuf,
+    /// Output int8 model file; its golden vectors (the int8 oracle's logits on the same
+    /// inputs) go beside it as `<name>.golden.safetensors`.
+    #[arg(short, long)]
+    pub output: PathBuf,
+    /// Training images (also the calibration images): the cache, or with `--fold` the
+    /// training images of that fold (never fine-tune on the images you evaluate on).
+    #[command(flatten)]
+    pub data: CacheFoldArgs,
+    /// At most this many training images (drawn with `--seed`).
+    #[arg(long)]
+    pub max_train: Option<usize>,
+    /// Calibration images, drawn from the training images with `--seed`.
+    #[arg(long, default_value_t = 256)]
+    pub calibration_images: usize,
+    /// Activation ranges, `minmax` or `percentile:P`; fixed during fine-tuning.
+    #[arg(long, default_value = "minmax")]
+    pub calibration_range: RangeMethod,
+    /// Passes over the training images.
+    #[arg(long, default_value_t = 2)]
+    pub epochs: usize,
+    /// Adam learning rate.
+    #[arg(long, default_value_t = 5e-5)]
+    pub lr: f64,
+    /// Softmax temperature of the distillation from the float model.
+    #[arg(long, default_value_t = 1.0)]
+    pub temperature: f64,
+    /// Batch size.
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+    /// libtorch intra-op threads.
+    #[arg(long, default_value_t = 1)]
+    pub threads: i32,
+    /// Seed of the image order, flips and the calibration draw.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// Fine-tunes `a.model` on the int8 grid and writes the int8 file and its golden vectors.
+pub fn run(a: QatArgs) -> Result<()> {
+    let model = ModelFile::read(&a.model).map_err(|e| anyhow::anyhow!("{e}"))?;
+    if model.graph.quantization.is_some() {
+        bail!("{} is already an int8 model", a.model.display());
+    }
+    ensure!(a.epochs > 0, "--epochs must be at least 1");
+    ensure!(a.batch_size > 0, "--batch-size must be at least 1");
+    ensure!(a.threads > 0, "--threads must be at least 1");
+    let golden = FloatGolden::read(FloatGolden::path_for(&a.model)).map_err(|e| {
+        anyhow::anyhow!(
+            "{e} (qat reads the golden inputs of {} from its golden file)",
+            a.model.display()
+        )
+    })?;
+    tch::set_num_threads(a.threads);
+    let g = &model.graph;
+    let size = g.input.shape[2];
+    if g.input.shape[3] != size {
+        bail!(
+            "{}: training resizes to a square input; this one is {:?}",
+            a.model.display(),
+            g.input.shape
+        );
+    }
+
+    // Calibration on training images of the same fold, as `quantize` would.
+    let cal_args = CalibrationArgs {
+        calibration_cache: Some(a.data.cache.clone()),
+        calibration_fold: a.data.fold,
+        calibration_k: a.data.k,
+        calibration_split_seed: a.data.split_seed,
+        calibration_images: a.calibration_images,
+        calibration_range: a.calibration_range,
+    };
+    let cal = calibration_inputs(
+        &cal_args,
+        &a.data.cache,
+        (g.preprocess.mean, g.preprocess.std, size),
+        a.seed,
+        !a.quiet,
+    )?;
+    let observed = calibrate(&model, &cal)?;
+    let params = activation_grid(&model, &observed, a.calibration_range)?;
+
+    let (cache, rows) = a
+        .data
+        .open(|f| crate::train::cli::train_indices(f, None, a.seed))?;
+    let rows = crate::train::cli::subsample(rows, a.max_train, a.seed, 1);
+    if a.data.fold.is_none() {
+        // Without a fold every image is a training image, as for a shipped model.
+        println!("fine-tuning on every image of {}", cache.dir().display());
+    }
+    ensure!(!rows.is_empty(), "no training images");
+    let map = InputMap::new(
+        cache.mean(),
+        cache.std(),
+        g.preprocess.mean,
+        g.preprocess.std,
+    );
+    let mut lo = LoaderOptions::train(a.batch_size, a.seed);
+    lo.train_size = Some(size);
+    // Keep a last partial batch: small fine-tuning sets should use every image.
+    lo.drop_last = false;
+    let plan = BalancePlan::plain(&rows);
+    let opts = QatOptions {
+        lr: a.lr,
+        temperature: a.temperature,
+    };
+    let mut trainer = QatTrainer::new(&model, params, opts)?;
+    let started = std::time::Instant::now();
+    let mut last_loss = f64::NAN;
+    for epoch in 0..a.epochs {
+        let batches = Batches::new(&cache, &plan, lo, epoch as u64)?;
+        let mut progress = EpochProgress::new(
+            &format!("qat epoch {}/{}", epoch + 1, a.epochs),
+            rows.len() as u64,
+            !a.quiet,
+        );
+        let (mut sum, mut seen) = (0.0, 0usize);
+        for b in batches {
+            let x = map.apply(&b?.images);
+            let n = x.size()[0] as usize;
+            let l = trainer.step(&x)?;
+            sum += l * n as f64;
+            seen += n;
+            progress.step(n as u64, l);
+        }
+        progress.finish();
+        last_loss = sum / seen.max(1) as f64;
+        println!(
+            "qat epoch {}/{}: distillation loss {last_loss:.4} over {seen} images",
+            epoch + 1,
+            a.epochs
+        );
+    }
+    let tuned = trainer.finish(&model)?;
+    let mut q = ptq::quantize(&tuned, &observed, a.calibration_range)
+        .map_err(|e| anyhow::anyhow!("int8 quantization of the fine-tuned model: {e}"))?;
+    q.graph.provenance.insert(
+        "qat".into(),
+        serde_json::json!({
+            "command": command_line(),
+            "git_commit": git_commit(),
+            "source": a.model.display().to_string(),
+            "cache": a.data.cache.display().to_string(),
+            "fold": a.data.fold,
+            "k": a.data.k,
+            "split_seed": a.data.split_seed,
+            "training_images": rows.len(),
+            "epochs": a.epochs,
+            "lr": a.lr,
+            "temperature": a.temperature,
+            "batch_size": a.batch_size,
+            "seed": a.seed,
+            "final_loss": last_loss,
+            "seconds": started.elapsed().as_secs_f64(),
+            "calibration_images": cal.inputs.len(),
+            "calibration_range": a.calibration_range.to_string(),
+        }),
+    );
+    q.write(&a.output)
+        .map_err(|e| anyhow::anyhow!("writing {}: {e}", a.output.display()))?;
+    let (gp, n, agree) = write_int8_golden(&q, &golden, &a.output)?;
+    println!(
+        "wrote {} (quantization-aware, {} epochs on {} images in {:.0} s)",
+        a.output.display(),
+        a.epochs,
+        rows.len(),
+        started.elapsed().as_secs_f64()
+    );
+    println!(
+        "wrote {} ({n} golden inputs; int8 top-1 agrees with the f32 golden on {agree} of {n})",
+        gp.display()
+    );
+    Ok(())
+}

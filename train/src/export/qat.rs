@@ -1,0 +1,343 @@
+//! Quantization-aware fine-tuning of a folded float model (`derm-train qat`).
+//!
+//! Post-training quantization of MobileNetV3 loses several points (docs/results.md), so the
+//! folded float graph, the network the runtime computes, is fine-tuned with the int8
+//! rounding in its forward pass:
+//! - weights: per output channel, symmetric, `round(w / s).clamp(-127, 127) * s` with
+//!   `s = max |w[c]| / 127` (the rule of `derm_codegen::quant::ptq`);
+//! - activations: every key of `derm_codegen::quant::activation_keys` (the input, each op's
+//!   output, hardswish pre-activations, squeeze-excite pooled and hidden vectors) through
+//!   `(clamp(round(x / s) + z, -128, 127) - z) * s` with the scale and zero point that
+//!   calibration chose; those parameters stay fixed, so the int8 file written afterwards
+//!   quantizes with exactly the grid the weights were trained for.
+//!
+//! Gradients pass straight through the rounding, and are zero where an activation is
+//! clipped (its value does not move the output there). The squeeze-excite gate stays float:
+//! the int8 kernels compute it in Q15, far finer than int8.
+//!
+//! The loss is distillation from the same float model (KL divergence of the softened
+//! outputs): the aim is the float model's behaviour on the int8 grid, not a new model.
+
+use std::collections::BTreeMap;
+
+use anyhow::{Context, Result, ensure};
+use derm_codegen::ir::{self, Graph, ModelFile, Op, QParams};
+use derm_codegen::quant::{self, WEIGHT_MAX};
+use tch::nn::OptimizerConfig;
+use tch::{Kind, Tensor, nn};
+
+/// The int8 grid of every activation of `model` (one entry per `quant::activation_keys`):
+/// the ranges `calibration` observed, chosen by `method`, as `quantize` would set them.
+pub fn activation_grid(
+    model: &ModelFile,
+    calibration: &derm_codegen::quant::ptq::Calibration,
+    method: derm_codegen::quant::ptq::RangeMethod,
+) -> Result<BTreeMap<String, QParams>> {
+    let mut params = BTreeMap::new();
+    for key in quant::activation_keys(&model.graph) {
+        let (lo, hi) = calibration
+            .range(&key, method)
+            .with_context(|| format!("activation {key} was never observed in calibration"))?;
+        params.insert(key, quant::params_for_range(lo, hi));
+    }
+    Ok(params)
+}
+
+/// Straight-through fake quantization of an activation on the grid of `p`.
+///
+/// Forward: the value the int8 tensor represents. Backward: identity inside the
+/// representable range, zero where the value was clipped.
+pub fn fake_quant(x: &Tensor, p: QParams) -> Tensor {
+    let s = f64::from(p.scale);
+    let z = f64::from(p.zero_point);
+    let (lo, hi) = ((-128.0 - z) * s, (127.0 - z) * s);
+    let clipped = x.clamp(lo, hi);
+    let q = ((x / s).round() + z).clamp(-128.0, 127.0);
+    let y = (q - z) * s;
+    &clipped + (y - &clipped).detach()
+}
+
+/// Straight-through fake quantization of a weight `[out, ...]`, per output channel,
+/// symmetric in `[-127, 127]` (an all-zero channel stays zero).
+pub fn fake_quant_weight(w: &Tensor) -> Tensor {
+    let out = w.size()[0];
+    let max = w
+        .detach()
+        .abs()
+        .view([out, -1])
+        .amax([1i64].as_slice(), false);
+    let shape: Vec<i64> = std::iter::once(out)
+        .chain(std::iter::repeat_n(1, w.dim() - 1))
+        .collect();
+    let s = (max / f64::from(WEIGHT_MAX))
+        .clamp_min(f64::from(f32::MIN_POSITIVE))
+        .view(shape.as_slice());
+    let q = (w / &s)
+        .round()
+        .clamp(-f64::from(WEIGHT_MAX), f64::from(WEIGHT_MAX))
+        * &s;
+    w + (q - w).detach()
+}
+
+/// A model file's folded graph with trainable weights and the int8 grid in its forward.
+#[derive(Debug)]
+pub struct QatGraph {
+    graph: Graph,
+    params: BTreeMap<String, QParams>,
+    weights: BTreeMap<String, Tensor>,
+}
+
+impl QatGraph {
+    /// The graph of the float `model`, its weights copied into variables of `vs`, and the
+    /// activation parameters `params` (one per `quant::activation_keys`).
+    pub fn new(
+        model: &ModelFile,
+        params: BTreeMap<String, QParams>,
+        vs: &nn::Path<'_>,
+    ) -> Result<Self> {
+        ensure!(
+            model.graph.quantization.is_none(),
+            "quantization-aware training starts from a float model; this one is already int8"
+        );
+        for key in quant::activation_keys(&model.graph) {
+            ensure!(
+                params.contains_key(&key),
+                "no quantization parameters for activation {key}"
+            );
+        }
+        let mut weights = BTreeMap::new();
+        for op in &model.graph.ops {
+            for name in op.tensor_names() {
+                let v = model
+                    .tensor_f32(name)
+                    .map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
+                let shape: Vec<i64> = model.tensors[name]
+                    .shape
+                    .iter()
+                    .map(|&d| d as i64)
+                    .collect();
+                let init = Tensor::from_slice(&v).view(shape.as_slice());
+                // Variable names cannot hold dots in a VarStore path.
+                let var = vs.var_copy(&name.replace('.', "_"), &init);
+                weights.insert(name.to_owned(), var);
+            }
+        }
+        Ok(Self {
+            graph: model.graph.clone(),
+            params,
+            weights,
+        })
+    }
+
+    fn w(&self, name: &str) -> Result<Tensor> {
+        let w = self
+            .weights
+            .get(name)
+            .with_context(|| format!("tensor {name} is not in the model file"))?;
+        Ok(fake_quant_weight(w))
+    }
+
+    fn b(&self, name: &str) -> Result<&Tensor> {
+        self.weights
+            .get(name)
+            .with_context(|| format!("tensor {name} is not in the model file"))
+    }
+
+    fn q(&self, x: Tensor, key: &str) -> Result<Tensor> {
+        let p = self
+            .params
+            .get(key)
+            .with_context(|| format!("no quantization parameters for {key}"))?;
+        Ok(fake_quant(&x, *p))
+    }
+
+    /// Logits `[N, C]` of a batch `[N, 3, H, W]` with fake quantization everywhere the int8
+    /// model rounds (gradients flow to the weights).
+    pub fn forward(&self, input: &Tensor) -> Result<Tensor> {
+        let mut layers = self.layers(input)?;
+        Ok(layers.pop().context("the graph has no ops")?.1)
+    }
+
+    /// Every op's output in execution order, as [`forward`](Self::forward) computes them
+    /// (the values the int8 model holds, dequantized; the logits last).
+    pub fn layers(&self, input: &Tensor) -> Result<Vec<(String, Tensor)>> {
+        let g = &self.graph;
+        let mut values: BTreeMap<&str, Tensor> = BTreeMap::new();
+        values.insert(
+            g.input.name.as_str(),
+            self.q(input.shallow_clone(), &g.input.name)?,
+        );
+        let get = |values: &BTreeMap<&str, Tensor>, n: &str| -> Result<Tensor> {
+            values
+                .get(n)
+                .map(Tensor::shallow_clone)
+                .with_context(|| format!("value {n} is read before it is written"))
+        };
+        // Quantizes `y` as the op's output unless it is the graph output (f32 logits).
+        let out = |this: &Self, op: &Op, y: Tensor| -> Result<Tensor> {
+            if op.output() == g.output {
+                Ok(y)
+            } else {
+                this.q(y, op.output())
+            }
+        };
+        let act = |this: &Self, name: &str, y: Tensor, a: ir::Activation| -> Result<Tensor> {
+            Ok(match a {
+                ir::Activation::None => y,
+                ir::Activation::Relu => y.relu(),
+                ir::Activation::Hardswish => {
+                    this.q(y, &quant::pre_activation_key(name))?.hardswish()
+                }
+            })
+        };
+        let mut layers = Vec::with_capacity(g.ops.len());
+        for op in &g.ops {
+            let y = match op {
+                Op::Conv2d(c) => {
+                    let x = get(&values, &c.input)?;
+                    let y = x.conv2d(
+                        &self.w(&c.weight)?,
+                        Some(self.b(&c.bias)?),
+                        [c.stride[0] as i64, c.stride[1] as i64],
+                        [c.padding[0] as i64, c.padding[1] as i64],
+                        [1, 1],
+                        c.groups as i64,
+                    );
+                    act(self, &c.name, y, c.activation)?
+                }
+                Op::SqueezeExcite(s) => {
+                    let x = get(&values, &s.input)?;
+                    let (c, q) = (s.channels as i64, s.squeeze_channels as i64);
+                    let pooled = x.mean_dim([2i64, 3].as_slice(), false, Kind::Float);
+                    let pooled = self.q(pooled, &quant::pooled_key(&s.name))?;
+                    let h = pooled
+                        .linear(
+                            &self.w(&s.fc1_weight)?.view([q, c]),
+                            Some(self.b(&s.fc1_bias)?),
+                        )
+                        .relu();
+                    let h = self.q(h, &quant::hidden_key(&s.name))?;
+                    let gate = h
+                        .linear(
+                            &self.w(&s.fc2_weight)?.view([c, q]),
+                            Some(self.b(&s.fc2_bias)?),
+                        )
+                        .hardsigmoid();
+                    x * gate.view([-1, c, 1, 1])
+                }
+                Op::Add(a) => get(&values, &a.inputs[0])? + get(&values, &a.inputs[1])?,
+                Op::GlobalAvgPool(p) => {
+                    get(&values, &p.input)?.mean_dim([2i64, 3].as_slice(), false, Kind::Float)
+                }
+                Op::Linear(l) => {
+                    let x = get(&values, &l.input)?;
+                    let y = x.linear(&self.w(&l.weight)?, Some(self.b(&l.bias)?));
+                    act(self, &l.name, y, l.activation)?
+                }
+            };
+            let y = out(self, op, y)?;
+            values.insert(op.output(), y.shallow_clone());
+            layers.push((op.name().to_owned(), y));
+        }
+        Ok(layers)
+    }
+
+    /// A copy of `model` (the file this graph was built from) with the trained weights, in
+    /// f32: the float model to quantize with the same activation parameters.
+    pub fn to_model_file(&self, model: &ModelFile) -> Result<ModelFile> {
+        let mut tensors = model.tensors.clone();
+        for (name, w) in &self.weights {
+            let shape = model.tensors[name].shape.clone();
+            let v = Vec::<f32>::try_from(w.detach().to_kind(Kind::Float).contiguous().view(-1))?;
+            tensors.insert(name.clone(), ir::Tensor::from_f32(shape, &v));
+        }
+        let mut graph = model.graph.clone();
+        graph.tensors.clear();
+        ModelFile::new(graph, tensors).map_err(|e| anyhow::anyhow!("fine-tuned model: {e}"))
+    }
+}
+
+/// Settings of a [`QatTrainer`].
+#[derive(Debug, Clone, Copy)]
+pub struct QatOptions {
+    /// Adam learning rate.
+    pub lr: f64,
+    /// Softmax temperature of the distillation loss.
+    pub temperature: f64,
+}
+
+/// Fine-tunes a float model on the int8 grid, distilling from the model itself: the caller
+/// feeds batches to [`step`](Self::step), then takes the fine-tuned float model from
+/// [`finish`](Self::finish) and quantizes it with the same activation parameters.
+#[derive(Debug)]
+pub struct QatTrainer {
+    teacher: super::TchGraph,
+    // Owns the variables that `qat` reads and the optimizer updates.
+    _vs: nn::VarStore,
+    qat: QatGraph,
+    opt: nn::Optimizer,
+    temperature: f64,
+}
+
+impl QatTrainer {
+    /// A trainer for the float `model` on the grid `params` (one entry per
+    /// `quant::activation_keys`).
+    pub fn new(
+        model: &ModelFile,
+        params: BTreeMap<String, QParams>,
+        opts: QatOptions,
+    ) -> Result<Self> {
+        ensure!(
+            opts.lr > 0.0 && opts.lr.is_finite(),
+            "learning rate must be positive, got {}",
+            opts.lr
+        );
+        ensure!(
+            opts.temperature > 0.0 && opts.temperature.is_finite(),
+            "temperature must be positive, got {}",
+            opts.temperature
+        );
+        let teacher = super::TchGraph::new(model)?;
+        let vs = nn::VarStore::new(tch::Device::Cpu);
+        let qat = QatGraph::new(model, params, &vs.root())?;
+        let opt = nn::Adam::default().build(&vs, opts.lr)?;
+        Ok(Self {
+            teacher,
+            _vs: vs,
+            qat,
+            opt,
+            temperature: opts.temperature,
+        })
+    }
+
+    /// The fake-quantized network being trained.
+    pub fn graph(&self) -> &QatGraph {
+        &self.qat
+    }
+
+    /// One optimizer step on a batch `[B, 3, H, W]` (normalized for the model); returns
+    /// the distillation loss.
+    pub fn step(&mut self, x: &Tensor) -> Result<f64> {
+        let t = self.temperature;
+        let soft = tch::no_grad(|| self.teacher.forward(x))?
+            .f_div_scalar(t)?
+            .softmax(-1, Kind::Float);
+        let logp = (self.qat.forward(x)? / t).log_softmax(-1, Kind::Float);
+        // Cross-entropy against the softened float outputs (KL up to the teacher's
+        // entropy), scaled by T^2 as in Hinton et al.
+        let loss = -(soft * logp)
+            .sum_dim_intlist(-1, false, Kind::Float)
+            .mean(Kind::Float)
+            * (t * t);
+        let l = loss.double_value(&[]);
+        ensure!(l.is_finite(), "qat loss is not finite ({l})");
+        self.opt.backward_step(&loss);
+        Ok(l)
+    }
+
+    /// The fine-tuned float model: `model` (the file the trainer was built from) with the
+    /// trained weights.
+    pub fn finish(self, model: &ModelFile) -> Result<ModelFile> {
+        self.qat.to_model_file(model)
+    }
+}
