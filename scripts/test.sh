@@ -33,7 +33,7 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 
 step "cargo clippy (aarch64, derm-runtime)"
 RUSTC=/usr/bin/rustc CARGO_TARGET_DIR=target/aarch64-cross \
-  /usr/bin/cargo-clippy clippy -p derm-runtime --all-targets --locked \
+  /usr/bin/cargo-clippy clippy -p derm-runtime --lib --tests --examples --locked \
   --target aarch64-unknown-linux-gnu -- -D warnings
 
 step "cargo doc (warnings denied)"
