@@ -33,7 +33,8 @@
 
 // The code is split by stage: `graph.rs` (BatchNorm folding, the op list), `tch_graph.rs`
 // (the graph run in tch), `golden.rs` (golden vectors), `precision.rs` (f16 and int8
-// storage) and `tweaks.rs` (edits of a student before export); this file holds the
+// storage), `qat.rs` (the graph with fake quantization, for `derm-train qat`) and
+// `tweaks.rs` (edits of a student before export); this file holds the
 // options, `export` and the re-exports that keep every item at `crate::export::*`.
 mod golden;
 mod graph;
