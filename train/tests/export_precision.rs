@@ -39,6 +39,26 @@ fn golden_f32(path: &Path, name: &str) -> Vec<f32> {
         .collect()
 }
 
+/// `student(seed)` at a square 32x32 input (calibration and fine-tuning resize cached
+/// images to a square), exported as f32 to `dir/m32.safetensors` with `golden` golden inputs.
+fn square_f32_file(dir: &Path, seed: i64, golden: i64) -> std::path::PathBuf {
+    let mut s = student(seed);
+    s.meta.input_size = [32, 32];
+    let p32 = dir.join("m32.safetensors");
+    export::export_student(
+        &s,
+        &p32,
+        &ExportOptions {
+            golden_layers: false,
+            ..Default::default()
+        },
+        golden,
+        5,
+    )
+    .unwrap();
+    p32
+}
+
 fn range(v: &[f32]) -> f32 {
     v.iter().copied().fold(f32::MIN, f32::max) - v.iter().copied().fold(f32::MAX, f32::min)
 }
@@ -249,22 +269,8 @@ fn int8_export_is_a_quarter_of_the_size_and_its_golden_is_the_reference() {
 #[test]
 fn quantize_command_turns_an_f32_file_into_an_int8_one() {
     let dir = tempfile::tempdir().unwrap();
-    let mut s = student(12);
-    // Calibration resizes cached images to a square input.
-    s.meta.input_size = [32, 32];
-    let p32 = dir.path().join("m32.safetensors");
+    let p32 = square_f32_file(dir.path(), 12, 3);
     let p8 = dir.path().join("m8.safetensors");
-    export::export_student(
-        &s,
-        &p32,
-        &ExportOptions {
-            golden_layers: false,
-            ..Default::default()
-        },
-        3,
-        5,
-    )
-    .unwrap();
     let cache = dir.path().join("cache");
     train_support::ham::ham_cache(&cache, 2, 40);
     let quantize = |model: &Path, out: &Path, extra: &[&str]| {
@@ -347,20 +353,7 @@ fn qat_forward_tracks_the_int8_oracle() {
     use derm_train::export::{Calibrate, calibrate};
 
     let dir = tempfile::tempdir().unwrap();
-    let mut s = student(21);
-    s.meta.input_size = [32, 32];
-    let p32 = dir.path().join("m32.safetensors");
-    export::export_student(
-        &s,
-        &p32,
-        &ExportOptions {
-            golden_layers: false,
-            ..Default::default()
-        },
-        8,
-        5,
-    )
-    .unwrap();
+    let p32 = square_f32_file(dir.path(), 21, 8);
     let model = ModelFile::read(&p32).unwrap();
     let input = golden_f32(&golden_path(&p32), "input");
     let per = 3 * 32 * 32;
@@ -414,21 +407,8 @@ fn qat_forward_tracks_the_int8_oracle() {
 #[test]
 fn qat_command_writes_an_int8_file_that_the_oracle_reproduces() {
     let dir = tempfile::tempdir().unwrap();
-    let mut s = student(14);
-    s.meta.input_size = [32, 32];
-    let p32 = dir.path().join("m32.safetensors");
+    let p32 = square_f32_file(dir.path(), 14, 3);
     let p8 = dir.path().join("qat8.safetensors");
-    export::export_student(
-        &s,
-        &p32,
-        &ExportOptions {
-            golden_layers: false,
-            ..Default::default()
-        },
-        3,
-        5,
-    )
-    .unwrap();
     let cache = dir.path().join("cache");
     train_support::ham::ham_cache(&cache, 2, 40);
     let qat = |model: &Path, out: &Path| {
