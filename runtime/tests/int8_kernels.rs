@@ -388,6 +388,9 @@ fn conv_stem_matches_reference() {
         conv_shape(4, 4, 2, 64, 5, 5, 1, 2),
         conv_shape(7, 8, 3, 20, 3, 5, 1, 2),
         conv_shape(5, 6, 3, 3, 3, 3, 1, 0),
+        // 7 x 7 x 3 = 147 window values: more than the gathered patch
+        // holds, so the tap-by-tap path.
+        conv_shape(10, 9, 3, 24, 7, 7, 2, 3),
     ];
     for s in shapes {
         for kind in KINDS {

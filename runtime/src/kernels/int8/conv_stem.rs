@@ -1,9 +1,10 @@
 //! Dense kxk int8 convolution from the planar (CHW) quantized model input to
 //! HWC, used only for the first layer (3 input channels).
 
-use super::Epilogue;
-use super::window::{Window, for_each_output, mac_broadcast};
+use super::window::{TapMac, Window, array, for_each_output, product};
+use super::{CHUNK, Epilogue};
 use crate::kernels::requant::{Dispatch, Row};
+use core::ops::Range;
 
 /// The variant this target uses: [`portable`], which the compiler
 /// vectorizes with NEON on aarch64.
@@ -90,18 +91,161 @@ unsafe fn body<R: Row>(
         oh: s.oh,
         ow: s.ow,
     };
-    let plane = s.ih * s.iw;
-    // 16-bit operands (see `mac_broadcast`).
-    let zx = x_zero_point as i16;
+    if s.kh * s.kw * s.cin <= PATCH {
+        // SAFETY: R's features are the caller's contract.
+        unsafe { patched::<R>(x, s, x_zero_point, w, bias, e, out) };
+        return;
+    }
+    let taps = StemTaps {
+        x,
+        w,
+        plane: s.ih * s.iw,
+        iw: s.iw,
+        kw: s.kw,
+        cin: s.cin,
+        cout: s.cout,
+        zx: x_zero_point as i16,
+    };
     // SAFETY: R's features are the caller's contract.
-    unsafe {
-        for_each_output::<R>(win, s.cout, bias, e, out, |acc, c0, t| {
-            for ci in 0..s.cin {
-                let v = i16::from(x[ci * plane + t.iy * s.iw + t.ix]) - zx;
-                let wt = ((t.ky * s.kw + t.kx) * s.cin + ci) * s.cout + c0;
-                mac_broadcast(acc, &w[wt..], v);
+    unsafe { for_each_output::<R, _>(win, s.cout, bias, e, out, &taps) }
+}
+
+/// The most window values (`kh * kw * cin`) the gathered path takes; the
+/// MobileNetV3 stem has 27. Larger windows take the tap-by-tap path.
+const PATCH: usize = 128;
+
+/// The stem for windows of at most [`PATCH`] values: each output pixel's
+/// window is first gathered into a patch of 16-bit offsets `x - zx` (0 in
+/// the padding), in the weights' `(ky, kx, ci)` order, so the
+/// multiply-accumulate runs over one flat loop of `kh * kw * cin` steps per
+/// register block, with no tap bounds or input addressing inside it.
+///
+/// # Safety
+/// `R`'s CPU features are present.
+#[inline(always)]
+unsafe fn patched<R: Row>(
+    x: &[i8],
+    s: ConvShape,
+    x_zero_point: i32,
+    w: &[i8],
+    bias: &[i32],
+    e: Epilogue<'_>,
+    out: &mut [i8],
+) {
+    let (k, cout, plane) = (s.kh * s.kw * s.cin, s.cout, s.ih * s.iw);
+    let zx = x_zero_point as i16;
+    let w = &w[..k * cout];
+    let mut patch = [0i16; PATCH];
+    let mut acc = [0i32; CHUNK];
+    for oy in 0..s.oh {
+        for ox in 0..s.ow {
+            let mut t = 0;
+            for ky in 0..s.kh {
+                // Offsets by the padding, so that out-of-range taps wrap to
+                // huge values and fail the `< ih` / `< iw` tests.
+                let iy = (oy * s.stride + ky).wrapping_sub(s.pad);
+                for kx in 0..s.kw {
+                    let ix = (ox * s.stride + kx).wrapping_sub(s.pad);
+                    let inside = iy < s.ih && ix < s.iw;
+                    for ci in 0..s.cin {
+                        patch[t] = if inside {
+                            i16::from(x[ci * plane + iy * s.iw + ix]) - zx
+                        } else {
+                            0
+                        };
+                        t += 1;
+                    }
+                }
             }
-        })
+            let patch = &patch[..k];
+            let o = (oy * s.ow + ox) * cout;
+            for c0 in (0..cout).step_by(CHUNK) {
+                let n = CHUNK.min(cout - c0);
+                let mut i = 0;
+                while i + 16 <= n {
+                    patch_block::<16>(&mut acc[i..], &bias[c0 + i..], c0 + i, cout, w, patch);
+                    i += 16;
+                }
+                if i + 8 <= n {
+                    patch_block::<8>(&mut acc[i..], &bias[c0 + i..], c0 + i, cout, w, patch);
+                    i += 8;
+                }
+                while i < n {
+                    patch_block::<1>(&mut acc[i..], &bias[c0 + i..], c0 + i, cout, w, patch);
+                    i += 1;
+                }
+                // SAFETY: R's features are the caller's contract.
+                unsafe {
+                    e.slice(c0..c0 + n)
+                        .apply_with::<R>(&acc[..n], &mut out[o + c0..o + c0 + n])
+                };
+            }
+        }
+    }
+}
+
+/// `acc[..L] = bias[..L] + sum_t w[t][c + l] * patch[t]` for output
+/// channels `c..c + L` (`w` is `[k][cout]`), in a register block.
+#[inline(always)]
+fn patch_block<const L: usize>(
+    acc: &mut [i32],
+    bias: &[i32],
+    c: usize,
+    cout: usize,
+    w: &[i8],
+    patch: &[i16],
+) {
+    let mut r: [i32; L] = match bias[..L].try_into() {
+        Ok(r) => r,
+        Err(_) => unreachable!("a slice of L values is an [i32; L]"),
+    };
+    for (wt, &v) in w.chunks_exact(cout).zip(patch) {
+        let wt = array::<L>(wt, c);
+        for l in 0..L {
+            r[l] = r[l].wrapping_add(product(wt[l], v));
+        }
+    }
+    acc[..L].copy_from_slice(&r);
+}
+
+/// One stem tap: each input channel's value at the tap, broadcast over
+/// output channels `c..c + L` of its weights.
+struct StemTaps<'a> {
+    x: &'a [i8],
+    w: &'a [i8],
+    plane: usize,
+    iw: usize,
+    kw: usize,
+    cin: usize,
+    cout: usize,
+    /// The input zero point, as the 16-bit operand of [`product`] (the
+    /// offsets `x - zx` lie in `[-255, 255]`).
+    zx: i16,
+}
+
+impl TapMac for StemTaps<'_> {
+    #[inline(always)]
+    fn row<const L: usize>(
+        &self,
+        acc: &mut [i32; L],
+        c: usize,
+        ky: usize,
+        kx: Range<usize>,
+        iy: usize,
+        ix0: usize,
+    ) {
+        for (j, kx) in kx.enumerate() {
+            for ci in 0..self.cin {
+                let v = i16::from(self.x[ci * self.plane + iy * self.iw + ix0 + j]) - self.zx;
+                let w = array::<L>(
+                    self.w,
+                    ((ky * self.kw + kx) * self.cin + ci) * self.cout + c,
+                );
+                for l in 0..L {
+                    acc[l] = acc[l].wrapping_add(product(w[l], v));
+                }
+            }
+        }
     }
 }
 

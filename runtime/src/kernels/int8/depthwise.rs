@@ -1,8 +1,9 @@
 //! Depthwise kxk int8 convolution on HWC tensors.
 
 use super::Epilogue;
-use super::window::{Window, for_each_output, mac};
+use super::window::{TapMac, Window, for_each_output, product, read};
 use crate::kernels::requant::{Dispatch, Row};
+use core::ops::Range;
 
 /// The variant this target uses: [`portable`], which the compiler
 /// vectorizes with NEON on aarch64.
@@ -85,15 +86,124 @@ unsafe fn body<R: Row>(
         oh: s.oh,
         ow: s.ow,
     };
-    let c = s.c;
-    let zx = x_zero_point as i16;
+    let taps = DepthwiseTaps {
+        x,
+        w,
+        iw: s.iw,
+        c: s.c,
+        k: s.k,
+        zx: x_zero_point as i16,
+    };
     // SAFETY: R's features are the caller's contract.
-    unsafe {
-        for_each_output::<R>(win, c, bias, e, out, |acc, c0, t| {
-            let src = (t.iy * s.iw + t.ix) * c + c0;
-            let wt = (t.ky * s.k + t.kx) * c + c0;
-            mac(acc, &w[wt..], &x[src..], zx);
-        })
+    unsafe { for_each_output::<R, _>(win, s.c, bias, e, out, &taps) }
+}
+
+/// One depthwise tap: channel `c + l` of the input pixel times channel
+/// `c + l` of the tap's weights.
+struct DepthwiseTaps<'a> {
+    x: &'a [i8],
+    w: &'a [i8],
+    iw: usize,
+    c: usize,
+    k: usize,
+    /// The input zero point, as the 16-bit operand of [`product`].
+    zx: i16,
+}
+
+impl TapMac for DepthwiseTaps<'_> {
+    #[inline(always)]
+    fn row<const L: usize>(
+        &self,
+        acc: &mut [i32; L],
+        c: usize,
+        ky: usize,
+        kx: Range<usize>,
+        iy: usize,
+        ix0: usize,
+    ) {
+        // One bounds check per kernel row: the taps step one pixel (`c`
+        // values) at a time through both the input row and the weights.
+        let n = kx.len();
+        let span = (n - 1) * self.c + L;
+        let xs = (iy * self.iw + ix0) * self.c + c;
+        let ws = (ky * self.k + kx.start) * self.c + c;
+        let (x, w) = (&self.x[xs..xs + span], &self.w[ws..ws + span]);
+        #[cfg(target_arch = "aarch64")]
+        if L == 16 || L == 8 {
+            // SAFETY: acc holds L values; x and w hold (n - 1) * c + L values,
+            // so each of the n taps reads L values of both.
+            unsafe { neon::row::<L>(acc.as_mut_ptr(), x.as_ptr(), w.as_ptr(), n, self.c, self.zx) };
+            return;
+        }
+        for j in 0..n {
+            // SAFETY: j * c + L <= (n - 1) * c + L = span, the length of
+            // both slices.
+            let (xv, wv) = unsafe { (read::<L>(x, j * self.c), read::<L>(w, j * self.c)) };
+            for l in 0..L {
+                acc[l] = acc[l].wrapping_add(product(wv[l], i16::from(xv[l]) - self.zx));
+            }
+        }
+    }
+}
+
+/// aarch64: the taps of one kernel row for a block of 16 or 8 channels with
+/// explicit NEON, because the compiler's own vectorization of the portable
+/// loop went four lanes at a time through 32-bit lanes (about 1.8
+/// instructions per multiply-accumulate instead of 0.75 here).
+#[cfg(target_arch = "aarch64")]
+mod neon {
+    use core::arch::aarch64::*;
+
+    /// `acc[l] += sum_j w[j * step + l] * (x[j * step + l] - zx)` for
+    /// `l < L` (16 or 8) and `j < n`, wrapping: SSUBL widens `x - zx`
+    /// (in `[-255, 255]`) to int16, SXTL the weights, and SMLAL
+    /// accumulates the exact products (below `2^15`) into int32 lanes.
+    ///
+    /// # Safety
+    /// `acc` points at `L` values; `x` and `w` at `(n - 1) * step + L`.
+    #[inline(always)]
+    pub(super) unsafe fn row<const L: usize>(
+        acc: *mut i32,
+        x: *const i8,
+        w: *const i8,
+        n: usize,
+        step: usize,
+        zx: i16,
+    ) {
+        // SAFETY: the loads and stores stay inside the caller's contract;
+        // NEON is part of every aarch64 target. zx is an int8 zero point.
+        unsafe {
+            let z = vdup_n_s8(zx as i8);
+            if L == 16 {
+                let zq = vcombine_s8(z, z);
+                let (mut a0, mut a1) = (vld1q_s32(acc), vld1q_s32(acc.add(4)));
+                let (mut a2, mut a3) = (vld1q_s32(acc.add(8)), vld1q_s32(acc.add(12)));
+                for j in 0..n {
+                    let xv = vld1q_s8(x.add(j * step));
+                    let wv = vld1q_s8(w.add(j * step));
+                    let (xl, xh) = (vsubl_s8(vget_low_s8(xv), z), vsubl_high_s8(xv, zq));
+                    let (wl, wh) = (vmovl_s8(vget_low_s8(wv)), vmovl_high_s8(wv));
+                    a0 = vmlal_s16(a0, vget_low_s16(xl), vget_low_s16(wl));
+                    a1 = vmlal_high_s16(a1, xl, wl);
+                    a2 = vmlal_s16(a2, vget_low_s16(xh), vget_low_s16(wh));
+                    a3 = vmlal_high_s16(a3, xh, wh);
+                }
+                vst1q_s32(acc, a0);
+                vst1q_s32(acc.add(4), a1);
+                vst1q_s32(acc.add(8), a2);
+                vst1q_s32(acc.add(12), a3);
+            } else {
+                let (mut a0, mut a1) = (vld1q_s32(acc), vld1q_s32(acc.add(4)));
+                for j in 0..n {
+                    let xl = vsubl_s8(vld1_s8(x.add(j * step)), z);
+                    let wl = vmovl_s8(vld1_s8(w.add(j * step)));
+                    a0 = vmlal_s16(a0, vget_low_s16(xl), vget_low_s16(wl));
+                    a1 = vmlal_high_s16(a1, xl, wl);
+                }
+                vst1q_s32(acc, a0);
+                vst1q_s32(acc.add(4), a1);
+            }
+        }
     }
 }
 

@@ -1,10 +1,17 @@
 //! The output walk shared by the int8 window kernels ([`conv_stem`] and
 //! [`depthwise`]): every output pixel, its output channels in chunks of
-//! [`CHUNK`], the in-bounds taps of its window, then the epilogue.
+//! [`CHUNK`], each chunk in register blocks of 16 and 8 channels (then one
+//! by one), the in-bounds taps of the window for each block, then the
+//! epilogue on the chunk.
 //!
 //! Only the innermost step differs between the two kernels (how one tap adds
-//! to a chunk of accumulators), so that step is the closure and everything
-//! around it, including which taps fall in the padding, lives here once.
+//! to a block of accumulators: [`TapMac`]), so everything around it,
+//! including which taps fall in the padding, lives here once.
+//!
+//! A block's accumulators are a local `[i32; L]` that stays in vector
+//! registers across all of its taps and is stored once; accumulating the
+//! taps into the chunk's stack row instead made every tap a load and a store
+//! of each accumulator, which dominated both kernels.
 //!
 //! [`conv_stem`]: mod@super::conv_stem
 //! [`depthwise`]: mod@super::depthwise
@@ -12,6 +19,7 @@
 use super::{CHUNK, Epilogue};
 use crate::kernels::depthwise::tap_range;
 use crate::kernels::requant::Row;
+use core::ops::Range;
 
 /// A `kh x kw` window with `stride` and symmetric zero padding `pad` (both
 /// axes) sliding over an `ih x iw` input to give an `oh x ow` output.
@@ -27,32 +35,54 @@ pub(crate) struct Window {
     pub ow: usize,
 }
 
-/// One in-bounds tap of the window at an output pixel: kernel position
-/// (`ky`, `kx`) and the input pixel (`iy`, `ix`) it reads.
+/// How the taps of one kernel row add to a block of accumulators: the one
+/// step in which the window kernels differ.
+pub(crate) trait TapMac {
+    /// `acc[l] += ` the products of the taps (`ky`, `kx`) for `kx` in
+    /// `kx0..kx1` for output channel `c + l`, wrapping, for `l < L`; tap
+    /// `kx0` reads input pixel (`iy`, `ix0`) and each next tap the pixel to
+    /// its right. The range is never empty.
+    fn row<const L: usize>(
+        &self,
+        acc: &mut [i32; L],
+        c: usize,
+        ky: usize,
+        kx: Range<usize>,
+        iy: usize,
+        ix0: usize,
+    );
+}
+
+/// The in-bounds kernel rows `ky0..ky1` and columns `kx0..kx1` of the
+/// window at output pixel (`oy`, `ox`).
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct Tap {
-    pub ky: usize,
-    pub kx: usize,
-    pub iy: usize,
-    pub ix: usize,
+struct Taps {
+    ky0: usize,
+    ky1: usize,
+    kx0: usize,
+    kx1: usize,
+    /// Input row and column of kernel position (0, 0), plus the padding (so
+    /// that it is never negative).
+    y0: usize,
+    x0: usize,
 }
 
 /// Computes `out` (`[oh][ow][cout]`, HWC): for every output pixel and every
 /// chunk of output channels starting at `c0`, the accumulators start at
-/// `bias[c0..]`, `add(acc, c0, tap)` adds each tap inside the input (taps
-/// in the padding add nothing: padding is real zero), and `e` maps the
-/// chunk to int8 through the row function `R`.
+/// `bias[c0..]`, `m` adds each tap inside the input (taps in the padding add
+/// nothing: padding is real zero), and `e` maps the chunk to int8 through
+/// the row function `R`.
 ///
 /// # Safety
 /// `R`'s CPU features are present.
 #[inline(always)]
-pub(crate) unsafe fn for_each_output<R: Row>(
+pub(crate) unsafe fn for_each_output<R: Row, M: TapMac>(
     win: Window,
     cout: usize,
     bias: &[i32],
     e: Epilogue<'_>,
     out: &mut [i8],
-    mut add: impl FnMut(&mut [i32], usize, Tap),
+    m: &M,
 ) {
     debug_assert_eq!(bias.len(), cout);
     debug_assert_eq!(e.channels(), cout);
@@ -63,110 +93,96 @@ pub(crate) unsafe fn for_each_output<R: Row>(
         let (ky0, ky1) = tap_range(oy, win.stride, win.pad, win.kh, win.ih);
         for ox in 0..win.ow {
             let (kx0, kx1) = tap_range(ox, win.stride, win.pad, win.kw, win.iw);
+            let taps = Taps {
+                ky0,
+                ky1,
+                kx0,
+                kx1,
+                y0: oy * win.stride,
+                x0: ox * win.stride,
+            };
             let o = (oy * win.ow + ox) * cout;
             for c0 in (0..cout).step_by(CHUNK) {
                 let n = CHUNK.min(cout - c0);
-                let acc = &mut acc[..n];
-                acc.copy_from_slice(&bias[c0..c0 + n]);
-                for ky in ky0..ky1 {
-                    let iy = oy * win.stride + ky - win.pad;
-                    for kx in kx0..kx1 {
-                        let ix = ox * win.stride + kx - win.pad;
-                        add(acc, c0, Tap { ky, kx, iy, ix });
-                    }
+                let mut i = 0;
+                while i + 16 <= n {
+                    block::<16, M>(&mut acc[i..], &bias[c0 + i..], c0 + i, taps, win.pad, m);
+                    i += 16;
+                }
+                if i + 8 <= n {
+                    block::<8, M>(&mut acc[i..], &bias[c0 + i..], c0 + i, taps, win.pad, m);
+                    i += 8;
+                }
+                while i < n {
+                    block::<1, M>(&mut acc[i..], &bias[c0 + i..], c0 + i, taps, win.pad, m);
+                    i += 1;
                 }
                 // SAFETY: R's features are the caller's contract.
                 unsafe {
                     e.slice(c0..c0 + n)
-                        .apply_with::<R>(acc, &mut out[o + c0..o + c0 + n])
+                        .apply_with::<R>(&acc[..n], &mut out[o + c0..o + c0 + n])
                 };
             }
         }
     }
 }
 
+/// `acc[..L] = bias[..L] + ` every in-bounds tap of `taps` for output
+/// channels `c..c + L`, accumulated in a register block.
+#[inline(always)]
+fn block<const L: usize, M: TapMac>(
+    acc: &mut [i32],
+    bias: &[i32],
+    c: usize,
+    taps: Taps,
+    pad: usize,
+    m: &M,
+) {
+    let mut r: [i32; L] = match bias[..L].try_into() {
+        Ok(r) => r,
+        Err(_) => unreachable!("a slice of L values is an [i32; L]"),
+    };
+    if taps.kx0 < taps.kx1 {
+        let ix0 = taps.x0 + taps.kx0 - pad;
+        for ky in taps.ky0..taps.ky1 {
+            let iy = taps.y0 + ky - pad;
+            m.row::<L>(&mut r, c, ky, taps.kx0..taps.kx1, iy, ix0);
+        }
+    }
+    acc[..L].copy_from_slice(&r);
+}
+
 /// `w * v` for an int8 weight and a 16-bit input offset `v` in
-/// `[-255, 255]`, as `i32`: the product is below `2^15` in magnitude, so
-/// x86 takes one 16-bit multiply per lane (`vpmullw`, 16 lanes) and aarch64
-/// the widening multiply-accumulate (SMLAL), which the compiler finds from
-/// the widened operands. The value is the same either way.
-#[inline(always)]
-fn product(w: i8, v: i16) -> i32 {
-    #[cfg(target_arch = "x86_64")]
-    {
-        i32::from(i16::from(w) * v)
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        i32::from(i16::from(w)) * i32::from(v)
-    }
-}
-
-/// `acc[c] += product(w[c], x[c] - zx)` over one block of `L` channels.
-#[inline(always)]
-fn mac_block<const L: usize>(acc: &mut [i32], w: &[i8], x: &[i8], zx: i16) {
-    let (acc, w, x): (&mut [i32; L], &[i8; L], &[i8; L]) = (
-        (&mut acc[..L]).try_into().unwrap(),
-        w[..L].try_into().unwrap(),
-        x[..L].try_into().unwrap(),
-    );
-    for l in 0..L {
-        acc[l] = acc[l].wrapping_add(product(w[l], i16::from(x[l]) - zx));
-    }
-}
-
-/// `acc[c] += w[c] * (x[c] - zx)`, wrapping, for `c < acc.len()`.
+/// `[-255, 255]`, as `i32` (the product is below `2^15` in magnitude).
 ///
-/// The channels go in fixed blocks of 16 and 8 (then one by one): a
-/// fixed-size block vectorizes at any row length, where a loop over a short
-/// run-time length (16 or 24 channels) would stay scalar under the
-/// compiler's wider unrolled vector loop. MobileNetV3's channel counts are
-/// multiples of 8.
+/// Written on widened operands, so aarch64 takes the widening
+/// multiply-accumulate (SMLAL) and x86 `vpmulld` on 8 lanes. A 16-bit
+/// product on x86 (`vpmullw`, 16 lanes) was slower: the compiler kept the
+/// lanes in 32 bits and sign-extended each product from 16 bits with two
+/// shifts.
 #[inline(always)]
-pub(crate) fn mac(acc: &mut [i32], w: &[i8], x: &[i8], zx: i16) {
-    let n = acc.len();
-    let mut i = 0;
-    while i + 16 <= n {
-        mac_block::<16>(&mut acc[i..], &w[i..], &x[i..], zx);
-        i += 16;
-    }
-    if i + 8 <= n {
-        mac_block::<8>(&mut acc[i..], &w[i..], &x[i..], zx);
-        i += 8;
-    }
-    for c in i..n {
-        acc[c] = acc[c].wrapping_add(product(w[c], i16::from(x[c]) - zx));
+pub(crate) fn product(w: i8, v: i16) -> i32 {
+    i32::from(w) * i32::from(v)
+}
+
+/// The `L` values of `s` from `at`, as an array reference (a bounds check,
+/// then fixed-size code).
+#[inline(always)]
+pub(crate) fn array<const L: usize>(s: &[i8], at: usize) -> &[i8; L] {
+    match s[at..at + L].try_into() {
+        Ok(a) => a,
+        Err(_) => unreachable!("a slice of L values is an [i8; L]"),
     }
 }
 
-/// `acc[c] += w[c] * v`, wrapping, for `c < acc.len()`: one input value
-/// `v` in `[-255, 255]` for every channel (the stem's taps), in the blocks
-/// of [`mac`].
+/// The `L` values of `s` from `at`, read without a bounds check.
+///
+/// # Safety
+/// `at + L <= s.len()`.
 #[inline(always)]
-pub(crate) fn mac_broadcast(acc: &mut [i32], w: &[i8], v: i16) {
-    let n = acc.len();
-    let mut i = 0;
-    while i + 16 <= n {
-        mac_broadcast_block::<16>(&mut acc[i..], &w[i..], v);
-        i += 16;
-    }
-    if i + 8 <= n {
-        mac_broadcast_block::<8>(&mut acc[i..], &w[i..], v);
-        i += 8;
-    }
-    for c in i..n {
-        acc[c] = acc[c].wrapping_add(product(w[c], v));
-    }
-}
-
-/// `acc[c] += product(w[c], v)` over one block of `L` channels.
-#[inline(always)]
-fn mac_broadcast_block<const L: usize>(acc: &mut [i32], w: &[i8], v: i16) {
-    let (acc, w): (&mut [i32; L], &[i8; L]) = (
-        (&mut acc[..L]).try_into().unwrap(),
-        w[..L].try_into().unwrap(),
-    );
-    for l in 0..L {
-        acc[l] = acc[l].wrapping_add(product(w[l], v));
-    }
+pub(crate) unsafe fn read<const L: usize>(s: &[i8], at: usize) -> [i8; L] {
+    debug_assert!(at + L <= s.len());
+    // SAFETY: the caller's contract keeps the L bytes inside `s`; any bytes
+    // are a valid [i8; L] and the read is unaligned.
+    unsafe { s.as_ptr().add(at).cast::<[i8; L]>().read_unaligned() }
 }
