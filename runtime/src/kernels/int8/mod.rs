@@ -155,11 +155,7 @@ impl<'a> Epilogue<'a> {
                     table,
                 } => {
                     R::requant_i8(acc, self.mult, self.shift, pre_zero_point, -128, 127, out);
-                    for o in out.iter_mut() {
-                        // a is an i8, so a + 128 always indexes the 256
-                        // entries: no bounds failure is possible.
-                        *o = table[(i32::from(*o) + 128) as usize];
-                    }
+                    lookup(table, out);
                 }
             }
         }
@@ -182,6 +178,55 @@ impl<'a> Epilogue<'a> {
     pub fn channels(&self) -> usize {
         debug_assert_eq!(self.mult.len(), self.shift.len());
         self.mult.len()
+    }
+}
+
+/// `v = table[v + 128]` for every value of `out` (the hardswish tables of
+/// [`Activation::Hardswish`]).
+///
+/// aarch64 looks up 16 values at a time with TBL/TBX over the table's four
+/// 64-byte quarters (an index outside a quarter leaves the lane to the
+/// others); the rest one by one.
+#[inline(always)]
+fn lookup(table: &[i8; 256], out: &mut [i8]) {
+    #[allow(unused_mut)]
+    let mut i = 0;
+    #[cfg(target_arch = "aarch64")]
+    // SAFETY: every load of the table reads its 256 bytes, and every load
+    // and store of `out` reads i..i + 16 with i + 16 <= out.len(); NEON is
+    // part of every aarch64 target.
+    unsafe {
+        use core::arch::aarch64::*;
+        if out.len() >= 16 {
+            let t = table.as_ptr();
+            let q = [
+                vld1q_s8_x4(t),
+                vld1q_s8_x4(t.add(64)),
+                vld1q_s8_x4(t.add(128)),
+                vld1q_s8_x4(t.add(192)),
+            ];
+            let (sign, quarter) = (vdupq_n_u8(0x80), vdupq_n_u8(64));
+            while i + 16 <= out.len() {
+                let p = out.as_mut_ptr().add(i);
+                // a + 128 for an i8 a is its bit pattern with the sign
+                // flipped, read as u8.
+                let idx = veorq_u8(vreinterpretq_u8_s8(vld1q_s8(p)), sign);
+                let mut v = vqtbl4q_s8(q[0], idx);
+                let idx = vsubq_u8(idx, quarter);
+                v = vqtbx4q_s8(v, q[1], idx);
+                let idx = vsubq_u8(idx, quarter);
+                v = vqtbx4q_s8(v, q[2], idx);
+                let idx = vsubq_u8(idx, quarter);
+                v = vqtbx4q_s8(v, q[3], idx);
+                vst1q_s8(p, v);
+                i += 16;
+            }
+        }
+    }
+    for o in &mut out[i..] {
+        // a is an i8, so a + 128 always indexes the 256 entries: no bounds
+        // failure is possible.
+        *o = table[(i32::from(*o) + 128) as usize];
     }
 }
 
