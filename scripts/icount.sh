@@ -6,6 +6,8 @@
 #   scripts/icount.sh            # the embedded model: derm_runtime::run (examples/icount.rs)
 #   scripts/icount.sh kernels    # MobileNetV3-Small's layers through the kernels alone
 #   scripts/icount.sh layers     # the same, one line per layer (name, MACs, insns, insns per 4 MACs)
+#   scripts/icount.sh profile    # the embedded model (f32 or int8, DERM_MODEL), instructions per
+#                                # function: each generated layer_N_... is one layer of the network
 #
 # Needs `scripts/setup.sh aarch64 icount` (cross toolchain, qemu, the insn plugin).
 set -euo pipefail
@@ -58,5 +60,15 @@ case "$mode" in
     done <"$TMP/layers.txt"
     echo "total: $total"
     ;;
-  *) sed -n '2,11p' "$0"; exit 2 ;;
+  profile)
+    # Per-function counts from qemu's execution log (every executed translated block, its
+    # instruction count and its function): 1 and 3 runs, difference / 2, as above.
+    build icount
+    for n in 1 3; do
+      qemu-aarch64 -L / -cpu cortex-a72 -d page,in_asm,exec,nochain -D "$TMP/trace$n.log" \
+        "$BIN_DIR/icount" "$n" >/dev/null
+    done
+    python3 scripts/icount_profile.py "$BIN_DIR/icount" "$TMP/trace1.log" 1 "$TMP/trace3.log" 3
+    ;;
+  *) sed -n '2,13p' "$0"; exit 2 ;;
 esac
