@@ -138,8 +138,15 @@ pub mod neon {
                     mult.as_ptr().add(i + 4),
                     vget_high_s16(ns),
                 );
-                let a = vminq_s32(vmaxq_s32(vqaddq_s32(a, zp), lo), hi);
-                let b = vminq_s32(vmaxq_s32(vqaddq_s32(b, zp), lo), hi);
+                let (mut a, mut b) = (vqaddq_s32(a, zp), vqaddq_s32(b, zp));
+                // The saturating narrows below already clamp to [-128, 127]:
+                // only tighter bounds (a fused ReLU's) need their own step.
+                if min > i8::MIN {
+                    (a, b) = (vmaxq_s32(a, lo), vmaxq_s32(b, lo));
+                }
+                if max < i8::MAX {
+                    (a, b) = (vminq_s32(a, hi), vminq_s32(b, hi));
+                }
                 let v = vqmovn_s16(vcombine_s16(vqmovn_s32(a), vqmovn_s32(b)));
                 vst1_s8(out.as_mut_ptr().add(i), v);
                 i += 8;
