@@ -401,6 +401,69 @@ fn qat_forward_tracks_the_int8_oracle() {
     );
 }
 
+/// A fine-tuning run saved after one step and resumed in a fresh trainer ends with the
+/// same weights, to the bit, as the run that was never interrupted (what `qat --resume`
+/// relies on after each epoch).
+#[test]
+fn qat_resumed_from_a_checkpoint_matches_the_uninterrupted_run() {
+    use derm_codegen::quant::ptq::RangeMethod;
+    use derm_train::export::qat::{QatOptions, QatTrainer, activation_grid};
+    use derm_train::export::{Calibrate, calibrate};
+
+    tch::set_num_threads(1);
+    let dir = tempfile::tempdir().unwrap();
+    let p32 = square_f32_file(dir.path(), 33, 4);
+    let model = ModelFile::read(&p32).unwrap();
+    let input = golden_f32(&golden_path(&p32), "input");
+    let per = 3 * 32 * 32;
+    let cal = Calibrate {
+        inputs: input.chunks_exact(per).map(<[f32]>::to_vec).collect(),
+        range: RangeMethod::MinMax,
+        progress: false,
+    };
+    let grid = activation_grid(
+        &model,
+        &calibrate(&model, &cal).unwrap(),
+        RangeMethod::MinMax,
+    )
+    .unwrap();
+    let batch = |i: usize| {
+        tch::Tensor::from_slice(&input[2 * i * per..2 * (i + 1) * per]).view([2, 3, 32, 32])
+    };
+    let opts = QatOptions {
+        lr: 1e-3,
+        temperature: 2.0,
+    };
+    let weights = |m: &ModelFile| -> Vec<(String, Vec<u8>)> {
+        m.tensors
+            .iter()
+            .map(|(n, t)| (n.clone(), t.data.clone()))
+            .collect()
+    };
+
+    let mut straight = QatTrainer::new(&model, grid.clone(), opts).unwrap();
+    let l0 = straight.step(&batch(0)).unwrap();
+    let l1 = straight.step(&batch(1)).unwrap();
+    let want = weights(&straight.finish(&model).unwrap());
+
+    let ck = dir.path().join("qat.ckpt.safetensors");
+    let mut first = QatTrainer::new(&model, grid.clone(), opts).unwrap();
+    assert_eq!(first.step(&batch(0)).unwrap(), l0);
+    first.save(&ck, &7u32).unwrap();
+    drop(first);
+    let mut second = QatTrainer::new(&model, grid, opts).unwrap();
+    assert_eq!(second.resume::<u32>(&ck).unwrap(), 7);
+    assert_eq!(second.step(&batch(1)).unwrap(), l1);
+    let got = weights(&second.finish(&model).unwrap());
+    assert_eq!(got.len(), want.len());
+    assert!(
+        got == want,
+        "resumed weights differ from the uninterrupted run's"
+    );
+    // The two steps changed the weights (so the comparison above means something).
+    assert!(weights(&model) != want);
+}
+
 /// `derm-train qat` end to end on cached real images: it fine-tunes, writes an int8 file
 /// whose golden logits are the int8 oracle's bit for bit, records how it was made, and
 /// refuses an int8 input by name.
@@ -456,6 +519,35 @@ fn qat_command_writes_an_int8_file_that_the_oracle_reproduces() {
         let got = reference::logits(&m8, &input[n * per..(n + 1) * per]).unwrap();
         assert_eq!(got, want[n * 5..(n + 1) * 5], "sample {n}");
     }
+
+    // A finished run leaves no checkpoint; a left-over one is neither ignored nor
+    // overwritten, and --resume without one is refused, each naming the file.
+    let ck = dir.path().join("qat8.qat-checkpoint.safetensors");
+    assert!(!ck.exists(), "a finished run left {}", ck.display());
+    let resumed = Command::new(env!("CARGO_BIN_EXE_derm-train"))
+        .arg("qat")
+        .arg(&p32)
+        .arg("-o")
+        .arg(&p8)
+        .args(["--cache", cache.to_str().unwrap(), "--max-train", "8"])
+        .args(["--calibration-images", "8", "--quiet", "--resume"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&resumed.stderr);
+    assert!(!resumed.status.success());
+    assert!(
+        err.contains("no checkpoint") && err.contains("qat8.qat-checkpoint"),
+        "{err}"
+    );
+    std::fs::write(&ck, b"left over").unwrap();
+    let o = qat(&p32, &p8);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(
+        err.contains("--resume") && err.contains("qat8.qat-checkpoint"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&ck).unwrap(), b"left over");
 
     let again = dir.path().join("again.safetensors");
     let o = qat(&p8, &again);

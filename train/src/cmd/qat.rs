@@ -5,13 +5,14 @@
 //! folded float network with those int8 grids in its forward pass
 //! ([`crate::export::qat`]), then quantizes the fine-tuned weights on the same grids.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Result, bail, ensure};
 use clap::Args;
 use derm_codegen::golden::Golden as FloatGolden;
 use derm_codegen::ir::ModelFile;
 use derm_codegen::quant::ptq;
+use serde::{Deserialize, Serialize};
 
 use super::export::{CalibrationArgs, calibration_inputs, command_line, git_commit};
 use super::quantize::write_int8_golden;
@@ -66,6 +67,26 @@ pub struct QatArgs {
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
+    /// Continue an interrupted run from its checkpoint (`<output>.qat-checkpoint.safetensors`,
+    /// written after every epoch); the same arguments are required.
+    #[arg(long)]
+    pub resume: bool,
+}
+
+/// Where the per-epoch checkpoint of a run writing `output` lives.
+pub fn checkpoint_path(output: &Path) -> PathBuf {
+    output.with_extension("qat-checkpoint.safetensors")
+}
+
+/// A run's progress, saved in its checkpoint after every epoch.
+#[derive(Debug, Serialize, Deserialize)]
+struct Progress {
+    /// Everything that shapes the result; a resumed run must match it.
+    settings: serde_json::Value,
+    /// Epochs finished.
+    epochs_done: usize,
+    /// Mean distillation loss of each finished epoch.
+    losses: Vec<f64>,
 }
 
 /// Fine-tunes `a.model` on the int8 grid and writes the int8 file and its golden vectors.
@@ -139,8 +160,59 @@ pub fn run(a: QatArgs) -> Result<()> {
     };
     let mut trainer = QatTrainer::new(&model, params, opts)?;
     let started = std::time::Instant::now();
-    let mut last_loss = f64::NAN;
-    for epoch in 0..a.epochs {
+    let ck_path = checkpoint_path(&a.output);
+    let settings = serde_json::json!({
+        "source": a.model.display().to_string(),
+        "cache": a.data.cache.display().to_string(),
+        "fold": a.data.fold,
+        "k": a.data.k,
+        "split_seed": a.data.split_seed,
+        "max_train": a.max_train,
+        "calibration_images": a.calibration_images,
+        "calibration_range": a.calibration_range.to_string(),
+        "epochs": a.epochs,
+        "lr": a.lr,
+        "temperature": a.temperature,
+        "batch_size": a.batch_size,
+        "seed": a.seed,
+    });
+    let mut progress_state = Progress {
+        settings: settings.clone(),
+        epochs_done: 0,
+        losses: Vec::new(),
+    };
+    if a.resume {
+        ensure!(
+            ck_path.exists(),
+            "--resume: there is no checkpoint {} to continue from",
+            ck_path.display()
+        );
+        let saved: Progress = trainer.resume(&ck_path)?;
+        ensure!(
+            saved.settings == settings,
+            "{} was written by a run with other arguments: {} (this run: {})",
+            ck_path.display(),
+            saved.settings,
+            settings
+        );
+        println!(
+            "resuming from {} after epoch {}/{}",
+            ck_path.display(),
+            saved.epochs_done,
+            a.epochs
+        );
+        progress_state = saved;
+    } else {
+        ensure!(
+            !ck_path.exists(),
+            "{} exists: an earlier run writing {} was interrupted; pass --resume to continue \
+             it, or delete the checkpoint to start over",
+            ck_path.display(),
+            a.output.display()
+        );
+    }
+    let mut last_loss = progress_state.losses.last().copied().unwrap_or(f64::NAN);
+    for epoch in progress_state.epochs_done..a.epochs {
         let batches = Batches::new(&cache, &plan, lo, epoch as u64)?;
         let mut progress = EpochProgress::new(
             &format!("qat epoch {}/{}", epoch + 1, a.epochs),
@@ -163,6 +235,10 @@ pub fn run(a: QatArgs) -> Result<()> {
             epoch + 1,
             a.epochs
         );
+        // Batches are seeded by epoch, so a run resumed here sees what this one would have.
+        progress_state.epochs_done = epoch + 1;
+        progress_state.losses.push(last_loss);
+        trainer.save(&ck_path, &progress_state)?;
     }
     let tuned = trainer.finish(&model)?;
     let mut q = ptq::quantize(&tuned, &observed, a.calibration_range)
@@ -203,5 +279,8 @@ pub fn run(a: QatArgs) -> Result<()> {
         "wrote {} ({n} golden inputs; int8 top-1 agrees with the f32 golden on {agree} of {n})",
         gp.display()
     );
+    // The result is complete: the checkpoint has done its job.
+    std::fs::remove_file(&ck_path)
+        .map_err(|e| anyhow::anyhow!("removing the checkpoint {}: {e}", ck_path.display()))?;
     Ok(())
 }

@@ -23,8 +23,10 @@ use std::collections::BTreeMap;
 use anyhow::{Context, Result, ensure};
 use derm_codegen::ir::{self, Graph, ModelFile, Op, QParams};
 use derm_codegen::quant::{self, WEIGHT_MAX};
-use tch::nn::OptimizerConfig;
 use tch::{Kind, Tensor, nn};
+
+use crate::train::checkpoint;
+use crate::train::optim::{OptimConfig, Optimizer};
 
 /// The int8 grid of every activation of `model` (one entry per `quant::activation_keys`):
 /// the ranges `calibration` observed, chosen by `method`, as `quantize` would set them.
@@ -273,9 +275,10 @@ pub struct QatOptions {
 pub struct QatTrainer {
     teacher: super::TchGraph,
     // Owns the variables that `qat` reads and the optimizer updates.
-    _vs: nn::VarStore,
+    vs: nn::VarStore,
     qat: QatGraph,
-    opt: nn::Optimizer,
+    opt: Optimizer,
+    lr: f64,
     temperature: f64,
 }
 
@@ -300,14 +303,37 @@ impl QatTrainer {
         let teacher = super::TchGraph::new(model)?;
         let vs = nn::VarStore::new(tch::Device::Cpu);
         let qat = QatGraph::new(model, params, &vs.root())?;
-        let opt = nn::Adam::default().build(&vs, opts.lr)?;
+        // Adam: the training optimizer without weight decay (its state can be checkpointed).
+        let opt = Optimizer::new(
+            &vs,
+            OptimConfig {
+                weight_decay: 0.0,
+                ..OptimConfig::adamw()
+            },
+        )?;
         Ok(Self {
             teacher,
-            _vs: vs,
+            vs,
             qat,
             opt,
+            lr: opts.lr,
             temperature: opts.temperature,
         })
+    }
+
+    /// Saves the trained weights, the optimizer's state and `state` (the caller's
+    /// progress record) to `path`, atomically, as a training checkpoint.
+    pub fn save<T: serde::Serialize>(&self, path: &std::path::Path, state: &T) -> Result<()> {
+        checkpoint::save(path, &self.vs, &self.opt, state)
+    }
+
+    /// Restores the weights and the optimizer's state saved by [`Self::save`] into this
+    /// trainer (built from the same model and grid) and returns the saved `state`.
+    pub fn resume<T: serde::de::DeserializeOwned>(&mut self, path: &std::path::Path) -> Result<T> {
+        let ck = checkpoint::CheckpointFile::open(path)?;
+        ck.load_model(&self.vs)?;
+        ck.load_optimizer(&mut self.opt)?;
+        ck.state()
     }
 
     /// The fake-quantized network being trained.
@@ -331,7 +357,9 @@ impl QatTrainer {
             * (t * t);
         let l = loss.double_value(&[]);
         ensure!(l.is_finite(), "qat loss is not finite ({l})");
-        self.opt.backward_step(&loss);
+        self.opt.zero_grad();
+        loss.backward();
+        self.opt.step(self.lr);
         Ok(l)
     }
 
