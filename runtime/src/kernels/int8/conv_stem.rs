@@ -6,8 +6,8 @@ use super::{CHUNK, Epilogue};
 use crate::kernels::requant::{Dispatch, Row};
 use core::ops::Range;
 
-/// The variant this target uses: [`portable`], which the compiler
-/// vectorizes with NEON on aarch64.
+/// The variant this target uses: [`portable`], whose source takes explicit
+/// NEON for its patch multiply-accumulate on aarch64 (the module `neon`).
 #[cfg(not(target_arch = "x86_64"))]
 pub use portable as conv_stem;
 

@@ -5,8 +5,8 @@ use super::window::{TapMac, Window, for_each_output, product, read};
 use crate::kernels::requant::{Dispatch, Row};
 use core::ops::Range;
 
-/// The variant this target uses: [`portable`], which the compiler
-/// vectorizes with NEON on aarch64.
+/// The variant this target uses: [`portable`], whose source takes explicit
+/// NEON for its kernel rows on aarch64 (the module `neon`).
 #[cfg(not(target_arch = "x86_64"))]
 pub use portable as depthwise;
 
