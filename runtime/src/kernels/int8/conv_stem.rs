@@ -47,7 +47,7 @@ pub struct ConvShape {
 /// input (taps in the padding are skipped: padding is real zero, which adds
 /// nothing), then `e` maps the row to int8.
 ///
-/// Output channels go in chunks of [`CHUNK`](super::CHUNK) through a stack accumulator, so
+/// Output channels go in chunks of [`CHUNK`] through a stack accumulator, so
 /// the epilogue is applied to each chunk with its slice of multipliers.
 #[inline]
 pub fn portable(
