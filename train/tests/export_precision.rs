@@ -39,6 +39,15 @@ fn golden_f32(path: &Path, name: &str) -> Vec<f32> {
         .collect()
 }
 
+/// libtorch's random generator is one per process, and these tests seed it and draw from it
+/// (seeded students, golden inputs); two tests at once would interleave their draws, and the
+/// exports that must see the same inputs would not. Every test holds this lock.
+static TCH_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn tch_rng() -> std::sync::MutexGuard<'static, ()> {
+    TCH_RNG.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// `student(seed)` at a square 32x32 input (calibration and fine-tuning resize cached
 /// images to a square), exported as f32 to `dir/m32.safetensors` with `golden` golden inputs.
 fn square_f32_file(dir: &Path, seed: i64, golden: i64) -> std::path::PathBuf {
@@ -72,6 +81,7 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
 
 #[test]
 fn f16_export_is_half_the_size_and_close_to_f32() {
+    let _rng = tch_rng();
     let dir = tempfile::tempdir().unwrap();
     let s = student(7);
     let (p32, p16) = (
@@ -147,6 +157,7 @@ fn f16_export_is_half_the_size_and_close_to_f32() {
 
 #[test]
 fn f16_rounds_to_nearest_even_and_rejects_overflow() {
+    let _rng = tch_rng();
     let s = student(8);
     let m = export::model_file(&s, &ExportOptions::default()).unwrap();
     let name = "classifier.0.bias".to_owned();
@@ -176,6 +187,7 @@ fn f16_rounds_to_nearest_even_and_rejects_overflow() {
 
 #[test]
 fn int8_export_is_a_quarter_of_the_size_and_its_golden_is_the_reference() {
+    let _rng = tch_rng();
     let dir = tempfile::tempdir().unwrap();
     let s = student(11);
     let (p32, p8) = (
@@ -268,6 +280,7 @@ fn int8_export_is_a_quarter_of_the_size_and_its_golden_is_the_reference() {
 /// records its command, and the command's refusals name the file at fault.
 #[test]
 fn quantize_command_turns_an_f32_file_into_an_int8_one() {
+    let _rng = tch_rng();
     let dir = tempfile::tempdir().unwrap();
     let p32 = square_f32_file(dir.path(), 12, 3);
     let p8 = dir.path().join("m8.safetensors");
@@ -348,6 +361,7 @@ fn quantize_command_turns_an_f32_file_into_an_int8_one() {
 /// rounding it trains against is the runtime's.
 #[test]
 fn qat_forward_tracks_the_int8_oracle() {
+    let _rng = tch_rng();
     use derm_codegen::quant::ptq::{RangeMethod, quantize};
     use derm_train::export::qat::{QatGraph, activation_grid};
     use derm_train::export::{Calibrate, calibrate};
@@ -406,6 +420,7 @@ fn qat_forward_tracks_the_int8_oracle() {
 /// relies on after each epoch).
 #[test]
 fn qat_resumed_from_a_checkpoint_matches_the_uninterrupted_run() {
+    let _rng = tch_rng();
     use derm_codegen::quant::ptq::RangeMethod;
     use derm_train::export::qat::{QatOptions, QatTrainer, activation_grid};
     use derm_train::export::{Calibrate, calibrate};
@@ -469,6 +484,7 @@ fn qat_resumed_from_a_checkpoint_matches_the_uninterrupted_run() {
 /// refuses an int8 input by name.
 #[test]
 fn qat_command_writes_an_int8_file_that_the_oracle_reproduces() {
+    let _rng = tch_rng();
     let dir = tempfile::tempdir().unwrap();
     let p32 = square_f32_file(dir.path(), 14, 3);
     let p8 = dir.path().join("qat8.safetensors");
