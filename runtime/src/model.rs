@@ -2,7 +2,7 @@
 //! `models/default.safetensors` (or `$DERM_MODEL`), with every shape a
 //! constant, weights in flash and one caller-owned arena.
 
-use crate::preprocess::{Image, PreprocessError, centre_crop, crop_resize_normalize};
+use crate::preprocess::{Image, PreprocessError, centre_crop, crop_resize_normalize_map};
 
 // The generated module is a complete model API; this crate re-exports
 // the parts its own API promises, so some items stay unused here.
@@ -83,14 +83,17 @@ impl core::error::Error for Error {}
 /// `derm-train export` writes) the centred crop with the input's aspect ratio,
 /// i.e. the centred square of the shorter side as in training, otherwise the
 /// whole photo; bilinear resize to `INPUT_H x INPUT_W` and normalization
-/// straight into the arena, the network, then softmax. Allocates nothing.
+/// straight into the arena (an int8 model's input quantized as it is
+/// written), the network, then softmax. Allocates nothing.
 pub fn classify(image: Image<'_>, arena: &mut Arena) -> Result<Prediction, Error> {
     let region = if CENTRE_CROP {
         centre_crop(image.width, image.height, INPUT_W, INPUT_H)
     } else {
         crate::preprocess::Region::whole(image.width, image.height)
     };
-    crop_resize_normalize(
+    // Straight into the arena in the model's input form: an int8 model's values are
+    // quantized as they are written, exactly as `run` quantizes an f32 input.
+    crop_resize_normalize_map(
         image,
         region,
         INPUT_H,
@@ -98,6 +101,7 @@ pub fn classify(image: Image<'_>, arena: &mut Arena) -> Result<Prediction, Error
         MEAN,
         STD,
         generated::input_mut(&mut arena.buf),
+        generated::input_value,
     )?;
     generated::forward(&mut arena.buf);
     let logits = generated::logits(&arena.buf);

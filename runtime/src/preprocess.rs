@@ -172,8 +172,26 @@ pub fn crop_resize_normalize(
     std: [f32; 3],
     out: &mut [f32],
 ) -> Result<(), PreprocessError> {
+    crop_resize_normalize_map(image, region, out_h, out_w, mean, std, out, |v| v)
+}
+
+/// Like [`crop_resize_normalize`], storing each normalized value `v` as `store(v)`: an int8
+/// model's input is written quantized (its `input_value`), so the `f32` image is never
+/// held anywhere. `store` sees the same `f32` values, in the same order, that
+/// [`crop_resize_normalize`] writes.
+#[allow(clippy::too_many_arguments)] // the arguments of crop_resize_normalize, plus `store`
+pub fn crop_resize_normalize_map<T: Copy>(
+    image: Image<'_>,
+    region: Region,
+    out_h: usize,
+    out_w: usize,
+    mean: [f32; 3],
+    std: [f32; 3],
+    out: &mut [T],
+    store: impl Fn(f32) -> T,
+) -> Result<(), PreprocessError> {
     // Checked: a product that wraps could match a short buffer and send the loops below out
-    // of it. A saturated `expected` matches no slice of f32.
+    // of it. A saturated `expected` matches no slice.
     let expected = out_h.checked_mul(out_w).and_then(|n| n.checked_mul(3));
     if expected != Some(out.len()) {
         return Err(PreprocessError::WrongOutputLen {
@@ -254,9 +272,9 @@ pub fn crop_resize_normalize(
                     v[1] += w_row * h[1];
                     v[2] += w_row * h[2];
                 }
-                r[j] = v[0] * scale[0] + bias[0];
-                g[j] = v[1] * scale[1] + bias[1];
-                b[j] = v[2] * scale[2] + bias[2];
+                r[j] = store(v[0] * scale[0] + bias[0]);
+                g[j] = store(v[1] * scale[1] + bias[1]);
+                b[j] = store(v[2] * scale[2] + bias[2]);
             }
         }
         x_start += n;

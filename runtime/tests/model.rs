@@ -5,7 +5,10 @@
 mod common;
 
 use common::{assert_close_to_range, boxed_arena, read_tensor, split_golden};
-use derm_runtime::{INPUT_H, INPUT_LEN, INPUT_W, NUM_CLASSES};
+use derm_runtime::preprocess::{Region, centre_crop, crop_resize_normalize};
+use derm_runtime::{
+    CENTRE_CROP, INPUT_H, INPUT_LEN, INPUT_W, Image, MEAN, NUM_CLASSES, STD, classify, run,
+};
 
 /// Parity bound, relative to each sample's logit range.
 const TOL: f32 = 1e-4;
@@ -109,16 +112,39 @@ fn constants_describe_the_embedded_model() {
     assert_eq!(INPUT_LEN, 3 * INPUT_H * INPUT_W);
     assert_eq!(derm_runtime::CLASS_NAMES.len(), NUM_CLASSES);
     const { assert!(derm_runtime::ARENA_LEN >= derm_runtime::PEAK_LIVE_LEN) };
-    const { assert!(derm_runtime::ARENA_LEN >= INPUT_LEN) };
+    // The arena holds the input in the model's form: f32, or an int8 model's quantized bytes.
+    let int8 = derm_runtime::MODEL_PRECISION == "int8";
+    let input_bytes = if int8 { INPUT_LEN } else { 4 * INPUT_LEN };
+    assert!(4 * derm_runtime::ARENA_LEN >= input_bytes);
     const { assert!(derm_runtime::PARAMS > 0 && derm_runtime::MACS > 0) };
     assert!(derm_runtime::STD.iter().all(|s| *s != 0.0));
     // An int8 model quantizes its f32 input first.
-    let first = if derm_runtime::MODEL_PRECISION == "int8" {
-        "int8::quantize"
-    } else {
-        "conv_stem"
-    };
+    let first = if int8 { "int8::quantize" } else { "conv_stem" };
     assert_eq!(derm_runtime::LAYERS[0].1, first);
+}
+
+#[test]
+fn classify_equals_run_on_the_preprocessed_input_to_the_bit() {
+    // `classify` writes the preprocessed image straight into the arena in the model's input
+    // form (an int8 model's quantized as it goes); `run` takes the f32 input and stores it
+    // itself. Both must reach the same logits, bit for bit, with either model.
+    let mut arena = boxed_arena();
+    for (w, h) in [(200, 150), (97, 301), (INPUT_W, INPUT_H)] {
+        let px: Vec<u8> = (0..w * h * 3)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        let image = Image::new(w, h, &px).unwrap();
+        let region = if CENTRE_CROP {
+            centre_crop(w, h, INPUT_W, INPUT_H)
+        } else {
+            Region::whole(w, h)
+        };
+        let mut input = vec![0f32; INPUT_LEN];
+        crop_resize_normalize(image, region, INPUT_H, INPUT_W, MEAN, STD, &mut input).unwrap();
+        let want = run(input.as_slice().try_into().unwrap(), &mut arena);
+        let got = classify(image, &mut arena).unwrap().logits;
+        assert_eq!(got.map(f32::to_bits), want.map(f32::to_bits), "{w}x{h}");
+    }
 }
 
 #[test]

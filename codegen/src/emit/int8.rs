@@ -2,9 +2,11 @@
 //! calling `kernels::int8`, with the same public items as a float module
 //! (`ARENA_LEN`, `forward`, `run`, ...), so the runtime's API does not change.
 //!
-//! - The memory plan counts **bytes**: the `f32` model input, its int8 copy
-//!   (the first step quantizes it), int8 activations, `i32` squeeze-excite
-//!   scratch and the `f32` logits, each at a 64-byte aligned offset. The
+//! - The memory plan counts **bytes**: the int8 model input, int8
+//!   activations, `i32` squeeze-excite scratch and the `f32` logits, each at a
+//!   64-byte aligned offset. The `f32` input never enters the arena: the
+//!   network's first step, its quantization, happens as it is written
+//!   (`input_value` for a preprocessed pixel, `run` for a whole input). The
 //!   arena stays an array of `f32` words (`ARENA_LEN = bytes / 4`, rounded
 //!   up) and every layer takes typed views of its buffers (`&mut [i8]`,
 //!   `&mut [i32]`, `&mut [f32]`) through `bytemuck`, which never fails here:
@@ -22,7 +24,7 @@
 use proc_macro2::{Literal, TokenStream};
 use quote::{ToTokens, format_ident, quote};
 
-use super::{Module, model_params, sanitize, split_arena};
+use super::{InputForm, Module, model_params, sanitize, split_arena};
 use crate::ir::{Conv2d, ModelFile, Op, ValueShapes};
 use crate::nodes::{depthwise_layout, lit, stem_layout};
 use crate::plan::{Buffer, Plan, Step, plan_memory};
@@ -51,10 +53,6 @@ impl Ty {
 
 /// What one step computes, with the constants it needs.
 enum Call<'a> {
-    Quantize {
-        inv_scale: f32,
-        zero_point: i32,
-    },
     Stem {
         c: &'a Conv2d,
         shape: [usize; 4],
@@ -137,33 +135,17 @@ fn fold_zero_point(p: &ConvPlan, k: usize) -> Vec<i32> {
         .collect()
 }
 
-/// Lowers the graph to int8 kernel calls (one per op, plus the input quantization).
+/// Lowers the graph to int8 kernel calls, one per op. They read the int8
+/// copy of the model input; the quantization that makes it is written with
+/// the input (`input_value`, `run`), not a step of the memory plan.
 fn lower<'a>(
     model: &'a ModelFile,
     shapes: &ValueShapes,
     plan: &'a QuantPlan,
 ) -> Result<Vec<Node<'a>>, CodegenError> {
     let g = &model.graph;
-    let in_len: usize = shapes[&g.input.name].iter().product();
     let q_in = quantized_input(g);
-    let mut nodes = vec![Node {
-        name: q_in.clone(),
-        kernel: "int8::quantize",
-        step: Step {
-            name: q_in.clone(),
-            inputs: vec![g.input.name.clone()],
-            output: q_in.clone(),
-            output_len: in_len,
-            in_place: false,
-            scratch_len: 0,
-        },
-        out_ty: Ty::I8,
-        macs: 0,
-        call: Call::Quantize {
-            inv_scale: plan.input_inv_scale,
-            zero_point: plan.input.zero_point,
-        },
-    }];
+    let mut nodes = Vec::with_capacity(g.ops.len());
     // Reads of the model input are reads of its int8 copy.
     let src = |v: &str| -> String {
         if v == g.input.name {
@@ -379,17 +361,6 @@ fn render(
 ) -> TokenStream {
     let k8 = quote!(#rt::kernels::int8);
     match &node.call {
-        Call::Quantize {
-            inv_scale,
-            zero_point,
-        } => {
-            let (x, inv, z) = (
-                &inputs[0],
-                Literal::f32_suffixed(*inv_scale),
-                int(i64::from(*zero_point)),
-            );
-            quote!(#k8::quantize(#x, #inv, #z, #out);)
-        }
         Call::Stem { c, shape, p } => {
             let [ih, iw, oh, ow] = shape.map(lit);
             let (cin, cout, kh, kw) = (c.in_channels, c.out_channels, c.kernel[0], c.kernel[1]);
@@ -559,16 +530,14 @@ pub(crate) fn generate(
     let nodes = lower(model, shapes, qplan)?;
     let steps: Vec<Step> = nodes.iter().map(|n| n.step.clone()).collect();
     let input_len: usize = shapes[&g.input.name].iter().product();
-    let live = plan_memory(
-        (&g.input.name, 4 * input_len),
-        &steps,
-        &g.output,
-        ALIGN_BYTES,
-    );
+    // The plan starts at the int8 input: the f32 input is the caller's, quantized as it is
+    // written (`input_value`, `run`), so it never takes arena space.
+    let q_in = quantized_input(g);
+    let live = plan_memory((&q_in, input_len), &steps, &g.output, ALIGN_BYTES);
     let (words, word_buffers) = word_plan(&live.plan, &live.buffers);
-    // The element type of every buffer: the input is f32, scratch i32, the rest what its step writes.
+    // The element type of every buffer: the input is int8, scratch i32, the rest what its
+    // step writes.
     let mut ty = vec![Ty::I8; live.buffers.len()];
-    ty[live.input] = Ty::F32;
     for (node, sb) in nodes.iter().zip(&live.steps) {
         ty[sb.output] = node.out_ty;
         if let Some(s) = sb.scratch {
@@ -579,8 +548,15 @@ pub(crate) fn generate(
     let mut blob: Vec<i8> = Vec::new();
     let mut layer_fns = TokenStream::new();
     let mut calls = TokenStream::new();
-    let mut layers = Vec::new();
-    for (i, (node, sb)) in nodes.iter().zip(&live.steps).enumerate() {
+    // The quantization is the first layer of the report and of `LAYERS`; the layer
+    // functions are numbered by their place there.
+    let mut layers = vec![LayerReport {
+        name: q_in.clone(),
+        kernel: "int8::quantize",
+        output_len: input_len,
+        macs: 0,
+    }];
+    for (i, (node, sb)) in (1usize..).zip(nodes.iter().zip(&live.steps)) {
         let mut wanted: Vec<usize> = sb.inputs.clone();
         wanted.push(sb.output);
         wanted.extend(sb.scratch);
@@ -665,8 +641,9 @@ pub(crate) fn generate(
         rt: &rt,
         arena_doc: format!(
             "Arena length in `f32` words ({} bytes): the static memory plan of every activation \
-             and kernel scratch buffer of this int8 model, counted in bytes (int8 activations, \
-             `f32` input and logits, `i32` scratch). The peak-live lower bound is {} words \
+             and kernel scratch buffer of this int8 model, counted in bytes (the int8 input, \
+             int8 activations, `i32` scratch, `f32` logits; the `f32` input is quantized as it \
+             is written and never stored). The peak-live lower bound is {} words \
              (`PEAK_LIVE_LEN`).",
             words.total * 4,
             words.peak_live
@@ -675,12 +652,17 @@ pub(crate) fn generate(
         peak_live_len: words.peak_live,
         input_offset: words.offsets[live.input],
         output_offset: words.offsets[live.output],
+        input: InputForm::I8 {
+            inv_scale: qplan.input_inv_scale,
+            zero_point: qplan.input.zero_point,
+        },
         weight_ty: quote!(i8),
         weights_len: blob_bytes.len(),
         weights_len_doc: "Length of the embedded int8 weights in bytes.",
-        forward_doc: "Runs the network on the `f32` input stored at \
-                      `arena[INPUT_OFFSET..][..INPUT_LEN]` (quantizing it is the first step), \
-                      leaving the `f32` logits at `arena[OUTPUT_OFFSET..][..NUM_CLASSES]`.",
+        forward_doc: "Runs the network on the int8 input stored at \
+                      `arena[INPUT_OFFSET..]` (`INPUT_LEN` bytes, written through \
+                      [`input_mut`] and [`input_value`]), leaving the `f32` logits at \
+                      `arena[OUTPUT_OFFSET..][..NUM_CLASSES]`.",
         header: format!("an int8 model with {} ops", g.ops.len()),
         layer_fns,
         calls,

@@ -177,6 +177,7 @@ pub(crate) fn generate(
         peak_live_len: plan.peak_live,
         input_offset: plan.offsets[live.input],
         output_offset: plan.offsets[live.output],
+        input: InputForm::F32,
         weight_ty: quote!(f32),
         weights_len: blob.len(),
         weights_len_doc: "Length of the embedded weights in `f32`, packed for the kernels.",
@@ -214,6 +215,97 @@ pub(super) fn runtime_path(opts: &GenOptions) -> Result<TokenStream, CodegenErro
         .to_token_stream())
 }
 
+/// How a generated module keeps its input in the arena.
+pub(super) enum InputForm {
+    /// The normalized `f32` input itself.
+    F32,
+    /// Its int8 quantization (`kernels::int8::quantize_one` with these
+    /// parameters), written straight by the caller: the `f32` image never
+    /// takes arena space.
+    I8 {
+        /// `1 / scale` of the input.
+        inv_scale: f32,
+        /// The input's zero point.
+        zero_point: i32,
+    },
+}
+
+impl InputForm {
+    /// The items that store an input value (`InputElem`, `input_value`,
+    /// `input_mut`) and `run`'s statement that stores a whole `f32` input.
+    fn tokens(&self, rt: &TokenStream) -> (TokenStream, TokenStream) {
+        let input_mut_doc = "The model input region of the arena, for writing a preprocessed \
+                             image into (each value through [`input_value`]).";
+        match *self {
+            InputForm::F32 => (
+                quote! {
+                    /// The element type of the model input in the arena.
+                    pub type InputElem = f32;
+
+                    /// A normalized input value as the arena stores it: itself.
+                    #[inline(always)]
+                    pub fn input_value(v: f32) -> f32 {
+                        v
+                    }
+
+                    #[doc = #input_mut_doc]
+                    pub fn input_mut(arena: &mut [f32; ARENA_LEN]) -> &mut [f32] {
+                        &mut arena[INPUT_OFFSET..INPUT_OFFSET + INPUT_LEN]
+                    }
+                },
+                quote!(input_mut(arena).copy_from_slice(input);),
+            ),
+            InputForm::I8 {
+                inv_scale,
+                zero_point,
+            } => {
+                let inv = proc_macro2::Literal::f32_suffixed(inv_scale);
+                let z_abs = proc_macro2::Literal::u32_unsuffixed(zero_point.unsigned_abs());
+                let z = if zero_point < 0 {
+                    quote!(-#z_abs)
+                } else {
+                    quote!(#z_abs)
+                };
+                (
+                    quote! {
+                        /// `1 / scale` of the int8 model input.
+                        pub const INPUT_INV_SCALE: f32 = #inv;
+                        /// Zero point of the int8 model input.
+                        pub const INPUT_ZERO_POINT: i32 = #z;
+
+                        /// The element type of the model input in the arena: the network's
+                        /// first step is the quantization of its `f32` input, done as the
+                        /// input is written, so the `f32` image never takes arena space.
+                        pub type InputElem = i8;
+
+                        /// A normalized input value as the arena stores it: quantized
+                        /// exactly as [`run`] quantizes a whole input.
+                        #[inline(always)]
+                        pub fn input_value(v: f32) -> i8 {
+                            #rt::kernels::int8::quantize_one(v, INPUT_INV_SCALE, INPUT_ZERO_POINT)
+                        }
+
+                        #[doc = #input_mut_doc]
+                        pub fn input_mut(arena: &mut [f32; ARENA_LEN]) -> &mut [i8] {
+                            &mut #rt::__codegen::bytemuck::cast_slice_mut::<f32, i8>(
+                                &mut arena[INPUT_OFFSET..],
+                            )[..INPUT_LEN]
+                        }
+                    },
+                    quote! {
+                        #rt::kernels::int8::quantize(
+                            input,
+                            INPUT_INV_SCALE,
+                            INPUT_ZERO_POINT,
+                            input_mut(arena),
+                        );
+                    },
+                )
+            }
+        }
+    }
+}
+
 /// What a generated module's float and int8 forms differ in; [`Module::render`]
 /// writes everything else (constants, the aligned weight blob, `forward`,
 /// `logits`, `input_mut`, `run`) once for both.
@@ -230,6 +322,8 @@ pub(super) struct Module<'a> {
     pub input_offset: usize,
     /// `OUTPUT_OFFSET`, in `f32` words.
     pub output_offset: usize,
+    /// How the network input is stored in the arena.
+    pub input: InputForm,
     /// The element type `weights()` returns (`f32` or `i8`).
     pub weight_ty: TokenStream,
     /// `WEIGHTS_LEN`, in elements of `weight_ty`.
@@ -263,6 +357,7 @@ impl Module<'_> {
             peak_live_len,
             input_offset,
             output_offset,
+            input,
             weight_ty,
             weights_len,
             weights_len_doc,
@@ -290,6 +385,7 @@ impl Module<'_> {
             quote!((#name, #kernel))
         });
         let weights_doc = format!("The embedded weights as `{weight_ty}`, without copying.");
+        let (input_items, write_input) = input.tokens(rt);
         let tokens = quote! {
             #[cfg(target_endian = "big")]
             ::core::compile_error!("the embedded weights are little-endian");
@@ -335,14 +431,11 @@ impl Module<'_> {
                 out
             }
 
-            /// The model input region of the arena, for writing a preprocessed image into.
-            pub fn input_mut(arena: &mut [f32; ARENA_LEN]) -> &mut [f32] {
-                &mut arena[INPUT_OFFSET..INPUT_OFFSET + INPUT_LEN]
-            }
+            #input_items
 
             /// Runs the network on `input` (planar CHW, normalized) and returns the logits.
             pub fn run(input: &[f32; INPUT_LEN], arena: &mut [f32; ARENA_LEN]) -> [f32; NUM_CLASSES] {
-                input_mut(arena).copy_from_slice(input);
+                #write_input
                 forward(arena);
                 logits(arena)
             }

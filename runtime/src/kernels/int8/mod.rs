@@ -50,7 +50,7 @@ pub use depthwise::{DepthwiseShape, depthwise};
 pub use linear::{linear, linear_logits};
 pub use pointwise::{PointwiseShape, pointwise};
 pub use pool::global_avg_pool;
-pub use quantize::quantize;
+pub use quantize::{quantize, quantize_one};
 pub use squeeze_excite::{SeParams, SeShape, squeeze_excite};
 
 use super::requant;

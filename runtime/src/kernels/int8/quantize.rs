@@ -32,16 +32,24 @@ const ROUND_MAGIC: f32 = 12_582_912.0;
 pub fn portable(input: &[f32], inv_scale: f32, zero_point: i32, out: &mut [i8]) {
     debug_assert_eq!(input.len(), out.len());
     for (o, &x) in out.iter_mut().zip(input) {
-        let v = x * inv_scale;
-        // f32::clamp passes NaN through; the rule maps it to real 0.
-        let v = if v.is_nan() {
-            0.0
-        } else {
-            v.clamp(-1024.0, 1024.0)
-        };
-        // An integer in [-1024, 1024], so the conversion is exact.
-        let q = ((v + ROUND_MAGIC) - ROUND_MAGIC) as i32;
-        // The oracle adds in i64; saturating in i32 gives the same clamp.
-        *o = zero_point.saturating_add(q).clamp(-128, 127) as i8;
+        *o = quantize_one(x, inv_scale, zero_point);
     }
+}
+
+/// One value by the rule of [`portable`]: what a preprocessing loop calls to
+/// write an int8 model's input pixel by pixel (the generated
+/// `input_value`), with the same bits as quantizing the whole `f32` input.
+#[inline(always)]
+pub fn quantize_one(x: f32, inv_scale: f32, zero_point: i32) -> i8 {
+    let v = x * inv_scale;
+    // f32::clamp passes NaN through; the rule maps it to real 0.
+    let v = if v.is_nan() {
+        0.0
+    } else {
+        v.clamp(-1024.0, 1024.0)
+    };
+    // An integer in [-1024, 1024], so the conversion is exact.
+    let q = ((v + ROUND_MAGIC) - ROUND_MAGIC) as i32;
+    // The oracle adds in i64; saturating in i32 gives the same clamp.
+    zero_point.saturating_add(q).clamp(-128, 127) as i8
 }
