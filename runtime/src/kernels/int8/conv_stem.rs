@@ -1,7 +1,7 @@
 //! Dense kxk int8 convolution from the planar (CHW) quantized model input to
 //! HWC, used only for the first layer (3 input channels).
 
-use super::window::{TapMac, Window, array, for_each_output, product};
+use super::window::{Blocks, TapMac, Window, array, for_each_output, pixel_chunks, product};
 use super::{CHUNK, Epilogue};
 use crate::kernels::requant::{Dispatch, Row};
 use core::ops::Range;
@@ -157,30 +157,32 @@ unsafe fn patched<R: Row>(
                     }
                 }
             }
-            let patch = &patch[..k];
             let o = (oy * s.ow + ox) * cout;
-            for c0 in (0..cout).step_by(CHUNK) {
-                let n = CHUNK.min(cout - c0);
-                let mut i = 0;
-                while i + 16 <= n {
-                    patch_block::<16>(&mut acc[i..], &bias[c0 + i..], c0 + i, cout, w, patch);
-                    i += 16;
-                }
-                if i + 8 <= n {
-                    patch_block::<8>(&mut acc[i..], &bias[c0 + i..], c0 + i, cout, w, patch);
-                    i += 8;
-                }
-                while i < n {
-                    patch_block::<1>(&mut acc[i..], &bias[c0 + i..], c0 + i, cout, w, patch);
-                    i += 1;
-                }
-                // SAFETY: R's features are the caller's contract.
-                unsafe {
-                    e.slice(c0..c0 + n)
-                        .apply_with::<R>(&acc[..n], &mut out[o + c0..o + c0 + n])
-                };
-            }
+            let blocks = PatchBlocks {
+                cout,
+                w,
+                patch: &patch[..k],
+            };
+            // SAFETY: R's features are the caller's contract.
+            unsafe {
+                pixel_chunks::<R, _>(cout, bias, e, &mut acc, &mut out[o..o + cout], &blocks)
+            };
         }
+    }
+}
+
+/// The blocks of one output pixel of the patch path: its gathered window
+/// `patch` against the weights `w` (`[k][cout]`).
+struct PatchBlocks<'a> {
+    cout: usize,
+    w: &'a [i8],
+    patch: &'a [i16],
+}
+
+impl Blocks for PatchBlocks<'_> {
+    #[inline(always)]
+    fn block<const L: usize>(&self, acc: &mut [i32], bias: &[i32], c: usize) {
+        patch_block::<L>(acc, bias, c, self.cout, self.w, self.patch);
     }
 }
 

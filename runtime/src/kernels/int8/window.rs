@@ -1,12 +1,14 @@
 //! The output walk shared by the int8 window kernels ([`conv_stem`] and
 //! [`depthwise`]): every output pixel, its output channels in chunks of
 //! [`CHUNK`], each chunk in register blocks of 16 and 8 channels (then one
-//! by one), the in-bounds taps of the window for each block, then the
-//! epilogue on the chunk.
+//! by one: [`pixel_chunks`]), the in-bounds taps of the window for each
+//! block, then the epilogue on the chunk.
 //!
 //! Only the innermost step differs between the two kernels (how one tap adds
 //! to a block of accumulators: [`TapMac`]), so everything around it,
-//! including which taps fall in the padding, lives here once.
+//! including which taps fall in the padding, lives here once. The stem's
+//! gathered-patch path fills its blocks another way ([`Blocks`]) and shares
+//! the per-pixel chunk walk.
 //!
 //! A block's accumulators are a local `[i32; L]` that stays in vector
 //! registers across all of its taps and is stored once; accumulating the
@@ -67,6 +69,54 @@ struct Taps {
     x0: usize,
 }
 
+/// How one output pixel's accumulators are filled, a register block of `L`
+/// output channels at a time: what [`pixel_chunks`] calls for every block.
+pub(crate) trait Blocks {
+    /// `acc[..L] = bias[..L] + ` this pixel's sum for output channels
+    /// `c..c + L`, wrapping.
+    fn block<const L: usize>(&self, acc: &mut [i32], bias: &[i32], c: usize);
+}
+
+/// One output pixel: its `cout` channels in chunks of [`CHUNK`], each chunk
+/// in register blocks of 16 and 8 channels (then one by one) from `b`, then
+/// the epilogue `e` maps the chunk through the row function `R` into `out`
+/// (the pixel's `cout` values). The one output walk of both window kernels,
+/// whatever fills the blocks.
+///
+/// # Safety
+/// `R`'s CPU features are present.
+#[inline(always)]
+pub(crate) unsafe fn pixel_chunks<R: Row, B: Blocks>(
+    cout: usize,
+    bias: &[i32],
+    e: Epilogue<'_>,
+    acc: &mut [i32; CHUNK],
+    out: &mut [i8],
+    b: &B,
+) {
+    for c0 in (0..cout).step_by(CHUNK) {
+        let n = CHUNK.min(cout - c0);
+        let mut i = 0;
+        while i + 16 <= n {
+            b.block::<16>(&mut acc[i..], &bias[c0 + i..], c0 + i);
+            i += 16;
+        }
+        if i + 8 <= n {
+            b.block::<8>(&mut acc[i..], &bias[c0 + i..], c0 + i);
+            i += 8;
+        }
+        while i < n {
+            b.block::<1>(&mut acc[i..], &bias[c0 + i..], c0 + i);
+            i += 1;
+        }
+        // SAFETY: R's features are the caller's contract.
+        unsafe {
+            e.slice(c0..c0 + n)
+                .apply_with::<R>(&acc[..n], &mut out[c0..c0 + n])
+        };
+    }
+}
+
 /// Computes `out` (`[oh][ow][cout]`, HWC): for every output pixel and every
 /// chunk of output channels starting at `c0`, the accumulators start at
 /// `bias[c0..]`, `m` adds each tap inside the input (taps in the padding add
@@ -102,54 +152,44 @@ pub(crate) unsafe fn for_each_output<R: Row, M: TapMac>(
                 x0: ox * win.stride,
             };
             let o = (oy * win.ow + ox) * cout;
-            for c0 in (0..cout).step_by(CHUNK) {
-                let n = CHUNK.min(cout - c0);
-                let mut i = 0;
-                while i + 16 <= n {
-                    block::<16, M>(&mut acc[i..], &bias[c0 + i..], c0 + i, taps, win.pad, m);
-                    i += 16;
-                }
-                if i + 8 <= n {
-                    block::<8, M>(&mut acc[i..], &bias[c0 + i..], c0 + i, taps, win.pad, m);
-                    i += 8;
-                }
-                while i < n {
-                    block::<1, M>(&mut acc[i..], &bias[c0 + i..], c0 + i, taps, win.pad, m);
-                    i += 1;
-                }
-                // SAFETY: R's features are the caller's contract.
-                unsafe {
-                    e.slice(c0..c0 + n)
-                        .apply_with::<R>(&acc[..n], &mut out[o + c0..o + c0 + n])
-                };
-            }
+            let blocks = WindowBlocks {
+                taps,
+                pad: win.pad,
+                m,
+            };
+            // SAFETY: R's features are the caller's contract.
+            unsafe {
+                pixel_chunks::<R, _>(cout, bias, e, &mut acc, &mut out[o..o + cout], &blocks)
+            };
         }
     }
 }
 
-/// `acc[..L] = bias[..L] + ` every in-bounds tap of `taps` for output
-/// channels `c..c + L`, accumulated in a register block.
-#[inline(always)]
-fn block<const L: usize, M: TapMac>(
-    acc: &mut [i32],
-    bias: &[i32],
-    c: usize,
+/// The blocks of one output pixel of a window kernel: every in-bounds kernel
+/// row of `taps` through `m`.
+struct WindowBlocks<'a, M> {
     taps: Taps,
     pad: usize,
-    m: &M,
-) {
-    let mut r: [i32; L] = match bias[..L].try_into() {
-        Ok(r) => r,
-        Err(_) => unreachable!("a slice of L values is an [i32; L]"),
-    };
-    if taps.kx0 < taps.kx1 {
-        let ix0 = taps.x0 + taps.kx0 - pad;
-        for ky in taps.ky0..taps.ky1 {
-            let iy = taps.y0 + ky - pad;
-            m.row::<L>(&mut r, c, ky, taps.kx0..taps.kx1, iy, ix0);
+    m: &'a M,
+}
+
+impl<M: TapMac> Blocks for WindowBlocks<'_, M> {
+    #[inline(always)]
+    fn block<const L: usize>(&self, acc: &mut [i32], bias: &[i32], c: usize) {
+        let (taps, pad) = (self.taps, self.pad);
+        let mut r: [i32; L] = match bias[..L].try_into() {
+            Ok(r) => r,
+            Err(_) => unreachable!("a slice of L values is an [i32; L]"),
+        };
+        if taps.kx0 < taps.kx1 {
+            let ix0 = taps.x0 + taps.kx0 - pad;
+            for ky in taps.ky0..taps.ky1 {
+                let iy = taps.y0 + ky - pad;
+                self.m.row::<L>(&mut r, c, ky, taps.kx0..taps.kx1, iy, ix0);
+            }
         }
+        acc[..L].copy_from_slice(&r);
     }
-    acc[..L].copy_from_slice(&r);
 }
 
 /// `w * v` for an int8 weight and a 16-bit input offset `v` in
