@@ -260,6 +260,28 @@ fn quantize_rounds_ties_to_even_and_saturates() {
         int8::quantize(&xs[i..=i], inv, zp, &mut out);
         assert_eq!(out[0], want, "quantize({x}, {inv}, {zp})");
         assert_eq!(quantize_ref(x, inv, zp), want, "reference({x})");
+        assert_eq!(int8::quantize_one(x, inv, zp), want, "quantize_one({x})");
+        // The same value in every lane of the vector variants, and in their tails.
+        let mut out = [0i8; 37];
+        int8::quantize(&[x; 37], inv, zp, &mut out);
+        assert_eq!(out, [want; 37], "quantize([{x}; 37], {inv}, {zp})");
+    }
+    // Zero points outside int8 (no model file has one, the rule still defines them): the
+    // clamp to [-1024, 1024] comes before the zero point.
+    for (x, zp) in [
+        (-2000.0, 1100),
+        (2000.0, -1100),
+        (0.0, 5000),
+        (-1e30, 1100),
+        (f32::NAN, 999),
+    ] {
+        let mut out = [0i8; 19];
+        int8::quantize(&[x; 19], inv, zp, &mut out);
+        assert_eq!(
+            out,
+            [quantize_ref(x, inv, zp); 19],
+            "quantize({x}, zero point {zp})"
+        );
     }
     // docs/int8.md's examples: 0.5 * 2 = 1, 1.25 * 2 = 2.5 -> 2.
     let mut out = [0i8; 2];

@@ -1,9 +1,13 @@
 //! Quantization of the model's `f32` input to int8: the first step of an
 //! int8 model.
 
-/// The variant every target uses for now: [`portable`] (vector variants will
-/// keep its signature).
+/// The variant this target uses: [`portable`].
+#[cfg(not(target_arch = "aarch64"))]
 pub use portable as quantize;
+
+/// The variant this target uses: [`neon::quantize`].
+#[cfg(target_arch = "aarch64")]
+pub use neon::quantize;
 
 /// `1.5 * 2^23`: adding it to an `f32` of magnitude at most `2^22` leaves a
 /// sum in `[2^23, 2^24)`, where the spacing of `f32` values is exactly 1, so
@@ -52,4 +56,44 @@ pub fn quantize_one(x: f32, inv_scale: f32, zero_point: i32) -> i8 {
     let q = ((v + ROUND_MAGIC) - ROUND_MAGIC) as i32;
     // The oracle adds in i64; saturating in i32 gives the same clamp.
     zero_point.saturating_add(q).clamp(-128, 127) as i8
+}
+
+/// aarch64: 16 values per step with FCVTNS, which rounds to nearest with
+/// ties to even (the rule's rounding), saturates, and maps NaN to 0 (the
+/// rule's NaN), followed by saturating narrows and a saturating add of the
+/// zero point. The rule's clamp to `[-1024, 1024]` needs no instruction:
+/// beyond it the int8 result saturates either way, for any zero point in
+/// `[-128, 127]`; any other zero point takes [`portable`].
+#[cfg(target_arch = "aarch64")]
+pub mod neon {
+    use core::arch::aarch64::*;
+
+    /// NEON input quantization with the contract (and the bits) of
+    /// [`super::portable`].
+    #[inline]
+    pub fn quantize(input: &[f32], inv_scale: f32, zero_point: i32, out: &mut [i8]) {
+        debug_assert_eq!(input.len(), out.len());
+        let n = input.len().min(out.len());
+        if !(-128..=127).contains(&zero_point) {
+            return super::portable(&input[..n], inv_scale, zero_point, &mut out[..n]);
+        }
+        let mut i = 0;
+        // SAFETY: every load reads input[i..i + 16] and every store writes
+        // out[i..i + 16], with i + 16 <= n <= both lengths; NEON is part of
+        // every aarch64 target.
+        unsafe {
+            let inv = vdupq_n_f32(inv_scale);
+            let z = vdupq_n_s16(zero_point as i16);
+            while i + 16 <= n {
+                let p = input.as_ptr().add(i);
+                let q = |k: usize| vcvtnq_s32_f32(vmulq_f32(vld1q_f32(p.add(4 * k)), inv));
+                let lo = vqmovn_high_s32(vqmovn_s32(q(0)), q(1));
+                let hi = vqmovn_high_s32(vqmovn_s32(q(2)), q(3));
+                let (lo, hi) = (vqaddq_s16(lo, z), vqaddq_s16(hi, z));
+                vst1q_s8(out.as_mut_ptr().add(i), vqmovn_high_s16(vqmovn_s16(lo), hi));
+                i += 16;
+            }
+        }
+        super::portable(&input[i..n], inv_scale, zero_point, &mut out[i..n]);
+    }
 }
