@@ -232,6 +232,13 @@ enum Flavor {
     /// `m = 2^30`, `s = 31 + j`, `acc = (2k + 1) * 2^j`: every element an
     /// exact tie.
     Ties,
+    /// As `Targeted`, with every shift in `[32, 62]` (as in conv layers),
+    /// which vector variants may compute in 32-bit lanes.
+    WideShifts,
+    /// Exact ties with every shift in `[32, 54]`: `m = 2^30` and
+    /// accumulators that make `x * m` an odd multiple of `2^(s - 1)`, or
+    /// one off it.
+    WideTies,
 }
 
 struct Row {
@@ -261,6 +268,23 @@ fn random_row(rng: &mut Lcg, len: usize, flavor: Flavor) -> Row {
                 let x = (y << s) / m as i128 + rng.range(-2, 2) as i128;
                 x.clamp(i32::MIN as i128, i32::MAX as i128) as i32
             }
+            Flavor::WideShifts => {
+                s = match rng.range(0, 3) {
+                    0 => rng.range(32, 62) as u8,
+                    _ => rng.range(32, 47) as u8,
+                };
+                let y = rng.range(-300, 300) as i128;
+                let x = (y << s) / m as i128 + rng.range(-2, 2) as i128;
+                x.clamp(i32::MIN as i128, i32::MAX as i128) as i32
+            }
+            Flavor::WideTies => {
+                // x * 2^30 = (2k + 1) * 2^(s - 1) for x = (2k + 1) * 2^(s - 31),
+                // then nudged by -1, 0 or +1 (m = 2^30 keeps it a tie when not nudged).
+                let j = rng.range(1, 24) as u32;
+                (m, s) = (M_MIN, 31 + j as u8);
+                let kmax = ((1i64 << (30 - j)) - 1).min(200);
+                (((rng.range(-kmax, kmax) * 2 + 1) << j) + rng.range(-1, 1)) as i32
+            }
             Flavor::Ties => {
                 let j = rng.range(0, 24) as u32;
                 (m, s) = (M_MIN, 31 + j as u8);
@@ -281,11 +305,18 @@ fn random_row(rng: &mut Lcg, len: usize, flavor: Flavor) -> Row {
 #[test]
 fn requant_i8_variants_match_reference() {
     const LENS: [usize; 12] = [0, 1, 3, 7, 9, 33, 8, 16, 5, 57, 96, 250];
-    const FLAVORS: [Flavor; 4] = [Flavor::Full, Flavor::Small, Flavor::Targeted, Flavor::Ties];
+    const FLAVORS: [Flavor; 6] = [
+        Flavor::Full,
+        Flavor::Small,
+        Flavor::Targeted,
+        Flavor::Ties,
+        Flavor::WideShifts,
+        Flavor::WideTies,
+    ];
     let variants = requant_i8_variants();
     let mut rng = Lcg(4);
     let (mut elements, mut rows, mut in_range) = (0, 0, 0);
-    while elements < 10_000 {
+    while elements < 15_000 {
         let len = LENS[rows % LENS.len()];
         let flavor = FLAVORS[(rows / LENS.len()) % FLAVORS.len()];
         let row = random_row(&mut rng, len, flavor);

@@ -128,16 +128,34 @@ pub mod neon {
             let zp = vdupq_n_s32(zero_point);
             let lo = vdupq_n_s32(min as i32);
             let hi = vdupq_n_s32(max as i32);
+            let thirty_one = vdup_n_u8(31);
             while i + 8 <= len {
-                // Negated shifts: SRSHL shifts right for negative counts and
-                // reads only the low byte of each 64-bit count.
-                let ns = vmovl_s8(vneg_s8(vreinterpret_s8_u8(vld1_u8(shift.as_ptr().add(i)))));
-                let a = quad(acc.as_ptr().add(i), mult.as_ptr().add(i), vget_low_s16(ns));
-                let b = quad(
-                    acc.as_ptr().add(i + 4),
-                    mult.as_ptr().add(i + 4),
-                    vget_high_s16(ns),
-                );
+                let s8 = vld1_u8(shift.as_ptr().add(i));
+                let (a, b) = if vminv_u8(s8) > 31 {
+                    // Every shift above 31 (every conv layer of the shipped
+                    // models): the 32-bit form, see `high_quad`.
+                    let t = vmovl_s8(vreinterpret_s8_u8(vsub_u8(thirty_one, s8)));
+                    (
+                        high_quad(acc.as_ptr().add(i), mult.as_ptr().add(i), vget_low_s16(t)),
+                        high_quad(
+                            acc.as_ptr().add(i + 4),
+                            mult.as_ptr().add(i + 4),
+                            vget_high_s16(t),
+                        ),
+                    )
+                } else {
+                    // Negated shifts: SRSHL shifts right for negative counts
+                    // and reads only the low byte of each 64-bit count.
+                    let ns = vmovl_s8(vneg_s8(vreinterpret_s8_u8(s8)));
+                    (
+                        quad(acc.as_ptr().add(i), mult.as_ptr().add(i), vget_low_s16(ns)),
+                        quad(
+                            acc.as_ptr().add(i + 4),
+                            mult.as_ptr().add(i + 4),
+                            vget_high_s16(ns),
+                        ),
+                    )
+                };
                 let (mut a, mut b) = (vqaddq_s32(a, zp), vqaddq_s32(b, zp));
                 // The saturating narrows below already clamp to [-128, 127]:
                 // only tighter bounds (a fused ReLU's) need their own step.
@@ -161,6 +179,32 @@ pub mod neon {
             max,
             &mut out[i..],
         );
+    }
+
+    /// The rule on four lanes whose shifts `s` all exceed 31, in 32-bit
+    /// lanes; `t` holds `31 - s` (negative).
+    ///
+    /// SQDMULH gives `q = floor(x * m / 2^31)` (it saturates only for two
+    /// `i32::MIN` operands, and `m >= 2^30`), and SRSHL by `31 - s` gives
+    /// `floor((q + 2^(s - 32)) / 2^(s - 31))` without intermediate overflow.
+    /// That is the rule's `floor((x * m + 2^(s - 1)) / 2^s)`: with
+    /// `x * m = q * 2^31 + r`, `0 <= r < 2^31`, the rule's quotient is
+    /// `(N + r / 2^31) / 2^(s - 31)` for the integer `N = q + 2^(s - 32)`, and
+    /// adding a fraction below 1 to an integer numerator never moves the
+    /// floor of a division by a power of two. The result needs no
+    /// saturation (`|x * m| < 2^62`). Two instructions a lane pair instead
+    /// of the 64-bit products and shifts of [`quad`].
+    ///
+    /// # Safety
+    /// `acc` and `mult` point at four readable values each.
+    #[inline(always)]
+    unsafe fn high_quad(acc: *const i32, mult: *const i32, t: int16x4_t) -> int32x4_t {
+        // SAFETY: the caller guarantees four values behind each pointer; the
+        // rest is register-only NEON (aarch64 baseline).
+        unsafe {
+            let q = vqdmulhq_s32(vld1q_s32(acc), vld1q_s32(mult));
+            vrshlq_s32(q, vmovl_s16(t))
+        }
     }
 
     /// `saturate_i32((x * m + 2^(s - 1)) >> s)` on four lanes; `ns` holds the
