@@ -128,6 +128,9 @@ struct Epi {
     kind: Kind,
     mult: Vec<i32>,
     shift: Vec<u8>,
+    /// `31 - shift`, given to the epilogue (as codegen does when every shift exceeds 31) in
+    /// about half the cases, so kernels are checked with both forms of the shifts.
+    high_shift: Option<Vec<i32>>,
     zero_point: i32,
     table: Box<[i8; 256]>,
 }
@@ -147,7 +150,7 @@ impl Epi {
     /// Multipliers for channels whose accumulators reach `max[c]` in
     /// magnitude: `max[c]` maps to 60..200 output steps.
     fn new(rng: &mut Rng, kind: Kind, max: &[i64]) -> Self {
-        let (mult, shift) = max
+        let (mult, shift): (Vec<i32>, Vec<u8>) = max
             .iter()
             .map(|&mx| {
                 let m = from_real(rng.real(60.0, 200.0) / mx.max(1) as f64);
@@ -164,16 +167,27 @@ impl Epi {
             Kind::Relu => rng.range(-128, 0) as i32,
             _ => rng.zp(),
         };
+        let high = shift.iter().all(|&s| s > 31) && rng.range(0, 1) == 1;
+        let high_shift = high.then(|| shift.iter().map(|&s| 31 - i32::from(s)).collect());
         Self {
             kind,
             mult,
             shift,
+            high_shift,
             zero_point,
             table,
         }
     }
 
     fn get(&self) -> Epilogue<'_> {
+        let e = self.get_plain();
+        match &self.high_shift {
+            Some(t) => e.with_high_shifts(t),
+            None => e,
+        }
+    }
+
+    fn get_plain(&self) -> Epilogue<'_> {
         match self.kind {
             Kind::None | Kind::Relu => Epilogue::requant(
                 &self.mult,
@@ -731,6 +745,26 @@ fn epilogue_rounding_relu_floor_and_hardswish_index() {
     let mut o1 = [0i8; 1];
     e.slice(1..2).apply(&[-10], &mut o1);
     assert_eq!(o1, [-2]); // -2.5 -> -2
+    // The second form of shifts above 31 (`31 - s`) gives the same bits, also sliced, on
+    // rows long enough for the vector bodies: 0.25 has shift 32.
+    let quarter = from_real(0.25);
+    let m = vec![quarter.m; 19];
+    let sh = vec![quarter.shift; 19];
+    let t = vec![31 - i32::from(quarter.shift); 19];
+    let acc: Vec<i32> = (0..19).map(|i| i * 37 - 300).collect();
+    let (mut plain, mut high) = ([0i8; 19], [0i8; 19]);
+    Epilogue::requant(&m, &sh, 3, -128).apply(&acc, &mut plain);
+    let e = Epilogue::requant(&m, &sh, 3, -128).with_high_shifts(&t);
+    e.apply(&acc, &mut high);
+    assert_eq!(plain, high);
+    let want: Vec<i8> = acc
+        .iter()
+        .map(|&a| sat8(3 + rq(i64::from(a), m[0], sh[0])))
+        .collect();
+    assert_eq!(high.to_vec(), want);
+    let mut part = [0i8; 11];
+    e.slice(8..19).apply(&acc[8..], &mut part);
+    assert_eq!(part, high[8..]);
 }
 
 // ---------------------------------------------------------------- pool

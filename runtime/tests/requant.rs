@@ -209,6 +209,17 @@ fn requant_i8_variants() -> Vec<(&'static str, RequantFn)> {
         #[cfg(target_arch = "aarch64")]
         ("neon", kernels::requant::neon::requant_i8),
     ];
+    // The 32-bit form for rows whose shifts all exceed 31 (given `31 - s` as codegen writes
+    // it); other rows go to the plain NEON row, as the epilogue does without that form.
+    #[cfg(target_arch = "aarch64")]
+    v.push(("neon high", |a, m, s, zp, lo, hi, o| {
+        if s[..o.len()].iter().all(|&s| s > 31) {
+            let t: Vec<i32> = s.iter().map(|&s| 31 - i32::from(s)).collect();
+            kernels::requant::neon::requant_i8_high(a, m, s, &t, zp, lo, hi, o)
+        } else {
+            kernels::requant::neon::requant_i8(a, m, s, zp, lo, hi, o)
+        }
+    }));
     #[cfg(target_arch = "x86_64")]
     if kernels::has_avx2_fma() {
         // SAFETY: the CPU supports AVX2 (and FMA).

@@ -313,7 +313,7 @@ fn mult_value(rt: &TokenStream, m: Multiplier) -> TokenStream {
 
 /// The statics and the `Epilogue` expression of a conv/linear output that is int8.
 fn epilogue(rt: &TokenStream, o: &ConvOutput) -> (TokenStream, TokenStream) {
-    match o {
+    let (mut statics, e, mult) = match o {
         ConvOutput::Requant {
             mult,
             zero_point,
@@ -324,6 +324,7 @@ fn epilogue(rt: &TokenStream, o: &ConvOutput) -> (TokenStream, TokenStream) {
             (
                 statics,
                 quote!(#rt::kernels::int8::Epilogue::requant(#m, #s, #z, #min)),
+                mult,
             )
         }
         ConvOutput::Hardswish {
@@ -338,10 +339,21 @@ fn epilogue(rt: &TokenStream, o: &ConvOutput) -> (TokenStream, TokenStream) {
             (
                 statics,
                 quote!(#rt::kernels::int8::Epilogue::hardswish(#m, #s, #z, &TABLE)),
+                mult,
             )
         }
         // Lowering sends the logits to `linear_logits`; no int8 epilogue.
-        ConvOutput::Logits { .. } => (TokenStream::new(), TokenStream::new()),
+        ConvOutput::Logits { .. } => return (TokenStream::new(), TokenStream::new()),
+    };
+    // Every shift above 31: the second form of the shifts (`31 - s`), which lets the
+    // requantization run in 32-bit lanes without converting the shifts on every row.
+    if mult.iter().all(|m| m.shift > 31) {
+        let n = lit(mult.len());
+        let t = ints(&mult.iter().map(|m| 31 - m.shift as i32).collect::<Vec<_>>());
+        statics.extend(quote!(static HIGH_SHIFT: [i32; #n] = [#(#t),*];));
+        (statics, quote!(#e.with_high_shifts(&HIGH_SHIFT)))
+    } else {
+        (statics, e)
     }
 }
 

@@ -181,6 +181,73 @@ pub mod neon {
         );
     }
 
+    /// [`requant_i8`] for a row whose shifts all exceed 31, with
+    /// `high_shift[i] = 31 - shift[i]` precomputed by codegen: 8 values per
+    /// step in 32-bit lanes (SQDMULH, then SRSHL by `31 - s`: the exact form
+    /// of the rule proved at `high_quad`) with no conversion or check of the
+    /// shifts.
+    ///
+    /// # Panics
+    /// If `acc`, `mult`, `shift` or `high_shift` is shorter than `out`.
+    #[allow(clippy::too_many_arguments)] // requant_i8's, plus the second form of the shifts
+    #[inline]
+    pub fn requant_i8_high(
+        acc: &[i32],
+        mult: &[i32],
+        shift: &[u8],
+        high_shift: &[i32],
+        zero_point: i32,
+        min: i8,
+        max: i8,
+        out: &mut [i8],
+    ) {
+        let len = out.len();
+        assert!(
+            acc.len() >= len && mult.len() >= len && shift.len() >= len && high_shift.len() >= len,
+            "requant_i8_high: inputs shorter than out"
+        );
+        debug_assert!(min <= max);
+        let mut i = 0;
+        // SAFETY: i + 8 <= len and every input holds at least len values, so
+        // the 8-lane loads and the 8-byte store stay in bounds.
+        unsafe {
+            let zp = vdupq_n_s32(zero_point);
+            let lo = vdupq_n_s32(min as i32);
+            let hi = vdupq_n_s32(max as i32);
+            while i + 8 <= len {
+                let (a, m, t) = (
+                    acc.as_ptr().add(i),
+                    mult.as_ptr().add(i),
+                    high_shift.as_ptr().add(i),
+                );
+                let a0 = vrshlq_s32(vqdmulhq_s32(vld1q_s32(a), vld1q_s32(m)), vld1q_s32(t));
+                let a1 = vrshlq_s32(
+                    vqdmulhq_s32(vld1q_s32(a.add(4)), vld1q_s32(m.add(4))),
+                    vld1q_s32(t.add(4)),
+                );
+                let (mut a0, mut a1) = (vqaddq_s32(a0, zp), vqaddq_s32(a1, zp));
+                if min > i8::MIN {
+                    (a0, a1) = (vmaxq_s32(a0, lo), vmaxq_s32(a1, lo));
+                }
+                if max < i8::MAX {
+                    (a0, a1) = (vminq_s32(a0, hi), vminq_s32(a1, hi));
+                }
+                let v = vqmovn_s16(vcombine_s16(vqmovn_s32(a0), vqmovn_s32(a1)));
+                vst1_s8(out.as_mut_ptr().add(i), v);
+                i += 8;
+            }
+        }
+        portable(
+            &acc[i..len],
+            &mult[i..len],
+            &shift[i..len],
+            zero_point,
+            min,
+            max,
+            &mut out[i..],
+        );
+    }
+
     /// The rule on four lanes whose shifts `s` all exceed 31, in 32-bit
     /// lanes; `t` holds `31 - s` (negative).
     ///
@@ -390,6 +457,29 @@ pub(crate) trait Row {
         max: i8,
         out: &mut [i8],
     );
+
+    /// [`requant_i8`]'s contract for a row whose shifts all exceed 31, with
+    /// `high_shift[i] = 31 - shift[i]` given too (see
+    /// `int8::Epilogue::high_shift`); a variant uses whichever form suits it.
+    ///
+    /// # Safety
+    /// The variant's CPU features are present.
+    #[allow(clippy::too_many_arguments)] // requant_i8's, plus the second form of the shifts
+    #[inline(always)]
+    unsafe fn requant_i8_high(
+        acc: &[i32],
+        mult: &[i32],
+        shift: &[u8],
+        high_shift: &[i32],
+        zero_point: i32,
+        min: i8,
+        max: i8,
+        out: &mut [i8],
+    ) {
+        let _ = high_shift;
+        // SAFETY: the caller's contract is requant_i8's.
+        unsafe { Self::requant_i8(acc, mult, shift, zero_point, min, max, out) }
+    }
 }
 
 /// [`requant_i8`] as this target dispatches it (needs no CPU feature).
@@ -407,6 +497,21 @@ impl Row for Dispatch {
         out: &mut [i8],
     ) {
         requant_i8(acc, mult, shift, zero_point, min, max, out)
+    }
+
+    #[cfg(target_arch = "aarch64")]
+    #[inline(always)]
+    unsafe fn requant_i8_high(
+        acc: &[i32],
+        mult: &[i32],
+        shift: &[u8],
+        high_shift: &[i32],
+        zero_point: i32,
+        min: i8,
+        max: i8,
+        out: &mut [i8],
+    ) {
+        neon::requant_i8_high(acc, mult, shift, high_shift, zero_point, min, max, out)
     }
 }
 

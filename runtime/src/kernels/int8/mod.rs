@@ -69,6 +69,12 @@ pub struct Epilogue<'a> {
     pub mult: &'a [i32],
     /// Per output channel right shift, in `[1, 62]`.
     pub shift: &'a [u8],
+    /// When every shift exceeds 31 (as in every conv layer of the shipped
+    /// models): `31 - shift[c]` per channel, which codegen writes beside the
+    /// shifts, so that aarch64 requantizes in 32-bit lanes
+    /// (`requant::neon::requant_i8_high`) with no per-row conversion or
+    /// check of the shifts. The results are the same bits either way.
+    pub high_shift: Option<&'a [i32]>,
     /// What follows the rescale.
     pub activation: Activation<'a>,
 }
@@ -104,6 +110,7 @@ impl<'a> Epilogue<'a> {
         Self {
             mult,
             shift,
+            high_shift: None,
             activation: Activation::Clamp { zero_point, min },
         }
     }
@@ -120,10 +127,22 @@ impl<'a> Epilogue<'a> {
         Self {
             mult,
             shift,
+            high_shift: None,
             activation: Activation::Hardswish {
                 pre_zero_point,
                 table,
             },
+        }
+    }
+
+    /// The same epilogue with `high_shift[c] = 31 - shift[c]` given (see
+    /// [`Epilogue::high_shift`]). Every shift must exceed 31 and `high_shift`
+    /// must be exactly those values: they are two forms of one constant.
+    #[inline]
+    pub const fn with_high_shifts(self, high_shift: &'a [i32]) -> Self {
+        Self {
+            high_shift: Some(high_shift),
+            ..self
         }
     }
 
@@ -144,20 +163,28 @@ impl<'a> Epilogue<'a> {
     #[inline(always)]
     pub(crate) unsafe fn apply_with<R: requant::Row>(&self, acc: &[i32], out: &mut [i8]) {
         debug_assert_eq!(acc.len(), out.len());
+        let (zero_point, min) = match self.activation {
+            Activation::Clamp { zero_point, min } => (zero_point, min),
+            Activation::Hardswish { pre_zero_point, .. } => (pre_zero_point, -128),
+        };
         // SAFETY: R's features are the caller's contract.
         unsafe {
-            match self.activation {
-                Activation::Clamp { zero_point, min } => {
-                    R::requant_i8(acc, self.mult, self.shift, zero_point, min, 127, out)
+            match self.high_shift {
+                Some(t) => {
+                    debug_assert!(
+                        self.shift
+                            .iter()
+                            .zip(t)
+                            .all(|(&s, &t)| s > 31 && t == 31 - s as i32),
+                        "high_shift is not 31 - shift with every shift above 31"
+                    );
+                    R::requant_i8_high(acc, self.mult, self.shift, t, zero_point, min, 127, out)
                 }
-                Activation::Hardswish {
-                    pre_zero_point,
-                    table,
-                } => {
-                    R::requant_i8(acc, self.mult, self.shift, pre_zero_point, -128, 127, out);
-                    lookup(table, out);
-                }
+                None => R::requant_i8(acc, self.mult, self.shift, zero_point, min, 127, out),
             }
+        }
+        if let Activation::Hardswish { table, .. } = self.activation {
+            lookup(table, out);
         }
     }
 
@@ -168,7 +195,8 @@ impl<'a> Epilogue<'a> {
     pub fn slice(&self, range: Range<usize>) -> Epilogue<'a> {
         Epilogue {
             mult: &self.mult[range.clone()],
-            shift: &self.shift[range],
+            shift: &self.shift[range.clone()],
+            high_shift: self.high_shift.map(|t| &t[range]),
             activation: self.activation,
         }
     }
