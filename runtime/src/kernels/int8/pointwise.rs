@@ -89,13 +89,14 @@ unsafe fn drive<D: DotTile, const MR: usize, const NR: usize>(
                 // n - j0 - j rows of w from j0 + j lie inside the asserted
                 // lengths; D's features are the caller's contract.
                 unsafe {
+                    let b = &bias[j0 + j..j0 + j + cols];
                     if rows == MR && cols == NR {
-                        put(&mut acc, j, D::tile::<MR, NR>(xp, wp, k));
+                        put(&mut acc, j, D::tile::<MR, NR>(xp, wp, k), b);
                     } else {
                         for r in 0..rows {
                             for c in 0..cols {
                                 let t = D::tile::<1, 1>(xp.add(r * k), wp.add(c * k), k);
-                                acc[r][j + c] = t[0][0];
+                                acc[r][j + c] = t[0][0].wrapping_add(b[c]);
                             }
                         }
                     }
@@ -103,10 +104,7 @@ unsafe fn drive<D: DotTile, const MR: usize, const NR: usize>(
                 j += cols;
             }
             for (r, a) in acc.iter_mut().enumerate().take(rows) {
-                let a = &mut a[..m];
-                for (v, &b) in a.iter_mut().zip(&bias[j0..j0 + m]) {
-                    *v = v.wrapping_add(b);
-                }
+                let a = &a[..m];
                 let o = (p0 + r) * n + j0;
                 // SAFETY: D::Row has D's features, the caller's contract.
                 unsafe {
@@ -119,15 +117,25 @@ unsafe fn drive<D: DotTile, const MR: usize, const NR: usize>(
     }
 }
 
-/// Copies a tile's sums into the chunk accumulators at column `j`.
+/// Stores a tile's sums plus the bias of its columns (`bias`, `C` values)
+/// into the chunk accumulators at column `j`: adding the bias as the tile
+/// is stored costs one add per row of the tile, where a pass over each
+/// accumulator row cost a load, an add and a store per four outputs.
 #[inline(always)]
 fn put<const MR: usize, const R: usize, const C: usize>(
     acc: &mut [[i32; CHUNK]; MR],
     j: usize,
     t: [[i32; C]; R],
+    bias: &[i32],
 ) {
+    let bias: &[i32; C] = match bias.try_into() {
+        Ok(b) => b,
+        Err(_) => unreachable!("a tile's bias has C values"),
+    };
     for (r, row) in t.iter().enumerate() {
-        acc[r][j..j + C].copy_from_slice(row);
+        for (c, (a, &v)) in acc[r][j..j + C].iter_mut().zip(row).enumerate() {
+            *a = v.wrapping_add(bias[c]);
+        }
     }
 }
 
