@@ -427,6 +427,10 @@ fn conv_stem_matches_reference() {
         // 7 x 7 x 3 = 147 window values: more than the gathered patch
         // holds, so the tap-by-tap path.
         conv_shape(10, 9, 3, 24, 7, 7, 2, 3),
+        // Rows wide enough for aarch64's vector gather of interior windows (8 bytes from a
+        // window's first column), beside edge windows that take the scalar gather.
+        conv_shape(13, 24, 3, 16, 3, 3, 2, 1),
+        conv_shape(9, 20, 3, 8, 5, 5, 1, 2),
     ];
     for s in shapes {
         for kind in KINDS {

@@ -139,6 +139,20 @@ unsafe fn patched<R: Row>(
     let mut acc = [0i32; CHUNK];
     for oy in 0..s.oh {
         for ox in 0..s.ow {
+            #[cfg(target_arch = "aarch64")]
+            if neon::gather3(x, s, oy, ox, zx, &mut patch) {
+                let o = (oy * s.ow + ox) * cout;
+                let blocks = PatchBlocks {
+                    cout,
+                    w,
+                    patch: &patch[..k],
+                };
+                // SAFETY: R's features are the caller's contract.
+                unsafe {
+                    pixel_chunks::<R, _>(cout, bias, e, &mut acc, &mut out[o..o + cout], &blocks)
+                };
+                continue;
+            }
             let mut t = 0;
             for ky in 0..s.kh {
                 // Offsets by the padding, so that out-of-range taps wrap to
@@ -225,7 +239,60 @@ fn patch_block<const L: usize>(
 /// four bytes at a time and broadcast each patch value separately.
 #[cfg(target_arch = "aarch64")]
 mod neon {
+    use super::{ConvShape, PATCH};
     use core::arch::aarch64::*;
+
+    /// Gathers the window of output pixel (`oy`, `ox`) into `patch` as
+    /// [`super::patched`]'s scalar loop does (`x - zx` in `(ky, kx, ci)`
+    /// order), for 3 input channels and a window inside the input with 8
+    /// readable bytes from its first column: per kernel row, 8 bytes of each
+    /// channel plane, widened and offset by SSUBL, interleaved by ST3. The
+    /// lanes past `kw` land where the next kernel row's store overwrites
+    /// them, or past the patch's `kh * kw * 3` values. Returns false, having
+    /// written nothing, for any other pixel or shape.
+    #[inline(always)]
+    pub(super) fn gather3(
+        x: &[i8],
+        s: ConvShape,
+        oy: usize,
+        ox: usize,
+        zx: i16,
+        patch: &mut [i16; PATCH],
+    ) -> bool {
+        let (iy0, ix0) = (oy * s.stride, ox * s.stride);
+        let plane = s.ih * s.iw;
+        // Inside: no padding tap, and 8 bytes from the first column stay in the row. The
+        // last row's store writes 24 values from (kh - 1) * kw * 3.
+        let ok = s.cin == 3
+            && s.kw <= 8
+            && iy0 >= s.pad
+            && ix0 >= s.pad
+            && iy0 - s.pad + s.kh <= s.ih
+            && ix0 - s.pad + 8 <= s.iw
+            && (s.kh - 1) * s.kw * 3 + 24 <= PATCH
+            && x.len() >= 3 * plane
+            && (-128..=127).contains(&zx);
+        if !ok {
+            return false;
+        }
+        let (iy0, ix0) = (iy0 - s.pad, ix0 - s.pad);
+        // SAFETY: every load reads 8 bytes from (iy, ix0) of a plane with
+        // iy < ih and ix0 + 8 <= iw, inside x (3 planes); every store writes
+        // 24 values from ky * kw * 3 <= (kh - 1) * kw * 3, ending within
+        // PATCH (all checked above). NEON is part of every aarch64 target.
+        unsafe {
+            let z = vdup_n_s8(zx as i8);
+            let p = x.as_ptr();
+            for ky in 0..s.kh {
+                let at = (iy0 + ky) * s.iw + ix0;
+                let r = vsubl_s8(vld1_s8(p.add(at)), z);
+                let g = vsubl_s8(vld1_s8(p.add(plane + at)), z);
+                let b = vsubl_s8(vld1_s8(p.add(2 * plane + at)), z);
+                vst3q_s16(patch.as_mut_ptr().add(ky * s.kw * 3), int16x8x3_t(r, g, b));
+            }
+        }
+        true
+    }
 
     /// `r[l] += sum_t w[t * cout + l] * patch[t]` for `l < 16`, wrapping
     /// (the products of int8 weights and offsets in `[-255, 255]` are exact
