@@ -135,6 +135,22 @@ unsafe fn patched<R: Row>(
     let (k, cout, plane) = (s.kh * s.kw * s.cin, s.cout, s.ih * s.iw);
     let zx = x_zero_point as i16;
     let w = &w[..k * cout];
+    // aarch64 widens the weights to 16 bits once per call, not at every tap of every pixel,
+    // when they fit a 4 KiB stack buffer (the MobileNetV3 stem's 27 x 16 do).
+    #[cfg(target_arch = "aarch64")]
+    let mut wide_buf = [0i16; WIDE];
+    #[cfg(target_arch = "aarch64")]
+    let wide: &[i16] = match wide_buf.get_mut(..w.len()) {
+        Some(d) => {
+            for (d, &v) in d.iter_mut().zip(w) {
+                *d = i16::from(v);
+            }
+            d
+        }
+        None => &[],
+    };
+    #[cfg(not(target_arch = "aarch64"))]
+    let wide: &[i16] = &[];
     let mut patch = [0i16; PATCH];
     let mut acc = [0i32; CHUNK];
     for oy in 0..s.oh {
@@ -145,6 +161,7 @@ unsafe fn patched<R: Row>(
                 let blocks = PatchBlocks {
                     cout,
                     w,
+                    wide,
                     patch: &patch[..k],
                 };
                 // SAFETY: R's features are the caller's contract.
@@ -175,6 +192,7 @@ unsafe fn patched<R: Row>(
             let blocks = PatchBlocks {
                 cout,
                 w,
+                wide,
                 patch: &patch[..k],
             };
             // SAFETY: R's features are the caller's contract.
@@ -190,31 +208,49 @@ unsafe fn patched<R: Row>(
 struct PatchBlocks<'a> {
     cout: usize,
     w: &'a [i8],
+    /// `w` widened to 16 bits, or empty.
+    wide: &'a [i16],
     patch: &'a [i16],
 }
 
 impl Blocks for PatchBlocks<'_> {
     #[inline(always)]
     fn block<const L: usize>(&self, acc: &mut [i32], bias: &[i32], c: usize) {
-        patch_block::<L>(acc, bias, c, self.cout, self.w, self.patch);
+        patch_block::<L>(acc, bias, c, self.cout, self.w, self.wide, self.patch);
     }
 }
 
+/// The most weights (`kh * kw * cin * cout`) aarch64 widens to 16 bits up
+/// front, on the stack; larger stems widen them at every tap.
+#[cfg(target_arch = "aarch64")]
+const WIDE: usize = 2048;
+
 /// `acc[..L] = bias[..L] + sum_t w[t][c + l] * patch[t]` for output
-/// channels `c..c + L` (`w` is `[k][cout]`), in a register block.
+/// channels `c..c + L` (`w` is `[k][cout]`, `wide` the same widened to 16
+/// bits or empty), in a register block.
 #[inline(always)]
+#[cfg_attr(not(target_arch = "aarch64"), allow(unused_variables))]
 fn patch_block<const L: usize>(
     acc: &mut [i32],
     bias: &[i32],
     c: usize,
     cout: usize,
     w: &[i8],
+    wide: &[i16],
     patch: &[i16],
 ) {
     let mut r: [i32; L] = match bias[..L].try_into() {
         Ok(r) => r,
         Err(_) => unreachable!("a slice of L values is an [i32; L]"),
     };
+    #[cfg(target_arch = "aarch64")]
+    if L == 16 && c + 16 <= cout && wide.len() >= patch.len() * cout {
+        // SAFETY: r holds 16 values; tap t reads wide[t * cout + c..][..16],
+        // inside wide for every t < patch.len() (checked just above).
+        unsafe { neon::patch16_wide(r.as_mut_ptr(), wide.as_ptr().add(c), cout, patch) };
+        acc[..L].copy_from_slice(&r);
+        return;
+    }
     #[cfg(target_arch = "aarch64")]
     if L == 16 && c + 16 <= cout && w.len() >= patch.len() * cout {
         // SAFETY: r holds 16 values; tap t reads w[t * cout + c..][..16],
@@ -334,6 +370,64 @@ mod neon {
             vst1q_s32(r.add(4), a[1]);
             vst1q_s32(r.add(8), a[2]);
             vst1q_s32(r.add(12), a[3]);
+        }
+    }
+
+    /// [`patch16`] with the weights already widened to 16 bits: a tap is two
+    /// loads and four multiply-accumulates.
+    ///
+    /// # Safety
+    /// `r` points at 16 values; `w` at `(patch.len() - 1) * cout + 16`.
+    #[inline(always)]
+    pub(super) unsafe fn patch16_wide(r: *mut i32, w: *const i16, cout: usize, patch: &[i16]) {
+        // SAFETY: the caller's contract bounds every load and store; NEON is
+        // part of every aarch64 target.
+        unsafe {
+            let mut a = [
+                vld1q_s32(r),
+                vld1q_s32(r.add(4)),
+                vld1q_s32(r.add(8)),
+                vld1q_s32(r.add(12)),
+            ];
+            let k = patch.len();
+            let mut t = 0;
+            while t + 8 <= k {
+                let p = vld1q_s16(patch.as_ptr().add(t));
+                let wt = w.add(t * cout);
+                tap_wide::<0>(&mut a, wt, p);
+                tap_wide::<1>(&mut a, wt.add(cout), p);
+                tap_wide::<2>(&mut a, wt.add(2 * cout), p);
+                tap_wide::<3>(&mut a, wt.add(3 * cout), p);
+                tap_wide::<4>(&mut a, wt.add(4 * cout), p);
+                tap_wide::<5>(&mut a, wt.add(5 * cout), p);
+                tap_wide::<6>(&mut a, wt.add(6 * cout), p);
+                tap_wide::<7>(&mut a, wt.add(7 * cout), p);
+                t += 8;
+            }
+            while t < k {
+                tap_wide::<0>(&mut a, w.add(t * cout), vdupq_n_s16(patch[t]));
+                t += 1;
+            }
+            vst1q_s32(r, a[0]);
+            vst1q_s32(r.add(4), a[1]);
+            vst1q_s32(r.add(8), a[2]);
+            vst1q_s32(r.add(12), a[3]);
+        }
+    }
+
+    /// `a += w[..16] * p[LANE]` for 16-bit weights, lane by lane.
+    ///
+    /// # Safety
+    /// `w` points at 16 values.
+    #[inline(always)]
+    unsafe fn tap_wide<const LANE: i32>(a: &mut [int32x4_t; 4], w: *const i16, p: int16x8_t) {
+        // SAFETY: the caller's contract bounds the loads.
+        unsafe {
+            let (wl, wh) = (vld1q_s16(w), vld1q_s16(w.add(8)));
+            a[0] = vmlal_laneq_s16::<LANE>(a[0], vget_low_s16(wl), p);
+            a[1] = vmlal_high_laneq_s16::<LANE>(a[1], wl, p);
+            a[2] = vmlal_laneq_s16::<LANE>(a[2], vget_low_s16(wh), p);
+            a[3] = vmlal_high_laneq_s16::<LANE>(a[3], wh, p);
         }
     }
 
