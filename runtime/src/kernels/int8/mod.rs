@@ -280,6 +280,8 @@ impl Mult {
 struct Uniform {
     mult: [i32; CHUNK],
     shift: [u8; CHUNK],
+    /// `31 - shift` when the shift exceeds 31 (see [`Epilogue::high_shift`]).
+    high_shift: Option<[i32; CHUNK]>,
 }
 
 impl Uniform {
@@ -288,6 +290,7 @@ impl Uniform {
         Self {
             mult: [m.m; CHUNK],
             shift: [m.shift; CHUNK],
+            high_shift: (m.shift > 31).then_some([31 - i32::from(m.shift); CHUNK]),
         }
     }
 
@@ -295,16 +298,25 @@ impl Uniform {
     /// of at most [`CHUNK`] values.
     #[inline]
     fn apply(&self, acc: &[i32], zero_point: i32, min: i8, max: i8, out: &mut [i8]) {
+        use requant::Row;
         let n = acc.len();
-        requant::requant_i8(
-            acc,
-            &self.mult[..n],
-            &self.shift[..n],
-            zero_point,
-            min,
-            max,
-            out,
-        );
+        let (mult, shift) = (&self.mult[..n], &self.shift[..n]);
+        // SAFETY: the dispatching row functions need no CPU feature.
+        unsafe {
+            match &self.high_shift {
+                Some(t) => requant::Dispatch::requant_i8_high(
+                    acc,
+                    mult,
+                    shift,
+                    &t[..n],
+                    zero_point,
+                    min,
+                    max,
+                    out,
+                ),
+                None => requant::Dispatch::requant_i8(acc, mult, shift, zero_point, min, max, out),
+            }
+        }
     }
 }
 
