@@ -243,28 +243,25 @@ pub fn run(a: QatArgs) -> Result<()> {
     let tuned = trainer.finish(&model)?;
     let mut q = ptq::quantize(&tuned, &observed, a.calibration_range)
         .map_err(|e| anyhow::anyhow!("int8 quantization of the fine-tuned model: {e}"))?;
-    q.graph.provenance.insert(
-        "qat".into(),
-        serde_json::json!({
-            "command": command_line(),
-            "git_commit": git_commit(),
-            "source": a.model.display().to_string(),
-            "cache": a.data.cache.display().to_string(),
-            "fold": a.data.fold,
-            "k": a.data.k,
-            "split_seed": a.data.split_seed,
-            "training_images": rows.len(),
-            "epochs": a.epochs,
-            "lr": a.lr,
-            "temperature": a.temperature,
-            "batch_size": a.batch_size,
-            "seed": a.seed,
-            "final_loss": last_loss,
-            "seconds": started.elapsed().as_secs_f64(),
-            "calibration_images": cal.inputs.len(),
-            "calibration_range": a.calibration_range.to_string(),
-        }),
-    );
+    // The provenance is the settings a resumed run must match, plus what the run measured.
+    let mut provenance = settings;
+    if let Some(p) = provenance.as_object_mut() {
+        for (key, value) in [
+            ("command", serde_json::json!(command_line())),
+            ("git_commit", serde_json::json!(git_commit())),
+            ("training_images", serde_json::json!(rows.len())),
+            ("final_loss", serde_json::json!(last_loss)),
+            (
+                "seconds",
+                serde_json::json!(started.elapsed().as_secs_f64()),
+            ),
+            // The images calibration really drew (at most the requested number).
+            ("calibration_images", serde_json::json!(cal.inputs.len())),
+        ] {
+            p.insert(key.into(), value);
+        }
+    }
+    q.graph.provenance.insert("qat".into(), provenance);
     q.write(&a.output)
         .map_err(|e| anyhow::anyhow!("writing {}: {e}", a.output.display()))?;
     let (gp, n, agree) = write_int8_golden(&q, &golden, &a.output)?;
