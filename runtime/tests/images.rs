@@ -3,10 +3,9 @@
 
 mod common;
 
-use derm_runtime::preprocess::{Region, centre_crop, crop_resize_normalize, resize_normalize};
+use derm_runtime::preprocess::{centre_crop, resize_normalize};
 use derm_runtime::{
-    CENTRE_CROP, Error, INPUT_H, INPUT_LEN, INPUT_W, Image, MEAN, MODEL_PRECISION, NUM_CLASSES,
-    PreprocessError, STD, classify,
+    Error, Image, MEAN, MODEL_PRECISION, NUM_CLASSES, PreprocessError, STD, classify,
 };
 
 fn image_bytes(w: usize, h: usize) -> Vec<u8> {
@@ -63,13 +62,7 @@ fn constant_images_of_many_sizes_give_one_answer() {
     for (w, h) in [(1, 1), (3, 700), (224, 224), (1500, 2)] {
         let px = vec![90u8; w * h * 3];
         let image = Image::new(w, h, &px).unwrap();
-        let region = if CENTRE_CROP {
-            centre_crop(w, h, INPUT_W, INPUT_H)
-        } else {
-            Region::whole(w, h)
-        };
-        let mut input = vec![0f32; INPUT_LEN];
-        crop_resize_normalize(image, region, INPUT_H, INPUT_W, MEAN, STD, &mut input).unwrap();
+        let input = common::preprocessed(image);
         let f_in = first_input.get_or_insert_with(|| input.clone());
         for (a, b) in input.iter().zip(f_in.iter()) {
             assert!(

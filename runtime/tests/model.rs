@@ -5,10 +5,7 @@
 mod common;
 
 use common::{assert_close_to_range, boxed_arena, read_tensor, split_golden};
-use derm_runtime::preprocess::{Region, centre_crop, crop_resize_normalize};
-use derm_runtime::{
-    CENTRE_CROP, INPUT_H, INPUT_LEN, INPUT_W, Image, MEAN, NUM_CLASSES, STD, classify, run,
-};
+use derm_runtime::{INPUT_H, INPUT_LEN, INPUT_W, Image, NUM_CLASSES, classify, run};
 
 /// Parity bound, relative to each sample's logit range.
 const TOL: f32 = 1e-4;
@@ -134,13 +131,7 @@ fn classify_equals_run_on_the_preprocessed_input_to_the_bit() {
             .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
             .collect();
         let image = Image::new(w, h, &px).unwrap();
-        let region = if CENTRE_CROP {
-            centre_crop(w, h, INPUT_W, INPUT_H)
-        } else {
-            Region::whole(w, h)
-        };
-        let mut input = vec![0f32; INPUT_LEN];
-        crop_resize_normalize(image, region, INPUT_H, INPUT_W, MEAN, STD, &mut input).unwrap();
+        let input = common::preprocessed(image);
         let want = run(input.as_slice().try_into().unwrap(), &mut arena);
         let got = classify(image, &mut arena).unwrap().logits;
         assert_eq!(got.map(f32::to_bits), want.map(f32::to_bits), "{w}x{h}");

@@ -120,42 +120,58 @@ pub mod neon {
             acc.len() >= len && mult.len() >= len && shift.len() >= len,
             "requant_i8: inputs shorter than out"
         );
+        // SAFETY (every load below): rows8 calls this with i + 8 <= len, and every input
+        // holds at least len values (asserted above). NEON is part of every aarch64 target.
+        let rescale = |i: usize| unsafe {
+            let s8 = vld1_u8(shift.as_ptr().add(i));
+            let (a, m) = (acc.as_ptr().add(i), mult.as_ptr().add(i));
+            if vminv_u8(s8) > 31 {
+                // Every shift above 31 (every conv layer of the shipped models): the 32-bit
+                // form, see `high_quad`.
+                let t = vmovl_s8(vreinterpret_s8_u8(vsub_u8(vdup_n_u8(31), s8)));
+                (
+                    high_quad(a, m, vget_low_s16(t)),
+                    high_quad(a.add(4), m.add(4), vget_high_s16(t)),
+                )
+            } else {
+                // Negated shifts: SRSHL shifts right for negative counts and reads only the
+                // low byte of each 64-bit count.
+                let ns = vmovl_s8(vneg_s8(vreinterpret_s8_u8(s8)));
+                (
+                    quad(a, m, vget_low_s16(ns)),
+                    quad(a.add(4), m.add(4), vget_high_s16(ns)),
+                )
+            }
+        };
+        rows8(acc, mult, shift, zero_point, min, max, out, rescale);
+    }
+
+    /// The loop of both NEON rows: values `i..i + 8` rescaled by `rescale(i)` (the rule
+    /// without the zero point, called only with `i + 8 <= out.len()`), then the zero point
+    /// added saturating, the clamp, the narrows and the store; the tail by [`portable`].
+    #[allow(clippy::too_many_arguments)] // the row's arguments, plus its rescale
+    #[inline(always)]
+    fn rows8(
+        acc: &[i32],
+        mult: &[i32],
+        shift: &[u8],
+        zero_point: i32,
+        min: i8,
+        max: i8,
+        out: &mut [i8],
+        rescale: impl Fn(usize) -> (int32x4_t, int32x4_t),
+    ) {
         debug_assert!(min <= max);
+        let len = out.len();
         let mut i = 0;
-        // SAFETY: i + 8 <= len and every input holds at least len values, so
-        // the 8-lane loads and the 8-byte store stay in bounds.
+        // SAFETY: i + 8 <= len, so the 8-byte store stays in out; NEON is part of every
+        // aarch64 target.
         unsafe {
             let zp = vdupq_n_s32(zero_point);
             let lo = vdupq_n_s32(min as i32);
             let hi = vdupq_n_s32(max as i32);
-            let thirty_one = vdup_n_u8(31);
             while i + 8 <= len {
-                let s8 = vld1_u8(shift.as_ptr().add(i));
-                let (a, b) = if vminv_u8(s8) > 31 {
-                    // Every shift above 31 (every conv layer of the shipped
-                    // models): the 32-bit form, see `high_quad`.
-                    let t = vmovl_s8(vreinterpret_s8_u8(vsub_u8(thirty_one, s8)));
-                    (
-                        high_quad(acc.as_ptr().add(i), mult.as_ptr().add(i), vget_low_s16(t)),
-                        high_quad(
-                            acc.as_ptr().add(i + 4),
-                            mult.as_ptr().add(i + 4),
-                            vget_high_s16(t),
-                        ),
-                    )
-                } else {
-                    // Negated shifts: SRSHL shifts right for negative counts
-                    // and reads only the low byte of each 64-bit count.
-                    let ns = vmovl_s8(vneg_s8(vreinterpret_s8_u8(s8)));
-                    (
-                        quad(acc.as_ptr().add(i), mult.as_ptr().add(i), vget_low_s16(ns)),
-                        quad(
-                            acc.as_ptr().add(i + 4),
-                            mult.as_ptr().add(i + 4),
-                            vget_high_s16(ns),
-                        ),
-                    )
-                };
+                let (a, b) = rescale(i);
                 let (mut a, mut b) = (vqaddq_s32(a, zp), vqaddq_s32(b, zp));
                 // The saturating narrows below already clamp to [-128, 127]:
                 // only tighter bounds (a fused ReLU's) need their own step.
@@ -206,46 +222,23 @@ pub mod neon {
             acc.len() >= len && mult.len() >= len && shift.len() >= len && high_shift.len() >= len,
             "requant_i8_high: inputs shorter than out"
         );
-        debug_assert!(min <= max);
-        let mut i = 0;
-        // SAFETY: i + 8 <= len and every input holds at least len values, so
-        // the 8-lane loads and the 8-byte store stay in bounds.
-        unsafe {
-            let zp = vdupq_n_s32(zero_point);
-            let lo = vdupq_n_s32(min as i32);
-            let hi = vdupq_n_s32(max as i32);
-            while i + 8 <= len {
-                let (a, m, t) = (
-                    acc.as_ptr().add(i),
-                    mult.as_ptr().add(i),
-                    high_shift.as_ptr().add(i),
-                );
-                let a0 = vrshlq_s32(vqdmulhq_s32(vld1q_s32(a), vld1q_s32(m)), vld1q_s32(t));
-                let a1 = vrshlq_s32(
+        // SAFETY (every load below): rows8 calls this with i + 8 <= len, and every input
+        // holds at least len values (asserted above). NEON is part of every aarch64 target.
+        let rescale = |i: usize| unsafe {
+            let (a, m, t) = (
+                acc.as_ptr().add(i),
+                mult.as_ptr().add(i),
+                high_shift.as_ptr().add(i),
+            );
+            (
+                vrshlq_s32(vqdmulhq_s32(vld1q_s32(a), vld1q_s32(m)), vld1q_s32(t)),
+                vrshlq_s32(
                     vqdmulhq_s32(vld1q_s32(a.add(4)), vld1q_s32(m.add(4))),
                     vld1q_s32(t.add(4)),
-                );
-                let (mut a0, mut a1) = (vqaddq_s32(a0, zp), vqaddq_s32(a1, zp));
-                if min > i8::MIN {
-                    (a0, a1) = (vmaxq_s32(a0, lo), vmaxq_s32(a1, lo));
-                }
-                if max < i8::MAX {
-                    (a0, a1) = (vminq_s32(a0, hi), vminq_s32(a1, hi));
-                }
-                let v = vqmovn_s16(vcombine_s16(vqmovn_s32(a0), vqmovn_s32(a1)));
-                vst1_s8(out.as_mut_ptr().add(i), v);
-                i += 8;
-            }
-        }
-        portable(
-            &acc[i..len],
-            &mult[i..len],
-            &shift[i..len],
-            zero_point,
-            min,
-            max,
-            &mut out[i..],
-        );
+                ),
+            )
+        };
+        rows8(acc, mult, shift, zero_point, min, max, out, rescale);
     }
 
     /// The rule on four lanes whose shifts `s` all exceed 31, in 32-bit

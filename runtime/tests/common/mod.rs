@@ -2,7 +2,8 @@
 
 #![allow(dead_code)]
 
-use derm_runtime::Arena;
+use derm_runtime::preprocess::{Region, centre_crop, crop_resize_normalize};
+use derm_runtime::{Arena, CENTRE_CROP, INPUT_H, INPUT_LEN, INPUT_W, Image, MEAN, STD};
 
 /// A zeroed arena on the heap without building it on the stack first (it is
 /// larger than a test thread's stack).
@@ -74,4 +75,19 @@ pub fn assert_close_to_range(got: &[f32], want: &[f32], tol: f32, what: &str) {
         "{what}: max |diff| {worst:e} > {tol} x logit range {} \n got  {got:?}\n want {want:?}",
         max - min
     );
+}
+
+/// The embedded model's `f32` input for `image`, preprocessed as `classify` does it (the
+/// centred crop when the model asks for one, resize, normalization).
+pub fn preprocessed(image: Image<'_>) -> Vec<f32> {
+    let (w, h) = (image.width, image.height);
+    let region = if CENTRE_CROP {
+        centre_crop(w, h, INPUT_W, INPUT_H)
+    } else {
+        Region::whole(w, h)
+    };
+    let mut input = vec![0f32; INPUT_LEN];
+    crop_resize_normalize(image, region, INPUT_H, INPUT_W, MEAN, STD, &mut input)
+        .unwrap_or_else(|e| panic!("{w}x{h}: {e}"));
+    input
 }

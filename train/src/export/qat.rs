@@ -21,7 +21,7 @@
 use std::collections::BTreeMap;
 
 use anyhow::{Context, Result, ensure};
-use derm_codegen::ir::{self, Graph, ModelFile, Op, QParams};
+use derm_codegen::ir::{self, Graph, ModelFile, QParams};
 use derm_codegen::quant::{self, WEIGHT_MAX};
 use tch::{Kind, Tensor, nn};
 
@@ -89,6 +89,26 @@ pub struct QatGraph {
     weights: BTreeMap<String, Tensor>,
 }
 
+/// The int8 rounding as [`super::tch_graph::walk`] applies it: weights per channel,
+/// activations on their calibrated grids.
+impl super::tch_graph::Values for QatGraph {
+    fn weight(&self, name: &str) -> Result<Tensor> {
+        Ok(fake_quant_weight(self.var(name)?))
+    }
+
+    fn bias(&self, name: &str) -> Result<Tensor> {
+        self.var(name).map(Tensor::shallow_clone)
+    }
+
+    fn value(&self, x: Tensor, key: &str) -> Result<Tensor> {
+        let p = self
+            .params
+            .get(key)
+            .with_context(|| format!("no quantization parameters for {key}"))?;
+        Ok(fake_quant(&x, *p))
+    }
+}
+
 impl QatGraph {
     /// The graph of the float `model`, its weights copied into variables of `vs`, and the
     /// activation parameters `params` (one per `quant::activation_keys`).
@@ -131,26 +151,10 @@ impl QatGraph {
         })
     }
 
-    fn w(&self, name: &str) -> Result<Tensor> {
-        let w = self
-            .weights
-            .get(name)
-            .with_context(|| format!("tensor {name} is not in the model file"))?;
-        Ok(fake_quant_weight(w))
-    }
-
-    fn b(&self, name: &str) -> Result<&Tensor> {
+    fn var(&self, name: &str) -> Result<&Tensor> {
         self.weights
             .get(name)
             .with_context(|| format!("tensor {name} is not in the model file"))
-    }
-
-    fn q(&self, x: Tensor, key: &str) -> Result<Tensor> {
-        let p = self
-            .params
-            .get(key)
-            .with_context(|| format!("no quantization parameters for {key}"))?;
-        Ok(fake_quant(&x, *p))
     }
 
     /// Logits `[N, C]` of a batch `[N, 3, H, W]` with fake quantization everywhere the int8
@@ -163,85 +167,7 @@ impl QatGraph {
     /// Every op's output in execution order, as [`forward`](Self::forward) computes them
     /// (the values the int8 model holds, dequantized; the logits last).
     pub fn layers(&self, input: &Tensor) -> Result<Vec<(String, Tensor)>> {
-        let g = &self.graph;
-        let mut values: BTreeMap<&str, Tensor> = BTreeMap::new();
-        values.insert(
-            g.input.name.as_str(),
-            self.q(input.shallow_clone(), &g.input.name)?,
-        );
-        let get = |values: &BTreeMap<&str, Tensor>, n: &str| -> Result<Tensor> {
-            values
-                .get(n)
-                .map(Tensor::shallow_clone)
-                .with_context(|| format!("value {n} is read before it is written"))
-        };
-        // Quantizes `y` as the op's output unless it is the graph output (f32 logits).
-        let out = |this: &Self, op: &Op, y: Tensor| -> Result<Tensor> {
-            if op.output() == g.output {
-                Ok(y)
-            } else {
-                this.q(y, op.output())
-            }
-        };
-        let act = |this: &Self, name: &str, y: Tensor, a: ir::Activation| -> Result<Tensor> {
-            Ok(match a {
-                ir::Activation::None => y,
-                ir::Activation::Relu => y.relu(),
-                ir::Activation::Hardswish => {
-                    this.q(y, &quant::pre_activation_key(name))?.hardswish()
-                }
-            })
-        };
-        let mut layers = Vec::with_capacity(g.ops.len());
-        for op in &g.ops {
-            let y = match op {
-                Op::Conv2d(c) => {
-                    let x = get(&values, &c.input)?;
-                    let y = x.conv2d(
-                        &self.w(&c.weight)?,
-                        Some(self.b(&c.bias)?),
-                        [c.stride[0] as i64, c.stride[1] as i64],
-                        [c.padding[0] as i64, c.padding[1] as i64],
-                        [1, 1],
-                        c.groups as i64,
-                    );
-                    act(self, &c.name, y, c.activation)?
-                }
-                Op::SqueezeExcite(s) => {
-                    let x = get(&values, &s.input)?;
-                    let (c, q) = (s.channels as i64, s.squeeze_channels as i64);
-                    let pooled = x.mean_dim([2i64, 3].as_slice(), false, Kind::Float);
-                    let pooled = self.q(pooled, &quant::pooled_key(&s.name))?;
-                    let h = pooled
-                        .linear(
-                            &self.w(&s.fc1_weight)?.view([q, c]),
-                            Some(self.b(&s.fc1_bias)?),
-                        )
-                        .relu();
-                    let h = self.q(h, &quant::hidden_key(&s.name))?;
-                    let gate = h
-                        .linear(
-                            &self.w(&s.fc2_weight)?.view([c, q]),
-                            Some(self.b(&s.fc2_bias)?),
-                        )
-                        .hardsigmoid();
-                    x * gate.view([-1, c, 1, 1])
-                }
-                Op::Add(a) => get(&values, &a.inputs[0])? + get(&values, &a.inputs[1])?,
-                Op::GlobalAvgPool(p) => {
-                    get(&values, &p.input)?.mean_dim([2i64, 3].as_slice(), false, Kind::Float)
-                }
-                Op::Linear(l) => {
-                    let x = get(&values, &l.input)?;
-                    let y = x.linear(&self.w(&l.weight)?, Some(self.b(&l.bias)?));
-                    act(self, &l.name, y, l.activation)?
-                }
-            };
-            let y = out(self, op, y)?;
-            values.insert(op.output(), y.shallow_clone());
-            layers.push((op.name().to_owned(), y));
-        }
-        Ok(layers)
+        super::tch_graph::walk(&self.graph, input, self)
     }
 
     /// A copy of `model` (the file this graph was built from) with the trained weights, in

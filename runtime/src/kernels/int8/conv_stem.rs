@@ -132,7 +132,7 @@ unsafe fn patched<R: Row>(
     e: Epilogue<'_>,
     out: &mut [i8],
 ) {
-    let (k, cout, plane) = (s.kh * s.kw * s.cin, s.cout, s.ih * s.iw);
+    let (k, cout) = (s.kh * s.kw * s.cin, s.cout);
     let zx = x_zero_point as i16;
     let w = &w[..k * cout];
     // aarch64 widens the weights to 16 bits once per call, not at every tap of every pixel,
@@ -155,39 +155,7 @@ unsafe fn patched<R: Row>(
     let mut acc = [0i32; CHUNK];
     for oy in 0..s.oh {
         for ox in 0..s.ow {
-            #[cfg(target_arch = "aarch64")]
-            if neon::gather3(x, s, oy, ox, zx, &mut patch) {
-                let o = (oy * s.ow + ox) * cout;
-                let blocks = PatchBlocks {
-                    cout,
-                    w,
-                    wide,
-                    patch: &patch[..k],
-                };
-                // SAFETY: R's features are the caller's contract.
-                unsafe {
-                    pixel_chunks::<R, _>(cout, bias, e, &mut acc, &mut out[o..o + cout], &blocks)
-                };
-                continue;
-            }
-            let mut t = 0;
-            for ky in 0..s.kh {
-                // Offsets by the padding, so that out-of-range taps wrap to
-                // huge values and fail the `< ih` / `< iw` tests.
-                let iy = (oy * s.stride + ky).wrapping_sub(s.pad);
-                for kx in 0..s.kw {
-                    let ix = (ox * s.stride + kx).wrapping_sub(s.pad);
-                    let inside = iy < s.ih && ix < s.iw;
-                    for ci in 0..s.cin {
-                        patch[t] = if inside {
-                            i16::from(x[ci * plane + iy * s.iw + ix]) - zx
-                        } else {
-                            0
-                        };
-                        t += 1;
-                    }
-                }
-            }
+            gather(x, s, oy, ox, zx, &mut patch);
             let o = (oy * s.ow + ox) * cout;
             let blocks = PatchBlocks {
                 cout,
@@ -199,6 +167,36 @@ unsafe fn patched<R: Row>(
             unsafe {
                 pixel_chunks::<R, _>(cout, bias, e, &mut acc, &mut out[o..o + cout], &blocks)
             };
+        }
+    }
+}
+
+/// Output pixel (`oy`, `ox`)'s window as 16-bit offsets `x - zx` (0 in the
+/// padding) in the weights' `(ky, kx, ci)` order, into `patch[..kh * kw * cin]`
+/// (aarch64: 8-byte loads for interior windows of 3 channels).
+#[inline(always)]
+fn gather(x: &[i8], s: ConvShape, oy: usize, ox: usize, zx: i16, patch: &mut [i16; PATCH]) {
+    #[cfg(target_arch = "aarch64")]
+    if neon::gather3(x, s, oy, ox, zx, patch) {
+        return;
+    }
+    let plane = s.ih * s.iw;
+    let mut t = 0;
+    for ky in 0..s.kh {
+        // Offsets by the padding, so that out-of-range taps wrap to huge
+        // values and fail the `< ih` / `< iw` tests.
+        let iy = (oy * s.stride + ky).wrapping_sub(s.pad);
+        for kx in 0..s.kw {
+            let ix = (ox * s.stride + kx).wrapping_sub(s.pad);
+            let inside = iy < s.ih && ix < s.iw;
+            for ci in 0..s.cin {
+                patch[t] = if inside {
+                    i16::from(x[ci * plane + iy * s.iw + ix]) - zx
+                } else {
+                    0
+                };
+                t += 1;
+            }
         }
     }
 }
@@ -247,7 +245,7 @@ fn patch_block<const L: usize>(
     if L == 16 && c + 16 <= cout && wide.len() >= patch.len() * cout {
         // SAFETY: r holds 16 values; tap t reads wide[t * cout + c..][..16],
         // inside wide for every t < patch.len() (checked just above).
-        unsafe { neon::patch16_wide(r.as_mut_ptr(), wide.as_ptr().add(c), cout, patch) };
+        unsafe { neon::patch16(r.as_mut_ptr(), wide.as_ptr().add(c), cout, patch) };
         acc[..L].copy_from_slice(&r);
         return;
     }
@@ -330,14 +328,48 @@ mod neon {
         true
     }
 
+    /// A weight type [`patch16`] reads: int8 as stored, or widened to 16 bits up front.
+    pub(super) trait Weights16: Copy {
+        /// The 16 weights at `w`, as two vectors of 16-bit lanes.
+        ///
+        /// # Safety
+        /// `w` points at 16 values.
+        unsafe fn load16(w: *const Self) -> (int16x8_t, int16x8_t);
+    }
+
+    impl Weights16 for i8 {
+        #[inline(always)]
+        unsafe fn load16(w: *const i8) -> (int16x8_t, int16x8_t) {
+            // SAFETY: the caller's contract bounds the load.
+            unsafe {
+                let v = vld1q_s8(w);
+                (vmovl_s8(vget_low_s8(v)), vmovl_high_s8(v))
+            }
+        }
+    }
+
+    impl Weights16 for i16 {
+        #[inline(always)]
+        unsafe fn load16(w: *const i16) -> (int16x8_t, int16x8_t) {
+            // SAFETY: the caller's contract bounds the loads.
+            unsafe { (vld1q_s16(w), vld1q_s16(w.add(8))) }
+        }
+    }
+
     /// `r[l] += sum_t w[t * cout + l] * patch[t]` for `l < 16`, wrapping
     /// (the products of int8 weights and offsets in `[-255, 255]` are exact
-    /// in SMLAL's 32-bit lanes).
+    /// in SMLAL's 32-bit lanes). A tap is one weight load (two for 16-bit
+    /// weights), the widening of int8 weights, and four SMLAL by lane.
     ///
     /// # Safety
     /// `r` points at 16 values; `w` at `(patch.len() - 1) * cout + 16`.
     #[inline(always)]
-    pub(super) unsafe fn patch16(r: *mut i32, w: *const i8, cout: usize, patch: &[i16]) {
+    pub(super) unsafe fn patch16<W: Weights16>(
+        r: *mut i32,
+        w: *const W,
+        cout: usize,
+        patch: &[i16],
+    ) {
         // SAFETY: the caller's contract bounds every load and store; NEON is
         // part of every aarch64 target.
         unsafe {
@@ -352,82 +384,24 @@ mod neon {
             while t + 8 <= k {
                 let p = vld1q_s16(patch.as_ptr().add(t));
                 let wt = w.add(t * cout);
-                tap::<0>(&mut a, wt, p);
-                tap::<1>(&mut a, wt.add(cout), p);
-                tap::<2>(&mut a, wt.add(2 * cout), p);
-                tap::<3>(&mut a, wt.add(3 * cout), p);
-                tap::<4>(&mut a, wt.add(4 * cout), p);
-                tap::<5>(&mut a, wt.add(5 * cout), p);
-                tap::<6>(&mut a, wt.add(6 * cout), p);
-                tap::<7>(&mut a, wt.add(7 * cout), p);
+                tap::<0, W>(&mut a, wt, p);
+                tap::<1, W>(&mut a, wt.add(cout), p);
+                tap::<2, W>(&mut a, wt.add(2 * cout), p);
+                tap::<3, W>(&mut a, wt.add(3 * cout), p);
+                tap::<4, W>(&mut a, wt.add(4 * cout), p);
+                tap::<5, W>(&mut a, wt.add(5 * cout), p);
+                tap::<6, W>(&mut a, wt.add(6 * cout), p);
+                tap::<7, W>(&mut a, wt.add(7 * cout), p);
                 t += 8;
             }
             while t < k {
-                tap::<0>(&mut a, w.add(t * cout), vdupq_n_s16(patch[t]));
+                tap::<0, W>(&mut a, w.add(t * cout), vdupq_n_s16(patch[t]));
                 t += 1;
             }
             vst1q_s32(r, a[0]);
             vst1q_s32(r.add(4), a[1]);
             vst1q_s32(r.add(8), a[2]);
             vst1q_s32(r.add(12), a[3]);
-        }
-    }
-
-    /// [`patch16`] with the weights already widened to 16 bits: a tap is two
-    /// loads and four multiply-accumulates.
-    ///
-    /// # Safety
-    /// `r` points at 16 values; `w` at `(patch.len() - 1) * cout + 16`.
-    #[inline(always)]
-    pub(super) unsafe fn patch16_wide(r: *mut i32, w: *const i16, cout: usize, patch: &[i16]) {
-        // SAFETY: the caller's contract bounds every load and store; NEON is
-        // part of every aarch64 target.
-        unsafe {
-            let mut a = [
-                vld1q_s32(r),
-                vld1q_s32(r.add(4)),
-                vld1q_s32(r.add(8)),
-                vld1q_s32(r.add(12)),
-            ];
-            let k = patch.len();
-            let mut t = 0;
-            while t + 8 <= k {
-                let p = vld1q_s16(patch.as_ptr().add(t));
-                let wt = w.add(t * cout);
-                tap_wide::<0>(&mut a, wt, p);
-                tap_wide::<1>(&mut a, wt.add(cout), p);
-                tap_wide::<2>(&mut a, wt.add(2 * cout), p);
-                tap_wide::<3>(&mut a, wt.add(3 * cout), p);
-                tap_wide::<4>(&mut a, wt.add(4 * cout), p);
-                tap_wide::<5>(&mut a, wt.add(5 * cout), p);
-                tap_wide::<6>(&mut a, wt.add(6 * cout), p);
-                tap_wide::<7>(&mut a, wt.add(7 * cout), p);
-                t += 8;
-            }
-            while t < k {
-                tap_wide::<0>(&mut a, w.add(t * cout), vdupq_n_s16(patch[t]));
-                t += 1;
-            }
-            vst1q_s32(r, a[0]);
-            vst1q_s32(r.add(4), a[1]);
-            vst1q_s32(r.add(8), a[2]);
-            vst1q_s32(r.add(12), a[3]);
-        }
-    }
-
-    /// `a += w[..16] * p[LANE]` for 16-bit weights, lane by lane.
-    ///
-    /// # Safety
-    /// `w` points at 16 values.
-    #[inline(always)]
-    unsafe fn tap_wide<const LANE: i32>(a: &mut [int32x4_t; 4], w: *const i16, p: int16x8_t) {
-        // SAFETY: the caller's contract bounds the loads.
-        unsafe {
-            let (wl, wh) = (vld1q_s16(w), vld1q_s16(w.add(8)));
-            a[0] = vmlal_laneq_s16::<LANE>(a[0], vget_low_s16(wl), p);
-            a[1] = vmlal_high_laneq_s16::<LANE>(a[1], wl, p);
-            a[2] = vmlal_laneq_s16::<LANE>(a[2], vget_low_s16(wh), p);
-            a[3] = vmlal_high_laneq_s16::<LANE>(a[3], wh, p);
         }
     }
 
@@ -436,11 +410,14 @@ mod neon {
     /// # Safety
     /// `w` points at 16 values.
     #[inline(always)]
-    unsafe fn tap<const LANE: i32>(a: &mut [int32x4_t; 4], w: *const i8, p: int16x8_t) {
+    unsafe fn tap<const LANE: i32, W: Weights16>(
+        a: &mut [int32x4_t; 4],
+        w: *const W,
+        p: int16x8_t,
+    ) {
         // SAFETY: the caller's contract bounds the load.
         unsafe {
-            let wv = vld1q_s8(w);
-            let (wl, wh) = (vmovl_s8(vget_low_s8(wv)), vmovl_high_s8(wv));
+            let (wl, wh) = W::load16(w);
             a[0] = vmlal_laneq_s16::<LANE>(a[0], vget_low_s16(wl), p);
             a[1] = vmlal_high_laneq_s16::<LANE>(a[1], wl, p);
             a[2] = vmlal_laneq_s16::<LANE>(a[2], vget_low_s16(wh), p);
