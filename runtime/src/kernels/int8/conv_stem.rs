@@ -151,11 +151,17 @@ unsafe fn patched<R: Row>(
     };
     #[cfg(not(target_arch = "aarch64"))]
     let wide: &[i16] = &[];
+    // Whether aarch64's vector gather suits this shape (each window must also lie inside).
+    #[cfg(target_arch = "aarch64")]
+    let vector = neon::gather3_fits(x, s, zx);
+    #[cfg(not(target_arch = "aarch64"))]
+    let vector = false;
     let mut patch = [0i16; PATCH];
     let mut acc = [0i32; CHUNK];
     for oy in 0..s.oh {
         for ox in 0..s.ow {
-            gather(x, s, oy, ox, zx, &mut patch);
+            // SAFETY: `vector` is gather3_fits(x, s, zx) or false.
+            unsafe { gather(x, s, oy, ox, zx, vector, &mut patch) };
             let o = (oy * s.ow + ox) * cout;
             let blocks = PatchBlocks {
                 cout,
@@ -173,11 +179,24 @@ unsafe fn patched<R: Row>(
 
 /// Output pixel (`oy`, `ox`)'s window as 16-bit offsets `x - zx` (0 in the
 /// padding) in the weights' `(ky, kx, ci)` order, into `patch[..kh * kw * cin]`
-/// (aarch64: 8-byte loads for interior windows of 3 channels).
+/// (aarch64: 8-byte loads for interior windows when `vector`).
+///
+/// # Safety
+/// `vector` is false, or `neon::gather3_fits(x, s, zx)` holds.
 #[inline(always)]
-fn gather(x: &[i8], s: ConvShape, oy: usize, ox: usize, zx: i16, patch: &mut [i16; PATCH]) {
+#[cfg_attr(not(target_arch = "aarch64"), allow(unused_variables))]
+unsafe fn gather(
+    x: &[i8],
+    s: ConvShape,
+    oy: usize,
+    ox: usize,
+    zx: i16,
+    vector: bool,
+    patch: &mut [i16; PATCH],
+) {
+    // SAFETY: `vector` implies gather3_fits(x, s, zx) (the contract).
     #[cfg(target_arch = "aarch64")]
-    if neon::gather3(x, s, oy, ox, zx, patch) {
+    if vector && unsafe { neon::gather3(x, s, oy, ox, zx, patch) } {
         return;
     }
     let plane = s.ih * s.iw;
@@ -276,16 +295,33 @@ mod neon {
     use super::{ConvShape, PATCH};
     use core::arch::aarch64::*;
 
+    /// Whether [`gather3`] suits this stem: 3 input channels, at most 8
+    /// kernel columns, the last kernel row's 24-value store inside the patch,
+    /// `x` holding its 3 planes and an int8 zero point. Checked once per
+    /// call; [`gather3`] then checks only each window's position.
+    #[inline(always)]
+    pub(super) fn gather3_fits(x: &[i8], s: ConvShape, zx: i16) -> bool {
+        s.cin == 3
+            && s.kw <= 8
+            && s.kh >= 1
+            && (s.kh - 1) * s.kw * 3 + 24 <= PATCH
+            && x.len() >= 3 * s.ih * s.iw
+            && (-128..=127).contains(&zx)
+    }
+
     /// Gathers the window of output pixel (`oy`, `ox`) into `patch` as
     /// [`super::patched`]'s scalar loop does (`x - zx` in `(ky, kx, ci)`
-    /// order), for 3 input channels and a window inside the input with 8
-    /// readable bytes from its first column: per kernel row, 8 bytes of each
-    /// channel plane, widened and offset by SSUBL, interleaved by ST3. The
-    /// lanes past `kw` land where the next kernel row's store overwrites
-    /// them, or past the patch's `kh * kw * 3` values. Returns false, having
-    /// written nothing, for any other pixel or shape.
+    /// order), for a window inside the input with 8 readable bytes from its
+    /// first column: per kernel row, 8 bytes of each channel plane, widened
+    /// and offset by SSUBL, interleaved by ST3. The lanes past `kw` land
+    /// where the next kernel row's store overwrites them, or past the
+    /// patch's `kh * kw * 3` values. Returns false, having written nothing,
+    /// for any other window.
+    ///
+    /// # Safety
+    /// [`gather3_fits`]`(x, s, zx)` holds.
     #[inline(always)]
-    pub(super) fn gather3(
+    pub(super) unsafe fn gather3(
         x: &[i8],
         s: ConvShape,
         oy: usize,
@@ -293,27 +329,21 @@ mod neon {
         zx: i16,
         patch: &mut [i16; PATCH],
     ) -> bool {
+        debug_assert!(gather3_fits(x, s, zx));
         let (iy0, ix0) = (oy * s.stride, ox * s.stride);
         let plane = s.ih * s.iw;
-        // Inside: no padding tap, and 8 bytes from the first column stay in the row. The
-        // last row's store writes 24 values from (kh - 1) * kw * 3.
-        let ok = s.cin == 3
-            && s.kw <= 8
-            && iy0 >= s.pad
-            && ix0 >= s.pad
-            && iy0 - s.pad + s.kh <= s.ih
-            && ix0 - s.pad + 8 <= s.iw
-            && (s.kh - 1) * s.kw * 3 + 24 <= PATCH
-            && x.len() >= 3 * plane
-            && (-128..=127).contains(&zx);
-        if !ok {
+        // Inside: no padding tap, and 8 bytes from the first column stay in the row.
+        let inside =
+            iy0 >= s.pad && ix0 >= s.pad && iy0 - s.pad + s.kh <= s.ih && ix0 - s.pad + 8 <= s.iw;
+        if !inside {
             return false;
         }
         let (iy0, ix0) = (iy0 - s.pad, ix0 - s.pad);
         // SAFETY: every load reads 8 bytes from (iy, ix0) of a plane with
-        // iy < ih and ix0 + 8 <= iw, inside x (3 planes); every store writes
-        // 24 values from ky * kw * 3 <= (kh - 1) * kw * 3, ending within
-        // PATCH (all checked above). NEON is part of every aarch64 target.
+        // iy < ih and ix0 + 8 <= iw (checked above), inside x (3 planes);
+        // every store writes 24 values from ky * kw * 3 <= (kh - 1) * kw * 3,
+        // ending within PATCH (both by gather3_fits, the caller's contract).
+        // NEON is part of every aarch64 target.
         unsafe {
             let z = vdup_n_s8(zx as i8);
             let p = x.as_ptr();
