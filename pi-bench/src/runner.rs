@@ -10,10 +10,7 @@ use std::str::FromStr;
 use std::time::Instant;
 
 use anyhow::{Context, Result, anyhow};
-use derm_runtime::preprocess::{Region, centre_crop, crop_resize_normalize};
-use derm_runtime::{
-    Arena, CENTRE_CROP, INPUT_H, INPUT_LEN, INPUT_W, MEAN, NUM_CLASSES, STD, classify, run,
-};
+use derm_runtime::{Arena, CENTRE_CROP, INPUT_LEN, NUM_CLASSES, classify, run};
 
 use crate::data;
 
@@ -269,17 +266,12 @@ fn argmax(logits: &[f32; NUM_CLASSES]) -> usize {
 /// resize and normalization, into a heap tensor.
 pub fn tensor(width: usize, height: usize, pixels: &[u8]) -> Result<Box<[f32; INPUT_LEN]>> {
     let image = derm_runtime::Image::new(width, height, pixels)?;
-    let region = if CENTRE_CROP {
-        centre_crop(width, height, INPUT_W, INPUT_H)
-    } else {
-        Region::whole(width, height)
-    };
-    let mut out = vec![0f32; INPUT_LEN];
-    crop_resize_normalize(image, region, INPUT_H, INPUT_W, MEAN, STD, &mut out)
-        .map_err(|e| anyhow!("preprocessing: {e}"))?;
-    out.into_boxed_slice()
+    let mut out: Box<[f32; INPUT_LEN]> = vec![0f32; INPUT_LEN]
+        .into_boxed_slice()
         .try_into()
-        .map_err(|_| anyhow!("preprocessing: input is not {INPUT_LEN} values"))
+        .map_err(|_| anyhow!("preprocessing: input is not {INPUT_LEN} values"))?;
+    derm_runtime::preprocess_input(image, &mut out).map_err(|e| anyhow!("preprocessing: {e}"))?;
+    Ok(out)
 }
 
 /// RGB8 pixels encoded as a baseline JPEG at `quality` (1-100).

@@ -24,7 +24,8 @@
 //! runs the network and returns the most probable class with all
 //! probabilities. [`run`] is the lower-level entry point taking an already
 //! preprocessed input (`[3][INPUT_H][INPUT_W]` planar, normalized with
-//! [`MEAN`] and [`STD`]) and returning the logits.
+//! [`MEAN`] and [`STD`]) and returning the logits; [`preprocess_input`] builds
+//! that input from an [`Image`] exactly as `classify` does.
 //!
 //! ```
 //! use derm_runtime::{Arena, Image, classify, CLASS_NAMES, NUM_CLASSES};
@@ -67,7 +68,7 @@ pub mod preprocess;
 
 pub use model::{
     ARENA_LEN, Arena, CENTRE_CROP, CLASS_NAMES, Error, INPUT_H, INPUT_LEN, INPUT_W, LAYERS, MACS,
-    MEAN, NUM_CLASSES, PARAMS, PEAK_LIVE_LEN, Prediction, STD, classify, run,
+    MEAN, NUM_CLASSES, PARAMS, PEAK_LIVE_LEN, Prediction, STD, classify, preprocess_input, run,
 };
 pub use preprocess::{Image, PreprocessError, Region};
 

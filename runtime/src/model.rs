@@ -2,7 +2,9 @@
 //! `models/default.safetensors` (or `$DERM_MODEL`), with every shape a
 //! constant, weights in flash and one caller-owned arena.
 
-use crate::preprocess::{Image, PreprocessError, centre_crop, crop_resize_normalize_map};
+use crate::preprocess::{
+    Image, PreprocessError, Region, centre_crop, crop_resize_normalize, crop_resize_normalize_map,
+};
 
 // The generated module is a complete model API; this crate re-exports
 // the parts its own API promises, so some items stay unused here.
@@ -86,11 +88,7 @@ impl core::error::Error for Error {}
 /// straight into the arena (an int8 model's input quantized as it is
 /// written), the network, then softmax. Allocates nothing.
 pub fn classify(image: Image<'_>, arena: &mut Arena) -> Result<Prediction, Error> {
-    let region = if CENTRE_CROP {
-        centre_crop(image.width, image.height, INPUT_W, INPUT_H)
-    } else {
-        crate::preprocess::Region::whole(image.width, image.height)
-    };
+    let region = input_region(image);
     // Straight into the arena in the model's input form: an int8 model's values are
     // quantized as they are written, exactly as `run` quantizes an f32 input.
     crop_resize_normalize_map(
@@ -118,6 +116,25 @@ pub fn classify(image: Image<'_>, arena: &mut Arena) -> Result<Prediction, Error
         probabilities,
         logits,
     })
+}
+
+/// The part of `image` the model reads: with [`CENTRE_CROP`] its centred crop
+/// with the input's aspect ratio, otherwise the whole image.
+fn input_region(image: Image<'_>) -> Region {
+    if CENTRE_CROP {
+        centre_crop(image.width, image.height, INPUT_W, INPUT_H)
+    } else {
+        Region::whole(image.width, image.height)
+    }
+}
+
+/// The network input [`classify`] builds from `image` (crop, bilinear resize,
+/// normalization with [`MEAN`] and [`STD`]), written to `input` as `f32`, for
+/// [`run`]: `run` on it gives `classify`'s logits, to the bit.
+pub fn preprocess_input(image: Image<'_>, input: &mut [f32; INPUT_LEN]) -> Result<(), Error> {
+    let region = input_region(image);
+    crop_resize_normalize(image, region, INPUT_H, INPUT_W, MEAN, STD, input)?;
+    Ok(())
 }
 
 /// Runs the network on an already preprocessed input (planar CHW `[3][H][W]`,

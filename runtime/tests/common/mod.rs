@@ -2,8 +2,7 @@
 
 #![allow(dead_code)]
 
-use derm_runtime::preprocess::{Region, centre_crop, crop_resize_normalize};
-use derm_runtime::{Arena, CENTRE_CROP, INPUT_H, INPUT_LEN, INPUT_W, Image, MEAN, STD};
+use derm_runtime::{Arena, INPUT_LEN, Image, preprocess_input};
 
 /// A zeroed arena on the heap without building it on the stack first (it is
 /// larger than a test thread's stack).
@@ -77,17 +76,11 @@ pub fn assert_close_to_range(got: &[f32], want: &[f32], tol: f32, what: &str) {
     );
 }
 
-/// The embedded model's `f32` input for `image`, preprocessed as `classify` does it (the
-/// centred crop when the model asks for one, resize, normalization).
+/// The embedded model's `f32` input for `image`, as `classify` builds it.
 pub fn preprocessed(image: Image<'_>) -> Vec<f32> {
-    let (w, h) = (image.width, image.height);
-    let region = if CENTRE_CROP {
-        centre_crop(w, h, INPUT_W, INPUT_H)
-    } else {
-        Region::whole(w, h)
-    };
     let mut input = vec![0f32; INPUT_LEN];
-    crop_resize_normalize(image, region, INPUT_H, INPUT_W, MEAN, STD, &mut input)
-        .unwrap_or_else(|e| panic!("{w}x{h}: {e}"));
+    let buf: &mut [f32; INPUT_LEN] = input.as_mut_slice().try_into().unwrap();
+    preprocess_input(image, buf)
+        .unwrap_or_else(|e| panic!("{}x{}: {e}", image.width, image.height));
     input
 }
