@@ -410,6 +410,13 @@ fn conv_stem_variants() -> Vec<(&'static str, StemFn)> {
             int8::conv_stem::avx2::conv_stem(x, s, z, w, b, e, o)
         }));
     }
+    #[cfg(target_arch = "x86_64")]
+    if derm_runtime::kernels::has_avx512_vnni() {
+        // SAFETY: the CPU supports AVX-512.
+        v.push(("avx512", |x, s, z, w, b, e, o| unsafe {
+            int8::conv_stem::avx512::conv_stem(x, s, z, w, b, e, o)
+        }));
+    }
     v
 }
 
@@ -507,6 +514,13 @@ fn depthwise_variants() -> Vec<(&'static str, DepthwiseFn)> {
             int8::depthwise::avx2::depthwise(x, s, z, w, b, e, o)
         }));
     }
+    #[cfg(target_arch = "x86_64")]
+    if derm_runtime::kernels::has_avx512_vnni() {
+        // SAFETY: the CPU supports AVX-512.
+        v.push(("avx512", |x, s, z, w, b, e, o| unsafe {
+            int8::depthwise::avx512::depthwise(x, s, z, w, b, e, o)
+        }));
+    }
     v
 }
 
@@ -589,6 +603,13 @@ fn pointwise_variants() -> Vec<(&'static str, PointwiseFn)> {
             int8::pointwise::avx2::pointwise(x, s, w, b, e, o)
         }));
     }
+    #[cfg(target_arch = "x86_64")]
+    if derm_runtime::kernels::has_avx512_vnni() {
+        // SAFETY: the CPU supports AVX-512 VNNI.
+        v.push(("avx512vnni", |x, s, w, b, e, o| unsafe {
+            int8::pointwise::avx512vnni::pointwise(x, s, w, b, e, o)
+        }));
+    }
     v
 }
 
@@ -608,6 +629,15 @@ fn pointwise_matches_reference_with_folded_bias() {
         (6, 40, 19),
         (5, 77, 9),
         (4, 144, 8),
+        // Many pixels and small k (the AVX-512 VNNI variant's packed form:
+        // k a multiple of 4 up to 128, blocks of 16 channels with a tail,
+        // tiles of 8 pixels with a rest), and its neighbours.
+        (70, 16, 72),
+        (64, 24, 40),
+        (100, 96, 19),
+        (65, 128, 16),
+        (64, 132, 8),
+        (64, 18, 20),
     ];
     let variants = pointwise_variants();
     for (pixels, k, n) in shapes {

@@ -227,6 +227,13 @@ fn requant_i8_variants() -> Vec<(&'static str, RequantFn)> {
             kernels::requant::avx2::requant_i8(a, m, s, zp, lo, hi, o)
         }));
     }
+    #[cfg(target_arch = "x86_64")]
+    if kernels::has_avx512_vnni() {
+        // SAFETY: the CPU supports AVX-512 F and VL (and AVX2).
+        v.push(("avx512", |a, m, s, zp, lo, hi, o| unsafe {
+            kernels::requant::avx512::requant_i8(a, m, s, zp, lo, hi, o)
+        }));
+    }
     v
 }
 

@@ -176,6 +176,47 @@ fn detect_avx2_fma() -> bool {
     os_saves_ymm && avx2
 }
 
+/// Whether this x86_64 CPU (and OS) supports AVX-512 F, BW, VL and VNNI beside
+/// AVX2 and FMA, which the `avx512vnni` int8 kernel variants need
+/// (`vpdpbusd`: four int8 products summed into each 32-bit lane in one
+/// instruction). Detected once with `cpuid`/`xgetbv` and cached.
+#[cfg(target_arch = "x86_64")]
+pub fn has_avx512_vnni() -> bool {
+    use core::sync::atomic::{AtomicU8, Ordering};
+    static STATE: AtomicU8 = AtomicU8::new(0);
+    match STATE.load(Ordering::Relaxed) {
+        1 => false,
+        2 => true,
+        _ => {
+            let yes = has_avx2_fma() && detect_avx512_vnni();
+            STATE.store(if yes { 2 } else { 1 }, Ordering::Relaxed);
+            yes
+        }
+    }
+}
+
+/// The AVX-512 half of [`has_avx512_vnni`]; only called once AVX2 (and so
+/// leaf 7 and XGETBV) is known to be there.
+#[cfg(target_arch = "x86_64")]
+fn detect_avx512_vnni() -> bool {
+    use core::arch::x86_64::__cpuid_count;
+    #[target_feature(enable = "xsave")]
+    fn xcr0() -> u64 {
+        // SAFETY: the caller checked OSXSAVE (through has_avx2_fma).
+        unsafe { core::arch::x86_64::_xgetbv(0) }
+    }
+    let l7 = __cpuid_count(7, 0);
+    let f = l7.ebx & (1 << 16) != 0;
+    let bw = l7.ebx & (1 << 30) != 0;
+    let vl = l7.ebx & (1 << 31) != 0;
+    let vnni = l7.ecx & (1 << 11) != 0;
+    // The OS must save the opmask registers and all of ZMM0-31 (XCR0 bits
+    // 5-7) as well as XMM and YMM (bits 1-2).
+    // SAFETY: the xsave feature is present (OSXSAVE, checked by has_avx2_fma).
+    let os_saves_zmm = unsafe { xcr0() } & 0xE6 == 0xE6;
+    f && bw && vl && vnni && os_saves_zmm
+}
+
 /// AVX2 helpers shared by the x86_64 kernels.
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod avx2_util {

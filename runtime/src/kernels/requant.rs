@@ -410,7 +410,103 @@ pub mod avx2 {
     }
 }
 
-/// The variant this target uses: AVX2 when the CPU has it (with FMA, as
+/// AVX-512 row requantization for x86_64 hosts (F and VL, in 256-bit
+/// registers), 8 values per iteration: the [`avx2`] variant's computation
+/// with the instructions AVX2 lacks. The 64-bit products of
+/// `_mm256_mul_epi32` are shifted by the arithmetic `vpsravq` (no offset
+/// needed) and clamped with the 64-bit `vpmaxsq`/`vpminsq` (no compare and
+/// blend), and `vpmovdb` narrows the clamped values to bytes.
+#[cfg(target_arch = "x86_64")]
+pub mod avx512 {
+    use super::portable;
+    use core::arch::x86_64::*;
+
+    /// AVX-512 row requantization with the contract of [`super::portable`].
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512 F and VL and AVX2 (implied by
+    /// [`super::super::has_avx512_vnni`]).
+    ///
+    /// # Panics
+    /// If `acc`, `mult` or `shift` is shorter than `out`.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512vl,avx2")]
+    pub unsafe fn requant_i8(
+        acc: &[i32],
+        mult: &[i32],
+        shift: &[u8],
+        zero_point: i32,
+        min: i8,
+        max: i8,
+        out: &mut [i8],
+    ) {
+        let len = out.len();
+        assert!(
+            acc.len() >= len && mult.len() >= len && shift.len() >= len,
+            "requant_i8: inputs shorter than out"
+        );
+        debug_assert!(min <= max);
+        let zp = _mm256_set1_epi64x(zero_point as i64);
+        let (lo, hi) = (
+            _mm256_set1_epi64x(min as i64),
+            _mm256_set1_epi64x(max as i64),
+        );
+        let low32 = _mm256_set1_epi64x(0xFFFF_FFFF);
+        let mut i = 0;
+        while i + 8 <= len {
+            // SAFETY: i + 8 <= len and every input holds at least len values,
+            // so the 8-lane loads (unaligned) and the 8-byte store stay in
+            // bounds.
+            unsafe {
+                let x = _mm256_loadu_si256(acc.as_ptr().add(i).cast());
+                let m = _mm256_loadu_si256(mult.as_ptr().add(i).cast());
+                let s = _mm256_cvtepu8_epi32(_mm_loadl_epi64(shift.as_ptr().add(i).cast()));
+                // mul_epi32 reads the low half of each 64-bit lane: the even
+                // lanes in place, the odd ones moved down.
+                let even = lanes(x, m, _mm256_and_si256(s, low32), zp, lo, hi);
+                let odd = lanes(
+                    _mm256_srli_epi64::<32>(x),
+                    _mm256_srli_epi64::<32>(m),
+                    _mm256_srli_epi64::<32>(s),
+                    zp,
+                    lo,
+                    hi,
+                );
+                // Clamped to [min, max], so the low 32 bits are the values,
+                // and truncating them to bytes is exact.
+                let v = _mm256_blend_epi32::<0b1010_1010>(even, _mm256_slli_epi64::<32>(odd));
+                _mm_storel_epi64(out.as_mut_ptr().add(i).cast(), _mm256_cvtepi32_epi8(v));
+            }
+            i += 8;
+        }
+        portable(
+            &acc[i..len],
+            &mult[i..len],
+            &shift[i..len],
+            zero_point,
+            min,
+            max,
+            &mut out[i..],
+        );
+    }
+
+    /// `clamp(zp + ((x * m + 2^(s - 1)) >> s), lo, hi)` on the four 64-bit
+    /// lanes whose low 32 bits hold `x` and `m`; `s` holds 64-bit counts.
+    /// The clamp in 64 bits equals the rule's saturation to `i32` followed
+    /// by the clamp, since `lo` and `hi` lie inside `i32`.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512vl,avx2")]
+    fn lanes(x: __m256i, m: __m256i, s: __m256i, zp: __m256i, lo: __m256i, hi: __m256i) -> __m256i {
+        let one = _mm256_set1_epi64x(1);
+        let p = _mm256_mul_epi32(x, m);
+        let round = _mm256_sllv_epi64(one, _mm256_sub_epi64(s, one));
+        let q = _mm256_srav_epi64(_mm256_add_epi64(p, round), s);
+        _mm256_min_epi64(_mm256_max_epi64(_mm256_add_epi64(q, zp), lo), hi)
+    }
+}
+
+/// The variant this target uses: [`avx512`] when the CPU has AVX-512
+/// ([`super::has_avx512_vnni`]), else AVX2 when it has that (with FMA, as
 /// [`super::has_avx2_fma`] reports for every AVX2 kernel), else [`portable`]
 /// (checked once, then one cached load per call).
 #[cfg(target_arch = "x86_64")]
@@ -424,7 +520,10 @@ pub fn requant_i8(
     max: i8,
     out: &mut [i8],
 ) {
-    if super::has_avx2_fma() {
+    if super::has_avx512_vnni() {
+        // SAFETY: the CPU supports AVX-512 F and VL (checked just above).
+        unsafe { avx512::requant_i8(acc, mult, shift, zero_point, min, max, out) }
+    } else if super::has_avx2_fma() {
         // SAFETY: the CPU supports AVX2 (checked just above).
         unsafe { avx2::requant_i8(acc, mult, shift, zero_point, min, max, out) }
     } else {
@@ -526,5 +625,26 @@ impl Row for Avx2 {
     ) {
         // SAFETY: AVX2 is the caller's contract.
         unsafe { avx2::requant_i8(acc, mult, shift, zero_point, min, max, out) }
+    }
+}
+
+/// [`avx512::requant_i8`], for kernels compiled with AVX-512.
+#[cfg(target_arch = "x86_64")]
+pub(crate) struct Avx512;
+
+#[cfg(target_arch = "x86_64")]
+impl Row for Avx512 {
+    #[inline(always)]
+    unsafe fn requant_i8(
+        acc: &[i32],
+        mult: &[i32],
+        shift: &[u8],
+        zero_point: i32,
+        min: i8,
+        max: i8,
+        out: &mut [i8],
+    ) {
+        // SAFETY: AVX-512 F and VL and AVX2 are the caller's contract.
+        unsafe { avx512::requant_i8(acc, mult, shift, zero_point, min, max, out) }
     }
 }

@@ -522,9 +522,37 @@ pub mod avx2 {
     }
 }
 
-/// The variant this target uses: [`avx2`] when the CPU has AVX2 (with FMA,
-/// as [`crate::kernels::has_avx2_fma`] reports for every AVX2 kernel), else
-/// [`portable`].
+/// x86_64 with AVX-512: the [`avx2`] variant with the AVX-512 row
+/// requantization (`requant::avx512`).
+#[cfg(target_arch = "x86_64")]
+pub mod avx512 {
+    use super::{ConvShape, Epilogue, body};
+    use crate::kernels::requant;
+
+    /// AVX-512 int8 stem convolution with the contract of [`super::portable`].
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512 F and VL and AVX2
+    /// ([`crate::kernels::has_avx512_vnni`]).
+    #[target_feature(enable = "avx512f,avx512vl,avx2")]
+    pub unsafe fn conv_stem(
+        x: &[i8],
+        s: ConvShape,
+        x_zero_point: i32,
+        w: &[i8],
+        bias: &[i32],
+        e: Epilogue<'_>,
+        out: &mut [i8],
+    ) {
+        // SAFETY: the features are this function's contract.
+        unsafe { body::<requant::Avx512>(x, s, x_zero_point, w, bias, e, out) }
+    }
+}
+
+/// The variant this target uses: [`avx512`] when the CPU has AVX-512
+/// ([`crate::kernels::has_avx512_vnni`]), else [`avx2`] when it has AVX2
+/// (with FMA, as [`crate::kernels::has_avx2_fma`] reports for every AVX2
+/// kernel), else [`portable`].
 #[cfg(target_arch = "x86_64")]
 #[inline]
 pub fn conv_stem(
@@ -536,7 +564,10 @@ pub fn conv_stem(
     e: Epilogue<'_>,
     out: &mut [i8],
 ) {
-    if crate::kernels::has_avx2_fma() {
+    if crate::kernels::has_avx512_vnni() {
+        // SAFETY: the CPU supports AVX-512 (checked just above).
+        unsafe { avx512::conv_stem(x, s, x_zero_point, w, bias, e, out) }
+    } else if crate::kernels::has_avx2_fma() {
         // SAFETY: the CPU supports AVX2 (checked just above).
         unsafe { avx2::conv_stem(x, s, x_zero_point, w, bias, e, out) }
     } else {

@@ -54,17 +54,19 @@ pub fn portable(
     e: Epilogue<'_>,
     out: &mut [i8],
 ) {
-    // SAFETY: the dispatching row function needs no CPU feature.
-    unsafe { body::<Dispatch>(x, s, x_zero_point, w, bias, e, out) }
+    // SAFETY: the dispatching row function needs no CPU feature, and the
+    // taps use no x86 vector code (`AVX2 = false`).
+    unsafe { body::<Dispatch, false>(x, s, x_zero_point, w, bias, e, out) }
 }
 
 /// [`portable`]'s computation with the row function `R`: the one source of
-/// every variant (they differ in the features they are compiled with).
+/// every variant (they differ in the features they are compiled with, and
+/// on x86_64 `AVX2` selects explicit AVX2 for the taps of 16 or 8 channels).
 ///
 /// # Safety
-/// `R`'s CPU features are present.
+/// `R`'s CPU features are present, and AVX2 is present if `AVX2` is true.
 #[inline(always)]
-unsafe fn body<R: Row>(
+unsafe fn body<R: Row, const AVX2: bool>(
     x: &[i8],
     s: DepthwiseShape,
     x_zero_point: i32,
@@ -86,7 +88,7 @@ unsafe fn body<R: Row>(
         oh: s.oh,
         ow: s.ow,
     };
-    let taps = DepthwiseTaps {
+    let taps = DepthwiseTaps::<AVX2> {
         x,
         w,
         iw: s.iw,
@@ -99,8 +101,9 @@ unsafe fn body<R: Row>(
 }
 
 /// One depthwise tap: channel `c + l` of the input pixel times channel
-/// `c + l` of the tap's weights.
-struct DepthwiseTaps<'a> {
+/// `c + l` of the tap's weights. `AVX2`: the x86_64 AVX2 rows may be used
+/// (the constructor's contract, see [`body`]).
+struct DepthwiseTaps<'a, const AVX2: bool> {
     x: &'a [i8],
     w: &'a [i8],
     iw: usize,
@@ -110,7 +113,7 @@ struct DepthwiseTaps<'a> {
     zx: i16,
 }
 
-impl TapMac for DepthwiseTaps<'_> {
+impl<const AVX2: bool> TapMac for DepthwiseTaps<'_, AVX2> {
     #[inline(always)]
     fn row<const L: usize>(
         &self,
@@ -133,6 +136,13 @@ impl TapMac for DepthwiseTaps<'_> {
             // SAFETY: acc holds L values; x and w hold (n - 1) * c + L values,
             // so each of the n taps reads L values of both.
             unsafe { neon::row::<L>(acc.as_mut_ptr(), x.as_ptr(), w.as_ptr(), n, self.c, self.zx) };
+            return;
+        }
+        #[cfg(target_arch = "x86_64")]
+        if AVX2 && (L == 16 || L == 8) {
+            // SAFETY: as for NEON above; AVX2 is present when AVX2 is true
+            // (the contract of `body`).
+            unsafe { x86::row::<L>(acc.as_mut_ptr(), x.as_ptr(), w.as_ptr(), n, self.c, self.zx) };
             return;
         }
         for j in 0..n {
@@ -207,7 +217,64 @@ mod neon {
     }
 }
 
-/// x86_64: [`portable`]'s source compiled with AVX2.
+/// x86_64: the taps of one kernel row for a block of 16 or 8 channels with
+/// explicit AVX2, for the same reason as the NEON rows (the compiler's own
+/// vectorization of the portable loop widened every product to 32 bits).
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use core::arch::x86_64::*;
+
+    /// `acc[l] += sum_j w[j * step + l] * (x[j * step + l] - zx)` for
+    /// `l < L` (16 or 8) and `j < n`, wrapping: `x - zx` (in `[-255, 255]`)
+    /// and the weights (in `[-127, 127]`) widened to int16 multiply exactly
+    /// in int16 lanes (`|product| <= 32385`), then widen into int32 sums.
+    ///
+    /// # Safety
+    /// `acc` points at `L` values; `x` and `w` at `(n - 1) * step + L`; the
+    /// CPU supports AVX2.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn row<const L: usize>(
+        acc: *mut i32,
+        x: *const i8,
+        w: *const i8,
+        n: usize,
+        step: usize,
+        zx: i16,
+    ) {
+        // SAFETY: the loads and stores stay inside the caller's contract.
+        unsafe {
+            if L == 16 {
+                let z = _mm256_set1_epi16(zx);
+                let mut a0 = _mm256_loadu_si256(acc.cast());
+                let mut a1 = _mm256_loadu_si256(acc.add(8).cast());
+                for j in 0..n {
+                    let xv = _mm256_cvtepi8_epi16(_mm_loadu_si128(x.add(j * step).cast()));
+                    let wv = _mm256_cvtepi8_epi16(_mm_loadu_si128(w.add(j * step).cast()));
+                    let p = _mm256_mullo_epi16(_mm256_sub_epi16(xv, z), wv);
+                    let (lo, hi) = (_mm256_castsi256_si128(p), _mm256_extracti128_si256::<1>(p));
+                    a0 = _mm256_add_epi32(a0, _mm256_cvtepi16_epi32(lo));
+                    a1 = _mm256_add_epi32(a1, _mm256_cvtepi16_epi32(hi));
+                }
+                _mm256_storeu_si256(acc.cast(), a0);
+                _mm256_storeu_si256(acc.add(8).cast(), a1);
+            } else {
+                let z = _mm_set1_epi16(zx);
+                let mut a0 = _mm256_loadu_si256(acc.cast());
+                for j in 0..n {
+                    let xv = _mm_cvtepi8_epi16(_mm_loadl_epi64(x.add(j * step).cast()));
+                    let wv = _mm_cvtepi8_epi16(_mm_loadl_epi64(w.add(j * step).cast()));
+                    let p = _mm_mullo_epi16(_mm_sub_epi16(xv, z), wv);
+                    a0 = _mm256_add_epi32(a0, _mm256_cvtepi16_epi32(p));
+                }
+                _mm256_storeu_si256(acc.cast(), a0);
+            }
+        }
+    }
+}
+
+/// x86_64: [`portable`]'s source compiled with AVX2, with explicit AVX2 for
+/// the taps of 16 or 8 channels.
 #[cfg(target_arch = "x86_64")]
 pub mod avx2 {
     use super::{DepthwiseShape, Epilogue, body};
@@ -228,13 +295,41 @@ pub mod avx2 {
         out: &mut [i8],
     ) {
         // SAFETY: AVX2 is this function's contract.
-        unsafe { body::<requant::Avx2>(x, s, x_zero_point, w, bias, e, out) }
+        unsafe { body::<requant::Avx2, true>(x, s, x_zero_point, w, bias, e, out) }
     }
 }
 
-/// The variant this target uses: [`avx2`] when the CPU has AVX2 (with FMA,
-/// as [`crate::kernels::has_avx2_fma`] reports for every AVX2 kernel), else
-/// [`portable`].
+/// x86_64 with AVX-512: the [`avx2`] variant with the AVX-512 row
+/// requantization (`requant::avx512`).
+#[cfg(target_arch = "x86_64")]
+pub mod avx512 {
+    use super::{DepthwiseShape, Epilogue, body};
+    use crate::kernels::requant;
+
+    /// AVX-512 int8 depthwise convolution with the contract of [`super::portable`].
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512 F and VL and AVX2
+    /// ([`crate::kernels::has_avx512_vnni`]).
+    #[target_feature(enable = "avx512f,avx512vl,avx2")]
+    pub unsafe fn depthwise(
+        x: &[i8],
+        s: DepthwiseShape,
+        x_zero_point: i32,
+        w: &[i8],
+        bias: &[i32],
+        e: Epilogue<'_>,
+        out: &mut [i8],
+    ) {
+        // SAFETY: the features are this function's contract.
+        unsafe { body::<requant::Avx512, true>(x, s, x_zero_point, w, bias, e, out) }
+    }
+}
+
+/// The variant this target uses: [`avx512`] when the CPU has AVX-512
+/// ([`crate::kernels::has_avx512_vnni`]), else [`avx2`] when it has AVX2
+/// (with FMA, as [`crate::kernels::has_avx2_fma`] reports for every AVX2
+/// kernel), else [`portable`].
 #[cfg(target_arch = "x86_64")]
 #[inline]
 pub fn depthwise(
@@ -246,7 +341,10 @@ pub fn depthwise(
     e: Epilogue<'_>,
     out: &mut [i8],
 ) {
-    if crate::kernels::has_avx2_fma() {
+    if crate::kernels::has_avx512_vnni() {
+        // SAFETY: the CPU supports AVX-512 (checked just above).
+        unsafe { avx512::depthwise(x, s, x_zero_point, w, bias, e, out) }
+    } else if crate::kernels::has_avx2_fma() {
         // SAFETY: the CPU supports AVX2 (checked just above).
         unsafe { avx2::depthwise(x, s, x_zero_point, w, bias, e, out) }
     } else {

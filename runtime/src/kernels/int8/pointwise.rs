@@ -12,7 +12,11 @@
 //!   SADALP into int32 lanes, 16 input channels per step, as `docs/int8.md`
 //!   describes for the Cortex-A72;
 //! - `avx2` (x86_64, chosen at run time): 16 input channels widened to
-//!   int16 and multiplied pairwise into int32 with `vpmaddwd`.
+//!   int16 and multiplied pairwise into int32 with `vpmaddwd`;
+//! - `avx512vnni` (x86_64 with AVX-512 VNNI, chosen at run time first): 32
+//!   input channels per step in 256-bit registers, four products summed into
+//!   each 32-bit lane by one `vpdpbusd`, the row's tail read through a byte
+//!   mask.
 //!
 //! All of them sum the same products modulo `2^32` (see the module docs of
 //! [`super`]), so every variant gives the same bits as the oracle whatever
@@ -391,13 +395,295 @@ pub mod avx2 {
     }
 }
 
+/// AVX-512 VNNI pointwise convolution (x86_64, chosen at run time).
+///
+/// `vpdpbusd` multiplies unsigned bytes by signed ones, so the int8 inputs
+/// go in with their sign bit flipped (`x ^ 0x80` read as `u8` is `x + 128`)
+/// and the tile subtracts `128 * sum_i w[c][i]`, which it accumulates with
+/// the same instruction from a vector of 128s. Both sums are exact modulo
+/// `2^32` (four products of at most `255 * 128` per lane and step, then
+/// wrapping adds), so the difference is the dot product's bits.
+#[cfg(target_arch = "x86_64")]
+pub mod avx512vnni {
+    use super::{DotTile, PointwiseShape, drive};
+    use crate::kernels::int8::Epilogue;
+    use core::arch::x86_64::*;
+
+    /// AVX-512 VNNI int8 pointwise convolution with the contract of
+    /// [`super::portable`].
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512 F, BW, VL and VNNI, AVX2 and FMA
+    /// ([`crate::kernels::has_avx512_vnni`]).
+    ///
+    /// # Panics
+    /// If a slice is shorter than `s` says.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
+    pub unsafe fn pointwise(
+        x: &[i8],
+        s: PointwiseShape,
+        w: &[i8],
+        bias: &[i32],
+        e: Epilogue<'_>,
+        out: &mut [i8],
+    ) {
+        if s.k.is_multiple_of(4) && s.k <= PACKED_K && s.pixels >= PACKED_PIXELS {
+            // SAFETY: the features are this function's contract; k is a
+            // multiple of 4 no larger than PACKED_K.
+            unsafe { packed(x, s, w, bias, e, out) }
+        } else {
+            // SAFETY: the features are this function's contract.
+            unsafe { drive::<Vnni, 4, 4>(x, s, w, bias, e, out) }
+        }
+    }
+
+    /// The largest `k` the packed form takes: its block of weights lives on
+    /// the stack (`NB * PACKED_K` bytes). Beyond it the dot-product tiles
+    /// (whose per-tile reduction is then spread over many steps) serve.
+    const PACKED_K: usize = 128;
+
+    /// The fewest pixels for the packed form: its packing of each block of
+    /// weights is spread over the pixels that use it.
+    const PACKED_PIXELS: usize = 64;
+
+    /// Output channels per block of the packed form (two 256-bit vectors).
+    const NB: usize = 16;
+
+    /// Pixel rows per tile of the packed form.
+    const PR: usize = 8;
+
+    /// The packed form, for small `k` over many pixels, where the
+    /// dot-product tiles waste lanes (`k = 16` fills half a vector) and
+    /// reduce every accumulator for a few steps of work. Output channels go
+    /// in blocks of [`NB`]; each block's weights are packed on the stack as
+    /// `[k / 4][NB][4]`, so that one `vpdpbusd` of four input channels
+    /// broadcast to every lane against one packed vector adds four products
+    /// into each of 8 output channels, and the accumulators hold output
+    /// channels in their lanes: no reduction. They start at the bias minus
+    /// `128 * sum_i w[c][i]` (the sign-flip correction of the module docs).
+    ///
+    /// # Safety
+    /// The CPU features of [`pointwise`]; `s.k` is a multiple of 4 and at
+    /// most [`PACKED_K`].
+    ///
+    /// # Panics
+    /// If a slice is shorter than `s` says.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
+    unsafe fn packed(
+        x: &[i8],
+        s: PointwiseShape,
+        w: &[i8],
+        bias: &[i32],
+        e: Epilogue<'_>,
+        out: &mut [i8],
+    ) {
+        let (pixels, k, n) = (s.pixels, s.k, s.n);
+        assert!(
+            x.len() >= pixels * k && w.len() >= n * k && bias.len() >= n && out.len() >= pixels * n,
+            "int8 pointwise: a slice is shorter than the shape {s:?}"
+        );
+        debug_assert!(k % 4 == 0 && k <= PACKED_K);
+        debug_assert_eq!(e.channels(), n);
+        let groups = k / 4;
+        // [k / 4][NB] groups of 4 weights, as u32 (little-endian bytes).
+        let mut wp = [0u32; NB * PACKED_K / 4];
+        let mut sums = [0i32; NB];
+        for j0 in (0..n).step_by(NB) {
+            let m = NB.min(n - j0);
+            for c in 0..NB {
+                if c < m {
+                    let row = &w[(j0 + c) * k..(j0 + c + 1) * k];
+                    for (g, q) in row.chunks_exact(4).enumerate() {
+                        wp[g * NB + c] =
+                            u32::from_le_bytes([q[0] as u8, q[1] as u8, q[2] as u8, q[3] as u8]);
+                    }
+                } else {
+                    // Channels past n: zero weights, outputs never stored.
+                    for g in 0..groups {
+                        wp[g * NB + c] = 0;
+                    }
+                }
+            }
+            // SAFETY: the packed block holds groups * NB values, read as
+            // 2 * groups vectors of 8; every x read is 4 bytes at 4 * g < k
+            // of a row below `pixels`; the features are the contract.
+            unsafe {
+                let flip = _mm256_set1_epi8(i8::MIN);
+                let wv = wp.as_ptr().cast::<__m256i>();
+                // 128 * sum_i w[c][i], by the same instruction.
+                let (mut s0, mut s1) = (_mm256_setzero_si256(), _mm256_setzero_si256());
+                for g in 0..groups {
+                    s0 = _mm256_dpbusd_epi32(s0, flip, _mm256_loadu_si256(wv.add(2 * g)));
+                    s1 = _mm256_dpbusd_epi32(s1, flip, _mm256_loadu_si256(wv.add(2 * g + 1)));
+                }
+                _mm256_storeu_si256(sums.as_mut_ptr().cast(), s0);
+                _mm256_storeu_si256(sums.as_mut_ptr().add(8).cast(), s1);
+                let mut init = [0i32; NB];
+                for c in 0..m {
+                    init[c] = bias[j0 + c].wrapping_sub(sums[c]);
+                }
+                let init = [
+                    _mm256_loadu_si256(init.as_ptr().cast()),
+                    _mm256_loadu_si256(init.as_ptr().add(8).cast()),
+                ];
+                let e = e.slice(j0..j0 + m);
+                let mut p0 = 0;
+                while p0 < pixels {
+                    let rows = PR.min(pixels - p0);
+                    let xp = x.as_ptr().add(p0 * k);
+                    let mut t = [[0i32; NB]; PR];
+                    if rows == PR {
+                        block::<PR>(xp, k, wv, groups, init, flip, &mut t);
+                    } else {
+                        for (r, tr) in t.iter_mut().enumerate().take(rows) {
+                            let tr = core::array::from_mut(tr);
+                            block::<1>(xp.add(r * k), k, wv, groups, init, flip, tr);
+                        }
+                    }
+                    for (r, a) in t.iter().enumerate().take(rows) {
+                        let o = (p0 + r) * n + j0;
+                        e.apply_with::<crate::kernels::requant::Avx512>(
+                            &a[..m],
+                            &mut out[o..o + m],
+                        );
+                    }
+                    p0 += rows;
+                }
+            }
+        }
+    }
+
+    /// `t[r][c] = init[c] + sum_g dot4(x[r][4g..4g + 4] ^ 0x80, w[g][c])`
+    /// for `R` rows of `k` inputs from `x` against one packed block.
+    ///
+    /// # Safety
+    /// `x` holds `R * k` values; `wv` holds `2 * groups` vectors; `4 *
+    /// groups <= k`; the features of [`pointwise`].
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
+    unsafe fn block<const R: usize>(
+        x: *const i8,
+        k: usize,
+        wv: *const __m256i,
+        groups: usize,
+        init: [__m256i; 2],
+        flip: __m256i,
+        t: &mut [[i32; NB]; R],
+    ) {
+        // SAFETY: the caller's contract.
+        unsafe {
+            let mut a = [init; R];
+            for g in 0..groups {
+                let (w0, w1) = (
+                    _mm256_loadu_si256(wv.add(2 * g)),
+                    _mm256_loadu_si256(wv.add(2 * g + 1)),
+                );
+                for (r, ar) in a.iter_mut().enumerate() {
+                    let q = x.add(r * k + 4 * g).cast::<i32>().read_unaligned();
+                    let xb = _mm256_xor_si256(_mm256_set1_epi32(q), flip);
+                    ar[0] = _mm256_dpbusd_epi32(ar[0], xb, w0);
+                    ar[1] = _mm256_dpbusd_epi32(ar[1], xb, w1);
+                }
+            }
+            for (tr, ar) in t.iter_mut().zip(&a) {
+                _mm256_storeu_si256(tr.as_mut_ptr().cast(), ar[0]);
+                _mm256_storeu_si256(tr.as_mut_ptr().add(8).cast(), ar[1]);
+            }
+        }
+    }
+
+    struct Vnni;
+
+    /// The lane sums of four accumulators, `[sum a, sum b, sum c, sum d]`:
+    /// two rounds of interleave-and-add leave each 128-bit half holding its
+    /// partial sums of all four, then the halves are added.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn hsum4(a: __m256i, b: __m256i, c: __m256i, d: __m256i) -> __m128i {
+        let ab = _mm256_add_epi32(_mm256_unpacklo_epi32(a, b), _mm256_unpackhi_epi32(a, b));
+        let cd = _mm256_add_epi32(_mm256_unpacklo_epi32(c, d), _mm256_unpackhi_epi32(c, d));
+        let s = _mm256_add_epi32(_mm256_unpacklo_epi64(ab, cd), _mm256_unpackhi_epi64(ab, cd));
+        _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256::<1>(s))
+    }
+
+    /// The sum of the eight `i32` lanes, wrapping.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn hsum(v: __m256i) -> i32 {
+        let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+        let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
+        let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s));
+        _mm_cvtsi128_si32(s)
+    }
+
+    impl DotTile for Vnni {
+        type Row = crate::kernels::requant::Avx512;
+
+        #[inline(always)]
+        // Tile coordinates index several arrays and pointers at once.
+        #[allow(clippy::needless_range_loop)]
+        unsafe fn tile<const R: usize, const C: usize>(
+            x: *const i8,
+            w: *const i8,
+            k: usize,
+        ) -> [[i32; C]; R] {
+            // SAFETY: every load is masked to the bytes i..min(i + 32, k)
+            // of a row of k values (masked-off bytes are neither read nor
+            // faulted on, and load as 0); the features are the caller's
+            // contract (only `avx512vnni::pointwise` instantiates this).
+            unsafe {
+                let flip = _mm256_set1_epi8(i8::MIN);
+                let mut acc = [[_mm256_setzero_si256(); C]; R];
+                let mut corr = [_mm256_setzero_si256(); C];
+                let mut i = 0;
+                while i < k {
+                    let rest = k - i;
+                    let mask: __mmask32 = if rest >= 32 { !0 } else { (1u32 << rest) - 1 };
+                    let mut xv = [flip; R];
+                    for (r, v) in xv.iter_mut().enumerate() {
+                        // Masked-off bytes become 0x80 (u8 128), against
+                        // weights loaded as 0: no product.
+                        *v =
+                            _mm256_xor_si256(_mm256_maskz_loadu_epi8(mask, x.add(r * k + i)), flip);
+                    }
+                    for c in 0..C {
+                        let wv = _mm256_maskz_loadu_epi8(mask, w.add(c * k + i));
+                        corr[c] = _mm256_dpbusd_epi32(corr[c], flip, wv);
+                        for r in 0..R {
+                            acc[r][c] = _mm256_dpbusd_epi32(acc[r][c], xv[r], wv);
+                        }
+                    }
+                    i += 32;
+                }
+                let mut out = [[0i32; C]; R];
+                if C == 4 {
+                    let corr = hsum4(corr[0], corr[1], corr[2], corr[3]);
+                    for r in 0..R {
+                        let v = hsum4(acc[r][0], acc[r][1], acc[r][2], acc[r][3]);
+                        _mm_storeu_si128(out[r].as_mut_ptr().cast(), _mm_sub_epi32(v, corr));
+                    }
+                    return out;
+                }
+                for c in 0..C {
+                    let corr = hsum(corr[c]);
+                    for r in 0..R {
+                        out[r][c] = hsum(acc[r][c]).wrapping_sub(corr);
+                    }
+                }
+                out
+            }
+        }
+    }
+}
+
 /// The variant this target uses: NEON.
 #[cfg(target_arch = "aarch64")]
 pub use neon::pointwise;
 
-/// The variant this target uses: AVX2 when the CPU has it (with FMA, as
-/// [`crate::kernels::has_avx2_fma`] reports for every AVX2 kernel), else
-/// [`portable`] (checked once, then one cached load per call).
+/// The variant this target uses: [`avx512vnni`] when the CPU has AVX-512
+/// VNNI ([`crate::kernels::has_avx512_vnni`]), else AVX2 when it has that
+/// (with FMA, as [`crate::kernels::has_avx2_fma`] reports for every AVX2
+/// kernel), else [`portable`] (checked once, then one cached load per call).
 ///
 /// # Panics
 /// If a slice is shorter than `s` says.
@@ -411,7 +697,10 @@ pub fn pointwise(
     e: Epilogue<'_>,
     out: &mut [i8],
 ) {
-    if crate::kernels::has_avx2_fma() {
+    if crate::kernels::has_avx512_vnni() {
+        // SAFETY: the CPU supports AVX-512 VNNI (checked just above).
+        unsafe { avx512vnni::pointwise(x, s, w, bias, e, out) }
+    } else if crate::kernels::has_avx2_fma() {
         // SAFETY: the CPU supports AVX2 (checked just above).
         unsafe { avx2::pointwise(x, s, w, bias, e, out) }
     } else {
