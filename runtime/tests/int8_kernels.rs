@@ -863,6 +863,10 @@ fn add_matches_reference() {
         int8::add(&a, &b, &p, &mut out);
         let want: Vec<i8> = a.iter().zip(&b).map(|(&u, &v)| add_ref(u, v, &p)).collect();
         assert_eq!(out, want, "len {len} {p:?}");
+        // The portable source beside the variant the dispatch chose.
+        let mut portable = vec![0i8; len];
+        int8::add::portable(&a, &b, &p, &mut portable);
+        assert_eq!(portable, want, "portable, len {len} {p:?}");
         assert_spread(&out, "add");
     }
 }
@@ -1016,15 +1020,49 @@ impl Se {
         self.output(x, &self.gate(&self.acc2(&hidden, s)), s)
     }
 
-    /// Runs the kernel on a copy of `x` with a scratch of `2c + squeeze`
-    /// (plus `extra`) values filled with junk.
+    /// Runs every variant this machine can run on a copy of `x` with a
+    /// scratch of `2c + squeeze` (plus `extra`) values filled with junk;
+    /// asserts that they agree and returns their output.
     fn run(&self, x: &[i8], s: SeShape, extra: usize) -> Vec<i8> {
         let split = self.split();
-        let mut y = x.to_vec();
-        let mut scratch = vec![0x5a5a_5a5a_i32; 2 * s.c + s.squeeze + extra];
-        int8::squeeze_excite(&mut y, s, &self.params(&split), &mut scratch);
-        y
+        let mut outs = Vec::new();
+        for (name, f) in se_variants() {
+            let mut y = x.to_vec();
+            let mut scratch = vec![0x5a5a_5a5a_i32; 2 * s.c + s.squeeze + extra];
+            f(&mut y, s, &self.params(&split), &mut scratch);
+            outs.push((name, y));
+        }
+        for (name, y) in &outs[1..] {
+            assert_eq!(y, &outs[0].1, "{name} against {} {s:?}", outs[0].0);
+        }
+        outs.swap_remove(0).1
     }
+}
+
+type SeFn = fn(&mut [i8], SeShape, &SeParams<'_>, &mut [i32]);
+
+/// Every squeeze-and-excite variant this machine can run.
+fn se_variants() -> Vec<(&'static str, SeFn)> {
+    #[allow(unused_mut)]
+    let mut v: Vec<(&'static str, SeFn)> = vec![
+        ("dispatch", int8::squeeze_excite),
+        ("portable", int8::squeeze_excite::portable),
+    ];
+    #[cfg(target_arch = "x86_64")]
+    if derm_runtime::kernels::has_avx2_fma() {
+        // SAFETY: the CPU supports AVX2 and FMA.
+        v.push(("avx2", |x, s, p, t| unsafe {
+            int8::squeeze_excite::avx2::squeeze_excite(x, s, p, t)
+        }));
+    }
+    #[cfg(target_arch = "x86_64")]
+    if derm_runtime::kernels::has_avx512_vnni() {
+        // SAFETY: the CPU supports AVX-512.
+        v.push(("avx512", |x, s, p, t| unsafe {
+            int8::squeeze_excite::avx512::squeeze_excite(x, s, p, t)
+        }));
+    }
+    v
 }
 
 /// Random constants with each stage's multipliers fitted to the previous

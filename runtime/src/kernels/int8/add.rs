@@ -2,9 +2,10 @@
 //! form).
 
 use super::{CHUNK, Mult, Uniform};
+use crate::kernels::requant::{Dispatch, Row};
 
-/// The variant every target uses for now: [`portable`] (vector variants will
-/// keep its signature).
+/// The variant this target uses: [`portable`].
+#[cfg(not(target_arch = "x86_64"))]
 pub use portable as add;
 
 /// Bits of headroom: both inputs, minus their zero points, are shifted left
@@ -40,6 +41,17 @@ pub struct AddParams {
 /// three).
 #[inline]
 pub fn portable(a: &[i8], b: &[i8], p: &AddParams, out: &mut [i8]) {
+    // SAFETY: the dispatching row function needs no CPU feature.
+    unsafe { body::<Dispatch>(a, b, p, out) }
+}
+
+/// [`portable`]'s computation with the row function `R`: the one source of
+/// every variant (they differ in the features they are compiled with).
+///
+/// # Safety
+/// `R`'s CPU features are present.
+#[inline(always)]
+unsafe fn body<R: Row>(a: &[i8], b: &[i8], p: &AddParams, out: &mut [i8]) {
     debug_assert_eq!(a.len(), out.len());
     debug_assert_eq!(b.len(), out.len());
     debug_assert!(p.zero_points.iter().all(|z| (-128..=127).contains(z)));
@@ -61,6 +73,40 @@ pub fn portable(a: &[i8], b: &[i8], p: &AddParams, out: &mut [i8]) {
             // with multipliers below 1 no wrap can happen anyway).
             *s = sa.wrapping_add(sb);
         }
-        u.apply(acc, p.out_zero_point, -128, 127, out);
+        // SAFETY: R's features are the caller's contract.
+        unsafe { u.apply_with::<R>(acc, p.out_zero_point, -128, 127, out) };
+    }
+}
+
+/// x86_64: [`portable`]'s source compiled with AVX-512 (F, VL, DQ: the
+/// per-value 64-bit rescales vectorize) and the AVX-512 row requantization.
+#[cfg(target_arch = "x86_64")]
+pub mod avx512 {
+    use super::{AddParams, body};
+    use crate::kernels::requant;
+
+    /// AVX-512 int8 residual addition with the contract of
+    /// [`super::portable`].
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512 F, BW, VL and DQ and AVX2
+    /// ([`crate::kernels::has_avx512_vnni`]).
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")]
+    pub unsafe fn add(a: &[i8], b: &[i8], p: &AddParams, out: &mut [i8]) {
+        // SAFETY: the features are this function's contract.
+        unsafe { body::<requant::Avx512>(a, b, p, out) }
+    }
+}
+
+/// The variant this target uses: [`avx512`] when the CPU has AVX-512
+/// ([`crate::kernels::has_avx512_vnni`]), else [`portable`].
+#[cfg(target_arch = "x86_64")]
+#[inline]
+pub fn add(a: &[i8], b: &[i8], p: &AddParams, out: &mut [i8]) {
+    if crate::kernels::has_avx512_vnni() {
+        // SAFETY: the CPU supports AVX-512 (checked just above).
+        unsafe { avx512::add(a, b, p, out) }
+    } else {
+        portable(a, b, p, out)
     }
 }

@@ -528,13 +528,21 @@ pub mod avx2 {
 pub mod avx512 {
     use super::{ConvShape, Epilogue, body};
     use crate::kernels::requant;
+    use core::arch::x86_64::*;
 
     /// AVX-512 int8 stem convolution with the contract of [`super::portable`].
     ///
+    /// Stems with at most 4 kernel columns and [`GROUPS`] (kernel row, input
+    /// channel) pairs, such as MobileNetV3's 3x3 over 3 channels, take the
+    /// VNNI form (see [`vnni`]); others take [`super::portable`]'s source.
+    ///
     /// # Safety
-    /// The CPU must support AVX-512 F and VL and AVX2
+    /// The CPU must support AVX-512 F, BW, VL and VNNI and AVX2
     /// ([`crate::kernels::has_avx512_vnni`]).
-    #[target_feature(enable = "avx512f,avx512vl,avx2")]
+    ///
+    /// # Panics
+    /// If a slice is shorter than `s` says.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2")]
     pub unsafe fn conv_stem(
         x: &[i8],
         s: ConvShape,
@@ -544,8 +552,152 @@ pub mod avx512 {
         e: Epilogue<'_>,
         out: &mut [i8],
     ) {
-        // SAFETY: the features are this function's contract.
-        unsafe { body::<requant::Avx512>(x, s, x_zero_point, w, bias, e, out) }
+        if s.kw <= 4 && s.kh * s.cin <= GROUPS && s.stride > 0 {
+            // SAFETY: the features are this function's contract; the shape
+            // is vnni's.
+            unsafe { vnni(x, s, x_zero_point, w, bias, e, out) }
+        } else {
+            // SAFETY: the features are this function's contract.
+            unsafe { body::<requant::Avx512>(x, s, x_zero_point, w, bias, e, out) }
+        }
+    }
+
+    /// The most (kernel row, input channel) pairs of the VNNI form: its
+    /// packed weights stay in registers (two vectors per pair).
+    const GROUPS: usize = 12;
+
+    /// Output channels per block of the VNNI form.
+    const NB: usize = 16;
+
+    /// The VNNI form. A kernel row of one input channel is at most 4
+    /// consecutive bytes of that channel's plane, so each (row, channel)
+    /// pair `g` of an output pixel's window is one 4-byte load, broadcast
+    /// to every lane and multiplied by `vpdpbusd` against the pair's packed
+    /// weights (`[g][NB][4]`: the kernel columns, then zeros). `vpdpbusd`
+    /// takes unsigned bytes, so inputs go in with their sign bit flipped
+    /// (`x + 128`), and every tap is present: taps in the padding read the
+    /// zero point `zx` (flipped, `zx + 128`), so that each accumulator is
+    /// `sum_taps w * (x + 128)` and starts at `bias - (128 + zx) * sum_taps w`,
+    /// which leaves the oracle's `bias + sum_inside w * (x - zx)` exactly
+    /// (modulo `2^32`, as everywhere). Windows inside the input load
+    /// straight from the planes; windows over the border go through a
+    /// 4-byte-per-pair patch.
+    ///
+    /// # Safety
+    /// The features of [`conv_stem`]; `s.kw <= 4`, `s.kh * s.cin <= GROUPS`,
+    /// `s.stride > 0`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2")]
+    unsafe fn vnni(
+        x: &[i8],
+        s: ConvShape,
+        x_zero_point: i32,
+        w: &[i8],
+        bias: &[i32],
+        e: Epilogue<'_>,
+        out: &mut [i8],
+    ) {
+        let (cin, cout, plane) = (s.cin, s.cout, s.ih * s.iw);
+        assert!(
+            x.len() >= cin * plane
+                && w.len() >= s.kh * s.kw * cin * cout
+                && bias.len() >= cout
+                && out.len() >= s.oh * s.ow * cout,
+            "int8 stem: a slice is shorter than the shape {s:?}"
+        );
+        debug_assert_eq!(e.channels(), cout);
+        let groups = s.kh * cin;
+        let zflip = (x_zero_point + 128) as u8;
+        for j0 in (0..cout).step_by(NB) {
+            let m = NB.min(cout - j0);
+            // [g = ci * kh + ky][NB][4 columns], as u32 (little-endian bytes).
+            let mut wp = [0u32; GROUPS * NB];
+            let mut init = [0i32; NB];
+            for (c, ic) in init.iter_mut().enumerate().take(m) {
+                let mut sum = 0i32;
+                for ci in 0..cin {
+                    for ky in 0..s.kh {
+                        let mut b = [0u8; 4];
+                        for (kx, bk) in b.iter_mut().enumerate().take(s.kw) {
+                            let v = w[((ky * s.kw + kx) * cin + ci) * cout + j0 + c];
+                            *bk = v as u8;
+                            sum += i32::from(v);
+                        }
+                        wp[(ci * s.kh + ky) * NB + c] = u32::from_le_bytes(b);
+                    }
+                }
+                *ic = bias[j0 + c].wrapping_sub((128 + x_zero_point).wrapping_mul(sum));
+            }
+            // SAFETY: wp holds GROUPS * NB values (2 * GROUPS vectors of 8);
+            // interior loads are checked against x.len() below; the
+            // features are this function's contract.
+            unsafe {
+                let flip = _mm256_set1_epi8(i8::MIN);
+                let wv = wp.as_ptr().cast::<__m256i>();
+                let mut wr = [[_mm256_setzero_si256(); 2]; GROUPS];
+                for (g, r) in wr.iter_mut().enumerate().take(groups) {
+                    *r = [
+                        _mm256_loadu_si256(wv.add(2 * g)),
+                        _mm256_loadu_si256(wv.add(2 * g + 1)),
+                    ];
+                }
+                let init = [
+                    _mm256_loadu_si256(init.as_ptr().cast()),
+                    _mm256_loadu_si256(init.as_ptr().add(8).cast()),
+                ];
+                let e = e.slice(j0..j0 + m);
+                let mut acc = [0i32; NB];
+                for oy in 0..s.oh {
+                    let y0 = (oy * s.stride).wrapping_sub(s.pad);
+                    let rows_inside = oy * s.stride >= s.pad && y0 + s.kh <= s.ih;
+                    for ox in 0..s.ow {
+                        let x0 = (ox * s.stride).wrapping_sub(s.pad);
+                        // Interior: every tap inside, and the last pair's
+                        // 4-byte load inside x.
+                        let inside = rows_inside
+                            && ox * s.stride >= s.pad
+                            && x0 + s.kw <= s.iw
+                            && (cin - 1) * plane + (y0 + s.kh - 1) * s.iw + x0 + 4 <= x.len();
+                        let mut a = init;
+                        if inside {
+                            let base = x.as_ptr().add(y0 * s.iw + x0);
+                            for ci in 0..cin {
+                                for ky in 0..s.kh {
+                                    let g = ci * s.kh + ky;
+                                    let q = base
+                                        .add(ci * plane + ky * s.iw)
+                                        .cast::<i32>()
+                                        .read_unaligned();
+                                    let xb = _mm256_xor_si256(_mm256_set1_epi32(q), flip);
+                                    a[0] = _mm256_dpbusd_epi32(a[0], xb, wr[g][0]);
+                                    a[1] = _mm256_dpbusd_epi32(a[1], xb, wr[g][1]);
+                                }
+                            }
+                        } else {
+                            for ci in 0..cin {
+                                for ky in 0..s.kh {
+                                    let g = ci * s.kh + ky;
+                                    let iy = y0.wrapping_add(ky);
+                                    let mut b = [zflip; 4];
+                                    for (kx, bk) in b.iter_mut().enumerate().take(s.kw) {
+                                        let ix = x0.wrapping_add(kx);
+                                        if iy < s.ih && ix < s.iw {
+                                            *bk = (x[ci * plane + iy * s.iw + ix] as u8) ^ 0x80;
+                                        }
+                                    }
+                                    let xb = _mm256_set1_epi32(i32::from_le_bytes(b));
+                                    a[0] = _mm256_dpbusd_epi32(a[0], xb, wr[g][0]);
+                                    a[1] = _mm256_dpbusd_epi32(a[1], xb, wr[g][1]);
+                                }
+                            }
+                        }
+                        _mm256_storeu_si256(acc.as_mut_ptr().cast(), a[0]);
+                        _mm256_storeu_si256(acc.as_mut_ptr().add(8).cast(), a[1]);
+                        let o = (oy * s.ow + ox) * cout + j0;
+                        e.apply_with::<requant::Avx512>(&acc[..m], &mut out[o..o + m]);
+                    }
+                }
+            }
+        }
     }
 }
 

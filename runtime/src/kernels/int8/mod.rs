@@ -298,23 +298,30 @@ impl Uniform {
     /// of at most [`CHUNK`] values.
     #[inline]
     fn apply(&self, acc: &[i32], zero_point: i32, min: i8, max: i8, out: &mut [i8]) {
-        use requant::Row;
+        // SAFETY: the dispatching row functions need no CPU feature.
+        unsafe { self.apply_with::<requant::Dispatch>(acc, zero_point, min, max, out) }
+    }
+
+    /// [`Uniform::apply`] with the row function `R` (see [`requant::Row`]).
+    ///
+    /// # Safety
+    /// `R`'s CPU features are present.
+    #[inline(always)]
+    unsafe fn apply_with<R: requant::Row>(
+        &self,
+        acc: &[i32],
+        zero_point: i32,
+        min: i8,
+        max: i8,
+        out: &mut [i8],
+    ) {
         let n = acc.len();
         let (mult, shift) = (&self.mult[..n], &self.shift[..n]);
-        // SAFETY: the dispatching row functions need no CPU feature.
+        // SAFETY: R's features are the caller's contract.
         unsafe {
             match &self.high_shift {
-                Some(t) => requant::Dispatch::requant_i8_high(
-                    acc,
-                    mult,
-                    shift,
-                    &t[..n],
-                    zero_point,
-                    min,
-                    max,
-                    out,
-                ),
-                None => requant::Dispatch::requant_i8(acc, mult, shift, zero_point, min, max, out),
+                Some(t) => R::requant_i8_high(acc, mult, shift, &t[..n], zero_point, min, max, out),
+                None => R::requant_i8(acc, mult, shift, zero_point, min, max, out),
             }
         }
     }

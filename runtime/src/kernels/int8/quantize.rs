@@ -2,7 +2,7 @@
 //! int8 model.
 
 /// The variant this target uses: [`portable`].
-#[cfg(not(target_arch = "aarch64"))]
+#[cfg(not(any(target_arch = "aarch64", target_arch = "x86_64")))]
 pub use portable as quantize;
 
 /// The variant this target uses: [`neon::quantize`].
@@ -95,5 +95,71 @@ pub mod neon {
             }
         }
         super::portable(&input[i..n], inv_scale, zero_point, &mut out[i..n]);
+    }
+}
+
+/// x86_64 AVX2 quantization, 16 values per iteration: multiply, turn NaN
+/// into 0 (an ordered-compare mask), clamp to `[-1024, 1024]`, convert with
+/// the default rounding (to nearest, ties to even, as [`quantize_one`]'s
+/// magic-number addition rounds), then narrow with saturating packs after
+/// adding the zero point in 16 bits (exact: `|q| <= 1024`). Zero points
+/// outside int8 go to [`portable`].
+#[cfg(target_arch = "x86_64")]
+pub mod avx2 {
+    use core::arch::x86_64::*;
+
+    /// AVX2 quantization with the contract of [`super::portable`].
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 ([`crate::kernels::has_avx2_fma`]).
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn quantize(input: &[f32], inv_scale: f32, zero_point: i32, out: &mut [i8]) {
+        debug_assert_eq!(input.len(), out.len());
+        let n = input.len().min(out.len());
+        if !(-128..=127).contains(&zero_point) {
+            return super::portable(&input[..n], inv_scale, zero_point, &mut out[..n]);
+        }
+        let inv = _mm256_set1_ps(inv_scale);
+        let (lo, hi) = (_mm256_set1_ps(-1024.0), _mm256_set1_ps(1024.0));
+        let z = _mm256_set1_epi16(zero_point as i16);
+        let q = |p: *const f32| {
+            // SAFETY: the caller reads 8 values at p, inside input.
+            let v = _mm256_mul_ps(unsafe { _mm256_loadu_ps(p) }, inv);
+            let v = _mm256_and_ps(v, _mm256_cmp_ps::<_CMP_ORD_Q>(v, v));
+            _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(v, lo), hi))
+        };
+        let mut i = 0;
+        while i + 16 <= n {
+            // SAFETY: i + 16 <= n: the two 8-value loads and the 16-byte
+            // store stay inside input and out.
+            unsafe {
+                let p = input.as_ptr().add(i);
+                // packs works per 128-bit half: [a0-3 b0-3 | a4-7 b4-7],
+                // put back in order by the 64-bit permute.
+                let w = _mm256_packs_epi32(q(p), q(p.add(8)));
+                let w = _mm256_permute4x64_epi64::<0b11_01_10_00>(w);
+                let w = _mm256_adds_epi16(w, z);
+                let b =
+                    _mm_packs_epi16(_mm256_castsi256_si128(w), _mm256_extracti128_si256::<1>(w));
+                _mm_storeu_si128(out.as_mut_ptr().add(i).cast(), b);
+            }
+            i += 16;
+        }
+        super::portable(&input[i..n], inv_scale, zero_point, &mut out[i..n]);
+    }
+}
+
+/// The variant this target uses: [`avx2`] when the CPU has AVX2 (with FMA,
+/// as [`crate::kernels::has_avx2_fma`] reports for every AVX2 kernel), else
+/// [`portable`].
+#[cfg(target_arch = "x86_64")]
+#[inline]
+pub fn quantize(input: &[f32], inv_scale: f32, zero_point: i32, out: &mut [i8]) {
+    if crate::kernels::has_avx2_fma() {
+        // SAFETY: the CPU supports AVX2 (checked just above).
+        unsafe { avx2::quantize(input, inv_scale, zero_point, out) }
+    } else {
+        portable(input, inv_scale, zero_point, out)
     }
 }

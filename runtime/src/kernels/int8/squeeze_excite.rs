@@ -2,9 +2,11 @@
 //! `y = x * hardsigmoid(fc2(relu(fc1(mean(x)))))`.
 
 use super::{CHUNK, Mult, Uniform, requant};
+use requant::{Dispatch, Row};
 
-/// The variant every target uses for now: [`portable`] (vector variants will
-/// keep its signature).
+/// The variant this target uses: [`portable`] (on aarch64 its row
+/// requantizations are NEON through the dispatching row function).
+#[cfg(not(target_arch = "x86_64"))]
 pub use portable as squeeze_excite;
 
 /// Fraction bits of the gate: `gate = round(hardsigmoid * 2^15)` in
@@ -86,6 +88,19 @@ pub struct SeParams<'a> {
 /// the other operand is far inside `i32` and the clamp bounds are too.
 #[inline]
 pub fn portable(x: &mut [i8], s: SeShape, p: &SeParams<'_>, scratch: &mut [i32]) {
+    // SAFETY: the dispatching row function needs no CPU feature.
+    unsafe { body::<Dispatch>(x, s, p, scratch) }
+}
+
+/// [`portable`]'s computation with the row function `R`: the one source of
+/// every variant (they differ in the features they are compiled with, which
+/// lets the compiler vectorize the pooling, the two small matrix-vector
+/// products and the gate multiply for the target).
+///
+/// # Safety
+/// `R`'s CPU features are present.
+#[inline(always)]
+unsafe fn body<R: Row>(x: &mut [i8], s: SeShape, p: &SeParams<'_>, scratch: &mut [i32]) {
     let (c, q) = (s.c, s.squeeze);
     debug_assert_eq!(x.len(), s.pixels * c);
     debug_assert!(scratch.len() >= 2 * c + q);
@@ -124,7 +139,8 @@ pub fn portable(x: &mut [i8], s: SeShape, p: &SeParams<'_>, scratch: &mut [i32])
     let pool = Uniform::new(p.pool_mult);
     for chunk in pooled.chunks_mut(CHUNK) {
         let q8 = &mut q8[..chunk.len()];
-        pool.apply(chunk, zp, -128, 127, q8);
+        // SAFETY: R's features are the caller's contract.
+        unsafe { pool.apply_with::<R>(chunk, zp, -128, 127, q8) };
         for (a, &v) in chunk.iter_mut().zip(q8.iter()) {
             *a = i32::from(v) - zp;
         }
@@ -143,15 +159,18 @@ pub fn portable(x: &mut [i8], s: SeShape, p: &SeParams<'_>, scratch: &mut [i32])
     for (j0, chunk) in (0..q).step_by(CHUNK).zip(hidden.chunks_mut(CHUNK)) {
         let m = chunk.len();
         let q8 = &mut q8[..m];
-        requant::requant_i8(
-            chunk,
-            &p.fc1_mult[j0..j0 + m],
-            &p.fc1_shift[j0..j0 + m],
-            zh,
-            zh as i8,
-            127,
-            q8,
-        );
+        // SAFETY: R's features are the caller's contract.
+        unsafe {
+            R::requant_i8(
+                chunk,
+                &p.fc1_mult[j0..j0 + m],
+                &p.fc1_shift[j0..j0 + m],
+                zh,
+                zh as i8,
+                127,
+                q8,
+            )
+        };
         for (h, &v) in chunk.iter_mut().zip(q8.iter()) {
             *h = i32::from(v) - zh;
         }
@@ -180,7 +199,62 @@ pub fn portable(x: &mut [i8], s: SeShape, p: &SeParams<'_>, scratch: &mut [i32])
                 // |x - zx| <= 255 and 0 <= g <= 2^15: below 2^24.
                 *d = (i32::from(v) - zx) * g;
             }
-            out.apply(prod, p.out_zero_point, -128, 127, row);
+            // SAFETY: R's features are the caller's contract.
+            unsafe { out.apply_with::<R>(prod, p.out_zero_point, -128, 127, row) };
         }
+    }
+}
+
+/// x86_64: [`portable`]'s source compiled with AVX2.
+#[cfg(target_arch = "x86_64")]
+pub mod avx2 {
+    use super::{SeParams, SeShape, body};
+    use crate::kernels::requant;
+
+    /// AVX2 int8 squeeze-and-excite with the contract of [`super::portable`].
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 and FMA ([`crate::kernels::has_avx2_fma`]).
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn squeeze_excite(x: &mut [i8], s: SeShape, p: &SeParams<'_>, scratch: &mut [i32]) {
+        // SAFETY: AVX2 is this function's contract.
+        unsafe { body::<requant::Avx2>(x, s, p, scratch) }
+    }
+}
+
+/// x86_64: [`portable`]'s source compiled with AVX-512 (F, BW, VL) and the
+/// AVX-512 row requantization.
+#[cfg(target_arch = "x86_64")]
+pub mod avx512 {
+    use super::{SeParams, SeShape, body};
+    use crate::kernels::requant;
+
+    /// AVX-512 int8 squeeze-and-excite with the contract of
+    /// [`super::portable`].
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512 F, BW and VL and AVX2
+    /// ([`crate::kernels::has_avx512_vnni`]).
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
+    pub unsafe fn squeeze_excite(x: &mut [i8], s: SeShape, p: &SeParams<'_>, scratch: &mut [i32]) {
+        // SAFETY: the features are this function's contract.
+        unsafe { body::<requant::Avx512>(x, s, p, scratch) }
+    }
+}
+
+/// The variant this target uses: [`avx512`] when the CPU has AVX-512
+/// ([`crate::kernels::has_avx512_vnni`]), else [`avx2`] when it has AVX2
+/// ([`crate::kernels::has_avx2_fma`]), else [`portable`].
+#[cfg(target_arch = "x86_64")]
+#[inline]
+pub fn squeeze_excite(x: &mut [i8], s: SeShape, p: &SeParams<'_>, scratch: &mut [i32]) {
+    if crate::kernels::has_avx512_vnni() {
+        // SAFETY: the CPU supports AVX-512 (checked just above).
+        unsafe { avx512::squeeze_excite(x, s, p, scratch) }
+    } else if crate::kernels::has_avx2_fma() {
+        // SAFETY: the CPU supports AVX2 (checked just above).
+        unsafe { avx2::squeeze_excite(x, s, p, scratch) }
+    } else {
+        portable(x, s, p, scratch)
     }
 }
