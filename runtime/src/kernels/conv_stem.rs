@@ -451,6 +451,10 @@ pub mod avx2 {
     use super::super::depthwise::tap_range;
     use core::arch::x86_64::*;
 
+    /// The most taps (`kh * kw * cin`) of the flat loop for interior
+    /// windows; larger stems take the nested loops everywhere.
+    const FLAT_TAPS: usize = 64;
+
     /// AVX2 stem convolution with the contract of [`super::portable`].
     ///
     /// # Safety
@@ -493,11 +497,75 @@ pub mod avx2 {
         let plane = ih * iw;
         let c32 = cout - cout % 32;
         let c8 = cout - cout % 8;
+        // Windows with every tap inside the input take one flat loop over
+        // the taps with their input offsets from the window's corner
+        // computed here once (the MobileNetV3 stem's 27), instead of the
+        // nested tap loops below with their per-tap index arithmetic.
+        let taps = kh * kw * cin;
+        let mut offs = [0usize; FLAT_TAPS];
+        let flat = taps <= FLAT_TAPS;
+        if flat {
+            for ky in 0..kh {
+                for kx in 0..kw {
+                    for ci in 0..cin {
+                        offs[(ky * kw + kx) * cin + ci] = ci * plane + ky * iw + kx;
+                    }
+                }
+            }
+        }
         for oy in 0..oh {
             let (ky0, ky1) = tap_range(oy, stride, pad, kh, ih);
             for ox in 0..ow {
                 let (kx0, kx1) = tap_range(ox, stride, pad, kw, iw);
                 let o = (oy * ow + ox) * cout;
+                if flat && ky0 == 0 && ky1 == kh && kx0 == 0 && kx1 == kw {
+                    // SAFETY: every tap is inside (tap_range returned the
+                    // whole kernel), so corner + offs[t] < cin * plane; the
+                    // weights of tap t for channels cb..cb + 8 (or 16) and
+                    // the output pixel's channels are inside the asserted
+                    // lengths.
+                    unsafe {
+                        let corner = (oy * stride - pad) * iw + ox * stride - pad;
+                        let ip = input.as_ptr().add(corner);
+                        let op = out.as_mut_ptr().add(o);
+                        let mut cb = 0;
+                        while cb + 16 <= cout {
+                            let bp = bias.as_ptr().add(cb);
+                            let (mut a0, mut a1) =
+                                (_mm256_loadu_ps(bp), _mm256_loadu_ps(bp.add(8)));
+                            for (t, &off) in offs[..taps].iter().enumerate() {
+                                let a = _mm256_set1_ps(*ip.add(off));
+                                let wt = w.as_ptr().add(t * cout + cb);
+                                a0 = _mm256_fmadd_ps(a, _mm256_loadu_ps(wt), a0);
+                                a1 = _mm256_fmadd_ps(a, _mm256_loadu_ps(wt.add(8)), a1);
+                            }
+                            _mm256_storeu_ps(op.add(cb), activate(act, a0));
+                            _mm256_storeu_ps(op.add(cb + 8), activate(act, a1));
+                            cb += 16;
+                        }
+                        while cb + 8 <= cout {
+                            let mut a0 = _mm256_loadu_ps(bias.as_ptr().add(cb));
+                            for (t, &off) in offs[..taps].iter().enumerate() {
+                                let a = _mm256_set1_ps(*ip.add(off));
+                                a0 = _mm256_fmadd_ps(
+                                    a,
+                                    _mm256_loadu_ps(w.as_ptr().add(t * cout + cb)),
+                                    a0,
+                                );
+                            }
+                            _mm256_storeu_ps(op.add(cb), activate(act, a0));
+                            cb += 8;
+                        }
+                        for ch in cb..cout {
+                            let mut acc = bias[ch];
+                            for (t, &off) in offs[..taps].iter().enumerate() {
+                                acc += *ip.add(off) * w[t * cout + ch];
+                            }
+                            out[o + ch] = act.apply(acc);
+                        }
+                    }
+                    continue;
+                }
                 // SAFETY (both blocks): tap_range keeps input reads inside;
                 // cb + 32 (or + 8) <= cout bounds weights, bias and the
                 // output pixel; lengths asserted above.
