@@ -452,12 +452,20 @@ fn conv_stem_random_shapes_with_tails() {
 type LinearFn = fn(&[f32], usize, usize, &[f32], &[f32], Activation, &mut [f32]);
 
 fn linear_variants() -> Vec<(&'static str, LinearFn)> {
-    let v: Vec<(&'static str, LinearFn)> = vec![
+    #[allow(unused_mut)]
+    let mut v: Vec<(&'static str, LinearFn)> = vec![
         ("dispatch", kernels::linear),
         ("portable", kernels::linear::portable),
         #[cfg(target_arch = "aarch64")]
         ("neon", kernels::linear::neon::linear),
     ];
+    #[cfg(target_arch = "x86_64")]
+    if kernels::has_avx2_fma() {
+        // SAFETY: the CPU supports AVX2 and FMA.
+        v.push(("avx2", |x, k, n, w, b, a, o| unsafe {
+            kernels::linear::avx2::linear(x, k, n, w, b, a, o)
+        }));
+    }
     v
 }
 
@@ -514,12 +522,20 @@ fn linear_random_shapes_with_tails() {
 type SeFn = fn(&mut [f32], usize, usize, usize, &[f32], &[f32], &[f32], &[f32], &mut [f32]);
 
 fn se_variants() -> Vec<(&'static str, SeFn)> {
-    let v: Vec<(&'static str, SeFn)> = vec![
+    #[allow(unused_mut)]
+    let mut v: Vec<(&'static str, SeFn)> = vec![
         ("dispatch", kernels::squeeze_excite),
         ("portable", kernels::squeeze_excite::portable),
         #[cfg(target_arch = "aarch64")]
         ("neon", kernels::squeeze_excite::neon::squeeze_excite),
     ];
+    #[cfg(target_arch = "x86_64")]
+    if kernels::has_avx2_fma() {
+        // SAFETY: the CPU supports AVX2 and FMA.
+        v.push(("avx2", |x, hw, c, q, w1, b1, w2, b2, t| unsafe {
+            kernels::squeeze_excite::avx2::squeeze_excite(x, hw, c, q, w1, b1, w2, b2, t)
+        }));
+    }
     v
 }
 

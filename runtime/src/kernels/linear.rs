@@ -5,8 +5,9 @@ use super::{Activation, NR};
 /// The variant this target uses: NEON on aarch64, [`portable`] elsewhere.
 #[cfg(target_arch = "aarch64")]
 pub use neon::linear;
-/// The variant this target uses: NEON on aarch64, [`portable`] elsewhere.
-#[cfg(not(target_arch = "aarch64"))]
+/// The variant this target uses: NEON on aarch64, AVX2 (chosen at run time)
+/// on x86_64, [`portable`] elsewhere.
+#[cfg(not(any(target_arch = "aarch64", target_arch = "x86_64")))]
 pub use portable as linear;
 
 /// Portable linear layer.
@@ -136,5 +137,96 @@ pub mod neon {
             }
             (vaddq_f32(a0, b0), vaddq_f32(a1, b1))
         }
+    }
+}
+
+/// AVX2 + FMA GEMV for x86_64 hosts: each panel of 8 output channels is one
+/// `__m256` accumulated over `k` (four accumulators, one per input of an
+/// unrolled step, to break the FMA dependency chain), as the NEON variant
+/// does with its lanes.
+#[cfg(target_arch = "x86_64")]
+pub mod avx2 {
+    use super::super::{Activation, NR, packed_len};
+    use core::arch::x86_64::*;
+
+    // A panel is exactly one __m256.
+    const _: () = assert!(NR == 8);
+
+    /// AVX2 linear layer with the contract of [`super::portable`].
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 and FMA ([`super::super::has_avx2_fma`]).
+    ///
+    /// # Panics
+    /// If a slice is shorter than `k` and `n` say.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn linear(
+        input: &[f32],
+        k: usize,
+        n: usize,
+        w: &[f32],
+        bias: &[f32],
+        act: Activation,
+        out: &mut [f32],
+    ) {
+        assert!(input.len() >= k, "linear: input shorter than k");
+        assert!(
+            w.len() >= packed_len(k, n),
+            "linear: packed weights too short"
+        );
+        assert!(bias.len() >= n, "linear: bias shorter than n");
+        assert!(out.len() >= n, "linear: out shorter than n");
+        let x = input.as_ptr();
+        for panel in 0..n.div_ceil(NR) {
+            let j0 = panel * NR;
+            let width = NR.min(n - j0);
+            let mut t = [0.0f32; NR];
+            // SAFETY: panel < n.div_ceil(8), so the panel's k * 8 weights lie
+            // inside the asserted packed length; input reads stay below k;
+            // t holds 8 values.
+            unsafe {
+                let wp = w.as_ptr().add(panel * k * NR);
+                let mut a = [_mm256_setzero_ps(); 4];
+                let mut i = 0;
+                while i + 4 <= k {
+                    for (u, a) in a.iter_mut().enumerate() {
+                        let xv = _mm256_set1_ps(*x.add(i + u));
+                        *a = _mm256_fmadd_ps(xv, _mm256_loadu_ps(wp.add((i + u) * NR)), *a);
+                    }
+                    i += 4;
+                }
+                while i < k {
+                    let xv = _mm256_set1_ps(*x.add(i));
+                    a[0] = _mm256_fmadd_ps(xv, _mm256_loadu_ps(wp.add(i * NR)), a[0]);
+                    i += 1;
+                }
+                let v = _mm256_add_ps(_mm256_add_ps(a[0], a[1]), _mm256_add_ps(a[2], a[3]));
+                _mm256_storeu_ps(t.as_mut_ptr(), v);
+            }
+            for c in 0..width {
+                out[j0 + c] = act.apply(t[c] + bias[j0 + c]);
+            }
+        }
+    }
+}
+
+/// The variant this target uses: AVX2 + FMA when the CPU has them, else
+/// [`portable`].
+#[cfg(target_arch = "x86_64")]
+#[inline]
+pub fn linear(
+    input: &[f32],
+    k: usize,
+    n: usize,
+    w: &[f32],
+    bias: &[f32],
+    act: Activation,
+    out: &mut [f32],
+) {
+    if super::has_avx2_fma() {
+        // SAFETY: the CPU supports AVX2 and FMA (checked just above).
+        unsafe { avx2::linear(input, k, n, w, bias, act, out) }
+    } else {
+        portable(input, k, n, w, bias, act, out)
     }
 }

@@ -9,7 +9,7 @@ use super::{Activation, hardsigmoid, linear, pool};
 #[cfg(target_arch = "aarch64")]
 pub use neon::squeeze_excite;
 /// The variant this target uses: NEON on aarch64, [`portable`] elsewhere.
-#[cfg(not(target_arch = "aarch64"))]
+#[cfg(not(any(target_arch = "aarch64", target_arch = "x86_64")))]
 pub use portable as squeeze_excite;
 
 /// Portable squeeze-and-excitation.
@@ -116,5 +116,78 @@ pub mod neon {
                 x[px * c + ch] *= g;
             }
         }
+    }
+}
+
+/// x86_64: [`portable`]'s steps compiled with AVX2 and FMA (the pool and
+/// the channel scaling vectorize), with the AVX2 linear layers.
+#[cfg(target_arch = "x86_64")]
+pub mod avx2 {
+    use super::super::{Activation, hardsigmoid, linear, pool};
+    use super::scale_channels;
+
+    /// AVX2 squeeze-and-excitation with the contract of [`super::portable`].
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 and FMA ([`super::super::has_avx2_fma`]).
+    ///
+    /// # Panics
+    /// If a slice is shorter than the shape says.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn squeeze_excite(
+        x: &mut [f32],
+        hw: usize,
+        c: usize,
+        csq: usize,
+        w1: &[f32],
+        b1: &[f32],
+        w2: &[f32],
+        b2: &[f32],
+        scratch: &mut [f32],
+    ) {
+        assert!(x.len() >= hw * c, "squeeze_excite: x shorter than hw * c");
+        assert!(
+            scratch.len() >= c + csq,
+            "squeeze_excite: scratch shorter than c + csq"
+        );
+        let x = &mut x[..hw * c];
+        let (pooled, rest) = scratch.split_at_mut(c);
+        let hidden = &mut rest[..csq];
+        pool::portable(x, hw, c, pooled);
+        // SAFETY: AVX2 and FMA are this function's contract.
+        unsafe { linear::avx2::linear(pooled, c, csq, w1, b1, Activation::Relu, hidden) };
+        // The pooled means are dead now; their slot receives the gates.
+        let gates = pooled;
+        // SAFETY: as above.
+        unsafe { linear::avx2::linear(hidden, csq, c, w2, b2, Activation::None, gates) };
+        for g in gates.iter_mut() {
+            *g = hardsigmoid(*g);
+        }
+        scale_channels(x, c, gates);
+    }
+}
+
+/// The variant this target uses: AVX2 + FMA when the CPU has them, else
+/// [`portable`].
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+#[inline]
+pub fn squeeze_excite(
+    x: &mut [f32],
+    hw: usize,
+    c: usize,
+    csq: usize,
+    w1: &[f32],
+    b1: &[f32],
+    w2: &[f32],
+    b2: &[f32],
+    scratch: &mut [f32],
+) {
+    if super::has_avx2_fma() {
+        // SAFETY: the CPU supports AVX2 and FMA (checked just above).
+        unsafe { avx2::squeeze_excite(x, hw, c, csq, w1, b1, w2, b2, scratch) }
+    } else {
+        portable(x, hw, c, csq, w1, b1, w2, b2, scratch)
     }
 }
