@@ -176,7 +176,7 @@ fn detect_avx2_fma() -> bool {
     os_saves_ymm && avx2
 }
 
-/// Whether this x86_64 CPU (and OS) supports AVX-512 F, DQ, BW, VL and VNNI beside
+/// Whether this x86_64 CPU (and OS) supports AVX-512 F, DQ, BW, VL, VBMI and VNNI beside
 /// AVX2 and FMA, which the `avx512vnni` int8 kernel variants need
 /// (`vpdpbusd`: four int8 products summed into each 32-bit lane in one
 /// instruction). Detected once with `cpuid`/`xgetbv` and cached.
@@ -210,12 +210,13 @@ fn detect_avx512_vnni() -> bool {
     let bw = l7.ebx & (1 << 30) != 0;
     let vl = l7.ebx & (1 << 31) != 0;
     let dq = l7.ebx & (1 << 17) != 0;
+    let vbmi = l7.ecx & (1 << 1) != 0;
     let vnni = l7.ecx & (1 << 11) != 0;
     // The OS must save the opmask registers and all of ZMM0-31 (XCR0 bits
     // 5-7) as well as XMM and YMM (bits 1-2).
     // SAFETY: the xsave feature is present (OSXSAVE, checked by has_avx2_fma).
     let os_saves_zmm = unsafe { xcr0() } & 0xE6 == 0xE6;
-    f && dq && bw && vl && vnni && os_saves_zmm
+    f && dq && bw && vl && vbmi && vnni && os_saves_zmm
 }
 
 /// AVX2 helpers shared by the x86_64 kernels.

@@ -536,6 +536,11 @@ pub fn requant_i8(
 /// function of the same feature directly, and the compiler can inline it
 /// instead of going through the run-time dispatch on every row.
 pub(crate) trait Row {
+    /// Whether the variant's features include AVX-512 VBMI, BW and VL, so
+    /// that the int8 epilogue may look up its hardswish tables with
+    /// `vpermi2b`.
+    const VBMI: bool = false;
+
     /// [`requant_i8`]'s contract.
     ///
     /// # Safety
@@ -628,12 +633,15 @@ impl Row for Avx2 {
     }
 }
 
-/// [`avx512::requant_i8`], for kernels compiled with AVX-512.
+/// [`avx512::requant_i8`], for kernels compiled with AVX-512 (F, BW, VL and
+/// VBMI: the kernels using it run only where [`super::has_avx512_vnni`]).
 #[cfg(target_arch = "x86_64")]
 pub(crate) struct Avx512;
 
 #[cfg(target_arch = "x86_64")]
 impl Row for Avx512 {
+    const VBMI: bool = true;
+
     #[inline(always)]
     unsafe fn requant_i8(
         acc: &[i32],

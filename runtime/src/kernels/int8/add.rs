@@ -89,8 +89,8 @@ pub mod avx512 {
     /// [`super::portable`].
     ///
     /// # Safety
-    /// The CPU must support AVX-512 F, BW, VL and DQ and AVX2
-    /// ([`crate::kernels::has_avx512_vnni`]).
+    /// The CPU must support everything [`crate::kernels::has_avx512_vnni`]
+    /// checks (the AVX-512 row functions assume it).
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")]
     pub unsafe fn add(a: &[i8], b: &[i8], p: &AddParams, out: &mut [i8]) {
         // SAFETY: the features are this function's contract.

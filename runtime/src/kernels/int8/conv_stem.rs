@@ -537,12 +537,12 @@ pub mod avx512 {
     /// VNNI form (see [`vnni`]); others take [`super::portable`]'s source.
     ///
     /// # Safety
-    /// The CPU must support AVX-512 F, BW, VL and VNNI and AVX2
+    /// The CPU must support AVX-512 F, BW, VL, VBMI and VNNI and AVX2
     /// ([`crate::kernels::has_avx512_vnni`]).
     ///
     /// # Panics
     /// If a slice is shorter than `s` says.
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2")]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vbmi,avx512vnni,avx2")]
     pub unsafe fn conv_stem(
         x: &[i8],
         s: ConvShape,
@@ -586,7 +586,7 @@ pub mod avx512 {
     /// # Safety
     /// The features of [`conv_stem`]; `s.kw <= 4`, `s.kh * s.cin <= GROUPS`,
     /// `s.stride > 0`.
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2")]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vbmi,avx512vnni,avx2")]
     unsafe fn vnni(
         x: &[i8],
         s: ConvShape,

@@ -299,19 +299,49 @@ pub mod avx2 {
     }
 }
 
-/// x86_64 with AVX-512: the [`avx2`] variant with the AVX-512 row
-/// requantization (`requant::avx512`).
+/// x86_64 with AVX-512 VNNI: windows wholly inside the input in the VNNI
+/// form (see [`avx512::depthwise`]), the others as the [`avx2`] variant,
+/// with the AVX-512 row requantization (`requant::avx512`).
 #[cfg(target_arch = "x86_64")]
 pub mod avx512 {
-    use super::{DepthwiseShape, Epilogue, body};
+    use super::super::window::for_each_output_with;
+    use super::{DepthwiseShape, DepthwiseTaps, Epilogue, Window, body};
     use crate::kernels::requant;
+    use core::arch::x86_64::*;
 
-    /// AVX-512 int8 depthwise convolution with the contract of [`super::portable`].
+    /// The most bytes of packed weights (`c * ceil(k * k / 4) * 4`) the VNNI
+    /// form keeps on the stack (MobileNetV3-Small's widest, 576 channels of
+    /// 5x5, take 16,128); larger layers take the [`super::avx2`] form.
+    const PACKED: usize = 16 * 1024;
+
+    /// Channels per block of the VNNI form (one 256-bit vector of bytes).
+    const NB: usize = 32;
+
+    /// AVX-512 int8 depthwise convolution with the contract of
+    /// [`super::portable`].
+    ///
+    /// Output pixels whose window lies wholly inside the input take the VNNI
+    /// form: the window's taps go four at a time, and for each channel the
+    /// four input bytes of four taps are interleaved into one 32-bit lane
+    /// (two rounds of byte and word unpacks), against the same four taps'
+    /// weights interleaved the same way once per call, so one `vpdpbusd`
+    /// adds four taps' products for each of 8 channels. Inputs go in with
+    /// their sign bit flipped (`x + 128`), so each channel's accumulator
+    /// starts at `bias - (128 + zx) * sum w`, which leaves the oracle's
+    /// `bias + sum w * (x - zx)` exactly (modulo `2^32`); a window's last
+    /// group of four is filled with zero-weight taps. The unpacks leave the
+    /// channels of a block in the order `[0-3, 16-19]`, `[4-7, 20-23]`,
+    /// `[8-11, 24-27]`, `[12-15, 28-31]`, which the biases and weights share
+    /// and four 128-bit permutes undo before the requantization. Pixels at
+    /// the border go through the tap-by-tap code of the other variants.
     ///
     /// # Safety
-    /// The CPU must support AVX-512 F and VL and AVX2
+    /// The CPU must support AVX-512 F, BW, VL, VBMI and VNNI and AVX2
     /// ([`crate::kernels::has_avx512_vnni`]).
-    #[target_feature(enable = "avx512f,avx512vl,avx2")]
+    ///
+    /// # Panics
+    /// If a slice is shorter than `s` says.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vbmi,avx512vnni,avx2")]
     pub unsafe fn depthwise(
         x: &[i8],
         s: DepthwiseShape,
@@ -321,8 +351,200 @@ pub mod avx512 {
         e: Epilogue<'_>,
         out: &mut [i8],
     ) {
-        // SAFETY: the features are this function's contract.
-        unsafe { body::<requant::Avx512, true>(x, s, x_zero_point, w, bias, e, out) }
+        let (c, taps) = (s.c, s.k * s.k);
+        let groups = taps.div_ceil(4);
+        let blocks = c.div_ceil(NB);
+        if c == 0 || blocks * groups * 4 * NB > PACKED || s.stride == 0 || taps == 0 {
+            // SAFETY: the features are this function's contract.
+            return unsafe { body::<requant::Avx512, true>(x, s, x_zero_point, w, bias, e, out) };
+        }
+        assert!(
+            x.len() >= s.ih * s.iw * c
+                && w.len() >= taps * c
+                && bias.len() >= c
+                && out.len() >= s.oh * s.ow * c,
+            "int8 depthwise: a slice is shorter than the shape {s:?}"
+        );
+        // Per block of NB channels: `groups` x 4 vectors of interleaved
+        // weights, then the 4 vectors of starting accumulators.
+        let mut wp = [0u8; PACKED];
+        let mut init = [[0i32; NB]; PACKED / (4 * NB)];
+        let mask = |cb: usize| -> __mmask32 {
+            let m = (c - cb).min(NB);
+            if m == NB { !0 } else { (1u32 << m) - 1 }
+        };
+        // Input offset of each tap from the window's corner pixel; the
+        // padding slots of the last group repeat tap 0 (zero weights).
+        let mut rel = [0usize; 4 * 7];
+        let mut rel_len = 0;
+        if groups * 4 <= rel.len() {
+            for (t, r) in rel.iter_mut().enumerate().take(groups * 4) {
+                *r = if t < taps {
+                    (t / s.k * s.iw + t % s.k) * c
+                } else {
+                    0
+                };
+            }
+            rel_len = groups * 4;
+        }
+        if rel_len == 0 {
+            // SAFETY: the features are this function's contract.
+            return unsafe { body::<requant::Avx512, true>(x, s, x_zero_point, w, bias, e, out) };
+        }
+        // SAFETY: every load of w is masked to the channels below c of a tap
+        // t < taps; packed weights are written and read at (b * groups + g)
+        // * 128 + 128 <= blocks * groups * 128 <= PACKED (checked above), and
+        // init has PACKED / 128 >= blocks rows. Interior windows lie inside
+        // the input (for_each_output_with's contract), so every input load,
+        // masked to the channels below c, reads pixel (corner + tap) of x;
+        // the features are this function's contract.
+        unsafe {
+            let flip = _mm256_set1_epi8(i8::MIN);
+            let ones = _mm256_set1_epi8(1);
+            for b in 0..blocks {
+                let cb = b * NB;
+                let k = mask(cb);
+                let mut sums = [_mm256_setzero_si256(); 4];
+                for g in 0..groups {
+                    let tap = |j: usize| {
+                        let t = 4 * g + j;
+                        if t < taps {
+                            _mm256_maskz_loadu_epi8(k, w.as_ptr().add(t * c + cb))
+                        } else {
+                            _mm256_setzero_si256()
+                        }
+                    };
+                    let q = quads(tap(0), tap(1), tap(2), tap(3));
+                    let at = &mut wp[(b * groups + g) * 4 * NB..][..4 * NB];
+                    for (j, v) in q.iter().enumerate() {
+                        _mm256_storeu_si256(at.as_mut_ptr().add(32 * j).cast(), *v);
+                        sums[j] = _mm256_dpbusd_epi32(sums[j], ones, *v);
+                    }
+                }
+                let mut bv = [0i32; NB];
+                bv[..(c - cb).min(NB)].copy_from_slice(&bias[cb..cb + (c - cb).min(NB)]);
+                let bp = bv.as_ptr().cast::<__m256i>();
+                let nat = [
+                    _mm256_loadu_si256(bp),
+                    _mm256_loadu_si256(bp.add(1)),
+                    _mm256_loadu_si256(bp.add(2)),
+                    _mm256_loadu_si256(bp.add(3)),
+                ];
+                let z = _mm256_set1_epi32(128 + x_zero_point);
+                let perm = to_quad_order(nat);
+                let ip = init[b].as_mut_ptr().cast::<__m256i>();
+                for j in 0..4 {
+                    let corr = _mm256_mullo_epi32(sums[j], z);
+                    _mm256_storeu_si256(ip.add(j), _mm256_sub_epi32(perm[j], corr));
+                }
+            }
+            let win = Window {
+                ih: s.ih,
+                iw: s.iw,
+                kh: s.k,
+                kw: s.k,
+                stride: s.stride,
+                pad: s.pad,
+                oh: s.oh,
+                ow: s.ow,
+            };
+            let taps_mac = DepthwiseTaps::<true> {
+                x,
+                w,
+                iw: s.iw,
+                c,
+                k: s.k,
+                zx: x_zero_point as i16,
+            };
+            let xp = x.as_ptr();
+            let wpp = wp.as_ptr();
+            let interior = |oy: usize, ox: usize, o: &mut [i8]| -> bool {
+                let corner = ((oy * s.stride - s.pad) * s.iw + ox * s.stride - s.pad) * c;
+                let mut acc = [0i32; NB];
+                for (b, ib) in init.iter().enumerate().take(blocks) {
+                    let cb = b * NB;
+                    let k = mask(cb);
+                    let ip = ib.as_ptr().cast::<__m256i>();
+                    let mut a = [
+                        _mm256_loadu_si256(ip),
+                        _mm256_loadu_si256(ip.add(1)),
+                        _mm256_loadu_si256(ip.add(2)),
+                        _mm256_loadu_si256(ip.add(3)),
+                    ];
+                    for g in 0..groups {
+                        let ld = |j: usize| {
+                            let v =
+                                _mm256_maskz_loadu_epi8(k, xp.add(corner + rel[4 * g + j] + cb));
+                            _mm256_xor_si256(v, flip)
+                        };
+                        let q = quads(ld(0), ld(1), ld(2), ld(3));
+                        let wv = wpp.add((b * groups + g) * 4 * NB).cast::<__m256i>();
+                        for j in 0..4 {
+                            a[j] = _mm256_dpbusd_epi32(a[j], q[j], _mm256_loadu_si256(wv.add(j)));
+                        }
+                    }
+                    let n = from_quad_order(a);
+                    let ap = acc.as_mut_ptr().cast::<__m256i>();
+                    for (j, v) in n.iter().enumerate() {
+                        _mm256_storeu_si256(ap.add(j), *v);
+                    }
+                    let m = (c - cb).min(NB);
+                    e.slice(cb..cb + m)
+                        .apply_with::<requant::Avx512>(&acc[..m], &mut o[cb..cb + m]);
+                }
+                true
+            };
+            for_each_output_with::<requant::Avx512, _, _>(
+                win,
+                c,
+                &bias[..c],
+                e,
+                &mut out[..s.oh * s.ow * c],
+                &taps_mac,
+                interior,
+            );
+        }
+    }
+
+    /// Interleaves the bytes of four vectors (four taps, 32 channels) into
+    /// 32-bit lanes `[v0[ch], v1[ch], v2[ch], v3[ch]]`, channels in the
+    /// order of the module docs.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn quads(v0: __m256i, v1: __m256i, v2: __m256i, v3: __m256i) -> [__m256i; 4] {
+        let (p01l, p01h) = (_mm256_unpacklo_epi8(v0, v1), _mm256_unpackhi_epi8(v0, v1));
+        let (p23l, p23h) = (_mm256_unpacklo_epi8(v2, v3), _mm256_unpackhi_epi8(v2, v3));
+        [
+            _mm256_unpacklo_epi16(p01l, p23l),
+            _mm256_unpackhi_epi16(p01l, p23l),
+            _mm256_unpacklo_epi16(p01h, p23h),
+            _mm256_unpackhi_epi16(p01h, p23h),
+        ]
+    }
+
+    /// Channels `[0-7]`, `[8-15]`, `[16-23]`, `[24-31]` (32-bit lanes) into
+    /// the order [`quads`] leaves them in.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn to_quad_order(n: [__m256i; 4]) -> [__m256i; 4] {
+        [
+            _mm256_permute2x128_si256::<0x20>(n[0], n[2]),
+            _mm256_permute2x128_si256::<0x31>(n[0], n[2]),
+            _mm256_permute2x128_si256::<0x20>(n[1], n[3]),
+            _mm256_permute2x128_si256::<0x31>(n[1], n[3]),
+        ]
+    }
+
+    /// The inverse of [`to_quad_order`].
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn from_quad_order(q: [__m256i; 4]) -> [__m256i; 4] {
+        [
+            _mm256_permute2x128_si256::<0x20>(q[0], q[1]),
+            _mm256_permute2x128_si256::<0x20>(q[2], q[3]),
+            _mm256_permute2x128_si256::<0x31>(q[0], q[1]),
+            _mm256_permute2x128_si256::<0x31>(q[2], q[3]),
+        ]
     }
 }
 

@@ -184,6 +184,12 @@ impl<'a> Epilogue<'a> {
             }
         }
         if let Activation::Hardswish { table, .. } = self.activation {
+            #[cfg(target_arch = "x86_64")]
+            if R::VBMI {
+                // SAFETY: R has AVX-512 VBMI, BW and VL (Row::VBMI's contract).
+                unsafe { vbmi_lookup(table, out) };
+                return;
+            }
             lookup(table, out);
         }
     }
@@ -256,6 +262,44 @@ fn lookup(table: &[i8; 256], out: &mut [i8]) {
         // failure is possible.
         *o = table[(i32::from(*o) + 128) as usize];
     }
+}
+
+/// x86_64 with AVX-512 VBMI: [`lookup`] 32 values at a time. The table's
+/// four 64-byte quarters are looked up with `vpermi2b` (two 32-byte
+/// registers per quarter, indexed by the low 6 bits of `v + 128`), and bits
+/// 6 and 7 of the index choose among the four results.
+///
+/// # Safety
+/// The CPU supports AVX-512 VBMI, BW and VL.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vbmi,avx2")]
+unsafe fn vbmi_lookup(table: &[i8; 256], out: &mut [i8]) {
+    use core::arch::x86_64::*;
+    let mut i = 0;
+    // SAFETY: the table loads read its 256 bytes; every load and store of
+    // out covers i..i + 32 with i + 32 <= out.len().
+    unsafe {
+        let t = table.as_ptr().cast::<__m256i>();
+        let q: [__m256i; 8] = core::array::from_fn(|j| _mm256_loadu_si256(t.add(j)));
+        let (sign, b6) = (_mm256_set1_epi8(i8::MIN), _mm256_set1_epi8(0x40));
+        while i + 32 <= out.len() {
+            let p = out.as_mut_ptr().add(i).cast::<__m256i>();
+            // a + 128 for an i8 a is its bit pattern with the sign flipped.
+            let idx = _mm256_xor_si256(_mm256_loadu_si256(p), sign);
+            let r0 = _mm256_permutex2var_epi8(q[0], idx, q[1]);
+            let r1 = _mm256_permutex2var_epi8(q[2], idx, q[3]);
+            let r2 = _mm256_permutex2var_epi8(q[4], idx, q[5]);
+            let r3 = _mm256_permutex2var_epi8(q[6], idx, q[7]);
+            let m6 = _mm256_test_epi8_mask(idx, b6);
+            let m7 = _mm256_test_epi8_mask(idx, sign);
+            let lo = _mm256_mask_blend_epi8(m6, r0, r1);
+            let hi = _mm256_mask_blend_epi8(m6, r2, r3);
+            _mm256_storeu_si256(p, _mm256_mask_blend_epi8(m7, lo, hi));
+            i += 32;
+        }
+    }
+    lookup(table, &mut out[i..]);
 }
 
 /// A multiplier m * 2^-shift as the requantization rule takes it.

@@ -413,12 +413,12 @@ pub mod avx512vnni {
     /// [`super::portable`].
     ///
     /// # Safety
-    /// The CPU must support AVX-512 F, BW, VL and VNNI, AVX2 and FMA
+    /// The CPU must support AVX-512 F, BW, VL, VBMI and VNNI, AVX2 and FMA
     /// ([`crate::kernels::has_avx512_vnni`]).
     ///
     /// # Panics
     /// If a slice is shorter than `s` says.
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vbmi,avx512vnni,avx2,fma")]
     pub unsafe fn pointwise(
         x: &[i8],
         s: PointwiseShape,
@@ -468,7 +468,7 @@ pub mod avx512vnni {
     ///
     /// # Panics
     /// If a slice is shorter than `s` says.
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vbmi,avx512vnni,avx2,fma")]
     unsafe fn packed(
         x: &[i8],
         s: PointwiseShape,
@@ -560,7 +560,7 @@ pub mod avx512vnni {
     /// `x` holds `R * k` values; `wv` holds `2 * groups` vectors; `4 *
     /// groups <= k`; the features of [`pointwise`].
     #[inline]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vbmi,avx512vnni,avx2,fma")]
     unsafe fn block<const R: usize>(
         x: *const i8,
         k: usize,

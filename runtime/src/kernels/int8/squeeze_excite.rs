@@ -233,8 +233,8 @@ pub mod avx512 {
     /// [`super::portable`].
     ///
     /// # Safety
-    /// The CPU must support AVX-512 F, BW and VL and AVX2
-    /// ([`crate::kernels::has_avx512_vnni`]).
+    /// The CPU must support everything [`crate::kernels::has_avx512_vnni`]
+    /// checks (the AVX-512 row functions assume it).
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
     pub unsafe fn squeeze_excite(x: &mut [i8], s: SeShape, p: &SeParams<'_>, scratch: &mut [i32]) {
         // SAFETY: the features are this function's contract.

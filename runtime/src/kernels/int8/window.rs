@@ -134,6 +134,29 @@ pub(crate) unsafe fn for_each_output<R: Row, M: TapMac>(
     out: &mut [i8],
     m: &M,
 ) {
+    // SAFETY: R's features are the caller's contract.
+    unsafe { for_each_output_with::<R, M, _>(win, cout, bias, e, out, m, |_, _, _| false) }
+}
+
+/// [`for_each_output`], offering each output pixel whose window lies wholly
+/// inside the input to `interior(oy, ox, out_pixel)` first: a variant with
+/// a faster form for such windows computes the pixel's `cout` outputs and
+/// returns true, or returns false to leave the pixel to `m`.
+///
+/// # Safety
+/// `R`'s CPU features are present.
+#[inline(always)]
+pub(crate) unsafe fn for_each_output_with<R: Row, M: TapMac, F>(
+    win: Window,
+    cout: usize,
+    bias: &[i32],
+    e: Epilogue<'_>,
+    out: &mut [i8],
+    m: &M,
+    mut interior: F,
+) where
+    F: FnMut(usize, usize, &mut [i8]) -> bool,
+{
     debug_assert_eq!(bias.len(), cout);
     debug_assert_eq!(e.channels(), cout);
     debug_assert_eq!(out.len(), win.oh * win.ow * cout);
@@ -152,6 +175,10 @@ pub(crate) unsafe fn for_each_output<R: Row, M: TapMac>(
                 x0: ox * win.stride,
             };
             let o = (oy * win.ow + ox) * cout;
+            let inside = ky0 == 0 && ky1 == win.kh && kx0 == 0 && kx1 == win.kw;
+            if inside && interior(oy, ox, &mut out[o..o + cout]) {
+                continue;
+            }
             let blocks = WindowBlocks {
                 taps,
                 pad: win.pad,
