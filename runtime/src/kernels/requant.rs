@@ -539,6 +539,7 @@ pub(crate) trait Row {
     /// Whether the variant's features include AVX-512 VBMI, BW and VL, so
     /// that the int8 epilogue may look up its hardswish tables with
     /// `vpermi2b`.
+    #[cfg(target_arch = "x86_64")]
     const VBMI: bool = false;
 
     /// [`requant_i8`]'s contract.
