@@ -264,7 +264,8 @@ fn lookup(table: &[i8; 256], out: &mut [i8]) {
     }
 }
 
-/// x86_64 with AVX-512 VBMI: [`lookup`] 32 values at a time. The table's
+/// x86_64 with AVX-512 VBMI: [`lookup`] 32 values at a time (the rest
+/// through a byte mask). The table's
 /// four 64-byte quarters are looked up with `vpermi2b` (two 32-byte
 /// registers per quarter, indexed by the low 6 bits of `v + 128`), and bits
 /// 6 and 7 of the index choose among the four results.
@@ -278,15 +279,15 @@ unsafe fn vbmi_lookup(table: &[i8; 256], out: &mut [i8]) {
     use core::arch::x86_64::*;
     let mut i = 0;
     // SAFETY: the table loads read its 256 bytes; every load and store of
-    // out covers i..i + 32 with i + 32 <= out.len().
+    // out covers i..i + 32 with i + 32 <= out.len(), or is masked to the
+    // rest of out.
     unsafe {
         let t = table.as_ptr().cast::<__m256i>();
         let q: [__m256i; 8] = core::array::from_fn(|j| _mm256_loadu_si256(t.add(j)));
         let (sign, b6) = (_mm256_set1_epi8(i8::MIN), _mm256_set1_epi8(0x40));
-        while i + 32 <= out.len() {
-            let p = out.as_mut_ptr().add(i).cast::<__m256i>();
+        let look = |v: __m256i| {
             // a + 128 for an i8 a is its bit pattern with the sign flipped.
-            let idx = _mm256_xor_si256(_mm256_loadu_si256(p), sign);
+            let idx = _mm256_xor_si256(v, sign);
             let r0 = _mm256_permutex2var_epi8(q[0], idx, q[1]);
             let r1 = _mm256_permutex2var_epi8(q[2], idx, q[3]);
             let r2 = _mm256_permutex2var_epi8(q[4], idx, q[5]);
@@ -295,11 +296,22 @@ unsafe fn vbmi_lookup(table: &[i8; 256], out: &mut [i8]) {
             let m7 = _mm256_test_epi8_mask(idx, sign);
             let lo = _mm256_mask_blend_epi8(m6, r0, r1);
             let hi = _mm256_mask_blend_epi8(m6, r2, r3);
-            _mm256_storeu_si256(p, _mm256_mask_blend_epi8(m7, lo, hi));
+            _mm256_mask_blend_epi8(m7, lo, hi)
+        };
+        while i + 32 <= out.len() {
+            let p = out.as_mut_ptr().add(i).cast::<__m256i>();
+            _mm256_storeu_si256(p, look(_mm256_loadu_si256(p)));
             i += 32;
         }
+        // The rest (rows of 8 or 16 channels are common) through a byte
+        // mask: masked-off bytes are neither read nor written.
+        let rest = out.len() - i;
+        if rest > 0 {
+            let k: __mmask32 = (1u32 << rest) - 1;
+            let p = out.as_mut_ptr().add(i);
+            _mm256_mask_storeu_epi8(p, k, look(_mm256_maskz_loadu_epi8(k, p)));
+        }
     }
-    lookup(table, &mut out[i..]);
 }
 
 /// A multiplier m * 2^-shift as the requantization rule takes it.
