@@ -532,9 +532,11 @@ pub mod avx512 {
 
     /// AVX-512 int8 stem convolution with the contract of [`super::portable`].
     ///
-    /// Stems with at most 4 kernel columns and [`GROUPS`] (kernel row, input
+    /// Stems with at most 4 kernel columns and 12 (kernel row, input
     /// channel) pairs, such as MobileNetV3's 3x3 over 3 channels, take the
-    /// VNNI form (see [`vnni`]); others take [`super::portable`]'s source.
+    /// VNNI form (`vnni` in the source: one 4-byte load per kernel row and
+    /// channel, against weights packed per call); others take
+    /// [`super::portable`]'s source.
     ///
     /// # Safety
     /// The CPU must support AVX-512 F, BW, VL, VBMI and VNNI and AVX2
