@@ -3,18 +3,16 @@
 //! softmax). `cargo bench -p derm-runtime --bench model`.
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use derm_runtime::{Arena, INPUT_LEN, Image, classify, run};
+#[path = "../examples/common/mod.rs"]
+mod fixed_input;
+
+use derm_runtime::{Arena, Image, classify, run};
 use std::hint::black_box;
 
 fn model(c: &mut Criterion) {
     let mut arena = Box::new(Arena::new());
-    let input: Vec<f32> = (0..INPUT_LEN)
-        .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
-        .collect();
-    let Ok(input) = <&[f32; INPUT_LEN]>::try_from(input.as_slice()) else {
-        unreachable!("the vector has INPUT_LEN values")
-    };
-    c.bench_function("run", |b| b.iter(|| run(black_box(input), &mut arena)));
+    let input = fixed_input::fixed_input();
+    c.bench_function("run", |b| b.iter(|| run(black_box(&input), &mut arena)));
 
     let (w, h) = (640, 480);
     let pixels: Vec<u8> = (0..w * h * 3).map(|i| (i % 251) as u8).collect();

@@ -10,7 +10,9 @@
 //! `cargo run --release -p derm-runtime --example latency -- 3000`, with
 //! `DERM_MODEL=...` for another model.
 
-use derm_runtime::{Arena, INPUT_LEN, MODEL_NAME, run};
+mod common;
+
+use derm_runtime::{Arena, MODEL_NAME, run};
 use std::time::Instant;
 
 fn main() {
@@ -22,19 +24,13 @@ fn main() {
             std::process::exit(2);
         }
     };
-    // The same fixed, normalized-range input as the icount example.
-    let input: Vec<f32> = (0..INPUT_LEN)
-        .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
-        .collect();
-    let Ok(input) = <&[f32; INPUT_LEN]>::try_from(input.as_slice()) else {
-        unreachable!("the vector has INPUT_LEN values")
-    };
+    let input = common::fixed_input();
     let mut arena = Box::new(Arena::new());
     let mut ms = Vec::with_capacity(reps);
     let mut checksum = 0.0f32;
     for _ in 0..reps {
         let t = Instant::now();
-        checksum += run(std::hint::black_box(input), &mut arena)[0];
+        checksum += run(std::hint::black_box(&input), &mut arena)[0];
         ms.push(t.elapsed().as_secs_f64() * 1e3);
     }
     ms.sort_by(f64::total_cmp);

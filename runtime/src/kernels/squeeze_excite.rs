@@ -30,15 +30,38 @@ pub fn portable(
     b2: &[f32],
     scratch: &mut [f32],
 ) {
+    body(x, hw, c, csq, w1, b1, w2, b2, scratch, linear::portable);
+}
+
+/// The GEMV signature of [`linear::portable`], which [`body`] calls twice.
+type Gemv = fn(&[f32], usize, usize, &[f32], &[f32], Activation, &mut [f32]);
+
+/// [`portable`]'s steps with the GEMV `gemv`: the one source of the portable
+/// and AVX2 variants (the latter compiles it with AVX2 and passes
+/// `linear::avx2::linear`).
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn body(
+    x: &mut [f32],
+    hw: usize,
+    c: usize,
+    csq: usize,
+    w1: &[f32],
+    b1: &[f32],
+    w2: &[f32],
+    b2: &[f32],
+    scratch: &mut [f32],
+    gemv: Gemv,
+) {
     debug_assert_eq!(x.len(), hw * c);
     debug_assert!(scratch.len() >= c + csq);
     let (pooled, rest) = scratch.split_at_mut(c);
     let hidden = &mut rest[..csq];
     pool::portable(x, hw, c, pooled);
-    linear::portable(pooled, c, csq, w1, b1, Activation::Relu, hidden);
+    gemv(pooled, c, csq, w1, b1, Activation::Relu, hidden);
     // The pooled means are dead now; their slot receives the gates.
     let gates = pooled;
-    linear::portable(hidden, csq, c, w2, b2, Activation::None, gates);
+    gemv(hidden, csq, c, w2, b2, Activation::None, gates);
     for g in gates.iter_mut() {
         *g = hardsigmoid(*g);
     }
@@ -123,8 +146,8 @@ pub mod neon {
 /// the channel scaling vectorize), with the AVX2 linear layers.
 #[cfg(target_arch = "x86_64")]
 pub mod avx2 {
-    use super::super::{Activation, hardsigmoid, linear, pool};
-    use super::scale_channels;
+    use super::super::linear;
+    use super::body;
 
     /// AVX2 squeeze-and-excitation with the contract of [`super::portable`].
     ///
@@ -151,20 +174,12 @@ pub mod avx2 {
             scratch.len() >= c + csq,
             "squeeze_excite: scratch shorter than c + csq"
         );
-        let x = &mut x[..hw * c];
-        let (pooled, rest) = scratch.split_at_mut(c);
-        let hidden = &mut rest[..csq];
-        pool::portable(x, hw, c, pooled);
-        // SAFETY: AVX2 and FMA are this function's contract.
-        unsafe { linear::avx2::linear(pooled, c, csq, w1, b1, Activation::Relu, hidden) };
-        // The pooled means are dead now; their slot receives the gates.
-        let gates = pooled;
-        // SAFETY: as above.
-        unsafe { linear::avx2::linear(hidden, csq, c, w2, b2, Activation::None, gates) };
-        for g in gates.iter_mut() {
-            *g = hardsigmoid(*g);
-        }
-        scale_channels(x, c, gates);
+        // SAFETY (the GEMV): AVX2 and FMA are this function's contract, and
+        // the closure does not leave it.
+        let gemv = |x: &[f32], k, n, w: &[f32], b: &[f32], act, out: &mut [f32]| unsafe {
+            linear::avx2::linear(x, k, n, w, b, act, out)
+        };
+        body(&mut x[..hw * c], hw, c, csq, w1, b1, w2, b2, scratch, gemv);
     }
 }
 

@@ -354,7 +354,7 @@ pub mod avx512 {
         let (c, taps) = (s.c, s.k * s.k);
         let groups = taps.div_ceil(4);
         let blocks = c.div_ceil(NB);
-        if c == 0 || blocks * groups * 4 * NB > PACKED || s.stride == 0 || taps == 0 {
+        if c == 0 || blocks * groups * 4 * NB > PACKED || s.stride == 0 || taps == 0 || groups > 7 {
             // SAFETY: the features are this function's contract.
             return unsafe { body::<requant::Avx512, true>(x, s, x_zero_point, w, bias, e, out) };
         }
@@ -374,22 +374,15 @@ pub mod avx512 {
             if m == NB { !0 } else { (1u32 << m) - 1 }
         };
         // Input offset of each tap from the window's corner pixel; the
-        // padding slots of the last group repeat tap 0 (zero weights).
+        // padding slots of the last group repeat tap 0 (zero weights). At
+        // most 7 groups (5x5 kernels; larger ones took the form above).
         let mut rel = [0usize; 4 * 7];
-        let mut rel_len = 0;
-        if groups * 4 <= rel.len() {
-            for (t, r) in rel.iter_mut().enumerate().take(groups * 4) {
-                *r = if t < taps {
-                    (t / s.k * s.iw + t % s.k) * c
-                } else {
-                    0
-                };
-            }
-            rel_len = groups * 4;
-        }
-        if rel_len == 0 {
-            // SAFETY: the features are this function's contract.
-            return unsafe { body::<requant::Avx512, true>(x, s, x_zero_point, w, bias, e, out) };
+        for (t, r) in rel.iter_mut().enumerate().take(groups * 4) {
+            *r = if t < taps {
+                (t / s.k * s.iw + t % s.k) * c
+            } else {
+                0
+            };
         }
         // SAFETY: every load of w is masked to the channels below c of a tap
         // t < taps; packed weights are written and read at (b * groups + g)

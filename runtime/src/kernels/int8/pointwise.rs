@@ -325,10 +325,11 @@ pub mod avx2 {
 
     struct Avx2;
 
-    /// The sum of the eight `i32` lanes, wrapping.
+    /// The sum of the eight `i32` lanes, wrapping (also used by the
+    /// `avx512vnni` tiles).
     #[inline]
     #[target_feature(enable = "avx2")]
-    fn hsum(v: __m256i) -> i32 {
+    pub(super) fn hsum(v: __m256i) -> i32 {
         let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
         let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
         let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s));
@@ -405,6 +406,7 @@ pub mod avx2 {
 /// wrapping adds), so the difference is the dot product's bits.
 #[cfg(target_arch = "x86_64")]
 pub mod avx512vnni {
+    use super::avx2::hsum;
     use super::{DotTile, PointwiseShape, drive};
     use crate::kernels::int8::Epilogue;
     use core::arch::x86_64::*;
@@ -604,16 +606,6 @@ pub mod avx512vnni {
         let cd = _mm256_add_epi32(_mm256_unpacklo_epi32(c, d), _mm256_unpackhi_epi32(c, d));
         let s = _mm256_add_epi32(_mm256_unpacklo_epi64(ab, cd), _mm256_unpackhi_epi64(ab, cd));
         _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256::<1>(s))
-    }
-
-    /// The sum of the eight `i32` lanes, wrapping.
-    #[inline]
-    #[target_feature(enable = "avx2")]
-    fn hsum(v: __m256i) -> i32 {
-        let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
-        let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
-        let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s));
-        _mm_cvtsi128_si32(s)
     }
 
     impl DotTile for Vnni {
