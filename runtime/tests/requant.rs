@@ -233,6 +233,17 @@ fn requant_i8_variants() -> Vec<(&'static str, RequantFn)> {
         v.push(("avx512", |a, m, s, zp, lo, hi, o| unsafe {
             kernels::requant::avx512::requant_i8(a, m, s, zp, lo, hi, o)
         }));
+        // The 32-bit form, as for NEON above.
+        v.push(("avx512 high", |a, m, s, zp, lo, hi, o| {
+            if s[..o.len()].iter().all(|&s| s > 31) {
+                let t: Vec<i32> = s.iter().map(|&s| 31 - i32::from(s)).collect();
+                // SAFETY: the CPU supports AVX-512 F, BW and VL (and AVX2).
+                unsafe { kernels::requant::avx512::requant_i8_high(a, m, s, &t, zp, lo, hi, o) }
+            } else {
+                // SAFETY: as above.
+                unsafe { kernels::requant::avx512::requant_i8(a, m, s, zp, lo, hi, o) }
+            }
+        }));
     }
     v
 }

@@ -490,6 +490,145 @@ pub mod avx512 {
         );
     }
 
+    /// [`requant_i8`] for a row whose shifts all exceed 31, with
+    /// `high_shift[i] = 31 - shift[i]` precomputed by codegen (the form
+    /// `neon::requant_i8_high` uses): 16 values per step in 32-bit lanes,
+    /// the row's tail through a lane mask.
+    ///
+    /// `h = floor(x * m / 2^31)` comes from the even and odd 64-bit products
+    /// (`vpmuldq`), each shifted so that bits 31-62 land in its own 32-bit
+    /// half, then blended. The rounding shift by `r = s - 31 >= 1` is
+    /// `(u >> 1) + (u & 1)` with `u = h >> (r - 1)`, which is
+    /// `floor((h + 2^(r - 1)) / 2^r)` without the add that could overflow.
+    /// Together they are the rule exactly (the proof is at
+    /// `neon::high_quad`: the floor of the product by `2^31` followed by a
+    /// rounding shift equals the single rounding). The result lies within
+    /// `±2^30`, so adding the zero point cannot wrap, and `vpmovsdb`'s signed
+    /// saturation to `[-128, 127]` followed by the clamp to `[min, max]` in
+    /// bytes equals [`super::portable`]'s clamp of the `i32` value.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512 F, BW and VL and AVX2 (implied by
+    /// [`super::super::has_avx512_vnni`]).
+    ///
+    /// # Panics
+    /// If `acc`, `mult`, `shift` or `high_shift` is shorter than `out`.
+    #[allow(clippy::too_many_arguments)] // requant_i8's, plus the second form of the shifts
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2")]
+    pub unsafe fn requant_i8_high(
+        acc: &[i32],
+        mult: &[i32],
+        shift: &[u8],
+        high_shift: &[i32],
+        zero_point: i32,
+        min: i8,
+        max: i8,
+        out: &mut [i8],
+    ) {
+        // SAFETY: the features are this function's contract; the identity
+        // needs none.
+        unsafe {
+            requant_i8_high_then(
+                acc,
+                mult,
+                shift,
+                high_shift,
+                zero_point,
+                min,
+                max,
+                out,
+                |b| b,
+            )
+        }
+    }
+
+    /// [`requant_i8_high`] with `post` applied to each step's 16 bytes
+    /// before they are stored (the int8 epilogue's hardswish lookup), so a
+    /// lookup reads its indices from a register instead of reloading bytes
+    /// just written through a mask (a masked store does not forward to the
+    /// load after it, which stalls until the store retires).
+    ///
+    /// # Safety
+    /// As [`requant_i8_high`]; `post` may use only features it has.
+    ///
+    /// # Panics
+    /// As [`requant_i8_high`].
+    #[allow(clippy::too_many_arguments)] // requant_i8_high's, plus the map
+    #[inline(always)]
+    pub(crate) unsafe fn requant_i8_high_then(
+        acc: &[i32],
+        mult: &[i32],
+        shift: &[u8],
+        high_shift: &[i32],
+        zero_point: i32,
+        min: i8,
+        max: i8,
+        out: &mut [i8],
+        post: impl Fn(__m128i) -> __m128i,
+    ) {
+        let len = out.len();
+        assert!(
+            acc.len() >= len && mult.len() >= len && shift.len() >= len && high_shift.len() >= len,
+            "requant_i8_high: inputs shorter than out"
+        );
+        debug_assert!(
+            shift[..len]
+                .iter()
+                .zip(high_shift)
+                .all(|(&s, &t)| s > 31 && t == 31 - s as i32)
+        );
+        // SAFETY: every load and the store are masked to the lanes
+        // i..min(i + 16, len), inside every input (asserted above);
+        // masked-off lanes are neither read nor written. The features are
+        // the caller's contract.
+        unsafe {
+            let zp = _mm512_set1_epi32(zero_point);
+            let (lo, hi) = (_mm_set1_epi8(min), _mm_set1_epi8(max));
+            let mut i = 0;
+            while i < len {
+                let k: __mmask16 = if len - i >= 16 {
+                    !0
+                } else {
+                    (1u16 << (len - i)) - 1
+                };
+                let x = _mm512_maskz_loadu_epi32(k, acc.as_ptr().add(i));
+                let m = _mm512_maskz_loadu_epi32(k, mult.as_ptr().add(i));
+                let t = _mm512_maskz_loadu_epi32(k, high_shift.as_ptr().add(i));
+                let b = _mm512_cvtsepi32_epi8(_mm512_add_epi32(high16(x, m, t), zp));
+                let b = post(_mm_min_epi8(_mm_max_epi8(b, lo), hi));
+                _mm_mask_storeu_epi8(out.as_mut_ptr().add(i), k, b);
+                i += 16;
+            }
+        }
+    }
+
+    /// The rule on 16 lanes whose shifts `s` all exceed 31, in 32-bit lanes,
+    /// with `t = 31 - s`: `floor(x * m / 2^31)` from the even and odd 64-bit
+    /// products (see [`requant_i8_high`]), then the rounding shift by
+    /// `s - 31`.
+    ///
+    /// # Safety
+    /// The CPU supports AVX-512 F.
+    #[inline(always)]
+    pub(crate) unsafe fn high16(x: __m512i, m: __m512i, t: __m512i) -> __m512i {
+        // SAFETY: register-only AVX-512 F, the caller's contract.
+        unsafe {
+            // Even lanes: bits 31-62 of the product into the low half.
+            let even = _mm512_srli_epi64::<31>(_mm512_mul_epi32(x, m));
+            // Odd lanes: the product of the high halves, doubled, puts bits
+            // 31-62 into the high half.
+            let odd = _mm512_mul_epi32(_mm512_srli_epi64::<32>(x), _mm512_srli_epi64::<32>(m));
+            let h = _mm512_mask_blend_epi32(0xAAAA, even, _mm512_add_epi64(odd, odd));
+            // r - 1 = s - 32 = -t - 1 = !t.
+            let u = _mm512_srav_epi32(h, _mm512_xor_si512(t, _mm512_set1_epi32(-1)));
+            _mm512_add_epi32(
+                _mm512_srai_epi32::<1>(u),
+                _mm512_and_si512(u, _mm512_set1_epi32(1)),
+            )
+        }
+    }
+
     /// `clamp(zp + ((x * m + 2^(s - 1)) >> s), lo, hi)` on the four 64-bit
     /// lanes whose low 32 bits hold `x` and `m`; `s` holds 64-bit counts.
     /// The clamp in 64 bits equals the rule's saturation to `i32` followed
@@ -655,5 +794,20 @@ impl Row for Avx512 {
     ) {
         // SAFETY: AVX-512 F and VL and AVX2 are the caller's contract.
         unsafe { avx512::requant_i8(acc, mult, shift, zero_point, min, max, out) }
+    }
+
+    #[inline(always)]
+    unsafe fn requant_i8_high(
+        acc: &[i32],
+        mult: &[i32],
+        shift: &[u8],
+        high_shift: &[i32],
+        zero_point: i32,
+        min: i8,
+        max: i8,
+        out: &mut [i8],
+    ) {
+        // SAFETY: AVX-512 F, BW and VL and AVX2 are the caller's contract.
+        unsafe { avx512::requant_i8_high(acc, mult, shift, high_shift, zero_point, min, max, out) }
     }
 }

@@ -163,6 +163,34 @@ impl<'a> Epilogue<'a> {
     #[inline(always)]
     pub(crate) unsafe fn apply_with<R: requant::Row>(&self, acc: &[i32], out: &mut [i8]) {
         debug_assert_eq!(acc.len(), out.len());
+        // AVX-512: requantization and hardswish lookup in registers.
+        #[cfg(target_arch = "x86_64")]
+        if let (
+            true,
+            Some(t),
+            Activation::Hardswish {
+                pre_zero_point,
+                table,
+            },
+        ) = (R::VBMI, self.high_shift, self.activation)
+        {
+            // SAFETY: R has AVX-512 VBMI, BW and VL (Row::VBMI's contract).
+            unsafe {
+                let q = vbmi_table(table);
+                requant::avx512::requant_i8_high_then(
+                    acc,
+                    self.mult,
+                    self.shift,
+                    t,
+                    pre_zero_point,
+                    -128,
+                    127,
+                    out,
+                    |b| vbmi_look16(&q, b),
+                );
+            }
+            return;
+        }
         let (zero_point, min) = match self.activation {
             Activation::Clamp { zero_point, min } => (zero_point, min),
             Activation::Hardswish { pre_zero_point, .. } => (pre_zero_point, -128),
@@ -311,6 +339,47 @@ unsafe fn vbmi_lookup(table: &[i8; 256], out: &mut [i8]) {
             let p = out.as_mut_ptr().add(i);
             _mm256_mask_storeu_epi8(p, k, look(_mm256_maskz_loadu_epi8(k, p)));
         }
+    }
+}
+
+/// The 256 bytes of a hardswish table as two pairs of 64-byte registers,
+/// for [`vbmi_look16`].
+///
+/// # Safety
+/// The CPU supports AVX-512 F.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn vbmi_table(table: &[i8; 256]) -> [core::arch::x86_64::__m512i; 4] {
+    use core::arch::x86_64::*;
+    // SAFETY: four 64-byte loads inside the table's 256 bytes; AVX-512 F is
+    // the caller's contract.
+    unsafe {
+        let t = table.as_ptr();
+        core::array::from_fn(|j| _mm512_loadu_si512(t.add(64 * j).cast()))
+    }
+}
+
+/// `table[v + 128]` for 16 bytes `v` in a register: `v + 128` (the bit
+/// pattern with the sign flipped) indexes the table's first or second half
+/// with its low 7 bits (`vpermi2b` over two 64-byte registers each), and its
+/// bit 7 picks the half.
+///
+/// # Safety
+/// The CPU supports AVX-512 VBMI, BW and VL.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn vbmi_look16(
+    q: &[core::arch::x86_64::__m512i; 4],
+    v: core::arch::x86_64::__m128i,
+) -> core::arch::x86_64::__m128i {
+    use core::arch::x86_64::*;
+    // SAFETY: register-only AVX-512 VBMI, BW and VL, the caller's contract.
+    unsafe {
+        let idx = _mm_xor_si128(v, _mm_set1_epi8(i8::MIN));
+        let wide = _mm512_castsi128_si512(idx);
+        let lo = _mm512_castsi512_si128(_mm512_permutex2var_epi8(q[0], wide, q[1]));
+        let hi = _mm512_castsi512_si128(_mm512_permutex2var_epi8(q[2], wide, q[3]));
+        _mm_mask_blend_epi8(_mm_movepi8_mask(idx), lo, hi)
     }
 }
 
