@@ -128,8 +128,8 @@ struct Epi {
     kind: Kind,
     mult: Vec<i32>,
     shift: Vec<u8>,
-    /// `31 - shift`, given to the epilogue (as codegen does when every shift exceeds 31) in
-    /// about half the cases, so kernels are checked with both forms of the shifts.
+    /// `31 - shift` when every shift exceeds 31 (codegen then gives it to the epilogue);
+    /// kernels are checked with both forms of the shifts ([`Epi::forms`]).
     high_shift: Option<Vec<i32>>,
     zero_point: i32,
     table: Box<[i8; 256]>,
@@ -167,7 +167,7 @@ impl Epi {
             Kind::Relu => rng.range(-128, 0) as i32,
             _ => rng.zp(),
         };
-        let high = shift.iter().all(|&s| s > 31) && rng.range(0, 1) == 1;
+        let high = shift.iter().all(|&s| s > 31);
         let high_shift = high.then(|| shift.iter().map(|&s| 31 - i32::from(s)).collect());
         Self {
             kind,
@@ -177,6 +177,16 @@ impl Epi {
             zero_point,
             table,
         }
+    }
+
+    /// The epilogue without and, where the shifts allow, with the high form of the shifts:
+    /// the two must give the same bits, and kernels take different paths for them.
+    fn forms(&self) -> Vec<(&'static str, Epilogue<'_>)> {
+        let mut v = vec![("plain shifts", self.get_plain())];
+        if let Some(t) = &self.high_shift {
+            v.push(("high shifts", self.get_plain().with_high_shifts(t)));
+        }
+        v
     }
 
     fn get(&self) -> Epilogue<'_> {
@@ -449,10 +459,12 @@ fn conv_stem_matches_reference() {
             let e = Epi::fit(&mut rng, kind, &acc, s.cout);
             let want = e.expected(&acc, s.cout);
             for (name, f) in conv_stem_variants() {
-                let mut out = vec![0i8; s.oh * s.ow * s.cout];
-                f(&x, s, zx, &w, &bias, e.get(), &mut out);
-                assert_eq!(out, want, "{name} {s:?} {kind:?}");
-                assert_spread(&out, "conv_stem");
+                for (form, ep) in e.forms() {
+                    let mut out = vec![0i8; s.oh * s.ow * s.cout];
+                    f(&x, s, zx, &w, &bias, ep, &mut out);
+                    assert_eq!(out, want, "{name} {s:?} {kind:?} {form}");
+                    assert_spread(&out, "conv_stem");
+                }
             }
         }
     }
@@ -546,10 +558,12 @@ fn depthwise_matches_reference() {
             let e = Epi::fit(&mut rng, kind, &acc, s.c);
             let want = e.expected(&acc, s.c);
             for (name, f) in depthwise_variants() {
-                let mut out = vec![0i8; s.oh * s.ow * s.c];
-                f(&x, s, zx, &w, &bias, e.get(), &mut out);
-                assert_eq!(out, want, "{name} {s:?} {kind:?}");
-                assert_spread(&out, "depthwise");
+                for (form, ep) in e.forms() {
+                    let mut out = vec![0i8; s.oh * s.ow * s.c];
+                    f(&x, s, zx, &w, &bias, ep, &mut out);
+                    assert_eq!(out, want, "{name} {s:?} {kind:?} {form}");
+                    assert_spread(&out, "depthwise");
+                }
             }
         }
     }
@@ -652,10 +666,12 @@ fn pointwise_matches_reference_with_folded_bias() {
             let want = e.expected(&acc, n);
             let folded = fold(&b, &w, k, zx);
             for (name, f) in &variants {
-                let mut out = vec![0i8; pixels * n];
-                f(&x, s, &w, &folded, e.get(), &mut out);
-                assert_eq!(out, want, "{name} {s:?} {kind:?}");
-                assert_spread(&out, "pointwise");
+                for (form, ep) in e.forms() {
+                    let mut out = vec![0i8; pixels * n];
+                    f(&x, s, &w, &folded, ep, &mut out);
+                    assert_eq!(out, want, "{name} {s:?} {kind:?} {form}");
+                    assert_spread(&out, "pointwise");
+                }
             }
         }
     }

@@ -342,6 +342,89 @@ unsafe fn vbmi_lookup(table: &[i8; 256], out: &mut [i8]) {
     }
 }
 
+/// An [`Epilogue`] for 16 channels held in AVX-512 registers, for kernels
+/// that keep a tile's accumulators in registers: the multipliers, the
+/// `31 - shift` values and the hardswish table are loaded once per tile of
+/// pixels instead of once per pixel, and the accumulators are never stored
+/// and reloaded (see [`Epilogue::avx512_16`]).
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy)]
+pub(crate) struct Epilogue16 {
+    m: core::arch::x86_64::__m512i,
+    t: core::arch::x86_64::__m512i,
+    zp: core::arch::x86_64::__m512i,
+    min: core::arch::x86_64::__m128i,
+    table: Option<[core::arch::x86_64::__m512i; 4]>,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Epilogue16 {
+    /// The epilogue's 16 output bytes for 16 accumulators (channels past
+    /// the prepared count give bytes the caller does not store).
+    ///
+    /// # Safety
+    /// The CPU supports AVX-512 F, BW, VL and VBMI.
+    #[inline(always)]
+    pub(crate) unsafe fn apply(
+        &self,
+        acc: core::arch::x86_64::__m512i,
+    ) -> core::arch::x86_64::__m128i {
+        use core::arch::x86_64::*;
+        // SAFETY: register-only AVX-512, the caller's contract.
+        unsafe {
+            let q = requant::avx512::high16(acc, self.m, self.t);
+            // Signed saturation to [-128, 127], then the ReLU floor: the
+            // clamp of `requant::portable` with max = 127 (see
+            // `requant::avx512::requant_i8_high`).
+            let b = _mm_max_epi8(
+                _mm512_cvtsepi32_epi8(_mm512_add_epi32(q, self.zp)),
+                self.min,
+            );
+            match &self.table {
+                Some(q) => vbmi_look16(q, b),
+                None => b,
+            }
+        }
+    }
+}
+
+impl Epilogue<'_> {
+    /// The epilogue of channels `c0..c0 + n` (`n <= 16`) as an
+    /// [`Epilogue16`], when the shifts come in their high form (as in every
+    /// conv layer of the shipped models); `None` otherwise, and the caller
+    /// takes [`Epilogue::apply_with`].
+    ///
+    /// # Safety
+    /// The CPU supports AVX-512 F, BW, VL and VBMI.
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    pub(crate) unsafe fn avx512_16(&self, c0: usize, n: usize) -> Option<Epilogue16> {
+        use core::arch::x86_64::*;
+        let t = self.high_shift?;
+        assert!(n <= 16 && c0 + n <= self.mult.len() && c0 + n <= t.len());
+        let (zero_point, min, table) = match self.activation {
+            Activation::Clamp { zero_point, min } => (zero_point, min, None),
+            Activation::Hardswish {
+                pre_zero_point,
+                table,
+            } => (pre_zero_point, -128, Some(table)),
+        };
+        let k: __mmask16 = if n == 16 { !0 } else { (1u16 << n) - 1 };
+        // SAFETY: the loads are masked to channels c0..c0 + n, inside the
+        // multipliers and shifts (asserted above); AVX-512 is the caller's
+        // contract.
+        unsafe {
+            Some(Epilogue16 {
+                m: _mm512_maskz_loadu_epi32(k, self.mult.as_ptr().add(c0)),
+                t: _mm512_maskz_loadu_epi32(k, t.as_ptr().add(c0)),
+                zp: _mm512_set1_epi32(zero_point),
+                min: _mm_set1_epi8(min),
+                table: table.map(|t| vbmi_table(t)),
+            })
+        }
+    }
+}
+
 /// The 256 bytes of a hardswish table as two pairs of 64-byte registers,
 /// for [`vbmi_look16`].
 ///

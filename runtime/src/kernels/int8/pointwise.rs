@@ -528,26 +528,48 @@ pub mod avx512vnni {
                     _mm256_loadu_si256(init.as_ptr().cast()),
                     _mm256_loadu_si256(init.as_ptr().add(8).cast()),
                 ];
+                // The block's epilogue in registers when the shifts allow
+                // (see `Epilogue16`), else through the row function.
+                let e16 = e.avx512_16(j0, m);
                 let e = e.slice(j0..j0 + m);
+                let store_mask: __mmask16 = if m == NB { !0 } else { (1u16 << m) - 1 };
+                let mut finish = |r: usize, a: [__m256i; 2]| {
+                    let o = r * n + j0;
+                    match &e16 {
+                        Some(e16) => {
+                            let wide = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(a[0]), a[1]);
+                            // Masked to the block's m channels of row r.
+                            _mm_mask_storeu_epi8(
+                                out[o..o + m].as_mut_ptr(),
+                                store_mask,
+                                e16.apply(wide),
+                            );
+                        }
+                        None => {
+                            let mut t = [0i32; NB];
+                            _mm256_storeu_si256(t.as_mut_ptr().cast(), a[0]);
+                            _mm256_storeu_si256(t.as_mut_ptr().add(8).cast(), a[1]);
+                            e.apply_with::<crate::kernels::requant::Avx512>(
+                                &t[..m],
+                                &mut out[o..o + m],
+                            );
+                        }
+                    }
+                };
                 let mut p0 = 0;
                 while p0 < pixels {
                     let rows = PR.min(pixels - p0);
                     let xp = x.as_ptr().add(p0 * k);
-                    let mut t = [[0i32; NB]; PR];
                     if rows == PR {
-                        block::<PR>(xp, k, wv, groups, init, flip, &mut t);
-                    } else {
-                        for (r, tr) in t.iter_mut().enumerate().take(rows) {
-                            let tr = core::array::from_mut(tr);
-                            block::<1>(xp.add(r * k), k, wv, groups, init, flip, tr);
+                        let t = block::<PR>(xp, k, wv, groups, init, flip);
+                        for (r, a) in t.into_iter().enumerate() {
+                            finish(p0 + r, a);
                         }
-                    }
-                    for (r, a) in t.iter().enumerate().take(rows) {
-                        let o = (p0 + r) * n + j0;
-                        e.apply_with::<crate::kernels::requant::Avx512>(
-                            &a[..m],
-                            &mut out[o..o + m],
-                        );
+                    } else {
+                        for r in 0..rows {
+                            let [a] = block::<1>(xp.add(r * k), k, wv, groups, init, flip);
+                            finish(p0 + r, a);
+                        }
                     }
                     p0 += rows;
                 }
@@ -555,8 +577,9 @@ pub mod avx512vnni {
         }
     }
 
-    /// `t[r][c] = init[c] + sum_g dot4(x[r][4g..4g + 4] ^ 0x80, w[g][c])`
-    /// for `R` rows of `k` inputs from `x` against one packed block.
+    /// `init[c] + sum_g dot4(x[r][4g..4g + 4] ^ 0x80, w[g][c])` for `R`
+    /// rows `r` of `k` inputs from `x` against one packed block, as two
+    /// vectors of 8 channels per row.
     ///
     /// # Safety
     /// `x` holds `R * k` values; `wv` holds `2 * groups` vectors; `4 *
@@ -570,8 +593,7 @@ pub mod avx512vnni {
         groups: usize,
         init: [__m256i; 2],
         flip: __m256i,
-        t: &mut [[i32; NB]; R],
-    ) {
+    ) -> [[__m256i; 2]; R] {
         // SAFETY: the caller's contract.
         unsafe {
             let mut a = [init; R];
@@ -587,10 +609,7 @@ pub mod avx512vnni {
                     ar[1] = _mm256_dpbusd_epi32(ar[1], xb, w1);
                 }
             }
-            for (tr, ar) in t.iter_mut().zip(&a) {
-                _mm256_storeu_si256(tr.as_mut_ptr().cast(), ar[0]);
-                _mm256_storeu_si256(tr.as_mut_ptr().add(8).cast(), ar[1]);
-            }
+            a
         }
     }
 
