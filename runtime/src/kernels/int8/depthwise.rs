@@ -317,6 +317,13 @@ pub mod avx512 {
     /// Channels per block of the VNNI form (one 256-bit vector of bytes).
     const NB: usize = 32;
 
+    /// The most bytes of a padded copy of the input (`(ih + 2 * pad) *
+    /// (iw + 2 * pad) * c`) kept on the stack, so that border pixels take
+    /// the VNNI form too: MobileNetV3-Small's 8x8 and 4x4 layers at 128x128
+    /// (where 5x5 kernels leave a quarter of the pixels or none inside the
+    /// input) take at most 41,472 bytes.
+    const PADDED: usize = 42 * 1024;
+
     /// AVX-512 int8 depthwise convolution with the contract of
     /// [`super::portable`].
     ///
@@ -376,10 +383,19 @@ pub mod avx512 {
         // Input offset of each tap from the window's corner pixel; the
         // padding slots of the last group repeat tap 0 (zero weights). At
         // most 7 groups (5x5 kernels; larger ones took the form above).
+        // Small inputs with padding are copied into a padded image (the
+        // padding filled with the zero point, see above), so that every
+        // window lies inside it and takes the VNNI form.
+        let (pih, piw) = (s.ih + 2 * s.pad, s.iw + 2 * s.pad);
+        let padded = s.pad > 0
+            && pih * piw * c <= PADDED
+            && (s.oh - 1) * s.stride + s.k <= pih
+            && (s.ow - 1) * s.stride + s.k <= piw;
+        let row_w = if padded { piw } else { s.iw };
         let mut rel = [0usize; 4 * 7];
         for (t, r) in rel.iter_mut().enumerate().take(groups * 4) {
             *r = if t < taps {
-                (t / s.k * s.iw + t % s.k) * c
+                (t / s.k * row_w + t % s.k) * c
             } else {
                 0
             };
@@ -388,9 +404,12 @@ pub mod avx512 {
         // t < taps; packed weights are written and read at (b * groups + g)
         // * 128 + 128 <= blocks * groups * 128 <= PACKED (checked above), and
         // init has PACKED / 128 >= blocks rows. Interior windows lie inside
-        // the input (for_each_output_with's contract), so every input load,
-        // masked to the channels below c, reads pixel (corner + tap) of x;
-        // the features are this function's contract.
+        // the input (for_each_output_with's contract), and with a padded
+        // image every window lies inside it (checked where `padded` is
+        // set), so every input load, masked to the channels below c, reads
+        // pixel (corner + tap) of x or of the image, whose pih * piw * c <=
+        // PADDED bytes are all written first; the features are this
+        // function's contract.
         unsafe {
             let flip = _mm256_set1_epi8(i8::MIN);
             let ones = _mm256_set1_epi8(1);
@@ -449,10 +468,28 @@ pub mod avx512 {
                 k: s.k,
                 zx: x_zero_point as i16,
             };
-            let xp = x.as_ptr();
+            let mut image = core::mem::MaybeUninit::<[i8; PADDED]>::uninit();
+            let xp = if padded {
+                // Every byte of the padded image is written before any read:
+                // the zero point everywhere, then the input's rows.
+                let p = image.as_mut_ptr().cast::<i8>();
+                core::ptr::write_bytes(p, x_zero_point as i8 as u8, pih * piw * c);
+                for y in 0..s.ih {
+                    core::ptr::copy_nonoverlapping(
+                        x.as_ptr().add(y * s.iw * c),
+                        p.add(((y + s.pad) * piw + s.pad) * c),
+                        s.iw * c,
+                    );
+                }
+                p.cast_const()
+            } else {
+                x.as_ptr()
+            };
             let wpp = wp.as_ptr();
-            let interior = |oy: usize, ox: usize, o: &mut [i8]| -> bool {
-                let corner = ((oy * s.stride - s.pad) * s.iw + ox * s.stride - s.pad) * c;
+            let high = e.high_shift.is_some();
+            // One output pixel in the VNNI form, its window's corner at
+            // `corner` in the image `xp`.
+            let pixel = |corner: usize, o: &mut [i8]| {
                 let mut acc = [0i32; NB];
                 for (b, ib) in init.iter().enumerate().take(blocks) {
                     let cb = b * NB;
@@ -477,14 +514,53 @@ pub mod avx512 {
                         }
                     }
                     let n = from_quad_order(a);
-                    let ap = acc.as_mut_ptr().cast::<__m256i>();
-                    for (j, v) in n.iter().enumerate() {
-                        _mm256_storeu_si256(ap.add(j), *v);
-                    }
                     let m = (c - cb).min(NB);
-                    e.slice(cb..cb + m)
-                        .apply_with::<requant::Avx512>(&acc[..m], &mut o[cb..cb + m]);
+                    if high {
+                        // The epilogue in registers (`Epilogue16`), 16
+                        // channels at a time.
+                        for h in 0..2 {
+                            let c0 = cb + 16 * h;
+                            if c0 >= cb + m {
+                                break;
+                            }
+                            let mh = (cb + m - c0).min(16);
+                            if let Some(e16) = e.avx512_16(c0, mh) {
+                                let wide = _mm512_inserti64x4::<1>(
+                                    _mm512_castsi256_si512(n[2 * h]),
+                                    n[2 * h + 1],
+                                );
+                                let k: __mmask16 = if mh == 16 { !0 } else { (1u16 << mh) - 1 };
+                                _mm_mask_storeu_epi8(
+                                    o[c0..c0 + mh].as_mut_ptr(),
+                                    k,
+                                    e16.apply(wide),
+                                );
+                            }
+                        }
+                    } else {
+                        let ap = acc.as_mut_ptr().cast::<__m256i>();
+                        for (j, v) in n.iter().enumerate() {
+                            _mm256_storeu_si256(ap.add(j), *v);
+                        }
+                        e.slice(cb..cb + m)
+                            .apply_with::<requant::Avx512>(&acc[..m], &mut o[cb..cb + m]);
+                    }
                 }
+            };
+            if padded {
+                for oy in 0..s.oh {
+                    for ox in 0..s.ow {
+                        let corner = (oy * s.stride * piw + ox * s.stride) * c;
+                        pixel(corner, &mut out[(oy * s.ow + ox) * c..][..c]);
+                    }
+                }
+                return;
+            }
+            let interior = |oy: usize, ox: usize, o: &mut [i8]| -> bool {
+                pixel(
+                    ((oy * s.stride - s.pad) * s.iw + ox * s.stride - s.pad) * c,
+                    o,
+                );
                 true
             };
             for_each_output_with::<requant::Avx512, _, _>(
