@@ -147,15 +147,8 @@ unsafe fn body<R: Row>(x: &mut [i8], s: SeShape, p: &SeParams<'_>, scratch: &mut
     }
 
     // fc1 and ReLU: the hidden zero point is the lower clamp (real 0).
-    for (j, h) in hidden.iter_mut().enumerate() {
-        let w = &p.fc1_weight[j * c..(j + 1) * c];
-        *h = w
-            .iter()
-            .zip(pooled.iter())
-            .fold(p.fc1_bias[j], |acc, (&wv, &v)| {
-                acc.wrapping_add(i32::from(wv) * v)
-            });
-    }
+    hidden.copy_from_slice(p.fc1_bias);
+    gemv_acc(p.fc1_weight, c, pooled, hidden);
     for (j0, chunk) in (0..q).step_by(CHUNK).zip(hidden.chunks_mut(CHUNK)) {
         let m = chunk.len();
         let q8 = &mut q8[..m];
@@ -177,19 +170,21 @@ unsafe fn body<R: Row>(x: &mut [i8], s: SeShape, p: &SeParams<'_>, scratch: &mut
     }
 
     // fc2 and hardsigmoid, in Q15.
+    gate.copy_from_slice(p.fc2_bias);
+    gemv_acc(p.fc2_weight, q, hidden, gate);
     for (ch, g) in gate.iter_mut().enumerate() {
-        let w = &p.fc2_weight[ch * q..(ch + 1) * q];
-        let acc = w
-            .iter()
-            .zip(hidden.iter())
-            .fold(p.fc2_bias[ch], |acc, (&wv, &h)| {
-                acc.wrapping_add(i32::from(wv) * h)
-            });
-        let v = requant::requant(acc, p.gate_mult[ch], u32::from(p.gate_shift[ch]));
+        let v = requant::requant(*g, p.gate_mult[ch], u32::from(p.gate_shift[ch]));
         *g = v.saturating_add(GATE_ONE / 2).clamp(0, GATE_ONE);
     }
 
     // Scale every pixel by the gate, into the output's scale.
+    #[cfg(target_arch = "x86_64")]
+    if R::VBMI && p.out_mult.shift > 31 {
+        // SAFETY: R has AVX-512 F, BW and VL (Row::VBMI's contract); the
+        // shift exceeds 31.
+        unsafe { avx512::scale(x, c, gate, zx, p.out_mult, p.out_zero_point) };
+        return;
+    }
     let out = Uniform::new(p.out_mult);
     let mut prod = [0i32; CHUNK];
     for row in x.chunks_exact_mut(c) {
@@ -201,6 +196,37 @@ unsafe fn body<R: Row>(x: &mut [i8], s: SeShape, p: &SeParams<'_>, scratch: &mut
             }
             // SAFETY: R's features are the caller's contract.
             unsafe { out.apply_with::<R>(prod, p.out_zero_point, -128, 127, row) };
+        }
+    }
+}
+
+/// `acc[j] += sum_i w[j * k + i] * v[i]` (wrapping) for an `[acc.len()][k]`
+/// int8 matrix and a vector `v` of `k` values in `[-255, 255]` (offsets of
+/// int8 values from a zero point).
+///
+/// The vector goes through a stack copy in `i16`, a chunk of inputs at a
+/// time: products of two values known to fit 16 bits are what x86_64
+/// compiles into `vpmaddwd` (32 products a step), where `i32` operands took
+/// a 32-bit multiply per product.
+#[inline(always)]
+fn gemv_acc(w: &[i8], k: usize, v: &[i32], acc: &mut [i32]) {
+    const KC: usize = 256;
+    debug_assert_eq!(v.len(), k);
+    debug_assert_eq!(w.len(), acc.len() * k);
+    let mut v16 = [0i16; KC];
+    for i0 in (0..k).step_by(KC) {
+        let kc = KC.min(k - i0);
+        for (d, &x) in v16.iter_mut().zip(&v[i0..i0 + kc]) {
+            debug_assert!((-255..=255).contains(&x));
+            *d = x as i16;
+        }
+        let v16 = &v16[..kc];
+        for (j, a) in acc.iter_mut().enumerate() {
+            let row = &w[j * k + i0..j * k + i0 + kc];
+            let dot = row.iter().zip(v16).fold(0i32, |s, (&wv, &x)| {
+                s.wrapping_add(i32::from(wv) * i32::from(x))
+            });
+            *a = a.wrapping_add(dot);
         }
     }
 }
@@ -223,11 +249,61 @@ pub mod avx2 {
 }
 
 /// x86_64: [`portable`]'s source compiled with AVX-512 (F, BW, VL) and the
-/// AVX-512 row requantization.
+/// AVX-512 row requantization, with the gate multiply in registers
+/// (`scale`).
 #[cfg(target_arch = "x86_64")]
 pub mod avx512 {
-    use super::{SeParams, SeShape, body};
+    use super::{Mult, SeParams, SeShape, body};
     use crate::kernels::requant;
+    use core::arch::x86_64::*;
+
+    /// The last step of [`super::portable`], 16 channels a step, for an
+    /// output multiplier whose shift exceeds 31:
+    /// `y = sat8(zy + requant((x - zx) * gate, out_mult))` in place, the
+    /// product formed and requantized in registers
+    /// ([`requant::avx512::high16`]), where the row function would reload
+    /// products just stored in narrower vectors (a store that does not
+    /// forward to the wider load after it).
+    ///
+    /// # Safety
+    /// The CPU supports AVX-512 F, BW and VL; `m.shift > 31`.
+    ///
+    /// # Panics
+    /// If `gate` holds fewer than `c` values.
+    #[inline(always)]
+    pub(super) unsafe fn scale(x: &mut [i8], c: usize, gate: &[i32], zx: i32, m: Mult, zy: i32) {
+        assert!(gate.len() >= c);
+        debug_assert!(m.shift > 31);
+        // SAFETY: every load and store is masked to channels ch..min(ch +
+        // 16, c) of a row of c values, or of the gate's c values (asserted
+        // above); the features are the caller's contract.
+        unsafe {
+            let (mv, t) = (
+                _mm512_set1_epi32(m.m),
+                _mm512_set1_epi32(31 - i32::from(m.shift)),
+            );
+            let (zxv, zyv) = (_mm512_set1_epi32(zx), _mm512_set1_epi32(zy));
+            for row in x.chunks_exact_mut(c) {
+                let mut ch = 0;
+                while ch < c {
+                    let k: __mmask16 = if c - ch >= 16 {
+                        !0
+                    } else {
+                        (1u16 << (c - ch)) - 1
+                    };
+                    let p = row.as_mut_ptr().add(ch);
+                    let v = _mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(k, p));
+                    let g = _mm512_maskz_loadu_epi32(k, gate.as_ptr().add(ch));
+                    // |x - zx| <= 255 and 0 <= g <= 2^15: below 2^24.
+                    let prod = _mm512_mullo_epi32(_mm512_sub_epi32(v, zxv), g);
+                    let q = requant::avx512::high16(prod, mv, t);
+                    let b = _mm512_cvtsepi32_epi8(_mm512_add_epi32(q, zyv));
+                    _mm_mask_storeu_epi8(p, k, b);
+                    ch += 16;
+                }
+            }
+        }
+    }
 
     /// AVX-512 int8 squeeze-and-excite with the contract of
     /// [`super::portable`].
