@@ -508,7 +508,8 @@ pub mod avx512vnni {
             }
             // SAFETY: the packed block holds groups * NB values, read as
             // 2 * groups vectors of 8; every x read is 4 bytes at 4 * g < k
-            // of a row below `pixels`; the features are the contract.
+            // of a row below `pixels`; each masked store writes only the m
+            // bytes of `out[o..o + m]`; the features are the contract.
             unsafe {
                 let flip = _mm256_set1_epi8(i8::MIN);
                 let wv = wp.as_ptr().cast::<__m256i>();
