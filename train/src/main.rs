@@ -23,6 +23,8 @@ enum Command {
     Quantize(derm_train::cmd::quantize::QuantizeArgs),
     /// Quantization-aware fine-tuning of an f32 model file, written as an int8 model file.
     Qat(derm_train::cmd::qat::QatArgs),
+    /// Which weights and activations of an f32 model file lose accuracy under int8.
+    QuantSensitivity(derm_train::cmd::quant_sensitivity::QuantSensitivityArgs),
     /// Decode a dataset once into a preprocessed cache and print Table I.
     Prepare(derm_train::cmd::prepare::PrepareArgs),
     /// Lesion-grouped, class-stratified k-fold split of a cache.
@@ -55,6 +57,7 @@ fn main() -> Result<()> {
         Command::Export(a) => derm_train::cmd::export::run(a)?,
         Command::Quantize(a) => derm_train::cmd::quantize::run(a)?,
         Command::Qat(a) => derm_train::cmd::qat::run(a)?,
+        Command::QuantSensitivity(a) => derm_train::cmd::quant_sensitivity::run(a)?,
         Command::Prepare(a) => derm_train::cmd::prepare::run(a)?,
         Command::Split(a) => derm_train::cmd::split::run(a)?,
         Command::Stats(a) => derm_train::cmd::stats::run(a)?,

@@ -227,6 +227,7 @@ fn int8_export_is_a_quarter_of_the_size_and_its_golden_is_the_reference() {
                 inputs,
                 range: export::RangeMethod::MinMax,
                 progress: false,
+                equalize: false,
             }),
             ..base
         },
@@ -376,6 +377,7 @@ fn qat_forward_tracks_the_int8_oracle() {
         inputs: inputs.clone(),
         range: RangeMethod::MinMax,
         progress: false,
+        equalize: false,
     };
     let observed = calibrate(&model, &cal).unwrap();
     let q = quantize(&model, &observed, RangeMethod::MinMax).unwrap();
@@ -435,6 +437,7 @@ fn qat_resumed_from_a_checkpoint_matches_the_uninterrupted_run() {
         inputs: input.chunks_exact(per).map(<[f32]>::to_vec).collect(),
         range: RangeMethod::MinMax,
         progress: false,
+        equalize: false,
     };
     let grid = activation_grid(
         &model,
@@ -571,4 +574,122 @@ fn qat_command_writes_an_int8_file_that_the_oracle_reproduces() {
     assert!(!o.status.success());
     assert!(err.contains("already an int8 model"), "{err}");
     assert!(!again.exists(), "a refused qat wrote {}", again.display());
+}
+
+/// `quantize --equalize` rescales the ReLU-joined channels before calibrating: the int8 file
+/// records the rescaled connections, its golden logits are still the int8 oracle's bit for
+/// bit, and its weights differ from plain quantization's (the rescaling really happened).
+#[test]
+fn quantize_equalize_records_the_rescaled_connections() {
+    let _rng = tch_rng();
+    let dir = tempfile::tempdir().unwrap();
+    let p32 = square_f32_file(dir.path(), 16, 3);
+    let cache = dir.path().join("cache");
+    train_support::ham::ham_cache(&cache, 2, 40);
+    let quantize = |out: &Path, extra: &[&str]| {
+        let o = Command::new(env!("CARGO_BIN_EXE_derm-train"))
+            .arg("quantize")
+            .arg(&p32)
+            .arg("-o")
+            .arg(out)
+            .args(["--calibration-cache", cache.to_str().unwrap()])
+            .args(["--calibration-images", "8", "--quiet"])
+            .args(extra)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
+        assert!(
+            o.status.success(),
+            "quantize failed:\n{stdout}\n{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        stdout
+    };
+    let (plain, eq) = (
+        dir.path().join("plain.safetensors"),
+        dir.path().join("eq.safetensors"),
+    );
+    quantize(&plain, &[]);
+    let stdout = quantize(&eq, &["--equalize"]);
+    assert!(stdout.contains("cross-layer equalization"), "{stdout}");
+    let (mp, me) = (
+        ModelFile::read(&plain).unwrap(),
+        ModelFile::read(&eq).unwrap(),
+    );
+    assert!(!mp.graph.provenance.contains_key("equalization"));
+    let links = me.graph.provenance["equalization"].as_array().unwrap();
+    // The Small student has six ReLU-joined connections (blocks 1-3), one through the
+    // squeeze-excite of block 1.
+    assert_eq!(links.len(), 6, "{links:?}");
+    assert_eq!(
+        links
+            .iter()
+            .filter(|l| !l["squeeze_excite"].is_null())
+            .count(),
+        1
+    );
+    assert!(
+        links
+            .iter()
+            .any(|l| l["largest_factor"].as_f64().unwrap() > 1.0)
+    );
+    assert_ne!(
+        mp.tensors["features.2.block.0.0.weight"],
+        me.tensors["features.2.block.0.0.weight"]
+    );
+    let input = golden_f32(&golden_path(&eq), "input");
+    let want = golden_f32(&golden_path(&eq), "logits");
+    let per = 3 * 32 * 32;
+    for n in 0..3 {
+        let got = reference::logits(&me, &input[n * per..(n + 1) * per]).unwrap();
+        assert_eq!(got, want[n * 5..(n + 1) * 5], "sample {n}");
+    }
+}
+
+/// `derm-train quant-sensitivity` on cached real images: the float row agrees with itself,
+/// every activation is scored alone and left out, and the report says so in JSON.
+#[test]
+fn quant_sensitivity_scores_every_activation_alone_and_left_out() {
+    let _rng = tch_rng();
+    let dir = tempfile::tempdir().unwrap();
+    let p32 = square_f32_file(dir.path(), 17, 3);
+    let cache = dir.path().join("cache");
+    train_support::ham::ham_cache(&cache, 2, 40);
+    let out = dir.path().join("sens");
+    let o = Command::new(env!("CARGO_BIN_EXE_derm-train"))
+        .arg("quant-sensitivity")
+        .arg(&p32)
+        .args(["--cache", cache.to_str().unwrap(), "--out"])
+        .arg(&out)
+        .args(["--calibration-images", "8", "--top", "3", "--quiet"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "quant-sensitivity failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(stdout.contains("Rounded alone"), "{stdout}");
+    let text = std::fs::read_to_string(out.join("sensitivity.json")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let rows = v["result"]["rows"].as_array().unwrap();
+    let model = ModelFile::read(&p32).unwrap();
+    let keys = derm_codegen::quant::activation_keys(&model.graph);
+    assert_eq!(rows.len(), 4 + 2 * keys.len());
+    let float = &rows[0];
+    assert_eq!(float["name"], "float");
+    assert_eq!(float["agreement"], 1.0);
+    assert_eq!(float["kl"], 0.0);
+    for kind in ["alone", "left_out"] {
+        let names: Vec<&str> = rows
+            .iter()
+            .filter(|r| r["kind"] == kind)
+            .map(|r| r["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, keys.iter().map(String::as_str).collect::<Vec<_>>());
+    }
+    let all = rows.iter().find(|r| r["name"] == "all").unwrap();
+    assert!(all["kl"].as_f64().unwrap() > 0.0, "{all}");
+    assert_eq!(v["result"]["images"], 12, "2 images of each of 6 classes");
 }

@@ -1,6 +1,7 @@
 //! int8 quantization, the compile-time half: the conventions of quantized
 //! model files, the requantization constants, the lookup tables, and
-//! post-training quantization ([`ptq`]).
+//! post-training quantization ([`ptq`]) with optional cross-layer equalization
+//! ([`equalize`]).
 //!
 //! `docs/int8.md` is the specification; every formula below is stated there.
 //! The run-time half of the one requantization rule is
@@ -16,6 +17,7 @@
 //! - every rescale is `requant(x, m, s) = (x * m + 2^(s-1)) >> s` with
 //!   `m` in `[2^30, 2^31)` and `s` in `[1, 62]`, saturated to `i32`.
 
+pub mod equalize;
 pub mod plan;
 pub mod ptq;
 

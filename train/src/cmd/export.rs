@@ -115,6 +115,11 @@ pub struct CalibrationArgs {
     /// int8: activation ranges, `minmax` or `percentile:P` (e.g. `percentile:99.99`).
     #[arg(long, default_value = "minmax", help_heading = "int8 calibration")]
     pub calibration_range: RangeMethod,
+    /// int8: cross-layer equalization first: rescale the channels between convolutions
+    /// joined by a ReLU so that each tensor's channels span similar ranges (the same
+    /// function; docs/int8.md).
+    #[arg(long, help_heading = "int8 calibration")]
+    pub equalize: bool,
 }
 
 fn three(v: &[f32], what: &str) -> Result<[f32; 3]> {
@@ -306,5 +311,6 @@ pub fn calibration_inputs(
         inputs,
         range: a.calibration_range,
         progress,
+        equalize: a.equalize,
     })
 }

@@ -9,6 +9,7 @@ pub mod export;
 pub mod metrics;
 pub mod prepare;
 pub mod qat;
+pub mod quant_sensitivity;
 pub mod quantize;
 pub mod split;
 pub mod stats;

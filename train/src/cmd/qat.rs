@@ -20,7 +20,7 @@ use crate::args::CacheFoldArgs;
 use crate::data::balance::BalancePlan;
 use crate::data::loader::{Batches, LoaderOptions};
 use crate::export::qat::{QatOptions, QatTrainer, activation_grid};
-use crate::export::{RangeMethod, calibrate};
+use crate::export::{RangeMethod, calibrate, equalized};
 use crate::train::fit::InputMap;
 use crate::train::progress::EpochProgress;
 
@@ -46,6 +46,9 @@ pub struct QatArgs {
     /// Activation ranges, `minmax` or `percentile:P`; fixed during fine-tuning.
     #[arg(long, default_value = "minmax")]
     pub calibration_range: RangeMethod,
+    /// Cross-layer equalization before calibration (as `quantize --equalize`).
+    #[arg(long)]
+    pub equalize: bool,
     /// Passes over the training images.
     #[arg(long, default_value_t = 2)]
     pub epochs: usize,
@@ -123,6 +126,7 @@ pub fn run(a: QatArgs) -> Result<()> {
         calibration_split_seed: a.data.split_seed,
         calibration_images: a.calibration_images,
         calibration_range: a.calibration_range,
+        equalize: a.equalize,
     };
     let cal = calibration_inputs(
         &cal_args,
@@ -131,6 +135,7 @@ pub fn run(a: QatArgs) -> Result<()> {
         a.seed,
         !a.quiet,
     )?;
+    let model = equalized(&model, &cal)?;
     let observed = calibrate(&model, &cal)?;
     let params = activation_grid(&model, &observed, a.calibration_range)?;
 
@@ -170,6 +175,7 @@ pub fn run(a: QatArgs) -> Result<()> {
         "max_train": a.max_train,
         "calibration_images": a.calibration_images,
         "calibration_range": a.calibration_range.to_string(),
+        "equalize": a.equalize,
         "epochs": a.epochs,
         "lr": a.lr,
         "temperature": a.temperature,

@@ -33,13 +33,15 @@
 
 // The code is split by stage: `graph.rs` (BatchNorm folding, the op list), `tch_graph.rs`
 // (the graph run in tch), `golden.rs` (golden vectors), `precision.rs` (f16 and int8
-// storage), `qat.rs` (the graph with fake quantization, for `derm-train qat`) and
+// storage), `qat.rs` (the graph with fake quantization, for `derm-train qat`), `sensitivity.rs`
+// (that rounding switched on tensor by tensor, for `derm-train quant-sensitivity`) and
 // `tweaks.rs` (edits of a student before export); this file holds the
 // options, `export` and the re-exports that keep every item at `crate::export::*`.
 mod golden;
 mod graph;
 mod precision;
 pub mod qat;
+pub mod sensitivity;
 mod tch_graph;
 mod tweaks;
 
@@ -54,7 +56,7 @@ pub use golden::{
     relative_error,
 };
 pub use graph::{INPUT_NAME, fold_conv_bn, model_file};
-pub use precision::{PRECISION_KEY, calibrate, quantize_int8, store_precision};
+pub use precision::{PRECISION_KEY, calibrate, equalized, quantize_int8, store_precision};
 pub use tch_graph::TchGraph;
 pub use tweaks::{add_logit_bias, perturb_for_parity_tests};
 
@@ -126,6 +128,9 @@ pub struct Calibrate {
     pub range: RangeMethod,
     /// Show a progress bar.
     pub progress: bool,
+    /// Cross-layer equalization before calibration
+    /// (`derm_codegen::quant::equalize`).
+    pub equalize: bool,
 }
 
 /// What [`export`] wrote.

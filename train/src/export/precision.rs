@@ -61,9 +61,44 @@ pub fn store_precision(model: &ModelFile, precision: Precision) -> Result<ModelF
 /// `cal.inputs` by the float reference interpreter ([`calibrate`]), then
 /// `derm_codegen::quant::ptq::quantize`.
 pub fn quantize_int8(folded: &ModelFile, cal: &Calibrate) -> Result<ModelFile> {
-    let c = calibrate(folded, cal)?;
-    derm_codegen::quant::ptq::quantize(folded, &c, cal.range)
+    let folded = equalized(folded, cal)?;
+    let c = calibrate(&folded, cal)?;
+    derm_codegen::quant::ptq::quantize(&folded, &c, cal.range)
         .map_err(|e| anyhow::anyhow!("int8 quantization: {e}"))
+}
+
+/// `folded` itself, or with `cal.equalize` its cross-layer equalized form
+/// (`derm_codegen::quant::equalize`, factors from the calibration images): the same
+/// function with evener channel ranges. The rescaled connections and their largest
+/// factors go into the provenance under `equalization`.
+pub fn equalized(folded: &ModelFile, cal: &Calibrate) -> Result<ModelFile> {
+    if !cal.equalize {
+        return Ok(folded.clone());
+    }
+    let (mut m, links) = derm_codegen::quant::equalize::equalize(folded, &cal.inputs)
+        .map_err(|e| anyhow::anyhow!("cross-layer equalization: {e}"))?;
+    let largest =
+        |l: &derm_codegen::quant::equalize::Link| l.factors.iter().copied().fold(1.0f32, f32::max);
+    let record: Vec<serde_json::Value> = links
+        .iter()
+        .map(|l| {
+            serde_json::json!({
+                "producer": l.producer,
+                "squeeze_excite": l.squeeze_excite,
+                "consumer": l.consumer,
+                "largest_factor": largest(l),
+            })
+        })
+        .collect();
+    println!(
+        "cross-layer equalization: {} connections rescaled, largest factor {:.1}",
+        links.len(),
+        links.iter().map(largest).fold(1.0f32, f32::max)
+    );
+    m.graph
+        .provenance
+        .insert("equalization".into(), serde_json::Value::Array(record));
+    Ok(m)
 }
 
 /// Every activation of `folded` observed on `cal.inputs` by the float reference

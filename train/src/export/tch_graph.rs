@@ -154,6 +154,11 @@ impl TchGraph {
         })
     }
 
+    /// The graph this interpreter runs.
+    pub(crate) fn graph(&self) -> &Graph {
+        &self.graph
+    }
+
     fn w(&self, name: &str) -> Result<&Tensor> {
         self.weights
             .get(name)

@@ -1,0 +1,344 @@
+//! `derm-train quant-sensitivity`: which weights and activations of an f32 model file lose
+//! accuracy under int8 (docs/int8.md, "Finding the tensors that lose accuracy").
+//!
+//! Calibrates as `quantize` does (training images of `--fold`), then scores the validation
+//! images of `--fold` with the int8 rounding switched on for: nothing (the float model),
+//! the weights only, the activations only, everything, each activation alone, and
+//! everything but each activation ([`crate::export::sensitivity`]). Writes
+//! `sensitivity.json` and prints the tensors that do the most damage.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+
+use anyhow::{Result, bail, ensure};
+use clap::Args;
+use derm_codegen::ir::ModelFile;
+use derm_codegen::quant::ptq::RangeMethod;
+use serde::Serialize;
+use tch::{Kind, Tensor};
+
+use super::export::{CalibrationArgs, calibration_inputs};
+use crate::args::CacheFoldArgs;
+use crate::data::balance::BalancePlan;
+use crate::data::loader::{Batches, LoaderOptions};
+use crate::export::qat::activation_grid;
+use crate::export::sensitivity::{Rounding, Sensitivity};
+use crate::export::{calibrate, equalized};
+use crate::metrics::{EvalOptions, evaluate};
+use crate::report::write_report;
+use crate::train::cli::val_indices;
+use crate::train::fit::InputMap;
+use crate::train::progress::EpochProgress;
+
+/// Arguments of `derm-train quant-sensitivity`.
+#[derive(Debug, Clone, Args)]
+pub struct QuantSensitivityArgs {
+    /// The f32 model file.
+    pub model: PathBuf,
+    /// Images: with `--fold`, calibration on that fold's training images and scores on its
+    /// validation images (use a fold whose scores you do not report).
+    #[command(flatten)]
+    pub data: CacheFoldArgs,
+    /// At most this many validation images (drawn with `--seed`).
+    #[arg(long)]
+    pub max_val: Option<usize>,
+    /// Calibration images, drawn from the training images with `--seed`.
+    #[arg(long, default_value_t = 256)]
+    pub calibration_images: usize,
+    /// Activation ranges, `minmax` or `percentile:P`.
+    #[arg(long, default_value = "minmax")]
+    pub calibration_range: RangeMethod,
+    /// Cross-layer equalization before calibration (as `quantize --equalize`).
+    #[arg(long)]
+    pub equalize: bool,
+    /// Seed of the calibration draw (and of `--max-val`).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Only the summary rows (float, weights, activations, all): a quick check of a
+    /// calibration choice, without the per-activation rankings.
+    #[arg(long)]
+    pub summary_only: bool,
+    /// Rows of each ranking printed (the JSON has every row).
+    #[arg(long, default_value_t = 12)]
+    pub top: usize,
+    /// Batch size.
+    #[arg(long, default_value_t = 64)]
+    pub batch_size: usize,
+    /// libtorch intra-op threads.
+    #[arg(long, default_value_t = 1)]
+    pub threads: i32,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+    /// Folder for `sensitivity.json`.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+/// One forward configuration's scores against the float model.
+#[derive(Debug, Clone, Serialize)]
+struct Row {
+    /// What was rounded: `float`, `weights`, `activations`, `all`, or an activation key.
+    name: String,
+    /// `summary`, `alone` (only this activation rounded, weights float) or `left_out`
+    /// (everything rounded but this activation).
+    kind: &'static str,
+    /// Fraction of images whose top-1 class equals the float model's.
+    agreement: f64,
+    /// Mean KL divergence of the float model's softmax from this configuration's.
+    kl: f64,
+    accuracy: f64,
+    balanced_accuracy: f64,
+    /// Accuracy per group, in the cache's group order (`None`: no image of the group).
+    group_accuracy: Vec<Option<f64>>,
+    /// The calibrated range (minmax or percentile, as chosen) of an activation.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    range: Option<(f32, f32)>,
+    /// The same activation's range at the 99.99th percentile, for comparison: a minmax
+    /// span far wider than this one is stretched by a few outliers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    range_p9999: Option<(f32, f32)>,
+}
+
+/// The body of `sensitivity.json`.
+#[derive(Debug, Serialize)]
+struct Report {
+    model: String,
+    cache: String,
+    fold: Option<usize>,
+    k: usize,
+    split_seed: u64,
+    images: usize,
+    calibration_images: usize,
+    calibration_range: String,
+    group_names: Vec<String>,
+    rows: Vec<Row>,
+}
+
+/// Runs `derm-train quant-sensitivity`.
+pub fn run(a: QuantSensitivityArgs) -> Result<()> {
+    ensure!(a.threads > 0, "--threads must be at least 1");
+    ensure!(a.batch_size > 0, "--batch-size must be at least 1");
+    tch::set_num_threads(a.threads);
+    let model = ModelFile::read(&a.model).map_err(|e| anyhow::anyhow!("{e}"))?;
+    if model.graph.quantization.is_some() {
+        bail!(
+            "{} is already an int8 model; give the f32 file it came from",
+            a.model.display()
+        );
+    }
+    let g = &model.graph;
+    let size = g.input.shape[2];
+    if g.input.shape[3] != size {
+        bail!(
+            "{}: calibration resizes to a square input; this one is {:?}",
+            a.model.display(),
+            g.input.shape
+        );
+    }
+    let cal_args = CalibrationArgs {
+        calibration_cache: Some(a.data.cache.clone()),
+        calibration_fold: a.data.fold,
+        calibration_k: a.data.k,
+        calibration_split_seed: a.data.split_seed,
+        calibration_images: a.calibration_images,
+        calibration_range: a.calibration_range,
+        equalize: a.equalize,
+    };
+    let cal = calibration_inputs(
+        &cal_args,
+        &a.data.cache,
+        (g.preprocess.mean, g.preprocess.std, size),
+        a.seed,
+        !a.quiet,
+    )?;
+    let calibration_images = cal.inputs.len();
+    let model = equalized(&model, &cal)?;
+    let observed = calibrate(&model, &cal)?;
+    let params = activation_grid(&model, &observed, a.calibration_range)?;
+    let s = Sensitivity::new(&model, params)?;
+
+    // The scored images, preprocessed once and kept: every configuration runs on them.
+    let (cache, rows) = a.data.open(|f| val_indices(f, a.max_val, a.seed))?;
+    ensure!(!rows.is_empty(), "no validation images");
+    if a.data.fold.is_none() {
+        println!(
+            "no --fold: calibrating and scoring on every image of {}",
+            cache.dir().display()
+        );
+    }
+    let map = InputMap::new(
+        cache.mean(),
+        cache.std(),
+        g.preprocess.mean,
+        g.preprocess.std,
+    );
+    let mut lo = LoaderOptions::eval(a.batch_size);
+    lo.train_size = Some(size);
+    let (mut batches, mut labels, mut groups) = (Vec::new(), Vec::new(), Vec::new());
+    for b in Batches::new(&cache, &BalancePlan::plain(&rows), lo, 0)? {
+        let b = b?;
+        labels.extend(b.indices.iter().map(|&i| cache.label(i)));
+        groups.extend(b.indices.iter().map(|&i| cache.group(i)));
+        batches.push(map.apply(&b.images));
+    }
+    let opts = EvalOptions::for_cache(&cache);
+
+    let keys = s.keys();
+    let all_keys: BTreeSet<String> = keys.iter().cloned().collect();
+    let mut configs: Vec<(String, &'static str, Rounding)> = vec![
+        ("float".into(), "summary", rounding(false, Vec::new())),
+        ("weights".into(), "summary", rounding(true, Vec::new())),
+        (
+            "activations".into(),
+            "summary",
+            rounding(false, keys.clone()),
+        ),
+        ("all".into(), "summary", rounding(true, keys.clone())),
+    ];
+    for k in keys.iter().filter(|_| !a.summary_only) {
+        configs.push((k.clone(), "alone", rounding(false, [k.clone()])));
+    }
+    for k in keys.iter().filter(|_| !a.summary_only) {
+        let mut rest = all_keys.clone();
+        rest.remove(k);
+        configs.push((k.clone(), "left_out", rounding(true, rest)));
+    }
+    println!(
+        "{} activations, {} configurations on {} images",
+        keys.len(),
+        configs.len(),
+        labels.len()
+    );
+
+    let logits_of = |r: &Rounding| -> Result<Tensor> {
+        let parts = batches
+            .iter()
+            .map(|x| s.logits(x, r))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Tensor::cat(&parts, 0).to_kind(Kind::Float))
+    };
+    let float = logits_of(&configs[0].2)?;
+    let float_top: Vec<i64> = Vec::try_from(float.argmax(-1, false))?;
+    let float_p = float.softmax(-1, Kind::Float);
+    let float_logp = float.log_softmax(-1, Kind::Float);
+    let mut progress = EpochProgress::new("configurations", configs.len() as u64, !a.quiet);
+    let mut out = Vec::with_capacity(configs.len());
+    for (name, kind, r) in &configs {
+        let y = logits_of(r)?;
+        let top: Vec<i64> = Vec::try_from(y.argmax(-1, false))?;
+        let same = top.iter().zip(&float_top).filter(|(a, b)| a == b).count();
+        let kl = f64::try_from(
+            (&float_p * (&float_logp - y.log_softmax(-1, Kind::Float)))
+                .sum_dim_intlist(-1, false, Kind::Double)
+                .mean(Kind::Double),
+        )?;
+        let preds: Vec<usize> = top.iter().map(|&p| p as usize).collect();
+        let e = evaluate(&preds, &labels, &groups, &opts)?;
+        let is_key = *kind != "summary";
+        out.push(Row {
+            name: name.clone(),
+            kind,
+            agreement: same as f64 / top.len() as f64,
+            kl,
+            accuracy: e.accuracy,
+            balanced_accuracy: e.balanced_accuracy,
+            group_accuracy: e.groups.iter().map(|g| g.accuracy).collect(),
+            range: is_key
+                .then(|| observed.range(name, a.calibration_range))
+                .flatten(),
+            range_p9999: is_key
+                .then(|| observed.range(name, RangeMethod::Percentile(0.9999)))
+                .flatten(),
+        });
+        progress.step(1, 0.0);
+    }
+    progress.finish();
+
+    print_tables(
+        &out,
+        cache.group_names(),
+        if a.summary_only { 0 } else { a.top },
+    );
+    std::fs::create_dir_all(&a.out)?;
+    let path = a.out.join("sensitivity.json");
+    let body = Report {
+        model: a.model.display().to_string(),
+        cache: a.data.cache.display().to_string(),
+        fold: a.data.fold,
+        k: a.data.k,
+        split_seed: a.data.split_seed,
+        images: labels.len(),
+        calibration_images,
+        calibration_range: a.calibration_range.to_string(),
+        group_names: cache.group_names().to_vec(),
+        rows: out,
+    };
+    write_report(&path, "quant-sensitivity", &body)?;
+    println!("report: {}", path.display());
+    Ok(())
+}
+
+fn rounding(weights: bool, keys: impl IntoIterator<Item = String>) -> Rounding {
+    Rounding {
+        weights,
+        activations: keys.into_iter().collect(),
+    }
+}
+
+/// The summary rows, then the activations that hurt most alone and those whose removal
+/// recovers most, as markdown tables.
+fn print_tables(rows: &[Row], group_names: &[String], top: usize) {
+    let head = |title: &str| {
+        println!("\n{title}\n");
+        print!("| rounded | agreement | KL | accuracy | balanced |");
+        for g in group_names {
+            print!(" {g} |");
+        }
+        println!(" range | p99.99 range |");
+        print!("|---|---|---|---|---|");
+        for _ in group_names {
+            print!("---|");
+        }
+        println!("---|---|");
+    };
+    let line = |r: &Row| {
+        print!(
+            "| {} | {:.4} | {:.4} | {:.4} | {:.4} |",
+            r.name, r.agreement, r.kl, r.accuracy, r.balanced_accuracy
+        );
+        for g in &r.group_accuracy {
+            match g {
+                Some(g) => print!(" {g:.4} |"),
+                None => print!(" |"),
+            }
+        }
+        let fmt =
+            |v: Option<(f32, f32)>| v.map_or(String::new(), |(l, h)| format!("{l:.3}..{h:.3}"));
+        println!(" {} | {} |", fmt(r.range), fmt(r.range_p9999));
+    };
+    head("Summary (agreement: top-1 equal to the float model's)");
+    rows.iter().filter(|r| r.kind == "summary").for_each(line);
+    if top == 0 {
+        return;
+    }
+    let ranked = |kind: &str, title: &str, worst_first: bool| {
+        let mut v: Vec<&Row> = rows.iter().filter(|r| r.kind == kind).collect();
+        v.sort_by(|a, b| {
+            let o = a.kl.total_cmp(&b.kl);
+            if worst_first { o.reverse() } else { o }
+        });
+        head(title);
+        v.into_iter().take(top).for_each(line);
+    };
+    ranked(
+        "alone",
+        "Rounded alone (weights float), largest KL first",
+        true,
+    );
+    ranked(
+        "left_out",
+        "Everything rounded but this activation, smallest KL first (the most recovered)",
+        false,
+    );
+}
