@@ -647,7 +647,8 @@ fn quantize_equalize_records_the_rescaled_connections() {
 }
 
 /// `derm-train quant-sensitivity` on cached real images: the float row agrees with itself,
-/// every activation is scored alone and left out, and the report says so in JSON.
+/// every activation is scored alone and left out, every weight tensor alone, and the report
+/// says so in JSON.
 #[test]
 fn quant_sensitivity_scores_every_activation_alone_and_left_out() {
     let _rng = tch_rng();
@@ -676,7 +677,20 @@ fn quant_sensitivity_scores_every_activation_alone_and_left_out() {
     let rows = v["result"]["rows"].as_array().unwrap();
     let model = ModelFile::read(&p32).unwrap();
     let keys = derm_codegen::quant::activation_keys(&model.graph);
-    assert_eq!(rows.len(), 4 + 2 * keys.len());
+    let weights = rows.iter().filter(|r| r["kind"] == "weight_alone").count();
+    // Every conv and linear layer has one weight tensor, every squeeze-excite two.
+    let want_weights: usize = model
+        .graph
+        .ops
+        .iter()
+        .map(|op| match op {
+            derm_codegen::ir::Op::Conv2d(_) | derm_codegen::ir::Op::Linear(_) => 1,
+            derm_codegen::ir::Op::SqueezeExcite(_) => 2,
+            _ => 0,
+        })
+        .sum();
+    assert_eq!(weights, want_weights);
+    assert_eq!(rows.len(), 4 + 2 * keys.len() + want_weights);
     let float = &rows[0];
     assert_eq!(float["name"], "float");
     assert_eq!(float["agreement"], 1.0);

@@ -3,8 +3,8 @@
 //!
 //! Calibrates as `quantize` does (training images of `--fold`), then scores the validation
 //! images of `--fold` with the int8 rounding switched on for: nothing (the float model),
-//! the weights only, the activations only, everything, each activation alone, and
-//! everything but each activation ([`crate::export::sensitivity`]). Writes
+//! the weights only, the activations only, everything, each activation alone,
+//! everything but each activation, and each weight tensor alone ([`crate::export::sensitivity`]). Writes
 //! `sensitivity.json` and prints the tensors that do the most damage.
 
 use std::collections::BTreeSet;
@@ -78,10 +78,12 @@ pub struct QuantSensitivityArgs {
 /// One forward configuration's scores against the float model.
 #[derive(Debug, Clone, Serialize)]
 struct Row {
-    /// What was rounded: `float`, `weights`, `activations`, `all`, or an activation key.
+    /// What was rounded: `float`, `weights`, `activations`, `all`, an activation key or a
+    /// weight tensor's name.
     name: String,
-    /// `summary`, `alone` (only this activation rounded, weights float) or `left_out`
-    /// (everything rounded but this activation).
+    /// `summary`, `alone` (only this activation rounded, weights float), `left_out`
+    /// (everything rounded but this activation) or `weight_alone` (only this weight tensor
+    /// rounded, activations float).
     kind: &'static str,
     /// Fraction of images whose top-1 class equals the float model's.
     agreement: f64,
@@ -185,28 +187,41 @@ pub fn run(a: QuantSensitivityArgs) -> Result<()> {
     let opts = EvalOptions::for_cache(&cache);
 
     let keys = s.keys();
+    let weights = s.weight_names();
     let all_keys: BTreeSet<String> = keys.iter().cloned().collect();
     let mut configs: Vec<(String, &'static str, Rounding)> = vec![
-        ("float".into(), "summary", rounding(false, Vec::new())),
-        ("weights".into(), "summary", rounding(true, Vec::new())),
+        ("float".into(), "summary", rounding(none(), none())),
+        (
+            "weights".into(),
+            "summary",
+            rounding(weights.clone(), none()),
+        ),
         (
             "activations".into(),
             "summary",
-            rounding(false, keys.clone()),
+            rounding(none(), keys.clone()),
         ),
-        ("all".into(), "summary", rounding(true, keys.clone())),
+        (
+            "all".into(),
+            "summary",
+            rounding(weights.clone(), keys.clone()),
+        ),
     ];
     for k in keys.iter().filter(|_| !a.summary_only) {
-        configs.push((k.clone(), "alone", rounding(false, [k.clone()])));
+        configs.push((k.clone(), "alone", rounding(none(), [k.clone()])));
     }
     for k in keys.iter().filter(|_| !a.summary_only) {
         let mut rest = all_keys.clone();
         rest.remove(k);
-        configs.push((k.clone(), "left_out", rounding(true, rest)));
+        configs.push((k.clone(), "left_out", rounding(weights.clone(), rest)));
+    }
+    for w in weights.iter().filter(|_| !a.summary_only) {
+        configs.push((w.clone(), "weight_alone", rounding([w.clone()], none())));
     }
     println!(
-        "{} activations, {} configurations on {} images",
+        "{} activations, {} weight tensors, {} configurations on {} images",
         keys.len(),
+        weights.len(),
         configs.len(),
         labels.len()
     );
@@ -235,7 +250,7 @@ pub fn run(a: QuantSensitivityArgs) -> Result<()> {
         )?;
         let preds: Vec<usize> = top.iter().map(|&p| p as usize).collect();
         let e = evaluate(&preds, &labels, &groups, &opts)?;
-        let is_key = *kind != "summary";
+        let is_key = matches!(*kind, "alone" | "left_out");
         out.push(Row {
             name: name.clone(),
             kind,
@@ -279,11 +294,18 @@ pub fn run(a: QuantSensitivityArgs) -> Result<()> {
     Ok(())
 }
 
-fn rounding(weights: bool, keys: impl IntoIterator<Item = String>) -> Rounding {
+fn rounding(
+    weights: impl IntoIterator<Item = String>,
+    keys: impl IntoIterator<Item = String>,
+) -> Rounding {
     Rounding {
-        weights,
+        weights: weights.into_iter().collect(),
         activations: keys.into_iter().collect(),
     }
+}
+
+fn none() -> Vec<String> {
+    Vec::new()
 }
 
 /// The summary rows, then the activations that hurt most alone and those whose removal
@@ -340,5 +362,10 @@ fn print_tables(rows: &[Row], group_names: &[String], top: usize) {
         "left_out",
         "Everything rounded but this activation, smallest KL first (the most recovered)",
         false,
+    );
+    ranked(
+        "weight_alone",
+        "One weight tensor rounded alone (activations float), largest KL first",
+        true,
     );
 }

@@ -18,7 +18,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::{Context, Result};
-use derm_codegen::ir::{ModelFile, Op, QParams};
+use derm_codegen::ir::{Graph, ModelFile, Op, QParams};
 use derm_codegen::quant;
 use tch::Tensor;
 
@@ -28,8 +28,9 @@ use super::tch_graph::{TchGraph, Values, walk};
 /// Which parts of the network are rounded to int8 in one forward pass.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rounding {
-    /// Weights per output channel (biases stay float: int32 in the file).
-    pub weights: bool,
+    /// The weight tensors rounded per output channel, by name (biases stay float: int32 in
+    /// the file).
+    pub weights: BTreeSet<String>,
     /// The activations (keys of `quant::activation_keys`) put on their int8 grids.
     pub activations: BTreeSet<String>,
 }
@@ -50,7 +51,7 @@ struct Partial<'a> {
 
 impl Values for Partial<'_> {
     fn weight(&self, name: &str) -> Result<Tensor> {
-        if self.rounding.weights {
+        if self.rounding.weights.contains(name) {
             self.s
                 .quantized_weights
                 .get(name)
@@ -79,9 +80,9 @@ impl Values for Partial<'_> {
 }
 
 /// The names of the weight tensors (not biases) that int8 stores per output channel.
-fn weight_names(model: &ModelFile) -> Vec<&str> {
+fn weight_names(graph: &Graph) -> Vec<&str> {
     let mut names = Vec::new();
-    for op in &model.graph.ops {
+    for op in &graph.ops {
         match op {
             Op::Conv2d(c) => names.push(c.weight.as_str()),
             Op::Linear(l) => names.push(l.weight.as_str()),
@@ -111,7 +112,7 @@ impl Sensitivity {
         }
         let float = TchGraph::new(model)?;
         let mut quantized_weights = BTreeMap::new();
-        for name in weight_names(model) {
+        for name in weight_names(&model.graph) {
             let q = tch::no_grad(|| float.weight(name).map(|w| fake_quant_weight(&w)))?;
             quantized_weights.insert(name.to_owned(), q);
         }
@@ -120,6 +121,14 @@ impl Sensitivity {
             quantized_weights,
             params,
         })
+    }
+
+    /// Every weight tensor that int8 stores per output channel, in execution order.
+    pub fn weight_names(&self) -> Vec<String> {
+        weight_names(self.float.graph())
+            .into_iter()
+            .map(str::to_owned)
+            .collect()
     }
 
     /// Every activation key, in execution order (the input first).
@@ -176,7 +185,7 @@ mod tests {
         let x = batch(&model, &inputs);
         let s = Sensitivity::new(&model, params.clone()).unwrap();
         let none = Rounding {
-            weights: false,
+            weights: BTreeSet::new(),
             activations: BTreeSet::new(),
         };
         let float = TchGraph::new(&model).unwrap().forward(&x).unwrap();
@@ -185,7 +194,7 @@ mod tests {
             0.0
         );
         let all = Rounding {
-            weights: true,
+            weights: s.weight_names().into_iter().collect(),
             activations: s.keys().into_iter().collect(),
         };
         let vs = tch::nn::VarStore::new(tch::Device::Cpu);
@@ -205,11 +214,11 @@ mod tests {
         let keys = s.keys();
         let last = keys.last().unwrap().clone();
         let one = Rounding {
-            weights: false,
+            weights: BTreeSet::new(),
             activations: [last.clone()].into_iter().collect(),
         };
         let none = Rounding {
-            weights: false,
+            weights: BTreeSet::new(),
             activations: BTreeSet::new(),
         };
         let d = f64::try_from(
@@ -220,9 +229,21 @@ mod tests {
         .unwrap();
         assert!(d > 0.0, "rounding {last} changed nothing");
         let unknown = Rounding {
-            weights: false,
+            weights: BTreeSet::new(),
             activations: ["no.such.value".to_owned()].into_iter().collect(),
         };
+        let last_weight = s.weight_names().pop().unwrap();
+        let w = Rounding {
+            weights: [last_weight.clone()].into_iter().collect(),
+            activations: BTreeSet::new(),
+        };
+        let d = f64::try_from(
+            (s.logits(&x, &w).unwrap() - s.logits(&x, &none).unwrap())
+                .abs()
+                .max(),
+        )
+        .unwrap();
+        assert!(d > 0.0, "rounding {last_weight} changed nothing");
         // A key no op produces is never asked for, so it rounds nothing.
         assert_eq!(
             f64::try_from(
