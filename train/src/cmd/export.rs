@@ -264,6 +264,34 @@ pub fn run(a: ExportArgs) -> Result<()> {
     Ok(())
 }
 
+/// [`calibration_inputs`] for the float model file `model` (read from `path`): its square
+/// input side and its normalization; a non-square input is refused by name.
+pub fn model_calibration_inputs(
+    model: &derm_codegen::ir::ModelFile,
+    path: &std::path::Path,
+    a: &CalibrationArgs,
+    cache: &std::path::Path,
+    seed: u64,
+    progress: bool,
+) -> Result<Calibrate> {
+    let g = &model.graph;
+    let size = g.input.shape[2];
+    if g.input.shape[3] != size {
+        bail!(
+            "{}: calibration resizes to a square input; this one is {:?}",
+            path.display(),
+            g.input.shape
+        );
+    }
+    calibration_inputs(
+        a,
+        cache,
+        (g.preprocess.mean, g.preprocess.std, size),
+        seed,
+        progress,
+    )
+}
+
 /// The int8 calibration images: `--calibration-images` of the cache's (or the fold's
 /// training) images, drawn with `seed`, preprocessed as evaluation does (resized to the
 /// model's input size, normalized with its `(mean, std, size)`).

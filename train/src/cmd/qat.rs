@@ -14,7 +14,7 @@ use derm_codegen::ir::ModelFile;
 use derm_codegen::quant::ptq;
 use serde::{Deserialize, Serialize};
 
-use super::export::{CalibrationArgs, calibration_inputs, command_line, git_commit};
+use super::export::{CalibrationArgs, command_line, git_commit, model_calibration_inputs};
 use super::quantize::write_int8_golden;
 use crate::args::CacheFoldArgs;
 use crate::data::balance::BalancePlan;
@@ -92,6 +92,53 @@ struct Progress {
     losses: Vec<f64>,
 }
 
+/// A float model on its int8 grid: what `qat` trains on and `quant-sensitivity` scores.
+pub struct FoldGrid {
+    /// The model, cross-layer equalized when asked.
+    pub model: ModelFile,
+    /// The calibration images.
+    pub cal: crate::export::Calibrate,
+    /// Every activation observed on them.
+    pub observed: ptq::Calibration,
+    /// The grid of every activation key.
+    pub params: std::collections::BTreeMap<String, derm_codegen::ir::QParams>,
+}
+
+/// Calibration of the float `model` (read from `path`) on `images` training images of
+/// `data` (the fold's, as `quantize --calibration-fold` would draw them), after
+/// cross-layer equalization when `equalize`, and the activation grid `range` chooses.
+#[allow(clippy::too_many_arguments)]
+pub fn fold_grid(
+    model: ModelFile,
+    path: &Path,
+    data: &CacheFoldArgs,
+    images: usize,
+    range: RangeMethod,
+    equalize: bool,
+    seed: u64,
+    progress: bool,
+) -> Result<FoldGrid> {
+    let cal_args = CalibrationArgs {
+        calibration_cache: Some(data.cache.clone()),
+        calibration_fold: data.fold,
+        calibration_k: data.k,
+        calibration_split_seed: data.split_seed,
+        calibration_images: images,
+        calibration_range: range,
+        equalize,
+    };
+    let cal = model_calibration_inputs(&model, path, &cal_args, &data.cache, seed, progress)?;
+    let model = equalized(&model, &cal)?;
+    let observed = calibrate(&model, &cal)?;
+    let params = activation_grid(&model, &observed, range)?;
+    Ok(FoldGrid {
+        model,
+        cal,
+        observed,
+        params,
+    })
+}
+
 /// Fine-tunes `a.model` on the int8 grid and writes the int8 file and its golden vectors.
 pub fn run(a: QatArgs) -> Result<()> {
     let model = ModelFile::read(&a.model).map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -108,36 +155,23 @@ pub fn run(a: QatArgs) -> Result<()> {
         )
     })?;
     tch::set_num_threads(a.threads);
-    let g = &model.graph;
-    let size = g.input.shape[2];
-    if g.input.shape[3] != size {
-        bail!(
-            "{}: training resizes to a square input; this one is {:?}",
-            a.model.display(),
-            g.input.shape
-        );
-    }
-
-    // Calibration on training images of the same fold, as `quantize` would.
-    let cal_args = CalibrationArgs {
-        calibration_cache: Some(a.data.cache.clone()),
-        calibration_fold: a.data.fold,
-        calibration_k: a.data.k,
-        calibration_split_seed: a.data.split_seed,
-        calibration_images: a.calibration_images,
-        calibration_range: a.calibration_range,
-        equalize: a.equalize,
-    };
-    let cal = calibration_inputs(
-        &cal_args,
-        &a.data.cache,
-        (g.preprocess.mean, g.preprocess.std, size),
+    let size = model.graph.input.shape[2];
+    let FoldGrid {
+        model,
+        cal,
+        observed,
+        params,
+    } = fold_grid(
+        model,
+        &a.model,
+        &a.data,
+        a.calibration_images,
+        a.calibration_range,
+        a.equalize,
         a.seed,
         !a.quiet,
     )?;
-    let model = equalized(&model, &cal)?;
-    let observed = calibrate(&model, &cal)?;
-    let params = activation_grid(&model, &observed, a.calibration_range)?;
+    let g = &model.graph;
 
     let (cache, rows) = a
         .data

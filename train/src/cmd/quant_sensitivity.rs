@@ -17,13 +17,11 @@ use derm_codegen::quant::ptq::RangeMethod;
 use serde::Serialize;
 use tch::{Kind, Tensor};
 
-use super::export::{CalibrationArgs, calibration_inputs};
+use super::qat::{FoldGrid, fold_grid};
 use crate::args::CacheFoldArgs;
 use crate::data::balance::BalancePlan;
 use crate::data::loader::{Batches, LoaderOptions};
-use crate::export::qat::activation_grid;
 use crate::export::sensitivity::{Rounding, Sensitivity};
-use crate::export::{calibrate, equalized};
 use crate::metrics::{EvalOptions, evaluate};
 use crate::report::write_report;
 use crate::train::cli::val_indices;
@@ -129,35 +127,24 @@ pub fn run(a: QuantSensitivityArgs) -> Result<()> {
             a.model.display()
         );
     }
-    let g = &model.graph;
-    let size = g.input.shape[2];
-    if g.input.shape[3] != size {
-        bail!(
-            "{}: calibration resizes to a square input; this one is {:?}",
-            a.model.display(),
-            g.input.shape
-        );
-    }
-    let cal_args = CalibrationArgs {
-        calibration_cache: Some(a.data.cache.clone()),
-        calibration_fold: a.data.fold,
-        calibration_k: a.data.k,
-        calibration_split_seed: a.data.split_seed,
-        calibration_images: a.calibration_images,
-        calibration_range: a.calibration_range,
-        equalize: a.equalize,
-    };
-    let cal = calibration_inputs(
-        &cal_args,
-        &a.data.cache,
-        (g.preprocess.mean, g.preprocess.std, size),
+    let FoldGrid {
+        model,
+        cal,
+        observed,
+        params,
+    } = fold_grid(
+        model,
+        &a.model,
+        &a.data,
+        a.calibration_images,
+        a.calibration_range,
+        a.equalize,
         a.seed,
         !a.quiet,
     )?;
     let calibration_images = cal.inputs.len();
-    let model = equalized(&model, &cal)?;
-    let observed = calibrate(&model, &cal)?;
-    let params = activation_grid(&model, &observed, a.calibration_range)?;
+    let g = &model.graph;
+    let size = g.input.shape[2];
     let s = Sensitivity::new(&model, params)?;
 
     // The scored images, preprocessed once and kept: every configuration runs on them.

@@ -12,7 +12,7 @@ use derm_codegen::ir::ModelFile;
 use derm_codegen::reference;
 use tch::Tensor;
 
-use super::export::{CalibrationArgs, calibration_inputs, command_line, git_commit};
+use super::export::{CalibrationArgs, command_line, git_commit, model_calibration_inputs};
 use crate::export::{Golden, golden_path, quantize_int8};
 
 /// Arguments of `derm-train quantize`.
@@ -53,22 +53,7 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
         .calibration_cache
         .as_ref()
         .context("quantize needs --calibration-cache (training images to calibrate on)")?;
-    let g = &model.graph;
-    let size = g.input.shape[2];
-    if g.input.shape[3] != size {
-        bail!(
-            "{}: calibration resizes to a square input; this one is {:?}",
-            a.model.display(),
-            g.input.shape
-        );
-    }
-    let cal = calibration_inputs(
-        &a.calibration,
-        cache,
-        (g.preprocess.mean, g.preprocess.std, size),
-        a.seed,
-        !a.quiet,
-    )?;
+    let cal = model_calibration_inputs(&model, &a.model, &a.calibration, cache, a.seed, !a.quiet)?;
     let mut q = quantize_int8(&model, &cal)?;
     q.graph.provenance.insert(
         "quantize".into(),

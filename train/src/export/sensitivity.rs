@@ -173,6 +173,11 @@ mod tests {
         (model, params, inputs)
     }
 
+    /// The largest absolute difference of two tensors of one shape.
+    fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
+        f64::try_from((a - b).abs().max()).unwrap()
+    }
+
     fn batch(model: &ModelFile, inputs: &[Vec<f32>]) -> Tensor {
         let s = model.graph.input.shape[2] as i64;
         let flat: Vec<f32> = inputs.concat();
@@ -189,10 +194,7 @@ mod tests {
             activations: BTreeSet::new(),
         };
         let float = TchGraph::new(&model).unwrap().forward(&x).unwrap();
-        assert_eq!(
-            f64::try_from((s.logits(&x, &none).unwrap() - &float).abs().max()).unwrap(),
-            0.0
-        );
+        assert_eq!(max_diff(&s.logits(&x, &none).unwrap(), &float), 0.0);
         let all = Rounding {
             weights: s.weight_names().into_iter().collect(),
             activations: s.keys().into_iter().collect(),
@@ -201,9 +203,9 @@ mod tests {
         let qat = QatGraph::new(&model, params, &vs.root()).unwrap();
         let want = tch::no_grad(|| qat.forward(&x)).unwrap();
         let got = s.logits(&x, &all).unwrap();
-        assert_eq!(f64::try_from((got - &want).abs().max()).unwrap(), 0.0);
+        assert_eq!(max_diff(&got, &want), 0.0);
         // The rounding really changes something, or the two checks above prove nothing.
-        assert!(f64::try_from((want - float).abs().max()).unwrap() > 0.0);
+        assert!(max_diff(&want, &float) > 0.0);
     }
 
     #[test]
@@ -221,12 +223,7 @@ mod tests {
             weights: BTreeSet::new(),
             activations: BTreeSet::new(),
         };
-        let d = f64::try_from(
-            (s.logits(&x, &one).unwrap() - s.logits(&x, &none).unwrap())
-                .abs()
-                .max(),
-        )
-        .unwrap();
+        let d = max_diff(&s.logits(&x, &one).unwrap(), &s.logits(&x, &none).unwrap());
         assert!(d > 0.0, "rounding {last} changed nothing");
         let unknown = Rounding {
             weights: BTreeSet::new(),
@@ -237,21 +234,14 @@ mod tests {
             weights: [last_weight.clone()].into_iter().collect(),
             activations: BTreeSet::new(),
         };
-        let d = f64::try_from(
-            (s.logits(&x, &w).unwrap() - s.logits(&x, &none).unwrap())
-                .abs()
-                .max(),
-        )
-        .unwrap();
+        let d = max_diff(&s.logits(&x, &w).unwrap(), &s.logits(&x, &none).unwrap());
         assert!(d > 0.0, "rounding {last_weight} changed nothing");
         // A key no op produces is never asked for, so it rounds nothing.
         assert_eq!(
-            f64::try_from(
-                (s.logits(&x, &unknown).unwrap() - s.logits(&x, &none).unwrap())
-                    .abs()
-                    .max()
-            )
-            .unwrap(),
+            max_diff(
+                &s.logits(&x, &unknown).unwrap(),
+                &s.logits(&x, &none).unwrap()
+            ),
             0.0
         );
     }
