@@ -10,7 +10,9 @@
 use std::path::{Path, PathBuf};
 
 use derm_codegen::metadata::ModelMetadata;
-use derm_codegen::synthetic::{SplitMix64, SyntheticSpec, int8_of, smooth_input, tiny_branching};
+use derm_codegen::synthetic::{
+    SplitMix64, SyntheticSpec, int8_float_hardswish_of, int8_of, smooth_input, tiny_branching,
+};
 use derm_codegen::{GenOptions, WeightsSource, generate, ir::ModelFile, reference};
 
 fn fail(msg: String) -> ! {
@@ -99,7 +101,9 @@ fn write(path: &Path, bytes: &[u8]) {
 /// `tiny_branching_model.rs` (an SE whose input stays alive), each with its
 /// weights, and `<model>_golden.bin` (f32 LE: inputs, then their reference logits);
 /// `tiny_int8_model.rs`, the tiny model quantized (int8 kernels), whose golden logits are
-/// the int8 oracle's (`tiny_int8_golden.bin`, inputs like the calibration images).
+/// the int8 oracle's (`tiny_int8_golden.bin`, inputs like the calibration images);
+/// `tiny_int8_fhs_model.rs`, the same with every hardswish in `f32` (the float
+/// hardswish epilogue in every kernel kind), golden `tiny_int8_fhs_golden.bin`.
 fn tiny_fixture(out: &Path) {
     let tiny = SyntheticSpec::tiny(11)
         .build()
@@ -107,11 +111,14 @@ fn tiny_fixture(out: &Path) {
     let branching =
         tiny_branching(12).unwrap_or_else(|e| fail(format!("tiny branching model: {e}")));
     let tiny_int8 = int8_of(&tiny, 4).unwrap_or_else(|e| fail(format!("tiny int8 model: {e}")));
+    let tiny_int8_fhs = int8_float_hardswish_of(&tiny, 4)
+        .unwrap_or_else(|e| fail(format!("tiny int8 model, float hardswish: {e}")));
     for (name, model, fuse) in [
         ("tiny", &tiny, true),
         ("tiny_unfused", &tiny, false),
         ("tiny_branching", &branching, true),
         ("tiny_int8", &tiny_int8, true),
+        ("tiny_int8_fhs", &tiny_int8_fhs, true),
     ] {
         let opts = GenOptions {
             runtime_path: "::derm_runtime".into(),
@@ -131,6 +138,11 @@ fn tiny_fixture(out: &Path) {
         .collect();
     let inputs = [smooth_input(&tiny, 4), smooth_input(&tiny, 5), noise];
     write_golden_of(&tiny_int8, &inputs, &out.join("tiny_int8_golden.bin"));
+    write_golden_of(
+        &tiny_int8_fhs,
+        &inputs,
+        &out.join("tiny_int8_fhs_golden.bin"),
+    );
 }
 
 /// Three seeded inputs and their reference logits.

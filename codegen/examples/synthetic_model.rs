@@ -6,7 +6,8 @@
 //! writes `models/default.safetensors` and `models/default.golden.safetensors`.
 //! `-- OUT.safetensors [SEED] --spec tiny` writes the tiny synthetic model
 //! (`SyntheticSpec::tiny`, 32x32, every op kind) and its golden vectors instead.
-//! `-- --tiny DIR` writes the tiny synthetic model, its int8 version (`tiny_int8.*`) and their
+//! `-- --tiny DIR` writes the tiny synthetic model, its int8 versions (`tiny_int8.*`, and
+//! `tiny_int8_fhs.*` with every hardswish in `f32`) and their
 //! graph JSON (fuzzer seeds).
 
 use std::collections::HashMap;
@@ -35,6 +36,14 @@ fn main() -> Result<()> {
         std::fs::write(
             format!("{dir}/tiny_int8.json"),
             serde_json::to_string(&q.graph)?,
+        )?;
+        // With every hardswish in f32 (version 3, `quantization.float_hardswish`): the
+        // same tensors, another graph.
+        let f = derm_codegen::synthetic::int8_float_hardswish_of(&m, 8)?;
+        f.write(format!("{dir}/tiny_int8_fhs.safetensors"))?;
+        std::fs::write(
+            format!("{dir}/tiny_int8_fhs.json"),
+            serde_json::to_string(&f.graph)?,
         )?;
         return Ok(());
     }

@@ -308,11 +308,38 @@ pub fn smooth_input(model: &ModelFile, seed: u64) -> Vec<f32> {
 /// `model` quantized to int8 by post-training quantization (min/max ranges)
 /// calibrated on `n` [`smooth_input`]s (seeds `0..n`).
 pub fn int8_of(model: &ModelFile, n: u64) -> Result<ModelFile, IrError> {
+    int8_with(model, n, &[])
+}
+
+/// [`int8_of`] with the hardswish of every op that has one computed in `f32`
+/// (`quantization.float_hardswish`, format version 3): a fixture that takes the
+/// float epilogue through every int8 kernel kind.
+pub fn int8_float_hardswish_of(model: &ModelFile, n: u64) -> Result<ModelFile, IrError> {
+    let float: Vec<String> = model
+        .graph
+        .ops
+        .iter()
+        .filter(|op| match op {
+            Op::Conv2d(c) => c.activation == Activation::Hardswish,
+            Op::Linear(l) => l.activation == Activation::Hardswish,
+            _ => false,
+        })
+        .map(|op| op.name().to_owned())
+        .collect();
+    int8_with(model, n, &float)
+}
+
+fn int8_with(model: &ModelFile, n: u64, float_hardswish: &[String]) -> Result<ModelFile, IrError> {
     let mut cal = crate::quant::ptq::Calibration::new();
     for s in 0..n {
         cal.observe(model, &smooth_input(model, s))?;
     }
-    crate::quant::ptq::quantize(model, &cal, crate::quant::ptq::RangeMethod::MinMax)
+    crate::quant::ptq::quantize_with(
+        model,
+        &cal,
+        crate::quant::ptq::RangeMethod::MinMax,
+        float_hardswish,
+    )
 }
 
 /// torchvision's `_make_divisible`: round to a multiple of `d`, never more

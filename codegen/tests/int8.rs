@@ -316,3 +316,104 @@ fn corrupt_weights_and_biases_are_named() {
         "{e}"
     );
 }
+
+/// `quantization.float_hardswish`: a file that lists ops is version 3, has no
+/// pre-activation key for them, plans the float epilogue, stays close to the float model,
+/// round-trips; a wrong name, a duplicate, an older version or a left-over pre-activation
+/// key is rejected naming what is wrong.
+#[test]
+fn float_hardswish_files_are_version_3_and_checked() {
+    use derm_codegen::ir::{Activation, Op};
+    use derm_codegen::quant::{ConvOutput, OpPlan, QuantPlan};
+    let m = tiny();
+    let q = derm_codegen::synthetic::int8_float_hardswish_of(&m, 4).unwrap();
+    let float = q
+        .graph
+        .quantization
+        .as_ref()
+        .unwrap()
+        .float_hardswish
+        .clone();
+    let hardswish: Vec<String> = m
+        .graph
+        .ops
+        .iter()
+        .filter(|o| matches!(o, Op::Conv2d(c) if c.activation == Activation::Hardswish))
+        .map(|o| o.name().to_owned())
+        .collect();
+    assert!(hardswish.len() >= 2, "{hardswish:?}");
+    assert_eq!(float, hardswish);
+    assert_eq!(q.graph.version, 3);
+    assert!(
+        !activation_keys(&q.graph)
+            .iter()
+            .any(|k| k.ends_with(":pre_activation"))
+    );
+    let shapes = q.validate().unwrap();
+    let plan = QuantPlan::new(&q, &shapes).unwrap();
+    let floats = plan
+        .ops
+        .iter()
+        .filter(|p| matches!(p, OpPlan::Conv(c) if matches!(c.output, ConvOutput::FloatHardswish { .. })))
+        .count();
+    assert_eq!(floats, hardswish.len());
+    // Closer to the float model than a plain int8 file would need to be to be useful.
+    for s in 10..13 {
+        let x = input(&m, s);
+        let f = reference::logits(&m, &x).unwrap();
+        let i = reference::logits(&q, &x).unwrap();
+        assert!(rel_err(&i, &f) < 0.1, "seed {s}: {i:?} vs {f:?}");
+    }
+    let back = ModelFile::from_bytes(&q.to_bytes().unwrap()).unwrap();
+    assert_eq!(back, q);
+
+    let edited = |edit: &dyn Fn(&mut serde_json::Value)| {
+        let mut v = serde_json::to_value(&q.graph).unwrap();
+        edit(&mut v);
+        let mut q2 = q.clone();
+        q2.graph = serde_json::from_value(v).map_err(|e| IrError::GraphJson(e.to_string()))?;
+        ModelFile::from_bytes(&raw_bytes(&q2))
+    };
+    let e = edited(&|v| v["version"] = 2.into())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("float_hardswish") && e.contains("version 3"),
+        "{e}"
+    );
+    // An op without a hardswish (the graph output, a linear layer) named.
+    let out_op = m.graph.ops.last().unwrap().name().to_owned();
+    let e = edited(&|v| v["quantization"]["float_hardswish"][0] = out_op.clone().into())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains(&out_op) && e.contains("not a hardswish"), "{e}");
+    let e = edited(&|v| v["quantization"]["float_hardswish"][0] = "no such op".into())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("no such op"), "{e}");
+    let first = hardswish[0].clone();
+    let e = edited(&|v| {
+        v["quantization"]["float_hardswish"]
+            .as_array_mut()
+            .unwrap()
+            .push(first.clone().into())
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains(&first) && e.contains("twice"), "{e}");
+    let pre = pre_activation_key(&first);
+    let e = edited(&|v| {
+        v["quantization"]["activations"][&pre] = serde_json::json!({"scale": 0.1, "zero_point": 0})
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains(&pre), "{e}");
+    // A file that no longer lists an op needs its pre-activation grid back.
+    let e = edited(&|v| v["quantization"]["float_hardswish"] = serde_json::json!([]))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains(":pre_activation") && e.contains("missing"),
+        "{e}"
+    );
+}

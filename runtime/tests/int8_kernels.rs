@@ -119,9 +119,16 @@ enum Kind {
     None,
     Relu,
     Hardswish,
+    /// The hardswish in `f32` from the accumulator (`Epilogue::float_hardswish`).
+    FloatHardswish,
 }
 
-const KINDS: [Kind; 3] = [Kind::None, Kind::Relu, Kind::Hardswish];
+const KINDS: [Kind; 4] = [
+    Kind::None,
+    Kind::Relu,
+    Kind::Hardswish,
+    Kind::FloatHardswish,
+];
 
 /// An owned epilogue and its reference.
 struct Epi {
@@ -133,6 +140,10 @@ struct Epi {
     high_shift: Option<Vec<i32>>,
     zero_point: i32,
     table: Box<[i8; 256]>,
+    /// [`Kind::FloatHardswish`]: the accumulator's real scale per channel, and
+    /// `1 / (6 * output scale)`.
+    scale: Vec<f32>,
+    inv_scale: f32,
 }
 
 impl Epi {
@@ -169,6 +180,14 @@ impl Epi {
         };
         let high = shift.iter().all(|&s| s > 31);
         let high_shift = high.then(|| shift.iter().map(|&s| 31 - i32::from(s)).collect());
+        // Float hardswish: `max[c]` maps to a pre-activation of 4..9 in magnitude (both
+        // sides of hardswish's bends at -3 and 3); a unit of `h` is 6..16 output steps,
+        // so typical accumulators spread over many outputs and the largest saturate.
+        let scale = max
+            .iter()
+            .map(|&mx| (rng.real(4.0, 9.0) / mx.max(1) as f64) as f32)
+            .collect();
+        let inv_scale = rng.real(6.0, 16.0) as f32;
         Self {
             kind,
             mult,
@@ -176,12 +195,17 @@ impl Epi {
             high_shift,
             zero_point,
             table,
+            scale,
+            inv_scale,
         }
     }
 
     /// The epilogue without and, where the shifts allow, with the high form of the shifts:
     /// the two must give the same bits, and kernels take different paths for them.
     fn forms(&self) -> Vec<(&'static str, Epilogue<'_>)> {
+        if let Kind::FloatHardswish = self.kind {
+            return vec![("float", self.get_plain())];
+        }
         let mut v = vec![("plain shifts", self.get_plain())];
         if let Some(t) = &self.high_shift {
             v.push(("high shifts", self.get_plain().with_high_shifts(t)));
@@ -191,9 +215,10 @@ impl Epi {
 
     fn get(&self) -> Epilogue<'_> {
         let e = self.get_plain();
-        match &self.high_shift {
-            Some(t) => e.with_high_shifts(t),
-            None => e,
+        match (&self.high_shift, self.kind) {
+            (_, Kind::FloatHardswish) => e,
+            (Some(t), _) => e.with_high_shifts(t),
+            (None, _) => e,
         }
     }
 
@@ -211,16 +236,23 @@ impl Epi {
             Kind::Hardswish => {
                 Epilogue::hardswish(&self.mult, &self.shift, self.zero_point, &self.table)
             }
+            Kind::FloatHardswish => {
+                Epilogue::float_hardswish(&self.scale, self.inv_scale, self.zero_point)
+            }
         }
     }
 
     /// The output for accumulator `acc` of channel `c`.
     fn reference(&self, acc: i64, c: usize) -> i8 {
+        if let Kind::FloatHardswish = self.kind {
+            return float_hardswish_ref(acc as i32, self.scale[c], self.inv_scale, self.zero_point);
+        }
         let v = self.zero_point as i64 + rq(acc, self.mult[c], self.shift[c]);
         match self.kind {
             Kind::None => sat8(v),
             Kind::Relu => v.clamp(self.zero_point as i64, 127) as i8,
             Kind::Hardswish => self.table[(sat8(v) as i64 + 128) as usize],
+            Kind::FloatHardswish => unreachable!("returned above"),
         }
     }
 
@@ -230,6 +262,15 @@ impl Epi {
             .map(|(i, &a)| self.reference(a, i % channels))
             .collect()
     }
+}
+
+/// The float hardswish epilogue as `docs/int8.md` states it, one `f32` operation at a
+/// time: `f = f32(acc) * scale`, `h = f * clamp(f + 3, 0, 6)`, then the input
+/// quantization rule on `h * inv_scale`.
+fn float_hardswish_ref(acc: i32, scale: f32, inv_scale: f32, zero_point: i32) -> i8 {
+    let f = acc as f32 * scale;
+    let h = f * (f + 3.0).clamp(0.0, 6.0);
+    quantize_ref(h, inv_scale, zero_point)
 }
 
 /// `(len + 2 * pad - k) / stride + 1`.

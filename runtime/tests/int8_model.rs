@@ -83,3 +83,50 @@ fn int8_run_does_not_depend_on_arena_contents() {
     let b = tiny_int8::run(input, arena);
     assert_eq!(bits(&a), bits(&b));
 }
+
+#[allow(dead_code)]
+mod tiny_int8_fhs {
+    include!(concat!(env!("OUT_DIR"), "/tiny_int8_fhs_model.rs"));
+}
+
+/// The tiny model with every hardswish in `f32` (`quantization.float_hardswish`): its
+/// golden inputs and oracle logits, and its logits through the compiled kernels.
+fn fhs_golden_and_run() -> (Vec<f32>, Vec<f32>) {
+    let (x, want) = common::split_golden(
+        include_bytes!(concat!(env!("OUT_DIR"), "/tiny_int8_fhs_golden.bin")),
+        tiny_int8_fhs::INPUT_LEN,
+        tiny_int8_fhs::NUM_CLASSES,
+    );
+    let mut arena = vec![0f32; tiny_int8_fhs::ARENA_LEN];
+    let arena: &mut [f32; tiny_int8_fhs::ARENA_LEN] = arena.as_mut_slice().try_into().unwrap();
+    let got = x
+        .chunks_exact(tiny_int8_fhs::INPUT_LEN)
+        .flat_map(|input| tiny_int8_fhs::run(input.try_into().unwrap(), arena))
+        .collect();
+    (want, got)
+}
+
+/// The float hardswish model's logits, pinned like [`EXPECTED_BITS`]: the epilogue's
+/// `f32` steps are the same IEEE operations on every machine, so these bits are too.
+const EXPECTED_FHS_BITS: [u32; 3 * tiny_int8_fhs::NUM_CLASSES] = [
+    1038561938, 1025852816, 3183061908, // smooth input, seed 4
+    1042699778, 3168506084, 3183856489, // smooth input, seed 5
+    1040503612, 3175057649, 3192244296, // uniform noise in [-2, 2)
+];
+
+#[test]
+fn float_hardswish_model_is_bit_exact_with_the_oracle_and_the_committed_bits() {
+    let (want, got) = fhs_golden_and_run();
+    assert_eq!(
+        bits(&got),
+        bits(&want),
+        "compiled kernels against the oracle"
+    );
+    assert_eq!(
+        bits(&got),
+        EXPECTED_FHS_BITS,
+        "float hardswish logits differ from the committed ones (printed as left)"
+    );
+    // It differs from the table model: the float epilogue was really taken.
+    assert_ne!(bits(&got), bits(&run_all()));
+}

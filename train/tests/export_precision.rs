@@ -228,6 +228,7 @@ fn int8_export_is_a_quarter_of_the_size_and_its_golden_is_the_reference() {
                 range: export::RangeMethod::MinMax,
                 progress: false,
                 equalize: false,
+                float_hardswish: Vec::new(),
             }),
             ..base
         },
@@ -359,13 +360,15 @@ fn quantize_command_turns_an_f32_file_into_an_int8_one() {
 /// exported student, every op's output equals the int8 oracle's (dequantized) but for a few
 /// values at most three quanta away (a float sum landing on the other side of a rounding
 /// boundary than the exact integer sum, then carried into the next layers), so the
-/// rounding it trains against is the runtime's.
+/// rounding it trains against is the runtime's. The same holds with the stem's hardswish
+/// in f32 (`--float-hardswish stem`), where the fake-quantized graph leaves the stem's
+/// pre-activation unrounded.
 #[test]
 fn qat_forward_tracks_the_int8_oracle() {
     let _rng = tch_rng();
-    use derm_codegen::quant::ptq::{RangeMethod, quantize};
+    use derm_codegen::quant::ptq::{RangeMethod, quantize_with};
     use derm_train::export::qat::{QatGraph, activation_grid};
-    use derm_train::export::{Calibrate, calibrate};
+    use derm_train::export::{Calibrate, calibrate, float_hardswish_ops};
 
     let dir = tempfile::tempdir().unwrap();
     let p32 = square_f32_file(dir.path(), 21, 8);
@@ -378,15 +381,37 @@ fn qat_forward_tracks_the_int8_oracle() {
         range: RangeMethod::MinMax,
         progress: false,
         equalize: false,
+        float_hardswish: Vec::new(),
     };
     let observed = calibrate(&model, &cal).unwrap();
-    let q = quantize(&model, &observed, RangeMethod::MinMax).unwrap();
-    let grid = activation_grid(&model, &observed, RangeMethod::MinMax).unwrap();
-    let vs = tch::nn::VarStore::new(tch::Device::Cpu);
-    let g = QatGraph::new(&model, grid.clone(), &vs.root()).unwrap();
+    let stem = float_hardswish_ops(&model, &["stem".to_owned()]).unwrap();
+    assert_eq!(stem, [model.graph.ops[0].name().to_owned()]);
+    for float in [Vec::new(), stem] {
+        let q = quantize_with(&model, &observed, RangeMethod::MinMax, &float).unwrap();
+        assert_eq!(q.graph.version, if float.is_empty() { 2 } else { 3 });
+        let grid = activation_grid(&model, &observed, RangeMethod::MinMax, &float).unwrap();
+        let vs = tch::nn::VarStore::new(tch::Device::Cpu);
+        let g = QatGraph::new(&model, grid.clone(), &float, &vs.root()).unwrap();
+        qat_tracks_oracle(
+            &q,
+            &g,
+            &grid,
+            &inputs,
+            &format!("float hardswish {float:?}"),
+        );
+    }
+}
+
+fn qat_tracks_oracle(
+    q: &ModelFile,
+    g: &derm_train::export::qat::QatGraph,
+    grid: &std::collections::BTreeMap<String, derm_codegen::ir::QParams>,
+    inputs: &[Vec<f32>],
+    what: &str,
+) {
     let (mut values, mut off, mut worst) = (0usize, 0usize, 0f32);
-    for x in &inputs {
-        let want = reference::run(&q, x).unwrap();
+    for x in inputs {
+        let want = reference::run(q, x).unwrap();
         let t = tch::Tensor::from_slice(x).view([1, 3, 32, 32]);
         let got = g.layers(&t).unwrap();
         assert_eq!(got.len(), want.len());
@@ -398,7 +423,7 @@ fn qat_forward_tracks_the_int8_oracle() {
                 let d = (a - b).abs() / quantum;
                 assert!(
                     d <= 3.0,
-                    "{name}[{i}]: fake-quantized {b}, int8 oracle {a} (quantum {quantum})"
+                    "{what}: {name}[{i}]: fake-quantized {b}, int8 oracle {a} (quantum {quantum})"
                 );
                 off += usize::from(d > 0.5);
                 worst = worst.max(d);
@@ -408,12 +433,12 @@ fn qat_forward_tracks_the_int8_oracle() {
         let (li, lq) = (&want[want.len() - 1].data, &got[got.len() - 1].1);
         let lq = Vec::<f32>::try_from(lq.detach().view(-1)).unwrap();
         let argmax = |v: &[f32]| (0..v.len()).max_by(|&i, &j| v[i].total_cmp(&v[j])).unwrap();
-        assert_eq!(argmax(li), argmax(&lq), "logits {li:?} vs {lq:?}");
+        assert_eq!(argmax(li), argmax(&lq), "{what}: logits {li:?} vs {lq:?}");
     }
-    eprintln!("{off} of {values} values off the int8 oracle, at most {worst} quanta");
+    eprintln!("{what}: {off} of {values} values off the int8 oracle, at most {worst} quanta");
     assert!(
         off * 20 < values,
-        "{off} of {values} values off the int8 oracle"
+        "{what}: {off} of {values} values off the int8 oracle"
     );
 }
 
@@ -438,11 +463,13 @@ fn qat_resumed_from_a_checkpoint_matches_the_uninterrupted_run() {
         range: RangeMethod::MinMax,
         progress: false,
         equalize: false,
+        float_hardswish: Vec::new(),
     };
     let grid = activation_grid(
         &model,
         &calibrate(&model, &cal).unwrap(),
         RangeMethod::MinMax,
+        &[],
     )
     .unwrap();
     let batch = |i: usize| {
@@ -459,17 +486,17 @@ fn qat_resumed_from_a_checkpoint_matches_the_uninterrupted_run() {
             .collect()
     };
 
-    let mut straight = QatTrainer::new(&model, grid.clone(), opts).unwrap();
+    let mut straight = QatTrainer::new(&model, grid.clone(), &[], opts).unwrap();
     let l0 = straight.step(&batch(0)).unwrap();
     let l1 = straight.step(&batch(1)).unwrap();
     let want = weights(&straight.finish(&model).unwrap());
 
     let ck = dir.path().join("qat.ckpt.safetensors");
-    let mut first = QatTrainer::new(&model, grid.clone(), opts).unwrap();
+    let mut first = QatTrainer::new(&model, grid.clone(), &[], opts).unwrap();
     assert_eq!(first.step(&batch(0)).unwrap(), l0);
     first.save(&ck, &7u32).unwrap();
     drop(first);
-    let mut second = QatTrainer::new(&model, grid, opts).unwrap();
+    let mut second = QatTrainer::new(&model, grid, &[], opts).unwrap();
     assert_eq!(second.resume::<u32>(&ck).unwrap(), 7);
     assert_eq!(second.step(&batch(1)).unwrap(), l1);
     let got = weights(&second.finish(&model).unwrap());
@@ -644,6 +671,37 @@ fn quantize_equalize_records_the_rescaled_connections() {
         let got = reference::logits(&me, &input[n * per..(n + 1) * per]).unwrap();
         assert_eq!(got, want[n * 5..(n + 1) * 5], "sample {n}");
     }
+
+    // `--float-hardswish stem`: the first convolution listed, version 3, golden logits
+    // from the oracle of that file; a name that is not a hardswish op is refused by name.
+    let fhs = dir.path().join("fhs.safetensors");
+    quantize(&fhs, &["--equalize", "--float-hardswish", "stem"]);
+    let mf = ModelFile::read(&fhs).unwrap();
+    let q = mf.graph.quantization.as_ref().unwrap();
+    assert_eq!(q.float_hardswish, ["features.0.0"]);
+    assert_eq!(mf.graph.version, 3);
+    assert!(!q.activations.contains_key("features.0.0:pre_activation"));
+    let want = golden_f32(&golden_path(&fhs), "logits");
+    for n in 0..3 {
+        let got = reference::logits(&mf, &input[n * per..(n + 1) * per]).unwrap();
+        assert_eq!(got, want[n * 5..(n + 1) * 5], "sample {n}");
+    }
+    let o = Command::new(env!("CARGO_BIN_EXE_derm-train"))
+        .arg("quantize")
+        .arg(&p32)
+        .arg("-o")
+        .arg(dir.path().join("bad.safetensors"))
+        .args(["--calibration-cache", cache.to_str().unwrap()])
+        .args(["--calibration-images", "8", "--quiet"])
+        .args(["--float-hardswish", "features.1.block.0.0"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(
+        err.contains("--float-hardswish features.1.block.0.0") && err.contains("features.0.0"),
+        "{err}"
+    );
 }
 
 /// `derm-train quant-sensitivity` on cached real images: the float row agrees with itself,

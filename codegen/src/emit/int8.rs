@@ -342,6 +342,22 @@ fn epilogue(rt: &TokenStream, o: &ConvOutput) -> (TokenStream, TokenStream) {
                 mult,
             )
         }
+        ConvOutput::FloatHardswish {
+            scale,
+            inv_scale,
+            zero_point,
+        } => {
+            let n = lit(scale.len());
+            let v: Vec<Literal> = scale.iter().map(|v| Literal::f32_suffixed(*v)).collect();
+            let (inv, z) = (
+                Literal::f32_suffixed(*inv_scale),
+                int(i64::from(*zero_point)),
+            );
+            return (
+                quote!(static SCALE: [f32; #n] = [#(#v),*];),
+                quote!(#rt::kernels::int8::Epilogue::float_hardswish(&SCALE, #inv, #z)),
+            );
+        }
         // Lowering sends the logits to `linear_logits`; no int8 epilogue.
         ConvOutput::Logits { .. } => return (TokenStream::new(), TokenStream::new()),
     };

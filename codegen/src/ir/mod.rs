@@ -24,8 +24,10 @@ pub const GRAPH_KEY: &str = "derm.graph";
 /// Value of the graph's `format` field.
 pub const FORMAT_NAME: &str = "derm-model";
 /// The newest graph version this reader understands. Version 2 added int8
-/// activations ([`Graph::quantization`]) and `i32` tensors.
-pub const FORMAT_VERSION: u32 = 2;
+/// activations ([`Graph::quantization`]) and `i32` tensors; version 3 added
+/// [`Quantization::float_hardswish`] (files that do not use it are still
+/// written as version 2).
+pub const FORMAT_VERSION: u32 = 3;
 /// The oldest graph version this reader understands, and the one float
 /// models are written with, so that readers of version 1 still read them.
 pub const MIN_FORMAT_VERSION: u32 = 1;
@@ -45,7 +47,8 @@ pub struct ModelFile {
 pub struct Graph {
     /// Always [`FORMAT_NAME`].
     pub format: String,
-    /// [`MIN_FORMAT_VERSION`] to [`FORMAT_VERSION`]; 2 when `quantization` is present.
+    /// [`MIN_FORMAT_VERSION`] to [`FORMAT_VERSION`]; at least 2 when `quantization` is
+    /// present, 3 when it lists [`Quantization::float_hardswish`] ops.
     pub version: u32,
     /// The network input.
     pub input: InputSpec,
@@ -82,6 +85,21 @@ pub struct Quantization {
     /// linears and `<op>:pooled`, `<op>:hidden` for squeeze-excite
     /// ([`crate::quant::activation_keys`] lists them for a graph).
     pub activations: BTreeMap<String, QParams>,
+    /// Hardswish convolutions (or linears) whose activation runs in `f32` from the
+    /// accumulator instead of through an int8 pre-activation and a 256-entry table
+    /// (version 3; `docs/int8.md`, "Float hardswish"): such an op has no
+    /// `<op>:pre_activation` key. For a layer whose output channels have very
+    /// different ranges, such as the stem, one int8 grid for the pre-activation
+    /// loses most of the model's int8 accuracy.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub float_hardswish: Vec<String>,
+}
+
+impl Quantization {
+    /// Whether op `name`'s hardswish runs in `f32` ([`Self::float_hardswish`]).
+    pub fn is_float_hardswish(&self, name: &str) -> bool {
+        self.float_hardswish.iter().any(|n| n == name)
+    }
 }
 
 /// Affine int8 parameters of one activation tensor: `real = scale * (q - zero_point)`.

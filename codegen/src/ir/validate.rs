@@ -61,6 +61,21 @@ pub(super) fn validate(model: &ModelFile) -> Result<ValueShapes, IrError> {
             ),
         ));
     }
+    if let Some(q) = g
+        .quantization
+        .as_ref()
+        .filter(|q| !q.float_hardswish.is_empty())
+        && g.version < 3
+    {
+        return Err(bad_field(
+            "version",
+            format!(
+                "quantization.float_hardswish ({}) needs version 3, the file says {}",
+                q.float_hardswish.join(", "),
+                g.version
+            ),
+        ));
+    }
     validate_table(model)?;
 
     let [n, c, h, w] = g.input.shape;

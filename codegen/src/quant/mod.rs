@@ -111,6 +111,26 @@ pub fn quantize_input(x: f32, inv_scale: f32, zero_point: i32) -> i8 {
     sat8(i64::from(zero_point) + v.round_ties_even() as i64)
 }
 
+/// The float hardswish epilogue of an op listed in
+/// [`crate::ir::Quantization::float_hardswish`], one accumulator `acc` of a channel
+/// whose real scale is `scale` (`f32(x_scale * w_scale[c])`), into an output with
+/// `inv_scale = f32(1 / (6 * y_scale))` and zero point `zero_point`:
+/// `f = f32(acc) * scale`, `h = f * clamp(f + 3, 0, 6)`, then
+/// [`quantize_input`]`(h, inv_scale, zero_point)`. Each step is one IEEE `f32`
+/// operation with round-to-nearest-even, in this order and never fused, so every
+/// machine computes the same bits.
+pub fn float_hardswish(acc: i32, scale: f32, inv_scale: f32, zero_point: i32) -> i8 {
+    let f = acc as f32 * scale;
+    let h = f * (f + 3.0).clamp(0.0, 6.0);
+    quantize_input(h, inv_scale, zero_point)
+}
+
+/// `f32(1 / (6 * out.scale))`: the multiplier of [`float_hardswish`], which folds
+/// hardswish's division by 6 into the output's scale.
+pub fn float_hardswish_inv_scale(out: QParams) -> f32 {
+    (1.0 / (6.0 * f64::from(out.scale))) as f32
+}
+
 /// The 256-entry hardswish table of an int8 activation: entry `q + 128` is
 /// `clamp(out.zp + round_ties_even(hardswish(pre.scale * (q - pre.zp)) / out.scale), -128, 127)`,
 /// computed in `f64` at build time, so every machine uses the same bytes.
@@ -142,15 +162,29 @@ pub fn hidden_key(op: &str) -> String {
 
 /// Every key a quantized graph's `quantization.activations` must have, in
 /// execution order: the input, each op's intermediates, each op's output
-/// except the graph output (the logits are `f32`).
+/// except the graph output (the logits are `f32`). The ops that `g`'s
+/// quantization lists under `float_hardswish` have no pre-activation key.
 pub fn activation_keys(g: &Graph) -> Vec<String> {
+    let float = g
+        .quantization
+        .as_ref()
+        .map(|q| q.float_hardswish.as_slice())
+        .unwrap_or_default();
+    activation_keys_with(g, float)
+}
+
+/// [`activation_keys`] of `g` as it will be quantized with the hardswish of the
+/// ops in `float_hardswish` in `f32` (what calibration and quantization-aware
+/// training of a float graph need).
+pub fn activation_keys_with(g: &Graph, float_hardswish: &[String]) -> Vec<String> {
+    let is_float = |name: &str| float_hardswish.iter().any(|n| n == name);
     let mut keys = vec![g.input.name.clone()];
     for op in &g.ops {
         match op {
-            Op::Conv2d(c) if c.activation == Activation::Hardswish => {
+            Op::Conv2d(c) if c.activation == Activation::Hardswish && !is_float(&c.name) => {
                 keys.push(pre_activation_key(&c.name))
             }
-            Op::Linear(l) if l.activation == Activation::Hardswish => {
+            Op::Linear(l) if l.activation == Activation::Hardswish && !is_float(&l.name) => {
                 keys.push(pre_activation_key(&l.name))
             }
             Op::SqueezeExcite(s) => {

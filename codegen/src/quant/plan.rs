@@ -6,8 +6,8 @@
 use std::collections::BTreeSet;
 
 use super::{
-    ADD_SHIFT, GATE_BITS, Multiplier, WEIGHT_MAX, activation_keys, hardswish_table, hidden_key,
-    inv_scale, pooled_key, pre_activation_key,
+    ADD_SHIFT, GATE_BITS, Multiplier, WEIGHT_MAX, activation_keys, float_hardswish_inv_scale,
+    hardswish_table, hidden_key, inv_scale, pooled_key, pre_activation_key,
 };
 use crate::ir::{Activation, DType, IrError, ModelFile, Op, QParams, ValueShapes};
 
@@ -70,6 +70,16 @@ pub enum ConvOutput {
         pre_zero_point: i32,
         /// [`super::hardswish_table`] of the pre-activation and output parameters.
         table: Box<[i8; 256]>,
+    },
+    /// A hardswish in `f32` ([`crate::ir::Quantization::float_hardswish`]):
+    /// `y = `[`super::float_hardswish`]`(acc, scale[c], inv_scale, zero_point)`.
+    FloatHardswish {
+        /// Per output channel: `f32(x_scale * w_scale[c])`, the accumulator's real scale.
+        scale: Vec<f32>,
+        /// [`super::float_hardswish_inv_scale`] of the output.
+        inv_scale: f32,
+        /// Output zero point.
+        zero_point: i32,
     },
     /// The graph output: `logits[c] = (acc as f32) * scale[c]`, one `f32` multiply.
     Logits {
@@ -249,6 +259,7 @@ impl QuantPlan {
                 reason: "the model is not quantized".into(),
             })?
             .activations;
+        check_float_hardswish(g)?;
         let keys = activation_keys(g);
         let wanted: BTreeSet<&str> = keys.iter().map(String::as_str).collect();
         if let Some(k) = acts.keys().find(|k| !wanted.contains(k.as_str())) {
@@ -425,6 +436,37 @@ impl QuantPlan {
     }
 }
 
+/// Every op listed in `quantization.float_hardswish` is a hardswish convolution or
+/// linear layer that is not the graph output, listed once.
+fn check_float_hardswish(g: &crate::ir::Graph) -> Result<(), IrError> {
+    let Some(q) = &g.quantization else {
+        return Ok(());
+    };
+    let mut seen = BTreeSet::new();
+    for name in &q.float_hardswish {
+        let field = || IrError::BadField {
+            field: "quantization.float_hardswish".into(),
+            reason: format!("{name:?} is not a hardswish convolution or linear layer of the graph"),
+        };
+        let op = g.ops.iter().find(|o| o.name() == name).ok_or_else(field)?;
+        let hardswish = match op {
+            Op::Conv2d(c) => c.activation == Activation::Hardswish,
+            Op::Linear(l) => l.activation == Activation::Hardswish,
+            _ => false,
+        };
+        if !hardswish || op.output() == g.output {
+            return Err(field());
+        }
+        if !seen.insert(name.as_str()) {
+            return Err(IrError::BadField {
+                field: "quantization.float_hardswish".into(),
+                reason: format!("{name:?} is listed twice"),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// A sum of `hw` values `(x - zx)` must fit `i32`.
 fn check_sum(op: &str, hw: usize) -> Result<(), IrError> {
     if (hw as u64).saturating_mul(255) > i32::MAX as u64 {
@@ -434,6 +476,15 @@ fn check_sum(op: &str, hw: usize) -> Result<(), IrError> {
         });
     }
     Ok(())
+}
+
+/// Whether op `name` of the quantized `model` computes its hardswish in `f32`.
+fn acts_float(model: &ModelFile, name: &str) -> bool {
+    model
+        .graph
+        .quantization
+        .as_ref()
+        .is_some_and(|q| q.is_float_hardswish(name))
 }
 
 struct ConvArgs<'a> {
@@ -474,7 +525,41 @@ fn conv_plan(model: &ModelFile, a: ConvArgs<'_>) -> Result<OpPlan, IrError> {
         }
     } else {
         let y = acts[a.output];
+        let float = acts_float(model, a.name);
         match a.activation {
+            Activation::Hardswish if float => {
+                let scale = ws
+                    .iter()
+                    .enumerate()
+                    .map(|(c, w)| {
+                        let v = (sx * w) as f32;
+                        if v.is_normal() {
+                            Ok(v)
+                        } else {
+                            Err(bad(
+                                a.weight,
+                                format!(
+                                    "channel {c}: the accumulator scale {:e} (input scale x \
+                                     weight scale) is not a normal f32",
+                                    sx * w
+                                ),
+                            ))
+                        }
+                    })
+                    .collect::<Result<Vec<f32>, _>>()?;
+                let inv = float_hardswish_inv_scale(y);
+                if !inv.is_normal() {
+                    return Err(bad(
+                        a.output,
+                        format!("1 / (6 x scale {}) is not a normal f32", y.scale),
+                    ));
+                }
+                ConvOutput::FloatHardswish {
+                    scale,
+                    inv_scale: inv,
+                    zero_point: y.zero_point,
+                }
+            }
             Activation::Hardswish => {
                 let key = pre_activation_key(a.name);
                 let pre = acts[&key];

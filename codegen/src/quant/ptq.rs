@@ -1,10 +1,11 @@
 //! Post-training quantization: activation ranges observed on calibration
 //! inputs by the float reference interpreter, then weights, biases and
-//! activations turned into an int8 model file (format version 2).
+//! activations turned into an int8 model file (format version 2, or 3 with
+//! [`quantize_with`]'s float hardswish ops).
 
 use std::collections::BTreeMap;
 
-use super::{WEIGHT_MAX, activation_keys, params_for_range};
+use super::{WEIGHT_MAX, activation_keys_with, params_for_range};
 use crate::ir::{
     DType, FORMAT_VERSION, IrError, ModelFile, Op, QParams, Quant, Quantization, Tensor, TensorSpec,
 };
@@ -153,6 +154,18 @@ pub fn quantize(
     calibration: &Calibration,
     method: RangeMethod,
 ) -> Result<ModelFile, IrError> {
+    quantize_with(model, calibration, method, &[])
+}
+
+/// [`quantize`] with the hardswish of the ops named in `float_hardswish` computed in
+/// `f32` from the accumulator ([`crate::ir::Quantization::float_hardswish`]; such a file
+/// is format version 3, any other version 2).
+pub fn quantize_with(
+    model: &ModelFile,
+    calibration: &Calibration,
+    method: RangeMethod,
+    float_hardswish: &[String],
+) -> Result<ModelFile, IrError> {
     let g = &model.graph;
     if g.quantization.is_some() {
         return Err(IrError::BadField {
@@ -161,7 +174,7 @@ pub fn quantize(
         });
     }
     let mut acts = BTreeMap::new();
-    for key in activation_keys(g) {
+    for key in activation_keys_with(g, float_hardswish) {
         let (lo, hi) = calibration
             .range(&key, method)
             .ok_or_else(|| IrError::BadQuant {
@@ -234,9 +247,17 @@ pub fn quantize(
         }
     }
     let mut graph = g.clone();
-    graph.version = FORMAT_VERSION;
+    // Version 2 readers can read every file that does not use version 3's field.
+    graph.version = if float_hardswish.is_empty() {
+        2
+    } else {
+        FORMAT_VERSION
+    };
     graph.tensors = table;
-    graph.quantization = Some(Quantization { activations: acts });
+    graph.quantization = Some(Quantization {
+        activations: acts,
+        float_hardswish: float_hardswish.to_vec(),
+    });
     graph.provenance.insert("precision".into(), "int8".into());
     graph.provenance.insert(
         "calibration".into(),

@@ -232,6 +232,18 @@ fn epilogue(acc: &[i32], channel: impl Fn(usize) -> usize, o: &ConvOutput) -> Ou
                 })
                 .collect(),
         ),
+        ConvOutput::FloatHardswish {
+            scale,
+            inv_scale,
+            zero_point,
+        } => Out::Int8(
+            acc.iter()
+                .enumerate()
+                .map(|(i, &a)| {
+                    crate::quant::float_hardswish(a, scale[channel(i)], *inv_scale, *zero_point)
+                })
+                .collect(),
+        ),
         ConvOutput::Logits { scale } => Out::Logits(
             acc.iter()
                 .enumerate()

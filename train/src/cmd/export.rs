@@ -120,6 +120,11 @@ pub struct CalibrationArgs {
     /// function; docs/int8.md).
     #[arg(long, help_heading = "int8 calibration")]
     pub equalize: bool,
+    /// int8: compute this op's hardswish in f32 from the accumulator instead of through
+    /// an int8 pre-activation and a lookup table (repeatable; `stem` is the first
+    /// convolution, whose 16 channels share one int8 grid badly; docs/int8.md).
+    #[arg(long, value_name = "OP", help_heading = "int8 calibration")]
+    pub float_hardswish: Vec<String>,
 }
 
 fn three(v: &[f32], what: &str) -> Result<[f32; 3]> {
@@ -340,5 +345,6 @@ pub fn calibration_inputs(
         range: a.calibration_range,
         progress,
         equalize: a.equalize,
+        float_hardswish: a.float_hardswish.clone(),
     })
 }

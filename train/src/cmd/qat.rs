@@ -20,7 +20,7 @@ use crate::args::CacheFoldArgs;
 use crate::data::balance::BalancePlan;
 use crate::data::loader::{Batches, LoaderOptions};
 use crate::export::qat::{QatOptions, QatTrainer, activation_grid};
-use crate::export::{RangeMethod, calibrate, equalized};
+use crate::export::{RangeMethod, calibrate, equalized, float_hardswish_ops};
 use crate::train::fit::InputMap;
 use crate::train::progress::EpochProgress;
 
@@ -49,6 +49,10 @@ pub struct QatArgs {
     /// Cross-layer equalization before calibration (as `quantize --equalize`).
     #[arg(long)]
     pub equalize: bool,
+    /// Compute this op's hardswish in f32 from the accumulator (repeatable; `stem` is the
+    /// first convolution; as `quantize --float-hardswish`).
+    #[arg(long, value_name = "OP")]
+    pub float_hardswish: Vec<String>,
     /// Passes over the training images.
     #[arg(long, default_value_t = 2)]
     pub epochs: usize,
@@ -102,11 +106,14 @@ pub struct FoldGrid {
     pub observed: ptq::Calibration,
     /// The grid of every activation key.
     pub params: std::collections::BTreeMap<String, derm_codegen::ir::QParams>,
+    /// The ops whose hardswish runs in f32 (resolved names; no pre-activation grid).
+    pub float_hardswish: Vec<String>,
 }
 
 /// Calibration of the float `model` (read from `path`) on `images` training images of
 /// `data` (the fold's, as `quantize --calibration-fold` would draw them), after
-/// cross-layer equalization when `equalize`, and the activation grid `range` chooses.
+/// cross-layer equalization when `equalize`, and the activation grid `range` chooses
+/// (no pre-activation grid for the ops of `float_hardswish`; `stem` resolved).
 #[allow(clippy::too_many_arguments)]
 pub fn fold_grid(
     model: ModelFile,
@@ -115,6 +122,7 @@ pub fn fold_grid(
     images: usize,
     range: RangeMethod,
     equalize: bool,
+    float_hardswish: &[String],
     seed: u64,
     progress: bool,
 ) -> Result<FoldGrid> {
@@ -126,16 +134,19 @@ pub fn fold_grid(
         calibration_images: images,
         calibration_range: range,
         equalize,
+        float_hardswish: float_hardswish.to_vec(),
     };
     let cal = model_calibration_inputs(&model, path, &cal_args, &data.cache, seed, progress)?;
     let model = equalized(&model, &cal)?;
     let observed = calibrate(&model, &cal)?;
-    let params = activation_grid(&model, &observed, range)?;
+    let float_hardswish = float_hardswish_ops(&model, float_hardswish)?;
+    let params = activation_grid(&model, &observed, range, &float_hardswish)?;
     Ok(FoldGrid {
         model,
         cal,
         observed,
         params,
+        float_hardswish,
     })
 }
 
@@ -161,6 +172,7 @@ pub fn run(a: QatArgs) -> Result<()> {
         cal,
         observed,
         params,
+        float_hardswish,
     } = fold_grid(
         model,
         &a.model,
@@ -168,6 +180,7 @@ pub fn run(a: QatArgs) -> Result<()> {
         a.calibration_images,
         a.calibration_range,
         a.equalize,
+        &a.float_hardswish,
         a.seed,
         !a.quiet,
     )?;
@@ -197,7 +210,7 @@ pub fn run(a: QatArgs) -> Result<()> {
         lr: a.lr,
         temperature: a.temperature,
     };
-    let mut trainer = QatTrainer::new(&model, params, opts)?;
+    let mut trainer = QatTrainer::new(&model, params, &float_hardswish, opts)?;
     let started = std::time::Instant::now();
     let ck_path = checkpoint_path(&a.output);
     let settings = serde_json::json!({
@@ -210,6 +223,7 @@ pub fn run(a: QatArgs) -> Result<()> {
         "calibration_images": a.calibration_images,
         "calibration_range": a.calibration_range.to_string(),
         "equalize": a.equalize,
+        "float_hardswish": float_hardswish,
         "epochs": a.epochs,
         "lr": a.lr,
         "temperature": a.temperature,
@@ -281,7 +295,7 @@ pub fn run(a: QatArgs) -> Result<()> {
         trainer.save(&ck_path, &progress_state)?;
     }
     let tuned = trainer.finish(&model)?;
-    let mut q = ptq::quantize(&tuned, &observed, a.calibration_range)
+    let mut q = ptq::quantize_with(&tuned, &observed, a.calibration_range, &float_hardswish)
         .map_err(|e| anyhow::anyhow!("int8 quantization of the fine-tuned model: {e}"))?;
     // The provenance is the settings a resumed run must match, plus what the run measured.
     let mut provenance = settings;

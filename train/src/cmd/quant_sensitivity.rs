@@ -132,6 +132,7 @@ pub fn run(a: QuantSensitivityArgs) -> Result<()> {
         cal,
         observed,
         params,
+        ..
     } = fold_grid(
         model,
         &a.model,
@@ -139,6 +140,7 @@ pub fn run(a: QuantSensitivityArgs) -> Result<()> {
         a.calibration_images,
         a.calibration_range,
         a.equalize,
+        &[],
         a.seed,
         !a.quiet,
     )?;

@@ -56,7 +56,9 @@ pub use golden::{
     relative_error,
 };
 pub use graph::{INPUT_NAME, fold_conv_bn, model_file};
-pub use precision::{PRECISION_KEY, calibrate, equalized, quantize_int8, store_precision};
+pub use precision::{
+    PRECISION_KEY, calibrate, equalized, float_hardswish_ops, quantize_int8, store_precision,
+};
 pub use tch_graph::TchGraph;
 pub use tweaks::{add_logit_bias, perturb_for_parity_tests};
 
@@ -131,6 +133,10 @@ pub struct Calibrate {
     /// Cross-layer equalization before calibration
     /// (`derm_codegen::quant::equalize`).
     pub equalize: bool,
+    /// Hardswish ops computed in `f32` from the accumulator, by name
+    /// (`derm_codegen::ir::Quantization::float_hardswish`; [`float_hardswish_ops`]
+    /// resolves `stem`).
+    pub float_hardswish: Vec<String>,
 }
 
 /// What [`export`] wrote.

@@ -63,8 +63,50 @@ pub fn store_precision(model: &ModelFile, precision: Precision) -> Result<ModelF
 pub fn quantize_int8(folded: &ModelFile, cal: &Calibrate) -> Result<ModelFile> {
     let folded = equalized(folded, cal)?;
     let c = calibrate(&folded, cal)?;
-    derm_codegen::quant::ptq::quantize(&folded, &c, cal.range)
+    let float = float_hardswish_ops(&folded, &cal.float_hardswish)?;
+    derm_codegen::quant::ptq::quantize_with(&folded, &c, cal.range, &float)
         .map_err(|e| anyhow::anyhow!("int8 quantization: {e}"))
+}
+
+/// The ops named by `--float-hardswish` in `model`: each name an op with a hardswish
+/// (a convolution or linear layer), `stem` standing for the first op. Errors name the
+/// value that is not one, with the ops that are.
+pub fn float_hardswish_ops(model: &ModelFile, names: &[String]) -> Result<Vec<String>> {
+    use derm_codegen::ir::{Activation, Op};
+    let hardswish: Vec<&str> = model
+        .graph
+        .ops
+        .iter()
+        .filter(|op| match op {
+            Op::Conv2d(c) => c.activation == Activation::Hardswish,
+            Op::Linear(l) => l.activation == Activation::Hardswish,
+            _ => false,
+        })
+        .map(|op| op.name())
+        .collect();
+    let mut out: Vec<String> = Vec::new();
+    for n in names {
+        let name = if n == "stem" {
+            model
+                .graph
+                .ops
+                .first()
+                .map(|o| o.name())
+                .unwrap_or_default()
+        } else {
+            n.as_str()
+        };
+        if !hardswish.contains(&name) {
+            bail!(
+                "--float-hardswish {n}: not an op with a hardswish in this model (those are: {})",
+                hardswish.join(", ")
+            );
+        }
+        if !out.iter().any(|o| o == name) {
+            out.push(name.to_owned());
+        }
+    }
+    Ok(out)
 }
 
 /// `folded` itself, or with `cal.equalize` its cross-layer equalized form

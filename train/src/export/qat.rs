@@ -28,15 +28,18 @@ use tch::{Kind, Tensor, nn};
 use crate::train::checkpoint;
 use crate::train::optim::{OptimConfig, Optimizer};
 
-/// The int8 grid of every activation of `model` (one entry per `quant::activation_keys`):
-/// the ranges `calibration` observed, chosen by `method`, as `quantize` would set them.
+/// The int8 grid of every activation of `model` (one entry per
+/// `quant::activation_keys_with(graph, float_hardswish)`: the ops in `float_hardswish`
+/// compute their hardswish in f32 and have no pre-activation grid): the ranges
+/// `calibration` observed, chosen by `method`, as `quantize_with` would set them.
 pub fn activation_grid(
     model: &ModelFile,
     calibration: &derm_codegen::quant::ptq::Calibration,
     method: derm_codegen::quant::ptq::RangeMethod,
+    float_hardswish: &[String],
 ) -> Result<BTreeMap<String, QParams>> {
     let mut params = BTreeMap::new();
-    for key in quant::activation_keys(&model.graph) {
+    for key in quant::activation_keys_with(&model.graph, float_hardswish) {
         let (lo, hi) = calibration
             .range(&key, method)
             .with_context(|| format!("activation {key} was never observed in calibration"))?;
@@ -86,6 +89,8 @@ pub fn fake_quant_weight(w: &Tensor) -> Tensor {
 pub struct QatGraph {
     graph: Graph,
     params: BTreeMap<String, QParams>,
+    /// Pre-activation keys of the float hardswish ops: values the int8 model does not round.
+    float_keys: Vec<String>,
     weights: BTreeMap<String, Tensor>,
 }
 
@@ -101,6 +106,9 @@ impl super::tch_graph::Values for QatGraph {
     }
 
     fn value(&self, x: Tensor, key: &str) -> Result<Tensor> {
+        if self.float_keys.iter().any(|k| k == key) {
+            return Ok(x);
+        }
         let p = self
             .params
             .get(key)
@@ -111,17 +119,20 @@ impl super::tch_graph::Values for QatGraph {
 
 impl QatGraph {
     /// The graph of the float `model`, its weights copied into variables of `vs`, and the
-    /// activation parameters `params` (one per `quant::activation_keys`).
+    /// activation parameters `params` (one per `quant::activation_keys_with(graph,
+    /// float_hardswish)`; the hardswish of the ops in `float_hardswish` is not rounded
+    /// before the activation, as the int8 model computes it in f32).
     pub fn new(
         model: &ModelFile,
         params: BTreeMap<String, QParams>,
+        float_hardswish: &[String],
         vs: &nn::Path<'_>,
     ) -> Result<Self> {
         ensure!(
             model.graph.quantization.is_none(),
             "quantization-aware training starts from a float model; this one is already int8"
         );
-        for key in quant::activation_keys(&model.graph) {
+        for key in quant::activation_keys_with(&model.graph, float_hardswish) {
             ensure!(
                 params.contains_key(&key),
                 "no quantization parameters for activation {key}"
@@ -147,6 +158,10 @@ impl QatGraph {
         Ok(Self {
             graph: model.graph.clone(),
             params,
+            float_keys: float_hardswish
+                .iter()
+                .map(|op| quant::pre_activation_key(op))
+                .collect(),
             weights,
         })
     }
@@ -210,10 +225,11 @@ pub struct QatTrainer {
 
 impl QatTrainer {
     /// A trainer for the float `model` on the grid `params` (one entry per
-    /// `quant::activation_keys`).
+    /// `quant::activation_keys_with(graph, float_hardswish)`; see [`QatGraph::new`]).
     pub fn new(
         model: &ModelFile,
         params: BTreeMap<String, QParams>,
+        float_hardswish: &[String],
         opts: QatOptions,
     ) -> Result<Self> {
         ensure!(
@@ -228,7 +244,7 @@ impl QatTrainer {
         );
         let teacher = super::TchGraph::new(model)?;
         let vs = nn::VarStore::new(tch::Device::Cpu);
-        let qat = QatGraph::new(model, params, &vs.root())?;
+        let qat = QatGraph::new(model, params, float_hardswish, &vs.root())?;
         // Adam: the training optimizer without weight decay (its state can be checkpointed).
         let opt = Optimizer::new(
             &vs,

@@ -169,7 +169,7 @@ mod tests {
             cal.observe(&model, x).unwrap();
         }
         let params =
-            crate::export::qat::activation_grid(&model, &cal, RangeMethod::MinMax).unwrap();
+            crate::export::qat::activation_grid(&model, &cal, RangeMethod::MinMax, &[]).unwrap();
         (model, params, inputs)
     }
 
@@ -200,7 +200,7 @@ mod tests {
             activations: s.keys().into_iter().collect(),
         };
         let vs = tch::nn::VarStore::new(tch::Device::Cpu);
-        let qat = QatGraph::new(&model, params, &vs.root()).unwrap();
+        let qat = QatGraph::new(&model, params, &[], &vs.root()).unwrap();
         let want = tch::no_grad(|| qat.forward(&x)).unwrap();
         let got = s.logits(&x, &all).unwrap();
         assert_eq!(max_diff(&got, &want), 0.0);

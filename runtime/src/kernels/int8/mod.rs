@@ -100,6 +100,20 @@ pub enum Activation<'a> {
         /// every machine uses the same bytes).
         table: &'a [i8; 256],
     },
+    /// The hardswish in `f32` from the accumulator, with no int8
+    /// pre-activation (the model file's `quantization.float_hardswish`):
+    /// `f = f32(acc) * scale[c]`, `h = f * clamp(f + 3, 0, 6)`, then
+    /// [`quantize_one`](quantize::quantize_one)`(h, inv_scale, zero_point)`.
+    /// Each step is one IEEE `f32` operation, never fused, so every target
+    /// gives the same bits. The epilogue's `mult` and `shift` are empty.
+    FloatHardswish {
+        /// Per output channel: the accumulator's real scale.
+        scale: &'a [f32],
+        /// `1 / (6 * output scale)`.
+        inv_scale: f32,
+        /// Output zero point.
+        zero_point: i32,
+    },
 }
 
 impl<'a> Epilogue<'a> {
@@ -135,6 +149,22 @@ impl<'a> Epilogue<'a> {
         }
     }
 
+    /// The hardswish in `f32` from the accumulator
+    /// ([`Activation::FloatHardswish`]): no integer rescale.
+    #[inline]
+    pub const fn float_hardswish(scale: &'a [f32], inv_scale: f32, zero_point: i32) -> Self {
+        Self {
+            mult: &[],
+            shift: &[],
+            high_shift: None,
+            activation: Activation::FloatHardswish {
+                scale,
+                inv_scale,
+                zero_point,
+            },
+        }
+    }
+
     /// The same epilogue with `high_shift[c] = 31 - shift[c]` given (see
     /// [`Epilogue::high_shift`]). Every shift must exceed 31 and `high_shift`
     /// must be exactly those values: they are two forms of one constant.
@@ -163,6 +193,15 @@ impl<'a> Epilogue<'a> {
     #[inline(always)]
     pub(crate) unsafe fn apply_with<R: requant::Row>(&self, acc: &[i32], out: &mut [i8]) {
         debug_assert_eq!(acc.len(), out.len());
+        if let Activation::FloatHardswish {
+            scale,
+            inv_scale,
+            zero_point,
+        } = self.activation
+        {
+            float_hardswish(acc, scale, inv_scale, zero_point, out);
+            return;
+        }
         // AVX-512: requantization and hardswish lookup in registers.
         #[cfg(target_arch = "x86_64")]
         if let (
@@ -194,6 +233,7 @@ impl<'a> Epilogue<'a> {
         let (zero_point, min) = match self.activation {
             Activation::Clamp { zero_point, min } => (zero_point, min),
             Activation::Hardswish { pre_zero_point, .. } => (pre_zero_point, -128),
+            Activation::FloatHardswish { .. } => unreachable!("returned above"),
         };
         // SAFETY: R's features are the caller's contract.
         unsafe {
@@ -227,6 +267,14 @@ impl<'a> Epilogue<'a> {
     /// processed in chunks.
     #[inline]
     pub fn slice(&self, range: Range<usize>) -> Epilogue<'a> {
+        if let Activation::FloatHardswish {
+            scale,
+            inv_scale,
+            zero_point,
+        } = self.activation
+        {
+            return Self::float_hardswish(&scale[range], inv_scale, zero_point);
+        }
         Epilogue {
             mult: &self.mult[range.clone()],
             shift: &self.shift[range.clone()],
@@ -235,11 +283,35 @@ impl<'a> Epilogue<'a> {
         }
     }
 
-    /// The number of output channels the epilogue has multipliers for.
+    /// The number of output channels the epilogue has multipliers (or, for
+    /// a float hardswish, scales) for.
     #[inline]
     pub fn channels(&self) -> usize {
+        if let Activation::FloatHardswish { scale, .. } = self.activation {
+            return scale.len();
+        }
         debug_assert_eq!(self.mult.len(), self.shift.len());
         self.mult.len()
+    }
+}
+
+/// [`Activation::FloatHardswish`] on one row: `out[i]` from `acc[i]` with
+/// channel scale `scale[i]`.
+///
+/// Written without branches so that the compiler vectorizes it on every
+/// target (the `f32` operations are the same in any lane width, so the bits
+/// are too). [`quantize::quantize_one`]'s NaN test is left out: a NaN `v`
+/// passes `clamp`, stays NaN through the rounding and converts to 0, the
+/// same result.
+#[inline(always)]
+fn float_hardswish(acc: &[i32], scale: &[f32], inv_scale: f32, zero_point: i32, out: &mut [i8]) {
+    const ROUND_MAGIC: f32 = 12_582_912.0;
+    for ((o, &a), &s) in out.iter_mut().zip(acc).zip(scale) {
+        let f = a as f32 * s;
+        let h = f * (f + 3.0).clamp(0.0, 6.0);
+        let v = (h * inv_scale).clamp(-1024.0, 1024.0);
+        let q = ((v + ROUND_MAGIC) - ROUND_MAGIC) as i32;
+        *o = zero_point.saturating_add(q).clamp(-128, 127) as i8;
     }
 }
 
@@ -408,6 +480,8 @@ impl Epilogue<'_> {
                 pre_zero_point,
                 table,
             } => (pre_zero_point, -128, Some(table)),
+            // No integer rescale to do in registers.
+            Activation::FloatHardswish { .. } => return None,
         };
         let k: __mmask16 = if n == 16 { !0 } else { (1u16 << n) - 1 };
         // SAFETY: the loads are masked to channels c0..c0 + n, inside the
