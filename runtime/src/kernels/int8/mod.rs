@@ -103,7 +103,7 @@ pub enum Activation<'a> {
     /// The hardswish in `f32` from the accumulator, with no int8
     /// pre-activation (the model file's `quantization.float_hardswish`):
     /// `f = f32(acc) * scale[c]`, `h = f * clamp(f + 3, 0, 6)`, then
-    /// [`quantize_one`](quantize::quantize_one)`(h, inv_scale, zero_point)`.
+    /// [`quantize_one`]`(h, inv_scale, zero_point)`.
     /// Each step is one IEEE `f32` operation, never fused, so every target
     /// gives the same bits. The epilogue's `mult` and `shift` are empty.
     FloatHardswish {
