@@ -1,7 +1,9 @@
 //! The model file: round trip, and bad files rejected with errors that name
 //! the problem.
 
-use derm_codegen::ir::{DType, IrError, ModelFile, Op, Quant, Tensor, TensorSpec};
+use derm_codegen::ir::{
+    DType, FORMAT_VERSION, IrError, MIN_FORMAT_VERSION, ModelFile, Op, Quant, Tensor, TensorSpec,
+};
 use derm_codegen::synthetic::SyntheticSpec;
 
 fn tiny() -> ModelFile {
@@ -72,13 +74,22 @@ fn missing_file_names_the_path() {
 
 #[test]
 fn wrong_version_is_named() {
-    let bytes = with_graph_json(&tiny(), |v| v["version"] = 3.into());
+    let next = FORMAT_VERSION + 1;
+    let bytes = with_graph_json(&tiny(), |v| v["version"] = next.into());
     let e = ModelFile::from_bytes(&bytes).unwrap_err();
     assert!(matches!(e, IrError::UnsupportedVersion { .. }), "{e}");
-    assert!(e.to_string().contains("version 3"), "{e}");
-    // Version 2 reads float files too (it only adds int8 fields).
-    let v2 = with_graph_json(&tiny(), |v| v["version"] = 2.into());
-    assert!(ModelFile::from_bytes(&v2).is_ok());
+    assert!(e.to_string().contains(&format!("version {next}")), "{e}");
+    let zero = with_graph_json(&tiny(), |v| v["version"] = 0.into());
+    assert!(matches!(
+        ModelFile::from_bytes(&zero).unwrap_err(),
+        IrError::UnsupportedVersion { .. }
+    ));
+    // Every version up to the current one reads float files (later ones only add int8
+    // fields).
+    for version in MIN_FORMAT_VERSION..=FORMAT_VERSION {
+        let file = with_graph_json(&tiny(), |v| v["version"] = version.into());
+        assert!(ModelFile::from_bytes(&file).is_ok(), "version {version}");
+    }
 }
 
 #[test]
