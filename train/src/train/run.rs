@@ -281,26 +281,20 @@ enum LoadedTeacher {
     Live { _vs: nn::VarStore, net: Box<SwinV2> },
 }
 
-/// Loads the teacher of `source` and checks it against the run's cache and image size;
-/// also returns what the report records about it.
+/// Loads the teacher of `source` and checks it against the run's cache; also returns what
+/// the report records about it.
 fn load_teacher(
     source: &TeacherSource,
     data: &RunData,
-    train: &TrainArgs,
     extra: &mut BTreeMap<String, serde_json::Value>,
 ) -> Result<LoadedTeacher> {
     Ok(match source {
         TeacherSource::Logits(p) => {
+            // The teacher's input size is its own business: a teacher that sees the images
+            // at a higher resolution than the student is one way to make it stronger. The
+            // report keeps it (`teacher_logits.input_size`) beside the student's.
             let (meta, logits) =
                 teacher_file::load_logits(p, data.cache.len(), data.cache.class_names().len())?;
-            ensure!(
-                meta.input_size == train.train_size,
-                "{}: logits were computed at {}x{}, this run trains at {}",
-                p.display(),
-                meta.input_size,
-                meta.input_size,
-                train.train_size
-            );
             extra.insert("teacher_logits".into(), serde_json::to_value(&meta)?);
             extra.insert("teacher_source".into(), "cached logits".into());
             LoadedTeacher::Cached(logits)
@@ -343,7 +337,7 @@ fn train_student(spec: &RunSpec, m: &StudentModelArgs, ctx: &RunContext) -> Resu
     let loaded = spec
         .teacher
         .as_ref()
-        .map(|t| load_teacher(&t.source, &data, &spec.train, &mut extra))
+        .map(|t| load_teacher(&t.source, &data, &mut extra))
         .transpose()?;
     let teacher = match &loaded {
         None => Teacher::None,
