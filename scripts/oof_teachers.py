@@ -51,7 +51,11 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
+try:
+    import numpy as np
+except ImportError:
+    sys.exit("oof_teachers.py needs numpy and safetensors (and for `train` torch, torchvision and "
+             "Pillow): pip install numpy safetensors")
 
 LOGITS_METADATA_KEY = "derm.teacher_logits"
 
@@ -639,7 +643,8 @@ def main(argv=None) -> int:
     t.add_argument("--images", type=Path, required=True, help="folder of the source JPEGs")
     t.add_argument("--weights", type=Path, help="ImageNet MobileNetV3-Small safetensors "
                    "(torchvision names, inputs in [-1, 1]); without it, random init")
-    t.add_argument("--out", type=Path, required=True)
+    t.add_argument("--out", type=Path, required=True,
+                   help="folder for oof-logits.safetensors and oof-teachers.json")
     t.add_argument("--holdouts", default="singles,pairs",
                    help="`singles,pairs` (default), `singles`, `pairs`, or sets like `0,1;0,2`")
     t.add_argument("--size", type=int, default=224, help="teacher input side (default 224)")
@@ -662,7 +667,7 @@ def main(argv=None) -> int:
     g = a2.add_mutually_exclusive_group(required=True)
     g.add_argument("--eval-fold", type=int, help="for `distill --fold V` (teachers that held out V too)")
     g.add_argument("--all", action="store_true", help="for `distill --train-on-val` (every image)")
-    a2.add_argument("--out", type=Path, required=True)
+    a2.add_argument("--out", type=Path, required=True, help="the teacher-logits file to write")
     s = sub.add_parser("score", help="cross-validated scores of the single-fold teachers")
     common(s)
     s.add_argument("--bundle", type=Path, action="append", required=True,
