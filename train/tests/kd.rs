@@ -1,6 +1,8 @@
 //! The distillation loss and the class-weighted cross-entropy against hand-computed values.
 
-use derm_train::train::loss::{KdConfig, cross_entropy, distillation_loss, kl_batchmean};
+use derm_train::train::loss::{
+    KdConfig, cross_entropy, distillation_loss, kl_batchmean, kl_class_weighted,
+};
 use tch::{Kind, Tensor};
 
 fn inputs() -> (Tensor, Tensor, Tensor) {
@@ -16,11 +18,15 @@ fn inputs() -> (Tensor, Tensor, Tensor) {
 //   kl  = sum_i sum_c softmax(t_i/T)_c * (lsm(t_i/T)_c - lsm(s_i/T)_c) / B   (batchmean)
 //   kd  = (1 - a) * ce + a * T^2 * kl,  a = 0.8, T = 4
 //   wce = sum_i w[y_i] * -lsm(s_i)[y_i] / sum_i w[y_i],  w = [1, 2, 3]
+//   wkl = sum_i w[y_i] * kl_i / sum_i w[y_i]   (kl_i: sample i's KL, before the batch mean)
+//   wskd = (1 - a) * wce + a * T^2 * wkl       (`soft_class_weights`)
 const CE: f64 = 0.2651263439326872;
 const KL: f64 = 0.07319887594103044;
 const KD: f64 = 0.9899708808317272;
 const WCE: f64 = 0.2252778558976356;
 const WKD: f64 = 0.9820011832247169;
+const WKL: f64 = 0.07748316069158827;
+const WSKD: f64 = 1.036840028031857;
 
 fn close(a: &Tensor, b: f64) {
     let a = a.double_value(&[]);
@@ -36,7 +42,8 @@ fn kd_loss_matches_hand_computed_values() {
         KdConfig::default(),
         KdConfig {
             alpha: 0.8,
-            temperature: 4.0
+            temperature: 4.0,
+            soft_class_weights: false,
         }
     );
     close(
@@ -52,6 +59,22 @@ fn kd_loss_matches_hand_computed_values() {
 }
 
 #[test]
+fn class_weighted_soft_term_matches_hand_computed_values() {
+    let (s, t, y) = inputs();
+    let w = Tensor::from_slice(&[1.0f32, 2.0, 3.0]);
+    close(&kl_class_weighted(&s, &t, &y, &w, 4.0), WKL);
+    let cfg = KdConfig {
+        soft_class_weights: true,
+        ..KdConfig::default()
+    };
+    close(&distillation_loss(&s, &t, &y, Some(&w), cfg), WSKD);
+    // Equal weights are the batch mean; without weights the flag changes nothing.
+    let ones = Tensor::from_slice(&[2.0f32, 2.0, 2.0]);
+    close(&kl_class_weighted(&s, &t, &y, &ones, 4.0), KL);
+    close(&distillation_loss(&s, &t, &y, None, cfg), KD);
+}
+
+#[test]
 fn kd_loss_limits_and_gradients() {
     let (s, t, y) = inputs();
     // alpha 0 is plain cross-entropy; a student equal to its teacher has zero KL.
@@ -64,6 +87,7 @@ fn kd_loss_limits_and_gradients() {
             KdConfig {
                 alpha: 0.0,
                 temperature: 4.0,
+                ..KdConfig::default()
             },
         ),
         CE,
@@ -78,7 +102,7 @@ fn kd_loss_limits_and_gradients() {
     assert!(
         KdConfig {
             alpha: 1.5,
-            temperature: 4.0
+            ..KdConfig::default()
         }
         .validate()
         .is_err()
@@ -86,7 +110,8 @@ fn kd_loss_limits_and_gradients() {
     assert!(
         KdConfig {
             alpha: 0.5,
-            temperature: 0.0
+            temperature: 0.0,
+            ..KdConfig::default()
         }
         .validate()
         .is_err()

@@ -91,6 +91,11 @@ pub struct KdArgs {
     /// Softmax temperature.
     #[arg(long, default_value_t = 4.0)]
     pub temperature: f64,
+    /// Class-weight the teacher term too (each sample by its label's `--class-weights`
+    /// weight), not only the hard-label term.
+    #[arg(long)]
+    #[serde(default)]
+    pub soft_class_weights: bool,
 }
 
 impl KdArgs {
@@ -99,6 +104,7 @@ impl KdArgs {
         KdConfig {
             alpha: self.alpha,
             temperature: self.temperature,
+            soft_class_weights: self.soft_class_weights,
         }
     }
 }

@@ -30,6 +30,11 @@ pub struct KdConfig {
     pub alpha: f64,
     /// Softmax temperature applied to both student and teacher logits.
     pub temperature: f64,
+    /// Weight the soft term's samples by their label's class weight, as the hard term's are
+    /// (`sum_i w[y_i] KL_i / sum_i w[y_i]`). Without it the soft term is a plain batch mean,
+    /// so with a large `alpha` the class weights act on a small part of the loss only.
+    #[serde(default)]
+    pub soft_class_weights: bool,
 }
 
 impl Default for KdConfig {
@@ -38,6 +43,7 @@ impl Default for KdConfig {
         Self {
             alpha: 0.8,
             temperature: 4.0,
+            soft_class_weights: false,
         }
     }
 }
@@ -70,7 +76,25 @@ pub fn kl_batchmean(student: &Tensor, teacher: &Tensor, temperature: f64) -> Ten
     (log_t.exp() * (&log_t - log_s)).sum(Kind::Float) / b
 }
 
-/// `(1 - a) * CE(s, y) + a * T^2 * KL_batchmean`, the cross-entropy optionally class-weighted.
+/// `KL(softmax(t/T) || softmax(s/T))` per sample, weighted by `weights[targets[i]]` and
+/// normalized by the sum of those weights (the normalization of PyTorch's weighted
+/// cross-entropy; equal weights give [`kl_batchmean`]).
+pub fn kl_class_weighted(
+    student: &Tensor,
+    teacher: &Tensor,
+    targets: &Tensor,
+    weights: &Tensor,
+    temperature: f64,
+) -> Tensor {
+    let log_s = (student / temperature).log_softmax(-1, Kind::Float);
+    let log_t = (teacher / temperature).log_softmax(-1, Kind::Float);
+    let per_sample = (log_t.exp() * (&log_t - log_s)).sum_dim_intlist(-1, false, Kind::Float);
+    let w = weights.to_kind(Kind::Float).index_select(0, targets);
+    (per_sample * &w).sum(Kind::Float) / w.sum(Kind::Float)
+}
+
+/// `(1 - a) * CE(s, y) + a * T^2 * KL`, the cross-entropy optionally class-weighted; the KL a
+/// batch mean, or class-weighted like the cross-entropy with `cfg.soft_class_weights`.
 /// `teacher` is detached: no gradient flows into the teacher.
 pub fn distillation_loss(
     student: &Tensor,
@@ -81,6 +105,11 @@ pub fn distillation_loss(
 ) -> Tensor {
     let t = cfg.temperature;
     let hard = cross_entropy(student, targets, weights);
-    let soft = kl_batchmean(student, &teacher.detach(), t);
+    let soft = match weights {
+        Some(w) if cfg.soft_class_weights => {
+            kl_class_weighted(student, &teacher.detach(), targets, w, t)
+        }
+        _ => kl_batchmean(student, &teacher.detach(), t),
+    };
     hard * (1.0 - cfg.alpha) + soft * (cfg.alpha * t * t)
 }
