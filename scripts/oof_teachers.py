@@ -87,6 +87,20 @@ def load_fold_of(path: Path, samples: int) -> np.ndarray:
     return fold_of
 
 
+def load_split(index_path: Path, folds_path: Path) -> tuple[dict, np.ndarray, int]:
+    """The cache index, every sample's fold, and the number of folds."""
+    index = load_index(index_path)
+    fold_of = load_fold_of(folds_path, len(index["samples"]))
+    return index, fold_of, int(fold_of.max()) + 1
+
+
+def labels_groups(index: dict, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first `n` samples' class and group indices."""
+    samples = index["samples"][:n]
+    return (np.array([s["label"] for s in samples], dtype=np.int64),
+            np.array([s["group"] for s in samples], dtype=np.int64))
+
+
 def key_of(holdout: tuple[int, ...]) -> str:
     return "ex" + "".join(str(f) for f in sorted(holdout))
 
@@ -297,11 +311,10 @@ def train_one(job: dict, shared: dict, torch) -> dict:
     rows_t = torch.as_tensor(train_rows, device=dev)
     amp = dev.type == "cuda"
     t0 = time.time()
-    losses = []
+    last_loss = None
     for epoch in range(epochs):
         model.train()
         perm = rows_t[torch.randperm(len(rows_t), generator=gen, device=dev)]
-        run = 0.0
         for s in range(steps_per_epoch):
             idx = perm[s * bs:(s + 1) * bs]
             x = augment(tiles[idx], size, gen, torch).contiguous(memory_format=torch.channels_last)
@@ -311,8 +324,8 @@ def train_one(job: dict, shared: dict, torch) -> dict:
             loss.backward()
             opt.step()
             sched.step()
-            run += float(loss.detach()) if s == steps_per_epoch - 1 else 0.0
-        losses.append(run)
+        # One host sync per epoch, not per step.
+        last_loss = float(loss.detach())
         if shared["deadline"] and time.time() > shared["deadline"]:
             return {"holdout": job["holdout"], "error": f"deadline reached after epoch {epoch + 1}"}
     train_s = time.time() - t0
@@ -334,13 +347,13 @@ def train_one(job: dict, shared: dict, torch) -> dict:
         "epochs": epochs,
         "train_seconds": round(train_s, 1),
         "images_per_second": round(len(train_rows) * epochs / train_s, 1),
-        "last_batch_loss": losses[-1] if losses else None,
+        "last_batch_loss": last_loss,
         "logits": logits,
         "held_rows": held_rows,
     }
 
 
-def worker(rank: int, jobs, results, shared_cfg: dict):
+def worker(jobs, results, shared_cfg: dict):
     import torch
 
     torch.backends.cudnn.benchmark = True
@@ -392,18 +405,13 @@ def cmd_train(a):
 
     import torch
 
-    index = load_index(a.index)
-    n_all = len(index["samples"])
-    fold_of = load_fold_of(a.folds, n_all)
-    k = int(fold_of.max()) + 1
-    limit = a.limit
+    index, fold_of, k = load_split(a.index, a.folds)
     holdouts = parse_holdouts(a.holdouts, k)
     a.out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    tiles = decode_tiles(index, a.images, limit)
+    tiles = decode_tiles(index, a.images, a.limit)
     n = tiles.shape[0]
-    labels = np.array([s["label"] for s in index["samples"][:n]], dtype=np.int64)
-    groups = np.array([s["group"] for s in index["samples"][:n]], dtype=np.int64)
+    labels, groups = labels_groups(index, n)
     fold_of = fold_of[:n]
     import tempfile
 
@@ -434,7 +442,7 @@ def cmd_train(a):
         jobs.put({"holdout": list(h)})
     for _ in range(a.workers):
         jobs.put(None)
-    procs = [ctx.Process(target=worker, args=(r, jobs, results, shared_cfg)) for r in range(a.workers)]
+    procs = [ctx.Process(target=worker, args=(jobs, results, shared_cfg)) for _ in range(a.workers)]
     for p in procs:
         p.start()
     import queue
@@ -521,10 +529,8 @@ def read_bundles(paths: list[Path]) -> dict:
 def cmd_assemble(a):
     from safetensors.numpy import save_file
 
-    index = load_index(a.index)
+    index, fold_of, k = load_split(a.index, a.folds)
     n = len(index["samples"])
-    fold_of = load_fold_of(a.folds, n)
-    k = int(fold_of.max()) + 1
     b = read_bundles(a.bundle)
     logits = np.zeros((n, len(index["class_names"])), dtype=np.float32)
     present = np.zeros(n, dtype=np.uint8)
@@ -574,13 +580,9 @@ def read_meta(path: Path) -> str:
 
 
 def cmd_score(a):
-    index = load_index(a.index)
-    n = len(index["samples"])
-    fold_of = load_fold_of(a.folds, n)
-    k = int(fold_of.max()) + 1
+    index, fold_of, k = load_split(a.index, a.folds)
     b = read_bundles(a.bundle)
-    labels = np.array([s["label"] for s in index["samples"]])
-    groups = np.array([s["group"] for s in index["samples"]])
+    labels, groups = labels_groups(index, len(index["samples"]))
     classes = len(index["class_names"])
     gnames = index["group_names"]
     excl = set(a.exclude_groups.split(",")) if a.exclude_groups else set()
