@@ -4,7 +4,7 @@
 
 mod train_support;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use derm_train::train::teacher_file::{LogitsMeta, save_logits};
@@ -58,12 +58,17 @@ fn write_logits(path: &Path, samples: usize, input_size: usize, present: &[bool]
     save_logits(path, &t, present, &meta).unwrap();
 }
 
+/// A temp folder holding a 32 px cache of 4 real images per class; its path and size.
+fn tiny_cache() -> (tempfile::TempDir, PathBuf, usize) {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("cache");
+    let n = ham_cache(&dir, 4, 32).len();
+    (tmp, dir, n)
+}
+
 #[test]
 fn logits_from_a_teacher_at_another_size_are_used_and_recorded() {
-    let tmp = tempfile::tempdir().unwrap();
-    let cache_dir = tmp.path().join("cache");
-    let cache = ham_cache(&cache_dir, 4, 32);
-    let n = cache.len();
+    let (tmp, cache_dir, n) = tiny_cache();
     let logits = tmp.path().join("tl224.safetensors");
     write_logits(&logits, n, 224, &vec![true; n]);
     let out = tmp.path().join("run");
@@ -86,10 +91,7 @@ fn logits_from_a_teacher_at_another_size_are_used_and_recorded() {
 
 #[test]
 fn a_training_row_without_logits_is_named() {
-    let tmp = tempfile::tempdir().unwrap();
-    let cache_dir = tmp.path().join("cache");
-    let cache = ham_cache(&cache_dir, 4, 32);
-    let n = cache.len();
+    let (tmp, cache_dir, n) = tiny_cache();
     let logits = tmp.path().join("empty.safetensors");
     write_logits(&logits, n, 32, &vec![false; n]);
     let o = distill(&cache_dir, &logits, &tmp.path().join("run"));
