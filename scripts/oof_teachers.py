@@ -22,6 +22,12 @@ every training image the logits of a teacher that never saw it:
 * `score`: accuracy, balanced accuracy, per-group accuracy and fairness of the single-fold
   teachers on their held-out folds (a k-fold cross-validation of the teacher itself).
 
+The same `train` also makes a model to ship and its honest estimate: `--holdouts "none;0;1;2;3;4"`
+trains one network on every image (`none`, key `all`) and one per held-out fold, `--tta none`
+scores the held-out images with one view as the runtime does, `--ema DECAY` keeps and scores a
+moving average of the weights, and `--save-weights` writes each network as a torchvision
+`state_dict` (`<out>/weights/<key>.safetensors`) for `derm-train import`.
+
 The images, labels, folds and row order come from derm-train's own cache index and split
 report, so rows line up with the cache `distill` reads:
 
@@ -102,11 +108,13 @@ def labels_groups(index: dict, n: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def key_of(holdout: tuple[int, ...]) -> str:
-    return "ex" + "".join(str(f) for f in sorted(holdout))
+    """`ex<folds>` for a model that held folds out; `all` for one trained on every image."""
+    return "ex" + "".join(str(f) for f in sorted(holdout)) if holdout else "all"
 
 
 def parse_holdouts(text: str, k: int) -> list[tuple[int, ...]]:
-    """`singles,pairs` (the default) or explicit sets like `0,1;0,2`."""
+    """`singles,pairs` (the default) or explicit sets like `0,1;0,2`; `none` is a model
+    trained on every image (nothing held out: the one to ship)."""
     out: list[tuple[int, ...]] = []
     for part in text.split(";"):
         part = part.strip()
@@ -122,6 +130,8 @@ def parse_holdouts(text: str, k: int) -> list[tuple[int, ...]]:
             out += [(f,) for f in range(k)]
         elif part == "pairs":
             out += list(itertools.combinations(range(k), 2))
+        elif part == "none":
+            out.append(())
         elif part:
             fs = tuple(sorted(int(x) for x in part.split(",")))
             if any(not 0 <= f < k for f in fs) or len(set(fs)) != len(fs):
@@ -277,8 +287,8 @@ def train_one(job: dict, shared: dict, torch) -> dict:
     fold_of = shared["fold_of"]
     classes = shared["classes"]
     hold = set(job["holdout"])
-    train_rows = np.array([i for i in range(len(labels)) if fold_of[i] not in hold])
-    held_rows = np.array([i for i in range(len(labels)) if fold_of[i] in hold])
+    train_rows = np.array([i for i in range(len(labels)) if fold_of[i] not in hold], dtype=np.int64)
+    held_rows = np.array([i for i in range(len(labels)) if fold_of[i] in hold], dtype=np.int64)
     size, bs, epochs = shared["size"], shared["batch_size"], shared["epochs"]
     seed = shared["seed"] * 1000 + sum(10 ** j * (f + 1) for j, f in enumerate(sorted(hold)))
     gen = torch.Generator(device=dev)
@@ -310,6 +320,14 @@ def train_one(job: dict, shared: dict, torch) -> dict:
     y_all = torch.as_tensor(labels, device=dev)
     rows_t = torch.as_tensor(train_rows, device=dev)
     amp = dev.type == "cuda"
+    ema_decay = shared.get("ema", 0.0)
+    if ema_decay:
+        # An exponential moving average of every float tensor, BatchNorm statistics
+        # included; `state_dict` tensors share storage with the live ones, so `live` follows
+        # the optimizer.
+        live = [t for t in model.state_dict().values() if t.is_floating_point()]
+        ema = [t.detach().clone() for t in live]
+    step = 0
     t0 = time.time()
     last_loss = None
     for epoch in range(epochs):
@@ -324,22 +342,29 @@ def train_one(job: dict, shared: dict, torch) -> dict:
             loss.backward()
             opt.step()
             sched.step()
+            step += 1
+            if ema_decay:
+                # The usual warm-up, so the random start does not linger in the average.
+                d = min(ema_decay, (1 + step) / (10 + step))
+                with torch.no_grad():
+                    torch._foreach_lerp_(ema, live, 1 - d)
         # One host sync per epoch, not per step.
         last_loss = float(loss.detach())
         if shared["deadline"] and time.time() > shared["deadline"]:
             return {"holdout": job["holdout"], "error": f"deadline reached after epoch {epoch + 1}"}
     train_s = time.time() - t0
     model.eval()
-    logits = np.zeros((len(labels), classes), dtype=np.float32)
-    held_t = torch.as_tensor(held_rows, device=dev)
-    with torch.no_grad(), torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=amp):
-        for s in range(0, len(held_rows), 256):
-            x = prep_eval(tiles[held_t[s:s + 256]], size, torch).contiguous(memory_format=torch.channels_last)
-            acc = None
-            for v in dihedral_views(x, torch):
-                out = model(v).float()
-                acc = out if acc is None else acc + out
-            logits[held_rows[s:s + 256]] = (acc / 8).cpu().numpy()
+    raw_logits = None
+    if ema_decay:
+        raw_logits = score_held(model, tiles, held_rows, len(labels), classes, size, shared, torch)
+        with torch.no_grad():
+            for t, e in zip(live, ema):
+                t.copy_(e)
+    if shared.get("weights_dir"):
+        save_weights(model, Path(shared["weights_dir"]) / f"{key_of(tuple(job['holdout']))}.safetensors",
+                     {"holdout": sorted(hold), "train_images": int(len(train_rows)),
+                      "seed": seed, **shared["config"]})
+    logits = score_held(model, tiles, held_rows, len(labels), classes, size, shared, torch)
     return {
         "holdout": job["holdout"],
         "train_images": int(len(train_rows)),
@@ -349,8 +374,40 @@ def train_one(job: dict, shared: dict, torch) -> dict:
         "images_per_second": round(len(train_rows) * epochs / train_s, 1),
         "last_batch_loss": last_loss,
         "logits": logits,
+        "raw_logits": raw_logits,
         "held_rows": held_rows,
     }
+
+
+def score_held(model, tiles, held_rows, n, classes, size, shared, torch):
+    """Logits of the held-out rows (zero elsewhere), in f32 without autocast, as derm-train
+    and the runtime compute: the held-out numbers are those of the exported model, up to the
+    CPU's summation order."""
+    logits = np.zeros((n, classes), dtype=np.float32)
+    held_t = torch.as_tensor(held_rows, device=tiles.device)
+    views = shared.get("tta", "dihedral") == "dihedral"
+    with torch.no_grad():
+        for s in range(0, len(held_rows), 256):
+            x = prep_eval(tiles[held_t[s:s + 256]], size, torch).contiguous(memory_format=torch.channels_last)
+            if views:
+                out = sum(model(v).float() for v in dihedral_views(x, torch)) / 8
+            else:
+                out = model(x).float()
+            logits[held_rows[s:s + 256]] = out.cpu().numpy()
+    return logits
+
+
+def save_weights(model, path: Path, meta: dict):
+    """The trained network as a torchvision `state_dict` in safetensors (f32, BatchNorm
+    statistics included), for `derm-train import`; `meta` goes under `derm.torchvision_student`."""
+    from safetensors.torch import save_file
+
+    sd = {k: v.detach().float().cpu().contiguous() if v.is_floating_point() else v.detach().cpu()
+          for k, v in model.state_dict().items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    save_file(sd, str(tmp), metadata={"derm.torchvision_student": json.dumps(meta)})
+    os.replace(tmp, path)
 
 
 def worker(jobs, results, shared_cfg: dict):
@@ -378,6 +435,8 @@ def write_bundle(out: Path, done: dict, report: dict):
 
     tensors = {}
     for key, r in done.items():
+        if len(r["held_rows"]) == 0:
+            continue  # a model trained on every image has nothing out of fold
         tensors[key] = r["logits"]
         present = np.zeros(r["logits"].shape[0], dtype=np.uint8)
         present[r["held_rows"]] = 1
@@ -426,7 +485,9 @@ def cmd_train(a):
         "weights": str(a.weights) if a.weights else None, "samples": n, "k": k,
         "size": a.size, "epochs": a.epochs, "batch_size": a.batch_size, "lr": a.lr,
         "weight_decay": a.weight_decay, "seed": a.seed, "augment": "dihedral, crop 0.35-1, jitter 0.1",
-        "class_weights": "sqrt", "tta": "dihedral (8 views, logits averaged)",
+        "class_weights": "sqrt",
+        "tta": "dihedral (8 views, logits averaged)" if a.tta == "dihedral" else "none (one view)",
+        "eval_precision": "f32", "ema": a.ema,
         "torch": torch.__version__,
         "device": torch.cuda.get_device_name(0) if a.device.startswith("cuda") else a.device,
     }
@@ -435,6 +496,9 @@ def cmd_train(a):
         "classes": classes, "size": a.size, "batch_size": a.batch_size, "epochs": a.epochs,
         "lr": a.lr, "weight_decay": a.weight_decay, "seed": a.seed, "weights": a.weights,
         "deadline": (t0 + a.deadline_s) if a.deadline_s else 0.0, "min_job_s": a.min_job_s,
+        "tta": a.tta, "ema": a.ema, "weights_dir": str(a.out / "weights") if a.save_weights else "",
+        "config": {kk: config[kk] for kk in ("size", "epochs", "batch_size", "lr", "weight_decay", "ema",
+                                             "augment", "class_weights", "samples", "k", "folds")},
     }
     ctx = mp.get_context("spawn")
     jobs, results = ctx.Queue(), ctx.Queue()
@@ -461,15 +525,23 @@ def cmd_train(a):
             print("every worker has exited with teachers unreported", flush=True)
             break
         key = key_of(tuple(r["holdout"]))
-        entry = {k2: v for k2, v in r.items() if k2 not in ("logits", "held_rows")}
+        entry = {k2: v for k2, v in r.items() if k2 not in ("logits", "raw_logits", "held_rows")}
         entry["key"] = key
         if "error" not in r:
             entry["held_out"] = held_scores(r, labels, groups, fold_of, index["group_names"], classes)
+            if r["raw_logits"] is not None:
+                # With --ema the weights and `held_out` are the average's; the last step's too.
+                entry["held_out_last_step"] = held_scores(dict(r, logits=r["raw_logits"]), labels,
+                                                          groups, fold_of, index["group_names"], classes)
             done[key] = r
             accs = ", ".join(f"fold {f}: {s['accuracy']:.3f} / {s['balanced_accuracy']:.3f}"
                              for f, s in entry["held_out"].items())
+            if entry.get("held_out_last_step"):
+                accs += " (last step: " + ", ".join(
+                    f"{s['accuracy']:.3f} / {s['balanced_accuracy']:.3f}"
+                    for s in entry["held_out_last_step"].values()) + ")"
             print(f"[{time.time() - t0:6.1f} s] teacher {key}: {r['train_seconds']} s, "
-                  f"{r['images_per_second']} img/s; held out {accs}", flush=True)
+                  f"{r['images_per_second']} img/s; held out {accs or 'nothing'}", flush=True)
         else:
             print(f"[{time.time() - t0:6.1f} s] teacher {key}: {r['error']}", flush=True)
         report["teachers"].append(entry)
@@ -648,7 +720,8 @@ def main(argv=None) -> int:
     t.add_argument("--out", type=Path, required=True,
                    help="folder for oof-logits.safetensors and oof-teachers.json")
     t.add_argument("--holdouts", default="singles,pairs",
-                   help="`singles,pairs` (default), `singles`, `pairs`, or sets like `0,1;0,2`")
+                   help="`singles,pairs` (default), `singles`, `pairs`, `none` (every image), "
+                        "or sets like `0,1;0,2`")
     t.add_argument("--size", type=int, default=224, help="teacher input side (default 224)")
     t.add_argument("--epochs", type=int, default=30)
     t.add_argument("--batch-size", type=int, default=64)
@@ -662,6 +735,15 @@ def main(argv=None) -> int:
     t.add_argument("--min-job-s", type=float, default=0.0,
                    help="with --deadline-s: start no teacher this close to the deadline")
     t.add_argument("--limit", type=int, help="only the first N cache samples (smoke tests)")
+    t.add_argument("--tta", choices=["dihedral", "none"], default="dihedral",
+                   help="held-out logits: the 8 dihedral views averaged (teachers, default) or "
+                        "the image alone (what a shipped model computes)")
+    t.add_argument("--ema", type=float, default=0.0,
+                   help="score and save an exponential moving average of the weights with this "
+                        "decay per step (e.g. 0.998; 0 = off, the last step's weights)")
+    t.add_argument("--save-weights", action="store_true",
+                   help="also write each model's weights to <out>/weights/<key>.safetensors "
+                        "(`ex<folds>`, `all` for --holdouts none) for `derm-train import`")
     a2 = sub.add_parser("assemble", help="a derm-train teacher-logits file from the bundle")
     common(a2)
     a2.add_argument("--bundle", type=Path, action="append", required=True,

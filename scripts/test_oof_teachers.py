@@ -146,6 +146,31 @@ class Assemble(unittest.TestCase):
         self.assertIn("ex1 lacks logits for some images of fold 1", str(code) + err)
 
 
+class ShipModels(unittest.TestCase):
+    """`--holdouts none` (a model trained on every image, the one to ship) next to the
+    cross-validation folds: named `all`, and kept out of the bundle, which holds only
+    out-of-fold logits."""
+
+    def test_none_is_a_model_on_every_image(self):
+        self.assertEqual(oof.parse_holdouts("none;0;1", K), [(), (0,), (1,)])
+        self.assertEqual(oof.key_of(()), "all")
+        self.assertEqual(oof.key_of((2, 0)), "ex02")
+
+    def test_the_bundle_skips_a_model_with_nothing_held_out(self):
+        n = K * PER_FOLD
+        held = np.array([i for i in range(n) if i % K == 0], dtype=np.int64)
+        logits = np.zeros((n, C), dtype=np.float32)
+        logits[held] = 1.0
+        done = {"all": {"logits": np.zeros((n, C), dtype=np.float32),
+                        "held_rows": np.array([], dtype=np.int64)},
+                "ex0": {"logits": logits, "held_rows": held}}
+        with tempfile.TemporaryDirectory() as t:
+            oof.write_bundle(Path(t), done, {"config": {"size": 224}})
+            b = load_file(str(Path(t) / "oof-logits.safetensors"))
+            self.assertEqual(sorted(b), ["ex0", "ex0_present"])
+            self.assertEqual(b["ex0_present"].tolist(), [int(i % K == 0) for i in range(n)])
+
+
 class Score(unittest.TestCase):
     def test_metrics(self):
         y = np.array([0, 0, 0, 1, 1, 1, 1, 2])
