@@ -17,6 +17,8 @@ enum Command {
     Env,
     /// Write a seeded (untrained) student file, optionally over torchvision weights.
     InitStudent(derm_train::cmd::export::InitStudentArgs),
+    /// Turn a MobileNetV3 trained elsewhere (torchvision state dict) into a student file.
+    Import(derm_train::cmd::import::ImportArgs),
     /// Fold BatchNorm and write the model file for derm-codegen, plus golden vectors.
     Export(derm_train::cmd::export::ExportArgs),
     /// Quantize an f32 model file to int8 (post-training, calibrated on training images).
@@ -55,6 +57,7 @@ fn main() -> Result<()> {
     match cli.command {
         Command::InitStudent(a) => derm_train::cmd::export::init_student(a)?,
         Command::Export(a) => derm_train::cmd::export::run(a)?,
+        Command::Import(a) => derm_train::cmd::import::run(a)?,
         Command::Quantize(a) => derm_train::cmd::quantize::run(a)?,
         Command::Qat(a) => derm_train::cmd::qat::run(a)?,
         Command::QuantSensitivity(a) => derm_train::cmd::quant_sensitivity::run(a)?,

@@ -6,6 +6,7 @@ pub mod evaluate;
 pub mod experiment;
 pub mod experiment_report;
 pub mod export;
+pub mod import;
 pub mod metrics;
 pub mod prepare;
 pub mod qat;
