@@ -95,7 +95,11 @@ pub mod neon {
     /// # Panics
     /// If a slice is shorter than the shape says.
     #[allow(clippy::too_many_arguments)]
-    #[inline]
+    // Inlined with `rows` into each generated layer function, whose arguments are literals: the
+    // channel stride becomes a constant, so input loads take immediate offsets instead of an
+    // address `add` each (MobileNetV3-Small's depthwise layers: 6.48 M -> 4.67 M aarch64
+    // instructions per image; the binary does not grow).
+    #[inline(always)]
     pub fn depthwise(
         input: &[f32],
         ih: usize,
@@ -164,8 +168,9 @@ pub mod neon {
         act: Activation,
     }
 
-    /// All output rows of a `K x K` (`KK` taps), stride `S` layer.
-    #[inline(never)]
+    /// All output rows of a `K x K` (`KK` taps), stride `S` layer (inlined for constant
+    /// shapes, see [`depthwise`]).
+    #[inline(always)]
     fn rows<const K: usize, const KK: usize, const S: usize, const PX: usize>(
         input: &[f32],
         w: &[f32],

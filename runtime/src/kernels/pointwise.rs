@@ -121,7 +121,10 @@ pub mod neon {
     /// If a slice is shorter than the shape says (the raw-pointer loop relies
     /// on these checks).
     #[allow(clippy::too_many_arguments)]
-    #[inline]
+    // Inlined with `layer` into each generated layer function (literal arguments): `k` and `n`
+    // become constants, so the k loop has no remainder test and the panel loop a fixed count
+    // (14.89 M -> 14.22 M aarch64 instructions per image on MobileNetV3-Small).
+    #[inline(always)]
     pub fn pointwise(
         input: &[f32],
         p: usize,
@@ -177,12 +180,13 @@ pub mod neon {
         }
     }
 
-    /// The whole layer for one activation (`A`) and residual choice (`RES`).
+    /// The whole layer for one activation (`A`) and residual choice (`RES`); inlined, see
+    /// [`pointwise`].
     ///
     /// # Safety
     /// `input` holds `p * k` values, `w` `packed_len(k, n)`, `out` (and the
     /// residual when `RES`) `p * n`; `bias` holds `n`.
-    #[inline(never)]
+    #[inline(always)]
     unsafe fn layer<const A: u8, const RES: bool>(
         input: *const f32,
         w: *const f32,
