@@ -70,7 +70,8 @@ pub mod neon {
     ///
     /// # Panics
     /// If a slice is shorter than the shape says.
-    #[inline]
+    // Inlined into each generated layer (constant shapes), like the other NEON kernels.
+    #[inline(always)]
     pub fn linear(
         input: &[f32],
         k: usize,

@@ -96,7 +96,8 @@ pub mod neon {
     /// If `x` is shorter than `hw * c`, `scratch` than `c + csq`, or a weight
     /// slice than its shape.
     #[allow(clippy::too_many_arguments)]
-    #[inline]
+    // Inlined into each generated layer (constant shapes), like the other NEON kernels.
+    #[inline(always)]
     pub fn squeeze_excite(
         x: &mut [f32],
         hw: usize,
