@@ -315,6 +315,48 @@ fn float_hardswish(acc: &[i32], scale: &[f32], inv_scale: f32, zero_point: i32, 
     }
 }
 
+/// The hardswish table as four 64-byte quarters in registers, for [`look16`].
+#[cfg(target_arch = "aarch64")]
+#[inline(always)]
+fn neon_table(table: &[i8; 256]) -> [core::arch::aarch64::int8x16x4_t; 4] {
+    use core::arch::aarch64::*;
+    let t = table.as_ptr();
+    // SAFETY: the four loads read the table's 256 bytes; NEON is part of every aarch64 target.
+    unsafe {
+        [
+            vld1q_s8_x4(t),
+            vld1q_s8_x4(t.add(64)),
+            vld1q_s8_x4(t.add(128)),
+            vld1q_s8_x4(t.add(192)),
+        ]
+    }
+}
+
+/// `table[a + 128]` for 16 int8 values `a` at once, with the quarters of [`neon_table`]:
+/// TBL/TBX over each 64-byte quarter (an index outside a quarter leaves the lane to the
+/// others).
+#[cfg(target_arch = "aarch64")]
+#[inline(always)]
+fn look16(
+    q: &[core::arch::aarch64::int8x16x4_t; 4],
+    a: core::arch::aarch64::int8x16_t,
+) -> core::arch::aarch64::int8x16_t {
+    use core::arch::aarch64::*;
+    // SAFETY: register-only NEON (aarch64 baseline).
+    unsafe {
+        let quarter = vdupq_n_u8(64);
+        // a + 128 for an i8 a is its bit pattern with the sign flipped, read as u8.
+        let idx = veorq_u8(vreinterpretq_u8_s8(a), vdupq_n_u8(0x80));
+        let mut v = vqtbl4q_s8(q[0], idx);
+        let idx = vsubq_u8(idx, quarter);
+        v = vqtbx4q_s8(v, q[1], idx);
+        let idx = vsubq_u8(idx, quarter);
+        v = vqtbx4q_s8(v, q[2], idx);
+        let idx = vsubq_u8(idx, quarter);
+        vqtbx4q_s8(v, q[3], idx)
+    }
+}
+
 /// `v = table[v + 128]` for every value of `out` (the hardswish tables of
 /// [`Activation::Hardswish`]).
 ///
@@ -332,27 +374,10 @@ fn lookup(table: &[i8; 256], out: &mut [i8]) {
     unsafe {
         use core::arch::aarch64::*;
         if out.len() >= 16 {
-            let t = table.as_ptr();
-            let q = [
-                vld1q_s8_x4(t),
-                vld1q_s8_x4(t.add(64)),
-                vld1q_s8_x4(t.add(128)),
-                vld1q_s8_x4(t.add(192)),
-            ];
-            let (sign, quarter) = (vdupq_n_u8(0x80), vdupq_n_u8(64));
+            let q = neon_table(table);
             while i + 16 <= out.len() {
                 let p = out.as_mut_ptr().add(i);
-                // a + 128 for an i8 a is its bit pattern with the sign
-                // flipped, read as u8.
-                let idx = veorq_u8(vreinterpretq_u8_s8(vld1q_s8(p)), sign);
-                let mut v = vqtbl4q_s8(q[0], idx);
-                let idx = vsubq_u8(idx, quarter);
-                v = vqtbx4q_s8(v, q[1], idx);
-                let idx = vsubq_u8(idx, quarter);
-                v = vqtbx4q_s8(v, q[2], idx);
-                let idx = vsubq_u8(idx, quarter);
-                v = vqtbx4q_s8(v, q[3], idx);
-                vst1q_s8(p, v);
+                vst1q_s8(p, look16(&q, vld1q_s8(p)));
                 i += 16;
             }
         }
