@@ -592,6 +592,10 @@ fn depthwise_matches_reference() {
         // border pixels take the tap-by-tap rows, the others the VNNI form.
         dw_shape(40, 40, 32, 3, 1, 1),
         dw_shape(30, 30, 48, 5, 2, 2),
+        // Channels a multiple of 8 but not of 16 (MobileNetV3's 24, 72, 88, 120): the
+        // aarch64 interior form's blocks of 16 and its last block of 8, both kernel sizes.
+        dw_shape(9, 9, 24, 3, 1, 1),
+        dw_shape(11, 11, 72, 5, 2, 2),
     ];
     for s in shapes {
         for kind in KINDS {

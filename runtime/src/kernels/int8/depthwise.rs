@@ -96,6 +96,26 @@ unsafe fn body<R: Row, const AVX2: bool>(
         k: s.k,
         zx: x_zero_point as i16,
     };
+    #[cfg(target_arch = "aarch64")]
+    if let Some(fast) = neon::Interior::new(x, s, x_zero_point, w, bias, &e) {
+        // SAFETY: R's features are the caller's contract; `pixel` is only offered output
+        // pixels whose window lies wholly inside the input, its contract.
+        unsafe {
+            super::window::for_each_output_with::<R, _, _>(
+                win,
+                s.c,
+                bias,
+                e,
+                out,
+                &taps,
+                |oy, ox, o| {
+                    fast.pixel(oy, ox, o);
+                    true
+                },
+            )
+        };
+        return;
+    }
     // SAFETY: R's features are the caller's contract.
     unsafe { for_each_output::<R, _>(win, s.c, bias, e, out, &taps) }
 }
@@ -162,7 +182,226 @@ impl<const AVX2: bool> TapMac for DepthwiseTaps<'_, AVX2> {
 /// instructions per multiply-accumulate instead of 0.75 here).
 #[cfg(target_arch = "aarch64")]
 mod neon {
+    use super::DepthwiseShape;
+    use crate::kernels::int8::{Activation, Epilogue, look16, neon_table};
     use core::arch::aarch64::*;
+
+    /// Most channels [`Interior`] handles (its folded biases live on the stack).
+    const MAX_C: usize = 1024;
+    /// Most taps (`k * k`) [`Interior`] handles: up to 7x7 kernels.
+    const MAX_TAPS: usize = 49;
+
+    /// Output pixels whose window lies wholly inside the input, every channel at once:
+    /// the input zero point folded into the bias (`bias - zx * sum of the channel's k * k
+    /// weights`, which is exact when no tap falls in the padding), so each tap is an
+    /// int8 x int8 product; two taps' products summed in int16 (each below 2^14 in
+    /// magnitude, `|w| <= 127`), then widened into the int32 accumulators (SMULL, SMLAL,
+    /// SADDW: 12 instructions per 32 multiply-accumulates, against 20 for the
+    /// subtract-and-widen rows); then the epilogue on the registers, as the fused
+    /// pointwise path does (`requant::neon::requant_i8_high`'s operations, one 16-byte
+    /// table lookup), so the same bits as the generic walk. Taken when the channels are a
+    /// multiple of 8 (blocks of 16, then one of 8), at most [`MAX_C`], and every shift
+    /// exceeds 31 (`high_shift` given, as in every conv layer of the shipped models).
+    pub(super) struct Interior<'a> {
+        x: &'a [i8],
+        w: &'a [i8],
+        s: DepthwiseShape,
+        /// `bias[c] - zx * sum_t w[t][c]`, wrapping.
+        folded: [i32; MAX_C],
+        /// Offset of tap `t = ky * k + kx` from the window's first input value.
+        offsets: [usize; MAX_TAPS],
+        mult: &'a [i32],
+        high_shift: &'a [i32],
+        zero_point: i32,
+        min: i8,
+        table: Option<[int8x16x4_t; 4]>,
+    }
+
+    impl<'a> Interior<'a> {
+        /// The fast form for this layer, if its shape and epilogue allow it.
+        #[inline(always)]
+        pub(super) fn new(
+            x: &'a [i8],
+            s: DepthwiseShape,
+            x_zero_point: i32,
+            w: &'a [i8],
+            bias: &[i32],
+            e: &Epilogue<'a>,
+        ) -> Option<Self> {
+            let high_shift = e.high_shift?;
+            let (zero_point, min, table) = match e.activation {
+                Activation::Clamp { zero_point, min } => (zero_point, min, None),
+                Activation::Hardswish {
+                    pre_zero_point,
+                    table,
+                } => (pre_zero_point, i8::MIN, Some(table)),
+                Activation::FloatHardswish { .. } => return None,
+            };
+            let c = s.c;
+            if !c.is_multiple_of(8) || c > MAX_C || s.k == 0 || s.k * s.k > MAX_TAPS {
+                return None;
+            }
+            assert!(
+                x.len() >= s.ih * s.iw * c
+                    && w.len() >= s.k * s.k * c
+                    && bias.len() >= c
+                    && e.mult.len() >= c
+                    && high_shift.len() >= c,
+                "int8 depthwise: a slice is shorter than the shape {s:?}"
+            );
+            let mut folded = [0i32; MAX_C];
+            for (ch, f) in folded.iter_mut().enumerate().take(c) {
+                let sum =
+                    (0..s.k * s.k).fold(0i32, |a, t| a.wrapping_add(i32::from(w[t * c + ch])));
+                *f = bias[ch].wrapping_sub(x_zero_point.wrapping_mul(sum));
+            }
+            let mut offsets = [0usize; MAX_TAPS];
+            for (t, o) in offsets.iter_mut().enumerate().take(s.k * s.k) {
+                *o = ((t / s.k) * s.iw + t % s.k) * c;
+            }
+            Some(Self {
+                x,
+                w,
+                s,
+                folded,
+                offsets,
+                mult: e.mult,
+                high_shift,
+                zero_point,
+                min,
+                table: table.map(neon_table),
+            })
+        }
+
+        /// Output pixel (`oy`, `ox`), all channels, into `out`.
+        ///
+        /// # Safety
+        /// The pixel's window lies wholly inside the input; `out` holds `c` values.
+        #[inline(always)]
+        pub(super) unsafe fn pixel(&self, oy: usize, ox: usize, out: &mut [i8]) {
+            // A constant tap count for MobileNet's 3x3 and 5x5 kernels: the tap loop
+            // unrolls and the taps' offsets stay in registers across the channel blocks.
+            // SAFETY: the caller's contract, passed on.
+            unsafe {
+                match self.s.k {
+                    3 => self.pixel_taps::<9>(oy, ox, out),
+                    5 => self.pixel_taps::<25>(oy, ox, out),
+                    _ => self.pixel_taps::<0>(oy, ox, out),
+                }
+            }
+        }
+
+        /// [`Interior::pixel`] for `TAPS = k * k` taps, or any `k` when `TAPS` is 0.
+        ///
+        /// # Safety
+        /// As [`Interior::pixel`].
+        #[inline(always)]
+        unsafe fn pixel_taps<const TAPS: usize>(&self, oy: usize, ox: usize, out: &mut [i8]) {
+            let s = self.s;
+            let c = s.c;
+            debug_assert!(out.len() >= c);
+            let taps = if TAPS == 0 { s.k * s.k } else { TAPS };
+            // SAFETY: the window lies inside the input (the contract), so every tap reads
+            // channels cb..cb + 16 (or + 8) <= c of an input pixel; weights, folded biases,
+            // multipliers and shifts hold c values (checked in `new`); out holds c values.
+            unsafe {
+                let base = self
+                    .x
+                    .as_ptr()
+                    .add(((oy * s.stride - s.pad) * s.iw + ox * s.stride - s.pad) * c);
+                let at = |t: usize| base.add(*self.offsets.get_unchecked(t));
+                let w = self.w.as_ptr();
+                let zp = vdupq_n_s32(self.zero_point);
+                let lo = vdupq_n_s32(self.min as i32);
+                let finish = |a: int32x4_t, j: usize| {
+                    let m = vld1q_s32(self.mult.as_ptr().add(j));
+                    let sh = vld1q_s32(self.high_shift.as_ptr().add(j));
+                    let v = vqaddq_s32(vrshlq_s32(vqdmulhq_s32(a, m), sh), zp);
+                    let v = if self.min > i8::MIN {
+                        vmaxq_s32(v, lo)
+                    } else {
+                        v
+                    };
+                    vqmovn_s32(v)
+                };
+                let mut cb = 0;
+                while cb + 16 <= c {
+                    let f = self.folded.as_ptr().add(cb);
+                    let mut a = [
+                        vld1q_s32(f),
+                        vld1q_s32(f.add(4)),
+                        vld1q_s32(f.add(8)),
+                        vld1q_s32(f.add(12)),
+                    ];
+                    // Pairs of taps, then the odd one left (k * k is odd for every odd k).
+                    let mut t = 0;
+                    while t + 2 <= taps {
+                        let (xa, xb) = (vld1q_s8(at(t).add(cb)), vld1q_s8(at(t + 1).add(cb)));
+                        let wa = vld1q_s8(w.add(t * c + cb));
+                        let wb = vld1q_s8(w.add((t + 1) * c + cb));
+                        let pl = vmlal_s8(
+                            vmull_s8(vget_low_s8(xa), vget_low_s8(wa)),
+                            vget_low_s8(xb),
+                            vget_low_s8(wb),
+                        );
+                        let ph = vmlal_high_s8(vmull_high_s8(xa, wa), xb, wb);
+                        a[0] = vaddw_s16(a[0], vget_low_s16(pl));
+                        a[1] = vaddw_high_s16(a[1], pl);
+                        a[2] = vaddw_s16(a[2], vget_low_s16(ph));
+                        a[3] = vaddw_high_s16(a[3], ph);
+                        t += 2;
+                    }
+                    if t < taps {
+                        let xa = vld1q_s8(at(t).add(cb));
+                        let wa = vld1q_s8(w.add(t * c + cb));
+                        let pl = vmull_s8(vget_low_s8(xa), vget_low_s8(wa));
+                        let ph = vmull_high_s8(xa, wa);
+                        a[0] = vaddw_s16(a[0], vget_low_s16(pl));
+                        a[1] = vaddw_high_s16(a[1], pl);
+                        a[2] = vaddw_s16(a[2], vget_low_s16(ph));
+                        a[3] = vaddw_high_s16(a[3], ph);
+                    }
+                    let v01 = vcombine_s16(finish(a[0], cb), finish(a[1], cb + 4));
+                    let v23 = vcombine_s16(finish(a[2], cb + 8), finish(a[3], cb + 12));
+                    let mut v = vcombine_s8(vqmovn_s16(v01), vqmovn_s16(v23));
+                    if let Some(q) = &self.table {
+                        v = look16(q, v);
+                    }
+                    vst1q_s8(out.as_mut_ptr().add(cb), v);
+                    cb += 16;
+                }
+                if cb < c {
+                    // The one block of 8 left (c % 8 == 0).
+                    let f = self.folded.as_ptr().add(cb);
+                    let mut a = [vld1q_s32(f), vld1q_s32(f.add(4))];
+                    let mut t = 0;
+                    while t + 2 <= taps {
+                        let p = vmull_s8(vld1_s8(at(t).add(cb)), vld1_s8(w.add(t * c + cb)));
+                        let p = vmlal_s8(
+                            p,
+                            vld1_s8(at(t + 1).add(cb)),
+                            vld1_s8(w.add((t + 1) * c + cb)),
+                        );
+                        a[0] = vaddw_s16(a[0], vget_low_s16(p));
+                        a[1] = vaddw_high_s16(a[1], p);
+                        t += 2;
+                    }
+                    if t < taps {
+                        let p = vmull_s8(vld1_s8(at(t).add(cb)), vld1_s8(w.add(t * c + cb)));
+                        a[0] = vaddw_s16(a[0], vget_low_s16(p));
+                        a[1] = vaddw_high_s16(a[1], p);
+                    }
+                    let v = vcombine_s16(finish(a[0], cb), finish(a[1], cb + 4));
+                    let n8 = vqmovn_s16(v);
+                    let mut v = vcombine_s8(n8, n8);
+                    if let Some(q) = &self.table {
+                        v = look16(q, v);
+                    }
+                    vst1_s8(out.as_mut_ptr().add(cb), vget_low_s8(v));
+                }
+            }
+        }
+    }
 
     /// `acc[l] += sum_j w[j * step + l] * (x[j * step + l] - zx)` for
     /// `l < L` (16 or 8) and `j < n`, wrapping: SSUBL widens `x - zx`
