@@ -183,7 +183,7 @@ impl<const AVX2: bool> TapMac for DepthwiseTaps<'_, AVX2> {
 #[cfg(target_arch = "aarch64")]
 mod neon {
     use super::DepthwiseShape;
-    use crate::kernels::int8::{Activation, Epilogue, look16, neon_table};
+    use crate::kernels::int8::{Epilogue, NeonEpilogue};
     use core::arch::aarch64::*;
 
     /// Most channels [`Interior`] handles (its folded biases live on the stack).
@@ -197,11 +197,10 @@ mod neon {
     /// int8 x int8 product; two taps' products summed in int16 (each below 2^14 in
     /// magnitude, `|w| <= 127`), then widened into the int32 accumulators (SMULL, SMLAL,
     /// SADDW: 12 instructions per 32 multiply-accumulates, against 20 for the
-    /// subtract-and-widen rows); then the epilogue on the registers, as the fused
-    /// pointwise path does (`requant::neon::requant_i8_high`'s operations, one 16-byte
-    /// table lookup), so the same bits as the generic walk. Taken when the channels are a
-    /// multiple of 8 (blocks of 16, then one of 8), at most [`MAX_C`], and every shift
-    /// exceeds 31 (`high_shift` given, as in every conv layer of the shipped models).
+    /// subtract-and-widen rows); then the epilogue on the registers ([`NeonEpilogue`], as
+    /// the fused pointwise tiles), so the same bits as the generic walk. Taken when the
+    /// channels are a multiple of 8 (blocks of 16, then one of 8), at most [`MAX_C`], and
+    /// the epilogue has a register form.
     pub(super) struct Interior<'a> {
         x: &'a [i8],
         w: &'a [i8],
@@ -210,11 +209,7 @@ mod neon {
         folded: [i32; MAX_C],
         /// Offset of tap `t = ky * k + kx` from the window's first input value.
         offsets: [usize; MAX_TAPS],
-        mult: &'a [i32],
-        high_shift: &'a [i32],
-        zero_point: i32,
-        min: i8,
-        table: Option<[int8x16x4_t; 4]>,
+        epi: NeonEpilogue<'a>,
     }
 
     impl<'a> Interior<'a> {
@@ -228,25 +223,13 @@ mod neon {
             bias: &[i32],
             e: &Epilogue<'a>,
         ) -> Option<Self> {
-            let high_shift = e.high_shift?;
-            let (zero_point, min, table) = match e.activation {
-                Activation::Clamp { zero_point, min } => (zero_point, min, None),
-                Activation::Hardswish {
-                    pre_zero_point,
-                    table,
-                } => (pre_zero_point, i8::MIN, Some(table)),
-                Activation::FloatHardswish { .. } => return None,
-            };
             let c = s.c;
             if !c.is_multiple_of(8) || c > MAX_C || s.k == 0 || s.k * s.k > MAX_TAPS {
                 return None;
             }
+            let epi = NeonEpilogue::new(e, c)?;
             assert!(
-                x.len() >= s.ih * s.iw * c
-                    && w.len() >= s.k * s.k * c
-                    && bias.len() >= c
-                    && e.mult.len() >= c
-                    && high_shift.len() >= c,
+                x.len() >= s.ih * s.iw * c && w.len() >= s.k * s.k * c && bias.len() >= c,
                 "int8 depthwise: a slice is shorter than the shape {s:?}"
             );
             let mut folded = [0i32; MAX_C];
@@ -265,11 +248,7 @@ mod neon {
                 s,
                 folded,
                 offsets,
-                mult: e.mult,
-                high_shift,
-                zero_point,
-                min,
-                table: table.map(neon_table),
+                epi,
             })
         }
 
@@ -311,19 +290,7 @@ mod neon {
                     .add(((oy * s.stride - s.pad) * s.iw + ox * s.stride - s.pad) * c);
                 let at = |t: usize| base.add(*self.offsets.get_unchecked(t));
                 let w = self.w.as_ptr();
-                let zp = vdupq_n_s32(self.zero_point);
-                let lo = vdupq_n_s32(self.min as i32);
-                let finish = |a: int32x4_t, j: usize| {
-                    let m = vld1q_s32(self.mult.as_ptr().add(j));
-                    let sh = vld1q_s32(self.high_shift.as_ptr().add(j));
-                    let v = vqaddq_s32(vrshlq_s32(vqdmulhq_s32(a, m), sh), zp);
-                    let v = if self.min > i8::MIN {
-                        vmaxq_s32(v, lo)
-                    } else {
-                        v
-                    };
-                    vqmovn_s32(v)
-                };
+                let epi = &self.epi;
                 let mut cb = 0;
                 while cb + 16 <= c {
                     let f = self.folded.as_ptr().add(cb);
@@ -361,13 +328,8 @@ mod neon {
                         a[2] = vaddw_s16(a[2], vget_low_s16(ph));
                         a[3] = vaddw_high_s16(a[3], ph);
                     }
-                    let v01 = vcombine_s16(finish(a[0], cb), finish(a[1], cb + 4));
-                    let v23 = vcombine_s16(finish(a[2], cb + 8), finish(a[3], cb + 12));
-                    let mut v = vcombine_s8(vqmovn_s16(v01), vqmovn_s16(v23));
-                    if let Some(q) = &self.table {
-                        v = look16(q, v);
-                    }
-                    vst1q_s8(out.as_mut_ptr().add(cb), v);
+                    let q = core::array::from_fn(|i| epi.quad(a[i], cb + 4 * i));
+                    vst1q_s8(out.as_mut_ptr().add(cb), epi.bytes(q));
                     cb += 16;
                 }
                 if cb < c {
@@ -391,12 +353,9 @@ mod neon {
                         a[0] = vaddw_s16(a[0], vget_low_s16(p));
                         a[1] = vaddw_high_s16(a[1], p);
                     }
-                    let v = vcombine_s16(finish(a[0], cb), finish(a[1], cb + 4));
-                    let n8 = vqmovn_s16(v);
-                    let mut v = vcombine_s8(n8, n8);
-                    if let Some(q) = &self.table {
-                        v = look16(q, v);
-                    }
+                    // Eight outputs: the low half of a 16-byte result built twice over.
+                    let (q0, q1) = (epi.quad(a[0], cb), epi.quad(a[1], cb + 4));
+                    let v = epi.bytes([q0, q1, q0, q1]);
                     vst1_s8(out.as_mut_ptr().add(cb), vget_low_s8(v));
                 }
             }

@@ -315,6 +315,101 @@ fn float_hardswish(acc: &[i32], scale: &[f32], inv_scale: f32, zero_point: i32, 
     }
 }
 
+/// An [`Epilogue`] applied on vector registers (aarch64): the one implementation the fused
+/// paths of the NEON pointwise tiles and depthwise interior pixels share. It performs the
+/// operations of `requant::neon::requant_i8_high` and [`lookup`] in the same order
+/// (SQDMULH, SRSHL by `31 - s`, the zero point added saturating, the ReLU bound, the
+/// saturating narrows, the table), so the same bits as the row path.
+#[cfg(target_arch = "aarch64")]
+pub(crate) struct NeonEpilogue<'a> {
+    mult: &'a [i32],
+    high_shift: &'a [i32],
+    zero_point: core::arch::aarch64::int32x4_t,
+    /// The ReLU's lower bound, if any (the narrows already clamp to `[-128, 127]`).
+    min: Option<core::arch::aarch64::int32x4_t>,
+    table: Option<[core::arch::aarch64::int8x16x4_t; 4]>,
+}
+
+#[cfg(target_arch = "aarch64")]
+impl<'a> NeonEpilogue<'a> {
+    /// The register form of `e` for `channels` output channels, when every shift exceeds 31
+    /// (`high_shift` given, as in every conv layer of the shipped models) and the activation
+    /// is a clamp or a hardswish table; `None` leaves the layer to the row path.
+    ///
+    /// # Panics
+    /// If `e`'s multipliers or shifts hold fewer than `channels` values.
+    #[inline(always)]
+    pub(crate) fn new(e: &Epilogue<'a>, channels: usize) -> Option<Self> {
+        use core::arch::aarch64::*;
+        let high_shift = e.high_shift?;
+        let (zero_point, min, table) = match e.activation {
+            Activation::Clamp { zero_point, min } => (zero_point, min, None),
+            Activation::Hardswish {
+                pre_zero_point,
+                table,
+            } => (pre_zero_point, i8::MIN, Some(table)),
+            Activation::FloatHardswish { .. } => return None,
+        };
+        assert!(
+            e.mult.len() >= channels && high_shift.len() >= channels,
+            "int8 epilogue: fewer multipliers or shifts than the {channels} channels"
+        );
+        // SAFETY: register-only NEON (aarch64 baseline).
+        let (zp, lo) = unsafe { (vdupq_n_s32(zero_point), vdupq_n_s32(min as i32)) };
+        Some(Self {
+            mult: e.mult,
+            high_shift,
+            zero_point: zp,
+            min: (min > i8::MIN).then_some(lo),
+            table: table.map(neon_table),
+        })
+    }
+
+    /// Channels `j..j + 4` of the accumulators `a`, requantized and saturated to `i16`.
+    ///
+    /// # Safety
+    /// `j + 4` is at most the `channels` given to [`NeonEpilogue::new`].
+    #[inline(always)]
+    pub(crate) unsafe fn quad(
+        &self,
+        a: core::arch::aarch64::int32x4_t,
+        j: usize,
+    ) -> core::arch::aarch64::int16x4_t {
+        use core::arch::aarch64::*;
+        // SAFETY: j + 4 values of mult and high_shift exist (the contract and `new`).
+        unsafe {
+            let m = vld1q_s32(self.mult.as_ptr().add(j));
+            let t = vld1q_s32(self.high_shift.as_ptr().add(j));
+            let v = vqaddq_s32(vrshlq_s32(vqdmulhq_s32(a, m), t), self.zero_point);
+            vqmovn_s32(match self.min {
+                Some(lo) => vmaxq_s32(v, lo),
+                None => v,
+            })
+        }
+    }
+
+    /// Sixteen outputs from four [`NeonEpilogue::quad`]s: narrowed to int8, then looked up
+    /// in the hardswish table if there is one.
+    #[inline(always)]
+    pub(crate) fn bytes(
+        &self,
+        q: [core::arch::aarch64::int16x4_t; 4],
+    ) -> core::arch::aarch64::int8x16_t {
+        use core::arch::aarch64::*;
+        // SAFETY: register-only NEON (aarch64 baseline).
+        unsafe {
+            let v = vcombine_s8(
+                vqmovn_s16(vcombine_s16(q[0], q[1])),
+                vqmovn_s16(vcombine_s16(q[2], q[3])),
+            );
+            match &self.table {
+                Some(t) => look16(t, v),
+                None => v,
+            }
+        }
+    }
+}
+
 /// The hardswish table as four 64-byte quarters in registers, for [`look16`].
 #[cfg(target_arch = "aarch64")]
 #[inline(always)]

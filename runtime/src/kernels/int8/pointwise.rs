@@ -231,7 +231,7 @@ pub fn portable(
 #[cfg(target_arch = "aarch64")]
 pub mod neon {
     use super::{DotTile, PointwiseShape, drive};
-    use crate::kernels::int8::{Activation, Epilogue, look16, neon_table};
+    use crate::kernels::int8::{Epilogue, NeonEpilogue};
     use core::arch::aarch64::*;
 
     /// NEON int8 pointwise convolution with the contract of [`super::portable`].
@@ -257,16 +257,13 @@ pub mod neon {
         type Row = crate::kernels::requant::Dispatch;
 
         /// Four pixels at a time, four channels per tile, the epilogue on the tile's
-        /// registers: the 16 sums of a 4x4 tile plus the bias are requantized in 32-bit
-        /// lanes (`requant::neon`'s high form: SQDMULH, then SRSHL by `31 - s`), narrowed
-        /// to one vector of 16 int8 values, looked up in the hardswish table at once, and
-        /// stored 4 bytes per pixel. The generic path stores the sums to a row buffer and
-        /// runs the epilogue over it in a second pass, which for MobileNetV3's small `k`
-        /// costs as much as the dot products. Taken when `n % 4 == 0`, `k % 8 == 0` (the
-        /// tile's sums then come out as one vector per pixel) and every shift exceeds 31
-        /// (`high_shift` given, as in every conv layer of the shipped models); the same
-        /// operations in the same order as `requant::neon::requant_i8_high` and `lookup`,
-        /// so the same bits.
+        /// registers ([`NeonEpilogue`]): the 16 sums of a 4x4 tile plus the bias are
+        /// requantized, narrowed to one vector of 16 int8 values, looked up in the hardswish
+        /// table at once, and stored 4 bytes per pixel. The generic path stores the sums to
+        /// a row buffer and runs the epilogue over it in a second pass, which for
+        /// MobileNetV3's small `k` costs as much as the dot products. Taken when
+        /// `n % 4 == 0`, `k % 8 == 0` (the tile's sums then come out as one vector per pixel)
+        /// and the epilogue has a register form.
         #[inline(always)]
         unsafe fn rows_fused<const MR: usize>(
             x: *const i8,
@@ -277,50 +274,28 @@ pub mod neon {
             out: *mut i8,
         ) -> bool {
             let (k, n) = (s.k, s.n);
-            let Some(t) = e.high_shift else { return false };
-            let (zero_point, min, table) = match e.activation {
-                Activation::Clamp { zero_point, min } => (zero_point, min, None),
-                Activation::Hardswish {
-                    pre_zero_point,
-                    table,
-                } => (pre_zero_point, i8::MIN, Some(table)),
-                Activation::FloatHardswish { .. } => return false,
-            };
             if MR != 4 || n % 4 != 0 || k % 8 != 0 {
                 return false;
             }
+            let Some(epi) = NeonEpilogue::new(e, n) else {
+                return false;
+            };
             assert!(
-                e.mult.len() >= n && t.len() >= n && bias.len() >= n && w.len() >= n * k,
-                "int8 pointwise: epilogue or weights shorter than n"
+                bias.len() >= n && w.len() >= n * k,
+                "int8 pointwise: bias or weights shorter than n"
             );
-            // SAFETY: j + 4 <= n for every load of bias, mult and t and every weight row
-            // j..j + 4 (lengths asserted); the caller guarantees 4 rows of x and out.
-            // NEON is part of every aarch64 target.
+            // SAFETY: j + 4 <= n for every bias load, epilogue quad and weight row j..j + 4
+            // (lengths asserted); the caller guarantees 4 rows of x and out. NEON is part of
+            // every aarch64 target.
             unsafe {
-                let q = table.map(neon_table);
-                let zp = vdupq_n_s32(zero_point);
-                let lo = vdupq_n_s32(min as i32);
                 let mut j = 0;
                 while j < n {
                     let sums = Self::tile::<4, 4>(x, w.as_ptr().add(j * k), k);
                     let b = vld1q_s32(bias.as_ptr().add(j));
-                    let m = vld1q_s32(e.mult.as_ptr().add(j));
-                    let sh = vld1q_s32(t.as_ptr().add(j));
-                    let row = |r: usize| {
-                        let a = vaddq_s32(vld1q_s32(sums[r].as_ptr()), b);
-                        let v = vqaddq_s32(vrshlq_s32(vqdmulhq_s32(a, m), sh), zp);
-                        // Only a fused ReLU's lower bound needs its own step; the
-                        // saturating narrows clamp to [-128, 127].
-                        let v = if min > i8::MIN { vmaxq_s32(v, lo) } else { v };
-                        vqmovn_s32(v)
-                    };
-                    let v01 = vcombine_s16(row(0), row(1));
-                    let v23 = vcombine_s16(row(2), row(3));
-                    let mut v = vcombine_s8(vqmovn_s16(v01), vqmovn_s16(v23));
-                    if let Some(q) = &q {
-                        v = look16(q, v);
-                    }
-                    let v = vreinterpretq_u32_s8(v);
+                    let q = core::array::from_fn(|r| {
+                        epi.quad(vaddq_s32(vld1q_s32(sums[r].as_ptr()), b), j)
+                    });
+                    let v = vreinterpretq_u32_s8(epi.bytes(q));
                     let at = out.add(j);
                     core::ptr::write_unaligned(at.cast::<u32>(), vgetq_lane_u32::<0>(v));
                     core::ptr::write_unaligned(at.add(n).cast::<u32>(), vgetq_lane_u32::<1>(v));
