@@ -10,7 +10,7 @@ use clap::Args;
 
 use crate::cmd::export::{command_line, git_commit};
 use crate::data::cache::Cache;
-use crate::models::mobilenet_v3::{self, Arch, Head, LoadOptions};
+use crate::models::mobilenet_v3::{self, Arch, Head};
 use crate::student_file::{Provenance, Student, StudentMeta};
 
 /// Metadata key the GPU script stores its training settings under.
@@ -50,10 +50,10 @@ pub struct ImportArgs {
     pub output: PathBuf,
 }
 
-/// The file's `derm.torchvision_student` metadata, if any (a JSON object as text).
-pub fn training_metadata(path: &Path) -> Result<Option<serde_json::Value>> {
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
+/// The `derm.torchvision_student` metadata of the safetensors file `bytes` read from `path`,
+/// if any (a JSON object as text).
+pub fn training_metadata(bytes: &[u8], path: &Path) -> Result<Option<serde_json::Value>> {
+    let (_, meta) = safetensors::SafeTensors::read_metadata(bytes)
         .map_err(|e| anyhow::anyhow!("{} is not a valid safetensors file: {e}", path.display()))?;
     let Some(text) = meta
         .metadata()
@@ -74,7 +74,10 @@ pub fn training_metadata(path: &Path) -> Result<Option<serde_json::Value>> {
 /// Builds the student file; returns its metadata.
 pub fn import(a: &ImportArgs) -> Result<StudentMeta> {
     let cache = Cache::open(&a.cache)?;
-    let trained = training_metadata(&a.weights)?;
+    // Read once: the metadata and the tensors come from the same bytes.
+    let bytes = std::fs::read(&a.weights)
+        .with_context(|| format!("cannot read weights {}", a.weights.display()))?;
+    let trained = training_metadata(&bytes, &a.weights)?;
     let size = match (a.input_size, trained.as_ref().and_then(|t| t.get("size"))) {
         (Some(s), _) => s,
         (None, Some(v)) => v
@@ -116,7 +119,13 @@ pub fn import(a: &ImportArgs) -> Result<StudentMeta> {
     meta.std = three(&a.std, "std")?;
     // The seed only fills tensors the strict load below then overwrites, every one of them.
     let mut s = Student::seeded(meta, 0)?;
-    mobilenet_v3::load_torchvision_weights(&mut s.vs, &a.weights, &LoadOptions::default())
+    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| {
+        anyhow::anyhow!(
+            "{} is not a valid safetensors file: {e}",
+            a.weights.display()
+        )
+    })?;
+    mobilenet_v3::load_tensors(&mut s.vs, &st, &[], &a.weights.display().to_string())
         .with_context(|| {
             format!(
                 "{} does not match a mobilenet_v3_{} with the {} head and {} classes (the cache's)",
