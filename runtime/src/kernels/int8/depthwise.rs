@@ -98,22 +98,27 @@ unsafe fn body<R: Row, const AVX2: bool>(
     };
     #[cfg(target_arch = "aarch64")]
     if let Some(fast) = neon::Interior::new(x, s, x_zero_point, w, bias, &e) {
-        // SAFETY: R's features are the caller's contract; `pixel` is only offered output
-        // pixels whose window lies wholly inside the input, its contract.
-        unsafe {
-            super::window::for_each_output_with::<R, _, _>(
-                win,
-                s.c,
-                bias,
-                e,
-                out,
-                &taps,
-                |oy, ox, o| {
-                    fast.pixel(oy, ox, o);
-                    true
-                },
-            )
-        };
+        assert!(
+            out.len() >= s.oh * s.ow * s.c,
+            "int8 depthwise: the output is shorter than {s:?}"
+        );
+        for oy in 0..s.oh {
+            let ky = crate::kernels::depthwise::tap_range(oy, s.stride, s.pad, s.k, s.ih);
+            for ox in 0..s.ow {
+                let kx = crate::kernels::depthwise::tap_range(ox, s.stride, s.pad, s.k, s.iw);
+                let o = &mut out[(oy * s.ow + ox) * s.c..][..s.c];
+                // SAFETY: `pixel` is only given windows wholly inside the input, and
+                // `border` the window's in-bounds tap ranges, their contracts; `o` holds
+                // `c` values.
+                unsafe {
+                    if ky == (0, s.k) && kx == (0, s.k) {
+                        fast.pixel(oy, ox, o);
+                    } else {
+                        fast.border(oy, ox, ky, kx, o);
+                    }
+                }
+            }
+        }
         return;
     }
     // SAFETY: R's features are the caller's contract.
@@ -191,10 +196,11 @@ mod neon {
     /// Most taps (`k * k`) [`Interior`] handles: up to 7x7 kernels.
     const MAX_TAPS: usize = 49;
 
-    /// Output pixels whose window lies wholly inside the input, every channel at once:
-    /// the input zero point folded into the bias (`bias - zx * sum of the channel's k * k
-    /// weights`, which is exact when no tap falls in the padding), so each tap is an
-    /// int8 x int8 product; two taps' products summed in int16 (each below 2^14 in
+    /// Every output pixel, every channel at once: the input zero point folded into the
+    /// bias (`bias - zx * sum of the channel's k * k weights`), so each tap is an
+    /// int8 x int8 product. That is exact for a window wholly inside the input; at the
+    /// border each tap in the padding reads a row of `zx` instead ([`Interior::border`]),
+    /// whose products `zx * w` the folded bias cancels, as padding (real zero) adds nothing; two taps' products summed in int16 (each below 2^14 in
     /// magnitude, `|w| <= 127`), then widened into the int32 accumulators (SMULL, SMLAL,
     /// SADDW: 12 instructions per 32 multiply-accumulates, against 20 for the
     /// subtract-and-widen rows); then the epilogue on the registers ([`NeonEpilogue`], as
@@ -209,6 +215,8 @@ mod neon {
         folded: [i32; MAX_C],
         /// Offset of tap `t = ky * k + kx` from the window's first input value.
         offsets: [usize; MAX_TAPS],
+        /// `c` copies of the input zero point: what a tap in the padding reads.
+        zeros: [i8; MAX_C],
         epi: NeonEpilogue<'a>,
     }
 
@@ -248,8 +256,47 @@ mod neon {
                 s,
                 folded,
                 offsets,
+                zeros: [x_zero_point as i8; MAX_C],
                 epi,
             })
+        }
+
+        /// Output pixel (`oy`, `ox`), all channels, into `out`, for a window partly in
+        /// the padding: its in-bounds kernel rows are `ky.0..ky.1` and columns
+        /// `kx.0..kx.1` (`tap_range`); the other taps read [`Interior::zeros`].
+        ///
+        /// # Safety
+        /// `ky` and `kx` are the window's in-bounds ranges (so every other tap reads an
+        /// input pixel); `out` holds `c` values.
+        #[inline(always)]
+        pub(super) unsafe fn border(
+            &self,
+            oy: usize,
+            ox: usize,
+            ky: (usize, usize),
+            kx: (usize, usize),
+            out: &mut [i8],
+        ) {
+            let s = self.s;
+            let mut ptrs = [self.zeros.as_ptr(); MAX_TAPS];
+            // Input row and column of tap (0, 0) plus the padding (never negative).
+            let (y0, x0) = (oy * s.stride, ox * s.stride);
+            for r in ky.0..ky.1 {
+                for q in kx.0..kx.1 {
+                    let at = ((y0 + r - s.pad) * s.iw + x0 + q - s.pad) * s.c;
+                    // SAFETY: an in-bounds tap (the contract) reads pixel `at / c` of the
+                    // input, which holds `ih * iw * c` values (checked in `new`).
+                    ptrs[r * s.k + q] = unsafe { self.x.as_ptr().add(at) };
+                }
+            }
+            // SAFETY: every pointer is an input pixel or `zeros`, each `c` values long.
+            unsafe {
+                match s.k {
+                    3 => self.taps::<9>(|t| *ptrs.get_unchecked(t), out),
+                    5 => self.taps::<25>(|t| *ptrs.get_unchecked(t), out),
+                    _ => self.taps::<0>(|t| *ptrs.get_unchecked(t), out),
+                }
+            }
         }
 
         /// Output pixel (`oy`, `ox`), all channels, into `out`.
@@ -262,33 +309,35 @@ mod neon {
             // unrolls and the taps' offsets stay in registers across the channel blocks.
             // SAFETY: the caller's contract, passed on.
             unsafe {
-                match self.s.k {
-                    3 => self.pixel_taps::<9>(oy, ox, out),
-                    5 => self.pixel_taps::<25>(oy, ox, out),
-                    _ => self.pixel_taps::<0>(oy, ox, out),
+                let s = self.s;
+                let base = self
+                    .x
+                    .as_ptr()
+                    .add(((oy * s.stride - s.pad) * s.iw + ox * s.stride - s.pad) * s.c);
+                let at = |t: usize| base.add(*self.offsets.get_unchecked(t));
+                match s.k {
+                    3 => self.taps::<9>(at, out),
+                    5 => self.taps::<25>(at, out),
+                    _ => self.taps::<0>(at, out),
                 }
             }
         }
 
-        /// [`Interior::pixel`] for `TAPS = k * k` taps, or any `k` when `TAPS` is 0.
+        /// One output pixel for `TAPS = k * k` taps (or any `k` when `TAPS` is 0), tap `t`
+        /// reading its `c` input values from `at(t)`.
         ///
         /// # Safety
-        /// As [`Interior::pixel`].
+        /// `at(t)` points at `c` readable values for every `t < k * k`; `out` holds `c`.
         #[inline(always)]
-        unsafe fn pixel_taps<const TAPS: usize>(&self, oy: usize, ox: usize, out: &mut [i8]) {
+        unsafe fn taps<const TAPS: usize>(&self, at: impl Fn(usize) -> *const i8, out: &mut [i8]) {
             let s = self.s;
             let c = s.c;
             debug_assert!(out.len() >= c);
             let taps = if TAPS == 0 { s.k * s.k } else { TAPS };
-            // SAFETY: the window lies inside the input (the contract), so every tap reads
-            // channels cb..cb + 16 (or + 8) <= c of an input pixel; weights, folded biases,
-            // multipliers and shifts hold c values (checked in `new`); out holds c values.
+            // SAFETY: every tap reads channels cb..cb + 16 (or + 8) <= c from `at(t)` (the
+            // contract); weights, folded biases, multipliers and shifts hold c values
+            // (checked in `new`); out holds c values.
             unsafe {
-                let base = self
-                    .x
-                    .as_ptr()
-                    .add(((oy * s.stride - s.pad) * s.iw + ox * s.stride - s.pad) * c);
-                let at = |t: usize| base.add(*self.offsets.get_unchecked(t));
                 let w = self.w.as_ptr();
                 let epi = &self.epi;
                 let mut cb = 0;
