@@ -157,6 +157,20 @@ unsafe fn patched<R: Row>(
     #[cfg(not(target_arch = "aarch64"))]
     let vector = false;
     let mut patch = [0i16; PATCH];
+    #[cfg(target_arch = "aarch64")]
+    if vector && cout == 16 && wide.len() == k * 16 && bias.len() >= 16 {
+        use super::{NeonEpilogue, NeonFloatHardswish};
+        if let Some(f) = NeonFloatHardswish::new(&e, 16) {
+            // SAFETY: `vector` is gather3_fits(x, s, zx); wide holds k * 16 weights.
+            unsafe { fused16(x, s, zx, wide, bias, &f, &mut patch, out) };
+            return;
+        }
+        if let Some(f) = NeonEpilogue::new(&e, 16) {
+            // SAFETY: as above.
+            unsafe { fused16(x, s, zx, wide, bias, &f, &mut patch, out) };
+            return;
+        }
+    }
     let mut acc = [0i32; CHUNK];
     for oy in 0..s.oh {
         for ox in 0..s.ow {
@@ -173,6 +187,54 @@ unsafe fn patched<R: Row>(
             unsafe {
                 pixel_chunks::<R, _>(cout, bias, e, &mut acc, &mut out[o..o + cout], &blocks)
             };
+        }
+    }
+}
+
+/// aarch64, 16 output channels (the MobileNetV3 stem): each pixel's accumulators stay in
+/// registers from the biases through the taps ([`neon::mac16`]) and the epilogue `epi`
+/// (the operations of the row path, so the same bits) to one 16-byte store, instead of
+/// going through the chunk row and the row epilogue.
+///
+/// # Safety
+/// `neon::gather3_fits(x, s, zx)` holds; `wide` holds the `kh * kw * cin` taps' 16
+/// widened weights each; `bias` 16 values; `epi` was made for 16 channels.
+#[cfg(target_arch = "aarch64")]
+#[inline(always)]
+#[allow(clippy::too_many_arguments)] // the `patched` locals it shares, all used
+unsafe fn fused16<E: super::QuadEpilogue>(
+    x: &[i8],
+    s: ConvShape,
+    zx: i16,
+    wide: &[i16],
+    bias: &[i32],
+    epi: &E,
+    patch: &mut [i16; PATCH],
+    out: &mut [i8],
+) {
+    use core::arch::aarch64::*;
+    let k = s.kh * s.kw * s.cin;
+    assert!(
+        out.len() >= s.oh * s.ow * 16 && wide.len() >= k * 16 && bias.len() >= 16,
+        "int8 stem: a slice is shorter than the shape {s:?}"
+    );
+    // SAFETY: bias holds 16 values, wide k * 16, out oh * ow * 16 (asserted above); the
+    // gather's contract is this function's; NEON is part of every aarch64 target.
+    unsafe {
+        let b = bias.as_ptr();
+        let init = [
+            vld1q_s32(b),
+            vld1q_s32(b.add(4)),
+            vld1q_s32(b.add(8)),
+            vld1q_s32(b.add(12)),
+        ];
+        for oy in 0..s.oh {
+            for ox in 0..s.ow {
+                gather(x, s, oy, ox, zx, true, patch);
+                let a = neon::mac16(init, wide.as_ptr(), 16, &patch[..k]);
+                let q = core::array::from_fn(|i| epi.quad(a[i], 4 * i));
+                vst1q_s8(out.as_mut_ptr().add((oy * s.ow + ox) * 16), epi.bytes(q));
+            }
         }
     }
 }
@@ -403,12 +465,35 @@ mod neon {
         // SAFETY: the caller's contract bounds every load and store; NEON is
         // part of every aarch64 target.
         unsafe {
-            let mut a = [
+            let a = [
                 vld1q_s32(r),
                 vld1q_s32(r.add(4)),
                 vld1q_s32(r.add(8)),
                 vld1q_s32(r.add(12)),
             ];
+            let a = mac16(a, w, cout, patch);
+            vst1q_s32(r, a[0]);
+            vst1q_s32(r.add(4), a[1]);
+            vst1q_s32(r.add(8), a[2]);
+            vst1q_s32(r.add(12), a[3]);
+        }
+    }
+
+    /// `a[l / 4][l % 4] + sum_t w[t * cout + l] * patch[t]` for `l < 16`, wrapping: the
+    /// body of [`patch16`] on registers.
+    ///
+    /// # Safety
+    /// `w` points at `(patch.len() - 1) * cout + 16` values.
+    #[inline(always)]
+    pub(super) unsafe fn mac16<W: Weights16>(
+        mut a: [int32x4_t; 4],
+        w: *const W,
+        cout: usize,
+        patch: &[i16],
+    ) -> [int32x4_t; 4] {
+        // SAFETY: the caller's contract bounds every load; NEON is part of every aarch64
+        // target.
+        unsafe {
             let k = patch.len();
             let mut t = 0;
             while t + 8 <= k {
@@ -428,10 +513,7 @@ mod neon {
                 tap::<0, W>(&mut a, w.add(t * cout), vdupq_n_s16(patch[t]));
                 t += 1;
             }
-            vst1q_s32(r, a[0]);
-            vst1q_s32(r.add(4), a[1]);
-            vst1q_s32(r.add(8), a[2]);
-            vst1q_s32(r.add(12), a[3]);
+            a
         }
     }
 

@@ -410,6 +410,126 @@ impl<'a> NeonEpilogue<'a> {
     }
 }
 
+/// [`Activation::FloatHardswish`] on vector registers (aarch64): the operations of
+/// [`float_hardswish`] four lanes at a time, each one IEEE `f32` operation as there
+/// (SCVTF rounds to nearest as `as f32` does; the rounding to an integer as explained in
+/// `quad`; the zero point added saturating; the narrows clamp to `[-128, 127]`), so the
+/// same bits as the row path. FMAX and FMIN differ from `clamp` only on a signed zero, which the
+/// rounding step maps to the same integer.
+#[cfg(target_arch = "aarch64")]
+pub(crate) struct NeonFloatHardswish<'a> {
+    scale: &'a [f32],
+    inv_scale: core::arch::aarch64::float32x4_t,
+    zero_point: core::arch::aarch64::int32x4_t,
+}
+
+#[cfg(target_arch = "aarch64")]
+impl<'a> NeonFloatHardswish<'a> {
+    /// The register form of `e` for `channels` output channels, when its activation is
+    /// [`Activation::FloatHardswish`].
+    ///
+    /// # Panics
+    /// If `e` has scales for fewer than `channels` channels.
+    #[inline(always)]
+    pub(crate) fn new(e: &Epilogue<'a>, channels: usize) -> Option<Self> {
+        use core::arch::aarch64::*;
+        let Activation::FloatHardswish {
+            scale,
+            inv_scale,
+            zero_point,
+        } = e.activation
+        else {
+            return None;
+        };
+        assert!(
+            scale.len() >= channels,
+            "int8 epilogue: fewer scales than the {channels} channels"
+        );
+        // SAFETY: register-only NEON (aarch64 baseline).
+        let (inv_scale, zero_point) = unsafe { (vdupq_n_f32(inv_scale), vdupq_n_s32(zero_point)) };
+        Some(Self {
+            scale,
+            inv_scale,
+            zero_point,
+        })
+    }
+}
+
+/// A register epilogue: how the fused NEON paths turn accumulators into int8 outputs
+/// ([`NeonEpilogue`] for the integer requantization, [`NeonFloatHardswish`] for the float
+/// hardswish).
+#[cfg(target_arch = "aarch64")]
+pub(crate) trait QuadEpilogue {
+    /// Channels `j..j + 4` of the accumulators `a`, mapped and saturated to `i16`.
+    ///
+    /// # Safety
+    /// `j + 4` is at most the channels the epilogue was made for.
+    unsafe fn quad(
+        &self,
+        a: core::arch::aarch64::int32x4_t,
+        j: usize,
+    ) -> core::arch::aarch64::int16x4_t;
+
+    /// Sixteen outputs from four [`QuadEpilogue::quad`]s.
+    fn bytes(&self, q: [core::arch::aarch64::int16x4_t; 4]) -> core::arch::aarch64::int8x16_t;
+}
+
+#[cfg(target_arch = "aarch64")]
+impl QuadEpilogue for NeonEpilogue<'_> {
+    #[inline(always)]
+    unsafe fn quad(
+        &self,
+        a: core::arch::aarch64::int32x4_t,
+        j: usize,
+    ) -> core::arch::aarch64::int16x4_t {
+        // SAFETY: the same contract.
+        unsafe { NeonEpilogue::quad(self, a, j) }
+    }
+
+    #[inline(always)]
+    fn bytes(&self, q: [core::arch::aarch64::int16x4_t; 4]) -> core::arch::aarch64::int8x16_t {
+        NeonEpilogue::bytes(self, q)
+    }
+}
+
+#[cfg(target_arch = "aarch64")]
+impl QuadEpilogue for NeonFloatHardswish<'_> {
+    #[inline(always)]
+    unsafe fn quad(
+        &self,
+        a: core::arch::aarch64::int32x4_t,
+        j: usize,
+    ) -> core::arch::aarch64::int16x4_t {
+        use core::arch::aarch64::*;
+        // SAFETY: j + 4 scales exist (the contract and `new`).
+        unsafe {
+            let f = vmulq_f32(vcvtq_f32_s32(a), vld1q_f32(self.scale.as_ptr().add(j)));
+            let r = vminq_f32(
+                vmaxq_f32(vaddq_f32(f, vdupq_n_f32(3.0)), vdupq_n_f32(0.0)),
+                vdupq_n_f32(6.0),
+            );
+            let v = vmulq_f32(vmulq_f32(f, r), self.inv_scale);
+            // FCVTNS rounds to nearest, ties to even, as the row path's magic-number
+            // rounding of the value clamped to [-1024, 1024] does; beyond that range both
+            // saturate to the same output once the zero point is added (|zero point| <=
+            // 128), and a NaN becomes 0 in both. So the clamp and the two additions go.
+            vqmovn_s32(vqaddq_s32(vcvtnq_s32_f32(v), self.zero_point))
+        }
+    }
+
+    #[inline(always)]
+    fn bytes(&self, q: [core::arch::aarch64::int16x4_t; 4]) -> core::arch::aarch64::int8x16_t {
+        use core::arch::aarch64::*;
+        // SAFETY: register-only NEON (aarch64 baseline).
+        unsafe {
+            vcombine_s8(
+                vqmovn_s16(vcombine_s16(q[0], q[1])),
+                vqmovn_s16(vcombine_s16(q[2], q[3])),
+            )
+        }
+    }
+}
+
 /// The hardswish table as four 64-byte quarters in registers, for [`look16`].
 #[cfg(target_arch = "aarch64")]
 #[inline(always)]
