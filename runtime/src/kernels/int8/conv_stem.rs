@@ -228,8 +228,22 @@ unsafe fn fused16<E: super::QuadEpilogue>(
             vld1q_s32(b.add(8)),
             vld1q_s32(b.add(12)),
         ];
+        let mut second = [0i16; PATCH];
         for oy in 0..s.oh {
-            for ox in 0..s.ow {
+            let mut ox = 0;
+            // Two pixels at a time share each tap's weight load.
+            while ox + 2 <= s.ow {
+                gather(x, s, oy, ox, zx, true, patch);
+                gather(x, s, oy, ox + 1, zx, true, &mut second);
+                let (a, b) = neon::mac16x2(init, wide.as_ptr(), &patch[..k], &second[..k]);
+                let o = out.as_mut_ptr().add((oy * s.ow + ox) * 16);
+                let q = core::array::from_fn(|i| epi.quad(a[i], 4 * i));
+                vst1q_s8(o, epi.bytes(q));
+                let q = core::array::from_fn(|i| epi.quad(b[i], 4 * i));
+                vst1q_s8(o.add(16), epi.bytes(q));
+                ox += 2;
+            }
+            if ox < s.ow {
                 gather(x, s, oy, ox, zx, true, patch);
                 let a = neon::mac16(init, wide.as_ptr(), 16, &patch[..k]);
                 let q = core::array::from_fn(|i| epi.quad(a[i], 4 * i));
@@ -514,6 +528,75 @@ mod neon {
                 t += 1;
             }
             a
+        }
+    }
+
+    /// [`mac16`] for two pixels (`pa`, `pb`, the same length) of a 16-channel stem
+    /// (`cout` = 16), from the same accumulators `init`: each tap's weights are loaded once
+    /// for both.
+    ///
+    /// # Safety
+    /// `w` points at `pa.len() * 16` values; `pb.len() == pa.len()`.
+    #[inline(always)]
+    pub(super) unsafe fn mac16x2(
+        init: [int32x4_t; 4],
+        w: *const i16,
+        pa: &[i16],
+        pb: &[i16],
+    ) -> ([int32x4_t; 4], [int32x4_t; 4]) {
+        debug_assert_eq!(pa.len(), pb.len());
+        let (mut a, mut b) = (init, init);
+        // SAFETY: the caller's contract bounds every load of w; the patch loads read
+        // t..t + 8 <= k of both patches; NEON is part of every aarch64 target.
+        unsafe {
+            let k = pa.len().min(pb.len());
+            let mut t = 0;
+            while t + 8 <= k {
+                let p = vld1q_s16(pa.as_ptr().add(t));
+                let q = vld1q_s16(pb.as_ptr().add(t));
+                let wt = w.add(t * 16);
+                tap2::<0>(&mut a, &mut b, wt, p, q);
+                tap2::<1>(&mut a, &mut b, wt.add(16), p, q);
+                tap2::<2>(&mut a, &mut b, wt.add(32), p, q);
+                tap2::<3>(&mut a, &mut b, wt.add(48), p, q);
+                tap2::<4>(&mut a, &mut b, wt.add(64), p, q);
+                tap2::<5>(&mut a, &mut b, wt.add(80), p, q);
+                tap2::<6>(&mut a, &mut b, wt.add(96), p, q);
+                tap2::<7>(&mut a, &mut b, wt.add(112), p, q);
+                t += 8;
+            }
+            while t < k {
+                let (p, q) = (vdupq_n_s16(pa[t]), vdupq_n_s16(pb[t]));
+                tap2::<0>(&mut a, &mut b, w.add(t * 16), p, q);
+                t += 1;
+            }
+        }
+        (a, b)
+    }
+
+    /// `a += w[..16] * p[LANE]` and `b += w[..16] * q[LANE]`, one weight load for both.
+    ///
+    /// # Safety
+    /// `w` points at 16 values.
+    #[inline(always)]
+    unsafe fn tap2<const LANE: i32>(
+        a: &mut [int32x4_t; 4],
+        b: &mut [int32x4_t; 4],
+        w: *const i16,
+        p: int16x8_t,
+        q: int16x8_t,
+    ) {
+        // SAFETY: the caller's contract bounds the load.
+        unsafe {
+            let (wl, wh) = i16::load16(w);
+            a[0] = vmlal_laneq_s16::<LANE>(a[0], vget_low_s16(wl), p);
+            a[1] = vmlal_high_laneq_s16::<LANE>(a[1], wl, p);
+            a[2] = vmlal_laneq_s16::<LANE>(a[2], vget_low_s16(wh), p);
+            a[3] = vmlal_high_laneq_s16::<LANE>(a[3], wh, p);
+            b[0] = vmlal_laneq_s16::<LANE>(b[0], vget_low_s16(wl), q);
+            b[1] = vmlal_high_laneq_s16::<LANE>(b[1], wl, q);
+            b[2] = vmlal_laneq_s16::<LANE>(b[2], vget_low_s16(wh), q);
+            b[3] = vmlal_high_laneq_s16::<LANE>(b[3], wh, q);
         }
     }
 
