@@ -199,6 +199,14 @@ pub mod neon {
         // in input[..p * k] and stores in out[..p * n] (and the residual);
         // see `row_tile`.
         unsafe {
+            if s.p % 7 == 0 && s.p % 8 != 0 {
+                // Tiles of 7 pixels leave registers for 8 input channels per row at once
+                // ([`gemm_tile`]); 224x224 MobileNets' maps (112^2 .. 7^2) all divide by 7.
+                while p0 + 7 <= s.p {
+                    row_tile::<7, A, RES>(input, p0, w, bias, s, out);
+                    p0 += 7;
+                }
+            }
             while p0 + 8 <= s.p {
                 row_tile::<8, A, RES>(input, p0, w, bias, s, out);
                 p0 += 8;
@@ -281,6 +289,40 @@ pub mod neon {
             }
             let mut wp = wp;
             let mut i = 0;
+            if R <= 7 {
+                // Eight input channels per row and step: each row's two vectors come from
+                // one load instruction, and the loop's bookkeeping is shared by 8 steps (7
+                // rows: 14 input, 14 accumulator and 2 weight registers of the 32).
+                while i + 8 <= k {
+                    let mut av = [vdupq_n_f32(0.0); R];
+                    let mut bv = [vdupq_n_f32(0.0); R];
+                    for r in 0..R {
+                        let v = vld1q_f32_x2(rows[r]);
+                        (av[r], bv[r]) = (v.0, v.1);
+                        rows[r] = opaque(rows[r].add(8));
+                    }
+                    macro_rules! step {
+                        ($x:ident, $l:literal, $o:literal) => {
+                            let w0 = vld1q_f32(wp.add(($o + $l) * NR));
+                            let w1 = vld1q_f32(wp.add(($o + $l) * NR + 4));
+                            for r in 0..R {
+                                acc[r][0] = vfmaq_laneq_f32::<$l>(acc[r][0], w0, $x[r]);
+                                acc[r][1] = vfmaq_laneq_f32::<$l>(acc[r][1], w1, $x[r]);
+                            }
+                        };
+                    }
+                    step!(av, 0, 0);
+                    step!(av, 1, 0);
+                    step!(av, 2, 0);
+                    step!(av, 3, 0);
+                    step!(bv, 0, 4);
+                    step!(bv, 1, 4);
+                    step!(bv, 2, 4);
+                    step!(bv, 3, 4);
+                    wp = wp.add(8 * NR);
+                    i += 8;
+                }
+            }
             while i + 4 <= k {
                 let mut av = [vdupq_n_f32(0.0); R];
                 for r in 0..R {
