@@ -341,6 +341,50 @@ fn depthwise_mobilenet_like_shapes() {
     }
 }
 
+#[test]
+fn depthwise_padding_taps_read_no_input() {
+    // A NaN in the first input row reaches only the outputs whose windows hold that row:
+    // padding taps add nothing and read nothing (multiplying some input by a zero weight
+    // for them would turn the bottom rows' outputs into NaN too).
+    let (ih, iw, c) = (6, 9, 8);
+    for (k, s) in [(3, 1), (3, 2), (5, 1), (5, 2)] {
+        let pad = k / 2;
+        let (oh, ow) = ((ih + 2 * pad - k) / s + 1, (iw + 2 * pad - k) / s + 1);
+        let mut x = vec![0.5f32; ih * iw * c];
+        x[..iw * c].fill(f32::NAN);
+        let w = vec![0.25f32; k * k * c];
+        let bias = vec![0.0f32; c];
+        for (name, f) in depthwise_variants() {
+            let mut out = vec![0.0f32; oh * ow * c];
+            f(&x, ih, iw, c, &w, &bias, k, s, pad, oh, ow, Activation::None, &mut out);
+            for oy in 0..oh {
+                // Input row 0 is in the window of output row oy when oy * s <= pad.
+                let holds_row0 = oy * s <= pad;
+                let row = &out[oy * ow * c..(oy + 1) * ow * c];
+                assert_eq!(
+                    row.iter().all(|v| v.is_nan()),
+                    holds_row0,
+                    "depthwise {name} k={k} s={s}: output row {oy}"
+                );
+                assert!(holds_row0 || row.iter().all(|v| v.is_finite()));
+            }
+        }
+    }
+}
+
+#[test]
+fn depthwise_wide_rows() {
+    // Rows wide enough for the NEON kernel's middle groups of 8 pixels, with each
+    // remainder (1-7 pixels) and each count of padding columns at the row's end, at both
+    // strides and kernel sizes.
+    let mut rng = Rng(5);
+    for iw in [17, 19, 21, 22, 23, 28, 31, 34, 41] {
+        for (k, s) in [(3, 1), (3, 2), (5, 1), (5, 2)] {
+            depthwise_case(&mut rng, 5, iw, 8, k, s, k / 2);
+        }
+    }
+}
+
 // ---------------------------------------------------------------- stem
 
 type StemFn = fn(

@@ -75,14 +75,14 @@ pub(crate) fn tap_range(
 
 /// NEON depthwise kernel for aarch64.
 ///
-/// For each output row and block of 4 channels the `k * k` weight vectors are loaded once into
-/// registers (9 or 25 of the 32); `PX` neighbouring output pixels are then computed together so the
-/// input vectors they share are loaded once (8/4 pixels for 3x3 stride 1/2, 4 for 5x5, with a
-/// 2-pixel tail). Taps in the padding rows get zero weights and a clamped (valid) row pointer, so
-/// every row takes the unrolled path; pixels whose taps leave the row on the left or right use the
-/// same unrolled code with a compile-time column range. Zero-weight taps multiply real (finite)
-/// activations, so a non-finite input next to the border can turn a padded output into NaN where
-/// PyTorch would not look at it; activations are finite in practice.
+/// Each output row goes in groups of up to 8 pixels per block of 4 channels (`rows`,
+/// `RowPlan`, `group`): the group's accumulators stay in registers over the kernel rows
+/// inside the input, each input column is loaded once for all the group's pixels, and the
+/// columns in the padding are left out at compile time (each group knows how many of its
+/// columns fall before and after the input). 3x3 kernels keep their 9 weight vectors in
+/// registers for the whole row; 5x5 kernels load each kernel row's 5 (25 beside 8
+/// accumulators would spill). Kernel rows in the padding are skipped, so padded taps are
+/// never multiplied.
 #[cfg(target_arch = "aarch64")]
 pub mod neon {
     use super::super::Activation;
@@ -141,10 +141,10 @@ pub mod neon {
             act,
         };
         match (k, stride) {
-            (3, 1) => rows::<3, 9, 1, 8>(input, w, bias, &g, out),
-            (3, 2) => rows::<3, 9, 2, 4>(input, w, bias, &g, out),
-            (5, 1) => rows::<5, 25, 1, 4>(input, w, bias, &g, out),
-            (5, 2) => rows::<5, 25, 2, 4>(input, w, bias, &g, out),
+            (3, 1) => rows::<3, 1>(input, w, bias, &g, out),
+            (3, 2) => rows::<3, 2>(input, w, bias, &g, out),
+            (5, 1) => rows::<5, 1>(input, w, bias, &g, out),
+            (5, 2) => rows::<5, 2>(input, w, bias, &g, out),
             _ => {
                 for oy in 0..oh {
                     for ox in 0..ow {
@@ -168,10 +168,19 @@ pub mod neon {
         act: Activation,
     }
 
-    /// All output rows of a `K x K` (`KK` taps), stride `S` layer (inlined for constant
-    /// shapes, see [`depthwise`]).
+    /// All output rows of a `K x K`, stride `S` layer (inlined for constant shapes, see
+    /// [`depthwise`]).
+    ///
+    /// Each output row goes in groups of up to 8 pixels (4 at stride 2) ([`group`]) per block of 4
+    /// channels: the group's accumulators stay in registers over the kernel rows inside the
+    /// input (rows in the padding are skipped, not multiplied by zero), each kernel row
+    /// loads its `K` weight vectors and each input column once for all the group's pixels.
+    /// Columns in the padding are left out at compile time: a group knows how many of its
+    /// columns fall before the input (`LEAD`) and after it (`TRAIL`). With 8 accumulators,
+    /// `K` weights and a streamed input column, nothing spills (the earlier form kept all
+    /// `K * K` weights in registers and spilled at 5x5).
     #[inline(always)]
-    fn rows<const K: usize, const KK: usize, const S: usize, const PX: usize>(
+    fn rows<const K: usize, const S: usize>(
         input: &[f32],
         w: &[f32],
         bias: &[f32],
@@ -179,102 +188,52 @@ pub mod neon {
         out: &mut [f32],
     ) {
         let c = g.c;
-        if g.ih == 0 || g.iw == 0 {
-            // Every tap is padding: the output is act(bias).
-            for ox in 0..g.oh * g.ow {
-                pixel(input, w, bias, g, ox / g.ow, ox % g.ow, 0, out);
+        let c4 = c - c % 4;
+        if g.pad > 2 {
+            // Wider padding than the groups take (MobileNets pad 1 or 2): pixel by pixel.
+            for oy in 0..g.oh {
+                for ox in 0..g.ow {
+                    pixel(input, w, bias, g, oy, ox, 0, out);
+                }
             }
             return;
         }
-        // Output columns whose K taps all lie inside the row.
-        let ox_lo = g.pad.div_ceil(S).min(g.ow);
-        let ox_hi = if g.iw + g.pad >= K {
-            ((g.iw + g.pad - K) / S + 1).min(g.ow)
-        } else {
-            0
-        }
-        .max(ox_lo);
-        let c4 = c - c % 4;
+        let plan = RowPlan::new::<K, S>(g);
         for oy in 0..g.oh {
             let (ky0, ky1) = tap_range(oy, S, g.pad, K, g.ih);
-            // Padding rows read a valid row (any) with zero weights.
-            let full = ky0 == 0 && ky1 == K;
-            let mut row_off = [0usize; 5];
-            let mut row_mask = [1.0f32; 5];
-            for ky in 0..K {
-                let valid = ky >= ky0 && ky < ky1;
-                row_off[ky] = if valid {
-                    (oy * S + ky - g.pad) * g.iw * c
-                } else {
-                    0
-                };
-                row_mask[ky] = if valid { 1.0 } else { 0.0 };
-            }
             let mut cb = 0;
             while cb < c4 {
-                // SAFETY: cb + 4 <= c; tap t < K * K reads w[t * c + cb..+4],
-                // below K * K * c; bias below c (lengths asserted).
-                let (mut wv, bv) = unsafe {
-                    let mut wv = [vdupq_n_f32(0.0); KK];
-                    for (t, v) in wv.iter_mut().enumerate() {
-                        *v = vld1q_f32(w.as_ptr().add(t * c + cb));
-                    }
-                    (wv, vld1q_f32(bias.as_ptr().add(cb)))
+                // SAFETY: cb + 4 <= c bounds the bias read and, for 3x3 kernels, the
+                // weight reads below 9 * c (lengths asserted).
+                let (bv, w3) = unsafe {
+                    let bv = vld1q_f32(bias.as_ptr().add(cb));
+                    let w3 = if K == 3 {
+                        core::array::from_fn(|ky| {
+                            core::array::from_fn(|kx| {
+                                vld1q_f32(w.as_ptr().add((ky * 3 + kx) * c + cb))
+                            })
+                        })
+                    } else {
+                        [[vdupq_n_f32(0.0); 3]; 3]
+                    };
+                    (bv, w3)
                 };
-                if !full {
-                    for (t, v) in wv.iter_mut().enumerate() {
-                        // SAFETY: register-only NEON multiply (aarch64 baseline).
-                        *v = unsafe { vmulq_n_f32(*v, row_mask[t / K]) };
-                    }
-                }
-                let ctx = Ctx {
-                    input: input.as_ptr(),
-                    row_off,
-                    wv,
-                    bv,
+                let at = GroupAt {
+                    input,
+                    w,
+                    bias,
                     g,
+                    oy,
+                    ky: (ky0, ky1),
                     cb,
+                    bv,
+                    w3,
+                    out: out.as_mut_ptr(),
                 };
-                let orow = (oy * g.ow) * c + cb;
-                // SAFETY (all calls below): rows in row_off are valid input
-                // rows; for pixel ox the columns read are the tap columns
-                // KX0..KX1 of that pixel, which lie inside 0..iw (interior
-                // pixels: ox_lo <= ox, ox + PX <= ox_hi; border pixels: the
-                // dispatch computes KX0/KX1 with tap_range); cb + 4 <= c; the
-                // output pixels are in row oy, below ow.
-                let o = out.as_mut_ptr();
-                for ox in (0..ox_lo).chain(ox_hi..g.ow) {
-                    let (kx0, kx1) = tap_range(ox, S, g.pad, K, g.iw);
-                    let at = unsafe { o.add(orow + ox * c) };
-                    let col0 = (ox * S) as isize - g.pad as isize;
-                    macro_rules! border {
-                        ($($a:literal, $b:literal);*) => {
-                            match (kx0, kx1) {
-                                $( ($a, $b) if $b <= K => unsafe { block::<K, KK, S, 1, $a, $b>(&ctx, col0, at) }, )*
-                                _ => pixel_block(input, w, bias, g, oy, ox, cb, o),
-                            }
-                        };
-                    }
-                    border!(1, 3; 2, 3; 0, 2; 0, 1; 1, 5; 2, 5; 0, 4; 0, 3; 1, 4; 2, 4; 1, 2);
-                }
-                let mut ox = ox_lo;
-                while ox + PX <= ox_hi {
-                    let col0 = (ox * S) as isize - g.pad as isize;
-                    unsafe { block::<K, KK, S, PX, 0, K>(&ctx, col0, o.add(orow + ox * c)) };
-                    ox += PX;
-                }
-                // Narrow rows (7x7 maps leave 3 interior columns for 5x5)
-                // still get a two-pixel block.
-                if PX > 2 && ox + 2 <= ox_hi {
-                    let col0 = (ox * S) as isize - g.pad as isize;
-                    unsafe { block::<K, KK, S, 2, 0, K>(&ctx, col0, o.add(orow + ox * c)) };
-                    ox += 2;
-                }
-                while ox < ox_hi {
-                    let col0 = (ox * S) as isize - g.pad as isize;
-                    unsafe { block::<K, KK, S, 1, 0, K>(&ctx, col0, o.add(orow + ox * c)) };
-                    ox += 1;
-                }
+                // SAFETY: the plan's groups cover columns 0..ow once each with the
+                // LEAD/TRAIL counts of their own columns (`RowPlan::new`); kernel rows
+                // ky0..ky1 are inside the input (tap_range); cb + 4 <= c.
+                unsafe { plan.run::<K, S>(&at) };
                 cb += 4;
             }
             if c4 < c {
@@ -285,64 +244,249 @@ pub mod neon {
         }
     }
 
-    /// What the unrolled block needs for one row and channel block.
-    struct Ctx<'a, const KK: usize> {
-        input: *const f32,
-        /// Offset of each tap row (a valid row; padding rows have zero weights).
-        row_off: [usize; 5],
-        wv: [float32x4_t; KK],
-        bv: float32x4_t,
-        g: &'a Geom,
-        cb: usize,
+    /// Pixels per [`group`].
+    const fn group_len<const S: usize>() -> usize {
+        if S == 1 { 8 } else { GROUP_S2 }
     }
 
-    /// `PX` neighbouring output pixels, channels `cb..cb + 4`, using tap
-    /// columns `KX0..KX1` only. `col0` is the input column of tap 0 of the
-    /// first pixel (may be negative when `KX0 > 0`).
-    ///
-    /// # Safety
-    /// For every pixel `px` and tap column `kx` in `KX0..KX1`, input column
-    /// `col0 + px * S + kx` lies in `0..iw`; `out` has room for `PX` pixels.
-    #[inline(always)]
-    unsafe fn block<
-        const K: usize,
-        const KK: usize,
-        const S: usize,
-        const PX: usize,
-        const KX0: usize,
-        const KX1: usize,
-    >(
-        x: &Ctx<'_, KK>,
-        col0: isize,
-        out: *mut f32,
-    ) {
-        let c = x.g.c;
-        // SAFETY: see the function contract; only columns the pixels' valid
-        // taps touch are loaded.
-        unsafe {
-            let mut acc = [x.bv; PX];
-            for ky in 0..K {
-                let row = x.input.add(x.row_off[ky] + x.cb);
-                for col in KX0..(PX - 1) * S + KX1 {
-                    let mut used = false;
-                    for px in 0..PX {
-                        if col >= px * S + KX0 && col < px * S + KX1 {
-                            used = true;
+    /// Pixels per [`group`] at stride 2.
+    const GROUP_S2: usize = 8;
+
+    /// How one output row splits into [`group`]s: the first (`first` pixels, from column 0,
+    /// with `lead` columns before the input and `first_trail` after it), `middle` full
+    /// groups, a shorter one of `rem` pixels, then the `tail` pixels: those whose windows
+    /// reach past the input (`trail` columns), joined by the short group's when they fit one
+    /// group. Only the first and the tail touch the padding. Computed
+    /// once per layer from the shape alone, so after inlining into a generated layer
+    /// (constant shape) each dispatch in [`RowPlan::run`] folds to one call.
+    struct RowPlan {
+        first: usize,
+        lead: usize,
+        first_trail: usize,
+        middle: usize,
+        rem: usize,
+        tail: usize,
+        trail: usize,
+    }
+
+    impl RowPlan {
+        /// The plan for `g` (padding at most 2, so only the first group starts before the
+        /// input: it holds at least the first `ceil(pad / S)` pixels).
+        #[inline(always)]
+        fn new<const K: usize, const S: usize>(g: &Geom) -> Self {
+            let (ow, iw, pad) = (g.ow, g.iw, g.pad);
+            let n = group_len::<S>();
+            // Pixels ox < ox_hi have no window column past the input.
+            let ox_lo = pad.div_ceil(S).min(ow);
+            let ox_hi = if iw + pad >= K {
+                ((iw + pad - K) / S + 1).min(ow)
+            } else {
+                0
+            }
+            .max(ox_lo);
+            // Columns of pixels ox..ox + px: ox * S - pad ..= (ox + px - 1) * S - pad + K - 1.
+            let trail_of = |ox: usize, px: usize| {
+                if px == 0 {
+                    0
+                } else {
+                    ((ox + px - 1) * S + K).saturating_sub(pad + iw)
+                }
+            };
+            let first = if ow <= n { ow } else { n.min(ox_hi).max(1) };
+            let mut ox = first;
+            let middle = ox_hi.saturating_sub(ox) / n;
+            ox += middle * n;
+            let mut rem = ox_hi.saturating_sub(ox);
+            if rem + (ow - ox) <= n {
+                // The short group and the border pixels fit one group.
+                rem = 0;
+            }
+            ox += rem;
+            let tail = ow - ox;
+            Self {
+                first,
+                lead: pad,
+                first_trail: trail_of(0, first),
+                middle,
+                rem,
+                tail,
+                trail: trail_of(ox, tail),
+            }
+        }
+
+        /// Every group of one output row and channel block.
+        ///
+        /// # Safety
+        /// As [`group`] for each group, which the plan's counts guarantee for `at`'s row.
+        #[inline(always)]
+        unsafe fn run<const K: usize, const S: usize>(&self, at: &GroupAt<'_>) {
+            // SAFETY: each group gets the LEAD/TRAIL counts of its own columns.
+            unsafe {
+                macro_rules! go {
+                    ($ox:expr, $px:expr, $lead:expr, $trail:expr) => {
+                        go!(@px $ox, $px, $lead, $trail; 1 2 3 4 5 6 7 8)
+                    };
+                    (@px $ox:expr, $px:expr, $lead:expr, $trail:expr; $($p:literal)*) => {
+                        match $px {
+                            $( $p => go!(@lt $ox, $p, $lead, $trail), )*
+                            _ => at.slow($ox, $px),
                         }
-                    }
-                    if !used {
-                        continue;
-                    }
-                    let v = vld1q_f32(row.offset((col0 + col as isize) * c as isize));
-                    for (px, a) in acc.iter_mut().enumerate() {
-                        if col >= px * S + KX0 && col < px * S + KX1 {
-                            *a = vfmaq_f32(*a, v, x.wv[ky * K + col - px * S]);
+                    };
+                    (@lt $ox:expr, $p:literal, $lead:expr, $trail:expr) => {
+                        match ($lead, $trail) {
+                            (0, 0) => group::<K, S, $p, 0, 0>(at, $ox),
+                            (0, 1) => group::<K, S, $p, 0, 1>(at, $ox),
+                            (0, 2) => group::<K, S, $p, 0, 2>(at, $ox),
+                            (1, 0) => group::<K, S, $p, 1, 0>(at, $ox),
+                            (1, 1) => group::<K, S, $p, 1, 1>(at, $ox),
+                            (1, 2) => group::<K, S, $p, 1, 2>(at, $ox),
+                            (2, 0) => group::<K, S, $p, 2, 0>(at, $ox),
+                            (2, 1) => group::<K, S, $p, 2, 1>(at, $ox),
+                            (2, 2) => group::<K, S, $p, 2, 2>(at, $ox),
+                            _ => at.slow($ox, $p),
                         }
+                    };
+                }
+                if self.first == 0 {
+                    return;
+                }
+                go!(0, self.first, self.lead, self.first_trail);
+                let mut ox = self.first;
+                for _ in 0..self.middle {
+                    if S == 1 {
+                        group::<K, S, 8, 0, 0>(at, ox);
+                    } else {
+                        group::<K, S, GROUP_S2, 0, 0>(at, ox);
                     }
+                    ox += group_len::<S>();
+                }
+                if self.rem > 0 {
+                    go!(ox, self.rem, 0, 0);
+                    ox += self.rem;
+                }
+                if self.tail > 0 {
+                    go!(ox, self.tail, 0, self.trail);
                 }
             }
+        }
+    }
+
+    /// One output row and channel block: what every [`group`] of it shares.
+    struct GroupAt<'a> {
+        input: &'a [f32],
+        w: &'a [f32],
+        bias: &'a [f32],
+        g: &'a Geom,
+        oy: usize,
+        /// Kernel rows inside the input.
+        ky: (usize, usize),
+        cb: usize,
+        bv: float32x4_t,
+        /// For 3x3 kernels: the channel block's nine weight vectors, `[ky][kx]`.
+        w3: [[float32x4_t; 3]; 3],
+        out: *mut f32,
+    }
+
+    impl GroupAt<'_> {
+        /// Pixels `ox..ox + px` one by one (shapes whose padding exceeds what [`group`]
+        /// takes).
+        #[inline(never)]
+        fn slow(&self, ox: usize, px: usize) {
+            for x in ox..ox + px {
+                pixel_block(
+                    self.input, self.w, self.bias, self.g, self.oy, x, self.cb, self.out,
+                );
+            }
+        }
+    }
+
+    /// Output pixels `ox..ox + PX` of row `at.oy`, channels `at.cb..at.cb + 4`: kernel rows
+    /// `at.ky`, input columns `ox * S - pad + j` for `j` in `LEAD..(PX - 1) * S + K - TRAIL`
+    /// (the others are padding), each loaded once and multiplied into every pixel whose
+    /// window holds it.
+    ///
+    /// # Safety
+    /// Columns `LEAD..(PX - 1) * S + K - TRAIL` of the group are inside `0..iw` and the others
+    /// outside; kernel rows `at.ky` are inside the input; `at.cb + 4 <= c`;
+    /// `ox + PX <= ow`.
+    #[inline(always)]
+    unsafe fn group<
+        const K: usize,
+        const S: usize,
+        const PX: usize,
+        const LEAD: usize,
+        const TRAIL: usize,
+    >(
+        at: &GroupAt<'_>,
+        ox: usize,
+    ) {
+        let g = at.g;
+        let c = g.c;
+        let cols = (PX - 1) * S + K;
+        debug_assert!(
+            cols <= 19,
+            "depthwise group: more columns than `columns!` lists"
+        );
+        // SAFETY: the contract keeps every load inside the input and the weights, and the
+        // stores inside the output row.
+        unsafe {
+            let mut acc = [at.bv; PX];
+            // Column j of kernel row ky is input (oy * S - pad + ky, ox * S - pad + j);
+            // `base` is its column 0 offset by +pad so that it is never negative.
+            let col = (ox * S + LEAD) as isize - g.pad as isize;
+            // Kernel row ky's taps into the accumulators.
+            let mut row_taps = |ky: usize, wr: &[float32x4_t; K]| {
+                let iy = at.oy * S + ky - g.pad;
+                // Column LEAD of this kernel row: inside the input (the contract).
+                let row = at
+                    .input
+                    .as_ptr()
+                    .add((iy * g.iw) * c + at.cb)
+                    .offset(col * c as isize);
+                // Columns LEAD..cols - TRAIL, written out (at most 19: 8 pixels, stride 2,
+                // 5x5) so that every one is straight-line code with constant indices: as a
+                // loop, the compiler left groups of 7 or more stride-2 pixels rolled, with
+                // the accumulators in memory (4-5x the instructions).
+                macro_rules! columns {
+                    ($($j:literal)*) => {$(
+                        if $j >= LEAD && $j < cols - TRAIL {
+                            let x = vld1q_f32(row.add(($j - LEAD) * c));
+                            // The pixels whose window holds column j, by their tap
+                            // kx = j - px * S.
+                            for (kx, wv) in wr.iter().enumerate() {
+                                if $j >= kx && ($j - kx) % S == 0 && ($j - kx) / S < PX {
+                                    let a = &mut acc[($j - kx) / S];
+                                    *a = vfmaq_f32(*a, x, *wv);
+                                }
+                            }
+                        }
+                    )*};
+                }
+                columns!(0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18);
+            };
+            if K == 3 {
+                // 3x3: the nine weight vectors stay in registers for the whole row
+                // (`GroupAt::w3`); the kernel rows are unrolled, each skipped if in the
+                // padding.
+                for ky in 0..K {
+                    if ky >= at.ky.0 && ky < at.ky.1 {
+                        let wr: [float32x4_t; K] = core::array::from_fn(|kx| at.w3[ky][kx]);
+                        row_taps(ky, &wr);
+                    }
+                }
+            } else {
+                // 5x5: 25 weight vectors beside 8 accumulators would spill, so each kernel
+                // row loads its own 5.
+                for ky in at.ky.0..at.ky.1 {
+                    let wr: [float32x4_t; K] = core::array::from_fn(|kx| {
+                        vld1q_f32(at.w.as_ptr().add((ky * K + kx) * c + at.cb))
+                    });
+                    row_taps(ky, &wr);
+                }
+            }
+            let o = at.out.add((at.oy * g.ow + ox) * c + at.cb);
             for (px, a) in acc.iter().enumerate() {
-                vst1q_f32(out.add(px * c), activate(x.g.act, *a));
+                vst1q_f32(o.add(px * c), activate(g.act, *a));
             }
         }
     }

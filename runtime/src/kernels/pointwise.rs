@@ -199,7 +199,7 @@ pub mod neon {
         // in input[..p * k] and stores in out[..p * n] (and the residual);
         // see `row_tile`.
         unsafe {
-            if s.p % 7 == 0 {
+            if s.p.is_multiple_of(7) {
                 // Tiles of 7 pixels leave registers for 8 input channels per row at once
                 // ([`gemm_tile`]); 224x224 MobileNets' maps (112^2 .. 7^2) all divide by 7.
                 while p0 + 7 <= s.p {
