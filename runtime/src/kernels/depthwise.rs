@@ -297,7 +297,7 @@ pub mod neon {
             let middle = ox_hi.saturating_sub(ox) / n;
             ox += middle * n;
             let mut rem = ox_hi.saturating_sub(ox);
-            if rem + (ow - ox) <= n {
+            if ow - ox <= n {
                 // The short group and the border pixels fit one group.
                 rem = 0;
             }
