@@ -356,7 +356,21 @@ fn depthwise_padding_taps_read_no_input() {
         let bias = vec![0.0f32; c];
         for (name, f) in depthwise_variants() {
             let mut out = vec![0.0f32; oh * ow * c];
-            f(&x, ih, iw, c, &w, &bias, k, s, pad, oh, ow, Activation::None, &mut out);
+            f(
+                &x,
+                ih,
+                iw,
+                c,
+                &w,
+                &bias,
+                k,
+                s,
+                pad,
+                oh,
+                ow,
+                Activation::None,
+                &mut out,
+            );
             for oy in 0..oh {
                 // Input row 0 is in the window of output row oy when oy * s <= pad.
                 let holds_row0 = oy * s <= pad;
@@ -479,6 +493,10 @@ fn conv_stem_random_shapes_with_tails() {
     for (ih, iw) in [(224, 224), (17, 17), (9, 12), (1, 1), (2, 3)] {
         stem_case(&mut rng, ih, iw, 3, 16, 3, 2, 1);
     }
+    // Two blocks of 16 channels, and one with a 4-channel tail, through the first row and
+    // column (whose windows start in the padding).
+    stem_case(&mut rng, 17, 18, 3, 32, 3, 2, 1);
+    stem_case(&mut rng, 16, 17, 3, 20, 3, 2, 1);
     for _ in 0..30 {
         let kk = [1, 3, 5][rng.range(0, 2)];
         let stride = rng.range(1, 2);

@@ -149,34 +149,36 @@ pub mod neon {
         }
         .max(ox_lo);
         let c16 = cout - cout % 16;
+        // MobileNet's stem (3x3, stride 2, pad 1, RGB) has the `rgb3x3s2` groups, which also
+        // take the first output row and column (their padding taps are left out).
+        let rgb3x3 = kh == 3 && kw == 3 && cin == 3 && stride == 2 && pad == 1;
         for oy in 0..oh {
             let (ky0, ky1) = tap_range(oy, stride, pad, kh, ih);
-            if ky0 != 0 || ky1 != kh {
+            let full = ky0 == 0 && ky1 == kh;
+            let top = rgb3x3 && oy == 0 && ky0 == 1 && ky1 == 3;
+            if !full && !top {
                 for ox in 0..ow {
                     pixel(input, w, bias, &g, oy, ox, 0, out);
                 }
                 continue;
             }
-            for ox in (0..ox_lo).chain(ox_hi..ow) {
-                pixel(input, w, bias, &g, oy, ox, 0, out);
-            }
             // Groups of four interior pixels; the last group is moved left to
             // end at ox_hi (recomputing a few pixels with identical results)
             // instead of leaving up to three pixels to the slow path.
             macro_rules! group {
-                ($ox:expr) => {{
+                ($ox:expr, $top:expr, $left:expr) => {{
                     let ox = $ox;
                     let mut cb = 0;
-                    // MobileNet's stem (3x3, stride 2, RGB): the unrolled kernel
-                    // reads 10 values past each group's first tap column, so the
-                    // group must end inside the input slice.
-                    let rgb3x3 = kh == 3 && kw == 3 && cin == 3 && stride == 2 && pad == 1;
+                    // The unrolled kernel reads 10 values past each group's first tap
+                    // column, so the group must end inside the input slice.
                     if rgb3x3 && 2 * ih * iw + (oy * 2 + 1) * iw + ox * 2 + 10 <= input.len() {
                         while cb < c16 {
-                            // SAFETY: rows oy * 2 - 1..oy * 2 + 2 are inside (full
-                            // tap range), the group's reads end inside input (the
-                            // check above), cb + 16 <= cout bounds weights, bias
-                            // and the four output pixels (ox + 4 <= ox_hi <= ow).
+                            // SAFETY: rows oy * 2 - 1..oy * 2 + 2 are inside, or the first
+                            // is padding and `top` leaves it out; columns ox * 2 - 1.. are
+                            // inside, or column -1 is padding and `left` leaves it out; the
+                            // group's reads end inside input (the check above); cb + 16 <=
+                            // cout bounds weights, bias and the four output pixels
+                            // (ox + 4 <= ow).
                             unsafe {
                                 let args = (
                                     input.as_ptr(),
@@ -188,48 +190,83 @@ pub mod neon {
                                     cb,
                                     out.as_mut_ptr(),
                                 );
+                                macro_rules! edges {
+                                    ($a:literal) => {
+                                        match ($top, $left) {
+                                            (false, false) => rgb3x3s2::<$a, false, false>(args),
+                                            (false, true) => rgb3x3s2::<$a, false, true>(args),
+                                            (true, false) => rgb3x3s2::<$a, true, false>(args),
+                                            (true, true) => rgb3x3s2::<$a, true, true>(args),
+                                        }
+                                    };
+                                }
                                 match act {
-                                    Activation::None => rgb3x3s2::<0>(args),
-                                    Activation::Relu => rgb3x3s2::<1>(args),
-                                    Activation::Hardswish => rgb3x3s2::<2>(args),
+                                    Activation::None => edges!(0),
+                                    Activation::Relu => edges!(1),
+                                    Activation::Hardswish => edges!(2),
                                 }
                             }
                             cb += 16;
                         }
                     }
-                    while cb < c16 {
-                        // SAFETY: rows oy * stride - pad + ky (< kh) are inside
-                        // (full tap range) and columns of pixels ox..ox + 4 are
-                        // inside because ox + 4 <= ox_hi; cb + 16 <= cout keeps
-                        // weight, bias and output reads in bounds.
-                        unsafe {
-                            four_pixels(
-                                input.as_ptr(),
-                                w.as_ptr(),
-                                bias.as_ptr(),
-                                &g,
-                                oy,
-                                ox,
-                                cb,
-                                out.as_mut_ptr(),
-                            )
-                        };
-                        cb += 16;
-                    }
-                    if c16 < cout {
-                        for px in ox..ox + 4 {
-                            pixel(input, w, bias, &g, oy, px, c16, out);
+                    if $top || $left {
+                        // Edge groups only take the rgb3x3s2 form; anything it left goes
+                        // pixel by pixel.
+                        if cb < cout {
+                            for px in ox..ox + 4 {
+                                pixel(input, w, bias, &g, oy, px, cb, out);
+                            }
+                        }
+                    } else {
+                        while cb < c16 {
+                            // SAFETY: rows oy * stride - pad + ky (< kh) are inside
+                            // (full tap range) and columns of pixels ox..ox + 4 are
+                            // inside because ox + 4 <= ox_hi; cb + 16 <= cout keeps
+                            // weight, bias and output reads in bounds.
+                            unsafe {
+                                four_pixels(
+                                    input.as_ptr(),
+                                    w.as_ptr(),
+                                    bias.as_ptr(),
+                                    &g,
+                                    oy,
+                                    ox,
+                                    cb,
+                                    out.as_mut_ptr(),
+                                )
+                            };
+                            cb += 16;
+                        }
+                        if c16 < cout {
+                            for px in ox..ox + 4 {
+                                pixel(input, w, bias, &g, oy, px, c16, out);
+                            }
                         }
                     }
                 }};
             }
-            let mut ox = ox_lo;
+            // The first output column (its window starts in the padding) joins the first
+            // group when the rgb3x3s2 form applies.
+            let left = rgb3x3 && ox_lo == 1 && ox_hi >= 4;
+            let start = if left {
+                group!(0, top, true);
+                4
+            } else {
+                for ox in 0..ox_lo {
+                    pixel(input, w, bias, &g, oy, ox, 0, out);
+                }
+                ox_lo
+            };
+            for ox in ox_hi..ow {
+                pixel(input, w, bias, &g, oy, ox, 0, out);
+            }
+            let mut ox = start;
             while ox + 4 <= ox_hi {
-                group!(ox);
+                group!(ox, top, false);
                 ox += 4;
             }
-            if ox < ox_hi && ox_hi - ox_lo >= 4 {
-                group!(ox_hi - 4);
+            if ox < ox_hi && ox_hi - start >= 4 {
+                group!(ox_hi - 4, top, false);
                 ox = ox_hi;
             }
             while ox < ox_hi {
@@ -263,7 +300,7 @@ pub mod neon {
     /// most 11 values after the first tap of the last row of the last
     /// channel, inside the input slice; `cb + 16 <= cout`.
     #[inline(always)]
-    unsafe fn rgb3x3s2<const A: u8>(args: GroupArgs<'_>) {
+    unsafe fn rgb3x3s2<const A: u8, const TOP: bool, const LEFT: bool>(args: GroupArgs<'_>) {
         let (input, w, bias, g, oy, ox, cb, out) = args;
         let plane = g.ih * g.iw;
         let act = match A {
@@ -277,11 +314,21 @@ pub mod neon {
             let b = [b.0, b.1, b.2, b.3];
             let mut acc = [b; 4];
             for ci in 0..3 {
-                for ky in 0..3 {
-                    let r = input.add(ci * plane + (oy * 2 + ky - 1) * g.iw + ox * 2 - 1);
-                    let e = vld2q_f32(r);
-                    let f = vld2q_f32(r.add(2));
-                    let cols = [e.0, e.1, f.0];
+                // TOP: kernel row 0 of the first output row is padding.
+                for ky in usize::from(TOP)..3 {
+                    let cols = if LEFT {
+                        // Pixel 0's kx = 0 tap is the padding column: one `ld2` from column
+                        // 0 gives the odd columns 1, 3, 5, 7 (kx = 2) and the even ones
+                        // (kx = 1); kx = 0 is 0, 1, 3, 5 shifted in from a zero vector.
+                        let r = input.add(ci * plane + (oy * 2 + ky - 1) * g.iw);
+                        let e = vld2q_f32(r);
+                        [vextq_f32::<3>(vdupq_n_f32(0.0), e.1), e.0, e.1]
+                    } else {
+                        let r = input.add(ci * plane + (oy * 2 + ky - 1) * g.iw + ox * 2 - 1);
+                        let e = vld2q_f32(r);
+                        let f = vld2q_f32(r.add(2));
+                        [e.0, e.1, f.0]
+                    };
                     for (kx, col) in cols.iter().enumerate() {
                         let wt = vld1q_f32_x4(w.add(((ky * 3 + kx) * 3 + ci) * g.cout + cb));
                         let wt = [wt.0, wt.1, wt.2, wt.3];
