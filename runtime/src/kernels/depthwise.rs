@@ -171,14 +171,14 @@ pub mod neon {
     /// All output rows of a `K x K`, stride `S` layer (inlined for constant shapes, see
     /// [`depthwise`]).
     ///
-    /// Each output row goes in groups of up to 8 pixels (4 at stride 2) ([`group`]) per block of 4
+    /// Each output row goes in groups of up to [`GROUP`] pixels ([`group`]) per block of 4
     /// channels: the group's accumulators stay in registers over the kernel rows inside the
-    /// input (rows in the padding are skipped, not multiplied by zero), each kernel row
-    /// loads its `K` weight vectors and each input column once for all the group's pixels.
+    /// input (rows in the padding are skipped, not multiplied by zero), and each input column
+    /// is loaded once for all the group's pixels. 3x3 kernels keep their 9 weight vectors in
+    /// registers for the whole row; 5x5 kernels load each kernel row's 5 (all 25 beside 8
+    /// accumulators would spill, as the earlier form with 25 weights and 4 accumulators did).
     /// Columns in the padding are left out at compile time: a group knows how many of its
-    /// columns fall before the input (`LEAD`) and after it (`TRAIL`). With 8 accumulators,
-    /// `K` weights and a streamed input column, nothing spills (the earlier form kept all
-    /// `K * K` weights in registers and spilled at 5x5).
+    /// columns fall before the input (`LEAD`) and after it (`TRAIL`).
     #[inline(always)]
     fn rows<const K: usize, const S: usize>(
         input: &[f32],
@@ -244,13 +244,9 @@ pub mod neon {
         }
     }
 
-    /// Pixels per [`group`].
-    const fn group_len<const S: usize>() -> usize {
-        if S == 1 { 8 } else { GROUP_S2 }
-    }
-
-    /// Pixels per [`group`] at stride 2.
-    const GROUP_S2: usize = 8;
+    /// Most pixels per [`group`]: 8 accumulators, 3x3 weights (9) or a kernel row of 5x5
+    /// weights, and the streamed input column fit the 32 vector registers.
+    const GROUP: usize = 8;
 
     /// How one output row splits into [`group`]s: the first (`first` pixels, from column 0,
     /// with `lead` columns before the input and `first_trail` after it), `middle` full
@@ -275,7 +271,7 @@ pub mod neon {
         #[inline(always)]
         fn new<const K: usize, const S: usize>(g: &Geom) -> Self {
             let (ow, iw, pad) = (g.ow, g.iw, g.pad);
-            let n = group_len::<S>();
+            let n = GROUP;
             // Pixels ox < ox_hi have no window column past the input.
             let ox_lo = pad.div_ceil(S).min(ow);
             let ox_hi = if iw + pad >= K {
@@ -353,12 +349,8 @@ pub mod neon {
                 go!(0, self.first, self.lead, self.first_trail);
                 let mut ox = self.first;
                 for _ in 0..self.middle {
-                    if S == 1 {
-                        group::<K, S, 8, 0, 0>(at, ox);
-                    } else {
-                        group::<K, S, GROUP_S2, 0, 0>(at, ox);
-                    }
-                    ox += group_len::<S>();
+                    group::<K, S, GROUP, 0, 0>(at, ox);
+                    ox += GROUP;
                 }
                 if self.rem > 0 {
                     go!(ox, self.rem, 0, 0);
