@@ -560,12 +560,62 @@ pub mod avx2 {
                 }
             }
         }
+        // Output columns whose whole window lies inside the input: x_lo..x_hi.
+        let x_lo = pad.div_ceil(stride).min(ow);
+        let x_hi = if iw + pad >= kw {
+            ((iw + pad - kw) / stride + 1).min(ow)
+        } else {
+            0
+        }
+        .max(x_lo);
+        let c16 = cout - cout % 16;
         for oy in 0..oh {
             let (ky0, ky1) = tap_range(oy, stride, pad, kh, ih);
-            for ox in 0..ow {
+            let mut ox = 0;
+            while ox < ow {
                 let (kx0, kx1) = tap_range(ox, stride, pad, kw, iw);
                 let o = (oy * ow + ox) * cout;
-                if flat && ky0 == 0 && ky1 == kh && kx0 == 0 && kx1 == kw {
+                let inside_rows = ky0 == 0 && ky1 == kh;
+                if flat && inside_rows && ox >= x_lo && ox + 4 <= x_hi && c16 > 0 {
+                    // Four neighbouring pixels at once: their 8 accumulators per 16
+                    // channels are independent (per pixel, two chains of 27 dependent
+                    // FMAs would wait out the FMA latency at each tap), and each
+                    // weight load serves four pixels.
+                    // SAFETY: the four windows are inside the input (x_lo..x_hi, every
+                    // kernel row), so corner + r * stride + offs[t] < cin * plane;
+                    // c16 <= cout bounds weights, bias and the four output pixels.
+                    unsafe {
+                        let corner = (oy * stride - pad) * iw + ox * stride - pad;
+                        for cb in (0..c16).step_by(16) {
+                            four_pixels(
+                                input.as_ptr().add(corner),
+                                stride,
+                                &offs[..taps],
+                                w.as_ptr().add(cb),
+                                bias.as_ptr().add(cb),
+                                cout,
+                                act,
+                                out.as_mut_ptr().add(o + cb),
+                            );
+                        }
+                        for r in 0..4 {
+                            let ip = input.as_ptr().add(corner + r * stride);
+                            let o = o + r * cout;
+                            for ch in c16..cout {
+                                let mut acc = bias[ch];
+                                for (t, &off) in offs[..taps].iter().enumerate() {
+                                    acc += *ip.add(off) * w[t * cout + ch];
+                                }
+                                out[o + ch] = act.apply(acc);
+                            }
+                        }
+                    }
+                    ox += 4;
+                    continue;
+                }
+                ox += 1;
+                let ox = ox - 1;
+                if flat && inside_rows && kx0 == 0 && kx1 == kw {
                     // SAFETY: every tap is inside (tap_range returned the
                     // whole kernel), so corner + offs[t] < cin * plane; the
                     // weights of tap t for channels cb..cb + 8 (or 16) and
@@ -686,6 +736,49 @@ pub mod avx2 {
                     }
                     out[o + ch] = act.apply(acc);
                 }
+            }
+        }
+    }
+
+    /// Channels `0..16` (from `w`, `bias`, `out` already offset to the block) of four
+    /// neighbouring output pixels whose windows are inside the input; `ip` is pixel 0's
+    /// window corner, pixel `r`'s is `stride * r` further; `offs[t]` is tap `t`'s offset
+    /// from the corner, `w[t * cout..]` its weights.
+    ///
+    /// # Safety
+    /// AVX2 + FMA; every `ip + r * stride + offs[t]` for r < 4 readable; `w` holds
+    /// `offs.len() * cout` values (16 from each row), `bias` 16, `out` `3 * cout + 16`.
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn four_pixels(
+        ip: *const f32,
+        stride: usize,
+        offs: &[usize],
+        w: *const f32,
+        bias: *const f32,
+        cout: usize,
+        act: Activation,
+        out: *mut f32,
+    ) {
+        // SAFETY: see the function contract.
+        unsafe {
+            let b = [_mm256_loadu_ps(bias), _mm256_loadu_ps(bias.add(8))];
+            let mut acc = [b; 4];
+            for (t, &off) in offs.iter().enumerate() {
+                let wt = w.add(t * cout);
+                let w0 = _mm256_loadu_ps(wt);
+                let w1 = _mm256_loadu_ps(wt.add(8));
+                for (r, a) in acc.iter_mut().enumerate() {
+                    let x = _mm256_set1_ps(*ip.add(off + r * stride));
+                    a[0] = _mm256_fmadd_ps(x, w0, a[0]);
+                    a[1] = _mm256_fmadd_ps(x, w1, a[1]);
+                }
+            }
+            for (r, a) in acc.iter().enumerate() {
+                let o = out.add(r * cout);
+                _mm256_storeu_ps(o, activate(act, a[0]));
+                _mm256_storeu_ps(o.add(8), activate(act, a[1]));
             }
         }
     }

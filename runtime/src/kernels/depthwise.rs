@@ -554,15 +554,37 @@ pub mod neon {
     }
 }
 
-/// AVX2 + FMA depthwise kernel for x86_64 hosts: 8 channels per `__m256`,
-/// taps outside the input skipped per pixel; the 8-channel blocks of one
-/// pixel run back to back so the input pixel and weight rows stream.
+/// AVX2 + FMA depthwise kernel for x86_64 hosts: 8 channels per `__m256`.
+///
+/// Each output row goes block of 8 channels by block, in groups of 8 pixels whose 8
+/// accumulators are independent: one weight load serves the group's 8 FMAs, and no FMA
+/// waits for the one before it (one accumulator per pixel would chain 9 or 25 dependent
+/// FMAs, each waiting out the FMA latency). Groups whose windows all lie inside the input
+/// run without checks; the others (the row's ends, rows narrower than a group) test each
+/// tap per pixel and skip those in the padding, so padding reads nothing.
 #[cfg(target_arch = "x86_64")]
 pub mod avx2 {
     use super::super::Activation;
     use super::super::avx2_util::activate;
     use super::tap_range;
     use core::arch::x86_64::*;
+
+    /// Pixels per group: 8 accumulators, one weight and one input register out of 16.
+    const GROUP: usize = 8;
+
+    /// One layer's shape and buffers, shared by its groups.
+    struct Layer {
+        input: *const f32,
+        iw: usize,
+        c: usize,
+        w: *const f32,
+        k: usize,
+        stride: usize,
+        pad: usize,
+        act: Activation,
+        out: *mut f32,
+        ow: usize,
+    }
 
     /// AVX2 depthwise convolution with the contract of [`super::portable`].
     ///
@@ -602,35 +624,50 @@ pub mod avx2 {
             "depthwise: out shorter than oh * ow * c"
         );
         let c8 = c - c % 8;
+        // Output columns whose whole window lies inside the input: x_lo..x_hi.
+        let x_lo = pad.div_ceil(stride).min(ow);
+        let x_hi = if iw + pad >= k {
+            ((iw + pad - k) / stride + 1).min(ow)
+        } else {
+            0
+        }
+        .max(x_lo);
+        let l = Layer {
+            input: input.as_ptr(),
+            iw,
+            c,
+            w: w.as_ptr(),
+            k,
+            stride,
+            pad,
+            act,
+            out: out.as_mut_ptr(),
+            ow,
+        };
         for oy in 0..oh {
             let (ky0, ky1) = tap_range(oy, stride, pad, k, ih);
+            for cb in (0..c8).step_by(8) {
+                let mut ox = 0;
+                while ox < ow {
+                    let n = GROUP.min(ow - ox);
+                    // SAFETY: tap_range keeps every input row inside 0..ih; the
+                    // unchecked groups' columns are inside 0..iw (x_lo..x_hi), the
+                    // checked ones test each; cb + 8 <= c bounds the channels, and
+                    // ox + n <= ow the output pixels; lengths asserted above.
+                    unsafe {
+                        let b = _mm256_loadu_ps(bias.as_ptr().add(cb));
+                        if n == GROUP && ox >= x_lo && ox + GROUP <= x_hi {
+                            group::<false>(&l, oy, ky0, ky1, ox, GROUP, cb, b);
+                        } else {
+                            group::<true>(&l, oy, ky0, ky1, ox, n, cb, b);
+                        }
+                    }
+                    ox += n;
+                }
+            }
             for ox in 0..ow {
                 let (kx0, kx1) = tap_range(ox, stride, pad, k, iw);
                 let o = (oy * ow + ox) * c;
-                let mut cb = 0;
-                while cb < c8 {
-                    // SAFETY: tap_range keeps iy < ih and ix < iw; cb + 8 <=
-                    // c bounds the input pixel, weight row, bias and output
-                    // pixel (o + c <= oh * ow * c); lengths asserted above.
-                    unsafe {
-                        let mut acc = _mm256_loadu_ps(bias.as_ptr().add(cb));
-                        for ky in ky0..ky1 {
-                            let iy = oy * stride + ky - pad;
-                            let src = input.as_ptr().add(iy * iw * c + cb);
-                            let wr = w.as_ptr().add(ky * k * c + cb);
-                            for kx in kx0..kx1 {
-                                let ix = ox * stride + kx - pad;
-                                acc = _mm256_fmadd_ps(
-                                    _mm256_loadu_ps(src.add(ix * c)),
-                                    _mm256_loadu_ps(wr.add(kx * c)),
-                                    acc,
-                                );
-                            }
-                        }
-                        _mm256_storeu_ps(out.as_mut_ptr().add(o + cb), activate(act, acc));
-                    }
-                    cb += 8;
-                }
                 for ch in c8..c {
                     let mut acc = bias[ch];
                     for ky in ky0..ky1 {
@@ -642,6 +679,55 @@ pub mod avx2 {
                     }
                     out[o + ch] = act.apply(acc);
                 }
+            }
+        }
+    }
+
+    /// Output pixels `ox..ox + n` (n <= [`GROUP`]) of row `oy`, channels `cb..cb + 8`,
+    /// over kernel rows `ky0..ky1`. `CHECK`: test each tap's column against the input and
+    /// skip it in the padding; without, every column must be inside.
+    ///
+    /// # Safety
+    /// AVX2 + FMA; kernel rows `ky0..ky1` of row `oy` inside the input; without `CHECK`,
+    /// every tap column of the `n` pixels inside `0..iw`; `cb + 8 <= c`; `ox + n <= ow`.
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn group<const CHECK: bool>(
+        l: &Layer,
+        oy: usize,
+        ky0: usize,
+        ky1: usize,
+        ox: usize,
+        n: usize,
+        cb: usize,
+        bias: __m256,
+    ) {
+        let (iw, c, k, s) = (l.iw, l.c, l.k, l.stride);
+        let mut acc = [bias; GROUP];
+        // Column of pixel 0's tap kx is x0 + kx (may be negative: in the padding).
+        let x0 = (ox * s) as isize - l.pad as isize;
+        // SAFETY: see the function contract; checked columns satisfy 0 <= ix < iw.
+        unsafe {
+            for ky in ky0..ky1 {
+                let iy = oy * s + ky - l.pad;
+                let row = l.input.add(iy * iw * c + cb);
+                let wr = l.w.add(ky * k * c + cb);
+                for kx in 0..k {
+                    let wv = _mm256_loadu_ps(wr.add(kx * c));
+                    for (r, a) in acc.iter_mut().enumerate() {
+                        let ix = x0 + (r * s + kx) as isize;
+                        if CHECK && (r >= n || ix < 0 || ix >= iw as isize) {
+                            continue;
+                        }
+                        let v = _mm256_loadu_ps(row.offset(ix * c as isize));
+                        *a = _mm256_fmadd_ps(v, wv, *a);
+                    }
+                }
+            }
+            for (r, a) in acc.iter().enumerate().take(n) {
+                let o = (oy * l.ow + ox + r) * c + cb;
+                _mm256_storeu_ps(l.out.add(o), activate(l.act, *a));
             }
         }
     }
