@@ -226,29 +226,60 @@ pub fn crop_resize_normalize_map<T: Copy>(
     let (red, rest) = out.split_at_mut(plane);
     let (green, blue) = rest.split_at_mut(plane);
     let row_len = image.width * 3;
-    // Column strips: each strip's source columns and weights are computed once (on the
-    // stack) instead of once per output row. A strip ends early when its weights would
-    // overflow the table, which only happens for large reductions.
+    // Separable, vertical pass first. Output columns go in strips; for each output row, the
+    // strip's source rows are first filtered vertically into `column_sums` (one contiguous
+    // run of bytes per source row: the loop the compiler vectorizes), then each output pixel
+    // filters that one row horizontally. Each source pixel of the strip is read once per
+    // output row whose window holds it (about twice), instead of once per output pixel
+    // whose window holds it (about four times when shrinking). A strip's columns, their
+    // weights (computed once per strip) and its span of source columns live on the stack; a
+    // strip ends early when its weights or its span would overflow their tables, which only
+    // happens for large reductions.
     const STRIP: usize = 64;
-    let mut cols = [(0usize, 0usize, 0usize); STRIP]; // (first byte, taps, weight offset)
+    let mut cols = [(0usize, 0usize, 0usize); STRIP]; // (first column, taps, weight offset)
     let mut wx = [0f32; COLUMN_TABLE];
     let mut wy = [0f32; MAX_TAPS];
+    let mut column_sums = [0f32; 3 * SPAN_TABLE];
     let need = taps_needed(sx);
     let mut x_start = 0;
     while x_start < out_w {
         let mut n = 0;
         let mut used = 0;
+        let mut span_first = 0;
+        let mut span_end = 0;
         while n < STRIP && x_start + n < out_w {
             let Some(w) = wx.get_mut(used..used + need) else {
                 break;
             };
             let (first, taps) = triangle_taps(x_start + n, sx, region.width, w);
-            cols[n] = ((region.x + first) * 3, taps, used);
+            if n == 0 {
+                span_first = first;
+            } else if first + taps - span_first > SPAN_TABLE {
+                break;
+            }
+            // The first column always fits: taps <= need <= MAX_TAPS <= SPAN_TABLE.
+            span_end = span_end.max(first + taps);
+            cols[n] = (first - span_first, taps, used);
             used += taps;
             n += 1;
         }
+        let span = 3 * (span_end - span_first);
+        let sums = &mut column_sums[..span];
         for oy in 0..out_h {
             let (first_row, rows) = triangle_taps(oy, sy, region.height, &mut wy);
+            for (ky, &w_row) in wy[..rows].iter().enumerate() {
+                let at = (region.y + first_row + ky) * row_len + (region.x + span_first) * 3;
+                let src = &image.pixels[at..at + span];
+                if ky == 0 {
+                    for (s, &p) in sums.iter_mut().zip(src) {
+                        *s = w_row * f32::from(p);
+                    }
+                } else {
+                    for (s, &p) in sums.iter_mut().zip(src) {
+                        *s += w_row * f32::from(p);
+                    }
+                }
+            }
             let at = oy * out_w + x_start;
             let (r, g, b) = (
                 &mut red[at..at + n],
@@ -258,19 +289,10 @@ pub fn crop_resize_normalize_map<T: Copy>(
             for (j, &(x0, taps, w0)) in cols[..n].iter().enumerate() {
                 let weights = &wx[w0..w0 + taps];
                 let mut v = [0f32; 3];
-                for (ky, &w_row) in wy[..rows].iter().enumerate() {
-                    let y = region.y + first_row + ky;
-                    let src = &image.pixels[y * row_len + x0..y * row_len + x0 + taps * 3];
-                    // Horizontal pass of one source row, then its vertical weight.
-                    let mut h = [0f32; 3];
-                    for (px, &w) in src.chunks_exact(3).zip(weights) {
-                        h[0] += w * f32::from(px[0]);
-                        h[1] += w * f32::from(px[1]);
-                        h[2] += w * f32::from(px[2]);
-                    }
-                    v[0] += w_row * h[0];
-                    v[1] += w_row * h[1];
-                    v[2] += w_row * h[2];
+                for (px, &w) in sums[x0 * 3..(x0 + taps) * 3].chunks_exact(3).zip(weights) {
+                    v[0] += w * px[0];
+                    v[1] += w * px[1];
+                    v[2] += w * px[2];
                 }
                 r[j] = store(v[0] * scale[0] + bias[0]);
                 g[j] = store(v[1] * scale[1] + bias[1]);
@@ -289,6 +311,10 @@ const MAX_TAPS: usize = 1024;
 
 /// Weights of one column strip (8 KiB on the stack); a strip holds at least one column.
 const COLUMN_TABLE: usize = 2 * MAX_TAPS;
+
+/// Source columns one strip may span (their vertical sums: 12 KiB on the stack); at least
+/// [`MAX_TAPS`], so a strip holds at least one column.
+const SPAN_TABLE: usize = MAX_TAPS;
 
 /// An upper bound on the taps [`triangle_taps`] uses for a reduction by `scale`.
 fn taps_needed(scale: f32) -> usize {
