@@ -8,6 +8,8 @@
 #   scripts/icount.sh layers     # the same, one line per layer (name, MACs, insns, insns per 4 MACs)
 #   scripts/icount.sh profile    # the embedded model (f32 or int8, DERM_MODEL), instructions per
 #                                # function: each generated layer_N_... is one layer of the network
+#   scripts/icount.sh preprocess # the embedded model's input preprocessing (crop, resize,
+#                                # normalize) per image, over the latency protocol's 4 image sizes
 #
 # Needs `scripts/setup.sh aarch64 icount` (cross toolchain, qemu, the insn plugin).
 set -euo pipefail
@@ -46,6 +48,12 @@ case "$mode" in
     c11=$(count "$BIN_DIR/kernel_icount" 11 "${2:-}")
     echo "kernels${2:+ ($2*)}: $(( (c11 - c1) / 10 )) instructions per image"
     ;;
+  preprocess)
+    build preprocess_icount
+    c1=$(count "$BIN_DIR/preprocess_icount" 1)
+    c11=$(count "$BIN_DIR/preprocess_icount" 11)
+    echo "preprocess: $(( (c11 - c1) / 40 )) instructions per image (mean over 600x450, 1024x768, 640x480, 200x150)"
+    ;;
   layers)
     build kernel_icount
     KERNEL_ICOUNT_LIST=1 qemu-aarch64 -L / -cpu cortex-a72 "$BIN_DIR/kernel_icount" 0 >"$TMP/layers.txt"
@@ -70,5 +78,5 @@ case "$mode" in
     done
     python3 scripts/icount_profile.py "$BIN_DIR/icount" "$TMP/trace1.log" 1 "$TMP/trace3.log" 3
     ;;
-  *) sed -n '2,13p' "$0"; exit 2 ;;
+  *) sed -n '2,15p' "$0"; exit 2 ;;
 esac

@@ -267,17 +267,38 @@ pub fn crop_resize_normalize_map<T: Copy>(
         let sums = &mut column_sums[..span];
         for oy in 0..out_h {
             let (first_row, rows) = triangle_taps(oy, sy, region.height, &mut wy);
-            for (ky, &w_row) in wy[..rows].iter().enumerate() {
+            // Source rows two at a time: one load and store of the sums per two rows.
+            let row_at = |ky: usize| {
                 let at = (region.y + first_row + ky) * row_len + (region.x + span_first) * 3;
-                let src = &image.pixels[at..at + span];
-                if ky == 0 {
-                    for (s, &p) in sums.iter_mut().zip(src) {
-                        *s = w_row * f32::from(p);
+                &image.pixels[at..at + span]
+            };
+            let mut ky = 0;
+            while ky < rows {
+                let (w0, src0) = (wy[ky], row_at(ky));
+                if ky + 1 < rows {
+                    let (w1, src1) = (wy[ky + 1], row_at(ky + 1));
+                    let pairs = sums.iter_mut().zip(src0.iter().zip(src1));
+                    if ky == 0 {
+                        for (s, (&p0, &p1)) in pairs {
+                            *s = w0 * f32::from(p0) + w1 * f32::from(p1);
+                        }
+                    } else {
+                        for (s, (&p0, &p1)) in pairs {
+                            *s += w0 * f32::from(p0) + w1 * f32::from(p1);
+                        }
                     }
+                    ky += 2;
                 } else {
-                    for (s, &p) in sums.iter_mut().zip(src) {
-                        *s += w_row * f32::from(p);
+                    if ky == 0 {
+                        for (s, &p) in sums.iter_mut().zip(src0) {
+                            *s = w0 * f32::from(p);
+                        }
+                    } else {
+                        for (s, &p) in sums.iter_mut().zip(src0) {
+                            *s += w0 * f32::from(p);
+                        }
                     }
+                    ky += 1;
                 }
             }
             let at = oy * out_w + x_start;
