@@ -32,14 +32,23 @@ fn main() {
         })
         .collect();
     let mut input = Box::new([0f32; INPUT_LEN]);
-    let mut checksum = 0.0f32;
     for _ in 0..n {
         for (w, h, px) in &images {
             let image = Image::new(*w, *h, px).expect("a valid image");
             preprocess_input(image, &mut input).expect("preprocessing");
-            checksum += input.iter().sum::<f32>();
+        }
+    }
+    // FNV-1a over the bits of each image's values, from one more pass outside the counted
+    // difference: the same on every target, since the preprocessing rounds identically
+    // everywhere (run it natively and under qemu to check).
+    let mut hash = 0xcbf2_9ce4_8422_2325u64;
+    for (w, h, px) in &images {
+        let image = Image::new(*w, *h, px).expect("a valid image");
+        preprocess_input(image, &mut input).expect("preprocessing");
+        for v in input.iter() {
+            hash = (hash ^ u64::from(v.to_bits())).wrapping_mul(0x0100_0000_01b3);
         }
     }
     // Printing keeps the results (and so the work) observable.
-    println!("{checksum}");
+    println!("{hash:016x}");
 }

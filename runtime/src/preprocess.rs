@@ -239,7 +239,8 @@ pub fn crop_resize_normalize_map<T: Copy>(
     let mut cols = [(0usize, 0usize, 0usize); STRIP]; // (first column, taps, weight offset)
     let mut wx = [0f32; COLUMN_TABLE];
     let mut wy = [0f32; MAX_TAPS];
-    let mut column_sums = [0f32; 3 * SPAN_TABLE];
+    // One value more than the spans need: the NEON horizontal pass reads it, unused.
+    let mut column_sums = [0f32; 3 * SPAN_TABLE + 1];
     let need = taps_needed(sx);
     let mut x_start = 0;
     while x_start < out_w {
@@ -264,7 +265,6 @@ pub fn crop_resize_normalize_map<T: Copy>(
             n += 1;
         }
         let span = 3 * (span_end - span_first);
-        let sums = &mut column_sums[..span];
         for oy in 0..out_h {
             let (first_row, rows) = triangle_taps(oy, sy, region.height, &mut wy);
             // Source rows two at a time: one load and store of the sums per two rows.
@@ -272,6 +272,7 @@ pub fn crop_resize_normalize_map<T: Copy>(
                 let at = (region.y + first_row + ky) * row_len + (region.x + span_first) * 3;
                 &image.pixels[at..at + span]
             };
+            let sums = &mut column_sums[..span];
             let mut ky = 0;
             while ky < rows {
                 let (w0, src0) = (wy[ky], row_at(ky));
@@ -308,13 +309,7 @@ pub fn crop_resize_normalize_map<T: Copy>(
                 &mut blue[at..at + n],
             );
             for (j, &(x0, taps, w0)) in cols[..n].iter().enumerate() {
-                let weights = &wx[w0..w0 + taps];
-                let mut v = [0f32; 3];
-                for (px, &w) in sums[x0 * 3..(x0 + taps) * 3].chunks_exact(3).zip(weights) {
-                    v[0] += w * px[0];
-                    v[1] += w * px[1];
-                    v[2] += w * px[2];
-                }
+                let v = horizontal(&column_sums[..span + 1], x0, &wx[w0..w0 + taps]);
                 r[j] = store(v[0] * scale[0] + bias[0]);
                 g[j] = store(v[1] * scale[1] + bias[1]);
                 b[j] = store(v[2] * scale[2] + bias[2]);
@@ -323,6 +318,50 @@ pub fn crop_resize_normalize_map<T: Copy>(
         x_start += n;
     }
     Ok(())
+}
+
+/// The horizontal pass of one output pixel: `sum_t weights[t] * sums[(x0 + t) * 3 + c]` for
+/// the three channels `c`, from one row of vertical sums (RGB interleaved) followed by one
+/// spare value. Each channel's products are added in tap order, one rounding per multiply and
+/// per add, so every variant gives the same bits (an int8 model quantizes these values).
+#[cfg(not(target_arch = "aarch64"))]
+#[inline]
+fn horizontal(sums: &[f32], x0: usize, weights: &[f32]) -> [f32; 3] {
+    let mut v = [0f32; 3];
+    let taps = weights.len();
+    for (px, &w) in sums[x0 * 3..(x0 + taps) * 3].chunks_exact(3).zip(weights) {
+        v[0] += w * px[0];
+        v[1] += w * px[1];
+        v[2] += w * px[2];
+    }
+    v
+}
+
+/// [`horizontal`] with NEON: the three channels and the next value (unused) in one vector
+/// per tap, multiplied and added separately (not fused), as the portable form rounds.
+#[cfg(target_arch = "aarch64")]
+#[inline]
+fn horizontal(sums: &[f32], x0: usize, weights: &[f32]) -> [f32; 3] {
+    use core::arch::aarch64::*;
+    // Each tap reads 4 values from (x0 + t) * 3: the last ends at (x0 + taps) * 3 + 1.
+    assert!(
+        (x0 + weights.len()) * 3 < sums.len(),
+        "preprocess: horizontal taps past the row of sums"
+    );
+    // SAFETY: the assertion bounds every 4-value load; NEON is part of aarch64.
+    unsafe {
+        let mut v = vdupq_n_f32(0.0);
+        let mut p = sums.as_ptr().add(x0 * 3);
+        for &w in weights {
+            v = vaddq_f32(v, vmulq_n_f32(vld1q_f32(p), w));
+            p = p.add(3);
+        }
+        [
+            vgetq_lane_f32::<0>(v),
+            vgetq_lane_f32::<1>(v),
+            vgetq_lane_f32::<2>(v),
+        ]
+    }
 }
 
 /// The most source pixels one output pixel reads along one axis: a reduction by `r` reads

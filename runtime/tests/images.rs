@@ -157,3 +157,51 @@ fn absurd_sizes_are_errors_not_overflows() {
     assert_eq!(resize_normalize(img, 0, 5, MEAN, STD, &mut []), Ok(()));
     assert_eq!(resize_normalize(img, 5, 0, MEAN, STD, &mut []), Ok(()));
 }
+
+/// FNV-1a over the bits of `values`.
+fn bits_hash(values: &[f32]) -> u64 {
+    values.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, v| {
+        (h ^ u64::from(v.to_bits())).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+#[test]
+fn preprocessing_gives_the_same_bits_on_every_target() {
+    // An int8 model quantizes these values, so one rounding difference between the portable
+    // code (x86_64) and the NEON horizontal pass (aarch64) could move a quantized input and
+    // with it the logits that must match to the bit everywhere. The pinned hash was taken
+    // on x86_64; this test runs on both targets (aarch64 under qemu).
+    let (mean, std) = ([0.764, 0.538, 0.563], [0.138, 0.159, 0.176]);
+    let mut state = 7u32;
+    let mut all = Vec::new();
+    // A reduction by 3.4, one by 2, an enlargement, and a strong reduction whose strips end
+    // early on the span table.
+    for (w, h, out) in [
+        (1024, 768, 224),
+        (600, 450, 224),
+        (200, 150, 224),
+        (3000, 300, 10),
+    ] {
+        let px: Vec<u8> = (0..w * h * 3)
+            .map(|_| {
+                state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                (state >> 24) as u8
+            })
+            .collect();
+        let mut values = vec![0f32; 3 * out * out];
+        let region = centre_crop(w, h, out, out);
+        let image = derm_runtime::Image::new(w, h, &px).expect("a valid image");
+        derm_runtime::preprocess::crop_resize_normalize(
+            image,
+            region,
+            out,
+            out,
+            mean,
+            std,
+            &mut values,
+        )
+        .expect("preprocessing");
+        all.extend(values);
+    }
+    assert_eq!(format!("{:016x}", bits_hash(&all)), "cc62b339e51cc952");
+}
