@@ -813,11 +813,52 @@ pub mod avx512 {
                 ];
                 let e = e.slice(j0..j0 + m);
                 let mut acc = [0i32; NB];
+                let mut acc4 = [0i32; 4 * NB];
                 for oy in 0..s.oh {
                     let y0 = (oy * s.stride).wrapping_sub(s.pad);
                     let rows_inside = oy * s.stride >= s.pad && y0 + s.kh <= s.ih;
-                    for ox in 0..s.ow {
+                    let mut ox = 0;
+                    while ox < s.ow {
                         let x0 = (ox * s.stride).wrapping_sub(s.pad);
+                        // Four interior pixels at once: 8 independent accumulators (one
+                        // pixel's two would chain every vpdpbusd of its window).
+                        let last = x0.wrapping_add(3 * s.stride);
+                        if rows_inside
+                            && ox + 4 <= s.ow
+                            && ox * s.stride >= s.pad
+                            && last + s.kw <= s.iw
+                            && (cin - 1) * plane + (y0 + s.kh - 1) * s.iw + last + 4 <= x.len()
+                        {
+                            let base = x.as_ptr().add(y0 * s.iw + x0);
+                            let mut a = [init; 4];
+                            for ci in 0..cin {
+                                for ky in 0..s.kh {
+                                    let g = ci * s.kh + ky;
+                                    let row = base.add(ci * plane + ky * s.iw);
+                                    for (r, ar) in a.iter_mut().enumerate() {
+                                        let q =
+                                            row.add(r * s.stride).cast::<i32>().read_unaligned();
+                                        let xb = _mm256_xor_si256(_mm256_set1_epi32(q), flip);
+                                        ar[0] = _mm256_dpbusd_epi32(ar[0], xb, wr[g][0]);
+                                        ar[1] = _mm256_dpbusd_epi32(ar[1], xb, wr[g][1]);
+                                    }
+                                }
+                            }
+                            for (r, ar) in a.iter().enumerate() {
+                                let dst = acc4.as_mut_ptr().add(r * NB);
+                                _mm256_storeu_si256(dst.cast(), ar[0]);
+                                _mm256_storeu_si256(dst.add(8).cast(), ar[1]);
+                            }
+                            for r in 0..4 {
+                                let o = (oy * s.ow + ox + r) * cout + j0;
+                                e.apply_with::<requant::Avx512>(
+                                    &acc4[r * NB..r * NB + m],
+                                    &mut out[o..o + m],
+                                );
+                            }
+                            ox += 4;
+                            continue;
+                        }
                         // Interior: every tap inside, and the last pair's
                         // 4-byte load inside x.
                         let inside = rows_inside
@@ -861,6 +902,7 @@ pub mod avx512 {
                         _mm256_storeu_si256(acc.as_mut_ptr().add(8).cast(), a[1]);
                         let o = (oy * s.ow + ox) * cout + j0;
                         e.apply_with::<requant::Avx512>(&acc[..m], &mut out[o..o + m]);
+                        ox += 1;
                     }
                 }
             }

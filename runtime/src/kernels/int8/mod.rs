@@ -199,6 +199,15 @@ impl<'a> Epilogue<'a> {
             zero_point,
         } = self.activation
         {
+            // AVX-512: the same operations in 16 lanes (the portable loop's `as i32` keeps
+            // the compiler from vectorizing it on x86_64: each lane went through a scalar
+            // NaN test and conversion).
+            #[cfg(target_arch = "x86_64")]
+            if R::VBMI {
+                // SAFETY: R has AVX-512 F, BW and VL (Row::VBMI's contract).
+                unsafe { float_hardswish_avx512(acc, scale, inv_scale, zero_point, out) };
+                return;
+            }
             float_hardswish(acc, scale, inv_scale, zero_point, out);
             return;
         }
@@ -312,6 +321,63 @@ fn float_hardswish(acc: &[i32], scale: &[f32], inv_scale: f32, zero_point: i32, 
         let v = (h * inv_scale).clamp(-1024.0, 1024.0);
         let q = ((v + ROUND_MAGIC) - ROUND_MAGIC) as i32;
         *o = zero_point.saturating_add(q).clamp(-128, 127) as i8;
+    }
+}
+
+/// [`float_hardswish`] with AVX-512, 16 lanes per step and a masked tail. Each operation is
+/// the portable one: `min`/`max` take the constant first so that a NaN operand comes through
+/// as Rust's `clamp` passes it; after the clamp and the rounding every ordered value is an
+/// integer in [-1024, 1024], which the truncating conversion keeps, and NaN lanes convert to
+/// 0 as `as i32` does (zero-masked); the zero point is added in 32 bits (no overflow at these
+/// magnitudes) and the narrowing saturates to [-128, 127] like the final clamp.
+///
+/// # Safety
+/// The CPU supports AVX-512 F, BW and VL.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+unsafe fn float_hardswish_avx512(
+    acc: &[i32],
+    scale: &[f32],
+    inv_scale: f32,
+    zero_point: i32,
+    out: &mut [i8],
+) {
+    use core::arch::x86_64::*;
+    const ROUND_MAGIC: f32 = 12_582_912.0;
+    let n = out.len().min(acc.len()).min(scale.len());
+    let (zero, three, six) = (
+        _mm512_setzero_ps(),
+        _mm512_set1_ps(3.0),
+        _mm512_set1_ps(6.0),
+    );
+    let (lo, hi, magic) = (
+        _mm512_set1_ps(-1024.0),
+        _mm512_set1_ps(1024.0),
+        _mm512_set1_ps(ROUND_MAGIC),
+    );
+    let (inv, zp) = (_mm512_set1_ps(inv_scale), _mm512_set1_epi32(zero_point));
+    let mut i = 0;
+    while i < n {
+        let left = n - i;
+        let mask: __mmask16 = if left >= 16 {
+            0xffff
+        } else {
+            (1u16 << left) - 1
+        };
+        // SAFETY: the masked lanes are below n, inside acc, scale and out.
+        unsafe {
+            let a = _mm512_maskz_loadu_epi32(mask, acc.as_ptr().add(i));
+            let sc = _mm512_maskz_loadu_ps(mask, scale.as_ptr().add(i));
+            let f = _mm512_mul_ps(_mm512_cvtepi32_ps(a), sc);
+            let r6 = _mm512_min_ps(six, _mm512_max_ps(zero, _mm512_add_ps(f, three)));
+            let h = _mm512_mul_ps(f, r6);
+            let v = _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_mul_ps(h, inv)));
+            let r = _mm512_sub_ps(_mm512_add_ps(v, magic), magic);
+            let ordered = _mm512_cmp_ps_mask::<_CMP_ORD_Q>(r, r);
+            let q = _mm512_add_epi32(_mm512_maskz_cvttps_epi32(ordered, r), zp);
+            _mm512_mask_cvtsepi32_storeu_epi8(out.as_mut_ptr().add(i).cast(), mask, q);
+        }
+        i += 16;
     }
 }
 
