@@ -168,6 +168,20 @@ pub mod neon {
             macro_rules! group {
                 ($ox:expr, $top:expr, $left:expr) => {{
                     let ox = $ox;
+                    let op = out.as_mut_ptr();
+                    // One argument list for both group forms, per block of 16 channels.
+                    let args = |cb: usize| -> GroupArgs<'_> {
+                        (
+                            input.as_ptr(),
+                            w.as_ptr(),
+                            bias.as_ptr(),
+                            &g,
+                            oy,
+                            ox,
+                            cb,
+                            op,
+                        )
+                    };
                     let mut cb = 0;
                     // The unrolled kernel reads 10 values past each group's first tap
                     // column, so the group must end inside the input slice.
@@ -180,16 +194,7 @@ pub mod neon {
                             // cout bounds weights, bias and the four output pixels
                             // (ox + 4 <= ow).
                             unsafe {
-                                let args = (
-                                    input.as_ptr(),
-                                    w.as_ptr(),
-                                    bias.as_ptr(),
-                                    &g,
-                                    oy,
-                                    ox,
-                                    cb,
-                                    out.as_mut_ptr(),
-                                );
+                                let args = args(cb);
                                 macro_rules! edges {
                                     ($a:literal) => {
                                         match ($top, $left) {
@@ -223,18 +228,7 @@ pub mod neon {
                             // (full tap range) and columns of pixels ox..ox + 4 are
                             // inside because ox + 4 <= ox_hi; cb + 16 <= cout keeps
                             // weight, bias and output reads in bounds.
-                            unsafe {
-                                four_pixels(
-                                    input.as_ptr(),
-                                    w.as_ptr(),
-                                    bias.as_ptr(),
-                                    &g,
-                                    oy,
-                                    ox,
-                                    cb,
-                                    out.as_mut_ptr(),
-                                )
-                            };
+                            unsafe { four_pixels(args(cb)) };
                             cb += 16;
                         }
                         if c16 < cout {
@@ -276,7 +270,8 @@ pub mod neon {
         }
     }
 
-    /// Arguments of [`rgb3x3s2`]: input, weights, bias, shape, oy, ox, cb, out.
+    /// Arguments of [`rgb3x3s2`] and [`four_pixels`]: input, weights, bias, shape, oy, ox,
+    /// cb, out.
     type GroupArgs<'a> = (
         *const f32,
         *const f32,
@@ -360,18 +355,9 @@ pub mod neon {
     /// # Safety
     /// See the call site: every tap of these pixels is inside the input and
     /// `cb + 16 <= cout`.
-    #[allow(clippy::too_many_arguments)]
     #[inline(always)]
-    unsafe fn four_pixels(
-        input: *const f32,
-        w: *const f32,
-        bias: *const f32,
-        g: &Geom,
-        oy: usize,
-        ox: usize,
-        cb: usize,
-        out: *mut f32,
-    ) {
+    unsafe fn four_pixels(args: GroupArgs<'_>) {
+        let (input, w, bias, g, oy, ox, cb, out) = args;
         let s = g.stride;
         let plane = g.ih * g.iw;
         // SAFETY: the caller's contract bounds every offset below.

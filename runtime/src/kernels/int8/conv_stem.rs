@@ -371,6 +371,21 @@ mod neon {
     use super::{ConvShape, PATCH};
     use core::arch::aarch64::*;
 
+    /// `$step!(L)` for each lane `L` of an `int16x8_t` of patch values: the lane is a
+    /// const generic of the multiply-accumulate, so the eight steps are written out.
+    macro_rules! each_lane {
+        ($step:ident) => {
+            $step!(0);
+            $step!(1);
+            $step!(2);
+            $step!(3);
+            $step!(4);
+            $step!(5);
+            $step!(6);
+            $step!(7);
+        };
+    }
+
     /// Whether [`gather3`] suits this stem: 3 input channels, at most 8
     /// kernel columns, the last kernel row's 24-value store inside the patch,
     /// `x` holding its 3 planes and an int8 zero point. Checked once per
@@ -513,14 +528,12 @@ mod neon {
             while t + 8 <= k {
                 let p = vld1q_s16(patch.as_ptr().add(t));
                 let wt = w.add(t * cout);
-                tap::<0, W>(&mut a, wt, p);
-                tap::<1, W>(&mut a, wt.add(cout), p);
-                tap::<2, W>(&mut a, wt.add(2 * cout), p);
-                tap::<3, W>(&mut a, wt.add(3 * cout), p);
-                tap::<4, W>(&mut a, wt.add(4 * cout), p);
-                tap::<5, W>(&mut a, wt.add(5 * cout), p);
-                tap::<6, W>(&mut a, wt.add(6 * cout), p);
-                tap::<7, W>(&mut a, wt.add(7 * cout), p);
+                macro_rules! step {
+                    ($l:literal) => {
+                        tap::<$l, W>(&mut a, wt.add($l * cout), p)
+                    };
+                }
+                each_lane!(step);
                 t += 8;
             }
             while t < k {
@@ -555,14 +568,12 @@ mod neon {
                 let p = vld1q_s16(pa.as_ptr().add(t));
                 let q = vld1q_s16(pb.as_ptr().add(t));
                 let wt = w.add(t * 16);
-                tap2::<0>(&mut a, &mut b, wt, p, q);
-                tap2::<1>(&mut a, &mut b, wt.add(16), p, q);
-                tap2::<2>(&mut a, &mut b, wt.add(32), p, q);
-                tap2::<3>(&mut a, &mut b, wt.add(48), p, q);
-                tap2::<4>(&mut a, &mut b, wt.add(64), p, q);
-                tap2::<5>(&mut a, &mut b, wt.add(80), p, q);
-                tap2::<6>(&mut a, &mut b, wt.add(96), p, q);
-                tap2::<7>(&mut a, &mut b, wt.add(112), p, q);
+                macro_rules! step {
+                    ($l:literal) => {
+                        tap2::<$l>(&mut a, &mut b, wt.add($l * 16), p, q)
+                    };
+                }
+                each_lane!(step);
                 t += 8;
             }
             while t < k {

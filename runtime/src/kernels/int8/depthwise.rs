@@ -188,7 +188,7 @@ impl<const AVX2: bool> TapMac for DepthwiseTaps<'_, AVX2> {
 #[cfg(target_arch = "aarch64")]
 mod neon {
     use super::DepthwiseShape;
-    use crate::kernels::int8::{Epilogue, NeonEpilogue};
+    use crate::kernels::int8::{Epilogue, NeonEpilogue, QuadEpilogue};
     use core::arch::aarch64::*;
 
     /// Most channels [`Interior`] handles (its folded biases live on the stack).

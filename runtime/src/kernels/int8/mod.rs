@@ -430,50 +430,6 @@ impl<'a> NeonEpilogue<'a> {
             table: table.map(neon_table),
         })
     }
-
-    /// Channels `j..j + 4` of the accumulators `a`, requantized and saturated to `i16`.
-    ///
-    /// # Safety
-    /// `j + 4` is at most the `channels` given to [`NeonEpilogue::new`].
-    #[inline(always)]
-    pub(crate) unsafe fn quad(
-        &self,
-        a: core::arch::aarch64::int32x4_t,
-        j: usize,
-    ) -> core::arch::aarch64::int16x4_t {
-        use core::arch::aarch64::*;
-        // SAFETY: j + 4 values of mult and high_shift exist (the contract and `new`).
-        unsafe {
-            let m = vld1q_s32(self.mult.as_ptr().add(j));
-            let t = vld1q_s32(self.high_shift.as_ptr().add(j));
-            let v = vqaddq_s32(vrshlq_s32(vqdmulhq_s32(a, m), t), self.zero_point);
-            vqmovn_s32(match self.min {
-                Some(lo) => vmaxq_s32(v, lo),
-                None => v,
-            })
-        }
-    }
-
-    /// Sixteen outputs from four [`NeonEpilogue::quad`]s: narrowed to int8, then looked up
-    /// in the hardswish table if there is one.
-    #[inline(always)]
-    pub(crate) fn bytes(
-        &self,
-        q: [core::arch::aarch64::int16x4_t; 4],
-    ) -> core::arch::aarch64::int8x16_t {
-        use core::arch::aarch64::*;
-        // SAFETY: register-only NEON (aarch64 baseline).
-        unsafe {
-            let v = vcombine_s8(
-                vqmovn_s16(vcombine_s16(q[0], q[1])),
-                vqmovn_s16(vcombine_s16(q[2], q[3])),
-            );
-            match &self.table {
-                Some(t) => look16(t, v),
-                None => v,
-            }
-        }
-    }
 }
 
 /// [`Activation::FloatHardswish`] on vector registers (aarch64): the operations of
@@ -542,19 +498,49 @@ pub(crate) trait QuadEpilogue {
 
 #[cfg(target_arch = "aarch64")]
 impl QuadEpilogue for NeonEpilogue<'_> {
+    /// Requantized: SQDMULH, SRSHL by `31 - s`, the zero point added saturating, the ReLU
+    /// bound, the narrow to `i16`.
     #[inline(always)]
     unsafe fn quad(
         &self,
         a: core::arch::aarch64::int32x4_t,
         j: usize,
     ) -> core::arch::aarch64::int16x4_t {
-        // SAFETY: the same contract.
-        unsafe { NeonEpilogue::quad(self, a, j) }
+        use core::arch::aarch64::*;
+        // SAFETY: j + 4 values of mult and high_shift exist (the contract and `new`).
+        unsafe {
+            let m = vld1q_s32(self.mult.as_ptr().add(j));
+            let t = vld1q_s32(self.high_shift.as_ptr().add(j));
+            let v = vqaddq_s32(vrshlq_s32(vqdmulhq_s32(a, m), t), self.zero_point);
+            vqmovn_s32(match self.min {
+                Some(lo) => vmaxq_s32(v, lo),
+                None => v,
+            })
+        }
     }
 
+    /// Narrowed to int8, then looked up in the hardswish table if there is one.
     #[inline(always)]
     fn bytes(&self, q: [core::arch::aarch64::int16x4_t; 4]) -> core::arch::aarch64::int8x16_t {
-        NeonEpilogue::bytes(self, q)
+        let v = narrow16(q);
+        match &self.table {
+            Some(t) => look16(t, v),
+            None => v,
+        }
+    }
+}
+
+/// Four quads of `i16` narrowed, saturating, to sixteen int8 values.
+#[cfg(target_arch = "aarch64")]
+#[inline(always)]
+fn narrow16(q: [core::arch::aarch64::int16x4_t; 4]) -> core::arch::aarch64::int8x16_t {
+    use core::arch::aarch64::*;
+    // SAFETY: register-only NEON (aarch64 baseline).
+    unsafe {
+        vcombine_s8(
+            vqmovn_s16(vcombine_s16(q[0], q[1])),
+            vqmovn_s16(vcombine_s16(q[2], q[3])),
+        )
     }
 }
 
@@ -585,14 +571,7 @@ impl QuadEpilogue for NeonFloatHardswish<'_> {
 
     #[inline(always)]
     fn bytes(&self, q: [core::arch::aarch64::int16x4_t; 4]) -> core::arch::aarch64::int8x16_t {
-        use core::arch::aarch64::*;
-        // SAFETY: register-only NEON (aarch64 baseline).
-        unsafe {
-            vcombine_s8(
-                vqmovn_s16(vcombine_s16(q[0], q[1])),
-                vqmovn_s16(vcombine_s16(q[2], q[3])),
-            )
-        }
+        narrow16(q)
     }
 }
 

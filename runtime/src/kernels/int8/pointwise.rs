@@ -231,7 +231,7 @@ pub fn portable(
 #[cfg(target_arch = "aarch64")]
 pub mod neon {
     use super::{DotTile, PointwiseShape, drive};
-    use crate::kernels::int8::{Epilogue, NeonEpilogue};
+    use crate::kernels::int8::{Epilogue, NeonEpilogue, QuadEpilogue};
     use core::arch::aarch64::*;
 
     /// NEON int8 pointwise convolution with the contract of [`super::portable`].
