@@ -43,7 +43,7 @@ step "cargo test (host)"
 # One libtorch thread per test process: tests already run in parallel on few cores.
 OMP_NUM_THREADS=1 cargo test --workspace --locked
 
-step "scripts/oof_teachers.py: assemble and score (numpy + safetensors venv)"
+step "scripts/oof_teachers.py and logit_bias_cv.py (numpy + safetensors venv)"
 # Which teacher's logits each training row gets decides whether a distilled student's held-out
 # score is honest; the GPU training part itself is not run here.
 # shellcheck source=venv.sh
@@ -51,6 +51,9 @@ source scripts/venv.sh
 derm_venv oof_teachers target/venv-oof "numpy, safetensors" "numpy/safetensors do not import" \
   numpy==2.4.6 safetensors==0.8.0
 target/venv-oof/bin/python -m unittest scripts/test_oof_teachers.py
+# The post-hoc logit bias's nested cross-validation (docs/results.md): fitted without the fold
+# it is scored on.
+target/venv-oof/bin/python -m unittest scripts/test_logit_bias_cv.py
 
 step "cargo test -p derm-runtime (aarch64 under qemu, cortex-a72)"
 derm_cross test -p derm-runtime --locked --target aarch64-unknown-linux-gnu
