@@ -74,7 +74,7 @@ pub fn portable(
 #[cfg(target_arch = "aarch64")]
 pub mod neon {
     use super::super::Activation;
-    use super::super::depthwise::tap_range;
+    use super::super::depthwise::{inside_range, tap_range};
     use super::super::neon_util::activate;
     use core::arch::aarch64::*;
 
@@ -141,13 +141,7 @@ pub mod neon {
             ow,
             act,
         };
-        let ox_lo = pad.div_ceil(stride).min(ow);
-        let ox_hi = if iw + pad >= kw {
-            ((iw + pad - kw) / stride + 1).min(ow)
-        } else {
-            0
-        }
-        .max(ox_lo);
+        let (ox_lo, ox_hi) = inside_range(ow, stride, pad, kw, iw);
         let c16 = cout - cout % 16;
         // MobileNet's stem (3x3, stride 2, pad 1, RGB) has the `rgb3x3s2` groups, which also
         // take the first output row and column (their padding taps are left out).
@@ -481,7 +475,7 @@ pub mod neon {
 pub mod avx2 {
     use super::super::Activation;
     use super::super::avx2_util::activate;
-    use super::super::depthwise::tap_range;
+    use super::super::depthwise::{inside_range, tap_range};
     use core::arch::x86_64::*;
 
     /// The most taps (`kh * kw * cin`) of the flat loop for interior
@@ -547,13 +541,7 @@ pub mod avx2 {
             }
         }
         // Output columns whose whole window lies inside the input: x_lo..x_hi.
-        let x_lo = pad.div_ceil(stride).min(ow);
-        let x_hi = if iw + pad >= kw {
-            ((iw + pad - kw) / stride + 1).min(ow)
-        } else {
-            0
-        }
-        .max(x_lo);
+        let (x_lo, x_hi) = inside_range(ow, stride, pad, kw, iw);
         let c16 = cout - cout % 16;
         for oy in 0..oh {
             let (ky0, ky1) = tap_range(oy, stride, pad, kh, ih);

@@ -58,6 +58,25 @@ pub fn portable(
     }
 }
 
+/// The outputs `lo..hi` (of `outs`) whose whole window of `k` taps lies inside `0..len`:
+/// `o * stride >= pad` and `o * stride - pad + k <= len`; `lo == hi` when none does.
+#[inline(always)]
+pub(crate) fn inside_range(
+    outs: usize,
+    stride: usize,
+    pad: usize,
+    k: usize,
+    len: usize,
+) -> (usize, usize) {
+    let lo = pad.div_ceil(stride).min(outs);
+    let hi = if len + pad >= k {
+        ((len + pad - k) / stride + 1).min(outs)
+    } else {
+        0
+    };
+    (lo, hi.max(lo))
+}
+
 /// The taps `t` in `lo..hi` for which `o * stride + t - pad` lies in `0..len`.
 #[inline(always)]
 pub(crate) fn tap_range(
@@ -273,13 +292,7 @@ pub mod neon {
             let (ow, iw, pad) = (g.ow, g.iw, g.pad);
             let n = GROUP;
             // Pixels ox < ox_hi have no window column past the input.
-            let ox_lo = pad.div_ceil(S).min(ow);
-            let ox_hi = if iw + pad >= K {
-                ((iw + pad - K) / S + 1).min(ow)
-            } else {
-                0
-            }
-            .max(ox_lo);
+            let (_, ox_hi) = super::inside_range(ow, S, pad, K, iw);
             // Columns of pixels ox..ox + px: ox * S - pad ..= (ox + px - 1) * S - pad + K - 1.
             let trail_of = |ox: usize, px: usize| {
                 if px == 0 {
@@ -566,7 +579,7 @@ pub mod neon {
 pub mod avx2 {
     use super::super::Activation;
     use super::super::avx2_util::activate;
-    use super::tap_range;
+    use super::{inside_range, tap_range};
     use core::arch::x86_64::*;
 
     /// Pixels per group: 8 accumulators, one weight and one input register out of 16.
@@ -625,13 +638,7 @@ pub mod avx2 {
         );
         let c8 = c - c % 8;
         // Output columns whose whole window lies inside the input: x_lo..x_hi.
-        let x_lo = pad.div_ceil(stride).min(ow);
-        let x_hi = if iw + pad >= k {
-            ((iw + pad - k) / stride + 1).min(ow)
-        } else {
-            0
-        }
-        .max(x_lo);
+        let (x_lo, x_hi) = inside_range(ow, stride, pad, k, iw);
         let l = Layer {
             input: input.as_ptr(),
             iw,
