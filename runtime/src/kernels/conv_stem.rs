@@ -572,144 +572,176 @@ pub mod avx2 {
                                 out.as_mut_ptr().add(o + cb),
                             );
                         }
-                        for r in 0..4 {
-                            let ip = input.as_ptr().add(corner + r * stride);
-                            let o = o + r * cout;
-                            for ch in c16..cout {
-                                let mut acc = bias[ch];
-                                for (t, &off) in offs[..taps].iter().enumerate() {
-                                    acc += *ip.add(off) * w[t * cout + ch];
-                                }
-                                out[o + ch] = act.apply(acc);
+                        if c16 < cout {
+                            for r in 0..4 {
+                                flat_pixel(
+                                    input.as_ptr().add(corner + r * stride),
+                                    &offs[..taps],
+                                    w,
+                                    &bias[..cout],
+                                    act,
+                                    out.as_mut_ptr().add(o + r * cout),
+                                    c16,
+                                );
                             }
                         }
                     }
                     ox += 4;
                     continue;
                 }
-                ox += 1;
-                let ox = ox - 1;
-                if flat && inside_rows && kx0 == 0 && kx1 == kw {
-                    // SAFETY: every tap is inside (tap_range returned the
-                    // whole kernel), so corner + offs[t] < cin * plane; the
-                    // weights of tap t for channels cb..cb + 8 (or 16) and
-                    // the output pixel's channels are inside the asserted
-                    // lengths.
-                    unsafe {
-                        let corner = (oy * stride - pad) * iw + ox * stride - pad;
-                        let ip = input.as_ptr().add(corner);
-                        let op = out.as_mut_ptr().add(o);
-                        let mut cb = 0;
-                        while cb + 16 <= cout {
-                            let bp = bias.as_ptr().add(cb);
-                            let (mut a0, mut a1) =
-                                (_mm256_loadu_ps(bp), _mm256_loadu_ps(bp.add(8)));
-                            for (t, &off) in offs[..taps].iter().enumerate() {
-                                let a = _mm256_set1_ps(*ip.add(off));
-                                let wt = w.as_ptr().add(t * cout + cb);
-                                a0 = _mm256_fmadd_ps(a, _mm256_loadu_ps(wt), a0);
-                                a1 = _mm256_fmadd_ps(a, _mm256_loadu_ps(wt.add(8)), a1);
-                            }
-                            _mm256_storeu_ps(op.add(cb), activate(act, a0));
-                            _mm256_storeu_ps(op.add(cb + 8), activate(act, a1));
-                            cb += 16;
+                'pixel: {
+                    if flat && inside_rows && kx0 == 0 && kx1 == kw {
+                        // SAFETY: every tap is inside (tap_range returned the whole
+                        // kernel), so corner + offs[t] < cin * plane; the output
+                        // pixel's cout channels are inside the asserted length.
+                        unsafe {
+                            let corner = (oy * stride - pad) * iw + ox * stride - pad;
+                            flat_pixel(
+                                input.as_ptr().add(corner),
+                                &offs[..taps],
+                                w,
+                                &bias[..cout],
+                                act,
+                                out.as_mut_ptr().add(o),
+                                0,
+                            );
                         }
-                        while cb + 8 <= cout {
-                            let mut a0 = _mm256_loadu_ps(bias.as_ptr().add(cb));
-                            for (t, &off) in offs[..taps].iter().enumerate() {
-                                let a = _mm256_set1_ps(*ip.add(off));
-                                a0 = _mm256_fmadd_ps(
-                                    a,
-                                    _mm256_loadu_ps(w.as_ptr().add(t * cout + cb)),
-                                    a0,
-                                );
-                            }
-                            _mm256_storeu_ps(op.add(cb), activate(act, a0));
-                            cb += 8;
-                        }
-                        for ch in cb..cout {
-                            let mut acc = bias[ch];
-                            for (t, &off) in offs[..taps].iter().enumerate() {
-                                acc += *ip.add(off) * w[t * cout + ch];
-                            }
-                            out[o + ch] = act.apply(acc);
-                        }
+                        break 'pixel;
                     }
-                    continue;
-                }
-                // SAFETY (both blocks): tap_range keeps input reads inside;
-                // cb + 32 (or + 8) <= cout bounds weights, bias and the
-                // output pixel; lengths asserted above.
-                let mut cb = 0;
-                while cb < c32 {
-                    unsafe {
-                        let bp = bias.as_ptr().add(cb);
-                        let mut acc = [
-                            _mm256_loadu_ps(bp),
-                            _mm256_loadu_ps(bp.add(8)),
-                            _mm256_loadu_ps(bp.add(16)),
-                            _mm256_loadu_ps(bp.add(24)),
-                        ];
-                        for ky in ky0..ky1 {
-                            let iy = oy * stride + ky - pad;
-                            for kx in kx0..kx1 {
-                                let ix = ox * stride + kx - pad;
-                                for ci in 0..cin {
-                                    let a = _mm256_set1_ps(
-                                        *input.as_ptr().add(ci * plane + iy * iw + ix),
-                                    );
-                                    let wt =
-                                        w.as_ptr().add(((ky * kw + kx) * cin + ci) * cout + cb);
-                                    for (j, v) in acc.iter_mut().enumerate() {
-                                        *v = _mm256_fmadd_ps(a, _mm256_loadu_ps(wt.add(8 * j)), *v);
+                    // SAFETY (both blocks): tap_range keeps input reads inside;
+                    // cb + 32 (or + 8) <= cout bounds weights, bias and the
+                    // output pixel; lengths asserted above.
+                    let mut cb = 0;
+                    while cb < c32 {
+                        unsafe {
+                            let bp = bias.as_ptr().add(cb);
+                            let mut acc = [
+                                _mm256_loadu_ps(bp),
+                                _mm256_loadu_ps(bp.add(8)),
+                                _mm256_loadu_ps(bp.add(16)),
+                                _mm256_loadu_ps(bp.add(24)),
+                            ];
+                            for ky in ky0..ky1 {
+                                let iy = oy * stride + ky - pad;
+                                for kx in kx0..kx1 {
+                                    let ix = ox * stride + kx - pad;
+                                    for ci in 0..cin {
+                                        let a = _mm256_set1_ps(
+                                            *input.as_ptr().add(ci * plane + iy * iw + ix),
+                                        );
+                                        let wt =
+                                            w.as_ptr().add(((ky * kw + kx) * cin + ci) * cout + cb);
+                                        for (j, v) in acc.iter_mut().enumerate() {
+                                            *v = _mm256_fmadd_ps(
+                                                a,
+                                                _mm256_loadu_ps(wt.add(8 * j)),
+                                                *v,
+                                            );
+                                        }
                                     }
                                 }
                             }
+                            for (j, v) in acc.iter().enumerate() {
+                                _mm256_storeu_ps(
+                                    out.as_mut_ptr().add(o + cb + 8 * j),
+                                    activate(act, *v),
+                                );
+                            }
                         }
-                        for (j, v) in acc.iter().enumerate() {
-                            _mm256_storeu_ps(
-                                out.as_mut_ptr().add(o + cb + 8 * j),
-                                activate(act, *v),
-                            );
-                        }
+                        cb += 32;
                     }
-                    cb += 32;
-                }
-                while cb < c8 {
-                    unsafe {
-                        let mut acc = _mm256_loadu_ps(bias.as_ptr().add(cb));
+                    while cb < c8 {
+                        unsafe {
+                            let mut acc = _mm256_loadu_ps(bias.as_ptr().add(cb));
+                            for ky in ky0..ky1 {
+                                let iy = oy * stride + ky - pad;
+                                for kx in kx0..kx1 {
+                                    let ix = ox * stride + kx - pad;
+                                    for ci in 0..cin {
+                                        let a = _mm256_set1_ps(
+                                            *input.as_ptr().add(ci * plane + iy * iw + ix),
+                                        );
+                                        let wt =
+                                            w.as_ptr().add(((ky * kw + kx) * cin + ci) * cout + cb);
+                                        acc = _mm256_fmadd_ps(a, _mm256_loadu_ps(wt), acc);
+                                    }
+                                }
+                            }
+                            _mm256_storeu_ps(out.as_mut_ptr().add(o + cb), activate(act, acc));
+                        }
+                        cb += 8;
+                    }
+                    for ch in c8..cout {
+                        let mut acc = bias[ch];
                         for ky in ky0..ky1 {
                             let iy = oy * stride + ky - pad;
                             for kx in kx0..kx1 {
                                 let ix = ox * stride + kx - pad;
                                 for ci in 0..cin {
-                                    let a = _mm256_set1_ps(
-                                        *input.as_ptr().add(ci * plane + iy * iw + ix),
-                                    );
-                                    let wt =
-                                        w.as_ptr().add(((ky * kw + kx) * cin + ci) * cout + cb);
-                                    acc = _mm256_fmadd_ps(a, _mm256_loadu_ps(wt), acc);
+                                    acc += input[ci * plane + iy * iw + ix]
+                                        * w[((ky * kw + kx) * cin + ci) * cout + ch];
                                 }
                             }
                         }
-                        _mm256_storeu_ps(out.as_mut_ptr().add(o + cb), activate(act, acc));
+                        out[o + ch] = act.apply(acc);
                     }
-                    cb += 8;
                 }
-                for ch in c8..cout {
-                    let mut acc = bias[ch];
-                    for ky in ky0..ky1 {
-                        let iy = oy * stride + ky - pad;
-                        for kx in kx0..kx1 {
-                            let ix = ox * stride + kx - pad;
-                            for ci in 0..cin {
-                                acc += input[ci * plane + iy * iw + ix]
-                                    * w[((ky * kw + kx) * cin + ci) * cout + ch];
-                            }
-                        }
-                    }
-                    out[o + ch] = act.apply(acc);
+                ox += 1;
+            }
+        }
+    }
+
+    /// Channels `cb0..cout` of one output pixel whose window is inside the input (`ip` its
+    /// corner, `offs[t]` tap `t`'s offset from it, `w[t * cout..]` its weights), into `op`:
+    /// 16 channels per block, then 8, then one by one.
+    ///
+    /// # Safety
+    /// AVX2 + FMA; every `ip + offs[t]` readable; `bias` holds exactly the `cout` biases,
+    /// `w` `offs.len() * cout` weights; `op` `cout` writable values.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn flat_pixel(
+        ip: *const f32,
+        offs: &[usize],
+        w: &[f32],
+        bias: &[f32],
+        act: Activation,
+        op: *mut f32,
+        cb0: usize,
+    ) {
+        let cout = bias.len();
+        let mut cb = cb0;
+        // SAFETY: see the function contract; cb + 16 (or + 8) <= cout bounds the weights,
+        // bias and output channels.
+        unsafe {
+            while cb + 16 <= cout {
+                let bp = bias.as_ptr().add(cb);
+                let (mut a0, mut a1) = (_mm256_loadu_ps(bp), _mm256_loadu_ps(bp.add(8)));
+                for (t, &off) in offs.iter().enumerate() {
+                    let a = _mm256_set1_ps(*ip.add(off));
+                    let wt = w.as_ptr().add(t * cout + cb);
+                    a0 = _mm256_fmadd_ps(a, _mm256_loadu_ps(wt), a0);
+                    a1 = _mm256_fmadd_ps(a, _mm256_loadu_ps(wt.add(8)), a1);
                 }
+                _mm256_storeu_ps(op.add(cb), activate(act, a0));
+                _mm256_storeu_ps(op.add(cb + 8), activate(act, a1));
+                cb += 16;
+            }
+            while cb + 8 <= cout {
+                let mut a0 = _mm256_loadu_ps(bias.as_ptr().add(cb));
+                for (t, &off) in offs.iter().enumerate() {
+                    let a = _mm256_set1_ps(*ip.add(off));
+                    a0 = _mm256_fmadd_ps(a, _mm256_loadu_ps(w.as_ptr().add(t * cout + cb)), a0);
+                }
+                _mm256_storeu_ps(op.add(cb), activate(act, a0));
+                cb += 8;
+            }
+            for ch in cb..cout {
+                let mut acc = bias[ch];
+                for (t, &off) in offs.iter().enumerate() {
+                    acc += *ip.add(off) * w[t * cout + ch];
+                }
+                *op.add(ch) = act.apply(acc);
             }
         }
     }

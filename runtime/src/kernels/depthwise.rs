@@ -654,6 +654,8 @@ pub mod avx2 {
         for oy in 0..oh {
             let (ky0, ky1) = tap_range(oy, stride, pad, k, ih);
             for cb in (0..c8).step_by(8) {
+                // SAFETY: cb + 8 <= c <= bias.len().
+                let b = unsafe { _mm256_loadu_ps(bias.as_ptr().add(cb)) };
                 let mut ox = 0;
                 while ox < ow {
                     let n = GROUP.min(ow - ox);
@@ -662,7 +664,6 @@ pub mod avx2 {
                     // checked ones test each; cb + 8 <= c bounds the channels, and
                     // ox + n <= ow the output pixels; lengths asserted above.
                     unsafe {
-                        let b = _mm256_loadu_ps(bias.as_ptr().add(cb));
                         if n == GROUP && ox >= x_lo && ox + GROUP <= x_hi {
                             group::<false>(&l, oy, ky0, ky1, ox, GROUP, cb, b);
                         } else {
@@ -672,19 +673,22 @@ pub mod avx2 {
                     ox += n;
                 }
             }
-            for ox in 0..ow {
-                let (kx0, kx1) = tap_range(ox, stride, pad, k, iw);
-                let o = (oy * ow + ox) * c;
-                for ch in c8..c {
-                    let mut acc = bias[ch];
-                    for ky in ky0..ky1 {
-                        let iy = oy * stride + ky - pad;
-                        for kx in kx0..kx1 {
-                            let ix = ox * stride + kx - pad;
-                            acc += input[(iy * iw + ix) * c + ch] * w[(ky * k + kx) * c + ch];
+            // Channels past the last block of 8, one by one (none in MobileNetV3).
+            if c8 < c {
+                for ox in 0..ow {
+                    let (kx0, kx1) = tap_range(ox, stride, pad, k, iw);
+                    let o = (oy * ow + ox) * c;
+                    for ch in c8..c {
+                        let mut acc = bias[ch];
+                        for ky in ky0..ky1 {
+                            let iy = oy * stride + ky - pad;
+                            for kx in kx0..kx1 {
+                                let ix = ox * stride + kx - pad;
+                                acc += input[(iy * iw + ix) * c + ch] * w[(ky * k + kx) * c + ch];
+                            }
                         }
+                        out[o + ch] = act.apply(acc);
                     }
-                    out[o + ch] = act.apply(acc);
                 }
             }
         }
