@@ -824,100 +824,106 @@ pub mod avx512 {
                 ];
                 let e = e.slice(j0..j0 + m);
                 let mut acc = [0i32; NB];
-                let mut acc4 = [0i32; 4 * NB];
+                let rows = (cin, plane, s.kh, s.iw, s.stride);
                 for oy in 0..s.oh {
                     let y0 = (oy * s.stride).wrapping_sub(s.pad);
                     let rows_inside = oy * s.stride >= s.pad && y0 + s.kh <= s.ih;
+                    // Pixel ox + r's accumulators through the epilogue into `out`.
+                    let mut finish = |ox: usize, a: &[[__m256i; 2]]| {
+                        for (r, ar) in a.iter().enumerate() {
+                            _mm256_storeu_si256(acc.as_mut_ptr().cast(), ar[0]);
+                            _mm256_storeu_si256(acc.as_mut_ptr().add(8).cast(), ar[1]);
+                            let o = (oy * s.ow + ox + r) * cout + j0;
+                            e.apply_with::<requant::Avx512>(&acc[..m], &mut out[o..o + m]);
+                        }
+                    };
                     let mut ox = 0;
                     while ox < s.ow {
                         let x0 = (ox * s.stride).wrapping_sub(s.pad);
-                        // Four interior pixels at once: 8 independent accumulators (one
-                        // pixel's two would chain every vpdpbusd of its window).
-                        let last = x0.wrapping_add(3 * s.stride);
-                        if rows_inside
-                            && ox + 4 <= s.ow
-                            && ox * s.stride >= s.pad
-                            && last + s.kw <= s.iw
-                            && (cin - 1) * plane + (y0 + s.kh - 1) * s.iw + last + 4 <= x.len()
-                        {
-                            let base = x.as_ptr().add(y0 * s.iw + x0);
-                            let mut a = [init; 4];
-                            for ci in 0..cin {
-                                for ky in 0..s.kh {
-                                    let g = ci * s.kh + ky;
-                                    let row = base.add(ci * plane + ky * s.iw);
-                                    for (r, ar) in a.iter_mut().enumerate() {
-                                        let q =
-                                            row.add(r * s.stride).cast::<i32>().read_unaligned();
-                                        let xb = _mm256_xor_si256(_mm256_set1_epi32(q), flip);
-                                        ar[0] = _mm256_dpbusd_epi32(ar[0], xb, wr[g][0]);
-                                        ar[1] = _mm256_dpbusd_epi32(ar[1], xb, wr[g][1]);
-                                    }
-                                }
-                            }
-                            for (r, ar) in a.iter().enumerate() {
-                                let dst = acc4.as_mut_ptr().add(r * NB);
-                                _mm256_storeu_si256(dst.cast(), ar[0]);
-                                _mm256_storeu_si256(dst.add(8).cast(), ar[1]);
-                            }
-                            for r in 0..4 {
-                                let o = (oy * s.ow + ox + r) * cout + j0;
-                                e.apply_with::<requant::Avx512>(
-                                    &acc4[r * NB..r * NB + m],
-                                    &mut out[o..o + m],
-                                );
-                            }
+                        // Pixels ox..ox + n all interior: every tap inside, and the last
+                        // pair's 4-byte load inside x.
+                        let interior = |n: usize| {
+                            let last = x0.wrapping_add((n - 1) * s.stride);
+                            rows_inside
+                                && ox + n <= s.ow
+                                && ox * s.stride >= s.pad
+                                && last + s.kw <= s.iw
+                                && (cin - 1) * plane + (y0 + s.kh - 1) * s.iw + last + 4 <= x.len()
+                        };
+                        let base = x
+                            .as_ptr()
+                            .wrapping_add(y0.wrapping_mul(s.iw).wrapping_add(x0));
+                        if interior(4) {
+                            // Four pixels at once: 8 independent accumulators (one pixel's
+                            // two would chain every vpdpbusd of its window).
+                            finish(ox, &windows::<4>(base, rows, flip, init, &wr));
                             ox += 4;
                             continue;
                         }
-                        // Interior: every tap inside, and the last pair's
-                        // 4-byte load inside x.
-                        let inside = rows_inside
-                            && ox * s.stride >= s.pad
-                            && x0 + s.kw <= s.iw
-                            && (cin - 1) * plane + (y0 + s.kh - 1) * s.iw + x0 + 4 <= x.len();
+                        if interior(1) {
+                            finish(ox, &windows::<1>(base, rows, flip, init, &wr));
+                            ox += 1;
+                            continue;
+                        }
                         let mut a = init;
-                        if inside {
-                            let base = x.as_ptr().add(y0 * s.iw + x0);
-                            for ci in 0..cin {
-                                for ky in 0..s.kh {
-                                    let g = ci * s.kh + ky;
-                                    let q = base
-                                        .add(ci * plane + ky * s.iw)
-                                        .cast::<i32>()
-                                        .read_unaligned();
-                                    let xb = _mm256_xor_si256(_mm256_set1_epi32(q), flip);
-                                    a[0] = _mm256_dpbusd_epi32(a[0], xb, wr[g][0]);
-                                    a[1] = _mm256_dpbusd_epi32(a[1], xb, wr[g][1]);
-                                }
-                            }
-                        } else {
-                            for ci in 0..cin {
-                                for ky in 0..s.kh {
-                                    let g = ci * s.kh + ky;
-                                    let iy = y0.wrapping_add(ky);
-                                    let mut b = [zflip; 4];
-                                    for (kx, bk) in b.iter_mut().enumerate().take(s.kw) {
-                                        let ix = x0.wrapping_add(kx);
-                                        if iy < s.ih && ix < s.iw {
-                                            *bk = (x[ci * plane + iy * s.iw + ix] as u8) ^ 0x80;
-                                        }
+                        for ci in 0..cin {
+                            for ky in 0..s.kh {
+                                let g = ci * s.kh + ky;
+                                let iy = y0.wrapping_add(ky);
+                                let mut b = [zflip; 4];
+                                for (kx, bk) in b.iter_mut().enumerate().take(s.kw) {
+                                    let ix = x0.wrapping_add(kx);
+                                    if iy < s.ih && ix < s.iw {
+                                        *bk = (x[ci * plane + iy * s.iw + ix] as u8) ^ 0x80;
                                     }
-                                    let xb = _mm256_set1_epi32(i32::from_le_bytes(b));
-                                    a[0] = _mm256_dpbusd_epi32(a[0], xb, wr[g][0]);
-                                    a[1] = _mm256_dpbusd_epi32(a[1], xb, wr[g][1]);
                                 }
+                                let xb = _mm256_set1_epi32(i32::from_le_bytes(b));
+                                a[0] = _mm256_dpbusd_epi32(a[0], xb, wr[g][0]);
+                                a[1] = _mm256_dpbusd_epi32(a[1], xb, wr[g][1]);
                             }
                         }
-                        _mm256_storeu_si256(acc.as_mut_ptr().cast(), a[0]);
-                        _mm256_storeu_si256(acc.as_mut_ptr().add(8).cast(), a[1]);
-                        let o = (oy * s.ow + ox) * cout + j0;
-                        e.apply_with::<requant::Avx512>(&acc[..m], &mut out[o..o + m]);
+                        finish(ox, &[a]);
                         ox += 1;
                     }
                 }
             }
         }
+    }
+
+    /// The accumulators of `R` neighbouring interior pixels of the VNNI form: pixel `r`'s
+    /// window corner is `base + r * stride`; each (channel, kernel row) pair `g` is one
+    /// 4-byte load, sign-flipped and broadcast, against `wr[g]`. `rows` is (cin, plane, kh,
+    /// iw, stride).
+    ///
+    /// # Safety
+    /// The features of [`conv_stem`]; every pixel's windows and their last pair's 4-byte
+    /// load inside `x`; `wr` holds the `cin * kh` pairs' packed weights.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vbmi,avx512vnni,avx2")]
+    unsafe fn windows<const R: usize>(
+        base: *const i8,
+        (cin, plane, kh, iw, stride): (usize, usize, usize, usize, usize),
+        flip: __m256i,
+        init: [__m256i; 2],
+        wr: &[[__m256i; 2]; GROUPS],
+    ) -> [[__m256i; 2]; R] {
+        let mut a = [init; R];
+        // SAFETY: see the function contract.
+        unsafe {
+            for ci in 0..cin {
+                for ky in 0..kh {
+                    let g = ci * kh + ky;
+                    let row = base.add(ci * plane + ky * iw);
+                    for (r, ar) in a.iter_mut().enumerate() {
+                        let q = row.add(r * stride).cast::<i32>().read_unaligned();
+                        let xb = _mm256_xor_si256(_mm256_set1_epi32(q), flip);
+                        ar[0] = _mm256_dpbusd_epi32(ar[0], xb, wr[g][0]);
+                        ar[1] = _mm256_dpbusd_epi32(ar[1], xb, wr[g][1]);
+                    }
+                }
+            }
+        }
+        a
     }
 }
 
