@@ -894,11 +894,36 @@ impl Uniform {
     }
 }
 
-/// `sum_i w[i] * x[i]` of two int8 rows, modulo `2^32` (see the module docs).
+/// `acc[j] += sum_i w[j * k + i] * v[i]` (wrapping) for an `[acc.len()][k]`
+/// int8 matrix and a vector `v` of `k` values that `widen` maps into `i16`
+/// (int8 values, or offsets of int8 values from a zero point, in `[-255,
+/// 255]`): the GEMV of the fully connected layers (linear, squeeze-excite).
+///
+/// The vector goes through a stack copy in `i16`, a chunk of inputs at a
+/// time: products of two values known to fit 16 bits are what x86_64
+/// compiles into `vpmaddwd` (32 products a step) and aarch64 into widening
+/// multiply-adds, where `i32` operands took a 32-bit multiply per product.
+/// Each product is below `2^15 * 2^8` in magnitude, and the sums wrap
+/// modulo `2^32` like the oracle's `i64` sum `as i32` (see the module
+/// docs), in whatever order the compiler adds them.
 #[inline(always)]
-fn dot(w: &[i8], x: &[i8]) -> i32 {
-    debug_assert_eq!(w.len(), x.len());
-    w.iter().zip(x).fold(0i32, |s, (&a, &b)| {
-        s.wrapping_add(i32::from(a) * i32::from(b))
-    })
+fn gemv_acc<T: Copy>(w: &[i8], k: usize, v: &[T], widen: impl Fn(T) -> i16, acc: &mut [i32]) {
+    const KC: usize = 256;
+    debug_assert_eq!(v.len(), k);
+    debug_assert_eq!(w.len(), acc.len() * k);
+    let mut v16 = [0i16; KC];
+    for i0 in (0..k).step_by(KC) {
+        let kc = KC.min(k - i0);
+        for (d, &x) in v16.iter_mut().zip(&v[i0..i0 + kc]) {
+            *d = widen(x);
+        }
+        let v16 = &v16[..kc];
+        for (j, a) in acc.iter_mut().enumerate() {
+            let row = &w[j * k + i0..j * k + i0 + kc];
+            let dot = row.iter().zip(v16).fold(0i32, |s, (&wv, &x)| {
+                s.wrapping_add(i32::from(wv) * i32::from(x))
+            });
+            *a = a.wrapping_add(dot);
+        }
+    }
 }

@@ -1,7 +1,7 @@
 //! Int8 squeeze-and-excite, in place on an HWC tensor:
 //! `y = x * hardsigmoid(fc2(relu(fc1(mean(x)))))`.
 
-use super::{CHUNK, Mult, Uniform, requant};
+use super::{CHUNK, Mult, Uniform, gemv_acc, requant};
 use requant::{Dispatch, Row};
 
 /// The variant this target uses: [`portable`] (on aarch64 its row
@@ -148,7 +148,7 @@ unsafe fn body<R: Row>(x: &mut [i8], s: SeShape, p: &SeParams<'_>, scratch: &mut
 
     // fc1 and ReLU: the hidden zero point is the lower clamp (real 0).
     hidden.copy_from_slice(p.fc1_bias);
-    gemv_acc(p.fc1_weight, c, pooled, hidden);
+    gemv_acc(p.fc1_weight, c, pooled, offset16, hidden);
     for (j0, chunk) in (0..q).step_by(CHUNK).zip(hidden.chunks_mut(CHUNK)) {
         let m = chunk.len();
         let q8 = &mut q8[..m];
@@ -171,7 +171,7 @@ unsafe fn body<R: Row>(x: &mut [i8], s: SeShape, p: &SeParams<'_>, scratch: &mut
 
     // fc2 and hardsigmoid, in Q15.
     gate.copy_from_slice(p.fc2_bias);
-    gemv_acc(p.fc2_weight, q, hidden, gate);
+    gemv_acc(p.fc2_weight, q, hidden, offset16, gate);
     for (ch, g) in gate.iter_mut().enumerate() {
         let v = requant::requant(*g, p.gate_mult[ch], u32::from(p.gate_shift[ch]));
         *g = v.saturating_add(GATE_ONE / 2).clamp(0, GATE_ONE);
@@ -200,35 +200,12 @@ unsafe fn body<R: Row>(x: &mut [i8], s: SeShape, p: &SeParams<'_>, scratch: &mut
     }
 }
 
-/// `acc[j] += sum_i w[j * k + i] * v[i]` (wrapping) for an `[acc.len()][k]`
-/// int8 matrix and a vector `v` of `k` values in `[-255, 255]` (offsets of
-/// int8 values from a zero point).
-///
-/// The vector goes through a stack copy in `i16`, a chunk of inputs at a
-/// time: products of two values known to fit 16 bits are what x86_64
-/// compiles into `vpmaddwd` (32 products a step), where `i32` operands took
-/// a 32-bit multiply per product.
+/// An offset of an int8 value from a zero point (in `[-255, 255]`) as the
+/// `i16` [`gemv_acc`] multiplies.
 #[inline(always)]
-fn gemv_acc(w: &[i8], k: usize, v: &[i32], acc: &mut [i32]) {
-    const KC: usize = 256;
-    debug_assert_eq!(v.len(), k);
-    debug_assert_eq!(w.len(), acc.len() * k);
-    let mut v16 = [0i16; KC];
-    for i0 in (0..k).step_by(KC) {
-        let kc = KC.min(k - i0);
-        for (d, &x) in v16.iter_mut().zip(&v[i0..i0 + kc]) {
-            debug_assert!((-255..=255).contains(&x));
-            *d = x as i16;
-        }
-        let v16 = &v16[..kc];
-        for (j, a) in acc.iter_mut().enumerate() {
-            let row = &w[j * k + i0..j * k + i0 + kc];
-            let dot = row.iter().zip(v16).fold(0i32, |s, (&wv, &x)| {
-                s.wrapping_add(i32::from(wv) * i32::from(x))
-            });
-            *a = a.wrapping_add(dot);
-        }
-    }
+fn offset16(x: i32) -> i16 {
+    debug_assert!((-255..=255).contains(&x));
+    x as i16
 }
 
 /// x86_64: [`portable`]'s source compiled with AVX2.
