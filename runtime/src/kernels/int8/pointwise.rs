@@ -613,33 +613,78 @@ pub mod avx512vnni {
                 let e16 = e.avx512_16(j0, m);
                 let e = e.slice(j0..j0 + m);
                 let store_mask: __mmask16 = if m == NB { !0 } else { (1u16 << m) - 1 };
-                let mut finish = |r: usize, a: [__m256i; 2]| {
-                    let o = r * n + j0;
-                    match &e16 {
-                        Some(e16) => {
-                            let wide = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(a[0]), a[1]);
-                            // Masked to the block's m channels of row r.
-                            _mm_mask_storeu_epi8(
-                                out[o..o + m].as_mut_ptr(),
-                                store_mask,
-                                e16.apply(wide),
-                            );
-                        }
-                        None => {
-                            let mut t = [0i32; NB];
-                            _mm256_storeu_si256(t.as_mut_ptr().cast(), a[0]);
-                            _mm256_storeu_si256(t.as_mut_ptr().add(8).cast(), a[1]);
-                            e.apply_with::<crate::kernels::requant::Avx512>(
-                                &t[..m],
-                                &mut out[o..o + m],
-                            );
-                        }
-                    }
+                let tiles = Tiles {
+                    x: x.as_ptr(),
+                    pixels,
+                    k,
+                    wv,
+                    groups,
+                    init,
+                    flip,
                 };
-                let mut p0 = 0;
-                while p0 < pixels {
-                    let rows = PR.min(pixels - p0);
-                    let xp = x.as_ptr().add(p0 * k);
+                // Two instances of the pixel loop, so that the common one (every conv
+                // layer of the shipped models) has its epilogue inlined: as a call per
+                // pixel through one closure with both branches, its prologue, the
+                // reload of the epilogue's constants and `vzeroupper` cost about as
+                // much as the requantization itself.
+                match &e16 {
+                    Some(e16) => tiles.each(|r, a| {
+                        let wide = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(a[0]), a[1]);
+                        let o = r * n + j0;
+                        // Masked to the block's m channels of row r.
+                        _mm_mask_storeu_epi8(
+                            out[o..o + m].as_mut_ptr(),
+                            store_mask,
+                            e16.apply(wide),
+                        );
+                    }),
+                    None => tiles.each(|r, a| {
+                        let o = r * n + j0;
+                        let mut t = [0i32; NB];
+                        _mm256_storeu_si256(t.as_mut_ptr().cast(), a[0]);
+                        _mm256_storeu_si256(t.as_mut_ptr().add(8).cast(), a[1]);
+                        e.apply_with::<crate::kernels::requant::Avx512>(
+                            &t[..m],
+                            &mut out[o..o + m],
+                        );
+                    }),
+                }
+            }
+        }
+    }
+
+    /// The pixel rows of [`packed`] against one packed block of weights.
+    struct Tiles {
+        /// `[pixels][k]` input bytes.
+        x: *const i8,
+        pixels: usize,
+        k: usize,
+        /// The block's `2 * groups` packed weight vectors.
+        wv: *const __m256i,
+        groups: usize,
+        /// Each channel's bias minus its sign-flip correction.
+        init: [__m256i; 2],
+        /// `0x80` in every byte.
+        flip: __m256i,
+    }
+
+    impl Tiles {
+        /// Calls `finish(pixel, sums)` for every pixel, computing them [`PR`] rows at a
+        /// time ([`block`]).
+        ///
+        /// # Safety
+        /// The fields describe live buffers as [`block`] requires; the features of
+        /// [`pointwise`].
+        #[inline(always)]
+        unsafe fn each(&self, mut finish: impl FnMut(usize, [__m256i; 2])) {
+            let (k, wv, groups, init, flip) = (self.k, self.wv, self.groups, self.init, self.flip);
+            let mut p0 = 0;
+            // SAFETY: rows p0..p0 + rows lie below `pixels`; the rest is the caller's
+            // contract.
+            unsafe {
+                while p0 < self.pixels {
+                    let rows = PR.min(self.pixels - p0);
+                    let xp = self.x.add(p0 * k);
                     if rows == PR {
                         let t = block::<PR>(xp, k, wv, groups, init, flip);
                         for (r, a) in t.into_iter().enumerate() {
