@@ -822,8 +822,12 @@ pub mod avx512 {
                     _mm256_loadu_si256(init.as_ptr().cast()),
                     _mm256_loadu_si256(init.as_ptr().add(8).cast()),
                 ];
+                // The block's epilogue in registers when it can be (see `Epilogue16`),
+                // else through the row function (kept out of line, so that the common
+                // form inlines into every call of `finish`).
+                let e16 = e.avx512_16(j0, m);
                 let e = e.slice(j0..j0 + m);
-                let mut acc = [0i32; NB];
+                let store_mask: __mmask16 = if m == NB { !0 } else { (1u16 << m) - 1 };
                 let rows = (cin, plane, s.kh, s.iw, s.stride);
                 for oy in 0..s.oh {
                     let y0 = (oy * s.stride).wrapping_sub(s.pad);
@@ -831,10 +835,21 @@ pub mod avx512 {
                     // Pixel ox + r's accumulators through the epilogue into `out`.
                     let mut finish = |ox: usize, a: &[[__m256i; 2]]| {
                         for (r, ar) in a.iter().enumerate() {
-                            _mm256_storeu_si256(acc.as_mut_ptr().cast(), ar[0]);
-                            _mm256_storeu_si256(acc.as_mut_ptr().add(8).cast(), ar[1]);
                             let o = (oy * s.ow + ox + r) * cout + j0;
-                            e.apply_with::<requant::Avx512>(&acc[..m], &mut out[o..o + m]);
+                            match &e16 {
+                                Some(e16) => {
+                                    let wide = _mm512_inserti64x4::<1>(
+                                        _mm512_castsi256_si512(ar[0]),
+                                        ar[1],
+                                    );
+                                    _mm_mask_storeu_epi8(
+                                        out[o..o + m].as_mut_ptr(),
+                                        store_mask,
+                                        e16.apply(wide),
+                                    );
+                                }
+                                None => finish_row(&e, *ar, &mut out[o..o + m]),
+                            }
                         }
                     };
                     let mut ox = 0;
@@ -887,6 +902,24 @@ pub mod avx512 {
                     }
                 }
             }
+        }
+    }
+
+    /// One pixel's block of [`NB`] accumulators through `e`'s row function into `out`
+    /// (`e` and `out` have the block's channels).
+    ///
+    /// # Safety
+    /// The features of [`conv_stem`].
+    #[inline(never)]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vbmi,avx512vnni,avx2")]
+    unsafe fn finish_row(e: &Epilogue<'_>, a: [__m256i; 2], out: &mut [i8]) {
+        let mut acc = [0i32; NB];
+        // SAFETY: two 8-lane stores into the 16 values of acc; the features are this
+        // function's contract.
+        unsafe {
+            _mm256_storeu_si256(acc.as_mut_ptr().cast(), a[0]);
+            _mm256_storeu_si256(acc.as_mut_ptr().add(8).cast(), a[1]);
+            e.apply_with::<requant::Avx512>(&acc[..out.len()], out);
         }
     }
 

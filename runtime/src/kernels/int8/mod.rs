@@ -343,18 +343,7 @@ unsafe fn float_hardswish_avx512(
     out: &mut [i8],
 ) {
     use core::arch::x86_64::*;
-    const ROUND_MAGIC: f32 = 12_582_912.0;
     let n = out.len().min(acc.len()).min(scale.len());
-    let (zero, three, six) = (
-        _mm512_setzero_ps(),
-        _mm512_set1_ps(3.0),
-        _mm512_set1_ps(6.0),
-    );
-    let (lo, hi, magic) = (
-        _mm512_set1_ps(-1024.0),
-        _mm512_set1_ps(1024.0),
-        _mm512_set1_ps(ROUND_MAGIC),
-    );
     let (inv, zp) = (_mm512_set1_ps(inv_scale), _mm512_set1_epi32(zero_point));
     let mut i = 0;
     while i < n {
@@ -368,16 +357,48 @@ unsafe fn float_hardswish_avx512(
         unsafe {
             let a = _mm512_maskz_loadu_epi32(mask, acc.as_ptr().add(i));
             let sc = _mm512_maskz_loadu_ps(mask, scale.as_ptr().add(i));
-            let f = _mm512_mul_ps(_mm512_cvtepi32_ps(a), sc);
-            let r6 = _mm512_min_ps(six, _mm512_max_ps(zero, _mm512_add_ps(f, three)));
-            let h = _mm512_mul_ps(f, r6);
-            let v = _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_mul_ps(h, inv)));
-            let r = _mm512_sub_ps(_mm512_add_ps(v, magic), magic);
-            let ordered = _mm512_cmp_ps_mask::<_CMP_ORD_Q>(r, r);
-            let q = _mm512_add_epi32(_mm512_maskz_cvttps_epi32(ordered, r), zp);
+            let q = float_hardswish16(a, sc, inv, zp);
             _mm512_mask_cvtsepi32_storeu_epi8(out.as_mut_ptr().add(i).cast(), mask, q);
         }
         i += 16;
+    }
+}
+
+/// The 16 lanes of [`float_hardswish_avx512`] before the narrowing: `zero_point + q` per
+/// lane as `i32` (the caller narrows with signed saturation), from accumulators `a` and
+/// channel scales `sc`.
+///
+/// # Safety
+/// The CPU supports AVX-512 F.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn float_hardswish16(
+    a: core::arch::x86_64::__m512i,
+    sc: core::arch::x86_64::__m512,
+    inv: core::arch::x86_64::__m512,
+    zp: core::arch::x86_64::__m512i,
+) -> core::arch::x86_64::__m512i {
+    use core::arch::x86_64::*;
+    const ROUND_MAGIC: f32 = 12_582_912.0;
+    // SAFETY: register-only AVX-512 F, the caller's contract.
+    unsafe {
+        let (zero, three, six) = (
+            _mm512_setzero_ps(),
+            _mm512_set1_ps(3.0),
+            _mm512_set1_ps(6.0),
+        );
+        let (lo, hi, magic) = (
+            _mm512_set1_ps(-1024.0),
+            _mm512_set1_ps(1024.0),
+            _mm512_set1_ps(ROUND_MAGIC),
+        );
+        let f = _mm512_mul_ps(_mm512_cvtepi32_ps(a), sc);
+        let r6 = _mm512_min_ps(six, _mm512_max_ps(zero, _mm512_add_ps(f, three)));
+        let h = _mm512_mul_ps(f, r6);
+        let v = _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_mul_ps(h, inv)));
+        let r = _mm512_sub_ps(_mm512_add_ps(v, magic), magic);
+        let ordered = _mm512_cmp_ps_mask::<_CMP_ORD_Q>(r, r);
+        _mm512_add_epi32(_mm512_maskz_cvttps_epi32(ordered, r), zp)
     }
 }
 
@@ -701,17 +722,31 @@ unsafe fn vbmi_lookup(table: &[i8; 256], out: &mut [i8]) {
 
 /// An [`Epilogue`] for 16 channels held in AVX-512 registers, for kernels
 /// that keep a tile's accumulators in registers: the multipliers, the
-/// `31 - shift` values and the hardswish table are loaded once per tile of
-/// pixels instead of once per pixel, and the accumulators are never stored
-/// and reloaded (see [`Epilogue::avx512_16`]).
+/// `31 - shift` values and the hardswish table (or the float hardswish's
+/// scales) are loaded once per tile of pixels instead of once per pixel, and
+/// the accumulators are never stored and reloaded (see
+/// [`Epilogue::avx512_16`]).
 #[cfg(target_arch = "x86_64")]
 #[derive(Clone, Copy)]
-pub(crate) struct Epilogue16 {
-    m: core::arch::x86_64::__m512i,
-    t: core::arch::x86_64::__m512i,
-    zp: core::arch::x86_64::__m512i,
-    min: core::arch::x86_64::__m128i,
-    table: Option<[core::arch::x86_64::__m512i; 4]>,
+// Built once per block and kept in registers; the variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Epilogue16 {
+    /// The integer requantization ([`Activation::Clamp`] or
+    /// [`Activation::Hardswish`]) with the shifts in their high form.
+    Int {
+        m: core::arch::x86_64::__m512i,
+        t: core::arch::x86_64::__m512i,
+        zp: core::arch::x86_64::__m512i,
+        min: core::arch::x86_64::__m128i,
+        table: Option<[core::arch::x86_64::__m512i; 4]>,
+    },
+    /// [`Activation::FloatHardswish`]: the operations of the row function
+    /// ([`float_hardswish16`]).
+    Float {
+        scale: core::arch::x86_64::__m512,
+        inv: core::arch::x86_64::__m512,
+        zp: core::arch::x86_64::__m512i,
+    },
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -729,17 +764,28 @@ impl Epilogue16 {
         use core::arch::x86_64::*;
         // SAFETY: register-only AVX-512, the caller's contract.
         unsafe {
-            let q = requant::avx512::high16(acc, self.m, self.t);
-            // Signed saturation to [-128, 127], then the ReLU floor: the
-            // clamp of `requant::portable` with max = 127 (see
-            // `requant::avx512::requant_i8_high`).
-            let b = _mm_max_epi8(
-                _mm512_cvtsepi32_epi8(_mm512_add_epi32(q, self.zp)),
-                self.min,
-            );
-            match &self.table {
-                Some(q) => vbmi_look16(q, b),
-                None => b,
+            match self {
+                Self::Int {
+                    m,
+                    t,
+                    zp,
+                    min,
+                    table,
+                } => {
+                    let q = requant::avx512::high16(acc, *m, *t);
+                    // Signed saturation to [-128, 127], then the ReLU floor: the
+                    // clamp of `requant::portable` with max = 127 (see
+                    // `requant::avx512::requant_i8_high`).
+                    let b = _mm_max_epi8(_mm512_cvtsepi32_epi8(_mm512_add_epi32(q, *zp)), *min);
+                    match table {
+                        Some(q) => vbmi_look16(q, b),
+                        None => b,
+                    }
+                }
+                // The row function's masked store saturates the same way.
+                Self::Float { scale, inv, zp } => {
+                    _mm512_cvtsepi32_epi8(float_hardswish16(acc, *scale, *inv, *zp))
+                }
             }
         }
     }
@@ -747,7 +793,8 @@ impl Epilogue16 {
 
 impl Epilogue<'_> {
     /// The epilogue of channels `c0..c0 + n` (`n <= 16`) as an
-    /// [`Epilogue16`], when the shifts come in their high form (as in every
+    /// [`Epilogue16`]: always for a float hardswish, and for the integer
+    /// activations when the shifts come in their high form (as in every
     /// conv layer of the shipped models); `None` otherwise, and the caller
     /// takes [`Epilogue::apply_with`].
     ///
@@ -757,6 +804,24 @@ impl Epilogue<'_> {
     #[inline(always)]
     pub(crate) unsafe fn avx512_16(&self, c0: usize, n: usize) -> Option<Epilogue16> {
         use core::arch::x86_64::*;
+        let k: __mmask16 = if n == 16 { !0 } else { (1u16 << n) - 1 };
+        if let Activation::FloatHardswish {
+            scale,
+            inv_scale,
+            zero_point,
+        } = self.activation
+        {
+            assert!(n <= 16 && c0 + n <= scale.len());
+            // SAFETY: the load is masked to channels c0..c0 + n, inside the
+            // scales (asserted above); AVX-512 is the caller's contract.
+            return unsafe {
+                Some(Epilogue16::Float {
+                    scale: _mm512_maskz_loadu_ps(k, scale.as_ptr().add(c0)),
+                    inv: _mm512_set1_ps(inv_scale),
+                    zp: _mm512_set1_epi32(zero_point),
+                })
+            };
+        }
         let t = self.high_shift?;
         assert!(n <= 16 && c0 + n <= self.mult.len() && c0 + n <= t.len());
         let (zero_point, min, table) = match self.activation {
@@ -765,15 +830,13 @@ impl Epilogue<'_> {
                 pre_zero_point,
                 table,
             } => (pre_zero_point, -128, Some(table)),
-            // No integer rescale to do in registers.
-            Activation::FloatHardswish { .. } => return None,
+            Activation::FloatHardswish { .. } => unreachable!("returned above"),
         };
-        let k: __mmask16 = if n == 16 { !0 } else { (1u16 << n) - 1 };
         // SAFETY: the loads are masked to channels c0..c0 + n, inside the
         // multipliers and shifts (asserted above); AVX-512 is the caller's
         // contract.
         unsafe {
-            Some(Epilogue16 {
+            Some(Epilogue16::Int {
                 m: _mm512_maskz_loadu_epi32(k, self.mult.as_ptr().add(c0)),
                 t: _mm512_maskz_loadu_epi32(k, t.as_ptr().add(c0)),
                 zp: _mm512_set1_epi32(zero_point),
