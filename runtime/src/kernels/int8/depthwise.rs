@@ -566,10 +566,12 @@ pub mod avx512 {
 
     /// The most bytes of a padded copy of the input (`(ih + 2 * pad) *
     /// (iw + 2 * pad) * c`) kept on the stack, so that border pixels take
-    /// the VNNI form too: MobileNetV3-Small's 8x8 and 4x4 layers at 128x128
-    /// (where 5x5 kernels leave a quarter of the pixels or none inside the
-    /// input) take at most 41,472 bytes.
-    const PADDED: usize = 42 * 1024;
+    /// the VNNI form too: every 5x5 layer of MobileNetV3-Small at 224x224
+    /// (14x14 and 7x7 maps, where the border holds half to four fifths of
+    /// the pixels) and the 28x28 3x3 one, at most 98,304 bytes. At 128x128
+    /// every layer but the first two fits. The 56x56 and 112x112 inputs
+    /// (one border pixel in 14 or fewer) stay in place.
+    const PADDED: usize = 96 * 1024;
 
     /// AVX-512 int8 depthwise convolution with the contract of
     /// [`super::portable`].
