@@ -683,15 +683,19 @@ fn pointwise_matches_reference_with_folded_bias() {
         (6, 40, 19),
         (5, 77, 9),
         (4, 144, 8),
-        // Many pixels and small k (the AVX-512 VNNI variant's packed form:
-        // k a multiple of 4 up to 128, blocks of 16 channels with a tail,
-        // tiles of 8 pixels with a rest), and its neighbours.
+        // Many pixels (the AVX-512 VNNI variant's packed form: at least 16
+        // pixels, k a multiple of 4 up to 1024, blocks of 16 channels with a
+        // tail, tiles of 8 pixels with a rest), and its neighbours.
         (70, 16, 72),
         (64, 24, 40),
         (100, 96, 19),
         (65, 128, 16),
         (64, 132, 8),
         (64, 18, 20),
+        // More pixels than the packed form's chunk of input sums (256), and
+        // k past 576 with a tail below 64 bytes.
+        (300, 12, 20),
+        (17, 580, 18),
     ];
     let variants = pointwise_variants();
     for (pixels, k, n) in shapes {

@@ -13,10 +13,14 @@
 //!   describes for the Cortex-A72;
 //! - `avx2` (x86_64, chosen at run time): 16 input channels widened to
 //!   int16 and multiplied pairwise into int32 with `vpmaddwd`;
-//! - `avx512vnni` (x86_64 with AVX-512 VNNI, chosen at run time first): 32
-//!   input channels per step in 256-bit registers, four products summed into
-//!   each 32-bit lane by one `vpdpbusd`, the row's tail read through a byte
-//!   mask.
+//! - `avx512vnni` (x86_64 with AVX-512 VNNI, chosen at run time first): for
+//!   16 pixels or more and `k` a multiple of 4 (every MobileNetV3 layer), a
+//!   packed form whose accumulators hold 16 output channels in their lanes:
+//!   one `vpdpbusd` per four input channels and pixel, the activations
+//!   broadcast from memory against sign-flipped weights packed on the stack;
+//!   otherwise 32 input channels per step in 256-bit registers, four
+//!   products summed into each 32-bit lane by one `vpdpbusd`, the row's tail
+//!   read through a byte mask.
 //!
 //! All of them sum the same products modulo `2^32` (see the module docs of
 //! [`super`]), so every variant gives the same bits as the oracle whatever
@@ -519,29 +523,37 @@ pub mod avx512vnni {
     }
 
     /// The largest `k` the packed form takes: its block of weights lives on
-    /// the stack (`NB * PACKED_K` bytes). Beyond it the dot-product tiles
-    /// (whose per-tile reduction is then spread over many steps) serve.
-    const PACKED_K: usize = 128;
+    /// the stack (`NB * PACKED_K` bytes; MobileNetV3's widest input has 576
+    /// channels). Beyond it the dot-product tiles serve.
+    const PACKED_K: usize = 1024;
 
     /// The fewest pixels for the packed form: its packing of each block of
     /// weights is spread over the pixels that use it.
-    const PACKED_PIXELS: usize = 64;
+    const PACKED_PIXELS: usize = 16;
 
-    /// Output channels per block of the packed form (two 256-bit vectors).
+    /// Output channels per block of the packed form (one 512-bit vector).
     const NB: usize = 16;
 
     /// Pixel rows per tile of the packed form.
     const PR: usize = 8;
 
-    /// The packed form, for small `k` over many pixels, where the
-    /// dot-product tiles waste lanes (`k = 16` fills half a vector) and
-    /// reduce every accumulator for a few steps of work. Output channels go
-    /// in blocks of [`NB`]; each block's weights are packed on the stack as
-    /// `[k / 4][NB][4]`, so that one `vpdpbusd` of four input channels
-    /// broadcast to every lane against one packed vector adds four products
-    /// into each of 8 output channels, and the accumulators hold output
-    /// channels in their lanes: no reduction. They start at the bias minus
-    /// `128 * sum_i w[c][i]` (the sign-flip correction of the module docs).
+    /// Pixels whose input sums [`packed`] keeps at a time (on the stack).
+    const CHUNK_PIXELS: usize = 256;
+
+    /// The packed form: output channels in blocks of [`NB`], whose weights
+    /// are packed on the stack as `[k / 4][NB][4]` bytes with the sign bit
+    /// flipped (`w + 128`, the unsigned operand of `vpdpbusd`). One
+    /// `vpdpbusd` then multiplies four input channels of one pixel, read
+    /// straight from memory and broadcast to every lane as the signed
+    /// operand, with the packed vector, adding four products into each of
+    /// the block's 16 output channels: the accumulators hold output channels
+    /// in their lanes, so there is no reduction, and the loop is one
+    /// instruction per 64 multiply-adds and row.
+    ///
+    /// `sum_i (w[c][i] + 128) * x[p][i] = sum_i w[c][i] * x[p][i] + 128 *
+    /// sum_i x[p][i]`: each pixel's accumulators start at the bias minus 128
+    /// times its input sum (computed once per pixel for all blocks), so the
+    /// result is the oracle's sum modulo `2^32`.
     ///
     /// # Safety
     /// The CPU features of [`pointwise`]; `s.k` is a multiple of 4 and at
@@ -566,109 +578,119 @@ pub mod avx512vnni {
         debug_assert!(k % 4 == 0 && k <= PACKED_K);
         debug_assert_eq!(e.channels(), n);
         let groups = k / 4;
-        // [k / 4][NB] groups of 4 weights, as u32 (little-endian bytes).
+        // [k / 4][NB] groups of 4 flipped weights, as u32 (little-endian bytes).
         let mut wp = [0u32; NB * PACKED_K / 4];
-        let mut sums = [0i32; NB];
-        for j0 in (0..n).step_by(NB) {
-            let m = NB.min(n - j0);
-            for c in 0..NB {
-                if c < m {
-                    let row = &w[(j0 + c) * k..(j0 + c + 1) * k];
-                    for (g, q) in row.chunks_exact(4).enumerate() {
-                        wp[g * NB + c] =
-                            u32::from_le_bytes([q[0] as u8, q[1] as u8, q[2] as u8, q[3] as u8]);
+        // 128 * sum_i x[p][i] for the chunk's pixels (wrapping).
+        let mut corr = [0i32; CHUNK_PIXELS];
+        for c0 in (0..pixels).step_by(CHUNK_PIXELS) {
+            let cp = CHUNK_PIXELS.min(pixels - c0);
+            // SAFETY: each masked load reads bytes i..min(i + 64, k) of a row
+            // below `pixels`; the features are the contract.
+            unsafe {
+                let ones = _mm512_set1_epi8(1);
+                for (r, cr) in corr.iter_mut().enumerate().take(cp) {
+                    let row = x.as_ptr().add((c0 + r) * k);
+                    let mut acc = _mm512_setzero_si512();
+                    let mut i = 0;
+                    while i < k {
+                        let mask: __mmask64 = if k - i >= 64 {
+                            !0
+                        } else {
+                            (1u64 << (k - i)) - 1
+                        };
+                        acc = _mm512_dpbusd_epi32(
+                            acc,
+                            ones,
+                            _mm512_maskz_loadu_epi8(mask, row.add(i)),
+                        );
+                        i += 64;
                     }
-                } else {
-                    // Channels past n: zero weights, outputs never stored.
-                    for g in 0..groups {
-                        wp[g * NB + c] = 0;
-                    }
+                    *cr = _mm512_reduce_add_epi32(acc).wrapping_mul(128);
                 }
             }
-            // SAFETY: the packed block holds groups * NB values, read as
-            // 2 * groups vectors of 8; every x read is 4 bytes at 4 * g < k
-            // of a row below `pixels`; each masked store writes only the m
-            // bytes of `out[o..o + m]`; the features are the contract.
-            unsafe {
-                let flip = _mm256_set1_epi8(i8::MIN);
-                let wv = wp.as_ptr().cast::<__m256i>();
-                // 128 * sum_i w[c][i], by the same instruction.
-                let (mut s0, mut s1) = (_mm256_setzero_si256(), _mm256_setzero_si256());
-                for g in 0..groups {
-                    s0 = _mm256_dpbusd_epi32(s0, flip, _mm256_loadu_si256(wv.add(2 * g)));
-                    s1 = _mm256_dpbusd_epi32(s1, flip, _mm256_loadu_si256(wv.add(2 * g + 1)));
+            for j0 in (0..n).step_by(NB) {
+                let m = NB.min(n - j0);
+                for c in 0..NB {
+                    if c < m {
+                        let row = &w[(j0 + c) * k..(j0 + c + 1) * k];
+                        for (g, q) in row.chunks_exact(4).enumerate() {
+                            let b = [q[0], q[1], q[2], q[3]].map(|v| (v as u8) ^ 0x80);
+                            wp[g * NB + c] = u32::from_le_bytes(b);
+                        }
+                    } else {
+                        // Channels past n: zero weights, outputs never stored.
+                        for g in 0..groups {
+                            wp[g * NB + c] = 0x8080_8080;
+                        }
+                    }
                 }
-                _mm256_storeu_si256(sums.as_mut_ptr().cast(), s0);
-                _mm256_storeu_si256(sums.as_mut_ptr().add(8).cast(), s1);
                 let mut init = [0i32; NB];
-                for c in 0..m {
-                    init[c] = bias[j0 + c].wrapping_sub(sums[c]);
-                }
-                let init = [
-                    _mm256_loadu_si256(init.as_ptr().cast()),
-                    _mm256_loadu_si256(init.as_ptr().add(8).cast()),
-                ];
-                // The block's epilogue in registers when the shifts allow
-                // (see `Epilogue16`), else through the row function.
-                let e16 = e.avx512_16(j0, m);
-                let e = e.slice(j0..j0 + m);
-                let store_mask: __mmask16 = if m == NB { !0 } else { (1u16 << m) - 1 };
-                let tiles = Tiles {
-                    x: x.as_ptr(),
-                    pixels,
-                    k,
-                    wv,
-                    groups,
-                    init,
-                    flip,
-                };
-                // Two instances of the pixel loop, so that the common one (every conv
-                // layer of the shipped models) has its epilogue inlined: as a call per
-                // pixel through one closure with both branches, its prologue, the
-                // reload of the epilogue's constants and `vzeroupper` cost about as
-                // much as the requantization itself.
-                match &e16 {
-                    Some(e16) => tiles.each(|r, a| {
-                        let wide = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(a[0]), a[1]);
-                        let o = r * n + j0;
-                        // Masked to the block's m channels of row r.
-                        _mm_mask_storeu_epi8(
-                            out[o..o + m].as_mut_ptr(),
-                            store_mask,
-                            e16.apply(wide),
-                        );
-                    }),
-                    None => tiles.each(|r, a| {
-                        let o = r * n + j0;
-                        let mut t = [0i32; NB];
-                        _mm256_storeu_si256(t.as_mut_ptr().cast(), a[0]);
-                        _mm256_storeu_si256(t.as_mut_ptr().add(8).cast(), a[1]);
-                        e.apply_with::<crate::kernels::requant::Avx512>(
-                            &t[..m],
-                            &mut out[o..o + m],
-                        );
-                    }),
+                init[..m].copy_from_slice(&bias[j0..j0 + m]);
+                // SAFETY: the packed block holds groups * NB values, read as
+                // groups vectors of 16; every x read is 4 bytes at 4 * g < k
+                // of a row below `pixels`; each masked store writes only the m
+                // bytes of `out[o..o + m]`; the features are the contract.
+                unsafe {
+                    let tiles = Tiles {
+                        x: x.as_ptr().add(c0 * k),
+                        pixels: cp,
+                        k,
+                        wv: wp.as_ptr().cast::<__m512i>(),
+                        groups,
+                        init: _mm512_loadu_si512(init.as_ptr().cast()),
+                        corr: &corr[..cp],
+                    };
+                    // The block's epilogue in registers when the shifts allow
+                    // (see `Epilogue16`), else through the row function.
+                    let e16 = e.avx512_16(j0, m);
+                    let e = e.slice(j0..j0 + m);
+                    let store_mask: __mmask16 = if m == NB { !0 } else { (1u16 << m) - 1 };
+                    // Two instances of the pixel loop, so that the common one (every conv
+                    // layer of the shipped models) has its epilogue inlined: as a call per
+                    // pixel through one closure with both branches, its prologue, the
+                    // reload of the epilogue's constants and `vzeroupper` cost about as
+                    // much as the requantization itself.
+                    match &e16 {
+                        Some(e16) => tiles.each(|r, a| {
+                            let o = (c0 + r) * n + j0;
+                            // Masked to the block's m channels of row r.
+                            _mm_mask_storeu_epi8(
+                                out[o..o + m].as_mut_ptr(),
+                                store_mask,
+                                e16.apply(a),
+                            );
+                        }),
+                        None => tiles.each(|r, a| {
+                            let o = (c0 + r) * n + j0;
+                            let mut t = [0i32; NB];
+                            _mm512_storeu_si512(t.as_mut_ptr().cast(), a);
+                            e.apply_with::<crate::kernels::requant::Avx512>(
+                                &t[..m],
+                                &mut out[o..o + m],
+                            );
+                        }),
+                    }
                 }
             }
         }
     }
 
     /// The pixel rows of [`packed`] against one packed block of weights.
-    struct Tiles {
+    struct Tiles<'a> {
         /// `[pixels][k]` input bytes.
         x: *const i8,
         pixels: usize,
         k: usize,
-        /// The block's `2 * groups` packed weight vectors.
-        wv: *const __m256i,
+        /// The block's `groups` packed weight vectors.
+        wv: *const __m512i,
         groups: usize,
-        /// Each channel's bias minus its sign-flip correction.
-        init: [__m256i; 2],
-        /// `0x80` in every byte.
-        flip: __m256i,
+        /// Each channel's bias.
+        init: __m512i,
+        /// Each pixel's `128 * sum_i x[p][i]`.
+        corr: &'a [i32],
     }
 
-    impl Tiles {
+    impl Tiles<'_> {
         /// Calls `finish(pixel, sums)` for every pixel, computing them [`PR`] rows at a
         /// time ([`block`]).
         ///
@@ -676,23 +698,21 @@ pub mod avx512vnni {
         /// The fields describe live buffers as [`block`] requires; the features of
         /// [`pointwise`].
         #[inline(always)]
-        unsafe fn each(&self, mut finish: impl FnMut(usize, [__m256i; 2])) {
-            let (k, wv, groups, init, flip) = (self.k, self.wv, self.groups, self.init, self.flip);
+        unsafe fn each(&self, mut finish: impl FnMut(usize, __m512i)) {
             let mut p0 = 0;
             // SAFETY: rows p0..p0 + rows lie below `pixels`; the rest is the caller's
             // contract.
             unsafe {
                 while p0 < self.pixels {
                     let rows = PR.min(self.pixels - p0);
-                    let xp = self.x.add(p0 * k);
                     if rows == PR {
-                        let t = block::<PR>(xp, k, wv, groups, init, flip);
+                        let t = block::<PR>(self, p0);
                         for (r, a) in t.into_iter().enumerate() {
                             finish(p0 + r, a);
                         }
                     } else {
                         for r in 0..rows {
-                            let [a] = block::<1>(xp.add(r * k), k, wv, groups, init, flip);
+                            let [a] = block::<1>(self, p0 + r);
                             finish(p0 + r, a);
                         }
                     }
@@ -702,36 +722,27 @@ pub mod avx512vnni {
         }
     }
 
-    /// `init[c] + sum_g dot4(x[r][4g..4g + 4] ^ 0x80, w[g][c])` for `R`
-    /// rows `r` of `k` inputs from `x` against one packed block, as two
-    /// vectors of 8 channels per row.
+    /// `init[c] - corr[p] + sum_g dot4(w[g][c] + 128, x[p][4g..4g + 4])` for
+    /// the `R` pixels `p = p0 + r` of `t` against its packed block, one vector
+    /// of 16 channels per pixel.
     ///
     /// # Safety
-    /// `x` holds `R * k` values; `wv` holds `2 * groups` vectors; `4 *
-    /// groups <= k`; the features of [`pointwise`].
+    /// `p0 + R <= t.pixels`, and `t` describes live buffers; the features of
+    /// [`pointwise`].
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vbmi,avx512vnni,avx2,fma")]
-    unsafe fn block<const R: usize>(
-        x: *const i8,
-        k: usize,
-        wv: *const __m256i,
-        groups: usize,
-        init: [__m256i; 2],
-        flip: __m256i,
-    ) -> [[__m256i; 2]; R] {
+    unsafe fn block<const R: usize>(t: &Tiles<'_>, p0: usize) -> [__m512i; R] {
         // SAFETY: the caller's contract.
         unsafe {
-            let mut a = [init; R];
-            for g in 0..groups {
-                let (w0, w1) = (
-                    _mm256_loadu_si256(wv.add(2 * g)),
-                    _mm256_loadu_si256(wv.add(2 * g + 1)),
-                );
+            let mut a: [__m512i; R] = core::array::from_fn(|r| {
+                _mm512_sub_epi32(t.init, _mm512_set1_epi32(*t.corr.get_unchecked(p0 + r)))
+            });
+            let x = t.x.add(p0 * t.k);
+            for g in 0..t.groups {
+                let w = _mm512_loadu_si512(t.wv.add(g).cast());
                 for (r, ar) in a.iter_mut().enumerate() {
-                    let q = x.add(r * k + 4 * g).cast::<i32>().read_unaligned();
-                    let xb = _mm256_xor_si256(_mm256_set1_epi32(q), flip);
-                    ar[0] = _mm256_dpbusd_epi32(ar[0], xb, w0);
-                    ar[1] = _mm256_dpbusd_epi32(ar[1], xb, w1);
+                    let q = x.add(r * t.k + 4 * g).cast::<i32>().read_unaligned();
+                    *ar = _mm512_dpbusd_epi32(*ar, w, _mm512_set1_epi32(q));
                 }
             }
             a
