@@ -579,10 +579,14 @@ fn depthwise_matches_reference() {
         dw_shape(5, 5, 130, 3, 2, 0),
         dw_shape(4, 4, 13, 5, 1, 2),
         dw_shape(3, 3, 8, 5, 2, 2),
-        // Inputs too large for the AVX-512 variant's padded copy (over 42 KiB padded): its
-        // border pixels take the tap-by-tap rows, the others the VNNI form.
+        // Larger maps that still fit the AVX-512 variant's padded copy (up to 96 KiB
+        // padded; its blocks keep their weights in registers for 3x3 and 5x5 kernels)...
         dw_shape(40, 40, 32, 3, 1, 1),
         dw_shape(30, 30, 48, 5, 2, 2),
+        // ... and inputs too large for it: their border pixels take the tap-by-tap rows,
+        // the others the VNNI form.
+        dw_shape(58, 58, 32, 3, 1, 1),
+        dw_shape(50, 50, 40, 5, 2, 2),
         // Channels a multiple of 8 but not of 16 (MobileNetV3's 24, 72, 88, 120): the
         // aarch64 interior form's blocks of 16 and its last block of 8, both kernel sizes.
         dw_shape(9, 9, 24, 3, 1, 1),

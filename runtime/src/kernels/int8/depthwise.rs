@@ -553,6 +553,7 @@ pub mod avx2 {
 pub mod avx512 {
     use super::super::window::for_each_output_with;
     use super::{DepthwiseShape, DepthwiseTaps, Epilogue, Window, body};
+    use crate::kernels::int8::Epilogue16;
     use crate::kernels::requant;
     use core::arch::x86_64::*;
 
@@ -579,17 +580,19 @@ pub mod avx512 {
     /// Output pixels whose window lies wholly inside the input take the VNNI
     /// form: the window's taps go four at a time, and for each channel the
     /// four input bytes of four taps are interleaved into one 32-bit lane
-    /// (two rounds of byte and word unpacks), against the same four taps'
-    /// weights interleaved the same way once per call, so one `vpdpbusd`
-    /// adds four taps' products for each of 8 channels. Inputs go in with
+    /// (two `vpermt2b`, [`quads`]), against the same four taps' weights
+    /// interleaved the same way once per call, so one 512-bit `vpdpbusd`
+    /// adds four taps' products for each of 16 channels. Inputs go in with
     /// their sign bit flipped (`x + 128`), so each channel's accumulator
     /// starts at `bias - (128 + zx) * sum w`, which leaves the oracle's
     /// `bias + sum w * (x - zx)` exactly (modulo `2^32`); a window's last
-    /// group of four is filled with zero-weight taps. The unpacks leave the
-    /// channels of a block in the order `[0-3, 16-19]`, `[4-7, 20-23]`,
-    /// `[8-11, 24-27]`, `[12-15, 28-31]`, which the biases and weights share
-    /// and four 128-bit permutes undo before the requantization. Pixels at
-    /// the border go through the tap-by-tap code of the other variants.
+    /// group of four is filled with zero-weight taps. Small inputs with
+    /// padding are first copied into a padded image on the stack (the zero
+    /// point in the padding), so that every window lies inside it; there,
+    /// 3x3 and 5x5 kernels go block by block of 32 channels with the block's
+    /// weights and epilogue held in registers for all its pixels. Pixels at
+    /// the border of larger inputs go through the tap-by-tap code of the
+    /// other variants.
     ///
     /// # Safety
     /// The CPU must support AVX-512 F, BW, VL, VBMI and VNNI and AVX2
@@ -660,12 +663,12 @@ pub mod avx512 {
         // PADDED bytes are all written first; the features are this
         // function's contract.
         unsafe {
-            let flip = _mm256_set1_epi8(i8::MIN);
-            let ones = _mm256_set1_epi8(1);
+            let flip = _mm512_set1_epi8(i8::MIN);
+            let ones = _mm512_set1_epi8(1);
             for b in 0..blocks {
                 let cb = b * NB;
                 let k = mask(cb);
-                let mut sums = [_mm256_setzero_si256(); 4];
+                let mut sums = [_mm512_setzero_si512(); 2];
                 for g in 0..groups {
                     let tap = |j: usize| {
                         let t = 4 * g + j;
@@ -678,25 +681,18 @@ pub mod avx512 {
                     let q = quads(tap(0), tap(1), tap(2), tap(3));
                     let at = &mut wp[(b * groups + g) * 4 * NB..][..4 * NB];
                     for (j, v) in q.iter().enumerate() {
-                        _mm256_storeu_si256(at.as_mut_ptr().add(32 * j).cast(), *v);
-                        sums[j] = _mm256_dpbusd_epi32(sums[j], ones, *v);
+                        _mm512_storeu_si512(at.as_mut_ptr().add(64 * j).cast(), *v);
+                        sums[j] = _mm512_dpbusd_epi32(sums[j], ones, *v);
                     }
                 }
                 let mut bv = [0i32; NB];
                 bv[..(c - cb).min(NB)].copy_from_slice(&bias[cb..cb + (c - cb).min(NB)]);
-                let bp = bv.as_ptr().cast::<__m256i>();
-                let nat = [
-                    _mm256_loadu_si256(bp),
-                    _mm256_loadu_si256(bp.add(1)),
-                    _mm256_loadu_si256(bp.add(2)),
-                    _mm256_loadu_si256(bp.add(3)),
-                ];
-                let z = _mm256_set1_epi32(128 + x_zero_point);
-                let perm = to_quad_order(nat);
-                let ip = init[b].as_mut_ptr().cast::<__m256i>();
-                for j in 0..4 {
-                    let corr = _mm256_mullo_epi32(sums[j], z);
-                    _mm256_storeu_si256(ip.add(j), _mm256_sub_epi32(perm[j], corr));
+                let z = _mm512_set1_epi32(128 + x_zero_point);
+                let ip = init[b].as_mut_ptr().cast::<__m512i>();
+                for (j, sum) in sums.iter().enumerate() {
+                    let corr = _mm512_mullo_epi32(*sum, z);
+                    let nat = _mm512_loadu_si512(bv.as_ptr().add(16 * j).cast());
+                    _mm512_storeu_si512(ip.add(j).cast(), _mm512_sub_epi32(nat, corr));
                 }
             }
             let win = Window {
@@ -743,59 +739,72 @@ pub mod avx512 {
                 for (b, ib) in init.iter().enumerate().take(blocks) {
                     let cb = b * NB;
                     let k = mask(cb);
-                    let ip = ib.as_ptr().cast::<__m256i>();
+                    let ip = ib.as_ptr().cast::<__m512i>();
                     let mut a = [
-                        _mm256_loadu_si256(ip),
-                        _mm256_loadu_si256(ip.add(1)),
-                        _mm256_loadu_si256(ip.add(2)),
-                        _mm256_loadu_si256(ip.add(3)),
+                        _mm512_loadu_si512(ip.cast()),
+                        _mm512_loadu_si512(ip.add(1).cast()),
                     ];
                     for g in 0..groups {
                         let ld = |j: usize| {
-                            let v =
-                                _mm256_maskz_loadu_epi8(k, xp.add(corner + rel[4 * g + j] + cb));
-                            _mm256_xor_si256(v, flip)
+                            _mm256_maskz_loadu_epi8(k, xp.add(corner + rel[4 * g + j] + cb))
                         };
                         let q = quads(ld(0), ld(1), ld(2), ld(3));
-                        let wv = wpp.add((b * groups + g) * 4 * NB).cast::<__m256i>();
-                        for j in 0..4 {
-                            a[j] = _mm256_dpbusd_epi32(a[j], q[j], _mm256_loadu_si256(wv.add(j)));
+                        let wv = wpp.add((b * groups + g) * 4 * NB).cast::<__m512i>();
+                        for j in 0..2 {
+                            let xq = _mm512_xor_si512(q[j], flip);
+                            a[j] =
+                                _mm512_dpbusd_epi32(a[j], xq, _mm512_loadu_si512(wv.add(j).cast()));
                         }
                     }
-                    let n = from_quad_order(a);
                     let m = (c - cb).min(NB);
                     if high {
                         // The epilogue in registers (`Epilogue16`), 16
                         // channels at a time.
-                        for h in 0..2 {
+                        for (h, ah) in a.iter().enumerate() {
                             let c0 = cb + 16 * h;
                             if c0 >= cb + m {
                                 break;
                             }
                             let mh = (cb + m - c0).min(16);
                             if let Some(e16) = e.avx512_16(c0, mh) {
-                                let wide = _mm512_inserti64x4::<1>(
-                                    _mm512_castsi256_si512(n[2 * h]),
-                                    n[2 * h + 1],
-                                );
                                 let k: __mmask16 = if mh == 16 { !0 } else { (1u16 << mh) - 1 };
                                 _mm_mask_storeu_epi8(
                                     o[c0..c0 + mh].as_mut_ptr(),
                                     k,
-                                    e16.apply(wide),
+                                    e16.apply(*ah),
                                 );
                             }
                         }
                     } else {
-                        let ap = acc.as_mut_ptr().cast::<__m256i>();
-                        for (j, v) in n.iter().enumerate() {
-                            _mm256_storeu_si256(ap.add(j), *v);
-                        }
+                        let ap = acc.as_mut_ptr().cast::<__m512i>();
+                        _mm512_storeu_si512(ap.cast(), a[0]);
+                        _mm512_storeu_si512(ap.add(1).cast(), a[1]);
                         e.slice(cb..cb + m)
                             .apply_with::<requant::Avx512>(&acc[..m], &mut o[cb..cb + m]);
                     }
                 }
             };
+            if padded && high && (groups == 3 || groups == 7) {
+                // 3x3 and 5x5 kernels: each block's weights in registers for all its
+                // pixels (loading them per pixel made the loads the bottleneck).
+                let v = PaddedBlocks {
+                    xp,
+                    rel: &rel,
+                    wp: wpp,
+                    c,
+                    piw,
+                    s,
+                    e: &e,
+                };
+                for (b, ib) in init.iter().enumerate().take(blocks) {
+                    if groups == 3 {
+                        v.block::<3>(b, ib, out);
+                    } else {
+                        v.block::<7>(b, ib, out);
+                    }
+                }
+                return;
+            }
             if padded {
                 for oy in 0..s.oh {
                     for ox in 0..s.ow {
@@ -824,44 +833,124 @@ pub mod avx512 {
         }
     }
 
+    /// The padded image of [`depthwise`]'s VNNI form and what its blocks need.
+    struct PaddedBlocks<'a> {
+        /// The padded image.
+        xp: *const i8,
+        /// Input offset of each tap (4 per group) from the window's corner.
+        rel: &'a [usize; 4 * 7],
+        /// Packed weights: per block, `G` groups of two vectors of interleaved taps.
+        wp: *const u8,
+        c: usize,
+        /// The padded image's width.
+        piw: usize,
+        s: DepthwiseShape,
+        e: &'a Epilogue<'a>,
+    }
+
+    impl PaddedBlocks<'_> {
+        /// Every output pixel's block `b` (channels `32 b..`), from starting accumulators
+        /// `init`, with the block's `G` groups of weights and its epilogue in registers.
+        ///
+        /// # Safety
+        /// The features of [`depthwise`]; `G` is the layer's group count, the epilogue's
+        /// shifts have their high form, and every window lies inside the padded image;
+        /// `out` holds `oh * ow * c` values.
+        #[inline(always)]
+        unsafe fn block<const G: usize>(&self, b: usize, init: &[i32; NB], out: &mut [i8]) {
+            let (c, s) = (self.c, self.s);
+            let cb = b * NB;
+            let m = (c - cb).min(NB);
+            let k: __mmask32 = if m == NB { !0 } else { (1u32 << m) - 1 };
+            // SAFETY: the caller's contract; input loads are masked to the block's m
+            // channels of a pixel of the image, stores to its m outputs of a pixel.
+            unsafe {
+                let flip = _mm512_set1_epi8(i8::MIN);
+                let wv = self.wp.add(b * G * 4 * NB).cast::<__m512i>();
+                let wr: [[__m512i; 2]; G] = core::array::from_fn(|g| {
+                    [
+                        _mm512_loadu_si512(wv.add(2 * g).cast()),
+                        _mm512_loadu_si512(wv.add(2 * g + 1).cast()),
+                    ]
+                });
+                let ip = init.as_ptr().cast::<__m512i>();
+                let start = [
+                    _mm512_loadu_si512(ip.cast()),
+                    _mm512_loadu_si512(ip.add(1).cast()),
+                ];
+                let e16: [Option<(Epilogue16, __mmask16)>; 2] = core::array::from_fn(|h| {
+                    let c0 = cb + 16 * h;
+                    if c0 >= cb + m {
+                        return None;
+                    }
+                    let mh = (cb + m - c0).min(16);
+                    let km: __mmask16 = if mh == 16 { !0 } else { (1u16 << mh) - 1 };
+                    self.e.avx512_16(c0, mh).map(|e| (e, km))
+                });
+                for oy in 0..s.oh {
+                    for ox in 0..s.ow {
+                        let corner = (oy * s.stride * self.piw + ox * s.stride) * c + cb;
+                        let mut a = start;
+                        for (g, w) in wr.iter().enumerate() {
+                            let ld = |j: usize| {
+                                _mm256_maskz_loadu_epi8(
+                                    k,
+                                    self.xp.add(corner + self.rel[4 * g + j]),
+                                )
+                            };
+                            let q = quads(ld(0), ld(1), ld(2), ld(3));
+                            for j in 0..2 {
+                                a[j] =
+                                    _mm512_dpbusd_epi32(a[j], _mm512_xor_si512(q[j], flip), w[j]);
+                            }
+                        }
+                        let o = out.as_mut_ptr().add((oy * s.ow + ox) * c + cb);
+                        for (h, eh) in e16.iter().enumerate() {
+                            if let Some((e16, km)) = eh {
+                                _mm_mask_storeu_epi8(o.add(16 * h), *km, e16.apply(a[h]));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     /// Interleaves the bytes of four vectors (four taps, 32 channels) into
-    /// 32-bit lanes `[v0[ch], v1[ch], v2[ch], v3[ch]]`, channels in the
-    /// order of the module docs.
+    /// 32-bit lanes `[v0[ch], v1[ch], v2[ch], v3[ch]]`, channels 0-15 in the
+    /// first vector and 16-31 in the second, in order: two `vpermt2b` over
+    /// the pairs `(v0, v1)` and `(v2, v3)`, where unpacking took eight
+    /// shuffles and left the channels permuted.
     #[inline]
-    #[target_feature(enable = "avx2")]
-    fn quads(v0: __m256i, v1: __m256i, v2: __m256i, v3: __m256i) -> [__m256i; 4] {
-        let (p01l, p01h) = (_mm256_unpacklo_epi8(v0, v1), _mm256_unpackhi_epi8(v0, v1));
-        let (p23l, p23h) = (_mm256_unpacklo_epi8(v2, v3), _mm256_unpackhi_epi8(v2, v3));
+    #[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
+    fn quads(v0: __m256i, v1: __m256i, v2: __m256i, v3: __m256i) -> [__m512i; 2] {
+        // Byte 4 * ch + j of output h takes v_j[16 * h + ch]: index j * 32 + 16 * h + ch
+        // of the 128 bytes (v0, v1, v2, v3).
+        const IDX: [[u8; 64]; 2] = {
+            let mut t = [[0u8; 64]; 2];
+            let mut h = 0;
+            while h < 2 {
+                let mut i = 0;
+                while i < 64 {
+                    t[h][i] = ((i % 4) * 32 + 16 * h + i / 4) as u8;
+                    i += 1;
+                }
+                h += 1;
+            }
+            t
+        };
+        let a = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(v0), v1);
+        let b = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(v2), v3);
+        // SAFETY: 64-byte loads of the two index tables.
+        let (i0, i1) = unsafe {
+            (
+                _mm512_loadu_si512(IDX[0].as_ptr().cast()),
+                _mm512_loadu_si512(IDX[1].as_ptr().cast()),
+            )
+        };
         [
-            _mm256_unpacklo_epi16(p01l, p23l),
-            _mm256_unpackhi_epi16(p01l, p23l),
-            _mm256_unpacklo_epi16(p01h, p23h),
-            _mm256_unpackhi_epi16(p01h, p23h),
-        ]
-    }
-
-    /// Channels `[0-7]`, `[8-15]`, `[16-23]`, `[24-31]` (32-bit lanes) into
-    /// the order [`quads`] leaves them in.
-    #[inline]
-    #[target_feature(enable = "avx2")]
-    fn to_quad_order(n: [__m256i; 4]) -> [__m256i; 4] {
-        [
-            _mm256_permute2x128_si256::<0x20>(n[0], n[2]),
-            _mm256_permute2x128_si256::<0x31>(n[0], n[2]),
-            _mm256_permute2x128_si256::<0x20>(n[1], n[3]),
-            _mm256_permute2x128_si256::<0x31>(n[1], n[3]),
-        ]
-    }
-
-    /// The inverse of [`to_quad_order`].
-    #[inline]
-    #[target_feature(enable = "avx2")]
-    fn from_quad_order(q: [__m256i; 4]) -> [__m256i; 4] {
-        [
-            _mm256_permute2x128_si256::<0x20>(q[0], q[1]),
-            _mm256_permute2x128_si256::<0x20>(q[2], q[3]),
-            _mm256_permute2x128_si256::<0x31>(q[0], q[1]),
-            _mm256_permute2x128_si256::<0x31>(q[2], q[3]),
+            _mm512_permutex2var_epi8(a, i0, b),
+            _mm512_permutex2var_epi8(a, i1, b),
         ]
     }
 }
