@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # ms per image of MobileNetV3 Small and Large (f32, paper head, 224x224, 6 classes) on every
 # engine, from one command: derm-runtime, ONNX Runtime 1.31.1 (ort), tract 0.23.9 and
-# libtorch 2.13 (tch 0.26), with 1 thread and with all cores ($(nproc)).
+# libtorch 2.13 (tch 0.26), with 1 thread and with all cores ($(nproc)); and derm-runtime on
+# the same network quantized to int8.
 #
 # For each size it exports a seeded student (derm-train init-student + export), builds pi-bench
 # with that model embedded (DERM_MODEL=...) and the engine binaries (pi-bench-ort,
@@ -11,6 +12,13 @@
 # and tract run the model file's ONNX export (derm_codegen::onnx, in memory); libtorch runs
 # the BatchNorm-folded graph in eval mode with no grad. Each engine first checks its logits
 # on 4 images against the embedded derm-runtime model (last column: max |diff| / logit range).
+#
+# int8: the same seeded file through `derm-train quantize` (calibrated on the repository's 48
+# test-fixture photos, the stem's hardswish in f32 as for the shipped int8 model), embedded in
+# a second pi-bench build. Its weights are as untrained as the f32 file's, which does not
+# change the work per image; its logits are not compared with the f32 ones (the int8 file's
+# own golden vectors are checked by the test suite). ONNX Runtime's int8 (QDQ) is not timed:
+# the ONNX export is f32 only.
 #
 # Threads: "1" is one worker with one intra-op thread everywhere. "N workers" splits each
 # iteration's images among N workers, one engine instance each (pi-bench --threads N):
@@ -50,6 +58,10 @@ cargo build -q -p derm-train --bin derm-train "${cfg[@]}"
 dt=target/debug/derm-train
 mean=(0.7640 0.5382 0.5630)
 std=(0.1378 0.1585 0.1759)
+fixture=train/tests/fixtures/ham10000
+echo "preparing the int8 calibration images ($fixture) ..." >&2
+"$dt" prepare --manifest "$fixture/metadata.csv" --images "$fixture/images" --size 224 \
+  --out "$out/calib-cache" >"$out/calib-cache.log"
 
 # run NAME JSON LOG CMD...: runs one engine; a failure is recorded, not fatal, so the table
 # still shows every other engine.
@@ -77,12 +89,17 @@ for arch in small large; do
   "$dt" init-student --arch "$arch" --head paper --seed 0 --mean "${mean[@]}" --std "${std[@]}" \
     --notes "scripts/compare.sh timing model (untrained)" -o "$student" >"$out/$arch.export.log"
   "$dt" export "$student" -o "$model" --no-layers >>"$out/$arch.export.log"
+  echo "quantizing mobilenet_v3_$arch to int8 ..." >&2
+  "$dt" quantize "$model" -o "$out/$arch.int8.safetensors" --calibration-cache "$out/calib-cache" \
+    --calibration-images 48 --float-hardswish stem --quiet >>"$out/$arch.export.log"
   echo "building the engines with mobilenet_v3_$arch embedded ..." >&2
+  rm -rf "$bin" && mkdir -p "$bin"
+  DERM_MODEL="$PWD/$out/$arch.int8.safetensors" cargo build -q --release -p pi-bench --bin pi-bench
+  cp target/release/pi-bench "$bin/pi-bench-int8"
   DERM_MODEL="$PWD/$model" cargo build -q --release -p pi-bench --bin pi-bench
   DERM_MODEL="$PWD/$model" cargo build -q -p pi-bench --features libtorch,ort,tract \
     --bin pi-bench-libtorch --bin pi-bench-ort --bin pi-bench-tract "${cfg[@]}"
   # Copied at once: the shared target folder may be rebuilt with another model meanwhile.
-  rm -rf "$bin" && mkdir -p "$bin"
   cp target/release/pi-bench target/debug/pi-bench-libtorch target/debug/pi-bench-ort \
     target/debug/pi-bench-tract "$bin/"
 
@@ -92,6 +109,8 @@ for arch in small large; do
     p="$out/$arch.t$t"
     run "derm-runtime ($arch, $t)" "$p.runtime.json" "$p.runtime.txt" \
       "$bin/pi-bench" "$@" --threads "$t"
+    run "derm-runtime int8 ($arch, $t)" "$p.int8.json" "$p.int8.txt" \
+      "$bin/pi-bench-int8" "$@" --threads "$t"
     if [ "$have_ort" = 1 ]; then
       run "ONNX Runtime ($arch, $t)" "$p.ort.json" "$p.ort.txt" \
         "$bin/pi-bench-ort" --model "$model" "$@" --threads "$t"
@@ -114,13 +133,13 @@ done
 load_end=$(cut -d' ' -f1-3 /proc/loadavg)
 
 echo
-echo "f32, paper head, 224x224, 6 classes; ms per image (crop + resize + normalize + network + softmax), flags: ${*:-(none)}"
+echo "f32 (and derm-runtime int8), paper head, 224x224, 6 classes; ms per image (crop + resize + normalize + network + softmax), flags: ${*:-(none)}"
 echo "$(uname -m), $(grep -m1 'model name' /proc/cpuinfo 2>/dev/null | cut -d: -f2 | sed 's/^ //'), $cores cores available, load average $load_start at the start, $load_end at the end"
 echo
 python3 - "$out" "$cores" "$have_ort" <<'PY' || failed=1
 import hashlib, json, os, sys
 out, cores, have_ort = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1"
-engines = [("runtime", "derm-runtime"), ("ort", "ONNX Runtime 1.31.1"),
+engines = [("runtime", "derm-runtime"), ("int8", "derm-runtime int8"), ("ort", "ONNX Runtime 1.31.1"),
            ("tract", "tract 0.23.9"), ("libtorch", "libtorch 2.13")]
 bad = False
 
@@ -143,10 +162,12 @@ def row(model, threads, label, r, ref, sha):
     else:
         ratio_p50 = f"{ms['p50'] / ref['per_image_ms']['p50']:.2f}x"
         ratio_wall = f"{wall / (ref['l_seconds_per_100_images'] * 10):.2f}x"
-    if label == "derm-runtime":
+    if label.startswith("derm-runtime"):
         same = r["model"]["sha256"] == sha
         bad |= not same
-        parity = "(reference)" if same else "embedded another model!"
+        parity = "(reference)" if ref is None else "(not compared: int8)"
+        if not same:
+            parity = "embedded another model!"
     elif r.get("parity") is None:
         bad = True
         parity = "not compared (other model embedded)"
@@ -159,10 +180,15 @@ def row(model, threads, label, r, ref, sha):
 
 print("| model | threads | engine | mean | p50 | wall / image | p50 vs derm-runtime | wall vs derm-runtime | max logit diff / range |")
 print("|---|---|---|---|---|---|---|---|---|")
+def sha256(path):
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+int8_vs_ort = []
 for arch in ("small", "large"):
     model = "MobileNetV3-" + arch.capitalize()
-    with open(os.path.join(out, arch + ".safetensors"), "rb") as f:
-        sha = hashlib.sha256(f.read()).hexdigest()
+    sha = sha256(os.path.join(out, arch + ".safetensors"))
+    sha8 = sha256(os.path.join(out, arch + ".int8.safetensors"))
     settings = [(f"t{t}", "1" if t == 1 else f"{t} workers") for t in ([1, cores] if cores > 1 else [1])]
     if cores > 1:
         settings.append((f"i{cores}", f"1 x {cores} intra-op"))
@@ -170,13 +196,21 @@ for arch in ("small", "large"):
         ref = load(os.path.join(out, f"{arch}.{key}.runtime.json")) if key[0] == "t" else \
             load(os.path.join(out, f"{arch}.t1.runtime.json"))
         for short, label in engines:
-            if key[0] == "i" and short in ("runtime", "tract"):
+            if key[0] == "i" and short in ("runtime", "int8", "tract"):
                 continue
             if short == "ort" and not have_ort:
                 print(f"| {model} | {threads} | {label} | not installed (scripts/setup.sh ort) | | | | | |")
                 continue
             r = load(os.path.join(out, f"{arch}.{key}.{short}.json"))
-            print(row(model, threads, label, r, None if short == "runtime" else ref, sha))
+            print(row(model, threads, label, r, None if short == "runtime" else ref,
+                      sha8 if short == "int8" else sha))
+    r8 = load(os.path.join(out, f"{arch}.t1.int8.json"))
+    ro = load(os.path.join(out, f"{arch}.t1.ort.json")) if have_ort else None
+    if r8 is not None and ro is not None:
+        int8_vs_ort.append(f"{model}: {r8['per_image_ms']['p50'] / ro['per_image_ms']['p50']:.2f}x")
+if int8_vs_ort:
+    print()
+    print("derm-runtime int8 / ONNX Runtime f32, p50, 1 thread: " + ", ".join(int8_vs_ort))
 sys.exit(1 if bad else 0)
 PY
 echo
