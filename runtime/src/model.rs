@@ -99,7 +99,7 @@ pub fn classify(image: Image<'_>, arena: &mut Arena) -> Result<Prediction, Error
         MEAN,
         STD,
         generated::input_mut(&mut arena.buf),
-        generated::input_value,
+        generated::input_values,
     )?;
     generated::forward(&mut arena.buf);
     let logits = generated::logits(&arena.buf);

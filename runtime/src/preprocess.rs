@@ -172,13 +172,16 @@ pub fn crop_resize_normalize(
     std: [f32; 3],
     out: &mut [f32],
 ) -> Result<(), PreprocessError> {
-    crop_resize_normalize_map(image, region, out_h, out_w, mean, std, out, |v| v)
+    crop_resize_normalize_map(image, region, out_h, out_w, mean, std, out, |v, o| {
+        o.copy_from_slice(v)
+    })
 }
 
-/// Like [`crop_resize_normalize`], storing each normalized value `v` as `store(v)`: an int8
-/// model's input is written quantized (its `input_value`), so the `f32` image is never
-/// held anywhere. `store` sees the same `f32` values, in the same order, that
-/// [`crop_resize_normalize`] writes.
+/// Like [`crop_resize_normalize`], storing the normalized values through `store(values,
+/// out)`, a run of up to 64 values of one channel and output row at a time (`out` as long as
+/// `values`): an int8 model's input is written quantized (its `input_values`, the vector
+/// quantization `run` uses), so the `f32` image is never held anywhere. `store` sees the same
+/// `f32` values, for the same positions, that [`crop_resize_normalize`] writes.
 #[allow(clippy::too_many_arguments)] // the arguments of crop_resize_normalize, plus `store`
 pub fn crop_resize_normalize_map<T: Copy>(
     image: Image<'_>,
@@ -188,7 +191,7 @@ pub fn crop_resize_normalize_map<T: Copy>(
     mean: [f32; 3],
     std: [f32; 3],
     out: &mut [T],
-    store: impl Fn(f32) -> T,
+    store: impl Fn(&[f32], &mut [T]),
 ) -> Result<(), PreprocessError> {
     // Checked: a product that wraps could match a short buffer and send the loops below out
     // of it. A saturated `expected` matches no slice.
@@ -241,6 +244,8 @@ pub fn crop_resize_normalize_map<T: Copy>(
     let mut wy = [0f32; MAX_TAPS];
     // One value more than the spans need: the NEON horizontal pass reads it, unused.
     let mut column_sums = [0f32; 3 * SPAN_TABLE + 1];
+    // One output row of a strip, per channel, before `store`.
+    let mut values = [[0f32; STRIP]; 3];
     let need = taps_needed(sx);
     let mut x_start = 0;
     while x_start < out_w {
@@ -310,10 +315,13 @@ pub fn crop_resize_normalize_map<T: Copy>(
             );
             for (j, &(x0, taps, w0)) in cols[..n].iter().enumerate() {
                 let v = horizontal(&column_sums[..span + 1], x0, &wx[w0..w0 + taps]);
-                r[j] = store(v[0] * scale[0] + bias[0]);
-                g[j] = store(v[1] * scale[1] + bias[1]);
-                b[j] = store(v[2] * scale[2] + bias[2]);
+                for c in 0..3 {
+                    values[c][j] = v[c] * scale[c] + bias[c];
+                }
             }
+            store(&values[0][..n], r);
+            store(&values[1][..n], g);
+            store(&values[2][..n], b);
         }
         x_start += n;
     }

@@ -6,7 +6,7 @@
 //!   activations, `i32` squeeze-excite scratch and the `f32` logits, each at a
 //!   64-byte aligned offset. The `f32` input never enters the arena: the
 //!   network's first step, its quantization, happens as it is written
-//!   (`input_value` for a preprocessed pixel, `run` for a whole input). The
+//!   (`input_values` for a preprocessed row, `run` for a whole input). The
 //!   arena stays an array of `f32` words (`ARENA_LEN = bytes / 4`, rounded
 //!   up) and every layer takes typed views of its buffers (`&mut [i8]`,
 //!   `&mut [i32]`, `&mut [f32]`) through `bytemuck`, which never fails here:
@@ -137,7 +137,7 @@ fn fold_zero_point(p: &ConvPlan, k: usize) -> Vec<i32> {
 
 /// Lowers the graph to int8 kernel calls, one per op. They read the int8
 /// copy of the model input; the quantization that makes it is written with
-/// the input (`input_value`, `run`), not a step of the memory plan.
+/// the input (`input_values`, `run`), not a step of the memory plan.
 fn lower<'a>(
     model: &'a ModelFile,
     shapes: &ValueShapes,
@@ -559,7 +559,7 @@ pub(crate) fn generate(
     let steps: Vec<Step> = nodes.iter().map(|n| n.step.clone()).collect();
     let input_len: usize = shapes[&g.input.name].iter().product();
     // The plan starts at the int8 input: the f32 input is the caller's, quantized as it is
-    // written (`input_value`, `run`), so it never takes arena space.
+    // written (`input_values`, `run`), so it never takes arena space.
     let q_in = quantized_input(g);
     let live = plan_memory((&q_in, input_len), &steps, &g.output, ALIGN_BYTES);
     let (words, word_buffers) = word_plan(&live.plan, &live.buffers);
@@ -689,7 +689,7 @@ pub(crate) fn generate(
         weights_len_doc: "Length of the embedded int8 weights in bytes.",
         forward_doc: "Runs the network on the int8 input stored at \
                       `arena[INPUT_OFFSET..]` (`INPUT_LEN` bytes, written through \
-                      [`input_mut`] and [`input_value`]), leaving the `f32` logits at \
+                      [`input_mut`] and [`input_values`]), leaving the `f32` logits at \
                       `arena[OUTPUT_OFFSET..][..NUM_CLASSES]`.",
         header: format!("an int8 model with {} ops", g.ops.len()),
         layer_fns,

@@ -231,21 +231,22 @@ pub(super) enum InputForm {
 }
 
 impl InputForm {
-    /// The items that store an input value (`InputElem`, `input_value`,
+    /// The items that store input values (`InputElem`, `input_values`,
     /// `input_mut`) and `run`'s statement that stores a whole `f32` input.
     fn tokens(&self, rt: &TokenStream) -> (TokenStream, TokenStream) {
         let input_mut_doc = "The model input region of the arena, for writing a preprocessed \
-                             image into (each value through [`input_value`]).";
+                             image into (the values through [`input_values`]).";
         match *self {
             InputForm::F32 => (
                 quote! {
                     /// The element type of the model input in the arena.
                     pub type InputElem = f32;
 
-                    /// A normalized input value as the arena stores it: itself.
+                    /// Normalized input values as the arena stores them: themselves
+                    /// (`out` as long as `v`).
                     #[inline(always)]
-                    pub fn input_value(v: f32) -> f32 {
-                        v
+                    pub fn input_values(v: &[f32], out: &mut [f32]) {
+                        out.copy_from_slice(v);
                     }
 
                     #[doc = #input_mut_doc]
@@ -278,11 +279,11 @@ impl InputForm {
                         /// input is written, so the `f32` image never takes arena space.
                         pub type InputElem = i8;
 
-                        /// A normalized input value as the arena stores it: quantized
-                        /// exactly as [`run`] quantizes a whole input.
+                        /// Normalized input values as the arena stores them: quantized
+                        /// exactly as [`run`] quantizes a whole input (`out` as long as `v`).
                         #[inline(always)]
-                        pub fn input_value(v: f32) -> i8 {
-                            #rt::kernels::int8::quantize_one(v, INPUT_INV_SCALE, INPUT_ZERO_POINT)
+                        pub fn input_values(v: &[f32], out: &mut [i8]) {
+                            #rt::kernels::int8::quantize(v, INPUT_INV_SCALE, INPUT_ZERO_POINT, out)
                         }
 
                         #[doc = #input_mut_doc]

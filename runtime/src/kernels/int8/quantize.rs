@@ -40,9 +40,8 @@ pub fn portable(input: &[f32], inv_scale: f32, zero_point: i32, out: &mut [i8]) 
     }
 }
 
-/// One value by the rule of [`portable`]: what a preprocessing loop calls to
-/// write an int8 model's input pixel by pixel (the generated
-/// `input_value`), with the same bits as quantizing the whole `f32` input.
+/// One value by the rule of [`portable`], with the same bits as quantizing a whole `f32`
+/// input: for code that quantizes value by value (the portable loop, the oracle's tests).
 #[inline(always)]
 pub fn quantize_one(x: f32, inv_scale: f32, zero_point: i32) -> i8 {
     let v = x * inv_scale;
