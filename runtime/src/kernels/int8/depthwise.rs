@@ -580,7 +580,7 @@ pub mod avx512 {
     /// Output pixels whose window lies wholly inside the input take the VNNI
     /// form: the window's taps go four at a time, and for each channel the
     /// four input bytes of four taps are interleaved into one 32-bit lane
-    /// (two `vpermt2b`, [`quads`]), against the same four taps' weights
+    /// (two `vpermt2b`, `quads`), against the same four taps' weights
     /// interleaved the same way once per call, so one 512-bit `vpdpbusd`
     /// adds four taps' products for each of 16 channels. Inputs go in with
     /// their sign bit flipped (`x + 128`), so each channel's accumulator

@@ -2,7 +2,7 @@
 //! it produces the graph output.
 //!
 //! Every variant runs the same source (`body`, over the shared
-//! [`gemv_acc`](super::gemv_acc) with `i16` products); on x86_64 it is
+//! `gemv_acc` with `i16` products); on x86_64 it is
 //! compiled once more with AVX2 and with AVX-512 and chosen at run time,
 //! like the squeeze-excite layer's. The sums are the same integers modulo
 //! `2^32` whatever the vector width, so every variant gives the oracle's
