@@ -696,9 +696,9 @@ fn pointwise_matches_reference_with_folded_bias() {
         (65, 128, 16),
         (64, 132, 8),
         (64, 18, 20),
-        // More pixels than the packed form's chunk of input sums (256), and
+        // More pixels than the packed form's chunk of input sums (4096), and
         // k past 576 with a tail below 64 bytes.
-        (300, 12, 20),
+        (4100, 4, 20),
         (17, 580, 18),
     ];
     let variants = pointwise_variants();

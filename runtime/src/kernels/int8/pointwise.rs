@@ -537,8 +537,10 @@ pub mod avx512vnni {
     /// Pixel rows per tile of the packed form.
     const PR: usize = 8;
 
-    /// Pixels whose input sums [`packed`] keeps at a time (on the stack).
-    const CHUNK_PIXELS: usize = 256;
+    /// Pixels whose input sums [`packed`] keeps at a time (16 KiB on the stack). Each chunk
+    /// packs the weights again, so it covers every pointwise layer of MobileNetV3-Small at
+    /// 224x224 (at most 56x56 pixels) in one.
+    const CHUNK_PIXELS: usize = 4096;
 
     /// The packed form: output channels in blocks of [`NB`], whose weights
     /// are packed on the stack as `[k / 4][NB][4]` bytes with the sign bit
