@@ -726,36 +726,27 @@ fn pointwise_matches_reference_with_folded_bias() {
 }
 
 type LinearFn = fn(&[i8], usize, &[i8], &[i32], Epilogue<'_>, &mut [i8]);
-type LogitsFn = fn(&[i8], usize, &[i8], &[i32], &[f32], &mut [f32]);
 
-/// Every linear variant this machine can run: (name, to int8, to logits).
-fn linear_variants() -> Vec<(&'static str, LinearFn, LogitsFn)> {
+/// Every linear variant this machine can run.
+fn linear_variants() -> Vec<(&'static str, LinearFn)> {
     #[allow(unused_mut)]
-    let mut v: Vec<(&'static str, LinearFn, LogitsFn)> = vec![
-        ("dispatch", int8::linear, int8::linear_logits),
-        (
-            "portable",
-            int8::linear::portable,
-            int8::linear::portable_logits,
-        ),
+    let mut v: Vec<(&'static str, LinearFn)> = vec![
+        ("dispatch", int8::linear),
+        ("portable", int8::linear::portable),
     ];
     #[cfg(target_arch = "x86_64")]
     if derm_runtime::kernels::has_avx2_fma() {
         // SAFETY: the CPU supports AVX2.
-        v.push((
-            "avx2",
-            |x, k, w, b, e, o| unsafe { int8::linear::avx2::linear(x, k, w, b, e, o) },
-            |x, k, w, b, s, o| unsafe { int8::linear::avx2::linear_logits(x, k, w, b, s, o) },
-        ));
+        v.push(("avx2", |x, k, w, b, e, o| unsafe {
+            int8::linear::avx2::linear(x, k, w, b, e, o)
+        }));
     }
     #[cfg(target_arch = "x86_64")]
     if derm_runtime::kernels::has_avx512_vnni() {
         // SAFETY: the CPU supports AVX-512.
-        v.push((
-            "avx512",
-            |x, k, w, b, e, o| unsafe { int8::linear::avx512::linear(x, k, w, b, e, o) },
-            |x, k, w, b, s, o| unsafe { int8::linear::avx512::linear_logits(x, k, w, b, s, o) },
-        ));
+        v.push(("avx512", |x, k, w, b, e, o| unsafe {
+            int8::linear::avx512::linear(x, k, w, b, e, o)
+        }));
     }
     v
 }
@@ -778,7 +769,7 @@ fn linear_matches_reference_with_folded_bias() {
             let mx = acc.iter().map(|a| a.abs()).max().unwrap();
             let e = Epi::new(&mut rng, kind, &vec![mx; n]);
             let want = e.expected(&acc, n);
-            for (name, f, _) in &variants {
+            for (name, f) in &variants {
                 for (form, ep) in e.forms() {
                     let mut out = vec![0i8; n];
                     f(&x, k, &w, &fold(&b, &w, k, zx), ep, &mut out);
@@ -793,7 +784,6 @@ fn linear_matches_reference_with_folded_bias() {
 #[test]
 fn linear_logits_match_reference() {
     let mut rng = Rng(0x5eed_0006);
-    let variants = linear_variants();
     for (k, n) in [(1, 3), (13, 7), (576, 8), (1024, 70)] {
         let zx = rng.zp();
         let x = rng.acts(k);
@@ -802,34 +792,26 @@ fn linear_logits_match_reference() {
         let b = rng.biases(n, 1 << 30);
         let scale: Vec<f32> = (0..n).map(|_| rng.real(1e-5, 1e-2) as f32).collect();
         let acc = gemm_ref(&x, 1, k, zx, &w, &b);
-        for (name, _, f) in &variants {
-            let mut out = vec![0f32; n];
-            f(&x, k, &w, &fold(&b, &w, k, zx), &scale, &mut out);
-            for j in 0..n {
-                let want = acc[j] as i32 as f32 * scale[j];
-                assert_eq!(out[j].to_bits(), want.to_bits(), "{name} k {k} n {n} j {j}");
-            }
+        let mut out = vec![0f32; n];
+        int8::linear_logits(&x, k, &w, &fold(&b, &w, k, zx), &scale, &mut out);
+        for j in 0..n {
+            let want = acc[j] as i32 as f32 * scale[j];
+            assert_eq!(out[j].to_bits(), want.to_bits(), "k {k} n {n} j {j}");
         }
     }
     // One rounding in the conversion (2^24 + 1 and 2^24 + 3 tie to even),
     // one in the multiply: 16777220 * 3 is exact in f32, while the exact
     // 16777219 * 3 = 50331657 would round to 50331656.
-    for (name, _, f) in &variants {
-        let mut out = [0f32; 4];
-        f(
-            &[5],
-            1,
-            &[0, 0, 2, 0],
-            &[16_777_217, -3, 1, 16_777_219],
-            &[1.0, 0.5, 0.1, 3.0],
-            &mut out,
-        );
-        assert_eq!(
-            out,
-            [16_777_216.0, -1.5, 11.0 * 0.1f32, 50_331_660.0],
-            "{name}"
-        );
-    }
+    let mut out = [0f32; 4];
+    int8::linear_logits(
+        &[5],
+        1,
+        &[0, 0, 2, 0],
+        &[16_777_217, -3, 1, 16_777_219],
+        &[1.0, 0.5, 0.1, 3.0],
+        &mut out,
+    );
+    assert_eq!(out, [16_777_216.0, -1.5, 11.0 * 0.1f32, 50_331_660.0]);
 }
 
 #[test]

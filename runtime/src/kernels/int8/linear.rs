@@ -14,8 +14,8 @@ use crate::kernels::requant::{self, Row};
 /// The variant this target uses: [`portable`].
 #[cfg(not(target_arch = "x86_64"))]
 pub use portable as linear;
-/// The variant this target uses: [`portable_logits`].
-#[cfg(not(target_arch = "x86_64"))]
+/// The variant every target uses: [`portable_logits`] (the logits layer has a handful of
+/// outputs; its time does not show in a profile).
 pub use portable_logits as linear_logits;
 
 /// Portable int8 linear layer:
@@ -43,7 +43,21 @@ pub fn portable(x: &[i8], k: usize, w: &[i8], bias: &[i32], e: Epilogue<'_>, out
 /// every IEEE machine gives the same bits.
 #[inline]
 pub fn portable_logits(x: &[i8], k: usize, w: &[i8], bias: &[i32], scale: &[f32], out: &mut [f32]) {
-    body_logits(x, k, w, bias, scale, out);
+    let n = out.len();
+    assert!(
+        x.len() == k && w.len() == n * k && bias.len() == n && scale.len() == n,
+        "int8 linear: x, w, bias or scale does not match k = {k}, n = {n}"
+    );
+    let mut acc = [0i32; CHUNK];
+    for j0 in (0..n).step_by(CHUNK) {
+        let m = CHUNK.min(n - j0);
+        let acc = &mut acc[..m];
+        acc.copy_from_slice(&bias[j0..j0 + m]);
+        gemv_acc(&w[j0 * k..(j0 + m) * k], k, x, i16::from, acc);
+        for ((o, &a), &sc) in out[j0..j0 + m].iter_mut().zip(acc.iter()).zip(&scale[j0..]) {
+            *o = a as f32 * sc;
+        }
+    }
 }
 
 /// [`portable`]'s loop, with `R`'s requantization rows.
@@ -79,32 +93,11 @@ unsafe fn body<R: Row>(
     }
 }
 
-/// [`portable_logits`]'s loop (inlined into each variant, so the GEMV is
-/// compiled with its features).
-#[inline(always)]
-fn body_logits(x: &[i8], k: usize, w: &[i8], bias: &[i32], scale: &[f32], out: &mut [f32]) {
-    let n = out.len();
-    assert!(
-        x.len() == k && w.len() == n * k && bias.len() == n && scale.len() == n,
-        "int8 linear: x, w, bias or scale does not match k = {k}, n = {n}"
-    );
-    let mut acc = [0i32; CHUNK];
-    for j0 in (0..n).step_by(CHUNK) {
-        let m = CHUNK.min(n - j0);
-        let acc = &mut acc[..m];
-        acc.copy_from_slice(&bias[j0..j0 + m]);
-        gemv_acc(&w[j0 * k..(j0 + m) * k], k, x, i16::from, acc);
-        for ((o, &a), &sc) in out[j0..j0 + m].iter_mut().zip(acc.iter()).zip(&scale[j0..]) {
-            *o = a as f32 * sc;
-        }
-    }
-}
-
 /// x86_64: [`portable`]'s source compiled with AVX2 (the GEMV in
 /// `vpmaddwd`) and the AVX2 requantization rows.
 #[cfg(target_arch = "x86_64")]
 pub mod avx2 {
-    use super::{Epilogue, body, body_logits};
+    use super::{Epilogue, body};
     use crate::kernels::requant;
 
     /// AVX2 int8 linear layer with the contract of [`super::portable`].
@@ -123,29 +116,13 @@ pub mod avx2 {
         // SAFETY: AVX2 is this function's contract.
         unsafe { body::<requant::Avx2>(x, k, w, bias, e, out) }
     }
-
-    /// AVX2 logits layer with the contract of [`super::portable_logits`].
-    ///
-    /// # Safety
-    /// The CPU must support AVX2 and FMA ([`crate::kernels::has_avx2_fma`]).
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn linear_logits(
-        x: &[i8],
-        k: usize,
-        w: &[i8],
-        bias: &[i32],
-        scale: &[f32],
-        out: &mut [f32],
-    ) {
-        body_logits(x, k, w, bias, scale, out);
-    }
 }
 
 /// x86_64: [`portable`]'s source compiled with AVX-512 (F, BW, VL: the
 /// GEMV in 512-bit `vpmaddwd`) and the AVX-512 requantization rows.
 #[cfg(target_arch = "x86_64")]
 pub mod avx512 {
-    use super::{Epilogue, body, body_logits};
+    use super::{Epilogue, body};
     use crate::kernels::requant;
 
     /// AVX-512 int8 linear layer with the contract of [`super::portable`].
@@ -164,22 +141,6 @@ pub mod avx512 {
     ) {
         // SAFETY: the features are this function's contract.
         unsafe { body::<requant::Avx512>(x, k, w, bias, e, out) }
-    }
-
-    /// AVX-512 logits layer with the contract of [`super::portable_logits`].
-    ///
-    /// # Safety
-    /// The CPU must support AVX-512 F, BW and VL.
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
-    pub unsafe fn linear_logits(
-        x: &[i8],
-        k: usize,
-        w: &[i8],
-        bias: &[i32],
-        scale: &[f32],
-        out: &mut [f32],
-    ) {
-        body_logits(x, k, w, bias, scale, out);
     }
 }
 
@@ -200,23 +161,5 @@ pub fn linear(x: &[i8], k: usize, w: &[i8], bias: &[i32], e: Epilogue<'_>, out: 
         unsafe { avx2::linear(x, k, w, bias, e, out) }
     } else {
         portable(x, k, w, bias, e, out)
-    }
-}
-
-/// The variant this target uses for the logits: like [`linear`].
-///
-/// # Panics
-/// If `x`, `w`, `bias` or `scale` does not match `k` and `out.len()`.
-#[cfg(target_arch = "x86_64")]
-#[inline]
-pub fn linear_logits(x: &[i8], k: usize, w: &[i8], bias: &[i32], scale: &[f32], out: &mut [f32]) {
-    if crate::kernels::has_avx512_vnni() {
-        // SAFETY: the CPU supports AVX-512 (checked just above).
-        unsafe { avx512::linear_logits(x, k, w, bias, scale, out) }
-    } else if crate::kernels::has_avx2_fma() {
-        // SAFETY: the CPU supports AVX2 (checked just above).
-        unsafe { avx2::linear_logits(x, k, w, bias, scale, out) }
-    } else {
-        portable_logits(x, k, w, bias, scale, out)
     }
 }
