@@ -663,7 +663,6 @@ pub mod avx512 {
         // PADDED bytes are all written first; the features are this
         // function's contract.
         unsafe {
-            let flip = _mm512_set1_epi8(i8::MIN);
             let ones = _mm512_set1_epi8(1);
             for b in 0..blocks {
                 let cb = b * NB;
@@ -745,16 +744,12 @@ pub mod avx512 {
                         _mm512_loadu_si512(ip.add(1).cast()),
                     ];
                     for g in 0..groups {
-                        let ld = |j: usize| {
-                            _mm256_maskz_loadu_epi8(k, xp.add(corner + rel[4 * g + j] + cb))
-                        };
-                        let q = quads(ld(0), ld(1), ld(2), ld(3));
                         let wv = wpp.add((b * groups + g) * 4 * NB).cast::<__m512i>();
-                        for j in 0..2 {
-                            let xq = _mm512_xor_si512(q[j], flip);
-                            a[j] =
-                                _mm512_dpbusd_epi32(a[j], xq, _mm512_loadu_si512(wv.add(j).cast()));
-                        }
+                        let w = [
+                            _mm512_loadu_si512(wv.cast()),
+                            _mm512_loadu_si512(wv.add(1).cast()),
+                        ];
+                        group_taps(&mut a, xp.add(corner + cb), &rel[4 * g..4 * g + 4], k, w);
                     }
                     let m = (c - cb).min(NB);
                     if high {
@@ -865,7 +860,6 @@ pub mod avx512 {
             // SAFETY: the caller's contract; input loads are masked to the block's m
             // channels of a pixel of the image, stores to its m outputs of a pixel.
             unsafe {
-                let flip = _mm512_set1_epi8(i8::MIN);
                 let wv = self.wp.add(b * G * 4 * NB).cast::<__m512i>();
                 let wr: [[__m512i; 2]; G] = core::array::from_fn(|g| {
                     [
@@ -892,17 +886,8 @@ pub mod avx512 {
                         let corner = (oy * s.stride * self.piw + ox * s.stride) * c + cb;
                         let mut a = start;
                         for (g, w) in wr.iter().enumerate() {
-                            let ld = |j: usize| {
-                                _mm256_maskz_loadu_epi8(
-                                    k,
-                                    self.xp.add(corner + self.rel[4 * g + j]),
-                                )
-                            };
-                            let q = quads(ld(0), ld(1), ld(2), ld(3));
-                            for j in 0..2 {
-                                a[j] =
-                                    _mm512_dpbusd_epi32(a[j], _mm512_xor_si512(q[j], flip), w[j]);
-                            }
+                            let rel = &self.rel[4 * g..4 * g + 4];
+                            group_taps(&mut a, self.xp.add(corner), rel, k, *w);
                         }
                         let o = out.as_mut_ptr().add((oy * s.ow + ox) * c + cb);
                         for (h, eh) in e16.iter().enumerate() {
@@ -912,6 +897,31 @@ pub mod avx512 {
                         }
                     }
                 }
+            }
+        }
+    }
+
+    /// One group of four taps of a window into the accumulators `a` (32 channels): the
+    /// taps' input bytes at `p + rel[j]` (channels masked by `k`), interleaved ([`quads`])
+    /// and sign-flipped, against the group's two vectors of packed weights `w`.
+    ///
+    /// # Safety
+    /// The features of [`depthwise`]; 32 bytes at each `p + rel[j]` may be read under `k`.
+    #[inline(always)]
+    unsafe fn group_taps(
+        a: &mut [__m512i; 2],
+        p: *const i8,
+        rel: &[usize],
+        k: __mmask32,
+        w: [__m512i; 2],
+    ) {
+        // SAFETY: the caller's contract.
+        unsafe {
+            let ld = |j: usize| _mm256_maskz_loadu_epi8(k, p.add(rel[j]));
+            let q = quads(ld(0), ld(1), ld(2), ld(3));
+            let flip = _mm512_set1_epi8(i8::MIN);
+            for j in 0..2 {
+                a[j] = _mm512_dpbusd_epi32(a[j], _mm512_xor_si512(q[j], flip), w[j]);
             }
         }
     }
