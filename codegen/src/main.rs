@@ -79,6 +79,10 @@ struct OnnxArgs {
     /// <stem>.golden.safetensors].
     #[arg(long, requires = "golden_json")]
     golden: Option<PathBuf>,
+    /// For an int8 model file: export the float network of its dequantized weights instead
+    /// of the QDQ form (int8 weights, every activation rounded where the runtime rounds it).
+    #[arg(long)]
+    dequantize: bool,
 }
 
 fn main() -> ExitCode {
@@ -149,6 +153,7 @@ fn export_onnx(args: OnnxArgs) -> Result<()> {
         .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
     let opts = ExportOptions {
         source: Some(ModelMetadata::new(&model, &file_name, &bytes)),
+        dequantize: args.dequantize,
     };
     // Golden vectors are read before anything is written, so a bad golden file leaves no
     // half-finished output behind.
@@ -169,9 +174,14 @@ fn export_onnx(args: OnnxArgs) -> Result<()> {
     let encoded = proto.encode_to_vec();
     write(&args.output, &encoded)?;
     let graph = proto.graph.unwrap_or_default();
-    let params: usize = graph.initializer.iter().map(|t| t.raw_data.len() / 4).sum();
+    let weight_bytes: usize = graph.initializer.iter().map(|t| t.raw_data.len()).sum();
+    let form = if model.graph.quantization.is_some() && !args.dequantize {
+        "QDQ int8"
+    } else {
+        "f32"
+    };
     println!(
-        "{}: {} nodes, {} initializers ({params} f32), {} bytes; opset {}, input {:?} {:?}, output {:?} [1, {}]",
+        "{}: {form}, {} nodes, {} initializers ({weight_bytes} bytes), {} bytes; opset {}, input {:?} {:?}, output {:?} [1, {}]",
         args.output.display(),
         graph.node.len(),
         graph.initializer.len(),

@@ -15,7 +15,7 @@ use derm_codegen::onnx::proto::{
 };
 use derm_codegen::onnx::{self, ExportOptions, OnnxError};
 use derm_codegen::reference;
-use derm_codegen::synthetic::{DEFAULT_CLASSES, SplitMix64, SyntheticSpec};
+use derm_codegen::synthetic::{self, DEFAULT_CLASSES, SplitMix64, SyntheticSpec};
 use prost::Message;
 
 fn tiny() -> ModelFile {
@@ -314,12 +314,212 @@ fn f16_and_i8_weights_are_dequantized_bit_for_bit() {
     );
 }
 
+/// int8 files of the small network: min/max post-training quantization, and the same with
+/// every hardswish in `f32` (no pre-activation grids).
+fn int8_models() -> Vec<ModelFile> {
+    let m = small();
+    vec![
+        synthetic::int8_of(&m, 2).unwrap(),
+        synthetic::int8_float_hardswish_of(&m, 2).unwrap(),
+    ]
+}
+
+/// Single assignment and topological order, for graphs whose initializers are not all float.
+fn check_order(p: &ModelProto) {
+    let g = p.graph.as_ref().unwrap();
+    let mut defined: HashSet<&str> = HashSet::from(["input"]);
+    for t in &g.initializer {
+        assert!(defined.insert(&t.name), "initializer {:?} twice", t.name);
+    }
+    for n in &g.node {
+        for i in &n.input {
+            assert!(
+                defined.contains(i.as_str()),
+                "{:?} reads {i:?} early",
+                n.name
+            );
+        }
+        assert!(defined.insert(&n.output[0]), "{:?} redefines", n.name);
+    }
+    assert!(defined.contains("logits"));
+    let names: HashSet<&str> = g.node.iter().map(|n| n.name.as_str()).collect();
+    assert_eq!(names.len(), g.node.len(), "node names repeat");
+}
+
+#[test]
+fn int8_files_export_as_qdq_on_their_own_grids() {
+    for m in int8_models() {
+        let p = export(&m);
+        check_order(&p);
+        let g = p.graph.as_ref().unwrap();
+        let q = m.graph.quantization.as_ref().unwrap();
+        let init: HashMap<&str, &derm_codegen::onnx::proto::TensorProto> =
+            g.initializer.iter().map(|t| (t.name.as_str(), t)).collect();
+        let types: HashMap<&str, i32> = g
+            .value_info
+            .iter()
+            .map(|v| (v.name.as_str(), shape_of(v).0))
+            .collect();
+
+        // Every activation the file rounds, once, on its grid: u8 with zero point + 128.
+        let quantize: Vec<&NodeProto> = g
+            .node
+            .iter()
+            .filter(|n| n.op_type == "QuantizeLinear")
+            .collect();
+        let keys = derm_codegen::quant::activation_keys(&m.graph);
+        assert_eq!(quantize.len(), keys.len());
+        for key in &keys {
+            let n = quantize
+                .iter()
+                .find(|n| n.name == format!("{key}.quantize"))
+                .unwrap_or_else(|| panic!("{key} is not rounded"));
+            let want = q.activations[key];
+            let scale = init[n.input[1].as_str()];
+            assert_eq!(scale.raw_data, want.scale.to_le_bytes(), "{key}");
+            let zero = init[n.input[2].as_str()];
+            assert_eq!(zero.data_type, DataType::Uint8 as i32, "{key}");
+            assert_eq!(i32::from(zero.raw_data[0]), want.zero_point + 128, "{key}");
+            assert_eq!(types[n.output[0].as_str()], DataType::Uint8 as i32, "{key}");
+        }
+
+        // Weights are the file's int8 bytes, biases its int32 ones at scale x * w[c].
+        let mut layers = 0;
+        for op in &m.graph.ops {
+            let (weight, bias, input) = match op {
+                Op::Conv2d(c) => (&c.weight, &c.bias, c.input.clone()),
+                Op::Linear(l) => (&l.weight, &l.bias, l.input.clone()),
+                _ => continue,
+            };
+            layers += 1;
+            let w = init[format!("{weight}.int8").as_str()];
+            assert_eq!(w.data_type, DataType::Int8 as i32);
+            assert_eq!(w.raw_data, m.tensors[weight].data, "{weight}");
+            let b = init[format!("{bias}.int32").as_str()];
+            assert_eq!(b.data_type, DataType::Int32 as i32);
+            assert_eq!(b.raw_data, m.tensors[bias].data, "{bias}");
+            let spec = m.graph.tensors[weight].quant.as_ref().unwrap();
+            let ws = m.tensors[&spec.scale].to_f32().unwrap();
+            let dq = g
+                .node
+                .iter()
+                .find(|n| n.op_type == "DequantizeLinear" && n.input[0] == b.name)
+                .unwrap();
+            let bs = init[dq.input[1].as_str()];
+            let want: Vec<u8> = ws
+                .iter()
+                .flat_map(|&s| (q.activations[&input].scale * s).to_le_bytes())
+                .collect();
+            assert_eq!(bs.raw_data, want, "{bias} scale");
+        }
+        assert!(layers >= 30, "{layers}");
+        // No float copy of a weight: every float initializer is a scale.
+        for t in &g.initializer {
+            if t.data_type == DataType::Float as i32 {
+                assert!(t.name.contains("scale"), "{} is a float weight", t.name);
+            }
+        }
+    }
+}
+
+#[test]
+fn the_qdq_export_computes_the_int8_model_up_to_rounding() {
+    for m in int8_models() {
+        let p = export(&m);
+        let q = m.graph.quantization.as_ref().unwrap();
+        for seed in [0, 1] {
+            // The calibration inputs: the int8 grids cover them, as real images.
+            let x = synthetic::smooth_input(&m, seed);
+            let layers = reference::run(&m, &x).unwrap();
+            // Layer by layer, each fed the int8 oracle's inputs: the ONNX graph must land on
+            // the oracle's int8 values except where float rounding (ONNX divides by the scale
+            // and computes the squeeze-excite gate in float; the oracle uses integer
+            // multipliers and a Q15 gate) puts a value on the other side of a rounding
+            // boundary. A missing or misplaced rounding, a wrong scale, zero point or bias
+            // scale moves most values.
+            let forced: HashMap<&str, &reference::LayerOutput> =
+                layers.iter().map(|l| (l.name.as_str(), l)).collect();
+            let mut checked = 0;
+            let logits = Interp::new(&p).run_with(&x, |name, got| {
+                let want = forced.get(name)?;
+                checked += 1;
+                let step = q.activations.get(name).map_or(1e-4, |p| p.scale);
+                let off = got
+                    .iter()
+                    .zip(&want.data)
+                    .map(|(a, b)| ((a - b) / step).abs())
+                    .filter(|&d| d > 0.5)
+                    .inspect(|&d| assert!(d <= 1.5, "{name}: {d} steps off"))
+                    .count();
+                assert!(
+                    off * 200 <= got.len(),
+                    "{name}: {off} of {} values off by one step",
+                    got.len()
+                );
+                Some(want.data.clone())
+            });
+            assert_eq!(checked, m.graph.ops.len());
+            assert_close(&logits, &layers.last().unwrap().data, 1e-5);
+            // End to end, the one-step differences propagate: still close.
+            let free = Interp::new(&p).run(&x);
+            assert_close(&free, &reference::logits(&m, &x).unwrap(), 0.03);
+        }
+    }
+}
+
+#[test]
+fn dequantize_exports_the_float_network_of_an_int8_file() {
+    for m in int8_models() {
+        let p = ModelProto::decode(
+            onnx::to_onnx_with(
+                &m,
+                &ExportOptions {
+                    dequantize: true,
+                    ..Default::default()
+                },
+            )
+            .unwrap()
+            .as_slice(),
+        )
+        .unwrap();
+        check_order(&p);
+        let g = p.graph.as_ref().unwrap();
+        assert!(g.node.iter().all(|n| !n.op_type.contains("Quantize")));
+        let q = m.graph.quantization.as_ref().unwrap();
+        let init: HashMap<&str, &derm_codegen::onnx::proto::TensorProto> =
+            g.initializer.iter().map(|t| (t.name.as_str(), t)).collect();
+        for op in &m.graph.ops {
+            let Op::Conv2d(c) = op else { continue };
+            let w = init[c.weight.as_str()];
+            assert_eq!(w.raw_data, f32_bytes(&m.tensor_f32(&c.weight).unwrap()));
+            let spec = m.graph.tensors[&c.weight].quant.as_ref().unwrap();
+            let ws = m.tensors[&spec.scale].to_f32().unwrap();
+            let bq = &m.tensors[&c.bias].data;
+            let want: Vec<f32> = bq
+                .chunks_exact(4)
+                .zip(&ws)
+                .map(|(b, &s)| {
+                    i32::from_le_bytes(b.try_into().unwrap()) as f32
+                        * (q.activations[&c.input].scale * s)
+                })
+                .collect();
+            assert_eq!(
+                init[c.bias.as_str()].raw_data,
+                f32_bytes(&want),
+                "{}",
+                c.bias
+            );
+        }
+    }
+}
+
 #[test]
 fn source_file_identity_is_recorded() {
     let m = tiny();
     let bytes = m.to_bytes().unwrap();
     let opts = ExportOptions {
         source: Some(ModelMetadata::new(&m, "tiny.safetensors", &bytes)),
+        ..Default::default()
     };
     let p = ModelProto::decode(onnx::to_onnx_with(&m, &opts).unwrap().as_slice()).unwrap();
     let meta: HashMap<String, String> = p
@@ -576,6 +776,8 @@ struct Val {
 struct Interp<'a> {
     model: &'a ModelProto,
     vals: HashMap<String, Val>,
+    /// Element type of every initializer and node output that is not `float`.
+    types: HashMap<String, i32>,
 }
 
 impl<'a> Interp<'a> {
@@ -585,19 +787,86 @@ impl<'a> Interp<'a> {
             .initializer
             .iter()
             .map(|t| {
-                let data = t
-                    .raw_data
-                    .chunks_exact(4)
-                    .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-                    .collect();
+                let raw = &t.raw_data;
+                let data = match DataType::try_from(t.data_type).unwrap() {
+                    DataType::Float => raw
+                        .chunks_exact(4)
+                        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+                        .collect(),
+                    DataType::Int32 => raw
+                        .chunks_exact(4)
+                        .map(|b| i32::from_le_bytes(b.try_into().unwrap()) as f32)
+                        .collect(),
+                    DataType::Int8 => raw.iter().map(|&b| f32::from(b as i8)).collect(),
+                    DataType::Uint8 => raw.iter().map(|&b| f32::from(b)).collect(),
+                    other => panic!("{}: initializer of type {other:?}", t.name),
+                };
                 let shape = t.dims.iter().map(|&d| d as usize).collect();
                 (t.name.clone(), Val { shape, data })
             })
             .collect();
-        Self { model, vals }
+        let types = g
+            .initializer
+            .iter()
+            .map(|t| (t.name.clone(), t.data_type))
+            .chain(g.value_info.iter().map(|v| (v.name.clone(), shape_of(v).0)))
+            .collect();
+        Self { model, vals, types }
     }
 
-    fn run(mut self, input: &[f32]) -> Vec<f32> {
+    /// `QuantizeLinear` (round half to even, saturate to the zero point's type) and
+    /// `DequantizeLinear` (per tensor, or per channel along `axis`), as ONNX defines them.
+    fn qdq(&self, n: &NodeProto, x: &[&Val]) -> Val {
+        let (v, scale, zero) = (x[0], x[1], x[2]);
+        let axis = int(n, "axis").unwrap_or(1) as usize;
+        let channel = |i: usize| {
+            if scale.data.len() == 1 {
+                return 0;
+            }
+            let inner: usize = v.shape[axis + 1..].iter().product();
+            (i / inner) % v.shape[axis]
+        };
+        let data = if n.op_type == "QuantizeLinear" {
+            let (lo, hi) = match DataType::try_from(self.types[&n.input[2]]).unwrap() {
+                DataType::Uint8 => (0.0, 255.0),
+                DataType::Int8 => (-128.0, 127.0),
+                other => panic!("{}: zero point of type {other:?}", n.name),
+            };
+            v.data
+                .iter()
+                .enumerate()
+                .map(|(i, &a)| {
+                    let c = channel(i);
+                    ((a / scale.data[c]).round_ties_even() + zero.data[c]).clamp(lo, hi)
+                })
+                .collect()
+        } else {
+            v.data
+                .iter()
+                .enumerate()
+                .map(|(i, &a)| {
+                    let c = channel(i);
+                    (a - zero.data[c]) * scale.data[c]
+                })
+                .collect()
+        };
+        Val {
+            shape: v.shape.clone(),
+            data,
+        }
+    }
+
+    fn run(self, input: &[f32]) -> Vec<f32> {
+        self.run_with(input, |_, _| None)
+    }
+
+    /// [`Self::run`], passing each node's output to `check` by name: a returned value
+    /// replaces it for the nodes that read it.
+    fn run_with(
+        mut self,
+        input: &[f32],
+        mut check: impl FnMut(&str, &[f32]) -> Option<Vec<f32>>,
+    ) -> Vec<f32> {
         let g = self.model.graph.as_ref().unwrap();
         let (_, dims) = shape_of(&g.input[0]);
         let shape: Vec<usize> = dims.iter().map(|&d| d as usize).collect();
@@ -616,7 +885,10 @@ impl<'a> Interp<'a> {
             .collect();
         for n in &g.node {
             let x: Vec<&Val> = n.input.iter().map(|i| &self.vals[i]).collect();
-            let y = eval(n, &x);
+            let y = match n.op_type.as_str() {
+                "QuantizeLinear" | "DequantizeLinear" => self.qdq(n, &x),
+                _ => eval(n, &x),
+            };
             let want: Vec<usize> = declared[n.output[0].as_str()]
                 .iter()
                 .map(|&d| d as usize)
@@ -626,6 +898,10 @@ impl<'a> Interp<'a> {
                 "node {:?}: computed vs declared shape",
                 n.name
             );
+            let y = match check(&n.output[0], &y.data) {
+                Some(data) => Val { data, ..y },
+                None => y,
+            };
             self.vals.insert(n.output[0].clone(), y);
         }
         self.vals.remove("logits").unwrap().data

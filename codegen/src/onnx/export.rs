@@ -8,11 +8,31 @@
 //! | `global_avg_pool` | `GlobalAveragePool`, `Flatten` (axis 1) |
 //! | `linear` | `Gemm` (`transB` = 1), then `Relu` or `HardSwish` when fused |
 //!
+//! An int8 model file (one with `quantization`, docs/int8.md) is written in ONNX's QDQ form,
+//! the one ONNX Runtime's quantization tools produce and its graph optimizer fuses into
+//! integer kernels (`QLinearConv`, `QLinearAdd`, ...):
+//! - every activation the file rounds (each key of [`crate::quant::activation_keys`]: the
+//!   input, op outputs, hardswish pre-activations, squeeze-excite pooled and hidden vectors)
+//!   goes through `QuantizeLinear` -> `DequantizeLinear` on the file's scale and zero point,
+//!   placed where the int8 kernels round it (a hardswish's pre-activation before the
+//!   `HardSwish`, an output after the op's activation);
+//! - weights are the file's `int8` bytes with their per-channel scales (`DequantizeLinear`,
+//!   `axis` 0), biases its `int32` values at scale `input scale * weight scale[c]`, zero
+//!   point 0, as ONNX Runtime's fused kernels expect them;
+//! - activations are `uint8` with zero point `z + 128`: the same grid as the file's `int8`
+//!   one (`q_u8 = q_i8 + 128`), in the type ONNX Runtime's x86 kernels prefer (u8
+//!   activations, s8 weights).
+//!
+//! What stays float: the squeeze-excite gate (the runtime computes it in Q15, far finer than
+//! int8) and the requantization arithmetic (ONNX rounds `x / scale` in float, the runtime
+//! with an integer multiplier and shift), so ONNX Runtime's logits are close to the
+//! runtime's, not equal. [`ExportOptions::dequantize`] exports the float network instead.
+//!
 //! Values carry the batch dimension ONNX operators expect: a model-file value `[C, H, W]`
 //! is `[1, C, H, W]`, a vector `[N]` is `[1, N]`. `HardSigmoid(x) = max(0, min(1, x / 6 +
 //! 1/2))` is the model file's `relu6(x + 3) / 6`, and ONNX's `HardSwish` is `x` times it.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use prost::Message;
 
@@ -22,10 +42,11 @@ use super::proto::{
     tensor_proto::DataType, tensor_shape_proto, type_proto,
 };
 use crate::ir::{
-    Activation, Add, Conv2d, GlobalAvgPool, IrError, Linear, ModelFile, Op, SqueezeExcite,
-    ValueShapes,
+    Activation, Add, Conv2d, DType, GlobalAvgPool, IrError, Linear, ModelFile, Op, QParams,
+    SqueezeExcite, ValueShapes,
 };
 use crate::metadata::{self, ModelMetadata};
+use crate::quant;
 
 /// ONNX IR version written (`IR_VERSION_2021_7_30`, the one that goes with opset 15-18).
 pub const IR_VERSION: i64 = 8;
@@ -83,6 +104,10 @@ pub struct ExportOptions {
     /// be traced to the exact model file. The other fields of [`ModelMetadata`] are
     /// recomputed from the model.
     pub source: Option<ModelMetadata>,
+    /// For an int8 model file, export the float network its weights dequantize to, with no
+    /// activation rounding, instead of the QDQ form (see the [module docs](super)). No
+    /// effect on a float file.
+    pub dequantize: bool,
 }
 
 /// The model as ONNX protobuf bytes (a `.onnx` file), with default [`ExportOptions`].
@@ -102,7 +127,11 @@ pub fn to_onnx_with(model: &ModelFile, opts: &ExportOptions) -> Result<Vec<u8>, 
 pub fn model_proto(model: &ModelFile, opts: &ExportOptions) -> Result<ModelProto, OnnxError> {
     let shapes = model.validate()?;
     let g = &model.graph;
-    let mut b = Builder::new(model, &shapes);
+    let grid = match &g.quantization {
+        Some(q) if !opts.dequantize => Some(&q.activations),
+        _ => None,
+    };
+    let mut b = Builder::new(model, &shapes, grid);
     for op in &g.ops {
         match op {
             Op::Conv2d(c) => b.conv2d(c)?,
@@ -202,11 +231,15 @@ fn dims(shape: &[usize]) -> Vec<i64> {
 }
 
 fn value_info(name: &str, shape: &[usize]) -> ValueInfoProto {
+    typed_value_info(name, shape, DataType::Float)
+}
+
+fn typed_value_info(name: &str, shape: &[usize], elem: DataType) -> ValueInfoProto {
     ValueInfoProto {
         name: name.to_owned(),
         r#type: Some(TypeProto {
             value: Some(type_proto::Value::TensorType(type_proto::Tensor {
-                elem_type: DataType::Float as i32,
+                elem_type: elem as i32,
                 shape: Some(TensorShapeProto {
                     dim: dims(shape)
                         .into_iter()
@@ -256,6 +289,8 @@ fn attr_float(name: &str, f: f32) -> AttributeProto {
 struct Builder<'m> {
     model: &'m ModelFile,
     shapes: &'m ValueShapes,
+    /// The int8 file's activation grids when exporting the QDQ form.
+    grid: Option<&'m BTreeMap<String, QParams>>,
     /// Value names taken so far.
     used: HashSet<String>,
     /// Node names taken so far (a namespace of their own).
@@ -270,10 +305,15 @@ struct Builder<'m> {
 }
 
 impl<'m> Builder<'m> {
-    fn new(model: &'m ModelFile, shapes: &'m ValueShapes) -> Self {
+    fn new(
+        model: &'m ModelFile,
+        shapes: &'m ValueShapes,
+        grid: Option<&'m BTreeMap<String, QParams>>,
+    ) -> Self {
         let mut b = Self {
             model,
             shapes,
+            grid,
             used: HashSet::new(),
             used_nodes: HashSet::new(),
             values: HashMap::new(),
@@ -285,9 +325,77 @@ impl<'m> Builder<'m> {
         // Reserved first, so no intermediate value can take the graph's interface names.
         b.used.insert(INPUT_NAME.to_owned());
         b.used.insert(OUTPUT_NAME.to_owned());
-        b.values
-            .insert(model.graph.input.name.clone(), INPUT_NAME.to_owned());
+        let input = &model.graph.input;
+        // An int8 model's first step: the float input onto its grid.
+        let name = b.rounded(
+            &input.name,
+            INPUT_NAME.to_owned(),
+            &format!("{INPUT_NAME}.quantized"),
+            &input.shape,
+        );
+        b.values.insert(input.name.clone(), name);
         b
+    }
+
+    /// Whether the QDQ export rounds activation `key` (the file has a grid for it).
+    fn rounds(&self, key: &str) -> bool {
+        self.grid.is_some_and(|g| g.contains_key(key))
+    }
+
+    /// Where the node computing activation `key` writes when its readers use `target`:
+    /// `target` itself, unless the QDQ export rounds `key`; then a fresh float value that
+    /// [`Self::round`] carries into `target`.
+    fn unrounded(&mut self, key: &str, target: &str) -> String {
+        if self.rounds(key) {
+            self.temp(&format!("{target}.float"))
+        } else {
+            target.to_owned()
+        }
+    }
+
+    /// `QuantizeLinear` -> `DequantizeLinear` from `value` into `target` on `key`'s grid,
+    /// as `uint8` (zero point + 128, the same grid); nothing when `value` is `target`
+    /// ([`Self::unrounded`] gave no separate value).
+    fn round(&mut self, key: &str, value: String, target: String, shape: &[usize]) {
+        let Some(p) = self.grid.and_then(|g| g.get(key)).copied() else {
+            return;
+        };
+        if value == target {
+            return;
+        }
+        let scale = self.temp(&format!("{key}.scale"));
+        self.initializers.push(TensorProto {
+            dims: vec![],
+            data_type: DataType::Float as i32,
+            name: scale.clone(),
+            raw_data: p.scale.to_le_bytes().to_vec(),
+            ..Default::default()
+        });
+        let zero = self.temp(&format!("{key}.zero_point"));
+        // Validation keeps zero points in -128..=127, so the shifted one fits a byte.
+        let z = (p.zero_point + 128).clamp(0, 255) as u8;
+        self.initializers.push(TensorProto {
+            dims: vec![],
+            data_type: DataType::Uint8 as i32,
+            name: zero.clone(),
+            raw_data: vec![z],
+            ..Default::default()
+        });
+        let q = self.temp(&format!("{key}.q"));
+        self.quantize_node(
+            &format!("{key}.quantize"),
+            vec![value, scale.clone(), zero.clone()],
+            q.clone(),
+            shape,
+        );
+        self.node(
+            "DequantizeLinear",
+            &format!("{key}.dequantize"),
+            vec![q, scale, zero],
+            target,
+            shape,
+            vec![],
+        );
     }
 
     /// `want`, or `want_2`, `want_3`, ... if taken.
@@ -355,6 +463,24 @@ impl<'m> Builder<'m> {
         if output != OUTPUT_NAME {
             self.value_info.push(value_info(&output, shape));
         }
+        self.push_node(op_type, name, input, output, attribute);
+    }
+
+    /// A `QuantizeLinear` node writing `output` (shape `shape`) as `uint8`.
+    fn quantize_node(&mut self, name: &str, input: Vec<String>, output: String, shape: &[usize]) {
+        self.value_info
+            .push(typed_value_info(&output, shape, DataType::Uint8));
+        self.push_node("QuantizeLinear", name, input, output, vec![]);
+    }
+
+    fn push_node(
+        &mut self,
+        op_type: &str,
+        name: &str,
+        input: Vec<String>,
+        output: String,
+        attribute: Vec<AttributeProto>,
+    ) {
         let name = Self::fresh(&mut self.used_nodes, name);
         self.nodes.push(NodeProto {
             input,
@@ -379,6 +505,14 @@ impl<'m> Builder<'m> {
             tensor: tensor.to_owned(),
             reason,
         };
+        if self.grid.is_some() {
+            let is_i8 = self.model.tensors.get(tensor).map(|t| t.dtype) == Some(DType::I8);
+            if is_i8 {
+                let name = self.int8_weight(tensor, shape).map_err(err)?;
+                self.stored.insert(key, name.clone());
+                return Ok(name);
+            }
+        }
         let values = self
             .model
             .tensor_f32(tensor)
@@ -402,22 +536,259 @@ impl<'m> Builder<'m> {
         Ok(name)
     }
 
-    /// The fused activation of `op` as a node reading `pre` (the output of the op's main
-    /// node) and writing `out`; nothing for [`Activation::None`].
-    fn activation(&mut self, op: &str, act: Activation, pre: String, out: String, shape: &[usize]) {
+    /// `value` rounded on `key`'s grid into a fresh value named after `want`, or `value`
+    /// itself when the QDQ export does not round `key`.
+    fn rounded(&mut self, key: &str, value: String, want: &str, shape: &[usize]) -> String {
+        if !self.rounds(key) {
+            return value;
+        }
+        let target = self.temp(want);
+        self.round(key, value, target.clone(), shape);
+        target
+    }
+
+    /// The QDQ form of the file's `int8` weight `tensor` viewed as `shape`: the bytes as
+    /// stored, `DequantizeLinear` with the per-channel scales and zero points (axis 0).
+    fn int8_weight(&mut self, tensor: &str, shape: &[usize]) -> Result<String, String> {
+        let t = self
+            .model
+            .tensors
+            .get(tensor)
+            .ok_or("not in the model file")?;
+        let q = self
+            .model
+            .graph
+            .tensors
+            .get(tensor)
+            .and_then(|s| s.quant.as_ref())
+            .ok_or("an i8 tensor without quantization parameters")?;
+        if q.axis != 0 {
+            return Err(format!("quantized along axis {}, not 0", q.axis));
+        }
+        let numel: usize = shape.iter().product();
+        if t.data.len() != numel {
+            return Err(format!(
+                "{} values cannot be viewed as shape {shape:?}",
+                t.data.len()
+            ));
+        }
+        let scales = self
+            .model
+            .tensors
+            .get(&q.scale)
+            .and_then(crate::ir::Tensor::to_f32)
+            .ok_or_else(|| format!("scale tensor {:?} is missing or not float", q.scale))?;
+        let zeros = self
+            .model
+            .tensors
+            .get(&q.zero_point)
+            .filter(|z| z.dtype == DType::I8)
+            .ok_or_else(|| format!("zero-point tensor {:?} is missing or not i8", q.zero_point))?;
+        if scales.len() != shape[0] || zeros.data.len() != shape[0] {
+            return Err(format!(
+                "{} scales and {} zero points for {} channels",
+                scales.len(),
+                zeros.data.len(),
+                shape[0]
+            ));
+        }
+        let name = Self::fresh(&mut self.used, &format!("{tensor}.int8"));
+        self.initializers.push(TensorProto {
+            dims: dims(shape),
+            data_type: DataType::Int8 as i32,
+            name: name.clone(),
+            raw_data: t.data.clone(),
+            ..Default::default()
+        });
+        let scale = self.channel_scales(&q.scale, &scales);
+        let zero = Self::fresh(&mut self.used, &q.zero_point);
+        self.initializers.push(TensorProto {
+            dims: vec![shape[0] as i64],
+            data_type: DataType::Int8 as i32,
+            name: zero.clone(),
+            raw_data: zeros.data.clone(),
+            ..Default::default()
+        });
+        let out = Self::fresh(&mut self.used, tensor);
+        self.node(
+            "DequantizeLinear",
+            &format!("{tensor}.dequantize"),
+            vec![name, scale, zero],
+            out.clone(),
+            shape,
+            vec![attr_int("axis", 0)],
+        );
+        Ok(out)
+    }
+
+    /// A float initializer `[n]` of per-channel scales named after `want`.
+    fn channel_scales(&mut self, want: &str, scales: &[f32]) -> String {
+        let name = Self::fresh(&mut self.used, want);
+        self.initializers.push(TensorProto {
+            dims: vec![scales.len() as i64],
+            data_type: DataType::Float as i32,
+            name: name.clone(),
+            raw_data: scales.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            ..Default::default()
+        });
+        name
+    }
+
+    /// The bias `tensor` of a layer with weight `weight` whose input is activation
+    /// `input_key`: in the QDQ form an int8 file's `int32` bias goes through
+    /// `DequantizeLinear` at scale `input scale * weight scale[c]` (zero point 0), the
+    /// accumulator units it is stored in; otherwise as [`Self::weight`].
+    fn bias(
+        &mut self,
+        op: &str,
+        tensor: &str,
+        weight: &str,
+        input_key: &str,
+    ) -> Result<String, OnnxError> {
+        let Some(t) = self.model.tensors.get(tensor) else {
+            return self.weight(op, tensor, &[0]);
+        };
+        let n = t.shape.iter().product::<usize>();
+        if t.dtype != DType::I32 {
+            return self.weight(op, tensor, &[n]);
+        }
+        let x = self
+            .model
+            .graph
+            .quantization
+            .as_ref()
+            .and_then(|q| q.activations.get(input_key))
+            .copied();
+        let err = |reason: String| OnnxError::Tensor {
+            op: op.to_owned(),
+            tensor: tensor.to_owned(),
+            reason,
+        };
+        let w_scales = self
+            .model
+            .graph
+            .tensors
+            .get(weight)
+            .and_then(|s| s.quant.as_ref())
+            .and_then(|q| self.model.tensors.get(&q.scale))
+            .and_then(crate::ir::Tensor::to_f32)
+            .ok_or_else(|| err(format!("its weight {weight:?} has no per-channel scales")))?;
+        if w_scales.len() != n {
+            return Err(err(format!(
+                "{n} values for the {} channels of {weight:?}",
+                w_scales.len()
+            )));
+        }
+        let Some(x) = x else {
+            return Err(err(format!(
+                "an i32 bias needs the scale of its input {input_key:?}, which the file does \
+                 not quantize"
+            )));
+        };
+        let scales: Vec<f32> = w_scales.iter().map(|&s| x.scale * s).collect();
+        if self.grid.is_none() {
+            // The float network (`dequantize`): the bias in real units.
+            let key = (tensor.to_owned(), vec![n]);
+            if let Some(name) = self.stored.get(&key) {
+                return Ok(name.clone());
+            }
+            let values: Vec<f32> = t
+                .data
+                .chunks_exact(4)
+                .zip(&scales)
+                .map(|(b, &s)| i32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f32 * s)
+                .collect();
+            let name = Self::fresh(&mut self.used, tensor);
+            self.initializers.push(TensorProto {
+                dims: vec![n as i64],
+                data_type: DataType::Float as i32,
+                name: name.clone(),
+                raw_data: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+                ..Default::default()
+            });
+            self.stored.insert(key, name.clone());
+            return Ok(name);
+        }
+        let name = Self::fresh(&mut self.used, &format!("{tensor}.int32"));
+        self.initializers.push(TensorProto {
+            dims: vec![n as i64],
+            data_type: DataType::Int32 as i32,
+            name: name.clone(),
+            raw_data: t.data.clone(),
+            ..Default::default()
+        });
+        let scale = self.channel_scales(&format!("{tensor}.scale"), &scales);
+        let zero = Self::fresh(&mut self.used, &format!("{tensor}.zero_point"));
+        self.initializers.push(TensorProto {
+            dims: vec![n as i64],
+            data_type: DataType::Int32 as i32,
+            name: zero.clone(),
+            raw_data: vec![0; 4 * n],
+            ..Default::default()
+        });
+        let out = Self::fresh(&mut self.used, tensor);
+        self.node(
+            "DequantizeLinear",
+            &format!("{tensor}.dequantize"),
+            vec![name, scale, zero],
+            out.clone(),
+            &[n],
+            vec![attr_int("axis", 0)],
+        );
+        Ok(out)
+    }
+
+    /// The output of op `op`, computed into `computed` by its main node, through its
+    /// fused activation into model-file value `output`, rounded where the QDQ form rounds
+    /// it: a table-driven hardswish's input on the `<op>:pre_activation` grid, the output on
+    /// its own grid. Returns nothing; the readers of `output` find it by name.
+    fn finish(
+        &mut self,
+        op: &str,
+        act: Activation,
+        computed: String,
+        output: &str,
+        shape: &[usize],
+    ) {
+        if act == Activation::None && !self.rounds(output) {
+            // [`Self::main_output`] gave the output value itself.
+            return;
+        }
+        let target = self.define(output);
         let (op_type, suffix) = match act {
-            Activation::None => return,
+            Activation::None => {
+                self.round(output, computed, target, shape);
+                return;
+            }
             Activation::Relu => ("Relu", "relu"),
             Activation::Hardswish => ("HardSwish", "hardswish"),
         };
+        let pre = self.rounded(
+            &quant::pre_activation_key(op),
+            computed,
+            &format!("{op}.pre_activation"),
+            shape,
+        );
+        let act_out = self.unrounded(output, &target);
         self.node(
             op_type,
             &format!("{op}.{suffix}"),
             vec![pre],
-            out,
+            act_out.clone(),
             shape,
             vec![],
         );
+        self.round(output, act_out, target, shape);
+    }
+
+    /// Where op `op`'s main node writes before [`Self::finish`]: a fresh value when an
+    /// activation or rounding follows, else the output value itself.
+    fn main_output(&mut self, op: &str, act: Activation, output: &str, suffix: &str) -> String {
+        if act == Activation::None && !self.rounds(output) {
+            self.define(output)
+        } else {
+            self.temp(&format!("{op}.{suffix}"))
+        }
     }
 
     fn conv2d(&mut self, c: &Conv2d) -> Result<(), OnnxError> {
@@ -432,7 +803,7 @@ impl<'m> Builder<'m> {
                 c.kernel[1],
             ],
         )?;
-        let b = self.weight(&c.name, &c.bias, &[c.out_channels])?;
+        let b = self.bias(&c.name, &c.bias, &c.weight, &c.input)?;
         let shape = self.shape(&c.name, &c.output)?;
         let [ph, pw] = c.padding;
         let attrs = vec![
@@ -442,12 +813,7 @@ impl<'m> Builder<'m> {
             attr_ints("dilations", &[1, 1]),
             attr_int("group", c.groups as i64),
         ];
-        let (conv_out, out) = if c.activation == Activation::None {
-            (self.define(&c.output), None)
-        } else {
-            let pre = self.temp(&format!("{}.conv", c.name));
-            (pre, Some(self.define(&c.output)))
-        };
+        let conv_out = self.main_output(&c.name, c.activation, &c.output, "conv");
         self.node(
             "Conv",
             &c.name,
@@ -456,9 +822,7 @@ impl<'m> Builder<'m> {
             &shape,
             attrs,
         );
-        if let Some(out) = out {
-            self.activation(&c.name, c.activation, conv_out, out, &shape);
-        }
+        self.finish(&c.name, c.activation, conv_out, &c.output, &shape);
         Ok(())
     }
 
@@ -469,9 +833,9 @@ impl<'m> Builder<'m> {
         let shape = self.shape(n, &s.output)?;
         // torchvision stores fc1/fc2 as 1x1 convs; the model file may hold them 2-D.
         let w1 = self.weight(n, &s.fc1_weight, &[q, c, 1, 1])?;
-        let b1 = self.weight(n, &s.fc1_bias, &[q])?;
+        let b1 = self.bias(n, &s.fc1_bias, &s.fc1_weight, &quant::pooled_key(n))?;
         let w2 = self.weight(n, &s.fc2_weight, &[c, q, 1, 1])?;
-        let b2 = self.weight(n, &s.fc2_bias, &[c])?;
+        let b2 = self.bias(n, &s.fc2_bias, &s.fc2_weight, &quant::hidden_key(n))?;
         let one_by_one = || {
             vec![
                 attr_ints("kernel_shape", &[1, 1]),
@@ -487,6 +851,12 @@ impl<'m> Builder<'m> {
             pooled.clone(),
             &[1, c, 1, 1],
             vec![],
+        );
+        let pooled = self.rounded(
+            &quant::pooled_key(n),
+            pooled,
+            &format!("{n}.pooled"),
+            &[1, c, 1, 1],
         );
         let fc1 = self.temp(&format!("{n}.fc1"));
         self.node(
@@ -505,6 +875,12 @@ impl<'m> Builder<'m> {
             relu.clone(),
             &[1, q, 1, 1],
             vec![],
+        );
+        let relu = self.rounded(
+            &quant::hidden_key(n),
+            relu,
+            &format!("{n}.hidden"),
+            &[1, q, 1, 1],
         );
         let fc2 = self.temp(&format!("{n}.fc2"));
         self.node(
@@ -525,8 +901,9 @@ impl<'m> Builder<'m> {
             // relu6(x + 3) / 6 == clamp(x / 6 + 1/2, 0, 1).
             vec![attr_float("alpha", 1.0 / 6.0), attr_float("beta", 0.5)],
         );
-        let out = self.define(&s.output);
-        self.node("Mul", n, vec![x, scale], out, &shape, vec![]);
+        let out = self.main_output(n, Activation::None, &s.output, "mul");
+        self.node("Mul", n, vec![x, scale], out.clone(), &shape, vec![]);
+        self.finish(n, Activation::None, out, &s.output, &shape);
         Ok(())
     }
 
@@ -534,8 +911,9 @@ impl<'m> Builder<'m> {
         let x = self.read(&a.name, &a.inputs[0])?;
         let y = self.read(&a.name, &a.inputs[1])?;
         let shape = self.shape(&a.name, &a.output)?;
-        let out = self.define(&a.output);
-        self.node("Add", &a.name, vec![x, y], out, &shape, vec![]);
+        let out = self.main_output(&a.name, Activation::None, &a.output, "add");
+        self.node("Add", &a.name, vec![x, y], out.clone(), &shape, vec![]);
+        self.finish(&a.name, Activation::None, out, &a.output, &shape);
         Ok(())
     }
 
@@ -552,29 +930,25 @@ impl<'m> Builder<'m> {
             &[1, channels, 1, 1],
             vec![],
         );
-        let out = self.define(&p.output);
+        let out = self.main_output(&p.name, Activation::None, &p.output, "flatten");
         self.node(
             "Flatten",
             &format!("{}.flatten", p.name),
             vec![pooled],
-            out,
+            out.clone(),
             &shape,
             vec![attr_int("axis", 1)],
         );
+        self.finish(&p.name, Activation::None, out, &p.output, &shape);
         Ok(())
     }
 
     fn linear(&mut self, l: &Linear) -> Result<(), OnnxError> {
         let x = self.read(&l.name, &l.input)?;
         let w = self.weight(&l.name, &l.weight, &[l.out_features, l.in_features])?;
-        let b = self.weight(&l.name, &l.bias, &[l.out_features])?;
+        let b = self.bias(&l.name, &l.bias, &l.weight, &l.input)?;
         let shape = self.shape(&l.name, &l.output)?;
-        let (gemm_out, out) = if l.activation == Activation::None {
-            (self.define(&l.output), None)
-        } else {
-            let pre = self.temp(&format!("{}.gemm", l.name));
-            (pre, Some(self.define(&l.output)))
-        };
+        let gemm_out = self.main_output(&l.name, l.activation, &l.output, "gemm");
         self.node(
             "Gemm",
             &l.name,
@@ -583,9 +957,7 @@ impl<'m> Builder<'m> {
             &shape,
             vec![attr_int("transB", 1)],
         );
-        if let Some(out) = out {
-            self.activation(&l.name, l.activation, gemm_out, out, &shape);
-        }
+        self.finish(&l.name, l.activation, gemm_out, &l.output, &shape);
         Ok(())
     }
 }

@@ -1,4 +1,4 @@
-//! ONNX export: the model file's network as an ONNX model (opset 17, `f32`), for other
+//! ONNX export: the model file's network as an ONNX model (opset 17, `f32` or QDQ int8), for other
 //! engines (ONNX Runtime, tract) and tools (Netron, `onnx.checker`).
 //!
 //! The ONNX graph is the network alone, batch 1: input `"input"`, float `[1, 3, H, W]`, is
@@ -11,7 +11,9 @@
 //! names are the model file's op and value names, so a layer found in Netron is found in the
 //! model file. Weights are stored as `f32` whatever the file stores: `f16` is widened and
 //! `i8` dequantized by [`ModelFile::tensor_f32`](crate::ir::ModelFile::tensor_f32), the same
-//! conversion code generation and the reference interpreter use.
+//! conversion code generation and the reference interpreter use. The exception is an int8
+//! model file (one with `quantization`): it is written in QDQ form, int8 weights and every
+//! activation rounded where the runtime rounds it ([`export`] says how, and what differs).
 //!
 //! ```
 //! use derm_codegen::onnx::{proto::ModelProto, to_onnx};
