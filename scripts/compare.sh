@@ -17,8 +17,11 @@
 # test-fixture photos, the stem's hardswish in f32 as for the shipped int8 model), embedded in
 # a second pi-bench build. Its weights are as untrained as the f32 file's, which does not
 # change the work per image; its logits are not compared with the f32 ones (the int8 file's
-# own golden vectors are checked by the test suite). ONNX Runtime's int8 (QDQ) is not timed:
-# the ONNX export is f32 only.
+# own golden vectors are checked by the test suite). ONNX Runtime runs the int8 file too: its
+# ONNX export is then in QDQ form (int8 weights, every activation rounded on the file's grids,
+# derm_codegen::onnx), which ONNX Runtime fuses into its integer kernels; that binary embeds
+# the int8 file, so its logits are checked against derm-runtime int8 (rounding in float
+# instead of integers: within pi_bench::engine::QDQ_PARITY_TOLERANCE of the logit range).
 #
 # Threads: "1" is one worker with one intra-op thread everywhere. "N workers" splits each
 # iteration's images among N workers, one engine instance each (pi-bench --threads N):
@@ -96,6 +99,11 @@ for arch in small large; do
   rm -rf "$bin" && mkdir -p "$bin"
   DERM_MODEL="$PWD/$out/$arch.int8.safetensors" cargo build -q --release -p pi-bench --bin pi-bench
   cp target/release/pi-bench "$bin/pi-bench-int8"
+  if [ "$have_ort" = 1 ]; then
+    DERM_MODEL="$PWD/$out/$arch.int8.safetensors" cargo build -q -p pi-bench --features ort \
+      --bin pi-bench-ort "${cfg[@]}"
+    cp target/debug/pi-bench-ort "$bin/pi-bench-ort-int8"
+  fi
   DERM_MODEL="$PWD/$model" cargo build -q --release -p pi-bench --bin pi-bench
   DERM_MODEL="$PWD/$model" cargo build -q -p pi-bench --features libtorch,ort,tract \
     --bin pi-bench-libtorch --bin pi-bench-ort --bin pi-bench-tract "${cfg[@]}"
@@ -114,6 +122,8 @@ for arch in small large; do
     if [ "$have_ort" = 1 ]; then
       run "ONNX Runtime ($arch, $t)" "$p.ort.json" "$p.ort.txt" \
         "$bin/pi-bench-ort" --model "$model" "$@" --threads "$t"
+      run "ONNX Runtime int8 QDQ ($arch, $t)" "$p.ort8.json" "$p.ort8.txt" \
+        "$bin/pi-bench-ort-int8" --model "$out/$arch.int8.safetensors" "$@" --threads "$t"
     fi
     run "tract ($arch, $t)" "$p.tract.json" "$p.tract.txt" \
       "$bin/pi-bench-tract" --model "$model" "$@" --threads "$t"
@@ -133,14 +143,14 @@ done
 load_end=$(cut -d' ' -f1-3 /proc/loadavg)
 
 echo
-echo "f32 (and derm-runtime int8), paper head, 224x224, 6 classes; ms per image (crop + resize + normalize + network + softmax), flags: ${*:-(none)}"
+echo "f32 (and int8: derm-runtime, ONNX Runtime QDQ), paper head, 224x224, 6 classes; ms per image (crop + resize + normalize + network + softmax), flags: ${*:-(none)}"
 echo "$(uname -m), $(grep -m1 'model name' /proc/cpuinfo 2>/dev/null | cut -d: -f2 | sed 's/^ //'), $cores cores available, load average $load_start at the start, $load_end at the end"
 echo
 python3 - "$out" "$cores" "$have_ort" <<'PY' || failed=1
 import hashlib, json, os, sys
 out, cores, have_ort = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1"
 engines = [("runtime", "derm-runtime"), ("int8", "derm-runtime int8"), ("ort", "ONNX Runtime 1.31.1"),
-           ("tract", "tract 0.23.9"), ("libtorch", "libtorch 2.13")]
+           ("ort8", "ONNX Runtime 1.31.1 int8 (QDQ)"), ("tract", "tract 0.23.9"), ("libtorch", "libtorch 2.13")]
 bad = False
 
 def load(path):
@@ -196,21 +206,26 @@ for arch in ("small", "large"):
         ref = load(os.path.join(out, f"{arch}.{key}.runtime.json")) if key[0] == "t" else \
             load(os.path.join(out, f"{arch}.t1.runtime.json"))
         for short, label in engines:
-            if key[0] == "i" and short in ("runtime", "int8", "tract"):
+            if key[0] == "i" and short in ("runtime", "int8", "ort8", "tract"):
                 continue
-            if short == "ort" and not have_ort:
+            if short in ("ort", "ort8") and not have_ort:
                 print(f"| {model} | {threads} | {label} | not installed (scripts/setup.sh ort) | | | | | |")
                 continue
             r = load(os.path.join(out, f"{arch}.{key}.{short}.json"))
             print(row(model, threads, label, r, None if short == "runtime" else ref,
-                      sha8 if short == "int8" else sha))
+                      sha8 if short in ("int8", "ort8") else sha))
     r8 = load(os.path.join(out, f"{arch}.t1.int8.json"))
     ro = load(os.path.join(out, f"{arch}.t1.ort.json")) if have_ort else None
+    ro8 = load(os.path.join(out, f"{arch}.t1.ort8.json")) if have_ort else None
     if r8 is not None and ro is not None:
-        int8_vs_ort.append(f"{model}: {r8['per_image_ms']['p50'] / ro['per_image_ms']['p50']:.2f}x")
+        p50 = lambda r: r["per_image_ms"]["p50"]
+        line = f"{model}: {p50(r8) / p50(ro):.2f}x ONNX Runtime f32"
+        if ro8 is not None:
+            line += f", {p50(r8) / p50(ro8):.2f}x ONNX Runtime int8 (QDQ)"
+        int8_vs_ort.append(line)
 if int8_vs_ort:
     print()
-    print("derm-runtime int8 / ONNX Runtime f32, p50, 1 thread: " + ", ".join(int8_vs_ort))
+    print("derm-runtime int8, p50, 1 thread: " + "; ".join(int8_vs_ort))
 sys.exit(1 if bad else 0)
 PY
 echo
