@@ -442,6 +442,73 @@ fn qat_tracks_oracle(
     );
 }
 
+/// With `scale_lr` the grids' scales train too, and the int8 file written on the trained
+/// grids is the network the fake-quantized graph computed: the int8 oracle follows it as
+/// closely as it follows the fixed-grid graph (`qat_tracks_oracle`).
+#[test]
+fn learned_scales_move_and_the_int8_file_uses_them() {
+    let _rng = tch_rng();
+    use derm_codegen::quant::ptq::{RangeMethod, quantize_on_grid};
+    use derm_train::export::qat::{QatOptions, QatTrainer, activation_grid};
+    use derm_train::export::{Calibrate, calibrate};
+
+    tch::set_num_threads(1);
+    let dir = tempfile::tempdir().unwrap();
+    let p32 = square_f32_file(dir.path(), 33, 4);
+    let model = ModelFile::read(&p32).unwrap();
+    let input = golden_f32(&golden_path(&p32), "input");
+    let per = 3 * 32 * 32;
+    let inputs: Vec<Vec<f32>> = input.chunks_exact(per).map(<[f32]>::to_vec).collect();
+    let cal = Calibrate {
+        inputs: inputs.clone(),
+        range: RangeMethod::MinMax,
+        progress: false,
+        equalize: false,
+        float_hardswish: Vec::new(),
+    };
+    let grid = activation_grid(
+        &model,
+        &calibrate(&model, &cal).unwrap(),
+        RangeMethod::MinMax,
+        &[],
+    )
+    .unwrap();
+    let opts = QatOptions {
+        lr: 1e-4,
+        temperature: 1.0,
+        scale_lr: Some(0.05),
+    };
+    let mut trainer = QatTrainer::new(&model, grid.clone(), &[], opts).unwrap();
+    let batch = tch::Tensor::from_slice(&input).view([-1, 3, 32, 32]);
+    for _ in 0..3 {
+        trainer.step(&batch).unwrap();
+    }
+    let learned = trainer.grid().unwrap();
+    assert_eq!(
+        learned.keys().collect::<Vec<_>>(),
+        grid.keys().collect::<Vec<_>>()
+    );
+    let moved = learned
+        .iter()
+        .filter(|(k, p)| p.scale != grid[*k].scale)
+        .count();
+    assert!(
+        moved * 2 > grid.len(),
+        "{moved} of {} scales moved",
+        grid.len()
+    );
+    for (k, p) in &learned {
+        assert_eq!(p.zero_point, grid[k].zero_point, "{k}");
+        // Three steps of at most about 0.05 each on the logarithm.
+        let r = f64::from(p.scale / grid[k].scale);
+        assert!((0.8..1.25).contains(&r), "{k}: {r}");
+    }
+    let tuned = trainer.graph().to_model_file(&model).unwrap();
+    let q = quantize_on_grid(&tuned, learned.clone(), &[]).unwrap();
+    assert_eq!(q.graph.quantization.as_ref().unwrap().activations, learned);
+    qat_tracks_oracle(&q, trainer.graph(), &learned, &inputs, "learned scales");
+}
+
 /// A fine-tuning run saved after one step and resumed in a fresh trainer ends with the
 /// same weights, to the bit, as the run that was never interrupted (what `qat --resume`
 /// relies on after each epoch).
@@ -478,6 +545,7 @@ fn qat_resumed_from_a_checkpoint_matches_the_uninterrupted_run() {
     let opts = QatOptions {
         lr: 1e-3,
         temperature: 2.0,
+        scale_lr: None,
     };
     let weights = |m: &ModelFile| -> Vec<(String, Vec<u8>)> {
         m.tensors

@@ -183,6 +183,38 @@ pub fn quantize_with(
             })?;
         acts.insert(key, params_for_range(lo, hi));
     }
+    let mut q = quantize_on_grid(model, acts, float_hardswish)?;
+    q.graph.provenance.insert(
+        "calibration".into(),
+        serde_json::json!({"inputs": calibration.inputs(), "range": method.to_string()}),
+    );
+    Ok(q)
+}
+
+/// The int8 model of the float `model` with the activation grids `acts` given (one per
+/// key of [`activation_keys_with`]`(graph, float_hardswish)`, for example ranges learned by
+/// quantization-aware training): weights per channel, biases in accumulator units.
+/// Records `"precision": "int8"` in the provenance; validation rejects a bad grid by key.
+pub fn quantize_on_grid(
+    model: &ModelFile,
+    acts: BTreeMap<String, QParams>,
+    float_hardswish: &[String],
+) -> Result<ModelFile, IrError> {
+    let g = &model.graph;
+    if g.quantization.is_some() {
+        return Err(IrError::BadField {
+            field: "quantization".into(),
+            reason: "the model is already quantized".into(),
+        });
+    }
+    for key in activation_keys_with(g, float_hardswish) {
+        if !acts.contains_key(&key) {
+            return Err(IrError::BadQuant {
+                tensor: key,
+                reason: "no activation grid given".into(),
+            });
+        }
+    }
     let mut tensors = BTreeMap::new();
     let mut table = BTreeMap::new();
     let mut add_layer = |weight: &str, bias: &str, out: usize, x: QParams| -> Result<(), IrError> {
@@ -259,9 +291,5 @@ pub fn quantize_with(
         float_hardswish: float_hardswish.to_vec(),
     });
     graph.provenance.insert("precision".into(), "int8".into());
-    graph.provenance.insert(
-        "calibration".into(),
-        serde_json::json!({"inputs": calibration.inputs(), "range": method.to_string()}),
-    );
     ModelFile::new(graph, tensors)
 }

@@ -13,11 +13,12 @@ use derm_codegen::golden::Golden as FloatGolden;
 use derm_codegen::ir::ModelFile;
 use derm_codegen::quant::ptq;
 use serde::{Deserialize, Serialize};
+use tch::Tensor;
 
 use super::export::{CalibrationArgs, command_line, git_commit, model_calibration_inputs};
 use super::quantize::write_int8_golden;
 use crate::args::CacheFoldArgs;
-use crate::data::balance::BalancePlan;
+use crate::data::balance::{BalancePlan, ClassWeights};
 use crate::data::loader::{Batches, LoaderOptions};
 use crate::export::qat::{QatOptions, QatTrainer, activation_grid};
 use crate::export::{RangeMethod, calibrate, equalized, float_hardswish_ops};
@@ -62,6 +63,16 @@ pub struct QatArgs {
     /// Softmax temperature of the distillation from the float model.
     #[arg(long, default_value_t = 1.0)]
     pub temperature: f64,
+    /// Also train each activation grid's scale (learned step size; zero points stay), with
+    /// this learning rate on the scale's logarithm; the int8 file uses the trained grids.
+    /// Without it the calibrated grids stay fixed.
+    #[arg(long, value_name = "LR")]
+    pub scale_lr: Option<f64>,
+    /// Weight each image's distillation loss by its class (`sqrt`, `auto` or six numbers,
+    /// as `student --class-weights`), so the rare classes' outputs count as they did in
+    /// training; without it every image counts the same.
+    #[arg(long)]
+    pub class_weights: Option<ClassWeights>,
     /// Batch size.
     #[arg(long, default_value_t = 32)]
     pub batch_size: usize,
@@ -206,10 +217,16 @@ pub fn run(a: QatArgs) -> Result<()> {
     // Keep a last partial batch: small fine-tuning sets should use every image.
     lo.drop_last = false;
     let plan = BalancePlan::plain(&rows);
+    let class_weights = a
+        .class_weights
+        .as_ref()
+        .map(|w| Tensor::from_slice(&w.resolve(&plan.class_counts(cache.labels()))));
     let opts = QatOptions {
         lr: a.lr,
         temperature: a.temperature,
+        scale_lr: a.scale_lr,
     };
+    let params_before = params.clone();
     let mut trainer = QatTrainer::new(&model, params, &float_hardswish, opts)?;
     let started = std::time::Instant::now();
     let ck_path = checkpoint_path(&a.output);
@@ -227,6 +244,8 @@ pub fn run(a: QatArgs) -> Result<()> {
         "epochs": a.epochs,
         "lr": a.lr,
         "temperature": a.temperature,
+        "scale_lr": a.scale_lr,
+        "class_weights": class_weights.as_ref().map(|w| Vec::<f32>::try_from(w).unwrap_or_default()),
         "batch_size": a.batch_size,
         "seed": a.seed,
     });
@@ -275,9 +294,11 @@ pub fn run(a: QatArgs) -> Result<()> {
         );
         let (mut sum, mut seen) = (0.0, 0usize);
         for b in batches {
-            let x = map.apply(&b?.images);
+            let b = b?;
+            let x = map.apply(&b.images);
             let n = x.size()[0] as usize;
-            let l = trainer.step(&x)?;
+            let w = class_weights.as_ref().map(|w| w.index_select(0, &b.labels));
+            let l = trainer.step_weighted(&x, w.as_ref())?;
             sum += l * n as f64;
             seen += n;
             progress.step(n as u64, l);
@@ -294,9 +315,28 @@ pub fn run(a: QatArgs) -> Result<()> {
         progress_state.losses.push(last_loss);
         trainer.save(&ck_path, &progress_state)?;
     }
+    let grid = trainer.grid()?;
+    // How far training moved the grids (1 when they stayed fixed).
+    let moved: Vec<f64> = grid
+        .iter()
+        .map(|(k, p)| f64::from(p.scale) / f64::from(params_before[k].scale))
+        .collect();
+    let (min_moved, max_moved) = moved
+        .iter()
+        .fold((f64::INFINITY, 0f64), |(lo, hi), &r| (lo.min(r), hi.max(r)));
+    if a.scale_lr.is_some() {
+        println!(
+            "learned activation scales: {:.3}x to {:.3}x the calibrated ones",
+            min_moved, max_moved
+        );
+    }
     let tuned = trainer.finish(&model)?;
-    let mut q = ptq::quantize_with(&tuned, &observed, a.calibration_range, &float_hardswish)
-        .map_err(|e| anyhow::anyhow!("int8 quantization of the fine-tuned model: {e}"))?;
+    let mut q = if a.scale_lr.is_some() {
+        ptq::quantize_on_grid(&tuned, grid, &float_hardswish)
+    } else {
+        ptq::quantize_with(&tuned, &observed, a.calibration_range, &float_hardswish)
+    }
+    .map_err(|e| anyhow::anyhow!("int8 quantization of the fine-tuned model: {e}"))?;
     // The provenance is the settings a resumed run must match, plus what the run measured.
     let mut provenance = settings;
     if let Some(p) = provenance.as_object_mut() {
@@ -305,6 +345,10 @@ pub fn run(a: QatArgs) -> Result<()> {
             ("git_commit", serde_json::json!(git_commit())),
             ("training_images", serde_json::json!(rows.len())),
             ("final_loss", serde_json::json!(last_loss)),
+            (
+                "scale_change",
+                serde_json::json!({"min": min_moved, "max": max_moved}),
+            ),
             (
                 "seconds",
                 serde_json::json!(started.elapsed().as_secs_f64()),

@@ -12,7 +12,9 @@
 //!   quantizes with exactly the grid the weights were trained for.
 //!
 //! Gradients pass straight through the rounding, and are zero where an activation is
-//! clipped (its value does not move the output there). The squeeze-excite gate stays float:
+//! clipped (its value does not move the output there). With `--scale-lr` the grids' scales
+//! are trained too (learned step size, [`fake_quant_learned`]; zero points stay), and the
+//! int8 file is written on the trained grids. The squeeze-excite gate stays float:
 //! the int8 kernels compute it in Q15, far finer than int8.
 //!
 //! The loss is distillation from the same float model (KL divergence of the softened
@@ -84,6 +86,29 @@ pub fn fake_quant_weight(w: &Tensor) -> Tensor {
     w + (q - w).detach()
 }
 
+/// Straight-through fake quantization on a grid whose scale is `scale` (a scalar tensor
+/// that may require gradients) and whose zero point is `zero_point`.
+///
+/// Forward: as [`fake_quant`]. Backward: to `x` as [`fake_quant`]; to the scale the
+/// learned-step-size gradient (Esser et al., LSQ): `round(x / s) - x / s` inside the range,
+/// the clipped grid end `q - z` outside it, so the scale trades rounding error against
+/// clipping.
+pub fn fake_quant_learned(x: &Tensor, scale: &Tensor, zero_point: i32) -> Tensor {
+    let z = f64::from(zero_point);
+    let v = x / scale;
+    let r = &v + (v.round() - &v).detach();
+    ((r + z).clamp(-128.0, 127.0) - z) * scale
+}
+
+/// Learned activation scales: each grid's scale is `s0 * exp(gain * t)` with `t` a trained
+/// variable starting at 0, so the optimizer's step on `t` moves the scale by about
+/// `gain * lr` of itself (the weights' learning rate would barely move it).
+#[derive(Debug)]
+struct LearnedScales {
+    log: BTreeMap<String, Tensor>,
+    gain: f64,
+}
+
 /// A model file's folded graph with trainable weights and the int8 grid in its forward.
 #[derive(Debug)]
 pub struct QatGraph {
@@ -92,6 +117,8 @@ pub struct QatGraph {
     /// Pre-activation keys of the float hardswish ops: values the int8 model does not round.
     float_keys: Vec<String>,
     weights: BTreeMap<String, Tensor>,
+    /// When the grids' scales are trained too.
+    learned: Option<LearnedScales>,
 }
 
 /// The int8 rounding as [`super::tch_graph::walk`] applies it: weights per channel,
@@ -113,7 +140,17 @@ impl super::tch_graph::Values for QatGraph {
             .params
             .get(key)
             .with_context(|| format!("no quantization parameters for {key}"))?;
-        Ok(fake_quant(&x, *p))
+        match &self.learned {
+            Some(l) => {
+                let t = l
+                    .log
+                    .get(key)
+                    .with_context(|| format!("no scale for {key}"))?;
+                let scale = (t * l.gain).exp() * f64::from(p.scale);
+                Ok(fake_quant_learned(&x, &scale, p.zero_point))
+            }
+            None => Ok(fake_quant(&x, *p)),
+        }
     }
 }
 
@@ -163,7 +200,56 @@ impl QatGraph {
                 .map(|op| quant::pre_activation_key(op))
                 .collect(),
             weights,
+            learned: None,
         })
+    }
+
+    /// Trains every activation grid's scale too (zero points stay), with variables in
+    /// `vs` whose optimizer steps move a scale by about `gain` times the learning rate of
+    /// itself ([`fake_quant_learned`]).
+    pub fn learn_scales(&mut self, vs: &nn::Path<'_>, gain: f64) -> Result<()> {
+        ensure!(
+            gain > 0.0 && gain.is_finite(),
+            "the scales' gain must be positive, got {gain}"
+        );
+        let log = self
+            .params
+            .keys()
+            // Variable names cannot hold dots (nor, to be safe, colons) in a VarStore path.
+            .map(|k| {
+                let name = format!("scale_{}", k.replace(['.', ':'], "_"));
+                (k.clone(), vs.zeros(&name, &[]))
+            })
+            .collect();
+        self.learned = Some(LearnedScales { log, gain });
+        Ok(())
+    }
+
+    /// The activation grids as trained: the calibrated ones, with learned scales when
+    /// [`Self::learn_scales`] was called. Errors name a grid whose scale is not a positive
+    /// normal `f32`.
+    pub fn grid(&self) -> Result<BTreeMap<String, QParams>> {
+        let Some(l) = &self.learned else {
+            return Ok(self.params.clone());
+        };
+        let mut out = BTreeMap::new();
+        for (key, p) in &self.params {
+            let t = l.log[key].double_value(&[]);
+            let scale = (f64::from(p.scale) * (t * l.gain).exp()) as f32;
+            ensure!(
+                scale.is_normal() && scale > 0.0,
+                "the learned scale of {key} is {scale} (started at {})",
+                p.scale
+            );
+            out.insert(
+                key.clone(),
+                QParams {
+                    scale,
+                    zero_point: p.zero_point,
+                },
+            );
+        }
+        Ok(out)
     }
 
     fn var(&self, name: &str) -> Result<&Tensor> {
@@ -207,6 +293,9 @@ pub struct QatOptions {
     pub lr: f64,
     /// Softmax temperature of the distillation loss.
     pub temperature: f64,
+    /// Train the activation grids' scales with this learning rate on their logarithms
+    /// (`None`: the calibrated grids stay fixed).
+    pub scale_lr: Option<f64>,
 }
 
 /// Fine-tunes a float model on the int8 grid, distilling from the model itself: the caller
@@ -244,7 +333,15 @@ impl QatTrainer {
         );
         let teacher = super::TchGraph::new(model)?;
         let vs = nn::VarStore::new(tch::Device::Cpu);
-        let qat = QatGraph::new(model, params, float_hardswish, &vs.root())?;
+        let mut qat = QatGraph::new(model, params, float_hardswish, &vs.root())?;
+        if let Some(scale_lr) = opts.scale_lr {
+            ensure!(
+                scale_lr > 0.0 && scale_lr.is_finite(),
+                "the scales' learning rate must be positive, got {scale_lr}"
+            );
+            // One optimizer for everything: the gain turns its step into `scale_lr`.
+            qat.learn_scales(&vs.root(), scale_lr / opts.lr)?;
+        }
         // Adam: the training optimizer without weight decay (its state can be checkpointed).
         let opt = Optimizer::new(
             &vs,
@@ -286,6 +383,13 @@ impl QatTrainer {
     /// One optimizer step on a batch `[B, 3, H, W]` (normalized for the model); returns
     /// the distillation loss.
     pub fn step(&mut self, x: &Tensor) -> Result<f64> {
+        self.step_weighted(x, None)
+    }
+
+    /// [`Self::step`] with each image's loss weighted by `weights` (`[B]`, for example its
+    /// class's weight, so the rare classes' outputs count as they did in training; the
+    /// loss is the weighted mean).
+    pub fn step_weighted(&mut self, x: &Tensor, weights: Option<&Tensor>) -> Result<f64> {
         let t = self.temperature;
         let soft = tch::no_grad(|| self.teacher.forward(x))?
             .f_div_scalar(t)?
@@ -293,10 +397,20 @@ impl QatTrainer {
         let logp = (self.qat.forward(x)? / t).log_softmax(-1, Kind::Float);
         // Cross-entropy against the softened float outputs (KL up to the teacher's
         // entropy), scaled by T^2 as in Hinton et al.
-        let loss = -(soft * logp)
-            .sum_dim_intlist(-1, false, Kind::Float)
-            .mean(Kind::Float)
-            * (t * t);
+        let per_image = -(soft * logp).sum_dim_intlist(-1, false, Kind::Float);
+        let mean = match weights {
+            Some(w) => {
+                ensure!(
+                    w.size() == per_image.size(),
+                    "{:?} weights for a batch of {:?}",
+                    w.size(),
+                    per_image.size()
+                );
+                (&per_image * w).sum(Kind::Float) / w.sum(Kind::Float).clamp_min(1e-12)
+            }
+            None => per_image.mean(Kind::Float),
+        };
+        let loss = mean * (t * t);
         let l = loss.double_value(&[]);
         ensure!(l.is_finite(), "qat loss is not finite ({l})");
         self.opt.zero_grad();
@@ -309,5 +423,101 @@ impl QatTrainer {
     /// trained weights.
     pub fn finish(self, model: &ModelFile) -> Result<ModelFile> {
         self.qat.to_model_file(model)
+    }
+
+    /// The activation grids the int8 file must use: the calibrated ones, or with
+    /// [`QatOptions::scale_lr`] the trained ones.
+    pub fn grid(&self) -> Result<BTreeMap<String, QParams>> {
+        self.qat.grid()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use derm_codegen::quant::ptq::{Calibration, RangeMethod};
+    use derm_codegen::synthetic::{SyntheticSpec, smooth_input};
+
+    /// A weighted step's loss is the weighted mean of the images' losses: a zero weight
+    /// leaves an image out, equal weights give the plain mean.
+    #[test]
+    fn weighted_steps_weigh_each_image() {
+        let model = SyntheticSpec::tiny(5).build().unwrap();
+        let inputs: Vec<Vec<f32>> = (0..2).map(|s| smooth_input(&model, s)).collect();
+        let mut cal = Calibration::new();
+        for x in &inputs {
+            cal.observe(&model, x).unwrap();
+        }
+        let grid = activation_grid(&model, &cal, RangeMethod::MinMax, &[]).unwrap();
+        let opts = QatOptions {
+            lr: 1e-4,
+            temperature: 2.0,
+            scale_lr: None,
+        };
+        let trainer = || QatTrainer::new(&model, grid.clone(), &[], opts).unwrap();
+        let both = Tensor::from_slice(&inputs.concat()).view([2, 3, 32, 32]);
+        let first = both.narrow(0, 0, 1);
+        let w = |v: [f32; 2]| Tensor::from_slice(&v);
+        let alone = trainer().step(&first).unwrap();
+        let left_out = trainer()
+            .step_weighted(&both, Some(&w([3.0, 0.0])))
+            .unwrap();
+        assert!((alone - left_out).abs() < 1e-6, "{alone} vs {left_out}");
+        let plain = trainer().step(&both).unwrap();
+        let equal = trainer()
+            .step_weighted(&both, Some(&w([0.5, 0.5])))
+            .unwrap();
+        assert!((plain - equal).abs() < 1e-6, "{plain} vs {equal}");
+        assert!(
+            (plain - alone).abs() > 1e-6,
+            "the two images' losses differ"
+        );
+        assert!(
+            trainer()
+                .step_weighted(&both, Some(&w([1.0, 1.0]).narrow(0, 0, 1)))
+                .is_err()
+        );
+    }
+
+    /// The scale's gradient is LSQ's: the rounding error `round(x/s) - x/s` inside the
+    /// grid, the clipped end `q - z` outside; `x`'s gradient is 1 inside, 0 outside.
+    #[test]
+    fn learned_fake_quant_has_the_step_size_gradient() {
+        let (s, z) = (0.5f64, -10i32);
+        // Representable: (-128 - z) * s = -59 to (127 - z) * s = 68.5.
+        let xs = [0.3f32, -1.26, 10.1, 80.0, -70.0];
+        let x = Tensor::from_slice(&xs).set_requires_grad(true);
+        let scale = Tensor::from(s as f32).set_requires_grad(true);
+        let y = fake_quant_learned(&x, &scale, z);
+        let fixed = fake_quant(
+            &x,
+            QParams {
+                scale: s as f32,
+                zero_point: z,
+            },
+        );
+        assert_eq!(
+            Vec::<f32>::try_from(&y).unwrap(),
+            Vec::<f32>::try_from(&fixed).unwrap()
+        );
+        y.sum(Kind::Float).backward();
+        let ds = scale.grad().double_value(&[]);
+        let want: f64 = xs
+            .iter()
+            .map(|&v| {
+                let v = f64::from(v) / s;
+                let q = v.round() + f64::from(z);
+                if q > 127.0 {
+                    127.0 - f64::from(z)
+                } else if q < -128.0 {
+                    -128.0 - f64::from(z)
+                } else {
+                    v.round() - v
+                }
+            })
+            .sum();
+        assert!((ds - want).abs() < 1e-5, "{ds} vs {want}");
+        let dx = Vec::<f32>::try_from(x.grad()).unwrap();
+        assert_eq!(dx, [1.0, 1.0, 1.0, 0.0, 0.0]);
     }
 }
