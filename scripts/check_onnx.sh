@@ -2,14 +2,14 @@
 # Checks `derm-codegen onnx` end to end in ONNX Runtime: exports model files to ONNX with
 # their golden vectors as JSON, then scripts/check_onnx.py runs onnx.checker and compares
 # ONNX Runtime's logits with the golden ones (max |diff| / logit range <= 1e-4 per sample,
-# 0.1 for an int8 file's QDQ form).
+# 0.25 for an int8 file's QDQ form).
 # What the ONNX graph holds and the measured numbers are in docs/onnx.md.
 #
 # Usage: scripts/check_onnx.sh [MODEL.safetensors ...]
 #
 # Without arguments it checks the tiny synthetic model, a seeded synthetic
 # MobileNetV3-Small (224 px), models/default.safetensors and models/default-int8.safetensors
-# (QDQ, compared within 0.1 of the logit range); a given model file needs its
+# (QDQ, compared within 0.25 of the logit range); a given model file needs its
 # <stem>.golden.safetensors beside it. The first run makes a venv in target/onnx-venv with
 # onnxruntime, onnx and numpy from PyPI (~100 MB). Scratch files go to target/onnx-check/.
 # Exit status non-zero if any check fails. Not part of scripts/test.sh: ONNX Runtime is not
@@ -49,7 +49,7 @@ for model in "${models[@]}"; do
   # An int8 file exports in QDQ form, which rounds in float where the runtime rounds in
   # integers: its logits are close, not equal (pi_bench::engine::QDQ_PARITY_TOLERANCE).
   tol=1e-4
-  if grep -q "QDQ int8" <<<"$summary"; then tol=0.1; fi
+  if grep -q "QDQ int8" <<<"$summary"; then tol=0.25; fi
   "$venv/bin/python" scripts/check_onnx.py "$out/$name.onnx" "$out/$name.golden.json" --tol "$tol" \
     || failed=1
 done

@@ -43,9 +43,11 @@ pub const PARITY_TOLERANCE: f32 = 1e-4;
 /// half to even) where the runtime multiplies by a fixed-point multiplier, and computes the
 /// squeeze-excite gate in float where the runtime uses Q15: a value that lands within a hair
 /// of a rounding boundary can go to the other int8 neighbour, and such one-step differences
-/// propagate. Measured on MobileNetV3-Small: 0.5-3% of the logit range; a wrong scale, zero
-/// point or operator moves the logits by a large fraction of it.
-pub const QDQ_PARITY_TOLERANCE: f32 = 0.1;
+/// propagate and grow. Measured on trained MobileNetV3-Small int8 files (`scripts/check_onnx.sh`,
+/// layer by layer a handful of values one step off): 0.5-2.7% of the logit range at 128 px,
+/// 8.6-13% at 224 px; a wrong scale, zero point or operator moves the logits by more than
+/// the whole range. `codegen/tests/onnx.rs` checks the QDQ graph layer by layer instead.
+pub const QDQ_PARITY_TOLERANCE: f32 = 0.25;
 
 /// The logit tolerance for engines running `model` ([`PARITY_TOLERANCE`] or, for an int8
 /// file, [`QDQ_PARITY_TOLERANCE`]).
