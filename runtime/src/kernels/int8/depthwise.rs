@@ -241,11 +241,8 @@ mod neon {
                 "int8 depthwise: a slice is shorter than the shape {s:?}"
             );
             let mut folded = [0i32; MAX_C];
-            for (ch, f) in folded.iter_mut().enumerate().take(c) {
-                let sum =
-                    (0..s.k * s.k).fold(0i32, |a, t| a.wrapping_add(i32::from(w[t * c + ch])));
-                *f = bias[ch].wrapping_sub(x_zero_point.wrapping_mul(sum));
-            }
+            // SAFETY: c % 8 == 0, c <= MAX_C and the lengths were asserted above.
+            unsafe { fold_bias(w, bias, x_zero_point, c, s.k * s.k, &mut folded) };
             let mut offsets = [0usize; MAX_TAPS];
             for (t, o) in offsets.iter_mut().enumerate().take(s.k * s.k) {
                 *o = ((t / s.k) * s.iw + t % s.k) * c;
@@ -407,6 +404,44 @@ mod neon {
                     let v = epi.bytes([q0, q1, q0, q1]);
                     vst1_s8(out.as_mut_ptr().add(cb), vget_low_s8(v));
                 }
+            }
+        }
+    }
+
+    /// `folded[ch] = bias[ch] - zx * sum_t w[t * c + ch]` for `ch < c`, wrapping, eight
+    /// channels per step: the weight sums in int16 lanes (at most 49 taps of `|w| <= 128`:
+    /// below 2^13), widened once. Run once per layer call; the scalar loop it replaces cost
+    /// about 60 instructions per channel of a 5x5 layer (150 k per image of the 128 px
+    /// model, 1.9% of its instructions).
+    ///
+    /// # Safety
+    /// `c % 8 == 0`, `c <= folded.len()`, `taps <= MAX_TAPS`, `w` holds `taps * c` values
+    /// and `bias` `c`.
+    #[inline(always)]
+    unsafe fn fold_bias(
+        w: &[i8],
+        bias: &[i32],
+        zx: i32,
+        c: usize,
+        taps: usize,
+        folded: &mut [i32],
+    ) {
+        debug_assert!(c.is_multiple_of(8) && c <= folded.len() && taps <= MAX_TAPS);
+        debug_assert!(w.len() >= taps * c && bias.len() >= c);
+        // SAFETY: every read is below taps * c (weights) or c (bias), every store below c.
+        unsafe {
+            let z = vdupq_n_s32(zx);
+            for cb in (0..c).step_by(8) {
+                let mut sum = vdupq_n_s16(0);
+                for t in 0..taps {
+                    sum = vaddw_s8(sum, vld1_s8(w.as_ptr().add(t * c + cb)));
+                }
+                let b = bias.as_ptr().add(cb);
+                let f = folded.as_mut_ptr().add(cb);
+                let lo = vmlsq_s32(vld1q_s32(b), vmovl_s16(vget_low_s16(sum)), z);
+                let hi = vmlsq_s32(vld1q_s32(b.add(4)), vmovl_high_s16(sum), z);
+                vst1q_s32(f, lo);
+                vst1q_s32(f.add(4), hi);
             }
         }
     }
