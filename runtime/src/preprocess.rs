@@ -393,7 +393,7 @@ fn resize<T: Copy>(r: Resize<'_>, out: &mut [T], store: impl Fn(&[f32], &mut [T]
 /// the three channels `c`, from one row of vertical sums (RGB interleaved) followed by one
 /// spare value. Each channel's products are added in tap order, one rounding per multiply and
 /// per add, so every variant gives the same bits (an int8 model quantizes these values).
-#[cfg(not(target_arch = "aarch64"))]
+#[cfg(not(any(target_arch = "aarch64", target_arch = "x86_64")))]
 #[inline]
 fn horizontal(sums: &[f32], x0: usize, weights: &[f32]) -> [f32; 3] {
     let mut v = [0f32; 3];
@@ -430,6 +430,31 @@ fn horizontal(sums: &[f32], x0: usize, weights: &[f32]) -> [f32; 3] {
             vgetq_lane_f32::<1>(v),
             vgetq_lane_f32::<2>(v),
         ]
+    }
+}
+
+/// [`horizontal`] with SSE (part of every x86_64): the NEON form's arithmetic, one vector
+/// of the three channels and the next value per tap, instead of three scalar products.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+fn horizontal(sums: &[f32], x0: usize, weights: &[f32]) -> [f32; 3] {
+    use core::arch::x86_64::*;
+    // Each tap reads 4 values from (x0 + t) * 3: the last ends at (x0 + taps) * 3 + 1.
+    assert!(
+        (x0 + weights.len()) * 3 < sums.len(),
+        "preprocess: horizontal taps past the row of sums"
+    );
+    // SAFETY: the assertion bounds every 4-value load; SSE is part of x86_64.
+    unsafe {
+        let mut v = _mm_setzero_ps();
+        let mut p = sums.as_ptr().add(x0 * 3);
+        for &w in weights {
+            v = _mm_add_ps(v, _mm_mul_ps(_mm_loadu_ps(p), _mm_set1_ps(w)));
+            p = p.add(3);
+        }
+        let mut lanes = [0f32; 4];
+        _mm_storeu_ps(lanes.as_mut_ptr(), v);
+        [lanes[0], lanes[1], lanes[2]]
     }
 }
 

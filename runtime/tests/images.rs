@@ -167,8 +167,8 @@ fn bits_hash(values: &[f32]) -> u64 {
 
 #[test]
 fn preprocessing_gives_the_same_bits_on_every_target() {
-    // An int8 model quantizes these values, so one rounding difference between the portable
-    // code (x86_64) and the NEON horizontal pass (aarch64) could move a quantized input and
+    // An int8 model quantizes these values, so one rounding difference between the SSE
+    // horizontal pass (x86_64) and the NEON one (aarch64) could move a quantized input and
     // with it the logits that must match to the bit everywhere. The pinned hash was taken
     // on x86_64; this test runs on both targets (aarch64 under qemu).
     let (mean, std) = ([0.764, 0.538, 0.563], [0.138, 0.159, 0.176]);
