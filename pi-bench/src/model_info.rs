@@ -20,7 +20,8 @@ pub fn header_lines() -> Vec<(&'static str, String)> {
         (
             "model",
             format!(
-                "{MODEL_NAME} ({MODEL_PRECISION} weights, f32 arithmetic), sha256 {MODEL_SHA256}"
+                "{MODEL_NAME} ({MODEL_PRECISION} weights, {}), sha256 {MODEL_SHA256}",
+                arithmetic(MODEL_PRECISION)
             ),
         ),
         (
@@ -34,6 +35,16 @@ pub fn header_lines() -> Vec<(&'static str, String)> {
     ];
     lines.extend(metric_lines(&provenance()));
     lines
+}
+
+/// What a model of `precision` computes in: int8 files run integer kernels end to end; f16
+/// files store half weights that the kernels widen to `f32`.
+pub fn arithmetic(precision: &str) -> &'static str {
+    if precision == "int8" {
+        "integer arithmetic"
+    } else {
+        "f32 arithmetic"
+    }
 }
 
 /// Lines for the metrics a provenance object records; fields that are missing or not numbers
@@ -122,6 +133,10 @@ mod tests {
         assert!(provenance().is_object());
         let lines = header_lines();
         assert!(lines[0].1.contains(MODEL_SHA256) && lines[0].1.contains(MODEL_NAME));
+        assert!(lines[0].1.contains(arithmetic(MODEL_PRECISION)));
+        assert_eq!(arithmetic("int8"), "integer arithmetic");
+        assert_eq!(arithmetic("f16"), "f32 arithmetic");
+        assert_eq!(arithmetic("f32"), "f32 arithmetic");
         assert_eq!(json()["sha256"], MODEL_SHA256);
     }
 
