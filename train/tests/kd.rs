@@ -1,7 +1,7 @@
 //! The distillation loss and the class-weighted cross-entropy against hand-computed values.
 
 use derm_train::train::loss::{
-    KdConfig, cross_entropy, distillation_loss, kl_batchmean, kl_class_weighted,
+    KdConfig, cross_entropy, distillation_loss, kl_batchmean, kl_class_weighted, teacher_shift,
 };
 use tch::{Kind, Tensor};
 
@@ -44,6 +44,7 @@ fn kd_loss_matches_hand_computed_values() {
             alpha: 0.8,
             temperature: 4.0,
             soft_class_weights: false,
+            teacher_adjust: 0.0,
         }
     );
     close(
@@ -116,4 +117,40 @@ fn kd_loss_limits_and_gradients() {
         .validate()
         .is_err()
     );
+}
+
+#[test]
+fn teacher_adjustment_divides_by_the_prior() {
+    // Training slots 10 / 30 / 60: -ln(prior) = [ln 10, ln(10/3), ln(10/6)].
+    let counts = [10usize, 30, 60];
+    let shift = teacher_shift(&counts, 1.0);
+    let want = [10f64.ln(), (10.0f64 / 3.0).ln(), (10.0f64 / 6.0).ln()];
+    for (c, w) in want.iter().enumerate() {
+        close(&shift.get(c as i64), *w);
+    }
+    // A teacher that knows only the prior (logits ln prior) becomes uniform at tau 1, and
+    // half-way (probabilities proportional to sqrt(prior)) at tau 0.5.
+    let prior = Tensor::from_slice(&[0.1f32, 0.3, 0.6]);
+    let t = prior.log().view([1, 3]);
+    let uniform = (&t + &shift).softmax(-1, Kind::Float);
+    for c in 0..3 {
+        close(&uniform.get(0).get(c), 1.0 / 3.0);
+    }
+    let half = (&t + teacher_shift(&counts, 0.5)).softmax(-1, Kind::Float);
+    let sqrt_sum = 0.1f64.sqrt() + 0.3f64.sqrt() + 0.6f64.sqrt();
+    close(&half.get(0).get(2), 0.6f64.sqrt() / sqrt_sum);
+    // An empty class counts as one slot: finite.
+    let empty = teacher_shift(&[0, 5, 5], 1.0);
+    assert!(empty.isfinite().all().int64_value(&[]) == 1);
+    close(&empty.get(0), 11f64.ln());
+    // Negative or non-finite tau is refused by name.
+    for bad in [-0.5, f64::NAN, f64::INFINITY] {
+        let err = KdConfig {
+            teacher_adjust: bad,
+            ..KdConfig::default()
+        }
+        .validate()
+        .unwrap_err();
+        assert!(err.to_string().contains("--teacher-adjust"), "{err}");
+    }
 }

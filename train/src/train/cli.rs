@@ -96,6 +96,12 @@ pub struct KdArgs {
     #[arg(long)]
     #[serde(default)]
     pub soft_class_weights: bool,
+    /// Logit-adjust the teacher's targets by TAU (0: off): its logits minus `TAU * ln(prior)`,
+    /// the training slots' class frequencies, before the temperature; 1 divides its
+    /// probabilities by the prior, which undoes its lean toward the majority class.
+    #[arg(long, default_value_t = 0.0, value_name = "TAU")]
+    #[serde(default)]
+    pub teacher_adjust: f64,
 }
 
 impl KdArgs {
@@ -105,6 +111,7 @@ impl KdArgs {
             alpha: self.alpha,
             temperature: self.temperature,
             soft_class_weights: self.soft_class_weights,
+            teacher_adjust: self.teacher_adjust,
         }
     }
 }

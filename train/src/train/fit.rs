@@ -713,6 +713,8 @@ struct Trainer<'a> {
     schedule: LrSchedule,
     steps_per_epoch: u64,
     weights: Option<Tensor>,
+    /// Added to each row of teacher logits (`KdConfig::teacher_adjust`); `None` when off.
+    teacher_shift: Option<Tensor>,
     ckpt_path: PathBuf,
     best_path: PathBuf,
 }
@@ -735,13 +737,22 @@ impl Trainer<'_> {
             }
             Teacher::Model(t) => {
                 let tl = tch::no_grad(|| t.forward_t(&batch.images, false));
+                let tl = self.adjust_teacher(tl);
                 loss::distillation_loss(logits, &tl, &batch.labels, w, self.opts.kd)
             }
             Teacher::Cached(c) => {
-                let tl = c.rows(&batch.indices)?;
+                let tl = self.adjust_teacher(c.rows(&batch.indices)?);
                 loss::distillation_loss(logits, &tl, &batch.labels, w, self.opts.kd)
             }
         })
+    }
+
+    /// Teacher logits with the prior shift added, when there is one.
+    fn adjust_teacher(&self, logits: Tensor) -> Tensor {
+        match &self.teacher_shift {
+            Some(shift) => logits + shift,
+            None => logits,
+        }
     }
 
     /// Trains the rest of the current epoch, checkpointing every `checkpoint_every` steps.
@@ -925,6 +936,12 @@ pub fn fit(
         schedule,
         steps_per_epoch,
         weights: opts.class_weights.as_ref().map(|w| Tensor::from_slice(w)),
+        teacher_shift: (opts.kd.teacher_adjust > 0.0).then(|| {
+            loss::teacher_shift(
+                &data.plan.class_counts(data.cache.labels()),
+                opts.kd.teacher_adjust,
+            )
+        }),
         ckpt_path: out.join(CHECKPOINT_FILE),
         best_path: out.join(BEST_WEIGHTS_FILE),
     };

@@ -35,6 +35,15 @@ pub struct KdConfig {
     /// so with a large `alpha` the class weights act on a small part of the loss only.
     #[serde(default)]
     pub soft_class_weights: bool,
+    /// Logit adjustment of the teacher's targets (`tau`, 0: off): the teacher's logits become
+    /// `t - tau * ln(prior)` before the temperature, `prior` being the class frequencies of
+    /// the training slots, so its probabilities are divided by `prior^tau` and renormalized.
+    /// A teacher trained on HAM10000's class mix leans toward its majority class on the
+    /// images it gets wrong; its soft targets then pull the student's rare-class images the
+    /// same way, which lowers balanced accuracy (Menon et al., "Long-tail learning via logit
+    /// adjustment", 2021, for the adjustment itself).
+    #[serde(default)]
+    pub teacher_adjust: f64,
 }
 
 impl Default for KdConfig {
@@ -44,6 +53,7 @@ impl Default for KdConfig {
             alpha: 0.8,
             temperature: 4.0,
             soft_class_weights: false,
+            teacher_adjust: 0.0,
         }
     }
 }
@@ -61,8 +71,25 @@ impl KdConfig {
             "distillation temperature {} must be > 0",
             self.temperature
         );
+        ensure!(
+            self.teacher_adjust.is_finite() && self.teacher_adjust >= 0.0,
+            "--teacher-adjust {} must be >= 0",
+            self.teacher_adjust
+        );
         Ok(())
     }
+}
+
+/// The shift [`KdConfig::teacher_adjust`] adds to every row of teacher logits:
+/// `-tau * ln(count[c] / sum(count))` per class `c`, a `[C]` tensor. A class without
+/// training slots counts as one, so its shift stays finite.
+pub fn teacher_shift(counts: &[usize], tau: f64) -> Tensor {
+    let total = counts.iter().map(|&c| c.max(1)).sum::<usize>() as f64;
+    let shift: Vec<f32> = counts
+        .iter()
+        .map(|&c| (-tau * (c.max(1) as f64 / total).ln()) as f32)
+        .collect();
+    Tensor::from_slice(&shift)
 }
 
 /// `KL(softmax(t/T) || softmax(s/T))` summed over classes and divided by the batch size
