@@ -43,7 +43,7 @@ step "cargo test (host)"
 # One libtorch thread per test process: tests already run in parallel on few cores.
 OMP_NUM_THREADS=1 cargo test --workspace --locked
 
-step "scripts/oof_teachers.py and logit_bias_cv.py (numpy + safetensors venv)"
+step "scripts/oof_teachers.py, logit_bias_cv.py and teacher_targets.py (numpy + safetensors venv)"
 # Which teacher's logits each training row gets decides whether a distilled student's held-out
 # score is honest; the GPU training part itself is not run here.
 # shellcheck source=venv.sh
@@ -54,6 +54,8 @@ target/venv-oof/bin/python -m unittest scripts/test_oof_teachers.py
 # The post-hoc logit bias's nested cross-validation (docs/results.md): fitted without the fold
 # it is scored on.
 target/venv-oof/bin/python -m unittest scripts/test_logit_bias_cv.py
+# What a teacher-logits file teaches under --teacher-adjust, on training images only.
+target/venv-oof/bin/python -m unittest scripts/test_teacher_targets.py
 
 step "cargo test -p derm-runtime (aarch64 under qemu, cortex-a72)"
 derm_cross test -p derm-runtime --locked --target aarch64-unknown-linux-gnu
