@@ -152,7 +152,12 @@ fn pack(wt: &[f32], k: usize, n: usize) -> Vec<f32> {
 // ---------------------------------------------------------------- pointwise
 
 type PointwiseFn =
-    fn(&[f32], usize, usize, usize, &[f32], &[f32], Activation, Option<&[f32]>, &mut [f32]);
+    fn(&[f32], kernels::PointwiseShape, &[f32], &[f32], Activation, Option<&[f32]>, &mut [f32]);
+
+/// The shape of a pointwise layer of `p` pixels, `k` inputs and `n` outputs.
+fn pw(p: usize, k: usize, n: usize) -> kernels::PointwiseShape {
+    kernels::PointwiseShape { pixels: p, k, n }
+}
 
 fn pointwise_variants() -> Vec<(&'static str, PointwiseFn)> {
     #[allow(unused_mut)]
@@ -165,8 +170,8 @@ fn pointwise_variants() -> Vec<(&'static str, PointwiseFn)> {
     #[cfg(target_arch = "x86_64")]
     if kernels::has_avx2_fma() {
         // SAFETY: the CPU supports AVX2 and FMA.
-        v.push(("avx2", |a, p, k, n, w, b, act, r, o| unsafe {
-            kernels::pointwise::avx2::pointwise(a, p, k, n, w, b, act, r, o)
+        v.push(("avx2", |a, s, w, b, act, r, o| unsafe {
+            kernels::pointwise::avx2::pointwise(a, s, w, b, act, r, o)
         }));
     }
     v
@@ -192,14 +197,22 @@ fn pointwise_case(rng: &mut Rng, p: usize, k: usize, n: usize) {
             .collect();
         for (name, f) in pointwise_variants() {
             let mut out = vec![f32::NAN; p * n];
-            f(&x, p, k, n, &packed, &bias, act, None, &mut out);
+            f(&x, pw(p, k, n), &packed, &bias, act, None, &mut out);
             check(
                 &format!("pointwise {name} p={p} k={k} n={n} {act:?}"),
                 &out,
                 &want,
             );
             let mut out = vec![f32::NAN; p * n];
-            f(&x, p, k, n, &packed, &bias, act, Some(&residual), &mut out);
+            f(
+                &x,
+                pw(p, k, n),
+                &packed,
+                &bias,
+                act,
+                Some(&residual),
+                &mut out,
+            );
             check(
                 &format!("pointwise+res {name} p={p} k={k} n={n} {act:?}"),
                 &out,
@@ -239,21 +252,7 @@ fn pointwise_mobilenet_like_shapes() {
 
 // ---------------------------------------------------------------- depthwise
 
-type DepthwiseFn = fn(
-    &[f32],
-    usize,
-    usize,
-    usize,
-    &[f32],
-    &[f32],
-    usize,
-    usize,
-    usize,
-    usize,
-    usize,
-    Activation,
-    &mut [f32],
-);
+type DepthwiseFn = fn(&[f32], kernels::DepthwiseShape, &[f32], &[f32], Activation, &mut [f32]);
 
 fn depthwise_variants() -> Vec<(&'static str, DepthwiseFn)> {
     #[allow(unused_mut)]
@@ -266,12 +265,9 @@ fn depthwise_variants() -> Vec<(&'static str, DepthwiseFn)> {
     #[cfg(target_arch = "x86_64")]
     if kernels::has_avx2_fma() {
         // SAFETY: the CPU supports AVX2 and FMA.
-        v.push((
-            "avx2",
-            |a, ih, iw, c, w, b, k, s, pad, oh, ow, act, o| unsafe {
-                kernels::depthwise::avx2::depthwise(a, ih, iw, c, w, b, k, s, pad, oh, ow, act, o)
-            },
-        ));
+        v.push(("avx2", |a, s, w, b, act, o| unsafe {
+            kernels::depthwise::avx2::depthwise(a, s, w, b, act, o)
+        }));
     }
     v
 }
@@ -298,9 +294,17 @@ fn depthwise_case(
         let want = chw_to_hwc(&want_chw, c, oh * ow);
         for (name, f) in depthwise_variants() {
             let mut out = vec![f32::NAN; oh * ow * c];
-            f(
-                &x, ih, iw, c, &w, &bias, k, stride, pad, oh, ow, act, &mut out,
-            );
+            let s = kernels::DepthwiseShape {
+                ih,
+                iw,
+                c,
+                k,
+                stride,
+                pad,
+                oh,
+                ow,
+            };
+            f(&x, s, &w, &bias, act, &mut out);
             check(
                 &format!("depthwise {name} {ih}x{iw}x{c} k={k} s={stride} pad={pad} {act:?}"),
                 &out,
@@ -356,21 +360,17 @@ fn depthwise_padding_taps_read_no_input() {
         let bias = vec![0.0f32; c];
         for (name, f) in depthwise_variants() {
             let mut out = vec![0.0f32; oh * ow * c];
-            f(
-                &x,
+            let shape = kernels::DepthwiseShape {
                 ih,
                 iw,
                 c,
-                &w,
-                &bias,
                 k,
-                s,
+                stride: s,
                 pad,
                 oh,
                 ow,
-                Activation::None,
-                &mut out,
-            );
+            };
+            f(&x, shape, &w, &bias, Activation::None, &mut out);
             for oy in 0..oh {
                 // Input row 0 is in the window of output row oy when oy * s <= pad.
                 let holds_row0 = oy * s <= pad;
@@ -401,23 +401,7 @@ fn depthwise_wide_rows() {
 
 // ---------------------------------------------------------------- stem
 
-type StemFn = fn(
-    &[f32],
-    usize,
-    usize,
-    usize,
-    &[f32],
-    &[f32],
-    usize,
-    usize,
-    usize,
-    usize,
-    usize,
-    usize,
-    usize,
-    Activation,
-    &mut [f32],
-);
+type StemFn = fn(&[f32], kernels::ConvShape, &[f32], &[f32], Activation, &mut [f32]);
 
 fn stem_variants() -> Vec<(&'static str, StemFn)> {
     #[allow(unused_mut)]
@@ -430,14 +414,9 @@ fn stem_variants() -> Vec<(&'static str, StemFn)> {
     #[cfg(target_arch = "x86_64")]
     if kernels::has_avx2_fma() {
         // SAFETY: the CPU supports AVX2 and FMA.
-        v.push((
-            "avx2",
-            |a, ih, iw, ci, w, b, co, kh, kw, s, pad, oh, ow, act, o| unsafe {
-                kernels::conv_stem::avx2::conv_stem(
-                    a, ih, iw, ci, w, b, co, kh, kw, s, pad, oh, ow, act, o,
-                )
-            },
-        ));
+        v.push(("avx2", |a, s, w, b, act, o| unsafe {
+            kernels::conv_stem::avx2::conv_stem(a, s, w, b, act, o)
+        }));
     }
     v
 }
@@ -472,9 +451,19 @@ fn stem_case(
         let want = chw_to_hwc(&want_chw, cout, oh * ow);
         for (name, f) in stem_variants() {
             let mut out = vec![f32::NAN; oh * ow * cout];
-            f(
-                &x, ih, iw, cin, &w, &bias, cout, kk, kk, stride, pad, oh, ow, act, &mut out,
-            );
+            let s = kernels::ConvShape {
+                ih,
+                iw,
+                cin,
+                cout,
+                kh: kk,
+                kw: kk,
+                stride,
+                pad,
+                oh,
+                ow,
+            };
+            f(&x, s, &w, &bias, act, &mut out);
             check(
                 &format!(
                     "conv_stem {name} {cin}x{ih}x{iw}->{cout} k={kk} s={stride} pad={pad} {act:?}"
@@ -581,7 +570,7 @@ fn linear_random_shapes_with_tails() {
 
 // ---------------------------------------------------------------- squeeze-excite
 
-type SeFn = fn(&mut [f32], usize, usize, usize, &[f32], &[f32], &[f32], &[f32], &mut [f32]);
+type SeFn = fn(&mut [f32], kernels::SeShape, &[f32], &[f32], &[f32], &[f32], &mut [f32]);
 
 fn se_variants() -> Vec<(&'static str, SeFn)> {
     #[allow(unused_mut)]
@@ -594,8 +583,8 @@ fn se_variants() -> Vec<(&'static str, SeFn)> {
     #[cfg(target_arch = "x86_64")]
     if kernels::has_avx2_fma() {
         // SAFETY: the CPU supports AVX2 and FMA.
-        v.push(("avx2", |x, hw, c, q, w1, b1, w2, b2, t| unsafe {
-            kernels::squeeze_excite::avx2::squeeze_excite(x, hw, c, q, w1, b1, w2, b2, t)
+        v.push(("avx2", |x, s, w1, b1, w2, b2, t| unsafe {
+            kernels::squeeze_excite::avx2::squeeze_excite(x, s, w1, b1, w2, b2, t)
         }));
     }
     v
@@ -662,7 +651,12 @@ fn squeeze_excite_random_shapes_with_tails() {
         for (name, f) in se_variants() {
             let mut x = chw_to_hwc(&x_chw, c, hw);
             let mut scratch = vec![f32::NAN; c + csq];
-            f(&mut x, hw, c, csq, &p1, &b1, &p2, &b2, &mut scratch);
+            let s = kernels::SeShape {
+                pixels: hw,
+                c,
+                squeeze: csq,
+            };
+            f(&mut x, s, &p1, &b1, &p2, &b2, &mut scratch);
             check(
                 &format!("squeeze_excite {name} hw={hw} c={c} csq={csq}"),
                 &x,
@@ -787,7 +781,7 @@ fn activations_at_breakpoints() {
         let want: Vec<f32> = xs.iter().map(|&x| act_f64(act, x as f64) as f32).collect();
         for (name, f) in pointwise_variants() {
             let mut out = vec![f32::NAN; n];
-            f(&xs, 1, n, n, &packed, &bias, act, None, &mut out);
+            f(&xs, pw(1, n, n), &packed, &bias, act, None, &mut out);
             for (i, (&g, &w)) in out.iter().zip(&want).enumerate() {
                 assert!(
                     (g - w).abs() <= 1e-6 * (1.0 + w.abs()),
@@ -817,7 +811,12 @@ fn activations_at_breakpoints() {
     for (name, f) in se_variants() {
         let mut x = vec![2.0f32; c];
         let mut scratch = vec![f32::NAN; c + 1];
-        f(&mut x, 1, c, 1, &w1, &[0.25], &w2, &b2, &mut scratch);
+        let s = kernels::SeShape {
+            pixels: 1,
+            c,
+            squeeze: 1,
+        };
+        f(&mut x, s, &w1, &[0.25], &w2, &b2, &mut scratch);
         for (ch, &g) in x.iter().enumerate() {
             let w = 2.0 * hardsigmoid_f64(xs[ch] as f64) as f32;
             assert!(

@@ -86,7 +86,11 @@ impl NodeCodegen for ConvStem {
         let (oh, ow) = (lit(self.oh), lit(self.ow));
         let act = act_tokens(rt, c.activation);
         quote! {
-            #rt::kernels::conv_stem(#x, #ih, #iw, #cin, #w, #b, #cout, #kh, #kw, #s, #p, #oh, #ow, #act, #out);
+            const SHAPE: #rt::kernels::ConvShape = #rt::kernels::ConvShape {
+                ih: #ih, iw: #iw, cin: #cin, cout: #cout, kh: #kh, kw: #kw,
+                stride: #s, pad: #p, oh: #oh, ow: #ow,
+            };
+            #rt::kernels::conv_stem(#x, SHAPE, #w, #b, #act, #out);
         }
     }
 }

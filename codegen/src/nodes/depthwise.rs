@@ -81,7 +81,10 @@ impl NodeCodegen for Depthwise {
         let (oh, ow) = (lit(self.oh), lit(self.ow));
         let act = act_tokens(rt, c.activation);
         quote! {
-            #rt::kernels::depthwise(#x, #ih, #iw, #ch, #w, #b, #k, #s, #p, #oh, #ow, #act, #out);
+            const SHAPE: #rt::kernels::DepthwiseShape = #rt::kernels::DepthwiseShape {
+                ih: #ih, iw: #iw, c: #ch, k: #k, stride: #s, pad: #p, oh: #oh, ow: #ow,
+            };
+            #rt::kernels::depthwise(#x, SHAPE, #w, #b, #act, #out);
         }
     }
 }

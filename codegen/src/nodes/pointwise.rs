@@ -72,7 +72,8 @@ impl NodeCodegen for Pointwise {
             None => quote!(::core::option::Option::None),
         };
         quote! {
-            #rt::kernels::pointwise(#x, #p, #k, #n, #w, #b, #act, #residual, #out);
+            const SHAPE: #rt::kernels::PointwiseShape = #rt::kernels::PointwiseShape { pixels: #p, k: #k, n: #n };
+            #rt::kernels::pointwise(#x, SHAPE, #w, #b, #act, #residual, #out);
         }
     }
 }

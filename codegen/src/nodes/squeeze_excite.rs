@@ -67,7 +67,8 @@ impl NodeCodegen for SqueezeExcite {
             lit(self.op.squeeze_channels),
         );
         quote! {
-            #rt::kernels::squeeze_excite(#x, #hw, #c, #q, #w1, #b1, #w2, #b2, #scratch);
+            const SHAPE: #rt::kernels::SeShape = #rt::kernels::SeShape { pixels: #hw, c: #c, squeeze: #q };
+            #rt::kernels::squeeze_excite(#x, SHAPE, #w1, #b1, #w2, #b2, #scratch);
         }
     }
 }

@@ -245,20 +245,23 @@ impl Layer {
         match self.op {
             Op::Stem { ih, cout } => {
                 let o = ih / 2;
+                let s = kernels::ConvShape {
+                    ih,
+                    iw: ih,
+                    cin: 3,
+                    cout,
+                    kh: 3,
+                    kw: 3,
+                    stride: 2,
+                    pad: 1,
+                    oh: o,
+                    ow: o,
+                };
                 kernels::conv_stem(
                     &self.input,
-                    ih,
-                    ih,
-                    3,
+                    s,
                     &self.w,
                     &self.b,
-                    cout,
-                    3,
-                    3,
-                    2,
-                    1,
-                    o,
-                    o,
                     Activation::Hardswish,
                     &mut self.out,
                 )
@@ -277,9 +280,7 @@ impl Layer {
                 };
                 kernels::pointwise(
                     &self.input,
-                    hw,
-                    k,
-                    n,
+                    kernels::PointwiseShape { pixels: hw, k, n },
                     &self.w,
                     &self.b,
                     act,
@@ -295,27 +296,25 @@ impl Layer {
                 act,
             } => {
                 let o = h / stride;
-                kernels::depthwise(
-                    &self.input,
-                    h,
-                    h,
+                let s = kernels::DepthwiseShape {
+                    ih: h,
+                    iw: h,
                     c,
-                    &self.w,
-                    &self.b,
                     k,
                     stride,
-                    k / 2,
-                    o,
-                    o,
-                    act,
-                    &mut self.out,
-                )
+                    pad: k / 2,
+                    oh: o,
+                    ow: o,
+                };
+                kernels::depthwise(&self.input, s, &self.w, &self.b, act, &mut self.out)
             }
             Op::SqueezeExcite { hw, c, csq } => kernels::squeeze_excite(
                 &mut self.input,
-                hw,
-                c,
-                csq,
+                kernels::SeShape {
+                    pixels: hw,
+                    c,
+                    squeeze: csq,
+                },
                 &self.w,
                 &self.b,
                 &self.w2,

@@ -1,6 +1,6 @@
 //! Depthwise kxk convolution on HWC tensors, vectorized over channels.
 
-use super::Activation;
+use super::{Activation, DepthwiseShape};
 
 /// The variant this target uses: NEON on aarch64, [`portable`] elsewhere.
 #[cfg(target_arch = "aarch64")]
@@ -14,23 +14,25 @@ pub use portable as depthwise;
 /// `input` is `[ih][iw][c]`, `w` is `[k][k][c]`, `bias` is `[c]`, `out` is
 /// `[oh][ow][c]`; `stride` and the symmetric zero padding `pad` apply to
 /// both axes. Taps that fall into the padding are skipped.
-#[allow(clippy::too_many_arguments)]
 #[inline]
 pub fn portable(
     input: &[f32],
-    ih: usize,
-    iw: usize,
-    c: usize,
+    s: DepthwiseShape,
     w: &[f32],
     bias: &[f32],
-    k: usize,
-    stride: usize,
-    pad: usize,
-    oh: usize,
-    ow: usize,
     act: Activation,
     out: &mut [f32],
 ) {
+    let DepthwiseShape {
+        ih,
+        iw,
+        c,
+        k,
+        stride,
+        pad,
+        oh,
+        ow,
+    } = s;
     debug_assert_eq!(input.len(), ih * iw * c);
     debug_assert_eq!(w.len(), k * k * c);
     debug_assert_eq!(bias.len(), c);
@@ -104,8 +106,8 @@ pub(crate) fn tap_range(
 /// never multiplied.
 #[cfg(target_arch = "aarch64")]
 pub mod neon {
-    use super::super::Activation;
     use super::super::neon_util::activate;
+    use super::super::{Activation, DepthwiseShape};
     use super::tap_range;
     use core::arch::aarch64::*;
 
@@ -113,7 +115,6 @@ pub mod neon {
     ///
     /// # Panics
     /// If a slice is shorter than the shape says.
-    #[allow(clippy::too_many_arguments)]
     // Inlined with `rows` into each generated layer function, whose arguments are literals: the
     // channel stride becomes a constant, so input loads take immediate offsets instead of an
     // address `add` each (MobileNetV3-Small's depthwise layers: 6.48 M -> 4.67 M aarch64
@@ -121,19 +122,22 @@ pub mod neon {
     #[inline(always)]
     pub fn depthwise(
         input: &[f32],
-        ih: usize,
-        iw: usize,
-        c: usize,
+        s: DepthwiseShape,
         w: &[f32],
         bias: &[f32],
-        k: usize,
-        stride: usize,
-        pad: usize,
-        oh: usize,
-        ow: usize,
         act: Activation,
         out: &mut [f32],
     ) {
+        let DepthwiseShape {
+            ih,
+            iw,
+            c,
+            k,
+            stride,
+            pad,
+            oh,
+            ow,
+        } = s;
         assert!(
             input.len() >= ih * iw * c,
             "depthwise: input shorter than ih * iw * c"
@@ -577,8 +581,8 @@ pub mod neon {
 /// tap per pixel and skip those in the padding, so padding reads nothing.
 #[cfg(target_arch = "x86_64")]
 pub mod avx2 {
-    use super::super::Activation;
     use super::super::avx2_util::activate;
+    use super::super::{Activation, DepthwiseShape};
     use super::{inside_range, tap_range};
     use core::arch::x86_64::*;
 
@@ -606,23 +610,25 @@ pub mod avx2 {
     ///
     /// # Panics
     /// If a slice is shorter than the shape says.
-    #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn depthwise(
         input: &[f32],
-        ih: usize,
-        iw: usize,
-        c: usize,
+        s: DepthwiseShape,
         w: &[f32],
         bias: &[f32],
-        k: usize,
-        stride: usize,
-        pad: usize,
-        oh: usize,
-        ow: usize,
         act: Activation,
         out: &mut [f32],
     ) {
+        let DepthwiseShape {
+            ih,
+            iw,
+            c,
+            k,
+            stride,
+            pad,
+            oh,
+            ow,
+        } = s;
         assert!(
             input.len() >= ih * iw * c,
             "depthwise: input shorter than ih * iw * c"
@@ -747,27 +753,19 @@ pub mod avx2 {
 /// The variant this target uses: AVX2 + FMA when the CPU has them, else
 /// [`portable`].
 #[cfg(target_arch = "x86_64")]
-#[allow(clippy::too_many_arguments)]
 #[inline]
 pub fn depthwise(
     input: &[f32],
-    ih: usize,
-    iw: usize,
-    c: usize,
+    s: DepthwiseShape,
     w: &[f32],
     bias: &[f32],
-    k: usize,
-    stride: usize,
-    pad: usize,
-    oh: usize,
-    ow: usize,
     act: Activation,
     out: &mut [f32],
 ) {
     if super::has_avx2_fma() {
         // SAFETY: the CPU supports AVX2 and FMA (checked just above).
-        unsafe { avx2::depthwise(input, ih, iw, c, w, bias, k, stride, pad, oh, ow, act, out) }
+        unsafe { avx2::depthwise(input, s, w, bias, act, out) }
     } else {
-        portable(input, ih, iw, c, w, bias, k, stride, pad, oh, ow, act, out)
+        portable(input, s, w, bias, act, out)
     }
 }

@@ -32,6 +32,7 @@ pub mod linear;
 pub mod pointwise;
 pub mod pool;
 pub mod requant;
+pub mod shape;
 pub mod squeeze_excite;
 
 pub use add::add;
@@ -41,6 +42,7 @@ pub use linear::linear;
 pub use pointwise::pointwise;
 pub use pool::global_avg_pool;
 pub use requant::{requant, requant_i8};
+pub use shape::{ConvShape, DepthwiseShape, PointwiseShape, SeShape};
 pub use squeeze_excite::squeeze_excite;
 
 /// Output channels per packed weight panel (the pointwise register tile width).

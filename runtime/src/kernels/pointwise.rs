@@ -4,7 +4,7 @@
 //! module docs of [`crate::kernels`]), so the inner loop reads one contiguous
 //! row of `NR` weights per input channel and broadcasts one activation.
 
-use super::{Activation, NR};
+use super::{Activation, NR, PointwiseShape};
 
 /// Pixels per register tile in the portable kernel.
 const MR: usize = 4;
@@ -21,51 +21,64 @@ pub use portable as pointwise;
 /// `input` is `[p][k]` (HWC pixels), `w` is packed (`n.div_ceil(8) * 8 * k`
 /// values), `bias` is `[n]`, `residual` (if any) is `[p][n]` and is added
 /// after the activation, `out` is `[p][n]`.
-#[allow(clippy::too_many_arguments)]
 #[inline]
 pub fn portable(
     input: &[f32],
-    p: usize,
-    k: usize,
-    n: usize,
+    s: PointwiseShape,
     w: &[f32],
     bias: &[f32],
     act: Activation,
     residual: Option<&[f32]>,
     out: &mut [f32],
 ) {
+    let PointwiseShape { pixels: p, k, n } = s;
     debug_assert_eq!(input.len(), p * k);
     debug_assert_eq!(w.len(), super::packed_len(k, n));
     debug_assert_eq!(bias.len(), n);
     debug_assert_eq!(out.len(), p * n);
     debug_assert!(residual.is_none_or(|r| r.len() == p * n));
-    let panels = n.div_ceil(NR);
+    let c = Operands {
+        input,
+        s,
+        w,
+        bias,
+        act,
+        residual,
+    };
     let mut p0 = 0;
     while p0 + MR <= p {
-        tile::<MR>(input, p0, k, n, w, bias, act, residual, out, panels);
+        tile::<MR>(&c, p0, out);
         p0 += MR;
     }
     while p0 < p {
-        tile::<1>(input, p0, k, n, w, bias, act, residual, out, panels);
+        tile::<1>(&c, p0, out);
         p0 += 1;
     }
 }
 
-/// Computes pixels `p0..p0 + R` for every output channel.
-#[allow(clippy::too_many_arguments)]
-#[inline(always)]
-fn tile<const R: usize>(
-    input: &[f32],
-    p0: usize,
-    k: usize,
-    n: usize,
-    w: &[f32],
-    bias: &[f32],
+/// The read-only operands of one [`portable`] call, shared by its tiles.
+struct Operands<'a> {
+    input: &'a [f32],
+    s: PointwiseShape,
+    w: &'a [f32],
+    bias: &'a [f32],
     act: Activation,
-    residual: Option<&[f32]>,
-    out: &mut [f32],
-    panels: usize,
-) {
+    residual: Option<&'a [f32]>,
+}
+
+/// Computes pixels `p0..p0 + R` for every output channel.
+#[inline(always)]
+fn tile<const R: usize>(c: &Operands<'_>, p0: usize, out: &mut [f32]) {
+    let Operands {
+        input,
+        s,
+        w,
+        bias,
+        act,
+        residual,
+    } = *c;
+    let (k, n) = (s.k, s.n);
+    let panels = n.div_ceil(NR);
     let rows: [&[f32]; R] = core::array::from_fn(|r| &input[(p0 + r) * k..(p0 + r + 1) * k]);
     for panel in 0..panels {
         let j0 = panel * NR;
@@ -112,7 +125,7 @@ fn tile<const R: usize>(
 #[cfg(target_arch = "aarch64")]
 pub mod neon {
     use super::super::neon_util::activate;
-    use super::super::{Activation, NR, packed_len};
+    use super::super::{Activation, NR, PointwiseShape, packed_len};
     use core::arch::aarch64::*;
 
     /// NEON pointwise convolution with the contract of [`super::portable`].
@@ -120,22 +133,20 @@ pub mod neon {
     /// # Panics
     /// If a slice is shorter than the shape says (the raw-pointer loop relies
     /// on these checks).
-    #[allow(clippy::too_many_arguments)]
     // Inlined with `layer` into each generated layer function (literal arguments): `k` and `n`
     // become constants, so the k loop has no remainder test and the panel loop a fixed count
     // (14.89 M -> 14.22 M aarch64 instructions per image on MobileNetV3-Small).
     #[inline(always)]
     pub fn pointwise(
         input: &[f32],
-        p: usize,
-        k: usize,
-        n: usize,
+        s: PointwiseShape,
         w: &[f32],
         bias: &[f32],
         act: Activation,
         residual: Option<&[f32]>,
         out: &mut [f32],
     ) {
+        let PointwiseShape { pixels: p, k, n } = s;
         assert!(input.len() >= p * k, "pointwise: input shorter than p * k");
         assert!(
             w.len() >= packed_len(k, n),
@@ -442,7 +453,7 @@ pub mod neon {
 #[cfg(target_arch = "x86_64")]
 pub mod avx2 {
     use super::super::avx2_util::activate;
-    use super::super::{Activation, NR, packed_len};
+    use super::super::{Activation, NR, PointwiseShape, packed_len};
     use core::arch::x86_64::*;
 
     /// AVX2 pointwise convolution with the contract of [`super::portable`].
@@ -452,19 +463,17 @@ pub mod avx2 {
     ///
     /// # Panics
     /// If a slice is shorter than the shape says.
-    #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn pointwise(
         input: &[f32],
-        p: usize,
-        k: usize,
-        n: usize,
+        s: PointwiseShape,
         w: &[f32],
         bias: &[f32],
         act: Activation,
         residual: Option<&[f32]>,
         out: &mut [f32],
     ) {
+        let PointwiseShape { pixels: p, k, n } = s;
         assert!(input.len() >= p * k, "pointwise: input shorter than p * k");
         assert!(
             w.len() >= packed_len(k, n),
@@ -608,13 +617,10 @@ pub mod avx2 {
 /// The variant this target uses: AVX2 + FMA when the CPU has them, else
 /// [`portable`] (checked once, then one cached load per call).
 #[cfg(target_arch = "x86_64")]
-#[allow(clippy::too_many_arguments)]
 #[inline]
 pub fn pointwise(
     input: &[f32],
-    p: usize,
-    k: usize,
-    n: usize,
+    s: PointwiseShape,
     w: &[f32],
     bias: &[f32],
     act: Activation,
@@ -623,8 +629,8 @@ pub fn pointwise(
 ) {
     if super::has_avx2_fma() {
         // SAFETY: the CPU supports AVX2 and FMA (checked just above).
-        unsafe { avx2::pointwise(input, p, k, n, w, bias, act, residual, out) }
+        unsafe { avx2::pointwise(input, s, w, bias, act, residual, out) }
     } else {
-        portable(input, p, k, n, w, bias, act, residual, out)
+        portable(input, s, w, bias, act, residual, out)
     }
 }

@@ -3,7 +3,7 @@
 //! `s = hardsigmoid(fc2(relu(fc1(mean_hw(x)))))`, then `x[p][ch] *= s[ch]`,
 //! as torchvision's `SqueezeExcitation` in MobileNetV3.
 
-use super::{Activation, hardsigmoid, linear, pool};
+use super::{Activation, SeShape, hardsigmoid, linear, pool};
 
 /// The variant this target uses: NEON on aarch64, [`portable`] elsewhere.
 #[cfg(target_arch = "aarch64")]
@@ -17,20 +17,17 @@ pub use portable as squeeze_excite;
 /// `x` is `[hw][c]` and is scaled in place; `w1`/`b1` are fc1 (`c -> csq`,
 /// packed like pointwise weights), `w2`/`b2` fc2 (`csq -> c`); `scratch`
 /// holds at least `c + csq` values.
-#[allow(clippy::too_many_arguments)]
 #[inline]
 pub fn portable(
     x: &mut [f32],
-    hw: usize,
-    c: usize,
-    csq: usize,
+    s: SeShape,
     w1: &[f32],
     b1: &[f32],
     w2: &[f32],
     b2: &[f32],
     scratch: &mut [f32],
 ) {
-    body(x, hw, c, csq, w1, b1, w2, b2, scratch, linear::portable);
+    body(x, s, (w1, b1, w2, b2), scratch, linear::portable);
 }
 
 /// The GEMV signature of [`linear::portable`], which [`body`] calls twice.
@@ -39,20 +36,21 @@ type Gemv = fn(&[f32], usize, usize, &[f32], &[f32], Activation, &mut [f32]);
 /// [`portable`]'s steps with the GEMV `gemv`: the one source of the portable
 /// and AVX2 variants (the latter compiles it with AVX2 and passes
 /// `linear::avx2::linear`).
-#[allow(clippy::too_many_arguments)]
+/// `fc` is `(w1, b1, w2, b2)`.
 #[inline(always)]
 fn body(
     x: &mut [f32],
-    hw: usize,
-    c: usize,
-    csq: usize,
-    w1: &[f32],
-    b1: &[f32],
-    w2: &[f32],
-    b2: &[f32],
+    s: SeShape,
+    fc: (&[f32], &[f32], &[f32], &[f32]),
     scratch: &mut [f32],
     gemv: Gemv,
 ) {
+    let SeShape {
+        pixels: hw,
+        c,
+        squeeze: csq,
+    } = s;
+    let (w1, b1, w2, b2) = fc;
     debug_assert_eq!(x.len(), hw * c);
     debug_assert!(scratch.len() >= c + csq);
     let (pooled, rest) = scratch.split_at_mut(c);
@@ -87,7 +85,7 @@ fn scale_channels(x: &mut [f32], c: usize, gates: &[f32]) {
 #[cfg(target_arch = "aarch64")]
 pub mod neon {
     use super::super::neon_util::hardsigmoid;
-    use super::super::{Activation, linear, pool};
+    use super::super::{Activation, SeShape, linear, pool};
     use core::arch::aarch64::*;
 
     /// NEON squeeze-and-excitation with the contract of [`super::portable`].
@@ -95,20 +93,22 @@ pub mod neon {
     /// # Panics
     /// If `x` is shorter than `hw * c`, `scratch` than `c + csq`, or a weight
     /// slice than its shape.
-    #[allow(clippy::too_many_arguments)]
     // Inlined into each generated layer (constant shapes), like the other NEON kernels.
     #[inline(always)]
     pub fn squeeze_excite(
         x: &mut [f32],
-        hw: usize,
-        c: usize,
-        csq: usize,
+        s: SeShape,
         w1: &[f32],
         b1: &[f32],
         w2: &[f32],
         b2: &[f32],
         scratch: &mut [f32],
     ) {
+        let SeShape {
+            pixels: hw,
+            c,
+            squeeze: csq,
+        } = s;
         assert!(x.len() >= hw * c, "squeeze_excite: x shorter than hw * c");
         assert!(
             scratch.len() >= c + csq,
@@ -147,7 +147,7 @@ pub mod neon {
 /// the channel scaling vectorize), with the AVX2 linear layers.
 #[cfg(target_arch = "x86_64")]
 pub mod avx2 {
-    use super::super::linear;
+    use super::super::{SeShape, linear};
     use super::body;
 
     /// AVX2 squeeze-and-excitation with the contract of [`super::portable`].
@@ -157,19 +157,21 @@ pub mod avx2 {
     ///
     /// # Panics
     /// If a slice is shorter than the shape says.
-    #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn squeeze_excite(
         x: &mut [f32],
-        hw: usize,
-        c: usize,
-        csq: usize,
+        s: SeShape,
         w1: &[f32],
         b1: &[f32],
         w2: &[f32],
         b2: &[f32],
         scratch: &mut [f32],
     ) {
+        let SeShape {
+            pixels: hw,
+            c,
+            squeeze: csq,
+        } = s;
         assert!(x.len() >= hw * c, "squeeze_excite: x shorter than hw * c");
         assert!(
             scratch.len() >= c + csq,
@@ -180,20 +182,17 @@ pub mod avx2 {
         let gemv = |x: &[f32], k, n, w: &[f32], b: &[f32], act, out: &mut [f32]| unsafe {
             linear::avx2::linear(x, k, n, w, b, act, out)
         };
-        body(&mut x[..hw * c], hw, c, csq, w1, b1, w2, b2, scratch, gemv);
+        body(&mut x[..hw * c], s, (w1, b1, w2, b2), scratch, gemv);
     }
 }
 
 /// The variant this target uses: AVX2 + FMA when the CPU has them, else
 /// [`portable`].
 #[cfg(target_arch = "x86_64")]
-#[allow(clippy::too_many_arguments)]
 #[inline]
 pub fn squeeze_excite(
     x: &mut [f32],
-    hw: usize,
-    c: usize,
-    csq: usize,
+    s: SeShape,
     w1: &[f32],
     b1: &[f32],
     w2: &[f32],
@@ -202,8 +201,8 @@ pub fn squeeze_excite(
 ) {
     if super::has_avx2_fma() {
         // SAFETY: the CPU supports AVX2 and FMA (checked just above).
-        unsafe { avx2::squeeze_excite(x, hw, c, csq, w1, b1, w2, b2, scratch) }
+        unsafe { avx2::squeeze_excite(x, s, w1, b1, w2, b2, scratch) }
     } else {
-        portable(x, hw, c, csq, w1, b1, w2, b2, scratch)
+        portable(x, s, w1, b1, w2, b2, scratch)
     }
 }

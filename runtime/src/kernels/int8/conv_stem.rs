@@ -11,32 +11,7 @@ use core::ops::Range;
 #[cfg(not(target_arch = "x86_64"))]
 pub use portable as conv_stem;
 
-/// Shape of a dense convolution: input `ih x iw x cin`, `cout` output
-/// channels, a `kh x kw` kernel, `stride` and symmetric zero padding `pad` on
-/// both axes, output `oh x ow`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ConvShape {
-    /// Input height.
-    pub ih: usize,
-    /// Input width.
-    pub iw: usize,
-    /// Input channels.
-    pub cin: usize,
-    /// Output channels.
-    pub cout: usize,
-    /// Kernel height.
-    pub kh: usize,
-    /// Kernel width.
-    pub kw: usize,
-    /// Stride, both axes.
-    pub stride: usize,
-    /// Zero padding on each side, both axes.
-    pub pad: usize,
-    /// Output height.
-    pub oh: usize,
-    /// Output width.
-    pub ow: usize,
-}
+pub use crate::kernels::shape::ConvShape;
 
 /// Portable int8 stem convolution.
 ///

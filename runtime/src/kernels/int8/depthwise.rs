@@ -10,28 +10,7 @@ use core::ops::Range;
 #[cfg(not(target_arch = "x86_64"))]
 pub use portable as depthwise;
 
-/// Shape of a depthwise convolution: input `ih x iw x c`, a `k x k` kernel
-/// per channel, `stride` and symmetric zero padding `pad` on both axes,
-/// output `oh x ow x c`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct DepthwiseShape {
-    /// Input height.
-    pub ih: usize,
-    /// Input width.
-    pub iw: usize,
-    /// Channels (input and output).
-    pub c: usize,
-    /// Kernel size, both axes.
-    pub k: usize,
-    /// Stride, both axes.
-    pub stride: usize,
-    /// Zero padding on each side, both axes.
-    pub pad: usize,
-    /// Output height.
-    pub oh: usize,
-    /// Output width.
-    pub ow: usize,
-}
+pub use crate::kernels::shape::DepthwiseShape;
 
 /// Portable int8 depthwise convolution.
 ///

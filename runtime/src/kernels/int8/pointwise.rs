@@ -28,17 +28,7 @@
 
 use super::{CHUNK, Epilogue};
 
-/// Shape of a pointwise convolution: `pixels` input rows of `k` channels,
-/// `n` output channels.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct PointwiseShape {
-    /// Pixels (`h * w`).
-    pub pixels: usize,
-    /// Input channels.
-    pub k: usize,
-    /// Output channels.
-    pub n: usize,
-}
+pub use crate::kernels::shape::PointwiseShape;
 
 /// The dot products of one tile: `R` input rows against `C` weight rows.
 trait DotTile {

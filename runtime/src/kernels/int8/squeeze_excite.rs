@@ -16,17 +16,7 @@ pub const GATE_BITS: u32 = 15;
 /// The gate's value for 1.0.
 pub const GATE_ONE: i32 = 1 << GATE_BITS;
 
-/// Shape of a squeeze-excite block: `pixels` rows of `c` channels, `squeeze`
-/// hidden units.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct SeShape {
-    /// Pixels (`h * w`).
-    pub pixels: usize,
-    /// Channels of the input (and output, and the gate).
-    pub c: usize,
-    /// Hidden units of the squeeze (fc1's outputs).
-    pub squeeze: usize,
-}
+pub use crate::kernels::shape::SeShape;
 
 /// The constants of one squeeze-excite block (`SePlan` in codegen).
 #[derive(Clone, Copy, Debug)]
