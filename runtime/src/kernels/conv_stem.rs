@@ -76,7 +76,7 @@ pub fn portable(
 #[cfg(target_arch = "aarch64")]
 pub mod neon {
     use super::super::depthwise::{inside_range, tap_range};
-    use super::super::neon_util::activate;
+    use super::super::neon_util::{activate, ld1x4_post_by};
     use super::super::{Activation, ConvShape};
     use core::arch::aarch64::*;
 
@@ -309,10 +309,12 @@ pub mod neon {
             let b = vld1q_f32_x4(bias.add(cb));
             let b = [b.0, b.1, b.2, b.3];
             let mut acc = [b; 4];
-            for ci in 0..3 {
-                // TOP: kernel row 0 of the first output row is padding.
-                for ky in usize::from(TOP)..3 {
-                    let cols = if LEFT {
+            // Taps in the weights' own order (ky, kx, ci), so one `ld1` per tap reads its 16
+            // weights and steps to the next tap; TOP starts at kernel row 1.
+            let mut wp = w.add(usize::from(TOP) * 9 * g.cout + cb);
+            for ky in usize::from(TOP)..3 {
+                let cols: [[float32x4_t; 3]; 3] = core::array::from_fn(|ci| {
+                    if LEFT {
                         // Pixel 0's kx = 0 tap is the padding column: one `ld2` from column
                         // 0 gives the odd columns 1, 3, 5, 7 (kx = 2) and the even ones
                         // (kx = 1); kx = 0 is 0, 1, 3, 5 shifted in from a zero vector.
@@ -324,14 +326,16 @@ pub mod neon {
                         let e = vld2q_f32(r);
                         let f = vld2q_f32(r.add(2));
                         [e.0, e.1, f.0]
-                    };
-                    for (kx, col) in cols.iter().enumerate() {
-                        let wt = vld1q_f32_x4(w.add(((ky * 3 + kx) * 3 + ci) * g.cout + cb));
-                        let wt = [wt.0, wt.1, wt.2, wt.3];
+                    }
+                });
+                for kx in 0..3 {
+                    for col in &cols {
+                        let wt = ld1x4_post_by(&mut wp, g.cout);
+                        let col = col[kx];
                         macro_rules! px {
                             ($l:literal) => {
                                 for j in 0..4 {
-                                    acc[$l][j] = vfmaq_laneq_f32::<$l>(acc[$l][j], wt[j], *col);
+                                    acc[$l][j] = vfmaq_laneq_f32::<$l>(acc[$l][j], wt[j], col);
                                 }
                             };
                         }

@@ -58,11 +58,14 @@ pub fn portable(
     }
 }
 
-/// NEON GEMV for aarch64: per panel of 8 outputs, four input values are
-/// loaded as one vector and broadcast by lane into two independent
-/// accumulator pairs (breaking the FMA latency chain).
+/// NEON GEMV for aarch64: per panel of 8 outputs, eight input values are
+/// loaded as two vectors and broadcast by lane into four independent
+/// accumulator pairs (breaking the FMA latency chain), the weights four
+/// vectors per load instruction; full panels take the bias and activation in
+/// registers.
 #[cfg(target_arch = "aarch64")]
 pub mod neon {
+    use super::super::neon_util::{activate, ld1x4_post};
     use super::super::{Activation, NR, packed_len};
     use core::arch::aarch64::*;
 
@@ -94,6 +97,16 @@ pub mod neon {
             // SAFETY: panel < n.div_ceil(8), so the panel's k * 8 weights lie
             // inside the asserted packed length; input reads stay below k.
             let (v0, v1) = unsafe { gemv_panel(input.as_ptr(), k, w.as_ptr().add(panel * k * NR)) };
+            if width == NR {
+                // SAFETY: j0 + 8 <= n bounds the bias reads and the output stores.
+                unsafe {
+                    let b = bias.as_ptr().add(j0);
+                    let o = out.as_mut_ptr().add(j0);
+                    vst1q_f32(o, activate(act, vaddq_f32(v0, vld1q_f32(b))));
+                    vst1q_f32(o.add(4), activate(act, vaddq_f32(v1, vld1q_f32(b.add(4)))));
+                }
+                continue;
+            }
             let mut t = [0.0f32; NR];
             // SAFETY: t holds 8 values.
             unsafe {
@@ -108,35 +121,60 @@ pub mod neon {
 
     /// `sum_i x[i] * wp[i * 8..i * 8 + 8]` as two vectors.
     ///
+    /// Eight inputs per step: one `ldp` of inputs, four `ld1` of four weight vectors each
+    /// (which advance the weight pointer), 16 `fmla` into four pairs of accumulators (four
+    /// independent chains per output vector).
+    ///
     /// # Safety
     /// `x` holds `k` values and `wp` `k * 8`.
     #[inline(always)]
     unsafe fn gemv_panel(x: *const f32, k: usize, wp: *const f32) -> (float32x4_t, float32x4_t) {
-        // SAFETY: every read is below k (input) or k * 8 (weights).
+        // SAFETY: every read is below k (input) or k * 8 (weights): each `ld1x4_post`
+        // reads the 16 weights of two inputs and the loops stop at k.
         unsafe {
             let z = vdupq_n_f32(0.0);
-            let (mut a0, mut a1, mut b0, mut b1) = (z, z, z, z);
+            let mut acc = [[z; 2]; 4];
+            let mut w = wp;
             let mut i = 0;
-            while i + 4 <= k {
+            macro_rules! two {
+                ($xv:expr, $l:literal, $m:literal, $a:literal, $b:literal) => {
+                    let [w0, w1, w2, w3] = ld1x4_post(&mut w);
+                    acc[$a][0] = vfmaq_laneq_f32::<$l>(acc[$a][0], w0, $xv);
+                    acc[$a][1] = vfmaq_laneq_f32::<$l>(acc[$a][1], w1, $xv);
+                    acc[$b][0] = vfmaq_laneq_f32::<$m>(acc[$b][0], w2, $xv);
+                    acc[$b][1] = vfmaq_laneq_f32::<$m>(acc[$b][1], w3, $xv);
+                };
+            }
+            while i + 8 <= k {
+                let xv = vld1q_f32_x2(x.add(i));
+                two!(xv.0, 0, 1, 0, 1);
+                two!(xv.0, 2, 3, 2, 3);
+                two!(xv.1, 0, 1, 0, 1);
+                two!(xv.1, 2, 3, 2, 3);
+                i += 8;
+            }
+            if i + 4 <= k {
                 let xv = vld1q_f32(x.add(i));
-                let w = wp.add(i * NR);
-                a0 = vfmaq_laneq_f32::<0>(a0, vld1q_f32(w), xv);
-                a1 = vfmaq_laneq_f32::<0>(a1, vld1q_f32(w.add(4)), xv);
-                b0 = vfmaq_laneq_f32::<1>(b0, vld1q_f32(w.add(8)), xv);
-                b1 = vfmaq_laneq_f32::<1>(b1, vld1q_f32(w.add(12)), xv);
-                a0 = vfmaq_laneq_f32::<2>(a0, vld1q_f32(w.add(16)), xv);
-                a1 = vfmaq_laneq_f32::<2>(a1, vld1q_f32(w.add(20)), xv);
-                b0 = vfmaq_laneq_f32::<3>(b0, vld1q_f32(w.add(24)), xv);
-                b1 = vfmaq_laneq_f32::<3>(b1, vld1q_f32(w.add(28)), xv);
+                two!(xv, 0, 1, 0, 1);
+                two!(xv, 2, 3, 2, 3);
                 i += 4;
             }
             while i < k {
                 let xs = *x.add(i);
-                a0 = vfmaq_n_f32(a0, vld1q_f32(wp.add(i * NR)), xs);
-                a1 = vfmaq_n_f32(a1, vld1q_f32(wp.add(i * NR + 4)), xs);
+                acc[0][0] = vfmaq_n_f32(acc[0][0], vld1q_f32(w), xs);
+                acc[0][1] = vfmaq_n_f32(acc[0][1], vld1q_f32(w.add(4)), xs);
+                w = w.add(NR);
                 i += 1;
             }
-            (vaddq_f32(a0, b0), vaddq_f32(a1, b1))
+            let lo = vaddq_f32(
+                vaddq_f32(acc[0][0], acc[1][0]),
+                vaddq_f32(acc[2][0], acc[3][0]),
+            );
+            let hi = vaddq_f32(
+                vaddq_f32(acc[0][1], acc[1][1]),
+                vaddq_f32(acc[2][1], acc[3][1]),
+            );
+            (lo, hi)
         }
     }
 }

@@ -111,6 +111,106 @@ pub(crate) mod neon_util {
     use super::Activation;
     use core::arch::aarch64::*;
 
+    /// The 16 values at `*p` as four vectors from one `ld1 {v28-v31}` that advances `*p`
+    /// past them.
+    ///
+    /// LLVM splits `vld1q_f32_x4` into two `ldp`, and `ld1` of four registers has no
+    /// immediate offset, so it is written out with its post-increment: one load instruction
+    /// for four vectors where `ldp` takes two, and no separate pointer `add`. The fixed
+    /// registers are what the instruction's consecutive-register list needs.
+    ///
+    /// # Safety
+    /// `*p` points at 16 readable `f32`.
+    #[inline(always)]
+    pub(crate) unsafe fn ld1x4_post(p: &mut *const f32) -> [float32x4_t; 4] {
+        let (a, b, c, d): (float32x4_t, float32x4_t, float32x4_t, float32x4_t);
+        // SAFETY: the caller guarantees 64 readable bytes at *p; the asm reads only those
+        // and writes only its outputs and the advanced pointer.
+        unsafe {
+            core::arch::asm!(
+                "ld1 {{v28.4s, v29.4s, v30.4s, v31.4s}}, [{p}], #64",
+                p = inout(reg) *p,
+                out("v28") a,
+                out("v29") b,
+                out("v30") c,
+                out("v31") d,
+                options(pure, readonly, nostack, preserves_flags),
+            );
+        }
+        [a, b, c, d]
+    }
+
+    /// [`ld1x4_post`] advancing `*p` by `step` values instead of 16 (`step >= 16` for
+    /// rows of a wider matrix, read one 16-value block per row).
+    ///
+    /// # Safety
+    /// `*p` points at 16 readable `f32`, and `*p + step` stays inside (or one past) the
+    /// same allocation.
+    #[inline(always)]
+    pub(crate) unsafe fn ld1x4_post_by(p: &mut *const f32, step: usize) -> [float32x4_t; 4] {
+        let (a, b, c, d): (float32x4_t, float32x4_t, float32x4_t, float32x4_t);
+        // SAFETY: as in `ld1x4_post`; the pointer advances by `step * 4` bytes.
+        unsafe {
+            core::arch::asm!(
+                "ld1 {{v28.4s, v29.4s, v30.4s, v31.4s}}, [{p}], {s}",
+                p = inout(reg) *p,
+                s = in(reg) step * 4,
+                out("v28") a,
+                out("v29") b,
+                out("v30") c,
+                out("v31") d,
+                options(pure, readonly, nostack, preserves_flags),
+            );
+        }
+        [a, b, c, d]
+    }
+
+    /// The 16 values at `p` as four vectors from one `ld1 {v28-v31}` ([`ld1x4_post`]
+    /// without the increment).
+    ///
+    /// # Safety
+    /// `p` points at 16 readable `f32`.
+    #[inline(always)]
+    pub(crate) unsafe fn ld1x4(p: *const f32) -> [float32x4_t; 4] {
+        let (a, b, c, d): (float32x4_t, float32x4_t, float32x4_t, float32x4_t);
+        // SAFETY: the caller guarantees 64 readable bytes at p; the asm reads only those.
+        unsafe {
+            core::arch::asm!(
+                "ld1 {{v28.4s, v29.4s, v30.4s, v31.4s}}, [{p}]",
+                p = in(reg) p,
+                out("v28") a,
+                out("v29") b,
+                out("v30") c,
+                out("v31") d,
+                options(pure, readonly, nostack, preserves_flags),
+            );
+        }
+        [a, b, c, d]
+    }
+
+    /// Stores four vectors to the 16 values at `*p` with one `st1 {v28-v31}` and advances
+    /// `*p` by `step` values (the store's counterpart of [`ld1x4_post_by`]).
+    ///
+    /// # Safety
+    /// `*p` points at 16 writable `f32` that nothing else references.
+    #[inline(always)]
+    pub(crate) unsafe fn st1x4_post_by(p: &mut *mut f32, v: [float32x4_t; 4], step: usize) {
+        // SAFETY: the caller guarantees 64 writable bytes at *p; the asm writes only those
+        // and advances the pointer by `step * 4` bytes.
+        unsafe {
+            core::arch::asm!(
+                "st1 {{v28.4s, v29.4s, v30.4s, v31.4s}}, [{p}], {s}",
+                p = inout(reg) *p,
+                s = in(reg) step * 4,
+                in("v28") v[0],
+                in("v29") v[1],
+                in("v30") v[2],
+                in("v31") v[3],
+                options(nostack, preserves_flags),
+            );
+        }
+    }
+
     /// Applies `act` to four lanes (hardswish as `v * hardsigmoid(v)`).
     #[inline(always)]
     pub(crate) fn activate(act: Activation, v: float32x4_t) -> float32x4_t {

@@ -124,7 +124,7 @@ fn tile<const R: usize>(c: &Operands<'_>, p0: usize, out: &mut [f32]) {
 /// the zero-padded panel and store only `n % 8` lanes.
 #[cfg(target_arch = "aarch64")]
 pub mod neon {
-    use super::super::neon_util::activate;
+    use super::super::neon_util::{activate, ld1x4_post};
     use super::super::{Activation, NR, PointwiseShape, packed_len};
     use core::arch::aarch64::*;
 
@@ -255,17 +255,14 @@ pub mod neon {
             // SAFETY: the caller guarantees the extents documented above;
             // panel < n.div_ceil(8) keeps weight and bias reads in bounds.
             unsafe {
+                let mut t = [0.0f32; NR];
                 let b = if width == NR {
-                    [
-                        vld1q_f32(bias.as_ptr().add(j0)),
-                        vld1q_f32(bias.as_ptr().add(j0 + 4)),
-                    ]
+                    bias.as_ptr().add(j0)
                 } else {
-                    let mut t = [0.0f32; NR];
                     for (c, v) in t.iter_mut().enumerate().take(width) {
                         *v = bias[j0 + c];
                     }
-                    [vld1q_f32(t.as_ptr()), vld1q_f32(t.as_ptr().add(4))]
+                    t.as_ptr()
                 };
                 let acc = gemm_tile::<R>(input.add(p0 * k), k, w.add(panel * k * NR), b);
                 let at = p0 * n + j0;
@@ -282,97 +279,146 @@ pub mod neon {
     ///
     /// # Safety
     /// `a` points at `R` rows of `k` values (row stride `k`); `wp` at a packed
-    /// panel of `k * 8` values.
+    /// panel of `k * 8` values; `b` at the panel's 8 biases.
     #[inline(always)]
     unsafe fn gemm_tile<const R: usize>(
         a: *const f32,
         k: usize,
         wp: *const f32,
-        b: [float32x4_t; 2],
+        b: *const f32,
     ) -> [[float32x4_t; 2]; R] {
-        let mut acc = [b; R];
+        // Each accumulator pair loads the biases itself: one `ldp` per pixel, where copying
+        // one loaded pair takes two `mov`.
+        // SAFETY: `b` points at 8 readable values (the contract).
+        let mut acc: [[float32x4_t; 2]; R] = core::array::from_fn(|_| unsafe { ldp_fresh(b) });
         // SAFETY: each row pointer advances through its own k values and the
         // weight pointer through the panel's k * 8; the loops stop at k.
         unsafe {
             let mut rows = [a; R];
-            for (r, p) in rows.iter_mut().enumerate() {
-                *p = opaque(a.add(r * k));
+            // Short rows (the tile's R rows within the 1008 bytes an `ldp` offset reaches):
+            // one pointer for the whole tile, each row at a constant offset from it, so no
+            // per-row pointers to set up per panel (MobileNetV3's expansions from 16 and 24
+            // channels). Longer rows keep a post-incremented pointer each (`opaque`).
+            let short = R * k * 4 <= 1008;
+            if !short {
+                for (r, p) in rows.iter_mut().enumerate() {
+                    *p = opaque(a.add(r * k));
+                }
             }
+            let mut base = a;
             let mut wp = wp;
             let mut i = 0;
             if R <= 7 {
                 // Eight input channels per row and step: each row's two vectors come from
                 // one load instruction, and the loop's bookkeeping is shared by 8 steps (7
-                // rows: 14 input, 14 accumulator and 2 weight registers of the 32).
+                // rows: 14 input, 14 accumulator and 4 weight registers of the 32).
                 while i + 8 <= k {
                     let mut av = [vdupq_n_f32(0.0); R];
                     let mut bv = [vdupq_n_f32(0.0); R];
                     for r in 0..R {
-                        let v = vld1q_f32_x2(rows[r]);
+                        let v = if short {
+                            vld1q_f32_x2(base.add(r * k))
+                        } else {
+                            let v = vld1q_f32_x2(rows[r]);
+                            rows[r] = opaque(rows[r].add(8));
+                            v
+                        };
                         (av[r], bv[r]) = (v.0, v.1);
-                        rows[r] = opaque(rows[r].add(8));
                     }
-                    macro_rules! step {
-                        ($x:ident, $l:literal, $o:literal) => {
-                            let w0 = vld1q_f32(wp.add(($o + $l) * NR));
-                            let w1 = vld1q_f32(wp.add(($o + $l) * NR + 4));
+                    base = base.add(8);
+                    // Two input channels' weight rows (16 values) per load instruction,
+                    // which also advances `wp`: 4 `ld1` instead of 8 `ldp` and an `add`.
+                    macro_rules! step2 {
+                        ($x:ident, $l:literal, $m:literal) => {
+                            let [w0, w1, w2, w3] = ld1x4_post(&mut wp);
                             for r in 0..R {
                                 acc[r][0] = vfmaq_laneq_f32::<$l>(acc[r][0], w0, $x[r]);
                                 acc[r][1] = vfmaq_laneq_f32::<$l>(acc[r][1], w1, $x[r]);
                             }
+                            for r in 0..R {
+                                acc[r][0] = vfmaq_laneq_f32::<$m>(acc[r][0], w2, $x[r]);
+                                acc[r][1] = vfmaq_laneq_f32::<$m>(acc[r][1], w3, $x[r]);
+                            }
                         };
                     }
-                    step!(av, 0, 0);
-                    step!(av, 1, 0);
-                    step!(av, 2, 0);
-                    step!(av, 3, 0);
-                    step!(bv, 0, 4);
-                    step!(bv, 1, 4);
-                    step!(bv, 2, 4);
-                    step!(bv, 3, 4);
-                    wp = wp.add(8 * NR);
+                    step2!(av, 0, 1);
+                    step2!(av, 2, 3);
+                    step2!(bv, 0, 1);
+                    step2!(bv, 2, 3);
                     i += 8;
                 }
             }
             while i + 4 <= k {
                 let mut av = [vdupq_n_f32(0.0); R];
                 for r in 0..R {
-                    av[r] = vld1q_f32(rows[r]);
-                    // Opaque per step too, or LLVM hoists a shared offset
-                    // out of the loop and pays an add per row pointer.
-                    rows[r] = opaque(rows[r].add(4));
+                    if short {
+                        av[r] = vld1q_f32(base.add(r * k));
+                    } else {
+                        av[r] = vld1q_f32(rows[r]);
+                        // Opaque per step too, or LLVM hoists a shared offset
+                        // out of the loop and pays an add per row pointer.
+                        rows[r] = opaque(rows[r].add(4));
+                    }
                 }
-                macro_rules! step {
-                    ($l:literal) => {
-                        let w0 = vld1q_f32(wp.add($l * NR));
-                        let w1 = vld1q_f32(wp.add($l * NR + 4));
+                base = base.add(4);
+                macro_rules! step2 {
+                    ($l:literal, $m:literal) => {
+                        let [w0, w1, w2, w3] = ld1x4_post(&mut wp);
                         for r in 0..R {
                             acc[r][0] = vfmaq_laneq_f32::<$l>(acc[r][0], w0, av[r]);
                             acc[r][1] = vfmaq_laneq_f32::<$l>(acc[r][1], w1, av[r]);
                         }
+                        for r in 0..R {
+                            acc[r][0] = vfmaq_laneq_f32::<$m>(acc[r][0], w2, av[r]);
+                            acc[r][1] = vfmaq_laneq_f32::<$m>(acc[r][1], w3, av[r]);
+                        }
                     };
                 }
-                step!(0);
-                step!(1);
-                step!(2);
-                step!(3);
-                wp = wp.add(4 * NR);
+                step2!(0, 1);
+                step2!(2, 3);
                 i += 4;
             }
             while i < k {
                 let w0 = vld1q_f32(wp);
                 let w1 = vld1q_f32(wp.add(4));
                 for r in 0..R {
-                    let x = *rows[r];
-                    rows[r] = rows[r].add(1);
+                    let x = if short {
+                        *base.add(r * k)
+                    } else {
+                        let x = *rows[r];
+                        rows[r] = rows[r].add(1);
+                        x
+                    };
                     acc[r][0] = vfmaq_n_f32(acc[r][0], w0, x);
                     acc[r][1] = vfmaq_n_f32(acc[r][1], w1, x);
                 }
+                base = base.add(1);
                 wp = wp.add(NR);
                 i += 1;
             }
         }
         acc
+    }
+
+    /// The 8 values at `p` as two vectors from one `ldp`, loaded anew at every call: the
+    /// asm is not `pure`, so LLVM neither merges two calls nor hoists one out of a loop.
+    ///
+    /// # Safety
+    /// `p` points at 8 readable `f32`.
+    #[inline(always)]
+    unsafe fn ldp_fresh(p: *const f32) -> [float32x4_t; 2] {
+        let (a, b): (float32x4_t, float32x4_t);
+        // SAFETY: the caller guarantees 32 readable bytes at p; the asm reads only those.
+        unsafe {
+            core::arch::asm!(
+                "ldp {a:q}, {b:q}, [{p}]",
+                p = in(reg) p,
+                a = out(vreg) a,
+                b = out(vreg) b,
+                options(readonly, nostack, preserves_flags),
+            );
+        }
+        [a, b]
     }
 
     /// Returns `p` unchanged, hidden from LLVM's loop strength reduction.

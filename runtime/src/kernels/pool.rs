@@ -31,6 +31,7 @@ pub fn portable(input: &[f32], hw: usize, c: usize, out: &mut [f32]) {
 /// accumulators while the pixels stream past.
 #[cfg(target_arch = "aarch64")]
 pub mod neon {
+    use super::super::neon_util::ld1x4_post_by;
     use core::arch::aarch64::*;
 
     /// NEON global average pool with the contract of [`super::portable`].
@@ -54,9 +55,12 @@ pub mod neon {
             let z = vdupq_n_f32(0.0);
             while cb + 16 <= c {
                 let mut acc = [z; 4];
-                for px in 0..hw {
-                    for (j, a) in acc.iter_mut().enumerate() {
-                        *a = vaddq_f32(*a, vld1q_f32(x.add(px * c + cb + 4 * j)));
+                // One `ld1` of the block's four vectors per pixel, stepping to the next.
+                let mut p = x.add(cb);
+                for _ in 0..hw {
+                    let v = ld1x4_post_by(&mut p, c);
+                    for (a, v) in acc.iter_mut().zip(v) {
+                        *a = vaddq_f32(*a, v);
                     }
                 }
                 for (j, a) in acc.iter().enumerate() {

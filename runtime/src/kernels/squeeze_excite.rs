@@ -84,7 +84,7 @@ fn scale_channels(x: &mut [f32], c: usize, gates: &[f32]) {
 /// each gate vector in a register while the pixels stream past.
 #[cfg(target_arch = "aarch64")]
 pub mod neon {
-    use super::super::neon_util::hardsigmoid;
+    use super::super::neon_util::{hardsigmoid, ld1x4, st1x4_post_by};
     use super::super::{Activation, SeShape, linear, pool};
     use core::arch::aarch64::*;
 
@@ -121,10 +121,22 @@ pub mod neon {
         let gates = pooled;
         linear::neon::linear(hidden, csq, c, w2, b2, Activation::None, gates);
         let mut cb = 0;
-        // SAFETY: cb + 4 <= c keeps gate accesses below c and pixel accesses
-        // px * c + cb + 3 below hw * c (asserted above).
+        // SAFETY: cb + 16 (or cb + 4) <= c keeps gate accesses below c and pixel accesses
+        // px * c + cb + 15 (or + 3) below hw * c (asserted above).
         unsafe {
             let xp = x.as_mut_ptr();
+            while cb + 16 <= c {
+                // 16 channels per pass: each pixel's block is one `ld1` and one `st1`.
+                let g: [float32x4_t; 4] = core::array::from_fn(|j| {
+                    hardsigmoid(vld1q_f32(gates.as_ptr().add(cb + 4 * j)))
+                });
+                let mut p = xp.add(cb);
+                for _ in 0..hw {
+                    let v = ld1x4(p);
+                    st1x4_post_by(&mut p, core::array::from_fn(|j| vmulq_f32(v[j], g[j])), c);
+                }
+                cb += 16;
+            }
             while cb + 4 <= c {
                 let g = hardsigmoid(vld1q_f32(gates.as_ptr().add(cb)));
                 for px in 0..hw {
