@@ -143,3 +143,24 @@ fn unsupported_conv_is_named() {
     assert!(matches!(e, CodegenError::Unsupported { .. }), "{e}");
     assert!(e.to_string().contains(&name), "{e}");
 }
+
+#[test]
+fn run_hands_an_f32_input_to_the_stem_without_copying() {
+    let m = SyntheticSpec::tiny(2).build().unwrap();
+    let g = generate(&m, &GenOptions::default()).unwrap();
+    let run = &g.code[g.code.find("pub fn run(").expect("a run function")..];
+    let run = &run[..run.find("\n}").expect("run's end")];
+    assert!(
+        run.contains("forward_from(arena, ::core::option::Option::Some(&input[..]))"),
+        "{run}"
+    );
+    assert!(!run.contains("copy_from_slice"), "{run}");
+    // Only the stem reads the model input, so only it takes `input`.
+    assert_eq!(
+        g.code
+            .matches("input: ::core::option::Option<&[f32]>")
+            .count(),
+        2,
+        "the stem layer and forward_from"
+    );
+}

@@ -86,6 +86,13 @@ pub(crate) fn generate(
     let live = plan_memory((&g.input.name, input_len), &steps, &g.output, ARENA_ALIGN);
     let plan = &live.plan;
 
+    // `run` hands its input straight to the layers that read it, instead of copying it into
+    // the arena first, unless a layer writes into the input's buffer (in place, or as a
+    // copy's destination): a caller's input is never written.
+    let direct = live
+        .steps
+        .iter()
+        .all(|s| s.output != live.input && s.copy_from != Some(live.input));
     let mut blob: Vec<f32> = Vec::new();
     let mut layer_fns = TokenStream::new();
     let mut calls = TokenStream::new();
@@ -106,12 +113,17 @@ pub(crate) fn generate(
         wanted.extend(step.scratch);
         wanted.extend(step.copy_from);
         let (split, names) = split_arena(plan, &live.buffers, &wanted);
+        let reads_input = direct && step.inputs.contains(&live.input);
         let inputs: Vec<TokenStream> = step
             .inputs
             .iter()
             .map(|b| {
                 let n = &names[b];
-                quote!(&*#n)
+                if reads_input && *b == live.input {
+                    quote!(input.unwrap_or(&*#n))
+                } else {
+                    quote!(&*#n)
+                }
             })
             .collect();
         let out = &names[&step.output];
@@ -144,16 +156,31 @@ pub(crate) fn generate(
             node.output_len(),
             plan.offsets[step.output]
         );
-        layer_fns.extend(quote! {
-            #[doc = #doc]
-            #[inline(never)]
-            fn #fn_name(arena: &mut [f32; ARENA_LEN], #w_param: &[f32]) {
-                #split
-                #copy
-                #call
-            }
-        });
-        calls.extend(quote!(#fn_name(arena, w);));
+        if reads_input {
+            layer_fns.extend(quote! {
+                #[doc = #doc]
+                #[doc = ""]
+                #[doc = "Reads the model input from `input` if given, else from the arena."]
+                #[inline(never)]
+                fn #fn_name(arena: &mut [f32; ARENA_LEN], #w_param: &[f32], input: ::core::option::Option<&[f32]>) {
+                    #split
+                    #copy
+                    #call
+                }
+            });
+            calls.extend(quote!(#fn_name(arena, w, input);));
+        } else {
+            layer_fns.extend(quote! {
+                #[doc = #doc]
+                #[inline(never)]
+                fn #fn_name(arena: &mut [f32; ARENA_LEN], #w_param: &[f32]) {
+                    #split
+                    #copy
+                    #call
+                }
+            });
+            calls.extend(quote!(#fn_name(arena, w);));
+        }
         layers.push(LayerReport {
             name: node.name().to_owned(),
             kernel: node.kernel(),
@@ -177,7 +204,11 @@ pub(crate) fn generate(
         peak_live_len: plan.peak_live,
         input_offset: plan.offsets[live.input],
         output_offset: plan.offsets[live.output],
-        input: InputForm::F32,
+        input: if direct {
+            InputForm::F32Direct
+        } else {
+            InputForm::F32
+        },
         weight_ty: quote!(f32),
         weights_len: blob.len(),
         weights_len_doc: "Length of the embedded weights in `f32`, packed for the kernels.",
@@ -219,6 +250,10 @@ pub(super) fn runtime_path(opts: &GenOptions) -> Result<TokenStream, CodegenErro
 pub(super) enum InputForm {
     /// The normalized `f32` input itself.
     F32,
+    /// The normalized `f32` input itself, which `run` does not copy: it passes its input to
+    /// the layers that read it (their functions take `input: Option<&[f32]>`, and `forward`
+    /// passes `None`: the input in the arena).
+    F32Direct,
     /// Its int8 quantization (`kernels::int8::quantize_one` with these
     /// parameters), written straight by the caller: the `f32` image never
     /// takes arena space.
@@ -237,7 +272,7 @@ impl InputForm {
         let input_mut_doc = "The model input region of the arena, for writing a preprocessed \
                              image into (the values through [`input_values`]).";
         match *self {
-            InputForm::F32 => (
+            InputForm::F32 | InputForm::F32Direct => (
                 quote! {
                     /// The element type of the model input in the arena.
                     pub type InputElem = f32;
@@ -387,6 +422,41 @@ impl Module<'_> {
         });
         let weights_doc = format!("The embedded weights as `{weight_ty}`, without copying.");
         let (input_items, write_input) = input.tokens(rt);
+        let run_body = if matches!(input, InputForm::F32Direct) {
+            quote! {
+                forward_from(arena, ::core::option::Option::Some(&input[..]));
+                logits(arena)
+            }
+        } else {
+            quote! {
+                #write_input
+                forward(arena);
+                logits(arena)
+            }
+        };
+        let forward_fns = if matches!(input, InputForm::F32Direct) {
+            quote! {
+                #[doc = #forward_doc]
+                pub fn forward(arena: &mut [f32; ARENA_LEN]) {
+                    forward_from(arena, ::core::option::Option::None);
+                }
+
+                /// [`forward`] with the model input read from `input` when given (`run`'s
+                /// input, not copied), else from the arena.
+                fn forward_from(arena: &mut [f32; ARENA_LEN], input: ::core::option::Option<&[f32]>) {
+                    let w = weights();
+                    #calls
+                }
+            }
+        } else {
+            quote! {
+                #[doc = #forward_doc]
+                pub fn forward(arena: &mut [f32; ARENA_LEN]) {
+                    let w = weights();
+                    #calls
+                }
+            }
+        };
         let tokens = quote! {
             #[cfg(target_endian = "big")]
             ::core::compile_error!("the embedded weights are little-endian");
@@ -419,11 +489,7 @@ impl Module<'_> {
 
             #layer_fns
 
-            #[doc = #forward_doc]
-            pub fn forward(arena: &mut [f32; ARENA_LEN]) {
-                let w = weights();
-                #calls
-            }
+            #forward_fns
 
             /// The logits left in the arena by [`forward`].
             pub fn logits(arena: &[f32; ARENA_LEN]) -> [f32; NUM_CLASSES] {
@@ -436,9 +502,7 @@ impl Module<'_> {
 
             /// Runs the network on `input` (planar CHW, normalized) and returns the logits.
             pub fn run(input: &[f32; INPUT_LEN], arena: &mut [f32; ARENA_LEN]) -> [f32; NUM_CLASSES] {
-                #write_input
-                forward(arena);
-                logits(arena)
+                #run_body
             }
         };
         let file: syn::File =
