@@ -115,10 +115,10 @@ fn tile<const R: usize>(c: &Operands<'_>, p0: usize, out: &mut [f32]) {
 ///
 /// Register tile: 8 pixels x 8 output channels = 16 `float32x4_t`
 /// accumulators. Each step loads four input channels of every pixel (8
-/// registers, post-incremented row pointers) and, per input channel, one
-/// packed weight row (2 registers, one `ldp`), then issues 16
-/// `fmla v.4s, v.4s, v.s[lane]`: 64 FMAs per 12 loads, with 26 of the 32
-/// vector registers live. The activation and the residual add are compile-time
+/// registers, post-incremented row pointers) and, per two input channels, two
+/// packed weight rows (4 registers, one `ld1`), then issues 16
+/// `fmla v.4s, v.4s, v.s[lane]` per channel: 64 FMAs per 10 loads, with 28 of
+/// the 32 vector registers live; 7-pixel tiles step 8 channels at a time. The activation and the residual add are compile-time
 /// parameters of the tile, so the epilogue is straight-line code on the
 /// accumulators. Pixel tails use 4- and 1-pixel tiles; channel tails compute
 /// the zero-padded panel and store only `n % 8` lanes.
