@@ -20,6 +20,10 @@
 //! Int8 requantization (the one `i32` to `i8` rounding rule every int8
 //! kernel follows) lives in [`requant`](mod@requant).
 //!
+//! The convolution and squeeze-excite kernels, `f32` and int8, take their
+//! dimensions as one `Copy` value from [`shape`](mod@shape), which each
+//! generated layer declares as a `const`.
+//!
 //! Kernels never allocate. Mismatched lengths are caught by `debug_assert!`
 //! in the portable kernels and by `assert!` in the NEON ones, whose raw
 //! pointer accesses rely on them.
