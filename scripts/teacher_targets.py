@@ -11,31 +11,17 @@ validation fold is never read, so a `tau` picked here is not tuned on it.
   python3 scripts/teacher_targets.py --index C/index.json --folds C/folds-k5-seed0.json \\
       --fold 2 --logits reports/oof-teachers/tl-oof-f2.safetensors --taus 0,0.5,1 --json out.json
 
-Needs numpy only (safetensors files are read directly).
+Needs numpy and safetensors (the cache index and split are read by oof_teachers.py's loaders).
 """
 import argparse
 import json
-import struct
+import sys
+from pathlib import Path
 
 import numpy as np
 
-
-def read_safetensors(path):
-    """The tensors of a safetensors file as numpy arrays (F32 and U8 only)."""
-    with open(path, "rb") as f:
-        (n,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(n))
-        data = f.read()
-    dtypes = {"F32": np.float32, "U8": np.uint8}
-    out = {}
-    for name, t in header.items():
-        if name == "__metadata__":
-            continue
-        if t["dtype"] not in dtypes:
-            raise SystemExit(f"{path}: tensor {name} has dtype {t['dtype']} (F32 or U8 expected)")
-        a, b = t["data_offsets"]
-        out[name] = np.frombuffer(data[a:b], dtype=dtypes[t["dtype"]]).reshape(t["shape"])
-    return out
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from oof_teachers import labels_groups, load_split  # noqa: E402
 
 
 def summarize(logits, labels, n_classes, taus, temperature):
@@ -72,14 +58,15 @@ def main():
     ap.add_argument("--temperature", type=float, default=3.0)
     ap.add_argument("--json", help="write the rows here")
     a = ap.parse_args()
-    index = json.load(open(a.index))
+    from safetensors.numpy import load_file
+
+    index, fold_of, k = load_split(Path(a.index), Path(a.folds))
+    if not 0 <= a.fold < k:
+        raise SystemExit(f"--fold {a.fold}: {a.folds} has {k} folds")
     classes = index["class_names"]
-    labels = np.array([s["label"] for s in index["samples"]])
-    folds = json.load(open(a.folds))["result"]["folds"]
-    if not 0 <= a.fold < len(folds):
-        raise SystemExit(f"--fold {a.fold}: {a.folds} has {len(folds)} folds")
-    train = np.array(folds[a.fold]["train"])
-    t = read_safetensors(a.logits)
+    labels, _ = labels_groups(index, len(index["samples"]))
+    train = np.flatnonzero(fold_of != a.fold)
+    t = load_file(a.logits)
     if t["logits"].shape != (len(labels), len(classes)):
         raise SystemExit(f"{a.logits}: logits {t['logits'].shape}, cache has {len(labels)} x {len(classes)}")
     if "present" in t and not t["present"][train].all():
