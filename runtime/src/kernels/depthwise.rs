@@ -134,9 +134,9 @@ pub mod neon {
             c,
             k,
             stride,
-            pad,
             oh,
             ow,
+            ..
         } = s;
         assert!(
             input.len() >= ih * iw * c,
@@ -152,17 +152,7 @@ pub mod neon {
             "depthwise: out shorter than oh * ow * c"
         );
         assert!(stride > 0, "depthwise: stride 0");
-        let g = Geom {
-            ih,
-            iw,
-            c,
-            k,
-            stride,
-            pad,
-            oh,
-            ow,
-            act,
-        };
+        let g = Geom { s, act };
         match (k, stride) {
             (3, 1) => rows::<3, 1>(input, w, bias, &g, out),
             (3, 2) => rows::<3, 2>(input, w, bias, &g, out),
@@ -178,16 +168,9 @@ pub mod neon {
         }
     }
 
-    /// Shape of one depthwise layer.
+    /// One call's shape and activation.
     struct Geom {
-        ih: usize,
-        iw: usize,
-        c: usize,
-        k: usize,
-        stride: usize,
-        pad: usize,
-        oh: usize,
-        ow: usize,
+        s: DepthwiseShape,
         act: Activation,
     }
 
@@ -210,20 +193,20 @@ pub mod neon {
         g: &Geom,
         out: &mut [f32],
     ) {
-        let c = g.c;
+        let c = g.s.c;
         let c4 = c - c % 4;
-        if g.pad > 2 {
+        if g.s.pad > 2 {
             // Wider padding than the groups take (MobileNets pad 1 or 2): pixel by pixel.
-            for oy in 0..g.oh {
-                for ox in 0..g.ow {
+            for oy in 0..g.s.oh {
+                for ox in 0..g.s.ow {
                     pixel(input, w, bias, g, oy, ox, 0, out);
                 }
             }
             return;
         }
         let plan = RowPlan::new::<K, S>(g);
-        for oy in 0..g.oh {
-            let (ky0, ky1) = tap_range(oy, S, g.pad, K, g.ih);
+        for oy in 0..g.s.oh {
+            let (ky0, ky1) = tap_range(oy, S, g.s.pad, K, g.s.ih);
             let mut cb = 0;
             while cb < c4 {
                 // SAFETY: cb + 4 <= c bounds the bias read and, for 3x3 kernels, the
@@ -260,7 +243,7 @@ pub mod neon {
                 cb += 4;
             }
             if c4 < c {
-                for ox in 0..g.ow {
+                for ox in 0..g.s.ow {
                     pixel(input, w, bias, g, oy, ox, c4, out);
                 }
             }
@@ -293,7 +276,7 @@ pub mod neon {
         /// input: it holds at least the first `ceil(pad / S)` pixels).
         #[inline(always)]
         fn new<const K: usize, const S: usize>(g: &Geom) -> Self {
-            let (ow, iw, pad) = (g.ow, g.iw, g.pad);
+            let (ow, iw, pad) = (g.s.ow, g.s.iw, g.s.pad);
             let n = GROUP;
             // Pixels ox < ox_hi have no window column past the input.
             let (_, ox_hi) = super::inside_range(ow, S, pad, K, iw);
@@ -430,7 +413,7 @@ pub mod neon {
         ox: usize,
     ) {
         let g = at.g;
-        let c = g.c;
+        let c = g.s.c;
         let cols = (PX - 1) * S + K;
         debug_assert!(
             cols <= 19,
@@ -442,15 +425,15 @@ pub mod neon {
             let mut acc = [at.bv; PX];
             // Column j of kernel row ky is input (oy * S - pad + ky, ox * S - pad + j);
             // `base` is its column 0 offset by +pad so that it is never negative.
-            let col = (ox * S + LEAD) as isize - g.pad as isize;
+            let col = (ox * S + LEAD) as isize - g.s.pad as isize;
             // Kernel row ky's taps into the accumulators.
             let mut row_taps = |ky: usize, wr: &[float32x4_t; K]| {
-                let iy = at.oy * S + ky - g.pad;
+                let iy = at.oy * S + ky - g.s.pad;
                 // Column LEAD of this kernel row: inside the input (the contract).
                 let row = at
                     .input
                     .as_ptr()
-                    .add((iy * g.iw) * c + at.cb)
+                    .add((iy * g.s.iw) * c + at.cb)
                     .offset(col * c as isize);
                 // Columns LEAD..cols - TRAIL, written out (at most 19: 8 pixels, stride 2,
                 // 5x5) so that every one is straight-line code with constant indices: as a
@@ -493,7 +476,7 @@ pub mod neon {
                     row_taps(ky, &wr);
                 }
             }
-            let o = at.out.add((at.oy * g.ow + ox) * c + at.cb);
+            let o = at.out.add((at.oy * g.s.ow + ox) * c + at.cb);
             for (px, a) in acc.iter().enumerate() {
                 vst1q_f32(o.add(px * c), activate(g.act, *a));
             }
@@ -513,23 +496,23 @@ pub mod neon {
         cb: usize,
         out: *mut f32,
     ) {
-        let (c, k) = (g.c, g.k);
-        let (ky0, ky1) = tap_range(oy, g.stride, g.pad, k, g.ih);
-        let (kx0, kx1) = tap_range(ox, g.stride, g.pad, k, g.iw);
+        let (c, k) = (g.s.c, g.s.k);
+        let (ky0, ky1) = tap_range(oy, g.s.stride, g.s.pad, k, g.s.ih);
+        let (kx0, kx1) = tap_range(ox, g.s.stride, g.s.pad, k, g.s.iw);
         // SAFETY: tap_range keeps iy < ih and ix < iw; cb + 4 <= c; weights
         // below k * k * c; the output pixel (oy, ox) is below oh * ow, inside
         // the asserted output length.
         unsafe {
             let mut acc = vld1q_f32(bias.as_ptr().add(cb));
             for ky in ky0..ky1 {
-                let iy = oy * g.stride + ky - g.pad;
+                let iy = oy * g.s.stride + ky - g.s.pad;
                 for kx in kx0..kx1 {
-                    let ix = ox * g.stride + kx - g.pad;
-                    let x = vld1q_f32(input.as_ptr().add((iy * g.iw + ix) * c + cb));
+                    let ix = ox * g.s.stride + kx - g.s.pad;
+                    let x = vld1q_f32(input.as_ptr().add((iy * g.s.iw + ix) * c + cb));
                     acc = vfmaq_f32(acc, x, vld1q_f32(w.as_ptr().add((ky * k + kx) * c + cb)));
                 }
             }
-            vst1q_f32(out.add((oy * g.ow + ox) * c + cb), activate(g.act, acc));
+            vst1q_f32(out.add((oy * g.s.ow + ox) * c + cb), activate(g.act, acc));
         }
     }
 
@@ -546,7 +529,7 @@ pub mod neon {
         c0: usize,
         out: &mut [f32],
     ) {
-        let (c, k) = (g.c, g.k);
+        let (c, k) = (g.s.c, g.s.k);
         let mut cb = c0;
         while cb + 4 <= c {
             pixel_block(input, w, bias, g, oy, ox, cb, out.as_mut_ptr());
@@ -555,18 +538,18 @@ pub mod neon {
         if cb == c {
             return;
         }
-        let (ky0, ky1) = tap_range(oy, g.stride, g.pad, k, g.ih);
-        let (kx0, kx1) = tap_range(ox, g.stride, g.pad, k, g.iw);
+        let (ky0, ky1) = tap_range(oy, g.s.stride, g.s.pad, k, g.s.ih);
+        let (kx0, kx1) = tap_range(ox, g.s.stride, g.s.pad, k, g.s.iw);
         for ch in cb..c {
             let mut acc = bias[ch];
             for ky in ky0..ky1 {
-                let iy = oy * g.stride + ky - g.pad;
+                let iy = oy * g.s.stride + ky - g.s.pad;
                 for kx in kx0..kx1 {
-                    let ix = ox * g.stride + kx - g.pad;
-                    acc += input[(iy * g.iw + ix) * c + ch] * w[(ky * k + kx) * c + ch];
+                    let ix = ox * g.s.stride + kx - g.s.pad;
+                    acc += input[(iy * g.s.iw + ix) * c + ch] * w[(ky * k + kx) * c + ch];
                 }
             }
-            out[(oy * g.ow + ox) * c + ch] = g.act.apply(acc);
+            out[(oy * g.s.ow + ox) * c + ch] = g.act.apply(acc);
         }
     }
 }

@@ -169,29 +169,6 @@ pub(crate) mod neon_util {
         [a, b, c, d]
     }
 
-    /// The 16 values at `p` as four vectors from one `ld1 {v28-v31}` ([`ld1x4_post`]
-    /// without the increment).
-    ///
-    /// # Safety
-    /// `p` points at 16 readable `f32`.
-    #[inline(always)]
-    pub(crate) unsafe fn ld1x4(p: *const f32) -> [float32x4_t; 4] {
-        let (a, b, c, d): (float32x4_t, float32x4_t, float32x4_t, float32x4_t);
-        // SAFETY: the caller guarantees 64 readable bytes at p; the asm reads only those.
-        unsafe {
-            core::arch::asm!(
-                "ld1 {{v28.4s, v29.4s, v30.4s, v31.4s}}, [{p}]",
-                p = in(reg) p,
-                out("v28") a,
-                out("v29") b,
-                out("v30") c,
-                out("v31") d,
-                options(pure, readonly, nostack, preserves_flags),
-            );
-        }
-        [a, b, c, d]
-    }
-
     /// Stores four vectors to the 16 values at `*p` with one `st1 {v28-v31}` and advances
     /// `*p` by `step` values (the store's counterpart of [`ld1x4_post_by`]).
     ///

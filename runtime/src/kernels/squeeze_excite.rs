@@ -84,7 +84,7 @@ fn scale_channels(x: &mut [f32], c: usize, gates: &[f32]) {
 /// each gate vector in a register while the pixels stream past.
 #[cfg(target_arch = "aarch64")]
 pub mod neon {
-    use super::super::neon_util::{hardsigmoid, ld1x4, st1x4_post_by};
+    use super::super::neon_util::{hardsigmoid, ld1x4_post_by, st1x4_post_by};
     use super::super::{Activation, SeShape, linear, pool};
     use core::arch::aarch64::*;
 
@@ -130,9 +130,10 @@ pub mod neon {
                 let g: [float32x4_t; 4] = core::array::from_fn(|j| {
                     hardsigmoid(vld1q_f32(gates.as_ptr().add(cb + 4 * j)))
                 });
-                let mut p = xp.add(cb);
+                // The loads and the stores walk the same pixels, each with its own pointer.
+                let (mut r, mut p) = (xp.add(cb).cast_const(), xp.add(cb));
                 for _ in 0..hw {
-                    let v = ld1x4(p);
+                    let v = ld1x4_post_by(&mut r, c);
                     st1x4_post_by(&mut p, core::array::from_fn(|j| vmulq_f32(v[j], g[j])), c);
                 }
                 cb += 16;
