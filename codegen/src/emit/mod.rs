@@ -156,31 +156,27 @@ pub(crate) fn generate(
             node.output_len(),
             plan.offsets[step.output]
         );
-        if reads_input {
-            layer_fns.extend(quote! {
-                #[doc = #doc]
-                #[doc = ""]
-                #[doc = "Reads the model input from `input` if given, else from the arena."]
-                #[inline(never)]
-                fn #fn_name(arena: &mut [f32; ARENA_LEN], #w_param: &[f32], input: ::core::option::Option<&[f32]>) {
-                    #split
-                    #copy
-                    #call
-                }
-            });
-            calls.extend(quote!(#fn_name(arena, w, input);));
+        // A layer that reads the model input takes `run`'s input too (see `direct`).
+        let (input_param, input_arg, input_doc) = if reads_input {
+            (
+                quote!(, input: ::core::option::Option<&[f32]>),
+                quote!(, input),
+                quote!(#[doc = ""] #[doc = "Reads the model input from `input` if given, else from the arena."]),
+            )
         } else {
-            layer_fns.extend(quote! {
-                #[doc = #doc]
-                #[inline(never)]
-                fn #fn_name(arena: &mut [f32; ARENA_LEN], #w_param: &[f32]) {
-                    #split
-                    #copy
-                    #call
-                }
-            });
-            calls.extend(quote!(#fn_name(arena, w);));
-        }
+            Default::default()
+        };
+        layer_fns.extend(quote! {
+            #[doc = #doc]
+            #input_doc
+            #[inline(never)]
+            fn #fn_name(arena: &mut [f32; ARENA_LEN], #w_param: &[f32] #input_param) {
+                #split
+                #copy
+                #call
+            }
+        });
+        calls.extend(quote!(#fn_name(arena, w #input_arg);));
         layers.push(LayerReport {
             name: node.name().to_owned(),
             kernel: node.kernel(),
@@ -422,40 +418,43 @@ impl Module<'_> {
         });
         let weights_doc = format!("The embedded weights as `{weight_ty}`, without copying.");
         let (input_items, write_input) = input.tokens(rt);
-        let run_body = if matches!(input, InputForm::F32Direct) {
-            quote! {
-                forward_from(arena, ::core::option::Option::Some(&input[..]));
-                logits(arena)
-            }
-        } else {
-            quote! {
-                #write_input
-                forward(arena);
-                logits(arena)
-            }
-        };
-        let forward_fns = if matches!(input, InputForm::F32Direct) {
-            quote! {
-                #[doc = #forward_doc]
-                pub fn forward(arena: &mut [f32; ARENA_LEN]) {
-                    forward_from(arena, ::core::option::Option::None);
-                }
+        // `run` and `forward`: with a direct input both go through `forward_from`, which
+        // hands the input (or `None`: the arena's) to the layers that read it.
+        let (run_body, forward_fns) = if matches!(input, InputForm::F32Direct) {
+            (
+                quote! {
+                    forward_from(arena, ::core::option::Option::Some(&input[..]));
+                    logits(arena)
+                },
+                quote! {
+                    #[doc = #forward_doc]
+                    pub fn forward(arena: &mut [f32; ARENA_LEN]) {
+                        forward_from(arena, ::core::option::Option::None);
+                    }
 
-                /// [`forward`] with the model input read from `input` when given (`run`'s
-                /// input, not copied), else from the arena.
-                fn forward_from(arena: &mut [f32; ARENA_LEN], input: ::core::option::Option<&[f32]>) {
-                    let w = weights();
-                    #calls
-                }
-            }
+                    /// [`forward`] with the model input read from `input` when given (`run`'s
+                    /// input, not copied), else from the arena.
+                    fn forward_from(arena: &mut [f32; ARENA_LEN], input: ::core::option::Option<&[f32]>) {
+                        let w = weights();
+                        #calls
+                    }
+                },
+            )
         } else {
-            quote! {
-                #[doc = #forward_doc]
-                pub fn forward(arena: &mut [f32; ARENA_LEN]) {
-                    let w = weights();
-                    #calls
-                }
-            }
+            (
+                quote! {
+                    #write_input
+                    forward(arena);
+                    logits(arena)
+                },
+                quote! {
+                    #[doc = #forward_doc]
+                    pub fn forward(arena: &mut [f32; ARENA_LEN]) {
+                        let w = weights();
+                        #calls
+                    }
+                },
+            )
         };
         let tokens = quote! {
             #[cfg(target_endian = "big")]
