@@ -61,6 +61,7 @@ fn main() {
         runtime_path: "crate".into(),
         weights: WeightsSource::OutDir("model_weights.bin".into()),
         fuse_residual: true,
+        fold_hardswish: true,
     };
     let g =
         generate(&model, &opts).unwrap_or_else(|e| fail(format!("{}: {e}", model_path.display())));
@@ -124,6 +125,9 @@ fn tiny_fixture(out: &Path) {
             runtime_path: "::derm_runtime".into(),
             weights: WeightsSource::OutDir(format!("{name}_weights.bin")),
             fuse_residual: fuse,
+            // The unfused variant also keeps plain hardswish, so both forms meet the golden
+            // logits.
+            fold_hardswish: fuse,
         };
         let g = generate(model, &opts).unwrap_or_else(|e| fail(format!("{name}: {e}")));
         write(&out.join(format!("{name}_model.rs")), g.code.as_bytes());

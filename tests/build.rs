@@ -58,6 +58,7 @@ fn build(out: &Path, name: &str, arch: Arch, head: Head, seed: i64) -> anyhow::R
             runtime_path: "::derm_runtime".into(),
             weights: WeightsSource::OutDir(format!("{name}_weights.bin")),
             fuse_residual: true,
+            fold_hardswish: true,
         },
     )?;
     write(&out.join(format!("{name}.rs")), g.code.as_bytes())?;

@@ -61,6 +61,9 @@ struct RustArgs {
     /// Keep residual adds as separate `add` kernels.
     #[arg(long)]
     no_fuse: bool,
+    /// Keep every hardswish as hardswish (no 1/6 folded into the weights that read it).
+    #[arg(long)]
+    no_fold_hardswish: bool,
 }
 
 #[derive(Debug, Args)]
@@ -117,6 +120,7 @@ fn generate_rust(args: RustArgs) -> Result<()> {
         runtime_path: args.runtime_path,
         weights: WeightsSource::Path(abs.to_string_lossy().into_owned()),
         fuse_residual: !args.no_fuse,
+        fold_hardswish: !args.no_fold_hardswish,
     };
     let g = generate(&model, &opts).with_context(|| format!("{}", model_path.display()))?;
     std::fs::write(&output, &g.code).with_context(|| format!("writing {}", output.display()))?;

@@ -39,13 +39,19 @@ impl Rng {
     }
 }
 
-const ACTS: [Activation; 3] = [Activation::None, Activation::Relu, Activation::Hardswish];
+const ACTS: [Activation; 4] = [
+    Activation::None,
+    Activation::Relu,
+    Activation::Hardswish,
+    Activation::Hardswish6,
+];
 
 fn act_f64(act: Activation, x: f64) -> f64 {
     match act {
         Activation::None => x,
         Activation::Relu => x.max(0.0),
         Activation::Hardswish => x * (x + 3.0).clamp(0.0, 6.0) / 6.0,
+        Activation::Hardswish6 => x * (x + 3.0).clamp(0.0, 6.0),
     }
 }
 
@@ -762,6 +768,9 @@ fn activations_at_breakpoints() {
     assert_eq!(kernels::hardswish(-3.0), 0.0);
     assert_eq!(kernels::hardswish(0.0), 0.0);
     assert_eq!(kernels::hardswish(3.0), 3.0);
+    assert_eq!(kernels::hardswish6(-3.0), 0.0);
+    assert_eq!(kernels::hardswish6(3.0), 18.0);
+    assert_eq!(kernels::hardswish6(-1.5), -2.25);
     assert_eq!(kernels::hardsigmoid(-3.0), 0.0);
     assert_eq!(kernels::hardsigmoid(0.0), 0.5);
     assert_eq!(kernels::hardsigmoid(3.0), 1.0);

@@ -3,8 +3,8 @@
 use proc_macro2::TokenStream;
 use quote::quote;
 
-use super::{Emit, NodeCodegen, act_tokens, lit};
-use crate::ir::{Conv2d, IrError, ModelFile};
+use super::{Emit, Fold, NodeCodegen, act_tokens, lit};
+use crate::ir::{Activation, Conv2d, IrError, ModelFile};
 
 /// `kernels::conv_stem`.
 pub(crate) struct ConvStem {
@@ -13,6 +13,8 @@ pub(crate) struct ConvStem {
     iw: usize,
     oh: usize,
     ow: usize,
+    /// Hardswish folding ([`super::scale`]); the model input is never scaled.
+    pub(crate) fold: Fold,
 }
 
 impl ConvStem {
@@ -36,6 +38,7 @@ impl ConvStem {
             iw: x[2],
             oh: y[1],
             ow: y[2],
+            fold: Fold::default(),
         })
     }
 }
@@ -67,6 +70,12 @@ impl NodeCodegen for ConvStem {
         let [kh, kw] = self.op.kernel;
         (self.output_len() * self.op.in_channels * kh * kw) as u64
     }
+    fn activation(&self) -> Option<Activation> {
+        Some(self.op.activation)
+    }
+    fn fold_mut(&mut self) -> Option<&mut Fold> {
+        Some(&mut self.fold)
+    }
     fn emit(&self, e: &Emit<'_>) -> TokenStream {
         let (rt, x, out) = (e.rt, &e.inputs[0], &e.output);
         let (w, b) = (&e.weights[0], &e.weights[1]);
@@ -84,7 +93,7 @@ impl NodeCodegen for ConvStem {
             lit(c.padding[0]),
         );
         let (oh, ow) = (lit(self.oh), lit(self.ow));
-        let act = act_tokens(rt, c.activation);
+        let act = act_tokens(rt, c.activation, self.fold);
         quote! {
             const SHAPE: #rt::kernels::ConvShape = #rt::kernels::ConvShape {
                 ih: #ih, iw: #iw, cin: #cin, cout: #cout, kh: #kh, kw: #kw,

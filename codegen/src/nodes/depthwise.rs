@@ -3,8 +3,8 @@
 use proc_macro2::TokenStream;
 use quote::quote;
 
-use super::{Emit, NodeCodegen, act_tokens, lit};
-use crate::ir::{Conv2d, IrError, ModelFile};
+use super::{Emit, Fold, NodeCodegen, act_tokens, lit};
+use crate::ir::{Activation, Conv2d, IrError, ModelFile};
 
 /// `kernels::depthwise`.
 pub(crate) struct Depthwise {
@@ -13,6 +13,8 @@ pub(crate) struct Depthwise {
     iw: usize,
     oh: usize,
     ow: usize,
+    /// Hardswish folding ([`super::scale`]).
+    pub(crate) fold: Fold,
 }
 
 impl Depthwise {
@@ -42,6 +44,7 @@ impl Depthwise {
             iw: x[2],
             oh: y[1],
             ow: y[2],
+            fold: Fold::default(),
         })
     }
 }
@@ -63,7 +66,7 @@ impl NodeCodegen for Depthwise {
         self.op.out_channels * self.oh * self.ow
     }
     fn weights(&self, model: &ModelFile) -> Result<Vec<Vec<f32>>, IrError> {
-        let w = model.tensor_f32(&self.op.weight)?;
+        let w = self.fold.scale_input_weights(model.tensor_f32(&self.op.weight)?);
         let c = self.op.out_channels;
         let k = self.op.kernel[0];
         let packed = super::depthwise_layout(&w, c, k);
@@ -72,6 +75,12 @@ impl NodeCodegen for Depthwise {
     fn macs(&self) -> u64 {
         (self.output_len() * self.op.kernel[0] * self.op.kernel[1]) as u64
     }
+    fn activation(&self) -> Option<Activation> {
+        Some(self.op.activation)
+    }
+    fn fold_mut(&mut self) -> Option<&mut Fold> {
+        Some(&mut self.fold)
+    }
     fn emit(&self, e: &Emit<'_>) -> TokenStream {
         let (rt, x, out) = (e.rt, &e.inputs[0], &e.output);
         let (w, b) = (&e.weights[0], &e.weights[1]);
@@ -79,7 +88,7 @@ impl NodeCodegen for Depthwise {
         let (ih, iw, ch) = (lit(self.ih), lit(self.iw), lit(c.out_channels));
         let (k, s, p) = (lit(c.kernel[0]), lit(c.stride[0]), lit(c.padding[0]));
         let (oh, ow) = (lit(self.oh), lit(self.ow));
-        let act = act_tokens(rt, c.activation);
+        let act = act_tokens(rt, c.activation, self.fold);
         quote! {
             const SHAPE: #rt::kernels::DepthwiseShape = #rt::kernels::DepthwiseShape {
                 ih: #ih, iw: #iw, c: #ch, k: #k, stride: #s, pad: #p, oh: #oh, ow: #ow,

@@ -50,11 +50,21 @@ pub(crate) trait NodeCodegen {
     fn macs(&self) -> u64;
     /// The kernel call.
     fn emit(&self, e: &Emit<'_>) -> TokenStream;
+    /// The fused activation, for nodes that have one.
+    fn activation(&self) -> Option<Activation> {
+        None
+    }
+    /// How the node takes part in hardswish folding ([`scale`]): `None` for nodes that
+    /// cannot read a scaled input (residual adds).
+    fn fold_mut(&mut self) -> Option<&mut Fold> {
+        None
+    }
 }
 
 macro_rules! nodes {
     ($($variant:ident => $module:ident :: $ty:ident),* $(,)?) => {
         $(pub(crate) mod $module;)*
+        pub(crate) mod scale;
 
         /// A lowered op: exactly one kernel call.
         pub(crate) enum Node {
@@ -67,6 +77,13 @@ macro_rules! nodes {
         impl Node {
             /// The node as its trait object.
             pub(crate) fn get(&self) -> &dyn NodeCodegen {
+                match self {
+                    $(Node::$variant(n) => n,)*
+                }
+            }
+
+            /// The node as its mutable trait object.
+            pub(crate) fn get_mut(&mut self) -> &mut dyn NodeCodegen {
                 match self {
                     $(Node::$variant(n) => n,)*
                 }
@@ -90,11 +107,43 @@ pub(crate) fn lit(n: usize) -> Literal {
     Literal::usize_unsuffixed(n)
 }
 
-/// The runtime's `Activation` variant.
-pub(crate) fn act_tokens(rt: &TokenStream, a: Activation) -> TokenStream {
+/// What [`scale::fold_hardswish`] decided for one node; the default changes nothing.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Fold {
+    /// The node's hardswish is emitted as `Hardswish6` (six times the op's output).
+    pub hardswish6: bool,
+    /// Factor on the weights that multiply the node's main input: 1/6 where that input is
+    /// a `Hardswish6` output (directly or through squeeze-excite and pooling), else 1.
+    pub input_scale: f32,
+}
+
+impl Default for Fold {
+    fn default() -> Self {
+        Self {
+            hardswish6: false,
+            input_scale: 1.0,
+        }
+    }
+}
+
+impl Fold {
+    /// `w` times [`Fold::input_scale`] (`w` itself when the scale is 1).
+    pub(crate) fn scale_input_weights(&self, mut w: Vec<f32>) -> Vec<f32> {
+        if self.input_scale != 1.0 {
+            w.iter_mut().for_each(|v| *v *= self.input_scale);
+        }
+        w
+    }
+}
+
+/// The runtime's `Activation` variant for `a` as `fold` emits it.
+pub(crate) fn act_tokens(rt: &TokenStream, a: Activation, fold: Fold) -> TokenStream {
     match a {
         Activation::None => quote!(#rt::kernels::Activation::None),
         Activation::Relu => quote!(#rt::kernels::Activation::Relu),
+        Activation::Hardswish if fold.hardswish6 => {
+            quote!(#rt::kernels::Activation::Hardswish6)
+        }
         Activation::Hardswish => quote!(#rt::kernels::Activation::Hardswish),
     }
 }
@@ -157,6 +206,7 @@ pub(crate) fn lower(
     model: &ModelFile,
     shapes: &ValueShapes,
     fuse_residual: bool,
+    fold_hardswish: bool,
 ) -> Result<Vec<Node>, CodegenError> {
     let g = &model.graph;
     let mut uses: std::collections::HashMap<&str, usize> = Default::default();
@@ -211,6 +261,9 @@ pub(crate) fn lower(
             }
         };
         nodes.push(node);
+    }
+    if fold_hardswish {
+        scale::fold_hardswish(&mut nodes, &g.output);
     }
     Ok(nodes)
 }

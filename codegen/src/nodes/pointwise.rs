@@ -3,8 +3,8 @@
 use proc_macro2::TokenStream;
 use quote::quote;
 
-use super::{Emit, NodeCodegen, act_tokens, lit, pack_panels};
-use crate::ir::{Conv2d, IrError, ModelFile};
+use super::{Emit, Fold, NodeCodegen, act_tokens, lit, pack_panels};
+use crate::ir::{Activation, Conv2d, IrError, ModelFile};
 
 /// `kernels::pointwise`.
 pub(crate) struct Pointwise {
@@ -14,6 +14,8 @@ pub(crate) struct Pointwise {
     pub(crate) residual: Option<String>,
     /// The value written: the conv's own output, or the fused add's.
     pub(crate) output: String,
+    /// Hardswish folding ([`super::scale`]).
+    pub(crate) fold: Fold,
 }
 
 impl Pointwise {
@@ -26,6 +28,7 @@ impl Pointwise {
             pixels: x[1] * x[2],
             residual: None,
             output: op.output.clone(),
+            fold: Fold::default(),
         })
     }
 }
@@ -49,7 +52,7 @@ impl NodeCodegen for Pointwise {
         self.pixels * self.op.out_channels
     }
     fn weights(&self, model: &ModelFile) -> Result<Vec<Vec<f32>>, IrError> {
-        let w = model.tensor_f32(&self.op.weight)?;
+        let w = self.fold.scale_input_weights(model.tensor_f32(&self.op.weight)?);
         Ok(vec![
             pack_panels(&w, self.op.out_channels, self.op.in_channels),
             model.tensor_f32(&self.op.bias)?,
@@ -57,6 +60,12 @@ impl NodeCodegen for Pointwise {
     }
     fn macs(&self) -> u64 {
         (self.pixels * self.op.in_channels * self.op.out_channels) as u64
+    }
+    fn activation(&self) -> Option<Activation> {
+        Some(self.op.activation)
+    }
+    fn fold_mut(&mut self) -> Option<&mut Fold> {
+        Some(&mut self.fold)
     }
     fn emit(&self, e: &Emit<'_>) -> TokenStream {
         let (rt, x, out) = (e.rt, &e.inputs[0], &e.output);
@@ -66,7 +75,7 @@ impl NodeCodegen for Pointwise {
             lit(self.op.in_channels),
             lit(self.op.out_channels),
         );
-        let act = act_tokens(rt, self.op.activation);
+        let act = act_tokens(rt, self.op.activation, self.fold);
         let residual = match e.inputs.get(1) {
             Some(r) => quote!(::core::option::Option::Some(#r)),
             None => quote!(::core::option::Option::None),

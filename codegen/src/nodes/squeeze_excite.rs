@@ -3,13 +3,16 @@
 use proc_macro2::TokenStream;
 use quote::quote;
 
-use super::{Emit, NodeCodegen, lit, pack_panels};
+use super::{Emit, Fold, NodeCodegen, lit, pack_panels};
 use crate::ir::{IrError, ModelFile, SqueezeExcite as Op};
 
 /// `kernels::squeeze_excite`.
 pub(crate) struct SqueezeExcite {
     op: Op,
     hw: usize,
+    /// Hardswish folding ([`super::scale`]): a scaled input scales the pooled vector, so
+    /// `input_scale` goes into the first layer's weights; the output carries the input's scale.
+    pub(crate) fold: Fold,
 }
 
 impl SqueezeExcite {
@@ -18,6 +21,7 @@ impl SqueezeExcite {
         Self {
             op: op.clone(),
             hw: x[1] * x[2],
+            fold: Fold::default(),
         }
     }
 }
@@ -48,11 +52,20 @@ impl NodeCodegen for SqueezeExcite {
     fn weights(&self, model: &ModelFile) -> Result<Vec<Vec<f32>>, IrError> {
         let (c, q) = (self.op.channels, self.op.squeeze_channels);
         Ok(vec![
-            pack_panels(&model.tensor_f32(&self.op.fc1_weight)?, q, c),
+            pack_panels(
+                &self
+                    .fold
+                    .scale_input_weights(model.tensor_f32(&self.op.fc1_weight)?),
+                q,
+                c,
+            ),
             model.tensor_f32(&self.op.fc1_bias)?,
             pack_panels(&model.tensor_f32(&self.op.fc2_weight)?, c, q),
             model.tensor_f32(&self.op.fc2_bias)?,
         ])
+    }
+    fn fold_mut(&mut self) -> Option<&mut Fold> {
+        Some(&mut self.fold)
     }
     fn macs(&self) -> u64 {
         // Pooling adds and the final scaling count one each per element.

@@ -210,6 +210,7 @@ pub mod neon {
                                     Activation::None => edges!(0),
                                     Activation::Relu => edges!(1),
                                     Activation::Hardswish => edges!(2),
+                                    Activation::Hardswish6 => edges!(3),
                                 }
                             }
                             cb += 16;
@@ -286,7 +287,7 @@ pub mod neon {
 
     /// Pixels `ox..ox + 4` of row `oy`, channels `cb..cb + 16`, for a 3x3
     /// stride-2 pad-1 stem on 3 planar channels, activation `A` (0 none,
-    /// 1 ReLU, 2 hardswish). Each input row is read with two `ld2`: lanes
+    /// 1 ReLU, 2 hardswish, 3 six times hardswish). Each input row is read with two `ld2`: lanes
     /// 0, 2, 4, 6 and 1, 3, 5, 7 are the kx = 0 and kx = 1 taps of the four
     /// pixels, and the load two values further on gives kx = 2; each tap's
     /// 16 weights are one `ld1` of four registers; 16 accumulators.
@@ -302,7 +303,8 @@ pub mod neon {
         let act = match A {
             0 => Activation::None,
             1 => Activation::Relu,
-            _ => Activation::Hardswish,
+            2 => Activation::Hardswish,
+            _ => Activation::Hardswish6,
         };
         // SAFETY: see the function contract.
         unsafe {

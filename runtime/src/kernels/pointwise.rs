@@ -170,6 +170,8 @@ pub mod neon {
                 (Activation::Relu, true) => layer::<1, true>(i, w, bias, &s, o),
                 (Activation::Hardswish, false) => layer::<2, false>(i, w, bias, &s, o),
                 (Activation::Hardswish, true) => layer::<2, true>(i, w, bias, &s, o),
+                (Activation::Hardswish6, false) => layer::<3, false>(i, w, bias, &s, o),
+                (Activation::Hardswish6, true) => layer::<3, true>(i, w, bias, &s, o),
             }
         }
     }
@@ -187,7 +189,8 @@ pub mod neon {
         match a {
             0 => Activation::None,
             1 => Activation::Relu,
-            _ => Activation::Hardswish,
+            2 => Activation::Hardswish,
+            _ => Activation::Hardswish6,
         }
     }
 
