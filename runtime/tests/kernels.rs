@@ -251,6 +251,9 @@ fn pointwise_mobilenet_like_shapes() {
         (7, 240, 40),
         (5, 576, 6),
         (3, 288, 96),
+        // Seven-pixel tiles over rows too far apart for a pair store (the epilogue's
+        // `st1` form on aarch64).
+        (14, 48, 144),
     ] {
         pointwise_case(&mut rng, p, k, n);
     }
@@ -346,6 +349,10 @@ fn depthwise_mobilenet_like_shapes() {
         (13, 96, 5, 2),
         (7, 240, 5, 1),
         (4, 576, 5, 1),
+        // Rows of 9 to 14 pixels at 5x5, stride 1, go as one group on aarch64.
+        (14, 24, 5, 1),
+        (10, 12, 5, 1),
+        (9, 8, 5, 1),
     ] {
         depthwise_case(&mut rng, hw, hw, c, k, s, k / 2);
     }

@@ -76,7 +76,7 @@ pub fn portable(
 #[cfg(target_arch = "aarch64")]
 pub mod neon {
     use super::super::depthwise::{inside_range, tap_range};
-    use super::super::neon_util::{activate, ld1x4_post_by};
+    use super::super::neon_util::{activate, ld1x4_post_by, ldp_fresh};
     use super::super::{Activation, ConvShape};
     use core::arch::aarch64::*;
 
@@ -308,9 +308,13 @@ pub mod neon {
         };
         // SAFETY: see the function contract.
         unsafe {
-            let b = vld1q_f32_x4(bias.add(cb));
-            let b = [b.0, b.1, b.2, b.3];
-            let mut acc = [b; 4];
+            // Each pixel loads its biases with two `ldp`, where copying one loaded set takes
+            // four `mov`.
+            let mut acc: [[float32x4_t; 4]; 4] = core::array::from_fn(|_| {
+                let [b0, b1] = ldp_fresh(bias.add(cb));
+                let [b2, b3] = ldp_fresh(bias.add(cb + 8));
+                [b0, b1, b2, b3]
+            });
             // Taps in the weights' own order (ky, kx, ci), so one `ld1` per tap reads its 16
             // weights and steps to the next tap; TOP starts at kernel row 1.
             let mut wp = w.add(usize::from(TOP) * 9 * g.cout + cb);

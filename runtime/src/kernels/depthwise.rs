@@ -254,6 +254,10 @@ pub mod neon {
     /// weights, and the streamed input column fit the 32 vector registers.
     const GROUP: usize = 8;
 
+    /// Most pixels of a whole-row group ([`RowPlan::whole`]): 14 accumulators beside a
+    /// kernel row of 5x5 weights and the streamed input column fit the 32 vector registers.
+    const WHOLE: usize = 14;
+
     /// How one output row splits into [`group`]s: the first (`first` pixels, from column 0,
     /// with `lead` columns before the input and `first_trail` after it), `middle` full
     /// groups, a shorter one of `rem` pixels, then the `tail` pixels: those whose windows
@@ -277,6 +281,17 @@ pub mod neon {
         #[inline(always)]
         fn new<const K: usize, const S: usize>(g: &Geom) -> Self {
             let (ow, iw, pad) = (g.s.ow, g.s.iw, g.s.pad);
+            if Self::whole::<K, S>(g) {
+                return Self {
+                    first: ow,
+                    lead: pad,
+                    first_trail: pad,
+                    middle: 0,
+                    rem: 0,
+                    tail: 0,
+                    trail: 0,
+                };
+            }
             let n = GROUP;
             // Pixels ox < ox_hi have no window column past the input.
             let (_, ox_hi) = super::inside_range(ow, S, pad, K, iw);
@@ -308,6 +323,21 @@ pub mod neon {
                 tail,
                 trail: trail_of(ox, tail),
             }
+        }
+
+        /// Whether a whole output row goes as one group of more than [`GROUP`] pixels:
+        /// 5x5, stride 1, "same" padding (2 columns before and after the input) and
+        /// `GROUP < ow <= WHOLE` (MobileNets' 14x14 maps at 224 px). Each input column of a
+        /// kernel row is then loaded once, where two groups load the columns they share
+        /// twice, and each kernel row's weights once instead of once per group.
+        #[inline(always)]
+        fn whole<const K: usize, const S: usize>(g: &Geom) -> bool {
+            K == 5
+                && S == 1
+                && g.s.pad == 2
+                && g.s.iw == g.s.ow
+                && g.s.ow > GROUP
+                && g.s.ow <= WHOLE
         }
 
         /// Every group of one output row and channel block.
@@ -344,6 +374,20 @@ pub mod neon {
                     };
                 }
                 if self.first == 0 {
+                    return;
+                }
+                // A whole row ([`RowPlan::whole`], lead and trail both 2). Under a constant
+                // condition, so that only the 5x5 stride-1 instance compiles these groups.
+                if K == 5 && S == 1 && self.first > GROUP {
+                    match self.first {
+                        9 => group::<K, S, 9, 2, 2>(at, 0),
+                        10 => group::<K, S, 10, 2, 2>(at, 0),
+                        11 => group::<K, S, 11, 2, 2>(at, 0),
+                        12 => group::<K, S, 12, 2, 2>(at, 0),
+                        13 => group::<K, S, 13, 2, 2>(at, 0),
+                        14 => group::<K, S, 14, 2, 2>(at, 0),
+                        _ => at.slow(0, self.first),
+                    }
                     return;
                 }
                 go!(0, self.first, self.lead, self.first_trail);
@@ -426,36 +470,6 @@ pub mod neon {
             // Column j of kernel row ky is input (oy * S - pad + ky, ox * S - pad + j);
             // `base` is its column 0 offset by +pad so that it is never negative.
             let col = (ox * S + LEAD) as isize - g.s.pad as isize;
-            // Kernel row ky's taps into the accumulators.
-            let mut row_taps = |ky: usize, wr: &[float32x4_t; K]| {
-                let iy = at.oy * S + ky - g.s.pad;
-                // Column LEAD of this kernel row: inside the input (the contract).
-                let row = at
-                    .input
-                    .as_ptr()
-                    .add((iy * g.s.iw) * c + at.cb)
-                    .offset(col * c as isize);
-                // Columns LEAD..cols - TRAIL, written out (at most 19: 8 pixels, stride 2,
-                // 5x5) so that every one is straight-line code with constant indices: as a
-                // loop, the compiler left groups of 7 or more stride-2 pixels rolled, with
-                // the accumulators in memory (4-5x the instructions).
-                macro_rules! columns {
-                    ($($j:literal)*) => {$(
-                        if $j >= LEAD && $j < cols - TRAIL {
-                            let x = vld1q_f32(row.add(($j - LEAD) * c));
-                            // The pixels whose window holds column j, by their tap
-                            // kx = j - px * S.
-                            for (kx, wv) in wr.iter().enumerate() {
-                                if $j >= kx && ($j - kx) % S == 0 && ($j - kx) / S < PX {
-                                    let a = &mut acc[($j - kx) / S];
-                                    *a = vfmaq_f32(*a, x, *wv);
-                                }
-                            }
-                        }
-                    )*};
-                }
-                columns!(0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18);
-            };
             if K == 3 {
                 // 3x3: the nine weight vectors stay in registers for the whole row
                 // (`GroupAt::w3`); the kernel rows are unrolled, each skipped if in the
@@ -463,7 +477,7 @@ pub mod neon {
                 for ky in 0..K {
                     if ky >= at.ky.0 && ky < at.ky.1 {
                         let wr: [float32x4_t; K] = core::array::from_fn(|kx| at.w3[ky][kx]);
-                        row_taps(ky, &wr);
+                        row_taps::<K, S, PX, LEAD, TRAIL>(&mut acc, at, ky, col, &wr);
                     }
                 }
             } else {
@@ -473,13 +487,67 @@ pub mod neon {
                     let wr: [float32x4_t; K] = core::array::from_fn(|kx| {
                         vld1q_f32(at.w.as_ptr().add((ky * K + kx) * c + at.cb))
                     });
-                    row_taps(ky, &wr);
+                    row_taps::<K, S, PX, LEAD, TRAIL>(&mut acc, at, ky, col, &wr);
                 }
             }
             let o = at.out.add((at.oy * g.s.ow + ox) * c + at.cb);
             for (px, a) in acc.iter().enumerate() {
                 vst1q_f32(o.add(px * c), activate(g.act, *a));
             }
+        }
+    }
+
+    /// Kernel row `ky`'s taps of a [`group`] into its accumulators: `col` is the group's
+    /// column `LEAD` (`ox * S + LEAD - pad`), `wr` holds the kernel row's weights.
+    ///
+    /// # Safety
+    /// As [`group`]'s, for kernel row `ky` inside the input.
+    #[inline]
+    unsafe fn row_taps<
+        const K: usize,
+        const S: usize,
+        const PX: usize,
+        const LEAD: usize,
+        const TRAIL: usize,
+    >(
+        acc: &mut [float32x4_t; PX],
+        at: &GroupAt<'_>,
+        ky: usize,
+        col: isize,
+        wr: &[float32x4_t; K],
+    ) {
+        let (g, c) = (at.g, at.g.s.c);
+        let cols = (PX - 1) * S + K;
+        let iy = at.oy * S + ky - g.s.pad;
+        // SAFETY: column LEAD of this kernel row is inside the input (the contract).
+        let row = unsafe {
+            at.input
+                .as_ptr()
+                .add((iy * g.s.iw) * c + at.cb)
+                .offset(col * c as isize)
+        };
+        // Columns LEAD..cols - TRAIL, written out (at most 19: 8 pixels, stride 2, 5x5) so
+        // that every one is straight-line code with constant indices: as a loop, the
+        // compiler left groups of 7 or more stride-2 pixels rolled, with the accumulators in
+        // memory (4-5x the instructions).
+        // SAFETY: the contract covers every column loaded.
+        unsafe {
+            macro_rules! columns {
+                ($($j:literal)*) => {$(
+                    if $j >= LEAD && $j < cols - TRAIL {
+                        let x = vld1q_f32(row.add(($j - LEAD) * c));
+                        // The pixels whose window holds column j, by their tap
+                        // kx = j - px * S.
+                        for (kx, wv) in wr.iter().enumerate() {
+                            if $j >= kx && ($j - kx) % S == 0 && ($j - kx) / S < PX {
+                                let a = &mut acc[($j - kx) / S];
+                                *a = vfmaq_f32(*a, x, *wv);
+                            }
+                        }
+                    }
+                )*};
+            }
+            columns!(0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18);
         }
     }
 

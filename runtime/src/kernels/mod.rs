@@ -204,6 +204,27 @@ pub(crate) mod neon_util {
         }
     }
 
+    /// The 8 values at `p` as two vectors from one `ldp`, loaded anew at every call: the
+    /// asm is not `pure`, so LLVM neither merges two calls nor hoists one out of a loop.
+    ///
+    /// # Safety
+    /// `p` points at 8 readable `f32`.
+    #[inline(always)]
+    pub(crate) unsafe fn ldp_fresh(p: *const f32) -> [float32x4_t; 2] {
+        let (a, b): (float32x4_t, float32x4_t);
+        // SAFETY: the caller guarantees 32 readable bytes at p; the asm reads only those.
+        unsafe {
+            core::arch::asm!(
+                "ldp {a:q}, {b:q}, [{p}]",
+                p = in(reg) p,
+                a = out(vreg) a,
+                b = out(vreg) b,
+                options(readonly, nostack, preserves_flags),
+            );
+        }
+        [a, b]
+    }
+
     /// Applies `act` to four lanes (hardswish as `v * hardsigmoid(v)`).
     #[inline(always)]
     pub(crate) fn activate(act: Activation, v: float32x4_t) -> float32x4_t {

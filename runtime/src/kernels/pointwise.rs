@@ -124,7 +124,7 @@ fn tile<const R: usize>(c: &Operands<'_>, p0: usize, out: &mut [f32]) {
 /// the zero-padded panel and store only `n % 8` lanes.
 #[cfg(target_arch = "aarch64")]
 pub mod neon {
-    use super::super::neon_util::{activate, ld1x4_post};
+    use super::super::neon_util::{activate, ld1x4_post, ldp_fresh};
     use super::super::{Activation, NR, PointwiseShape, packed_len};
     use core::arch::aarch64::*;
 
@@ -403,27 +403,6 @@ pub mod neon {
         acc
     }
 
-    /// The 8 values at `p` as two vectors from one `ldp`, loaded anew at every call: the
-    /// asm is not `pure`, so LLVM neither merges two calls nor hoists one out of a loop.
-    ///
-    /// # Safety
-    /// `p` points at 8 readable `f32`.
-    #[inline(always)]
-    unsafe fn ldp_fresh(p: *const f32) -> [float32x4_t; 2] {
-        let (a, b): (float32x4_t, float32x4_t);
-        // SAFETY: the caller guarantees 32 readable bytes at p; the asm reads only those.
-        unsafe {
-            core::arch::asm!(
-                "ldp {a:q}, {b:q}, [{p}]",
-                p = in(reg) p,
-                a = out(vreg) a,
-                b = out(vreg) b,
-                options(readonly, nostack, preserves_flags),
-            );
-        }
-        [a, b]
-    }
-
     /// Returns `p` unchanged, hidden from LLVM's loop strength reduction.
     ///
     /// Without it LLVM rewrites the 8 row pointers as one base plus multiples
@@ -451,6 +430,23 @@ pub mod neon {
         out: *mut f32,
         at: usize,
     ) {
+        // Rows further apart than a pair `stp` reaches (1008 bytes) would take two `str`
+        // each: there the epilogue is `Row::store`'s asm, one `st1` per row. Not for k = 16
+        // (two 8-channel steps in all), where its fixed registers made LLVM spill in the
+        // k loop (MobileNetV3's first expansion: +41 k instructions).
+        if R > 1 && (R - 1) * s.n * 4 > 992 && s.k > 16 && Row::<A, RES>::ASM {
+            let row = Row::<A, RES>::new();
+            // SAFETY: the rows at + r * n + 0..8 (and the residual's) lie inside the
+            // guaranteed extent, and the pointers step through exactly those.
+            unsafe {
+                let mut op = out.add(at);
+                let mut rp = s.res.wrapping_add(at);
+                for accr in &acc {
+                    row.store(*accr, &mut op, &mut rp, s.n);
+                }
+            }
+            return;
+        }
         // SAFETY: offsets at + r * n + 0..8 lie inside the guaranteed extent.
         unsafe {
             for (r, accr) in acc.iter().enumerate() {
@@ -463,6 +459,97 @@ pub mod neon {
                 }
                 vst1q_f32(out.add(o), v0);
                 vst1q_f32(out.add(o + 4), v1);
+            }
+        }
+    }
+
+    /// One output row of a tile (8 channels, two accumulators): activation, residual and
+    /// `st1 {v26, v27}, [out], n` in one asm block, for activation `A` and residual `RES`.
+    ///
+    /// Written out because `st1` of two registers needs them consecutive: with intrinsics
+    /// LLVM computes every row's activation first and then copies each pair into the
+    /// store's registers (two `mov` per row, more than the `str` they save). The constants
+    /// live in registers for the whole layer.
+    struct Row<const A: u8, const RES: bool> {
+        zero: float32x4_t,
+        three: float32x4_t,
+        six: float32x4_t,
+    }
+
+    impl<const A: u8, const RES: bool> Row<A, RES> {
+        /// Whether [`Row::store`] has this combination: ReLU and six times hardswish
+        /// without a residual, the identity with one (what MobileNetV3 has).
+        const ASM: bool = matches!((A, RES), (1, false) | (3, false) | (0, true));
+
+        #[inline(always)]
+        fn new() -> Self {
+            // SAFETY: register-only NEON intrinsics (aarch64 baseline).
+            unsafe {
+                Self {
+                    zero: vdupq_n_f32(0.0),
+                    three: vdupq_n_f32(3.0),
+                    six: vdupq_n_f32(6.0),
+                }
+            }
+        }
+
+        /// Stores `act(acc) (+ residual)` at `*out` and advances `*out` (and `*res` when
+        /// `RES`) by `n` values.
+        ///
+        /// # Safety
+        /// `*out` points at 8 writable values (`*res` at 8 readable ones when `RES`), and
+        /// both stay inside their allocations after the step; `Self::ASM`.
+        #[inline(always)]
+        unsafe fn store(
+            &self,
+            acc: [float32x4_t; 2],
+            out: &mut *mut f32,
+            res: &mut *const f32,
+            n: usize,
+        ) {
+            let step = n * 4;
+            let [a0, a1] = acc;
+            // SAFETY: each asm writes the 32 bytes at *out (reads those at *res) and
+            // advances the pointers by `step` bytes; it touches no other memory.
+            unsafe {
+                match (A, RES) {
+                    (1, false) => core::arch::asm!(
+                        "fmax v26.4s, {a0:v}.4s, {z:v}.4s",
+                        "fmax v27.4s, {a1:v}.4s, {z:v}.4s",
+                        "st1 {{v26.4s, v27.4s}}, [{o}], {s}",
+                        a0 = in(vreg) a0, a1 = in(vreg) a1, z = in(vreg) self.zero,
+                        o = inout(reg) *out, s = in(reg) step,
+                        out("v26") _, out("v27") _,
+                        options(nostack, preserves_flags),
+                    ),
+                    (3, false) => core::arch::asm!(
+                        "fadd v26.4s, {a0:v}.4s, {t:v}.4s",
+                        "fadd v27.4s, {a1:v}.4s, {t:v}.4s",
+                        "fmax v26.4s, v26.4s, {z:v}.4s",
+                        "fmax v27.4s, v27.4s, {z:v}.4s",
+                        "fmin v26.4s, v26.4s, {x:v}.4s",
+                        "fmin v27.4s, v27.4s, {x:v}.4s",
+                        "fmul v26.4s, v26.4s, {a0:v}.4s",
+                        "fmul v27.4s, v27.4s, {a1:v}.4s",
+                        "st1 {{v26.4s, v27.4s}}, [{o}], {s}",
+                        a0 = in(vreg) a0, a1 = in(vreg) a1, z = in(vreg) self.zero,
+                        t = in(vreg) self.three, x = in(vreg) self.six,
+                        o = inout(reg) *out, s = in(reg) step,
+                        out("v26") _, out("v27") _,
+                        options(nostack, preserves_flags),
+                    ),
+                    (0, true) => core::arch::asm!(
+                        "ld1 {{v24.4s, v25.4s}}, [{r}], {s}",
+                        "fadd v26.4s, {a0:v}.4s, v24.4s",
+                        "fadd v27.4s, {a1:v}.4s, v25.4s",
+                        "st1 {{v26.4s, v27.4s}}, [{o}], {s}",
+                        a0 = in(vreg) a0, a1 = in(vreg) a1,
+                        o = inout(reg) *out, r = inout(reg) *res, s = in(reg) step,
+                        out("v24") _, out("v25") _, out("v26") _, out("v27") _,
+                        options(nostack, preserves_flags),
+                    ),
+                    _ => unreachable!("Row::store without an asm form (Row::ASM is false)"),
+                }
             }
         }
     }
