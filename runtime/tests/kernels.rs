@@ -349,6 +349,9 @@ fn depthwise_mobilenet_like_shapes() {
         (13, 96, 5, 2),
         (7, 240, 5, 1),
         (4, 576, 5, 1),
+        // 3x3 stride 2 with 8-channel blocks on aarch64 (even width, a multiple of 4 out).
+        (16, 72, 3, 2),
+        (8, 24, 3, 2),
         // Rows of 9 to 14 pixels at 5x5, stride 1, go as one group on aarch64.
         (14, 24, 5, 1),
         (10, 12, 5, 1),

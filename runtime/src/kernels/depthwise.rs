@@ -106,7 +106,7 @@ pub(crate) fn tap_range(
 /// never multiplied.
 #[cfg(target_arch = "aarch64")]
 pub mod neon {
-    use super::super::neon_util::activate;
+    use super::super::neon_util::{activate, ldp_fresh};
     use super::super::{Activation, DepthwiseShape};
     use super::tap_range;
     use core::arch::aarch64::*;
@@ -155,7 +155,11 @@ pub mod neon {
         let g = Geom { s, act };
         match (k, stride) {
             (3, 1) => rows::<3, 1>(input, w, bias, &g, out),
-            (3, 2) => rows::<3, 2>(input, w, bias, &g, out),
+            (3, 2) => {
+                if !k3s2_pairs(input, w, bias, &g, out) {
+                    rows::<3, 2>(input, w, bias, &g, out)
+                }
+            }
             (5, 1) => rows::<5, 1>(input, w, bias, &g, out),
             (5, 2) => rows::<5, 2>(input, w, bias, &g, out),
             _ => {
@@ -405,6 +409,197 @@ pub mod neon {
                 }
             }
         }
+    }
+
+    /// 3x3 stride-2 layers in blocks of 8 channels (two vectors per pixel, one load
+    /// instruction per input column), if the shape allows: padding 1, `c` a multiple of 8, an
+    /// even input width of `2 * ow` and `ow` a multiple of 4 (MobileNets' two 3x3 stride-2
+    /// layers at 224 px). Returns `false`, having done nothing, otherwise.
+    ///
+    /// At stride 2 each output pixel needs two new input columns per kernel row, so with
+    /// 4-channel blocks the column loads were 2 per 3 `fmla`; two vectors per `ld1` halve
+    /// that. 4 pixels per group keep 8 accumulators beside the 18 weight vectors of the block
+    /// (in registers for the whole row) and the loaded column.
+    #[inline(always)]
+    fn k3s2_pairs(input: &[f32], w: &[f32], bias: &[f32], g: &Geom, out: &mut [f32]) -> bool {
+        let s = g.s;
+        let fits = s.k == 3
+            && s.stride == 2
+            && s.pad == 1
+            && s.c.is_multiple_of(8)
+            && s.iw == 2 * s.ow
+            && s.ow.is_multiple_of(4);
+        if !fits {
+            return false;
+        }
+        for oy in 0..s.oh {
+            let ky = tap_range(oy, 2, 1, 3, s.ih);
+            for cb in (0..s.c).step_by(8) {
+                // SAFETY: cb + 8 <= c bounds the weight and bias reads (lengths asserted by
+                // `depthwise`); each group's columns 2 * ox - 1 + LEAD.. 2 * ox + 7 lie inside
+                // 0..iw (iw = 2 * ow, ox + 4 <= ow), its kernel rows inside 0..ih
+                // (tap_range), its outputs inside the row.
+                unsafe {
+                    let wv: [[[float32x4_t; 2]; 3]; 3] = core::array::from_fn(|ky| {
+                        core::array::from_fn(|kx| {
+                            let p = w.as_ptr().add((ky * 3 + kx) * s.c + cb);
+                            [vld1q_f32(p), vld1q_f32(p.add(4))]
+                        })
+                    });
+                    let at = PairAt {
+                        input: input.as_ptr(),
+                        g,
+                        oy,
+                        ky,
+                        cb,
+                        bias: bias.as_ptr().add(cb),
+                        wv: &wv,
+                        out: out.as_mut_ptr(),
+                    };
+                    pair_group::<1>(&at, 0);
+                    for ox in (4..s.ow).step_by(4) {
+                        pair_group::<0>(&at, ox);
+                    }
+                }
+            }
+        }
+        true
+    }
+
+    /// One output row and 8-channel block of [`k3s2_pairs`].
+    struct PairAt<'a> {
+        input: *const f32,
+        g: &'a Geom,
+        oy: usize,
+        /// Kernel rows inside the input.
+        ky: (usize, usize),
+        cb: usize,
+        /// The block's 8 biases.
+        bias: *const f32,
+        /// The block's weights, `[ky][kx]`, two vectors each.
+        wv: &'a [[[float32x4_t; 2]; 3]; 3],
+        out: *mut f32,
+    }
+
+    /// Output pixels `ox..ox + 4` of [`k3s2_pairs`]: input columns `2 * ox - 1 + j` for `j` in
+    /// `LEAD..9` (`LEAD = 1` for the first group, whose column -1 is padding).
+    ///
+    /// # Safety
+    /// As stated in [`k3s2_pairs`].
+    #[inline(always)]
+    unsafe fn pair_group<const LEAD: usize>(at: &PairAt<'_>, ox: usize) {
+        let s = at.g.s;
+        let c = s.c;
+        // SAFETY: the caller's contract bounds every load and store.
+        unsafe {
+            let mut acc: [[float32x4_t; 2]; 4] = core::array::from_fn(|_| ldp_fresh(at.bias));
+            for ky in 0..3 {
+                if ky < at.ky.0 || ky >= at.ky.1 {
+                    continue;
+                }
+                let iy = at.oy * 2 + ky - 1;
+                let mut p = at.input.add((iy * s.iw + 2 * ox + LEAD - 1) * c + at.cb);
+                let wr = &at.wv[ky];
+                let step = c * 4;
+                // Column j feeds pixel j / 2 through tap 0 and pixel j / 2 - 1 through tap 2
+                // (j even), or pixel (j - 1) / 2 through tap 1 (j odd).
+                if LEAD == 0 {
+                    column(&mut p, step, &mut acc[0], &wr[0]);
+                }
+                column(&mut p, step, &mut acc[0], &wr[1]);
+                column2(&mut p, step, &mut acc, 1, 0, &wr[0], &wr[2]);
+                column(&mut p, step, &mut acc[1], &wr[1]);
+                column2(&mut p, step, &mut acc, 2, 1, &wr[0], &wr[2]);
+                column(&mut p, step, &mut acc[2], &wr[1]);
+                column2(&mut p, step, &mut acc, 3, 2, &wr[0], &wr[2]);
+                column(&mut p, step, &mut acc[3], &wr[1]);
+                column(&mut p, step, &mut acc[3], &wr[2]);
+            }
+            let o = at.out.add((at.oy * s.ow + ox) * c + at.cb);
+            for (px, a) in acc.iter().enumerate() {
+                vst1q_f32(o.add(px * c), activate(at.g.act, a[0]));
+                vst1q_f32(o.add(px * c + 4), activate(at.g.act, a[1]));
+            }
+        }
+    }
+
+    /// One input column of [`pair_group`] into one pixel's accumulator pair: `ld1 {v24.4s,
+    /// v25.4s}, [p], step` and two `fmla` in one `asm!` block.
+    ///
+    /// In one block because `ld1` of two registers needs them consecutive: written as a load
+    /// helper, LLVM hoisted the next column's load above the multiplies of this one and
+    /// copied every pair out of the fixed registers (two `mov` per column).
+    ///
+    /// # Safety
+    /// `*p` points at 8 readable `f32`; `*p + step / 4` stays inside (or one past) the same
+    /// allocation.
+    #[inline(always)]
+    unsafe fn column(
+        p: &mut *const f32,
+        step: usize,
+        a: &mut [float32x4_t; 2],
+        w: &[float32x4_t; 2],
+    ) {
+        // SAFETY: the caller guarantees the 32 bytes read; the asm touches nothing else.
+        unsafe {
+            core::arch::asm!(
+                "ld1 {{v24.4s, v25.4s}}, [{p}], {s}",
+                "fmla {a0:v}.4s, v24.4s, {w0:v}.4s",
+                "fmla {a1:v}.4s, v25.4s, {w1:v}.4s",
+                p = inout(reg) *p,
+                s = in(reg) step,
+                a0 = inout(vreg) a[0],
+                a1 = inout(vreg) a[1],
+                w0 = in(vreg) w[0],
+                w1 = in(vreg) w[1],
+                out("v24") _,
+                out("v25") _,
+                options(readonly, nostack, preserves_flags),
+            );
+        }
+    }
+
+    /// [`column`] feeding two pixels, `x` through weights `wx` and `y` through `wy`.
+    ///
+    /// # Safety
+    /// As [`column`].
+    #[inline(always)]
+    unsafe fn column2(
+        p: &mut *const f32,
+        step: usize,
+        acc: &mut [[float32x4_t; 2]; 4],
+        x: usize,
+        y: usize,
+        wx: &[float32x4_t; 2],
+        wy: &[float32x4_t; 2],
+    ) {
+        let ([ax0, ax1], [ay0, ay1]) = (acc[x], acc[y]);
+        let (mut ax0, mut ax1, mut ay0, mut ay1) = (ax0, ax1, ay0, ay1);
+        // SAFETY: as in `column`.
+        unsafe {
+            core::arch::asm!(
+                "ld1 {{v24.4s, v25.4s}}, [{p}], {s}",
+                "fmla {ax0:v}.4s, v24.4s, {wx0:v}.4s",
+                "fmla {ax1:v}.4s, v25.4s, {wx1:v}.4s",
+                "fmla {ay0:v}.4s, v24.4s, {wy0:v}.4s",
+                "fmla {ay1:v}.4s, v25.4s, {wy1:v}.4s",
+                p = inout(reg) *p,
+                s = in(reg) step,
+                ax0 = inout(vreg) ax0,
+                ax1 = inout(vreg) ax1,
+                ay0 = inout(vreg) ay0,
+                ay1 = inout(vreg) ay1,
+                wx0 = in(vreg) wx[0],
+                wx1 = in(vreg) wx[1],
+                wy0 = in(vreg) wy[0],
+                wy1 = in(vreg) wy[1],
+                out("v24") _,
+                out("v25") _,
+                options(readonly, nostack, preserves_flags),
+            );
+        }
+        acc[x] = [ax0, ax1];
+        acc[y] = [ay0, ay1];
     }
 
     /// One output row and channel block: what every [`group`] of it shares.
