@@ -587,6 +587,10 @@ fn depthwise_matches_reference() {
         // the others the VNNI form.
         dw_shape(58, 58, 32, 3, 1, 1),
         dw_shape(50, 50, 40, 5, 2, 2),
+        // ... among them MobileNetV3-Small's first two at 224x224 in miniature: 16
+        // channels (one half-filled block) and 72 (a last block of 8), 3x3 stride 2.
+        dw_shape(80, 80, 16, 3, 2, 1),
+        dw_shape(40, 40, 72, 3, 2, 1),
         // Channels a multiple of 8 but not of 16 (MobileNetV3's 24, 72, 88, 120): the
         // aarch64 interior form's blocks of 16 and its last block of 8, both kernel sizes.
         dw_shape(9, 9, 24, 3, 1, 1),

@@ -568,6 +568,7 @@ pub mod avx2 {
 pub mod avx512 {
     use super::super::window::for_each_output_with;
     use super::{DepthwiseShape, DepthwiseTaps, Epilogue, Window, body};
+    use crate::kernels::depthwise::inside_range;
     use crate::kernels::int8::Epilogue16;
     use crate::kernels::requant;
     use core::arch::x86_64::*;
@@ -764,7 +765,7 @@ pub mod avx512 {
                             _mm512_loadu_si512(wv.cast()),
                             _mm512_loadu_si512(wv.add(1).cast()),
                         ];
-                        group_taps(&mut a, xp.add(corner + cb), &rel[4 * g..4 * g + 4], k, w);
+                        group_taps::<2>(&mut a, xp.add(corner + cb), &rel[4 * g..4 * g + 4], k, w);
                     }
                     let m = (c - cb).min(NB);
                     if high {
@@ -794,25 +795,54 @@ pub mod avx512 {
                     }
                 }
             };
-            if padded && high && (groups == 3 || groups == 7) {
+            if high && (groups == 3 || groups == 7) {
                 // 3x3 and 5x5 kernels: each block's weights in registers for all its
-                // pixels (loading them per pixel made the loads the bottleneck).
-                let v = PaddedBlocks {
+                // pixels (loading them per pixel made the loads the bottleneck). In a
+                // padded image that is every pixel; in place, the pixels whose window lies
+                // inside the input, and the border goes tap by tap below.
+                let (ys, xs, pad) = if padded {
+                    ((0, s.oh), (0, s.ow), 0)
+                } else {
+                    (
+                        inside_range(s.oh, s.stride, s.pad, s.k, s.ih),
+                        inside_range(s.ow, s.stride, s.pad, s.k, s.iw),
+                        s.pad,
+                    )
+                };
+                let v = InsideBlocks {
                     xp,
                     rel: &rel,
                     wp: wpp,
                     c,
-                    piw,
+                    row_w,
+                    ys,
+                    xs,
+                    pad,
                     s,
                     e: &e,
                 };
                 for (b, ib) in init.iter().enumerate().take(blocks) {
-                    if groups == 3 {
-                        v.block::<3>(b, ib, out);
-                    } else {
-                        v.block::<7>(b, ib, out);
+                    // A block of at most 16 channels fills one accumulator vector.
+                    match (groups, c - b * NB <= 16) {
+                        (3, true) => v.block::<3, 1>(b, ib, out),
+                        (3, false) => v.block::<3, 2>(b, ib, out),
+                        (_, true) => v.block::<7, 1>(b, ib, out),
+                        (_, false) => v.block::<7, 2>(b, ib, out),
                     }
                 }
+                if padded {
+                    return;
+                }
+                // The border pixels; the interior ones were all written above.
+                for_each_output_with::<requant::Avx512, _, _>(
+                    win,
+                    c,
+                    &bias[..c],
+                    e,
+                    &mut out[..s.oh * s.ow * c],
+                    &taps_mac,
+                    |_, _, _| true,
+                );
                 return;
             }
             if padded {
@@ -843,34 +873,49 @@ pub mod avx512 {
         }
     }
 
-    /// The padded image of [`depthwise`]'s VNNI form and what its blocks need.
-    struct PaddedBlocks<'a> {
-        /// The padded image.
+    /// The image of [`depthwise`]'s VNNI form (the input, or its padded copy), the output
+    /// pixels whose windows lie inside it, and what their blocks need.
+    struct InsideBlocks<'a> {
+        /// The image.
         xp: *const i8,
         /// Input offset of each tap (4 per group) from the window's corner.
         rel: &'a [usize; 4 * 7],
         /// Packed weights: per block, `G` groups of two vectors of interleaved taps.
         wp: *const u8,
         c: usize,
-        /// The padded image's width.
-        piw: usize,
+        /// The image's width.
+        row_w: usize,
+        /// Output rows and columns `lo..hi` to compute.
+        ys: (usize, usize),
+        xs: (usize, usize),
+        /// Padding left out of the image (0 for the padded copy): window corner `(oy *
+        /// stride - pad, ox * stride - pad)`.
+        pad: usize,
         s: DepthwiseShape,
         e: &'a Epilogue<'a>,
     }
 
-    impl PaddedBlocks<'_> {
-        /// Every output pixel's block `b` (channels `32 b..`), from starting accumulators
-        /// `init`, with the block's `G` groups of weights and its epilogue in registers.
+    impl InsideBlocks<'_> {
+        /// Block `b` (channels `32 b..`) of every output pixel in `ys` x `xs`, from
+        /// starting accumulators `init`, with the block's `G` groups of weights and its
+        /// epilogue in registers; `H` accumulator vectors of 16 channels (1 when the
+        /// block has at most 16 channels).
         ///
         /// # Safety
         /// The features of [`depthwise`]; `G` is the layer's group count, the epilogue's
-        /// shifts have their high form, and every window lies inside the padded image;
-        /// `out` holds `oh * ow * c` values.
+        /// shifts have their high form, the windows of those pixels lie inside the image,
+        /// the block has at most `16 H` channels; `out` holds `oh * ow * c` values.
         #[inline(always)]
-        unsafe fn block<const G: usize>(&self, b: usize, init: &[i32; NB], out: &mut [i8]) {
+        unsafe fn block<const G: usize, const H: usize>(
+            &self,
+            b: usize,
+            init: &[i32; NB],
+            out: &mut [i8],
+        ) {
             let (c, s) = (self.c, self.s);
             let cb = b * NB;
             let m = (c - cb).min(NB);
+            debug_assert!(m <= 16 * H);
             let k: __mmask32 = if m == NB { !0 } else { (1u32 << m) - 1 };
             // SAFETY: the caller's contract; input loads are masked to the block's m
             // channels of a pixel of the image, stores to its m outputs of a pixel.
@@ -889,23 +934,24 @@ pub mod avx512 {
                 ];
                 let e16: [Option<(Epilogue16, __mmask16)>; 2] = core::array::from_fn(|h| {
                     let c0 = cb + 16 * h;
-                    if c0 >= cb + m {
+                    if h >= H || c0 >= cb + m {
                         return None;
                     }
                     let mh = (cb + m - c0).min(16);
                     let km: __mmask16 = if mh == 16 { !0 } else { (1u16 << mh) - 1 };
                     self.e.avx512_16(c0, mh).map(|e| (e, km))
                 });
-                for oy in 0..s.oh {
-                    for ox in 0..s.ow {
-                        let corner = (oy * s.stride * self.piw + ox * s.stride) * c + cb;
+                for oy in self.ys.0..self.ys.1 {
+                    let row = (oy * s.stride - self.pad) * self.row_w;
+                    for ox in self.xs.0..self.xs.1 {
+                        let corner = (row + ox * s.stride - self.pad) * c + cb;
                         let mut a = start;
                         for (g, w) in wr.iter().enumerate() {
                             let rel = &self.rel[4 * g..4 * g + 4];
-                            group_taps(&mut a, self.xp.add(corner), rel, k, *w);
+                            group_taps::<H>(&mut a, self.xp.add(corner), rel, k, *w);
                         }
                         let o = out.as_mut_ptr().add((oy * s.ow + ox) * c + cb);
-                        for (h, eh) in e16.iter().enumerate() {
+                        for (h, eh) in e16.iter().enumerate().take(H) {
                             if let Some((e16, km)) = eh {
                                 _mm_mask_storeu_epi8(o.add(16 * h), *km, e16.apply(a[h]));
                             }
@@ -916,14 +962,15 @@ pub mod avx512 {
         }
     }
 
-    /// One group of four taps of a window into the accumulators `a` (32 channels): the
-    /// taps' input bytes at `p + rel[j]` (channels masked by `k`), interleaved ([`quads`])
-    /// and sign-flipped, against the group's two vectors of packed weights `w`.
+    /// One group of four taps of a window into the accumulators `a` (32 channels, or the
+    /// first 16 when `H` is 1): the taps' input bytes at `p + rel[j]` (channels masked by
+    /// `k`), interleaved ([`quads`]) and sign-flipped, against the group's packed weights
+    /// `w` (two vectors, the first `H` used).
     ///
     /// # Safety
     /// The features of [`depthwise`]; 32 bytes at each `p + rel[j]` may be read under `k`.
     #[inline(always)]
-    unsafe fn group_taps(
+    unsafe fn group_taps<const H: usize>(
         a: &mut [__m512i; 2],
         p: *const i8,
         rel: &[usize],
@@ -935,7 +982,7 @@ pub mod avx512 {
             let ld = |j: usize| _mm256_maskz_loadu_epi8(k, p.add(rel[j]));
             let q = quads(ld(0), ld(1), ld(2), ld(3));
             let flip = _mm512_set1_epi8(i8::MIN);
-            for j in 0..2 {
+            for j in 0..H {
                 a[j] = _mm512_dpbusd_epi32(a[j], _mm512_xor_si512(q[j], flip), w[j]);
             }
         }
