@@ -811,7 +811,6 @@ pub mod avx512 {
                 };
                 let v = InsideBlocks {
                     xp,
-                    rel: &rel,
                     wp: wpp,
                     c,
                     row_w,
@@ -878,8 +877,6 @@ pub mod avx512 {
     struct InsideBlocks<'a> {
         /// The image.
         xp: *const i8,
-        /// Input offset of each tap (4 per group) from the window's corner.
-        rel: &'a [usize; 4 * 7],
         /// Packed weights: per block, `G` groups of two vectors of interleaved taps.
         wp: *const u8,
         c: usize,
@@ -941,14 +938,26 @@ pub mod avx512 {
                     let km: __mmask16 = if mh == 16 { !0 } else { (1u16 << mh) - 1 };
                     self.e.avx512_16(c0, mh).map(|e| (e, km))
                 });
+                // Tap t of a window is kernel row t / K and column t % K: one pointer per
+                // kernel row, and columns at multiples of c from it (the offsets taken from
+                // a table of all 4 G taps instead were recomputed into 4 G pointers, spilled
+                // to the stack, for every pixel).
+                let kk = if G == 3 { 3 } else { 5 };
+                debug_assert_eq!(kk, s.k);
+                let line = self.row_w * c;
                 for oy in self.ys.0..self.ys.1 {
                     let row = (oy * s.stride - self.pad) * self.row_w;
                     for ox in self.xs.0..self.xs.1 {
-                        let corner = (row + ox * s.stride - self.pad) * c + cb;
+                        let corner = self.xp.add((row + ox * s.stride - self.pad) * c + cb);
+                        let rows: [*const i8; 5] =
+                            core::array::from_fn(|ky| corner.wrapping_add(ky * line));
                         let mut a = start;
                         for (g, w) in wr.iter().enumerate() {
-                            let rel = &self.rel[4 * g..4 * g + 4];
-                            group_taps::<H>(&mut a, self.xp.add(corner), rel, k, *w);
+                            let taps: [Option<*const i8>; 4] = core::array::from_fn(|j| {
+                                let t = 4 * g + j;
+                                (t < kk * kk).then(|| rows[t / kk].wrapping_add(t % kk * c))
+                            });
+                            group_taps_at::<H>(&mut a, taps, k, *w);
                         }
                         let o = out.as_mut_ptr().add((oy * s.ow + ox) * c + cb);
                         for (h, eh) in e16.iter().enumerate().take(H) {
@@ -980,6 +989,33 @@ pub mod avx512 {
         // SAFETY: the caller's contract.
         unsafe {
             let ld = |j: usize| _mm256_maskz_loadu_epi8(k, p.add(rel[j]));
+            let q = quads(ld(0), ld(1), ld(2), ld(3));
+            let flip = _mm512_set1_epi8(i8::MIN);
+            for j in 0..H {
+                a[j] = _mm512_dpbusd_epi32(a[j], _mm512_xor_si512(q[j], flip), w[j]);
+            }
+        }
+    }
+
+    /// [`group_taps`] with each tap's input bytes at its own pointer, `None` for the zero
+    /// taps that fill a window's last group (their weights are zero, so they take a zero
+    /// vector instead of a load).
+    ///
+    /// # Safety
+    /// The features of [`depthwise`]; 32 bytes at each pointer may be read under `k`.
+    #[inline(always)]
+    unsafe fn group_taps_at<const H: usize>(
+        a: &mut [__m512i; 2],
+        taps: [Option<*const i8>; 4],
+        k: __mmask32,
+        w: [__m512i; 2],
+    ) {
+        // SAFETY: the caller's contract.
+        unsafe {
+            let ld = |j: usize| match taps[j] {
+                Some(p) => _mm256_maskz_loadu_epi8(k, p),
+                None => _mm256_setzero_si256(),
+            };
             let q = quads(ld(0), ld(1), ld(2), ld(3));
             let flip = _mm512_set1_epi8(i8::MIN);
             for j in 0..H {
