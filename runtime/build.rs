@@ -62,6 +62,7 @@ fn main() {
         weights: WeightsSource::OutDir("model_weights.bin".into()),
         fuse_residual: true,
         fold_hardswish: true,
+        fold_se: true,
     };
     let g =
         generate(&model, &opts).unwrap_or_else(|e| fail(format!("{}: {e}", model_path.display())));
@@ -125,9 +126,10 @@ fn tiny_fixture(out: &Path) {
             runtime_path: "::derm_runtime".into(),
             weights: WeightsSource::OutDir(format!("{name}_weights.bin")),
             fuse_residual: fuse,
-            // The unfused variant also keeps plain hardswish, so both forms meet the golden
-            // logits.
+            // The unfused variant also keeps plain hardswish and squeeze-excite scaling its
+            // map, so both forms meet the golden logits.
             fold_hardswish: fuse,
+            fold_se: fuse,
         };
         let g = generate(model, &opts).unwrap_or_else(|e| fail(format!("{name}: {e}")));
         write(&out.join(format!("{name}_model.rs")), g.code.as_bytes());

@@ -59,6 +59,7 @@ fn build(out: &Path, name: &str, arch: Arch, head: Head, seed: i64) -> anyhow::R
             weights: WeightsSource::OutDir(format!("{name}_weights.bin")),
             fuse_residual: true,
             fold_hardswish: true,
+            fold_se: true,
         },
     )?;
     write(&out.join(format!("{name}.rs")), g.code.as_bytes())?;

@@ -81,6 +81,10 @@ pub struct GenOptions {
     /// layers) as six times hardswish, with the 1/6 folded into those weights: one vector
     /// instruction fewer per four outputs (`nodes::scale`; f32 models only).
     pub fold_hardswish: bool,
+    /// Let each squeeze-excite whose map is read only by a 1x1 convolution, and has more
+    /// pixels than that convolution has outputs, scale the convolution's weights instead of
+    /// its map (`nodes::se_weights`; f32 models only).
+    pub fold_se: bool,
 }
 
 impl Default for GenOptions {
@@ -90,6 +94,7 @@ impl Default for GenOptions {
             weights: WeightsSource::OutDir("weights.bin".into()),
             fuse_residual: true,
             fold_hardswish: true,
+            fold_se: true,
         }
     }
 }
@@ -148,6 +153,12 @@ pub fn generate(model: &ModelFile, opts: &GenOptions) -> Result<Generated, Codeg
         let plan = quant::QuantPlan::new(model, &shapes)?;
         return emit::int8::generate(model, &shapes, &plan, opts);
     }
-    let nodes = nodes::lower(model, &shapes, opts.fuse_residual, opts.fold_hardswish)?;
+    let nodes = nodes::lower(
+        model,
+        &shapes,
+        opts.fuse_residual,
+        opts.fold_hardswish,
+        opts.fold_se,
+    )?;
     emit::generate(model, &shapes, &nodes, opts)
 }

@@ -64,6 +64,10 @@ struct RustArgs {
     /// Keep every hardswish as hardswish (no 1/6 folded into the weights that read it).
     #[arg(long)]
     no_fold_hardswish: bool,
+    /// Keep every squeeze-excite scaling its map (no gates folded into the next 1x1
+    /// convolution's weights).
+    #[arg(long)]
+    no_fold_se: bool,
 }
 
 #[derive(Debug, Args)]
@@ -121,6 +125,7 @@ fn generate_rust(args: RustArgs) -> Result<()> {
         weights: WeightsSource::Path(abs.to_string_lossy().into_owned()),
         fuse_residual: !args.no_fuse,
         fold_hardswish: !args.no_fold_hardswish,
+        fold_se: !args.no_fold_se,
     };
     let g = generate(&model, &opts).with_context(|| format!("{}", model_path.display()))?;
     std::fs::write(&output, &g.code).with_context(|| format!("writing {}", output.display()))?;

@@ -71,7 +71,10 @@ fn small_counts_match_the_architecture() {
     let kinds = |k: &str| r.layers.iter().filter(|l| l.kernel == k).count();
     assert_eq!(kinds("conv_stem"), 1);
     assert_eq!(kinds("depthwise"), 11);
-    assert_eq!(kinds("squeeze_excite"), 9);
+    // Blocks 1 and 4-8 (maps of 56x56 and 14x14 pixels) scale their projection's weights,
+    // blocks 9-11 (7x7 against 96 outputs) their map.
+    assert_eq!(kinds("squeeze_excite_weights"), 6);
+    assert_eq!(kinds("squeeze_excite"), 3);
     assert_eq!(kinds("linear"), 1);
     // torchvision mobilenet_v3_small features: ~56 M MACs at 224x224.
     assert!((54_000_000..62_000_000).contains(&r.macs), "{}", r.macs);

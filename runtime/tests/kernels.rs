@@ -619,6 +619,32 @@ fn se_ref(
     w2: &[f32],
     b2: &[f32],
 ) -> Vec<Ref> {
+    let gate = se_gates_ref(x_chw, hw, c, csq, w1, b1, w2, b2);
+    (0..c * hw)
+        .map(|i| {
+            let g = &gate[i / hw];
+            let x = x_chw[i] as f64;
+            Ref {
+                value: x * g.value,
+                mag: x.abs() * g.mag,
+            }
+        })
+        .collect()
+}
+
+/// The gates of [`se_ref`] (hardsigmoid applied), each with the magnitude its error
+/// bound scales with.
+#[allow(clippy::too_many_arguments)]
+fn se_gates_ref(
+    x_chw: &[f32],
+    hw: usize,
+    c: usize,
+    csq: usize,
+    w1: &[f32],
+    b1: &[f32],
+    w2: &[f32],
+    b2: &[f32],
+) -> Vec<Ref> {
     let mean: Vec<f32> = (0..c)
         .map(|ch| {
             (x_chw[ch * hw..(ch + 1) * hw]
@@ -632,17 +658,13 @@ fn se_ref(
         .iter()
         .map(|r| r.value as f32)
         .collect();
-    let gate = linear_ref(&hidden, w2, b2, csq, c, Activation::None);
-    (0..c * hw)
-        .map(|i| {
-            let g = &gate[i / hw];
-            let x = x_chw[i] as f64;
-            // The gate's own error (bounded through fc2's magnitude and the
-            // 1/6 slope of hardsigmoid) scales x.
-            Ref {
-                value: x * hardsigmoid_f64(g.value),
-                mag: x.abs() * (1.0 + g.mag),
-            }
+    // The gate's own error (bounded through fc2's magnitude and the 1/6 slope of
+    // hardsigmoid) scales whatever it multiplies.
+    linear_ref(&hidden, w2, b2, csq, c, Activation::None)
+        .iter()
+        .map(|g| Ref {
+            value: hardsigmoid_f64(g.value),
+            mag: 1.0 + g.mag,
         })
         .collect()
 }
@@ -676,6 +698,87 @@ fn squeeze_excite_random_shapes_with_tails() {
             check(
                 &format!("squeeze_excite {name} hw={hw} c={c} csq={csq}"),
                 &x,
+                &want,
+            );
+        }
+    }
+}
+
+type SeWeightsFn = fn(&[f32], kernels::SeShape, [&[f32]; 4], &[f32], &mut [f32], &mut [f32]);
+
+fn se_weights_variants() -> Vec<(&'static str, SeWeightsFn)> {
+    #[allow(unused_mut)]
+    let mut v: Vec<(&'static str, SeWeightsFn)> = vec![
+        ("dispatch", kernels::squeeze_excite_weights),
+        ("portable", kernels::squeeze_excite::portable_weights),
+        #[cfg(target_arch = "aarch64")]
+        (
+            "neon",
+            kernels::squeeze_excite::neon::squeeze_excite_weights,
+        ),
+    ];
+    #[cfg(target_arch = "x86_64")]
+    if kernels::has_avx2_fma() {
+        // SAFETY: the CPU supports AVX2 and FMA.
+        v.push(("avx2", |x, s, fc, proj, t, out| unsafe {
+            kernels::squeeze_excite::avx2_weights(x, s, fc, proj, t, out)
+        }));
+    }
+    v
+}
+
+/// The gates folded into the next 1x1 convolution's packed weights: row `ch` of every
+/// panel times gate `ch` (float64 reference), the map itself left as it was.
+#[test]
+fn squeeze_excite_weights_scale_each_panel_row_by_its_gate() {
+    let mut rng = Rng(11);
+    let mut shapes: Vec<(usize, usize, usize, usize)> = vec![
+        (56 * 56, 16, 8, 16),
+        (196, 240, 64, 40),
+        (196, 120, 32, 48),
+        (3, 6, 2, 5),
+    ];
+    for _ in 0..20 {
+        shapes.push((
+            rng.range(1, 30),
+            rng.range(1, 50),
+            rng.range(1, 20),
+            rng.range(1, 20),
+        ));
+    }
+    for (hw, c, csq, n) in shapes {
+        let x_chw = rng.vec(c * hw);
+        let w1 = rng.vec(csq * c);
+        let b1 = rng.vec(csq);
+        let w2: Vec<f32> = rng.vec(c * csq).iter().map(|v| v * 3.0).collect();
+        let b2: Vec<f32> = rng.vec(c).iter().map(|v| v * 3.0).collect();
+        let gates = se_gates_ref(&x_chw, hw, c, csq, &w1, &b1, &w2, &b2);
+        let proj = pack(&rng.vec(n * c), c, n);
+        let want: Vec<Ref> = proj
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| {
+                let g = &gates[i / kernels::NR % c];
+                Ref {
+                    value: v as f64 * g.value,
+                    mag: (v as f64).abs() * g.mag,
+                }
+            })
+            .collect();
+        let (p1, p2) = (pack(&w1, c, csq), pack(&w2, csq, c));
+        let x = chw_to_hwc(&x_chw, c, hw);
+        for (name, f) in se_weights_variants() {
+            let mut scratch = vec![f32::NAN; c + csq];
+            let mut out = vec![f32::NAN; proj.len()];
+            let s = kernels::SeShape {
+                pixels: hw,
+                c,
+                squeeze: csq,
+            };
+            f(&x, s, [&p1, &b1, &p2, &b2], &proj, &mut scratch, &mut out);
+            check(
+                &format!("squeeze_excite_weights {name} hw={hw} c={c} csq={csq} n={n}"),
+                &out,
                 &want,
             );
         }

@@ -65,6 +65,7 @@ macro_rules! nodes {
     ($($variant:ident => $module:ident :: $ty:ident),* $(,)?) => {
         $(pub(crate) mod $module;)*
         pub(crate) mod scale;
+        pub(crate) mod se_weights;
 
         /// A lowered op: exactly one kernel call.
         pub(crate) enum Node {
@@ -201,12 +202,15 @@ pub(crate) fn depthwise_layout<T: Copy + Default>(w: &[T], c: usize, k: usize) -
 }
 
 /// Lowers the validated graph to kernel calls, fusing each residual add
-/// into the pointwise conv that produces one of its operands when allowed.
+/// into the pointwise conv that produces one of its operands when allowed, then folding
+/// hardswish's 1/6 ([`scale`]) and squeeze-excite gates ([`se_weights`]) into the weights
+/// of the layers that read them, when asked.
 pub(crate) fn lower(
     model: &ModelFile,
     shapes: &ValueShapes,
     fuse_residual: bool,
     fold_hardswish: bool,
+    fold_se: bool,
 ) -> Result<Vec<Node>, CodegenError> {
     let g = &model.graph;
     let mut uses: std::collections::HashMap<&str, usize> = Default::default();
@@ -264,6 +268,10 @@ pub(crate) fn lower(
     }
     if fold_hardswish {
         scale::fold_hardswish(&mut nodes, &g.output);
+    }
+    // After the hardswish folding: the weights the gates scale carry its factor already.
+    if fold_se {
+        se_weights::fold_se_into_weights(&mut nodes, &g.output);
     }
     Ok(nodes)
 }

@@ -16,6 +16,10 @@ pub(crate) struct Pointwise {
     pub(crate) output: String,
     /// Hardswish folding ([`super::scale`]).
     pub(crate) fold: Fold,
+    /// The arena value holding this layer's packed weights, when a squeeze-excite before it
+    /// scales them per image instead of scaling its input ([`super::se_weights`]); `None`:
+    /// the weights are constants.
+    pub(crate) weights_from: Option<String>,
 }
 
 impl Pointwise {
@@ -29,8 +33,27 @@ impl Pointwise {
             residual: None,
             output: op.output.clone(),
             fold: Fold::default(),
+            weights_from: None,
         })
     }
+
+    /// The convolution.
+    pub(crate) fn op(&self) -> &Conv2d {
+        &self.op
+    }
+
+    /// Reads `input` as its map instead (a squeeze-excite's own input, when the gates go
+    /// into this layer's weights: [`super::se_weights`]).
+    pub(crate) fn read_map(&mut self, input: &str) {
+        self.op.input = input.to_owned();
+    }
+}
+
+/// The weights of the 1x1 convolution `op` in the kernel's layout: times the hardswish
+/// fold's input scale, packed in panels.
+pub(crate) fn packed_weights(op: &Conv2d, fold: Fold, model: &ModelFile) -> Result<Vec<f32>, IrError> {
+    let w = fold.scale_input_weights(model.tensor_f32(&op.weight)?);
+    Ok(pack_panels(&w, op.out_channels, op.in_channels))
 }
 
 impl NodeCodegen for Pointwise {
@@ -43,6 +66,7 @@ impl NodeCodegen for Pointwise {
     fn inputs(&self) -> Vec<&str> {
         let mut v = vec![self.op.input.as_str()];
         v.extend(self.residual.as_deref());
+        v.extend(self.weights_from.as_deref());
         v
     }
     fn output(&self) -> &str {
@@ -52,11 +76,11 @@ impl NodeCodegen for Pointwise {
         self.pixels * self.op.out_channels
     }
     fn weights(&self, model: &ModelFile) -> Result<Vec<Vec<f32>>, IrError> {
-        let w = self.fold.scale_input_weights(model.tensor_f32(&self.op.weight)?);
-        Ok(vec![
-            pack_panels(&w, self.op.out_channels, self.op.in_channels),
-            model.tensor_f32(&self.op.bias)?,
-        ])
+        let bias = model.tensor_f32(&self.op.bias)?;
+        Ok(match self.weights_from {
+            Some(_) => vec![bias],
+            None => vec![packed_weights(&self.op, self.fold, model)?, bias],
+        })
     }
     fn macs(&self) -> u64 {
         (self.pixels * self.op.in_channels * self.op.out_channels) as u64
@@ -69,16 +93,20 @@ impl NodeCodegen for Pointwise {
     }
     fn emit(&self, e: &Emit<'_>) -> TokenStream {
         let (rt, x, out) = (e.rt, &e.inputs[0], &e.output);
-        let (w, b) = (&e.weights[0], &e.weights[1]);
+        // Weights from the arena come last among the inputs (see `inputs`).
+        let (w, b) = match self.weights_from {
+            Some(_) => (&e.inputs[e.inputs.len() - 1], &e.weights[0]),
+            None => (&e.weights[0], &e.weights[1]),
+        };
         let (p, k, n) = (
             lit(self.pixels),
             lit(self.op.in_channels),
             lit(self.op.out_channels),
         );
         let act = act_tokens(rt, self.op.activation, self.fold);
-        let residual = match e.inputs.get(1) {
-            Some(r) => quote!(::core::option::Option::Some(#r)),
-            None => quote!(::core::option::Option::None),
+        let residual = match (&self.residual, e.inputs.get(1)) {
+            (Some(_), Some(r)) => quote!(::core::option::Option::Some(#r)),
+            _ => quote!(::core::option::Option::None),
         };
         quote! {
             const SHAPE: #rt::kernels::PointwiseShape = #rt::kernels::PointwiseShape { pixels: #p, k: #k, n: #n };

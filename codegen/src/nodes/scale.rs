@@ -105,7 +105,7 @@ mod tests {
 
     fn lowered(model: &ModelFile, fold: bool) -> Vec<Node> {
         let shapes = model.validate().unwrap();
-        super::super::lower(model, &shapes, true, fold).unwrap()
+        super::super::lower(model, &shapes, true, fold, false).unwrap()
     }
 
     /// On the synthetic MobileNetV3-like model every hardswish is read only by layers with

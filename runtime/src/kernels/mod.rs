@@ -47,7 +47,7 @@ pub use pointwise::pointwise;
 pub use pool::global_avg_pool;
 pub use requant::{requant, requant_i8};
 pub use shape::{ConvShape, DepthwiseShape, PointwiseShape, SeShape};
-pub use squeeze_excite::squeeze_excite;
+pub use squeeze_excite::{squeeze_excite, squeeze_excite_weights};
 
 /// Output channels per packed weight panel (the pointwise register tile width).
 pub const NR: usize = 8;

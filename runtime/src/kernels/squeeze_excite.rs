@@ -2,15 +2,26 @@
 //!
 //! `s = hardsigmoid(fc2(relu(fc1(mean_hw(x)))))`, then `x[p][ch] *= s[ch]`,
 //! as torchvision's `SqueezeExcitation` in MobileNetV3.
+//!
+//! When the only reader of the scaled map is a 1x1 convolution, the gates can scale that
+//! convolution's weights instead (`squeeze_excite_weights`: `W[j][ch] * s[ch]`, one multiply
+//! per weight rather than one per value of the map), which is what codegen emits where the
+//! map has more pixels than the convolution has (panel-padded) outputs.
 
-use super::{Activation, SeShape, hardsigmoid, linear, pool};
+use super::{Activation, NR, SeShape, hardsigmoid, linear, pool};
 
 /// The variant this target uses: NEON on aarch64, [`portable`] elsewhere.
 #[cfg(target_arch = "aarch64")]
 pub use neon::squeeze_excite;
+/// The variant this target uses: NEON on aarch64, [`portable_weights`] elsewhere.
+#[cfg(target_arch = "aarch64")]
+pub use neon::squeeze_excite_weights;
 /// The variant this target uses: NEON on aarch64, [`portable`] elsewhere.
 #[cfg(not(any(target_arch = "aarch64", target_arch = "x86_64")))]
 pub use portable as squeeze_excite;
+/// The variant this target uses: NEON on aarch64, [`portable_weights`] elsewhere.
+#[cfg(not(any(target_arch = "aarch64", target_arch = "x86_64")))]
+pub use portable_weights as squeeze_excite_weights;
 
 /// Portable squeeze-and-excitation.
 ///
@@ -28,6 +39,80 @@ pub fn portable(
     scratch: &mut [f32],
 ) {
     body(x, s, (w1, b1, w2, b2), scratch, linear::portable);
+}
+
+/// Portable squeeze-and-excitation folded into the next 1x1 convolution's weights.
+///
+/// `x`, `s`, `scratch` and the fc layers (`fc`: `[w1, b1, w2, b2]`) as in [`portable`], but
+/// `x` is only read; `proj`
+/// holds the convolution's weights (`c` inputs, packed in panels of [`NR`] outputs like
+/// every 1x1 weight), and `out` receives them with row `ch` of every panel times gate `ch`:
+/// `out[p * c * NR + ch * NR + l] = proj[p * c * NR + ch * NR + l] * s[ch]`.
+///
+/// # Panics
+/// If `out` and `proj` differ in length, or their length is not a multiple of `c * NR`.
+#[inline]
+pub fn portable_weights(
+    x: &[f32],
+    s: SeShape,
+    fc: [&[f32]; 4],
+    proj: &[f32],
+    scratch: &mut [f32],
+    out: &mut [f32],
+) {
+    let [w1, b1, w2, b2] = fc;
+    let gates = gates(x, s, (w1, b1, w2, b2), scratch, linear::portable);
+    scale_panels(proj, s.c, gates, out);
+}
+
+/// The gates of [`portable`] (hardsigmoid applied) in `scratch[..c]`, with the GEMV `gemv`.
+#[inline(always)]
+fn gates<'a>(
+    x: &[f32],
+    s: SeShape,
+    fc: (&[f32], &[f32], &[f32], &[f32]),
+    scratch: &'a mut [f32],
+    gemv: Gemv,
+) -> &'a [f32] {
+    let SeShape {
+        pixels: hw,
+        c,
+        squeeze: csq,
+    } = s;
+    let (w1, b1, w2, b2) = fc;
+    assert!(x.len() >= hw * c, "squeeze_excite: x shorter than hw * c");
+    assert!(
+        scratch.len() >= c + csq,
+        "squeeze_excite: scratch shorter than c + csq"
+    );
+    let (pooled, rest) = scratch.split_at_mut(c);
+    let hidden = &mut rest[..csq];
+    pool::portable(&x[..hw * c], hw, c, pooled);
+    gemv(pooled, c, csq, w1, b1, Activation::Relu, hidden);
+    let gates = pooled;
+    gemv(hidden, csq, c, w2, b2, Activation::None, gates);
+    for g in gates.iter_mut() {
+        *g = hardsigmoid(*g);
+    }
+    gates
+}
+
+/// `out = proj` with row `ch` of every panel times `gates[ch]` (see [`portable_weights`]).
+#[inline(always)]
+fn scale_panels(proj: &[f32], c: usize, gates: &[f32], out: &mut [f32]) {
+    assert!(
+        proj.len() == out.len() && c > 0 && out.len().is_multiple_of(c * NR) && gates.len() >= c,
+        "squeeze_excite_weights: weights of {} values for {c} channels into {}",
+        proj.len(),
+        out.len()
+    );
+    for (o, w) in out.chunks_exact_mut(c * NR).zip(proj.chunks_exact(c * NR)) {
+        for ((o, w), &g) in o.chunks_exact_mut(NR).zip(w.chunks_exact(NR)).zip(gates) {
+            for (d, &v) in o.iter_mut().zip(w) {
+                *d = v * g;
+            }
+        }
+    }
 }
 
 /// The GEMV signature of [`linear::portable`], which [`body`] calls twice.
@@ -85,7 +170,7 @@ fn scale_channels(x: &mut [f32], c: usize, gates: &[f32]) {
 #[cfg(target_arch = "aarch64")]
 pub mod neon {
     use super::super::neon_util::{hardsigmoid, ld1x4_post_by, st1x4_post_by};
-    use super::super::{Activation, SeShape, linear, pool};
+    use super::super::{Activation, NR, SeShape, linear, pool};
     use core::arch::aarch64::*;
 
     /// NEON squeeze-and-excitation with the contract of [`super::portable`].
@@ -154,6 +239,94 @@ pub mod neon {
             }
         }
     }
+
+    /// NEON [`super::portable_weights`]: the gates as [`squeeze_excite`] computes them, then
+    /// each panel's rows scaled four channels at a time (one `ld1` and one `st1` of four
+    /// vectors per two rows, the gates by lane).
+    ///
+    /// # Panics
+    /// As [`super::portable_weights`].
+    #[inline(always)]
+    pub fn squeeze_excite_weights(
+        x: &[f32],
+        s: SeShape,
+        fc: [&[f32]; 4],
+        proj: &[f32],
+        scratch: &mut [f32],
+        out: &mut [f32],
+    ) {
+        let [w1, b1, w2, b2] = fc;
+        let SeShape {
+            pixels: hw,
+            c,
+            squeeze: csq,
+        } = s;
+        assert!(x.len() >= hw * c, "squeeze_excite: x shorter than hw * c");
+        assert!(
+            scratch.len() >= c + csq,
+            "squeeze_excite: scratch shorter than c + csq"
+        );
+        assert!(
+            proj.len() == out.len() && c > 0 && out.len().is_multiple_of(c * NR),
+            "squeeze_excite_weights: weights of {} values for {c} channels into {}",
+            proj.len(),
+            out.len()
+        );
+        let (pooled, rest) = scratch.split_at_mut(c);
+        let hidden = &mut rest[..csq];
+        pool::neon::global_avg_pool(x, hw, c, pooled);
+        linear::neon::linear(pooled, c, csq, w1, b1, Activation::Relu, hidden);
+        let gates = pooled;
+        linear::neon::linear(hidden, csq, c, w2, b2, Activation::None, gates);
+        let c4 = c - c % 4;
+        // SAFETY: ch + 4 <= c4 <= c keeps gate accesses inside `gates` (c values), and each
+        // panel's rows ch..ch + 4 (16 values from p * c * NR + ch * NR) inside the panel of
+        // proj and out (lengths asserted equal, a multiple of c * NR).
+        unsafe {
+            let gp = gates.as_mut_ptr();
+            for ch in (0..c4).step_by(4) {
+                vst1q_f32(gp.add(ch), hardsigmoid(vld1q_f32(gp.add(ch))));
+            }
+            for p in 0..out.len() / (c * NR) {
+                let mut r = proj.as_ptr().add(p * c * NR);
+                let mut o = out.as_mut_ptr().add(p * c * NR);
+                for ch in (0..c4).step_by(4) {
+                    let g = vld1q_f32(gp.add(ch));
+                    let a = ld1x4_post_by(&mut r, 16);
+                    st1x4_post_by(
+                        &mut o,
+                        [
+                            vmulq_laneq_f32::<0>(a[0], g),
+                            vmulq_laneq_f32::<0>(a[1], g),
+                            vmulq_laneq_f32::<1>(a[2], g),
+                            vmulq_laneq_f32::<1>(a[3], g),
+                        ],
+                        16,
+                    );
+                    let a = ld1x4_post_by(&mut r, 16);
+                    st1x4_post_by(
+                        &mut o,
+                        [
+                            vmulq_laneq_f32::<2>(a[0], g),
+                            vmulq_laneq_f32::<2>(a[1], g),
+                            vmulq_laneq_f32::<3>(a[2], g),
+                            vmulq_laneq_f32::<3>(a[3], g),
+                        ],
+                        16,
+                    );
+                }
+            }
+        }
+        for (ch, g) in gates.iter_mut().enumerate().take(c).skip(c4) {
+            *g = super::super::hardsigmoid(*g);
+            for p in 0..out.len() / (c * NR) {
+                let at = p * c * NR + ch * NR;
+                for (o, &v) in out[at..at + NR].iter_mut().zip(&proj[at..at + NR]) {
+                    *o = v * *g;
+                }
+            }
+        }
+    }
 }
 
 /// x86_64: [`portable`]'s steps compiled with AVX2 and FMA (the pool and
@@ -196,6 +369,54 @@ pub mod avx2 {
             linear::avx2::linear(x, k, n, w, b, act, out)
         };
         body(&mut x[..hw * c], s, (w1, b1, w2, b2), scratch, gemv);
+    }
+}
+
+/// AVX2 [`portable_weights`] (x86_64): the same steps with the AVX2 GEMV, compiled with
+/// AVX2 (the pool and the weight scaling vectorize).
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA ([`super::has_avx2_fma`]).
+///
+/// # Panics
+/// As [`portable_weights`].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn avx2_weights(
+    x: &[f32],
+    s: SeShape,
+    fc: [&[f32]; 4],
+    proj: &[f32],
+    scratch: &mut [f32],
+    out: &mut [f32],
+) {
+    let [w1, b1, w2, b2] = fc;
+    // SAFETY (the GEMV): AVX2 and FMA are this function's contract, and the closure does
+    // not leave it.
+    let gemv = |x: &[f32], k, n, w: &[f32], b: &[f32], act, out: &mut [f32]| unsafe {
+        linear::avx2::linear(x, k, n, w, b, act, out)
+    };
+    let gates = gates(x, s, (w1, b1, w2, b2), scratch, gemv);
+    scale_panels(proj, s.c, gates, out);
+}
+
+/// The variant this target uses: AVX2 + FMA when the CPU has them, else
+/// [`portable_weights`].
+#[cfg(target_arch = "x86_64")]
+#[inline]
+pub fn squeeze_excite_weights(
+    x: &[f32],
+    s: SeShape,
+    fc: [&[f32]; 4],
+    proj: &[f32],
+    scratch: &mut [f32],
+    out: &mut [f32],
+) {
+    if super::has_avx2_fma() {
+        // SAFETY: the CPU supports AVX2 and FMA (checked just above).
+        unsafe { avx2_weights(x, s, fc, proj, scratch, out) }
+    } else {
+        portable_weights(x, s, fc, proj, scratch, out)
     }
 }
 
