@@ -356,6 +356,11 @@ fn depthwise_mobilenet_like_shapes() {
         (14, 24, 5, 1),
         (10, 12, 5, 1),
         (9, 8, 5, 1),
+        // 3x3 stride 1 and 5x5 stride 2 in 8-channel blocks and groups of 7 pixels on
+        // aarch64 (MobileNetV3-Small's at 224x224: both padding ends, middle groups).
+        (28, 88, 3, 1),
+        (28, 96, 5, 2),
+        (14, 288, 5, 2),
     ] {
         depthwise_case(&mut rng, hw, hw, c, k, s, k / 2);
     }
