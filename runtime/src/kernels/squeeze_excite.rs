@@ -292,28 +292,8 @@ pub mod neon {
                 let mut o = out.as_mut_ptr().add(p * c * NR);
                 for ch in (0..c4).step_by(4) {
                     let g = vld1q_f32(gp.add(ch));
-                    let a = ld1x4_post_by(&mut r, 16);
-                    st1x4_post_by(
-                        &mut o,
-                        [
-                            vmulq_laneq_f32::<0>(a[0], g),
-                            vmulq_laneq_f32::<0>(a[1], g),
-                            vmulq_laneq_f32::<1>(a[2], g),
-                            vmulq_laneq_f32::<1>(a[3], g),
-                        ],
-                        16,
-                    );
-                    let a = ld1x4_post_by(&mut r, 16);
-                    st1x4_post_by(
-                        &mut o,
-                        [
-                            vmulq_laneq_f32::<2>(a[0], g),
-                            vmulq_laneq_f32::<2>(a[1], g),
-                            vmulq_laneq_f32::<3>(a[2], g),
-                            vmulq_laneq_f32::<3>(a[3], g),
-                        ],
-                        16,
-                    );
+                    scale_two_rows::<0, 1>(&mut r, &mut o, g);
+                    scale_two_rows::<2, 3>(&mut r, &mut o, g);
                 }
             }
         }
@@ -325,6 +305,34 @@ pub mod neon {
                     *o = v * *g;
                 }
             }
+        }
+    }
+
+    /// Two rows of a weight panel (16 values at `*r`: rows `ch + A` and `ch + B` of 8 outputs
+    /// each) times gate lanes `A` and `B` of `g`, stored at `*o` with one `st1`; both pointers
+    /// advance past them.
+    ///
+    /// # Safety
+    /// `*r` points at 16 readable and `*o` at 16 writable `f32`.
+    #[inline(always)]
+    unsafe fn scale_two_rows<const A: i32, const B: i32>(
+        r: &mut *const f32,
+        o: &mut *mut f32,
+        g: float32x4_t,
+    ) {
+        // SAFETY: the caller's contract.
+        unsafe {
+            let a = ld1x4_post_by(r, 16);
+            st1x4_post_by(
+                o,
+                [
+                    vmulq_laneq_f32::<A>(a[0], g),
+                    vmulq_laneq_f32::<A>(a[1], g),
+                    vmulq_laneq_f32::<B>(a[2], g),
+                    vmulq_laneq_f32::<B>(a[3], g),
+                ],
+                16,
+            );
         }
     }
 }
