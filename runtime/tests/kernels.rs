@@ -726,7 +726,7 @@ fn se_weights_variants() -> Vec<(&'static str, SeWeightsFn)> {
     if kernels::has_avx2_fma() {
         // SAFETY: the CPU supports AVX2 and FMA.
         v.push(("avx2", |x, s, fc, proj, t, out| unsafe {
-            kernels::squeeze_excite::avx2_weights(x, s, fc, proj, t, out)
+            kernels::squeeze_excite::avx2::squeeze_excite_weights(x, s, fc, proj, t, out)
         }));
     }
     v

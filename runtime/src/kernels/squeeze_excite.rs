@@ -38,15 +38,15 @@ pub fn portable(
     b2: &[f32],
     scratch: &mut [f32],
 ) {
-    body(x, s, (w1, b1, w2, b2), scratch, linear::portable);
+    body(x, s, [w1, b1, w2, b2], scratch, linear::portable);
 }
 
 /// Portable squeeze-and-excitation folded into the next 1x1 convolution's weights.
 ///
 /// `x`, `s`, `scratch` and the fc layers (`fc`: `[w1, b1, w2, b2]`) as in [`portable`], but
-/// `x` is only read; `proj`
-/// holds the convolution's weights (`c` inputs, packed in panels of [`NR`] outputs like
-/// every 1x1 weight), and `out` receives them with row `ch` of every panel times gate `ch`:
+/// `x` is only read; `proj` holds the convolution's weights (`c` inputs, packed in panels of
+/// [`NR`] outputs like every 1x1 weight), and `out` receives them with row `ch` of every
+/// panel times gate `ch`:
 /// `out[p * c * NR + ch * NR + l] = proj[p * c * NR + ch * NR + l] * s[ch]`.
 ///
 /// # Panics
@@ -60,8 +60,7 @@ pub fn portable_weights(
     scratch: &mut [f32],
     out: &mut [f32],
 ) {
-    let [w1, b1, w2, b2] = fc;
-    let gates = gates(x, s, (w1, b1, w2, b2), scratch, linear::portable);
+    let gates = gates(x, s, fc, scratch, linear::portable);
     scale_panels(proj, s.c, gates, out);
 }
 
@@ -70,7 +69,7 @@ pub fn portable_weights(
 fn gates<'a>(
     x: &[f32],
     s: SeShape,
-    fc: (&[f32], &[f32], &[f32], &[f32]),
+    fc: [&[f32]; 4],
     scratch: &'a mut [f32],
     gemv: Gemv,
 ) -> &'a [f32] {
@@ -79,7 +78,7 @@ fn gates<'a>(
         c,
         squeeze: csq,
     } = s;
-    let (w1, b1, w2, b2) = fc;
+    let [w1, b1, w2, b2] = fc;
     assert!(x.len() >= hw * c, "squeeze_excite: x shorter than hw * c");
     assert!(
         scratch.len() >= c + csq,
@@ -89,6 +88,7 @@ fn gates<'a>(
     let hidden = &mut rest[..csq];
     pool::portable(&x[..hw * c], hw, c, pooled);
     gemv(pooled, c, csq, w1, b1, Activation::Relu, hidden);
+    // The pooled means are dead now; their slot receives the gates.
     let gates = pooled;
     gemv(hidden, csq, c, w2, b2, Activation::None, gates);
     for g in gates.iter_mut() {
@@ -121,34 +121,11 @@ type Gemv = fn(&[f32], usize, usize, &[f32], &[f32], Activation, &mut [f32]);
 /// [`portable`]'s steps with the GEMV `gemv`: the one source of the portable
 /// and AVX2 variants (the latter compiles it with AVX2 and passes
 /// `linear::avx2::linear`).
-/// `fc` is `(w1, b1, w2, b2)`.
+/// `fc` is `[w1, b1, w2, b2]`.
 #[inline(always)]
-fn body(
-    x: &mut [f32],
-    s: SeShape,
-    fc: (&[f32], &[f32], &[f32], &[f32]),
-    scratch: &mut [f32],
-    gemv: Gemv,
-) {
-    let SeShape {
-        pixels: hw,
-        c,
-        squeeze: csq,
-    } = s;
-    let (w1, b1, w2, b2) = fc;
-    debug_assert_eq!(x.len(), hw * c);
-    debug_assert!(scratch.len() >= c + csq);
-    let (pooled, rest) = scratch.split_at_mut(c);
-    let hidden = &mut rest[..csq];
-    pool::portable(x, hw, c, pooled);
-    gemv(pooled, c, csq, w1, b1, Activation::Relu, hidden);
-    // The pooled means are dead now; their slot receives the gates.
-    let gates = pooled;
-    gemv(hidden, csq, c, w2, b2, Activation::None, gates);
-    for g in gates.iter_mut() {
-        *g = hardsigmoid(*g);
-    }
-    scale_channels(x, c, gates);
+fn body(x: &mut [f32], s: SeShape, fc: [&[f32]; 4], scratch: &mut [f32], gemv: Gemv) {
+    let gates = gates(x, s, fc, scratch, gemv);
+    scale_channels(x, s.c, gates);
 }
 
 /// `x[p][ch] *= gates[ch]`.
@@ -189,22 +166,8 @@ pub mod neon {
         b2: &[f32],
         scratch: &mut [f32],
     ) {
-        let SeShape {
-            pixels: hw,
-            c,
-            squeeze: csq,
-        } = s;
-        assert!(x.len() >= hw * c, "squeeze_excite: x shorter than hw * c");
-        assert!(
-            scratch.len() >= c + csq,
-            "squeeze_excite: scratch shorter than c + csq"
-        );
-        let (pooled, rest) = scratch.split_at_mut(c);
-        let hidden = &mut rest[..csq];
-        pool::neon::global_avg_pool(x, hw, c, pooled);
-        linear::neon::linear(pooled, c, csq, w1, b1, Activation::Relu, hidden);
-        let gates = pooled;
-        linear::neon::linear(hidden, csq, c, w2, b2, Activation::None, gates);
+        let (hw, c) = (s.pixels, s.c);
+        let gates = fc_gates(x, s, [w1, b1, w2, b2], scratch);
         let mut cb = 0;
         // SAFETY: cb + 16 (or cb + 4) <= c keeps gate accesses below c and pixel accesses
         // px * c + cb + 15 (or + 3) below hw * c (asserted above).
@@ -255,29 +218,14 @@ pub mod neon {
         scratch: &mut [f32],
         out: &mut [f32],
     ) {
-        let [w1, b1, w2, b2] = fc;
-        let SeShape {
-            pixels: hw,
-            c,
-            squeeze: csq,
-        } = s;
-        assert!(x.len() >= hw * c, "squeeze_excite: x shorter than hw * c");
-        assert!(
-            scratch.len() >= c + csq,
-            "squeeze_excite: scratch shorter than c + csq"
-        );
+        let c = s.c;
         assert!(
             proj.len() == out.len() && c > 0 && out.len().is_multiple_of(c * NR),
             "squeeze_excite_weights: weights of {} values for {c} channels into {}",
             proj.len(),
             out.len()
         );
-        let (pooled, rest) = scratch.split_at_mut(c);
-        let hidden = &mut rest[..csq];
-        pool::neon::global_avg_pool(x, hw, c, pooled);
-        linear::neon::linear(pooled, c, csq, w1, b1, Activation::Relu, hidden);
-        let gates = pooled;
-        linear::neon::linear(hidden, csq, c, w2, b2, Activation::None, gates);
+        let gates = fc_gates(x, s, fc, scratch);
         let c4 = c - c % 4;
         // SAFETY: ch + 4 <= c4 <= c keeps gate accesses inside `gates` (c values), and each
         // panel's rows ch..ch + 4 (16 values from p * c * NR + ch * NR) inside the panel of
@@ -306,6 +254,40 @@ pub mod neon {
                 }
             }
         }
+    }
+
+    /// The gates of both NEON variants before their hardsigmoid (which each applies where it
+    /// uses them): the pooled means through fc1 and ReLU, then fc2, in `scratch[..c]`.
+    ///
+    /// # Panics
+    /// If `x` is shorter than `hw * c`, `scratch` than `c + csq`, or a weight slice than its
+    /// shape.
+    #[inline(always)]
+    fn fc_gates<'a>(
+        x: &[f32],
+        s: SeShape,
+        fc: [&[f32]; 4],
+        scratch: &'a mut [f32],
+    ) -> &'a mut [f32] {
+        let [w1, b1, w2, b2] = fc;
+        let SeShape {
+            pixels: hw,
+            c,
+            squeeze: csq,
+        } = s;
+        assert!(x.len() >= hw * c, "squeeze_excite: x shorter than hw * c");
+        assert!(
+            scratch.len() >= c + csq,
+            "squeeze_excite: scratch shorter than c + csq"
+        );
+        let (pooled, rest) = scratch.split_at_mut(c);
+        let hidden = &mut rest[..csq];
+        pool::neon::global_avg_pool(x, hw, c, pooled);
+        linear::neon::linear(pooled, c, csq, w1, b1, Activation::Relu, hidden);
+        // The pooled means are dead now; their slot receives the gates.
+        let gates = pooled;
+        linear::neon::linear(hidden, csq, c, w2, b2, Activation::None, gates);
+        gates
     }
 
     /// Two rows of a weight panel (16 values at `*r`: rows `ch + A` and `ch + B` of 8 outputs
@@ -342,7 +324,7 @@ pub mod neon {
 #[cfg(target_arch = "x86_64")]
 pub mod avx2 {
     use super::super::{SeShape, linear};
-    use super::body;
+    use super::{body, gates, scale_panels};
 
     /// AVX2 squeeze-and-excitation with the contract of [`super::portable`].
     ///
@@ -376,36 +358,33 @@ pub mod avx2 {
         let gemv = |x: &[f32], k, n, w: &[f32], b: &[f32], act, out: &mut [f32]| unsafe {
             linear::avx2::linear(x, k, n, w, b, act, out)
         };
-        body(&mut x[..hw * c], s, (w1, b1, w2, b2), scratch, gemv);
+        body(&mut x[..hw * c], s, [w1, b1, w2, b2], scratch, gemv);
     }
-}
 
-/// AVX2 [`portable_weights`] (x86_64): the same steps with the AVX2 GEMV, compiled with
-/// AVX2 (the pool and the weight scaling vectorize).
-///
-/// # Safety
-/// The CPU must support AVX2 and FMA ([`super::has_avx2_fma`]).
-///
-/// # Panics
-/// As [`portable_weights`].
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-pub unsafe fn avx2_weights(
-    x: &[f32],
-    s: SeShape,
-    fc: [&[f32]; 4],
-    proj: &[f32],
-    scratch: &mut [f32],
-    out: &mut [f32],
-) {
-    let [w1, b1, w2, b2] = fc;
-    // SAFETY (the GEMV): AVX2 and FMA are this function's contract, and the closure does
-    // not leave it.
-    let gemv = |x: &[f32], k, n, w: &[f32], b: &[f32], act, out: &mut [f32]| unsafe {
-        linear::avx2::linear(x, k, n, w, b, act, out)
-    };
-    let gates = gates(x, s, (w1, b1, w2, b2), scratch, gemv);
-    scale_panels(proj, s.c, gates, out);
+    /// AVX2 [`super::portable_weights`]: the same steps with the AVX2 GEMV, compiled with
+    /// AVX2 (the pool and the weight scaling vectorize).
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 and FMA ([`super::super::has_avx2_fma`]).
+    ///
+    /// # Panics
+    /// As [`super::portable_weights`].
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn squeeze_excite_weights(
+        x: &[f32],
+        s: SeShape,
+        fc: [&[f32]; 4],
+        proj: &[f32],
+        scratch: &mut [f32],
+        out: &mut [f32],
+    ) {
+        // SAFETY (the GEMV): as in `squeeze_excite`.
+        let gemv = |x: &[f32], k, n, w: &[f32], b: &[f32], act, out: &mut [f32]| unsafe {
+            linear::avx2::linear(x, k, n, w, b, act, out)
+        };
+        let gates = gates(x, s, fc, scratch, gemv);
+        scale_panels(proj, s.c, gates, out);
+    }
 }
 
 /// The variant this target uses: AVX2 + FMA when the CPU has them, else
@@ -422,7 +401,7 @@ pub fn squeeze_excite_weights(
 ) {
     if super::has_avx2_fma() {
         // SAFETY: the CPU supports AVX2 and FMA (checked just above).
-        unsafe { avx2_weights(x, s, fc, proj, scratch, out) }
+        unsafe { avx2::squeeze_excite_weights(x, s, fc, proj, scratch, out) }
     } else {
         portable_weights(x, s, fc, proj, scratch, out)
     }
