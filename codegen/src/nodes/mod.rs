@@ -152,10 +152,15 @@ pub(crate) fn act_tokens(rt: &TokenStream, a: Activation, fold: Fold) -> TokenSt
 /// Output panel width of the packed weight layout (`kernels::NR`).
 pub(crate) const NR: usize = 8;
 
+/// Length of `k x n` weights packed by [`pack_panels`] (`kernels::packed_len`).
+pub(crate) fn packed_len(k: usize, n: usize) -> usize {
+    n.div_ceil(NR) * NR * k
+}
+
 /// Packs `w` (`[n][k]`, row-major) into panels of [`NR`] output channels:
 /// `out[(j / NR) * k * NR + i * NR + j % NR] = w[j][i]`, zero-padded.
 pub(crate) fn pack_panels(w: &[f32], n: usize, k: usize) -> Vec<f32> {
-    let mut out = vec![0f32; n.div_ceil(NR) * NR * k];
+    let mut out = vec![0f32; packed_len(k, n)];
     for j in 0..n {
         for i in 0..k {
             out[(j / NR) * k * NR + i * NR + j % NR] = w[j * k + i];

@@ -5,7 +5,7 @@ use proc_macro2::TokenStream;
 use quote::quote;
 
 use super::pointwise::{Pointwise, packed_weights};
-use super::{Emit, Fold, NodeCodegen, NR, lit, pack_panels};
+use super::{Emit, Fold, NodeCodegen, lit, pack_panels, packed_len};
 use crate::ir::{Conv2d, IrError, ModelFile, SqueezeExcite as Op};
 
 /// The 1x1 convolution whose weights a squeeze-excite scales instead of its map.
@@ -28,9 +28,9 @@ impl Project {
         }
     }
 
-    /// Length of the packed weights (panels of [`NR`] outputs).
+    /// Length of the packed weights (panels of `NR` outputs).
     fn len(&self) -> usize {
-        self.op.out_channels.div_ceil(NR) * NR * self.op.in_channels
+        packed_len(self.op.in_channels, self.op.out_channels)
     }
 }
 

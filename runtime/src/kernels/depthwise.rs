@@ -632,9 +632,13 @@ pub mod neon {
         }
     }
 
-    /// `column_N`: one input column of [`pair7`] (`ld1 {v24.4s, v25.4s}, [p], step`) into N
-    /// pixels' accumulator pairs `acc[px[i]]` through weight pairs `w[i]`, the load and its
-    /// `2 N` `fmla` in one `asm!` block (see [`column`] for why one block).
+    /// `column_N`: one input column of a group of `G` pixels ([`pair_group`], [`pair7`]):
+    /// `ld1 {v24.4s, v25.4s}, [p], step` into N pixels' accumulator pairs `acc[px[i]]`
+    /// through weight pairs `w[i]`, the load and its `2 N` `fmla` in one `asm!` block.
+    ///
+    /// In one block because `ld1` of two registers needs them consecutive: written as a load
+    /// helper, LLVM hoisted the next column's load above the multiplies of this one and
+    /// copied every pair out of the fixed registers (two `mov` per column).
     macro_rules! column_n {
         ($name:ident: $($i:literal $a0:ident $a1:ident $w0:ident $w1:ident),+) => {
             /// See [`column_n`].
@@ -643,10 +647,10 @@ pub mod neon {
             /// `*p` points at 8 readable `f32`; `*p + step / 4` stays inside (or one past)
             /// the same allocation.
             #[inline(always)]
-            unsafe fn $name(
+            unsafe fn $name<const G: usize>(
                 p: &mut *const f32,
                 step: usize,
-                acc: &mut [[float32x4_t; 2]; P7],
+                acc: &mut [[float32x4_t; 2]; G],
                 px: [usize; { [$($i),+].len() }],
                 w: [[float32x4_t; 2]; { [$($i),+].len() }],
             ) {
@@ -721,16 +725,16 @@ pub mod neon {
                 // Column j feeds pixel j / 2 through tap 0 and pixel j / 2 - 1 through tap 2
                 // (j even), or pixel (j - 1) / 2 through tap 1 (j odd).
                 if LEAD == 0 {
-                    column(&mut p, step, &mut acc[0], &wr[0]);
+                    column_1(&mut p, step, &mut acc, [0], [wr[0]]);
                 }
-                column(&mut p, step, &mut acc[0], &wr[1]);
-                column2(&mut p, step, &mut acc, 1, 0, &wr[0], &wr[2]);
-                column(&mut p, step, &mut acc[1], &wr[1]);
-                column2(&mut p, step, &mut acc, 2, 1, &wr[0], &wr[2]);
-                column(&mut p, step, &mut acc[2], &wr[1]);
-                column2(&mut p, step, &mut acc, 3, 2, &wr[0], &wr[2]);
-                column(&mut p, step, &mut acc[3], &wr[1]);
-                column(&mut p, step, &mut acc[3], &wr[2]);
+                column_1(&mut p, step, &mut acc, [0], [wr[1]]);
+                column_2(&mut p, step, &mut acc, [1, 0], [wr[0], wr[2]]);
+                column_1(&mut p, step, &mut acc, [1], [wr[1]]);
+                column_2(&mut p, step, &mut acc, [2, 1], [wr[0], wr[2]]);
+                column_1(&mut p, step, &mut acc, [2], [wr[1]]);
+                column_2(&mut p, step, &mut acc, [3, 2], [wr[0], wr[2]]);
+                column_1(&mut p, step, &mut acc, [3], [wr[1]]);
+                column_1(&mut p, step, &mut acc, [3], [wr[2]]);
             }
             let o = at.out.add((at.oy * s.ow + ox) * c + at.cb);
             for (px, a) in acc.iter().enumerate() {
@@ -738,85 +742,6 @@ pub mod neon {
                 vst1q_f32(o.add(px * c + 4), activate(at.g.act, a[1]));
             }
         }
-    }
-
-    /// One input column of [`pair_group`] into one pixel's accumulator pair: `ld1 {v24.4s,
-    /// v25.4s}, [p], step` and two `fmla` in one `asm!` block.
-    ///
-    /// In one block because `ld1` of two registers needs them consecutive: written as a load
-    /// helper, LLVM hoisted the next column's load above the multiplies of this one and
-    /// copied every pair out of the fixed registers (two `mov` per column).
-    ///
-    /// # Safety
-    /// `*p` points at 8 readable `f32`; `*p + step / 4` stays inside (or one past) the same
-    /// allocation.
-    #[inline(always)]
-    unsafe fn column(
-        p: &mut *const f32,
-        step: usize,
-        a: &mut [float32x4_t; 2],
-        w: &[float32x4_t; 2],
-    ) {
-        // SAFETY: the caller guarantees the 32 bytes read; the asm touches nothing else.
-        unsafe {
-            core::arch::asm!(
-                "ld1 {{v24.4s, v25.4s}}, [{p}], {s}",
-                "fmla {a0:v}.4s, v24.4s, {w0:v}.4s",
-                "fmla {a1:v}.4s, v25.4s, {w1:v}.4s",
-                p = inout(reg) *p,
-                s = in(reg) step,
-                a0 = inout(vreg) a[0],
-                a1 = inout(vreg) a[1],
-                w0 = in(vreg) w[0],
-                w1 = in(vreg) w[1],
-                out("v24") _,
-                out("v25") _,
-                options(readonly, nostack, preserves_flags),
-            );
-        }
-    }
-
-    /// [`column`] feeding two pixels, `x` through weights `wx` and `y` through `wy`.
-    ///
-    /// # Safety
-    /// As [`column`].
-    #[inline(always)]
-    unsafe fn column2(
-        p: &mut *const f32,
-        step: usize,
-        acc: &mut [[float32x4_t; 2]; 4],
-        x: usize,
-        y: usize,
-        wx: &[float32x4_t; 2],
-        wy: &[float32x4_t; 2],
-    ) {
-        let ([ax0, ax1], [ay0, ay1]) = (acc[x], acc[y]);
-        let (mut ax0, mut ax1, mut ay0, mut ay1) = (ax0, ax1, ay0, ay1);
-        // SAFETY: as in `column`.
-        unsafe {
-            core::arch::asm!(
-                "ld1 {{v24.4s, v25.4s}}, [{p}], {s}",
-                "fmla {ax0:v}.4s, v24.4s, {wx0:v}.4s",
-                "fmla {ax1:v}.4s, v25.4s, {wx1:v}.4s",
-                "fmla {ay0:v}.4s, v24.4s, {wy0:v}.4s",
-                "fmla {ay1:v}.4s, v25.4s, {wy1:v}.4s",
-                p = inout(reg) *p,
-                s = in(reg) step,
-                ax0 = inout(vreg) ax0,
-                ax1 = inout(vreg) ax1,
-                ay0 = inout(vreg) ay0,
-                ay1 = inout(vreg) ay1,
-                wx0 = in(vreg) wx[0],
-                wx1 = in(vreg) wx[1],
-                wy0 = in(vreg) wy[0],
-                wy1 = in(vreg) wy[1],
-                out("v24") _,
-                out("v25") _,
-                options(readonly, nostack, preserves_flags),
-            );
-        }
-        acc[x] = [ax0, ax1];
-        acc[y] = [ay0, ay1];
     }
 
     /// One output row and channel block: what every [`group`] of it shares.

@@ -987,14 +987,7 @@ pub mod avx512 {
         w: [__m512i; 2],
     ) {
         // SAFETY: the caller's contract.
-        unsafe {
-            let ld = |j: usize| _mm256_maskz_loadu_epi8(k, p.add(rel[j]));
-            let q = quads(ld(0), ld(1), ld(2), ld(3));
-            let flip = _mm512_set1_epi8(i8::MIN);
-            for j in 0..H {
-                a[j] = _mm512_dpbusd_epi32(a[j], _mm512_xor_si512(q[j], flip), w[j]);
-            }
-        }
+        unsafe { group_taps_at::<H>(a, core::array::from_fn(|j| Some(p.add(rel[j]))), k, w) }
     }
 
     /// [`group_taps`] with each tap's input bytes at its own pointer, `None` for the zero
