@@ -4,7 +4,8 @@
 //! RGB8 pixels to the model's input size (the filter training's loader uses, so a
 //! model sees the same pixels in training and in use), then per-channel
 //! normalization, written straight into a caller-owned planar (CHW) `f32` buffer.
-//! No heap: the filter weights live in fixed tables on the stack (about 14 KiB).
+//! No heap: the filter weights, one strip's vertical sums and one output row live in fixed
+//! tables on the stack (about 33 KiB).
 
 /// Why an image could not be preprocessed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -178,7 +179,7 @@ pub fn crop_resize_normalize(
 }
 
 /// Like [`crop_resize_normalize`], storing the normalized values through `store(values,
-/// out)`, a run of up to 64 values of one channel and output row at a time (`out` as long as
+/// out)`, a run of up to 256 values of one channel and output row at a time (`out` as long as
 /// `values`): an int8 model's input is written quantized (its `input_values`, the vector
 /// quantization `run` uses), so the `f32` image is never held anywhere. `store` sees the same
 /// `f32` values, for the same positions, that [`crop_resize_normalize`] writes.
@@ -300,12 +301,14 @@ fn resize<T: Copy>(r: Resize<'_>, out: &mut [T], store: impl Fn(&[f32], &mut [T]
     // weights (computed once per strip) and its span of source columns live on the stack; a
     // strip ends early when its weights or its span would overflow their tables, which only
     // happens for large reductions.
-    const STRIP: usize = 64;
-    let mut cols = [(0usize, 0usize, 0usize); STRIP]; // (first column, taps, weight offset)
+    let mut cols = [Column::default(); STRIP];
     let mut wx = [0f32; COLUMN_TABLE];
     let mut wy = [0f32; MAX_TAPS];
-    // One value more than the spans need: the NEON horizontal pass reads it, unused.
-    let mut column_sums = [0f32; 3 * SPAN_TABLE + 1];
+    // One value more than the spans need: the horizontal pass reads it, unused; and the
+    // zero-weighted padding taps of the strip's last columns (`FIXED_TAPS`) read up to
+    // `FIXED_TAPS - 1` source columns past the span: values that are still finite (zero or an
+    // earlier row's sums), so their zero products change nothing.
+    let mut column_sums = [0f32; 3 * SPAN_TABLE + 3 * (FIXED_TAPS - 1) + 1];
     // One output row of a strip, per channel, before `store`.
     let mut values = [[0f32; STRIP]; 3];
     let need = taps_needed(sx);
@@ -327,10 +330,29 @@ fn resize<T: Copy>(r: Resize<'_>, out: &mut [T], store: impl Fn(&[f32], &mut [T]
             }
             // The first column always fits: taps <= need <= MAX_TAPS <= SPAN_TABLE.
             span_end = span_end.max(first + taps);
-            cols[n] = (first - span_first, taps, used);
+            cols[n] = Column {
+                x0: first - span_first,
+                taps,
+                w0: used,
+            };
             used += taps;
             n += 1;
         }
+        // Every column of the strip the same number of taps, the strip's largest, the extra
+        // weights zero: then up to FIXED_TAPS the horizontal pass runs with that count known
+        // at compile time. Weights move to `j * taps`, from the last column back, so no
+        // column's weights are overwritten before they move (`w0 <= j * taps` for each).
+        let taps = cols[..n].iter().map(|c| c.taps).max().unwrap_or(1);
+        let fixed = if taps <= FIXED_TAPS && n * taps <= wx.len() {
+            for (j, col) in cols[..n].iter_mut().enumerate().rev() {
+                wx.copy_within(col.w0..col.w0 + col.taps, j * taps);
+                wx[j * taps + col.taps..(j + 1) * taps].fill(0.0);
+                col.w0 = j * taps;
+            }
+            taps
+        } else {
+            0
+        };
         let span = 3 * (span_end - span_first);
         for oy in 0..out_h {
             let (first_row, rows) = triangle_taps(oy, sy, region.height, &mut wy);
@@ -375,11 +397,17 @@ fn resize<T: Copy>(r: Resize<'_>, out: &mut [T], store: impl Fn(&[f32], &mut [T]
                 &mut green[at..at + n],
                 &mut blue[at..at + n],
             );
-            for (j, &(x0, taps, w0)) in cols[..n].iter().enumerate() {
-                let v = horizontal(&column_sums[..span + 1], x0, &wx[w0..w0 + taps]);
-                for c in 0..3 {
-                    values[c][j] = v[c] * scale[c] + bias[c];
-                }
+            let row = (&column_sums[..], &cols[..n], &wx[..], (scale, bias));
+            match fixed {
+                1 => horizontal_row::<1>(row, &mut values),
+                2 => horizontal_row::<2>(row, &mut values),
+                3 => horizontal_row::<3>(row, &mut values),
+                4 => horizontal_row::<4>(row, &mut values),
+                5 => horizontal_row::<5>(row, &mut values),
+                6 => horizontal_row::<6>(row, &mut values),
+                7 => horizontal_row::<7>(row, &mut values),
+                8 => horizontal_row::<8>(row, &mut values),
+                _ => horizontal_row::<0>(row, &mut values),
             }
             store(&values[0][..n], r);
             store(&values[1][..n], g);
@@ -389,72 +417,166 @@ fn resize<T: Copy>(r: Resize<'_>, out: &mut [T], store: impl Fn(&[f32], &mut [T]
     }
 }
 
-/// The horizontal pass of one output pixel: `sum_t weights[t] * sums[(x0 + t) * 3 + c]` for
-/// the three channels `c`, from one row of vertical sums (RGB interleaved) followed by one
-/// spare value. Each channel's products are added in tap order, one rounding per multiply and
-/// per add, so every variant gives the same bits (an int8 model quantizes these values).
+/// Output columns per strip of [`resize`] (a multiple of 4: the horizontal pass writes 4
+/// columns at a time).
+const STRIP: usize = 256;
+const _: () = assert!(STRIP.is_multiple_of(4));
+
+/// The most taps per column for which [`horizontal_row`] is compiled with the count fixed
+/// (a strip's columns padded with zero weights to its largest count): up to a reduction by
+/// about 3 (a 1024x768 photo to 224 px), beyond it the count is read per column.
+const FIXED_TAPS: usize = 8;
+
+/// One output row of a strip for [`horizontal_row`]: the row of vertical sums (RGB
+/// interleaved, past the span as `resize` documents), the strip's columns, their weights and
+/// the normalization (`scale`, `bias` per channel).
+type Row<'a> = (&'a [f32], &'a [Column], &'a [f32], ([f32; 3], [f32; 3]));
+
+/// One output column of a strip: its first source column (relative to the strip's span),
+/// its number of taps (at least 1) and where its weights start in the strip's table.
+#[derive(Clone, Copy, Default)]
+struct Column {
+    x0: usize,
+    taps: usize,
+    w0: usize,
+}
+
+/// The horizontal pass of one output row of a strip, normalized: for each column `j`,
+/// `(sum_t w[t] * sums[(x0 + t) * 3 + c]) * scale[c] + bias[c]` into `values[c][j]`, from one
+/// row of vertical sums (RGB interleaved) followed by one spare value. Each channel's
+/// products are added in tap order, one rounding per multiply and per add, so every variant
+/// gives the same bits (an int8 model quantizes these values).
 #[cfg(not(any(target_arch = "aarch64", target_arch = "x86_64")))]
-#[inline]
-fn horizontal(sums: &[f32], x0: usize, weights: &[f32]) -> [f32; 3] {
-    let mut v = [0f32; 3];
-    let taps = weights.len();
-    for (px, &w) in sums[x0 * 3..(x0 + taps) * 3].chunks_exact(3).zip(weights) {
-        v[0] += w * px[0];
-        v[1] += w * px[1];
-        v[2] += w * px[2];
+#[inline(always)]
+fn horizontal_row<const T: usize>(
+    (sums, cols, wx, (scale, bias)): Row<'_>,
+    values: &mut [[f32; STRIP]; 3],
+) {
+    for (j, col) in cols.iter().enumerate() {
+        let weights = &wx[col.w0..col.w0 + col.taps];
+        let taps = sums[col.x0 * 3..(col.x0 + col.taps) * 3].chunks_exact(3);
+        let mut v = [0f32; 3];
+        for (px, &w) in taps.zip(weights) {
+            v[0] += w * px[0];
+            v[1] += w * px[1];
+            v[2] += w * px[2];
+        }
+        for c in 0..3 {
+            values[c][j] = v[c] * scale[c] + bias[c];
+        }
     }
-    v
 }
 
-/// [`horizontal`] with NEON: the three channels and the next value (unused) in one vector
-/// per tap, multiplied and added separately (not fused), as the portable form rounds.
+/// [`horizontal_row`] with NEON: per column, the three channels and the next value (unused)
+/// in one vector per tap, multiplied and added separately (not fused), as the portable form
+/// rounds; four columns' vectors are then transposed into one vector per channel and
+/// normalized together. The first tap's product stands for `0 + product`: weights and sums
+/// are never negative, so the product is never `-0` and the two are the same bits.
 #[cfg(target_arch = "aarch64")]
-#[inline]
-fn horizontal(sums: &[f32], x0: usize, weights: &[f32]) -> [f32; 3] {
+#[inline(always)]
+fn horizontal_row<const T: usize>(
+    (sums, cols, wx, (scale, bias)): Row<'_>,
+    values: &mut [[f32; STRIP]; 3],
+) {
     use core::arch::aarch64::*;
-    // Each tap reads 4 values from (x0 + t) * 3: the last ends at (x0 + taps) * 3 + 1.
-    assert!(
-        (x0 + weights.len()) * 3 < sums.len(),
-        "preprocess: horizontal taps past the row of sums"
-    );
-    // SAFETY: the assertion bounds every 4-value load; NEON is part of aarch64.
-    unsafe {
-        let mut v = vdupq_n_f32(0.0);
-        let mut p = sums.as_ptr().add(x0 * 3);
-        for &w in weights {
-            v = vaddq_f32(v, vmulq_n_f32(vld1q_f32(p), w));
-            p = p.add(3);
+    let pixel = |col: &Column| {
+        // The strip's fixed count (the extra weights zero), or this column's.
+        let taps = if T == 0 { col.taps } else { T };
+        // Each tap reads 4 values from (x0 + t) * 3: the last ends at (x0 + taps) * 3 + 1.
+        assert!(
+            taps > 0 && (col.x0 + taps) * 3 < sums.len() && col.w0 + taps <= wx.len(),
+            "preprocess: horizontal taps past the row of sums or the weights"
+        );
+        // SAFETY: the assertion bounds every load; NEON is part of aarch64.
+        unsafe {
+            let p = sums.as_ptr().add(col.x0 * 3);
+            let w = wx.as_ptr().add(col.w0);
+            let mut v = vmulq_n_f32(vld1q_f32(p), *w);
+            for t in 1..taps {
+                v = vaddq_f32(v, vmulq_n_f32(vld1q_f32(p.add(3 * t)), *w.add(t)));
+            }
+            v
         }
-        [
-            vgetq_lane_f32::<0>(v),
-            vgetq_lane_f32::<1>(v),
-            vgetq_lane_f32::<2>(v),
-        ]
+    };
+    // SAFETY: NEON is part of aarch64; `values` rows hold STRIP >= cols.len() values, a
+    // multiple of 4, and each store writes 4 at j < cols.len().
+    unsafe {
+        let zero = vdupq_n_f32(0.0);
+        for j in (0..cols.len()).step_by(4) {
+            let at = |k: usize| cols.get(j + k).map_or(zero, pixel);
+            let (p0, p1, p2, p3) = (at(0), at(1), at(2), at(3));
+            // [r0 r1 b0 b1], [g0 g1 x x], [r2 r3 b2 b3], [g2 g3 x x]
+            let (t0, t1) = (vtrn1q_f32(p0, p1), vtrn2q_f32(p0, p1));
+            let (t2, t3) = (vtrn1q_f32(p2, p3), vtrn2q_f32(p2, p3));
+            let pair = |a: float32x4_t, b: float32x4_t, high: bool| {
+                let (a, b) = (vreinterpretq_f64_f32(a), vreinterpretq_f64_f32(b));
+                vreinterpretq_f32_f64(if high {
+                    vtrn2q_f64(a, b)
+                } else {
+                    vtrn1q_f64(a, b)
+                })
+            };
+            let channels = [pair(t0, t2, false), pair(t1, t3, false), pair(t0, t2, true)];
+            for (c, v) in channels.into_iter().enumerate() {
+                let v = vaddq_f32(vmulq_n_f32(v, scale[c]), vdupq_n_f32(bias[c]));
+                vst1q_f32(values[c][j..j + 4].as_mut_ptr(), v);
+            }
+        }
     }
 }
 
-/// [`horizontal`] with SSE (part of every x86_64): the NEON form's arithmetic, one vector
-/// of the three channels and the next value per tap, instead of three scalar products.
+/// [`horizontal_row`] with SSE (part of every x86_64): the NEON form's arithmetic, one
+/// vector of the three channels and the next value per column and tap, four columns
+/// transposed into one vector per channel.
 #[cfg(target_arch = "x86_64")]
-#[inline]
-fn horizontal(sums: &[f32], x0: usize, weights: &[f32]) -> [f32; 3] {
+#[inline(always)]
+fn horizontal_row<const T: usize>(
+    (sums, cols, wx, (scale, bias)): Row<'_>,
+    values: &mut [[f32; STRIP]; 3],
+) {
     use core::arch::x86_64::*;
-    // Each tap reads 4 values from (x0 + t) * 3: the last ends at (x0 + taps) * 3 + 1.
-    assert!(
-        (x0 + weights.len()) * 3 < sums.len(),
-        "preprocess: horizontal taps past the row of sums"
-    );
-    // SAFETY: the assertion bounds every 4-value load; SSE is part of x86_64.
-    unsafe {
-        let mut v = _mm_setzero_ps();
-        let mut p = sums.as_ptr().add(x0 * 3);
-        for &w in weights {
-            v = _mm_add_ps(v, _mm_mul_ps(_mm_loadu_ps(p), _mm_set1_ps(w)));
-            p = p.add(3);
+    let pixel = |col: &Column| {
+        // The strip's fixed count (the extra weights zero), or this column's.
+        let taps = if T == 0 { col.taps } else { T };
+        // Each tap reads 4 values from (x0 + t) * 3: the last ends at (x0 + taps) * 3 + 1.
+        assert!(
+            taps > 0 && (col.x0 + taps) * 3 < sums.len() && col.w0 + taps <= wx.len(),
+            "preprocess: horizontal taps past the row of sums or the weights"
+        );
+        // SAFETY: the assertion bounds every load; SSE is part of x86_64.
+        unsafe {
+            let p = sums.as_ptr().add(col.x0 * 3);
+            let w = wx.as_ptr().add(col.w0);
+            let mut v = _mm_mul_ps(_mm_loadu_ps(p), _mm_set1_ps(*w));
+            for t in 1..taps {
+                v = _mm_add_ps(
+                    v,
+                    _mm_mul_ps(_mm_loadu_ps(p.add(3 * t)), _mm_set1_ps(*w.add(t))),
+                );
+            }
+            v
         }
-        let mut lanes = [0f32; 4];
-        _mm_storeu_ps(lanes.as_mut_ptr(), v);
-        [lanes[0], lanes[1], lanes[2]]
+    };
+    // SAFETY: SSE is part of x86_64; `values` rows hold STRIP >= cols.len() values, a
+    // multiple of 4, and each store writes 4 at j < cols.len().
+    unsafe {
+        let zero = _mm_setzero_ps();
+        for j in (0..cols.len()).step_by(4) {
+            let at = |k: usize| cols.get(j + k).map_or(zero, pixel);
+            let (p0, p1, p2, p3) = (at(0), at(1), at(2), at(3));
+            // [r0 r1 g0 g1], [b0 b1 x x], [r2 r3 g2 g3], [b2 b3 x x]
+            let (t0, t1) = (_mm_unpacklo_ps(p0, p1), _mm_unpackhi_ps(p0, p1));
+            let (t2, t3) = (_mm_unpacklo_ps(p2, p3), _mm_unpackhi_ps(p2, p3));
+            let channels = [
+                _mm_movelh_ps(t0, t2),
+                _mm_movehl_ps(t2, t0),
+                _mm_movelh_ps(t1, t3),
+            ];
+            for (c, v) in channels.into_iter().enumerate() {
+                let v = _mm_add_ps(_mm_mul_ps(v, _mm_set1_ps(scale[c])), _mm_set1_ps(bias[c]));
+                _mm_storeu_ps(values[c][j..j + 4].as_mut_ptr(), v);
+            }
+        }
     }
 }
 
