@@ -807,24 +807,22 @@ pub mod avx512 {
                 for oy in 0..s.oh {
                     let y0 = (oy * s.stride).wrapping_sub(s.pad);
                     let rows_inside = oy * s.stride >= s.pad && y0 + s.kh <= s.ih;
-                    // Pixel ox + r's accumulators through the epilogue into `out`.
-                    let mut finish = |ox: usize, a: &[[__m256i; 2]]| {
-                        for (r, ar) in a.iter().enumerate() {
-                            let o = (oy * s.ow + ox + r) * cout + j0;
-                            match &e16 {
-                                Some(e16) => {
-                                    let wide = _mm512_inserti64x4::<1>(
-                                        _mm512_castsi256_si512(ar[0]),
-                                        ar[1],
-                                    );
-                                    _mm_mask_storeu_epi8(
-                                        out[o..o + m].as_mut_ptr(),
-                                        store_mask,
-                                        e16.apply(wide),
-                                    );
-                                }
-                                None => finish_row(&e, *ar, &mut out[o..o + m]),
+                    // Pixel ox's accumulators through the epilogue into `out`, by value:
+                    // through memory, two 256-bit stores were read back as one 512-bit
+                    // load, which waits for both stores to retire.
+                    let mut finish = |ox: usize, ar: [__m256i; 2]| {
+                        let o = (oy * s.ow + ox) * cout + j0;
+                        match &e16 {
+                            Some(e16) => {
+                                let wide =
+                                    _mm512_inserti64x4::<1>(_mm512_castsi256_si512(ar[0]), ar[1]);
+                                _mm_mask_storeu_epi8(
+                                    out[o..o + m].as_mut_ptr(),
+                                    store_mask,
+                                    e16.apply(wide),
+                                );
                             }
+                            None => finish_row(&e, ar, &mut out[o..o + m]),
                         }
                     };
                     let mut ox = 0;
@@ -846,12 +844,15 @@ pub mod avx512 {
                         if interior(4) {
                             // Four pixels at once: 8 independent accumulators (one pixel's
                             // two would chain every vpdpbusd of its window).
-                            finish(ox, &windows::<4>(base, rows, flip, init, &wr));
+                            let a = windows::<4>(base, rows, flip, init, &wr);
+                            for (r, &ar) in a.iter().enumerate() {
+                                finish(ox + r, ar);
+                            }
                             ox += 4;
                             continue;
                         }
                         if interior(1) {
-                            finish(ox, &windows::<1>(base, rows, flip, init, &wr));
+                            finish(ox, windows::<1>(base, rows, flip, init, &wr)[0]);
                             ox += 1;
                             continue;
                         }
@@ -872,7 +873,7 @@ pub mod avx512 {
                                 a[1] = _mm256_dpbusd_epi32(a[1], xb, wr[g][1]);
                             }
                         }
-                        finish(ox, &[a]);
+                        finish(ox, a);
                         ox += 1;
                     }
                 }

@@ -606,7 +606,8 @@ pub mod avx512 {
     /// padding are first copied into a padded image on the stack (the zero
     /// point in the padding), so that every window lies inside it; there,
     /// 3x3 and 5x5 kernels go block by block of 32 channels with the block's
-    /// weights and epilogue held in registers for all its pixels. Pixels at
+    /// weights and epilogue held in registers for all its pixels (and the
+    /// image is stored sign-flipped, once per byte instead of per tap). Pixels at
     /// the border of larger inputs go through the tap-by-tap code of the
     /// other variants.
     ///
@@ -728,25 +729,35 @@ pub mod avx512 {
                 k: s.k,
                 zx: x_zero_point as i16,
             };
+            let high = e.high_shift.is_some();
+            // 3x3 and 5x5 kernels with the epilogue in registers go block by block (see
+            // below); in a padded image their inputs are stored sign-flipped, so the
+            // flip is paid once per input byte instead of once per tap that reads it.
+            let by_block = high && (groups == 3 || groups == 7);
+            let flipped = padded && by_block;
             let mut image = core::mem::MaybeUninit::<[i8; PADDED]>::uninit();
             let xp = if padded {
                 // Every byte of the padded image is written before any read:
                 // the zero point everywhere, then the input's rows.
                 let p = image.as_mut_ptr().cast::<i8>();
-                core::ptr::write_bytes(p, x_zero_point as i8 as u8, pih * piw * c);
+                let flip = if flipped { 0x80 } else { 0 };
+                core::ptr::write_bytes(p, x_zero_point as i8 as u8 ^ flip, pih * piw * c);
                 for y in 0..s.ih {
-                    core::ptr::copy_nonoverlapping(
+                    let (src, dst) = (
                         x.as_ptr().add(y * s.iw * c),
                         p.add(((y + s.pad) * piw + s.pad) * c),
-                        s.iw * c,
                     );
+                    if flipped {
+                        flip_copy(src, dst, s.iw * c);
+                    } else {
+                        core::ptr::copy_nonoverlapping(src, dst, s.iw * c);
+                    }
                 }
                 p.cast_const()
             } else {
                 x.as_ptr()
             };
             let wpp = wp.as_ptr();
-            let high = e.high_shift.is_some();
             // One output pixel in the VNNI form, its window's corner at
             // `corner` in the image `xp`.
             let pixel = |corner: usize, o: &mut [i8]| {
@@ -795,7 +806,7 @@ pub mod avx512 {
                     }
                 }
             };
-            if high && (groups == 3 || groups == 7) {
+            if by_block {
                 // 3x3 and 5x5 kernels: each block's weights in registers for all its
                 // pixels (loading them per pixel made the loads the bottleneck). In a
                 // padded image that is every pixel; in place, the pixels whose window lies
@@ -822,11 +833,15 @@ pub mod avx512 {
                 };
                 for (b, ib) in init.iter().enumerate().take(blocks) {
                     // A block of at most 16 channels fills one accumulator vector.
-                    match (groups, c - b * NB <= 16) {
-                        (3, true) => v.block::<3, 1>(b, ib, out),
-                        (3, false) => v.block::<3, 2>(b, ib, out),
-                        (_, true) => v.block::<7, 1>(b, ib, out),
-                        (_, false) => v.block::<7, 2>(b, ib, out),
+                    match (groups, c - b * NB <= 16, flipped) {
+                        (3, true, false) => v.block::<3, 1, false>(b, ib, out),
+                        (3, false, false) => v.block::<3, 2, false>(b, ib, out),
+                        (_, true, false) => v.block::<7, 1, false>(b, ib, out),
+                        (_, false, false) => v.block::<7, 2, false>(b, ib, out),
+                        (3, true, true) => v.block::<3, 1, true>(b, ib, out),
+                        (3, false, true) => v.block::<3, 2, true>(b, ib, out),
+                        (_, true, true) => v.block::<7, 1, true>(b, ib, out),
+                        (_, false, true) => v.block::<7, 2, true>(b, ib, out),
                     }
                 }
                 if padded {
@@ -901,9 +916,10 @@ pub mod avx512 {
         /// # Safety
         /// The features of [`depthwise`]; `G` is the layer's group count, the epilogue's
         /// shifts have their high form, the windows of those pixels lie inside the image,
-        /// the block has at most `16 H` channels; `out` holds `oh * ow * c` values.
+        /// the block has at most `16 H` channels; `out` holds `oh * ow * c` values; the
+        /// image is stored sign-flipped (`x ^ 0x80`) if and only if `FLIPPED`.
         #[inline(always)]
-        unsafe fn block<const G: usize, const H: usize>(
+        unsafe fn block<const G: usize, const H: usize, const FLIPPED: bool>(
             &self,
             b: usize,
             init: &[i32; NB],
@@ -957,7 +973,7 @@ pub mod avx512 {
                                 let t = 4 * g + j;
                                 (t < kk * kk).then(|| rows[t / kk].wrapping_add(t % kk * c))
                             });
-                            group_taps_at::<H>(&mut a, taps, k, *w);
+                            group_taps_at::<H, FLIPPED>(&mut a, taps, k, *w);
                         }
                         let o = out.as_mut_ptr().add((oy * s.ow + ox) * c + cb);
                         for (h, eh) in e16.iter().enumerate().take(H) {
@@ -987,17 +1003,17 @@ pub mod avx512 {
         w: [__m512i; 2],
     ) {
         // SAFETY: the caller's contract.
-        unsafe { group_taps_at::<H>(a, core::array::from_fn(|j| Some(p.add(rel[j]))), k, w) }
+        unsafe { group_taps_at::<H, false>(a, core::array::from_fn(|j| Some(p.add(rel[j]))), k, w) }
     }
 
     /// [`group_taps`] with each tap's input bytes at its own pointer, `None` for the zero
     /// taps that fill a window's last group (their weights are zero, so they take a zero
-    /// vector instead of a load).
+    /// vector instead of a load); with `FLIPPED` the bytes are already stored sign-flipped.
     ///
     /// # Safety
     /// The features of [`depthwise`]; 32 bytes at each pointer may be read under `k`.
     #[inline(always)]
-    unsafe fn group_taps_at<const H: usize>(
+    unsafe fn group_taps_at<const H: usize, const FLIPPED: bool>(
         a: &mut [__m512i; 2],
         taps: [Option<*const i8>; 4],
         k: __mmask32,
@@ -1012,7 +1028,37 @@ pub mod avx512 {
             let q = quads(ld(0), ld(1), ld(2), ld(3));
             let flip = _mm512_set1_epi8(i8::MIN);
             for j in 0..H {
-                a[j] = _mm512_dpbusd_epi32(a[j], _mm512_xor_si512(q[j], flip), w[j]);
+                let u = if FLIPPED {
+                    q[j]
+                } else {
+                    _mm512_xor_si512(q[j], flip)
+                };
+                a[j] = _mm512_dpbusd_epi32(a[j], u, w[j]);
+            }
+        }
+    }
+
+    /// Copies `n` bytes from `src` to `dst` with each sign bit flipped (`x ^ 0x80`: the
+    /// unsigned form `vpdpbusd` takes), 64 at a time.
+    ///
+    /// # Safety
+    /// The features of [`depthwise`]; `n` bytes readable at `src`, writable at `dst`.
+    #[inline(always)]
+    unsafe fn flip_copy(src: *const i8, dst: *mut i8, n: usize) {
+        // SAFETY: the caller's contract; the tail's load and store are masked to the
+        // bytes below n.
+        unsafe {
+            let flip = _mm512_set1_epi8(i8::MIN);
+            let mut i = 0;
+            while i + 64 <= n {
+                let v = _mm512_loadu_si512(src.add(i).cast());
+                _mm512_storeu_si512(dst.add(i).cast(), _mm512_xor_si512(v, flip));
+                i += 64;
+            }
+            if i < n {
+                let k: __mmask64 = (1u64 << (n - i)) - 1;
+                let v = _mm512_maskz_loadu_epi8(k, src.add(i));
+                _mm512_mask_storeu_epi8(dst.add(i), k, _mm512_xor_si512(v, flip));
             }
         }
     }
