@@ -467,18 +467,18 @@ fn horizontal_row<const T: usize>(
     }
 }
 
-/// [`horizontal_row`] with NEON: per column, the three channels and the next value (unused)
-/// in one vector per tap, multiplied and added separately (not fused), as the portable form
+/// [`horizontal_row`] with vectors of four `f32` ([`Quad`]: NEON on aarch64, SSE on x86_64,
+/// part of every such CPU): per column, the three channels and the next value (unused) in
+/// one vector per tap, multiplied and added separately (not fused), as the portable form
 /// rounds; four columns' vectors are then transposed into one vector per channel and
 /// normalized together. The first tap's product stands for `0 + product`: weights and sums
 /// are never negative, so the product is never `-0` and the two are the same bits.
-#[cfg(target_arch = "aarch64")]
+#[cfg(any(target_arch = "aarch64", target_arch = "x86_64"))]
 #[inline(always)]
 fn horizontal_row<const T: usize>(
     (sums, cols, wx, (scale, bias)): Row<'_>,
     values: &mut [[f32; STRIP]; 3],
 ) {
-    use core::arch::aarch64::*;
     let pixel = |col: &Column| {
         // The strip's fixed count (the extra weights zero), or this column's.
         let taps = if T == 0 { col.taps } else { T };
@@ -487,95 +487,161 @@ fn horizontal_row<const T: usize>(
             taps > 0 && (col.x0 + taps) * 3 < sums.len() && col.w0 + taps <= wx.len(),
             "preprocess: horizontal taps past the row of sums or the weights"
         );
-        // SAFETY: the assertion bounds every load; NEON is part of aarch64.
+        // SAFETY: the assertion bounds every 4-value load and every weight read.
         unsafe {
-            let p = sums.as_ptr().add(col.x0 * 3);
-            let w = wx.as_ptr().add(col.w0);
-            let mut v = vmulq_n_f32(vld1q_f32(p), *w);
+            let (p, w) = (sums.as_ptr().add(col.x0 * 3), wx.as_ptr().add(col.w0));
+            let mut v = Quad::load(p).mul_n(*w);
             for t in 1..taps {
-                v = vaddq_f32(v, vmulq_n_f32(vld1q_f32(p.add(3 * t)), *w.add(t)));
+                v = v.add(Quad::load(p.add(3 * t)).mul_n(*w.add(t)));
             }
             v
         }
     };
-    // SAFETY: NEON is part of aarch64; `values` rows hold STRIP >= cols.len() values, a
-    // multiple of 4, and each store writes 4 at j < cols.len().
-    unsafe {
-        let zero = vdupq_n_f32(0.0);
-        for j in (0..cols.len()).step_by(4) {
-            let at = |k: usize| cols.get(j + k).map_or(zero, pixel);
-            let (p0, p1, p2, p3) = (at(0), at(1), at(2), at(3));
-            // [r0 r1 b0 b1], [g0 g1 x x], [r2 r3 b2 b3], [g2 g3 x x]
-            let (t0, t1) = (vtrn1q_f32(p0, p1), vtrn2q_f32(p0, p1));
-            let (t2, t3) = (vtrn1q_f32(p2, p3), vtrn2q_f32(p2, p3));
-            let pair = |a: float32x4_t, b: float32x4_t, high: bool| {
-                let (a, b) = (vreinterpretq_f64_f32(a), vreinterpretq_f64_f32(b));
-                vreinterpretq_f32_f64(if high {
-                    vtrn2q_f64(a, b)
-                } else {
-                    vtrn1q_f64(a, b)
-                })
-            };
-            let channels = [pair(t0, t2, false), pair(t1, t3, false), pair(t0, t2, true)];
-            for (c, v) in channels.into_iter().enumerate() {
-                let v = vaddq_f32(vmulq_n_f32(v, scale[c]), vdupq_n_f32(bias[c]));
-                vst1q_f32(values[c][j..j + 4].as_mut_ptr(), v);
-            }
+    let zero = Quad::zero();
+    for j in (0..cols.len()).step_by(4) {
+        let at = |k: usize| cols.get(j + k).map_or(zero, pixel);
+        let channels = Quad::channels([at(0), at(1), at(2), at(3)]);
+        for (c, v) in channels.into_iter().enumerate() {
+            let v = v.mul_n(scale[c]).add(Quad::splat(bias[c]));
+            // STRIP is a multiple of 4 and j < cols.len() <= STRIP: 4 values from j fit.
+            v.store(&mut values[c][j..j + 4]);
         }
     }
 }
 
-/// [`horizontal_row`] with SSE (part of every x86_64): the NEON form's arithmetic, one
-/// vector of the three channels and the next value per column and tap, four columns
-/// transposed into one vector per channel.
+/// Four `f32` lanes for [`horizontal_row`], in the architecture's vector registers; every
+/// operation rounds once, as the scalar one does.
+#[cfg(target_arch = "aarch64")]
+#[derive(Clone, Copy)]
+struct Quad(core::arch::aarch64::float32x4_t);
+
+/// Four `f32` lanes for [`horizontal_row`], in the architecture's vector registers; every
+/// operation rounds once, as the scalar one does.
 #[cfg(target_arch = "x86_64")]
-#[inline(always)]
-fn horizontal_row<const T: usize>(
-    (sums, cols, wx, (scale, bias)): Row<'_>,
-    values: &mut [[f32; STRIP]; 3],
-) {
-    use core::arch::x86_64::*;
-    let pixel = |col: &Column| {
-        // The strip's fixed count (the extra weights zero), or this column's.
-        let taps = if T == 0 { col.taps } else { T };
-        // Each tap reads 4 values from (x0 + t) * 3: the last ends at (x0 + taps) * 3 + 1.
-        assert!(
-            taps > 0 && (col.x0 + taps) * 3 < sums.len() && col.w0 + taps <= wx.len(),
-            "preprocess: horizontal taps past the row of sums or the weights"
-        );
-        // SAFETY: the assertion bounds every load; SSE is part of x86_64.
+#[derive(Clone, Copy)]
+struct Quad(core::arch::x86_64::__m128);
+
+// SAFETY (every block below): NEON is part of aarch64; the loads and stores are the
+// callers' bounds.
+#[cfg(target_arch = "aarch64")]
+impl Quad {
+    /// The 4 values at `p`.
+    ///
+    /// # Safety
+    /// 4 values are readable at `p`.
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> Self {
+        Self(unsafe { core::arch::aarch64::vld1q_f32(p) })
+    }
+
+    #[inline(always)]
+    fn zero() -> Self {
+        Self::splat(0.0)
+    }
+
+    #[inline(always)]
+    fn splat(v: f32) -> Self {
+        Self(unsafe { core::arch::aarch64::vdupq_n_f32(v) })
+    }
+
+    #[inline(always)]
+    fn mul_n(self, w: f32) -> Self {
+        Self(unsafe { core::arch::aarch64::vmulq_n_f32(self.0, w) })
+    }
+
+    #[inline(always)]
+    fn add(self, o: Self) -> Self {
+        Self(unsafe { core::arch::aarch64::vaddq_f32(self.0, o.0) })
+    }
+
+    /// Into `out[..4]`.
+    #[inline(always)]
+    fn store(self, out: &mut [f32]) {
+        assert!(out.len() >= 4);
+        unsafe { core::arch::aarch64::vst1q_f32(out.as_mut_ptr(), self.0) }
+    }
+
+    /// Four pixels' `[r, g, b, _]` as `[r0..r3]`, `[g0..g3]`, `[b0..b3]`.
+    #[inline(always)]
+    fn channels(p: [Self; 4]) -> [Self; 3] {
+        use core::arch::aarch64::*;
         unsafe {
-            let p = sums.as_ptr().add(col.x0 * 3);
-            let w = wx.as_ptr().add(col.w0);
-            let mut v = _mm_mul_ps(_mm_loadu_ps(p), _mm_set1_ps(*w));
-            for t in 1..taps {
-                v = _mm_add_ps(
-                    v,
-                    _mm_mul_ps(_mm_loadu_ps(p.add(3 * t)), _mm_set1_ps(*w.add(t))),
-                );
-            }
-            v
+            // [r0 r1 b0 b1], [g0 g1 x x], [r2 r3 b2 b3], [g2 g3 x x]
+            let (t0, t1) = (vtrn1q_f32(p[0].0, p[1].0), vtrn2q_f32(p[0].0, p[1].0));
+            let (t2, t3) = (vtrn1q_f32(p[2].0, p[3].0), vtrn2q_f32(p[2].0, p[3].0));
+            let pair = |a: float32x4_t, b: float32x4_t, high: bool| {
+                let (a, b) = (vreinterpretq_f64_f32(a), vreinterpretq_f64_f32(b));
+                Self(vreinterpretq_f32_f64(if high {
+                    vtrn2q_f64(a, b)
+                } else {
+                    vtrn1q_f64(a, b)
+                }))
+            };
+            [pair(t0, t2, false), pair(t1, t3, false), pair(t0, t2, true)]
         }
-    };
-    // SAFETY: SSE is part of x86_64; `values` rows hold STRIP >= cols.len() values, a
-    // multiple of 4, and each store writes 4 at j < cols.len().
-    unsafe {
-        let zero = _mm_setzero_ps();
-        for j in (0..cols.len()).step_by(4) {
-            let at = |k: usize| cols.get(j + k).map_or(zero, pixel);
-            let (p0, p1, p2, p3) = (at(0), at(1), at(2), at(3));
+    }
+}
+
+// SAFETY (every block below): SSE is part of x86_64; the loads and stores are the callers'
+// bounds.
+#[cfg(target_arch = "x86_64")]
+impl Quad {
+    /// The 4 values at `p`.
+    ///
+    /// # Safety
+    /// 4 values are readable at `p`.
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> Self {
+        Self(unsafe { core::arch::x86_64::_mm_loadu_ps(p) })
+    }
+
+    #[inline(always)]
+    fn zero() -> Self {
+        Self(unsafe { core::arch::x86_64::_mm_setzero_ps() })
+    }
+
+    #[inline(always)]
+    fn splat(v: f32) -> Self {
+        Self(unsafe { core::arch::x86_64::_mm_set1_ps(v) })
+    }
+
+    #[inline(always)]
+    fn mul_n(self, w: f32) -> Self {
+        use core::arch::x86_64::*;
+        Self(unsafe { _mm_mul_ps(self.0, _mm_set1_ps(w)) })
+    }
+
+    #[inline(always)]
+    fn add(self, o: Self) -> Self {
+        Self(unsafe { core::arch::x86_64::_mm_add_ps(self.0, o.0) })
+    }
+
+    /// Into `out[..4]`.
+    #[inline(always)]
+    fn store(self, out: &mut [f32]) {
+        assert!(out.len() >= 4);
+        unsafe { core::arch::x86_64::_mm_storeu_ps(out.as_mut_ptr(), self.0) }
+    }
+
+    /// Four pixels' `[r, g, b, _]` as `[r0..r3]`, `[g0..g3]`, `[b0..b3]`.
+    #[inline(always)]
+    fn channels(p: [Self; 4]) -> [Self; 3] {
+        use core::arch::x86_64::*;
+        unsafe {
             // [r0 r1 g0 g1], [b0 b1 x x], [r2 r3 g2 g3], [b2 b3 x x]
-            let (t0, t1) = (_mm_unpacklo_ps(p0, p1), _mm_unpackhi_ps(p0, p1));
-            let (t2, t3) = (_mm_unpacklo_ps(p2, p3), _mm_unpackhi_ps(p2, p3));
-            let channels = [
-                _mm_movelh_ps(t0, t2),
-                _mm_movehl_ps(t2, t0),
-                _mm_movelh_ps(t1, t3),
-            ];
-            for (c, v) in channels.into_iter().enumerate() {
-                let v = _mm_add_ps(_mm_mul_ps(v, _mm_set1_ps(scale[c])), _mm_set1_ps(bias[c]));
-                _mm_storeu_ps(values[c][j..j + 4].as_mut_ptr(), v);
-            }
+            let (t0, t1) = (
+                _mm_unpacklo_ps(p[0].0, p[1].0),
+                _mm_unpackhi_ps(p[0].0, p[1].0),
+            );
+            let (t2, t3) = (
+                _mm_unpacklo_ps(p[2].0, p[3].0),
+                _mm_unpackhi_ps(p[2].0, p[3].0),
+            );
+            [
+                Self(_mm_movelh_ps(t0, t2)),
+                Self(_mm_movehl_ps(t2, t0)),
+                Self(_mm_movelh_ps(t1, t3)),
+            ]
         }
     }
 }
