@@ -73,19 +73,16 @@ fn gates<'a>(
     scratch: &'a mut [f32],
     gemv: Gemv,
 ) -> &'a [f32] {
-    let SeShape {
-        pixels: hw,
-        c,
-        squeeze: csq,
-    } = s;
     let [w1, b1, w2, b2] = fc;
-    assert!(x.len() >= hw * c, "squeeze_excite: x shorter than hw * c");
-    assert!(
-        scratch.len() >= c + csq,
-        "squeeze_excite: scratch shorter than c + csq"
-    );
-    let (pooled, rest) = scratch.split_at_mut(c);
-    let hidden = &mut rest[..csq];
+    let (
+        SeShape {
+            pixels: hw,
+            c,
+            squeeze: csq,
+        },
+        pooled,
+        hidden,
+    ) = split_scratch(x, s, scratch);
     pool::portable(&x[..hw * c], hw, c, pooled);
     gemv(pooled, c, csq, w1, b1, Activation::Relu, hidden);
     // The pooled means are dead now; their slot receives the gates.
@@ -95,6 +92,29 @@ fn gates<'a>(
         *g = hardsigmoid(*g);
     }
     gates
+}
+
+/// `scratch` as the pooled means (`c` values, later the gates) and the hidden layer (`csq`),
+/// after checking `x` and `scratch` against `s`: the shape checks of every variant's gates.
+///
+/// # Panics
+/// If `x` is shorter than `hw * c` or `scratch` than `c + csq`.
+#[inline(always)]
+fn split_scratch<'a>(
+    x: &[f32],
+    s: SeShape,
+    scratch: &'a mut [f32],
+) -> (SeShape, &'a mut [f32], &'a mut [f32]) {
+    assert!(
+        x.len() >= s.pixels * s.c,
+        "squeeze_excite: x shorter than hw * c"
+    );
+    assert!(
+        scratch.len() >= s.c + s.squeeze,
+        "squeeze_excite: scratch shorter than c + csq"
+    );
+    let (pooled, rest) = scratch.split_at_mut(s.c);
+    (s, pooled, &mut rest[..s.squeeze])
 }
 
 /// `out = proj` with row `ch` of every panel times `gates[ch]` (see [`portable_weights`]).
@@ -125,7 +145,8 @@ type Gemv = fn(&[f32], usize, usize, &[f32], &[f32], Activation, &mut [f32]);
 #[inline(always)]
 fn body(x: &mut [f32], s: SeShape, fc: [&[f32]; 4], scratch: &mut [f32], gemv: Gemv) {
     let gates = gates(x, s, fc, scratch, gemv);
-    scale_channels(x, s.c, gates);
+    // Only the map's pixels: `x` may be longer (checked by `gates`).
+    scale_channels(&mut x[..s.pixels * s.c], s.c, gates);
 }
 
 /// `x[p][ch] *= gates[ch]`.
@@ -270,18 +291,15 @@ pub mod neon {
         scratch: &'a mut [f32],
     ) -> &'a mut [f32] {
         let [w1, b1, w2, b2] = fc;
-        let SeShape {
-            pixels: hw,
-            c,
-            squeeze: csq,
-        } = s;
-        assert!(x.len() >= hw * c, "squeeze_excite: x shorter than hw * c");
-        assert!(
-            scratch.len() >= c + csq,
-            "squeeze_excite: scratch shorter than c + csq"
-        );
-        let (pooled, rest) = scratch.split_at_mut(c);
-        let hidden = &mut rest[..csq];
+        let (
+            SeShape {
+                pixels: hw,
+                c,
+                squeeze: csq,
+            },
+            pooled,
+            hidden,
+        ) = super::split_scratch(x, s, scratch);
         pool::neon::global_avg_pool(x, hw, c, pooled);
         linear::neon::linear(pooled, c, csq, w1, b1, Activation::Relu, hidden);
         // The pooled means are dead now; their slot receives the gates.
@@ -343,22 +361,12 @@ pub mod avx2 {
         b2: &[f32],
         scratch: &mut [f32],
     ) {
-        let SeShape {
-            pixels: hw,
-            c,
-            squeeze: csq,
-        } = s;
-        assert!(x.len() >= hw * c, "squeeze_excite: x shorter than hw * c");
-        assert!(
-            scratch.len() >= c + csq,
-            "squeeze_excite: scratch shorter than c + csq"
-        );
         // SAFETY (the GEMV): AVX2 and FMA are this function's contract, and
         // the closure does not leave it.
         let gemv = |x: &[f32], k, n, w: &[f32], b: &[f32], act, out: &mut [f32]| unsafe {
             linear::avx2::linear(x, k, n, w, b, act, out)
         };
-        body(&mut x[..hw * c], s, [w1, b1, w2, b2], scratch, gemv);
+        body(x, s, [w1, b1, w2, b2], scratch, gemv);
     }
 
     /// AVX2 [`super::portable_weights`]: the same steps with the AVX2 GEMV, compiled with
