@@ -43,7 +43,7 @@ const ACTS: [Activation; 4] = [
     Activation::None,
     Activation::Relu,
     Activation::Hardswish,
-    Activation::Hardswish6,
+    Activation::ScaledHardswish,
 ];
 
 fn act_f64(act: Activation, x: f64) -> f64 {
@@ -51,7 +51,7 @@ fn act_f64(act: Activation, x: f64) -> f64 {
         Activation::None => x,
         Activation::Relu => x.max(0.0),
         Activation::Hardswish => x * (x + 3.0).clamp(0.0, 6.0) / 6.0,
-        Activation::Hardswish6 => x * (x + 3.0).clamp(0.0, 6.0),
+        Activation::ScaledHardswish => x + x * x.clamp(-1.0, 1.0),
     }
 }
 
@@ -254,6 +254,13 @@ fn pointwise_mobilenet_like_shapes() {
         // Seven-pixel tiles over rows too far apart for a pair store (the epilogue's
         // `st1` form on aarch64).
         (14, 48, 144),
+        // Seven-pixel tiles whose k loop is written out four 8-channel steps per iteration
+        // on aarch64: 8, 5, 11 and 7 steps (every entry point), and 5 steps then a tail of 4.
+        (7, 64, 16),
+        (14, 40, 24),
+        (21, 88, 24),
+        (7, 56, 8),
+        (7, 44, 16),
     ] {
         pointwise_case(&mut rng, p, k, n);
     }
@@ -882,13 +889,21 @@ fn activations_at_breakpoints() {
             (kernels::hardsigmoid(x) as f64 - want_sig).abs() <= 1e-7,
             "hardsigmoid({x})"
         );
+        // The scaled form on a third of the input is two thirds of hardswish.
+        let scaled = kernels::scaled_hardswish(x / 3.0) as f64;
+        assert!(
+            (scaled - want_hs * 2.0 / 3.0).abs() <= 1e-6 * (1.0 + want_hs.abs()),
+            "scaled_hardswish({x} / 3) = {scaled}, want 2/3 of {want_hs}"
+        );
     }
     assert_eq!(kernels::hardswish(-3.0), 0.0);
     assert_eq!(kernels::hardswish(0.0), 0.0);
     assert_eq!(kernels::hardswish(3.0), 3.0);
-    assert_eq!(kernels::hardswish6(-3.0), 0.0);
-    assert_eq!(kernels::hardswish6(3.0), 18.0);
-    assert_eq!(kernels::hardswish6(-1.5), -2.25);
+    // scaled_hardswish(x / 3) = 2/3 hardswish(x): 0 at x = -3, 2 at x = 3, -0.25 at -1.5.
+    assert_eq!(kernels::scaled_hardswish(-1.0), 0.0);
+    assert_eq!(kernels::scaled_hardswish(1.0), 2.0);
+    assert_eq!(kernels::scaled_hardswish(-0.5), -0.25);
+    assert_eq!(kernels::scaled_hardswish(-7.0), 0.0);
     assert_eq!(kernels::hardsigmoid(-3.0), 0.0);
     assert_eq!(kernels::hardsigmoid(0.0), 0.5);
     assert_eq!(kernels::hardsigmoid(3.0), 1.0);

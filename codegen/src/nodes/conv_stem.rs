@@ -60,11 +60,11 @@ impl NodeCodegen for ConvStem {
         self.op.out_channels * self.oh * self.ow
     }
     fn weights(&self, model: &ModelFile) -> Result<Vec<Vec<f32>>, IrError> {
-        let w = model.tensor_f32(&self.op.weight)?;
+        let w = self.fold.scale_weights(model.tensor_f32(&self.op.weight)?);
         let (co, ci) = (self.op.out_channels, self.op.in_channels);
         let [kh, kw] = self.op.kernel;
         let packed = super::stem_layout(&w, co, ci, kh, kw);
-        Ok(vec![packed, model.tensor_f32(&self.op.bias)?])
+        Ok(vec![packed, self.fold.scale_bias(model.tensor_f32(&self.op.bias)?)])
     }
     fn macs(&self) -> u64 {
         let [kh, kw] = self.op.kernel;

@@ -66,11 +66,11 @@ impl NodeCodegen for Depthwise {
         self.op.out_channels * self.oh * self.ow
     }
     fn weights(&self, model: &ModelFile) -> Result<Vec<Vec<f32>>, IrError> {
-        let w = self.fold.scale_input_weights(model.tensor_f32(&self.op.weight)?);
+        let w = self.fold.scale_weights(model.tensor_f32(&self.op.weight)?);
         let c = self.op.out_channels;
         let k = self.op.kernel[0];
         let packed = super::depthwise_layout(&w, c, k);
-        Ok(vec![packed, model.tensor_f32(&self.op.bias)?])
+        Ok(vec![packed, self.fold.scale_bias(model.tensor_f32(&self.op.bias)?)])
     }
     fn macs(&self) -> u64 {
         (self.output_len() * self.op.kernel[0] * self.op.kernel[1]) as u64

@@ -42,13 +42,11 @@ impl NodeCodegen for Linear {
     fn weights(&self, model: &ModelFile) -> Result<Vec<Vec<f32>>, IrError> {
         Ok(vec![
             pack_panels(
-                &self
-                    .fold
-                    .scale_input_weights(model.tensor_f32(&self.op.weight)?),
+                &self.fold.scale_weights(model.tensor_f32(&self.op.weight)?),
                 self.op.out_features,
                 self.op.in_features,
             ),
-            model.tensor_f32(&self.op.bias)?,
+            self.fold.scale_bias(model.tensor_f32(&self.op.bias)?),
         ])
     }
     fn macs(&self) -> u64 {

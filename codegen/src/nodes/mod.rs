@@ -111,29 +111,52 @@ pub(crate) fn lit(n: usize) -> Literal {
 /// What [`scale::fold_hardswish`] decided for one node; the default changes nothing.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) struct Fold {
-    /// The node's hardswish is emitted as `Hardswish6` (six times the op's output).
-    pub hardswish6: bool,
-    /// Factor on the weights that multiply the node's main input: 1/6 where that input is
-    /// a `Hardswish6` output (directly or through squeeze-excite and pooling), else 1.
+    /// The node's hardswish is emitted as `ScaledHardswish` on a third of its pre-activation:
+    /// its weights and bias take [`scale::PRE_SCALE`], and its output is
+    /// [`scale::OUT_SCALE`] times the op's.
+    pub scaled_hardswish: bool,
+    /// Factor on the weights that multiply the node's main input: the inverse of
+    /// [`scale::OUT_SCALE`] where that input is a `ScaledHardswish` output (directly or
+    /// through squeeze-excite and pooling), else 1.
     pub input_scale: f32,
 }
 
 impl Default for Fold {
     fn default() -> Self {
         Self {
-            hardswish6: false,
+            scaled_hardswish: false,
             input_scale: 1.0,
         }
     }
 }
 
 impl Fold {
-    /// `w` times [`Fold::input_scale`] (`w` itself when the scale is 1).
-    pub(crate) fn scale_input_weights(&self, mut w: Vec<f32>) -> Vec<f32> {
-        if self.input_scale != 1.0 {
-            w.iter_mut().for_each(|v| *v *= self.input_scale);
+    /// Factor on the node's own output before its activation: [`scale::PRE_SCALE`] for a
+    /// scaled hardswish, else 1.
+    fn output_scale(&self) -> f32 {
+        if self.scaled_hardswish {
+            scale::PRE_SCALE
+        } else {
+            1.0
+        }
+    }
+
+    /// `w` times [`Fold::input_scale`] and the output scale (`w` itself when both are 1).
+    pub(crate) fn scale_weights(&self, mut w: Vec<f32>) -> Vec<f32> {
+        let f = self.input_scale * self.output_scale();
+        if f != 1.0 {
+            w.iter_mut().for_each(|v| *v *= f);
         }
         w
+    }
+
+    /// The bias times the output scale (the bias does not multiply the input).
+    pub(crate) fn scale_bias(&self, mut b: Vec<f32>) -> Vec<f32> {
+        let f = self.output_scale();
+        if f != 1.0 {
+            b.iter_mut().for_each(|v| *v *= f);
+        }
+        b
     }
 }
 
@@ -142,8 +165,8 @@ pub(crate) fn act_tokens(rt: &TokenStream, a: Activation, fold: Fold) -> TokenSt
     match a {
         Activation::None => quote!(#rt::kernels::Activation::None),
         Activation::Relu => quote!(#rt::kernels::Activation::Relu),
-        Activation::Hardswish if fold.hardswish6 => {
-            quote!(#rt::kernels::Activation::Hardswish6)
+        Activation::Hardswish if fold.scaled_hardswish => {
+            quote!(#rt::kernels::Activation::ScaledHardswish)
         }
         Activation::Hardswish => quote!(#rt::kernels::Activation::Hardswish),
     }

@@ -50,9 +50,9 @@ impl Pointwise {
 }
 
 /// The weights of the 1x1 convolution `op` in the kernel's layout: times the hardswish
-/// fold's input scale, packed in panels.
+/// fold's scales, packed in panels.
 pub(crate) fn packed_weights(op: &Conv2d, fold: Fold, model: &ModelFile) -> Result<Vec<f32>, IrError> {
-    let w = fold.scale_input_weights(model.tensor_f32(&op.weight)?);
+    let w = fold.scale_weights(model.tensor_f32(&op.weight)?);
     Ok(pack_panels(&w, op.out_channels, op.in_channels))
 }
 
@@ -76,7 +76,7 @@ impl NodeCodegen for Pointwise {
         self.pixels * self.op.out_channels
     }
     fn weights(&self, model: &ModelFile) -> Result<Vec<Vec<f32>>, IrError> {
-        let bias = model.tensor_f32(&self.op.bias)?;
+        let bias = self.fold.scale_bias(model.tensor_f32(&self.op.bias)?);
         Ok(match self.weights_from {
             Some(_) => vec![bias],
             None => vec![packed_weights(&self.op, self.fold, model)?, bias],

@@ -1,43 +1,62 @@
-//! Hardswish without its division by six.
+//! Hardswish in three vector instructions.
 //!
 //! `hardswish(x) = x * relu6(x + 3) / 6` costs five vector instructions per four outputs on
-//! NEON (the `/ 6` is folded into a multiply-add, whose accumulator needs a fresh constant)
-//! and five on AVX2; `x * relu6(x + 3)` costs four. The kernels offer it as
-//! `Activation::Hardswish6`, six times hardswish. Every layer that reads such a value then
-//! takes the 1/6 into the weights that multiply it, at code generation time:
+//! NEON and AVX2. With `z = x / 3` it is `3/2 * (z + z * clamp(z, -1, 1))`, and
+//! `z + z * clamp(z, -1, 1)` costs three: max, min and one fused multiply-add whose
+//! accumulator is `z` itself. The kernels offer it as `Activation::ScaledHardswish`. Code
+//! generation uses it where both factors fold into weights:
 //!
-//! - pointwise, depthwise and fully connected layers: their weights times 1/6 (not the
-//!   bias, which does not multiply the input);
-//! - squeeze-excite: the pooled mean is six times too, so its first layer's weights take the
-//!   1/6; its output (input times gate) stays six times too and is followed further;
-//! - global average pooling: its output is six times too and is followed further.
+//! - the layer computing `x` (stem, pointwise, depthwise, fully connected) computes `z`
+//!   instead: its weights and bias times [`PRE_SCALE`] (1/3);
+//! - its output is [`OUT_SCALE`] (2/3) times the hardswish, so every layer that reads it takes
+//!   3/2 into the weights that multiply it: pointwise, depthwise and fully connected layers
+//!   (not their bias, which does not multiply the input); squeeze-excite's first layer (the
+//!   pooled mean carries the factor too), while its output (input times gate) keeps the
+//!   factor and is followed further; global average pooling, whose output keeps the factor
+//!   and is followed further.
 //!
 //! A hardswish stays as it is when any reader of its value (followed through squeeze-excite
 //! and pooling) cannot take the factor: a residual add (both operands must agree), the
-//! residual operand of a fused pointwise, or the graph output. So the logits are the
-//! model's, up to float rounding.
+//! residual operand of a fused pointwise, or the graph output; and when its own layer adds a
+//! fused residual after the activation. So the logits are the model's, up to float rounding.
 
 use super::Node;
 use crate::ir::Activation;
 
-/// Marks every hardswish node whose readers can all take the 1/6 as `Hardswish6`, and
-/// scales those readers' input weights (see the module documentation).
+/// Factor on the weights and bias of a layer whose hardswish is scaled: it computes
+/// `z = x / 3`.
+pub(crate) const PRE_SCALE: f32 = 1.0 / 3.0;
+
+/// `scaled_hardswish(x / 3) / hardswish(x)`: what the readers of a scaled hardswish divide
+/// out of their weights.
+pub(crate) const OUT_SCALE: f32 = 2.0 / 3.0;
+
+/// Marks every hardswish node whose own weights can take [`PRE_SCALE`] and whose readers
+/// can all take [`OUT_SCALE`] as a scaled hardswish, and scales those readers' input weights
+/// (see the module documentation).
 pub(crate) fn fold_hardswish(nodes: &mut [Node], graph_output: &str) {
     for i in 0..nodes.len() {
         let node = nodes[i].get();
         if node.activation() != Some(Activation::Hardswish) || node.output() == graph_output {
             continue;
         }
-        let mut readers = Vec::new();
-        if !readers_take_scale(nodes, node.output(), graph_output, &mut readers) {
+        // A fused residual is added after the activation, unscaled.
+        if let Node::Pointwise(p) = &nodes[i]
+            && p.residual.is_some()
+        {
             continue;
         }
-        if let Some(f) = nodes[i].get_mut().fold_mut() {
-            f.hardswish6 = true;
+        let mut readers = Vec::new();
+        if !readers_take_scale(nodes, nodes[i].get().output(), graph_output, &mut readers) {
+            continue;
         }
+        let Some(f) = nodes[i].get_mut().fold_mut() else {
+            continue;
+        };
+        f.scaled_hardswish = true;
         for r in readers {
             if let Some(f) = nodes[r].get_mut().fold_mut() {
-                f.input_scale /= 6.0;
+                f.input_scale /= OUT_SCALE;
             }
         }
     }
@@ -110,7 +129,7 @@ mod tests {
 
     /// On the synthetic MobileNetV3-like model every hardswish is read only by layers with
     /// weights, squeeze-excite and pooling, so every one is folded; each reader of a folded
-    /// value carries exactly one factor of 1/6, and nothing else changes.
+    /// value carries exactly one factor of 3/2, and nothing else changes.
     #[test]
     fn every_hardswish_of_a_mobilenet_is_folded_into_its_readers() {
         let model = SyntheticSpec::tiny(11).build().unwrap();
@@ -125,9 +144,9 @@ mod tests {
         for (p, f) in plain.iter().zip(&folded) {
             assert_eq!(p.get().name(), f.get().name());
             if let Some(fold) = fold_of(f) {
-                marked += usize::from(fold.hardswish6);
+                marked += usize::from(fold.scaled_hardswish);
                 if fold.input_scale != 1.0 {
-                    assert_eq!(fold.input_scale, 1.0 / 6.0, "{}", p.get().name());
+                    assert_eq!(fold.input_scale, 1.0 / OUT_SCALE, "{}", p.get().name());
                     scaled += 1;
                 }
             }

@@ -109,9 +109,7 @@ impl NodeCodegen for SqueezeExcite {
         let (c, q) = (self.op.channels, self.op.squeeze_channels);
         let mut w = vec![
             pack_panels(
-                &self
-                    .fold
-                    .scale_input_weights(model.tensor_f32(&self.op.fc1_weight)?),
+                &self.fold.scale_weights(model.tensor_f32(&self.op.fc1_weight)?),
                 q,
                 c,
             ),

@@ -210,7 +210,7 @@ pub mod neon {
                                     Activation::None => edges!(0),
                                     Activation::Relu => edges!(1),
                                     Activation::Hardswish => edges!(2),
-                                    Activation::Hardswish6 => edges!(3),
+                                    Activation::ScaledHardswish => edges!(3),
                                 }
                             }
                             cb += 16;
@@ -287,7 +287,7 @@ pub mod neon {
 
     /// Pixels `ox..ox + 4` of row `oy`, channels `cb..cb + 16`, for a 3x3
     /// stride-2 pad-1 stem on 3 planar channels, activation `A` (0 none,
-    /// 1 ReLU, 2 hardswish, 3 six times hardswish). Each input row is read with two `ld2`: lanes
+    /// 1 ReLU, 2 hardswish, 3 scaled hardswish). Each input row is read with two `ld2`: lanes
     /// 0, 2, 4, 6 and 1, 3, 5, 7 are the kx = 0 and kx = 1 taps of the four
     /// pixels, and the load two values further on gives kx = 2; each tap's
     /// 16 weights are one `ld1` of four registers; 16 accumulators.
@@ -304,7 +304,7 @@ pub mod neon {
             0 => Activation::None,
             1 => Activation::Relu,
             2 => Activation::Hardswish,
-            _ => Activation::Hardswish6,
+            _ => Activation::ScaledHardswish,
         };
         // SAFETY: see the function contract.
         unsafe {
@@ -319,20 +319,18 @@ pub mod neon {
             // weights and steps to the next tap; TOP starts at kernel row 1.
             let mut wp = w.add(usize::from(TOP) * 9 * g.cout + cb);
             for ky in usize::from(TOP)..3 {
+                if !LEFT {
+                    // Interior groups: the kernel row is one `asm!` block ([`rgb_row`]).
+                    let r = input.add((oy * 2 + ky - 1) * g.iw + ox * 2 - 1);
+                    rgb_row(&mut acc, r, plane, &mut wp, g.cout);
+                    continue;
+                }
+                // Pixel 0's kx = 0 tap is the padding column: one `ld2` from column 0 gives
+                // the odd columns 1, 3, 5, 7 (kx = 2) and the even ones (kx = 1); kx = 0 is
+                // 0, 1, 3, 5 shifted in from a zero vector.
                 let cols: [[float32x4_t; 3]; 3] = core::array::from_fn(|ci| {
-                    if LEFT {
-                        // Pixel 0's kx = 0 tap is the padding column: one `ld2` from column
-                        // 0 gives the odd columns 1, 3, 5, 7 (kx = 2) and the even ones
-                        // (kx = 1); kx = 0 is 0, 1, 3, 5 shifted in from a zero vector.
-                        let r = input.add(ci * plane + (oy * 2 + ky - 1) * g.iw);
-                        let e = vld2q_f32(r);
-                        [vextq_f32::<3>(vdupq_n_f32(0.0), e.1), e.0, e.1]
-                    } else {
-                        let r = input.add(ci * plane + (oy * 2 + ky - 1) * g.iw + ox * 2 - 1);
-                        let e = vld2q_f32(r);
-                        let f = vld2q_f32(r.add(2));
-                        [e.0, e.1, f.0]
-                    }
+                    let e = vld2q_f32(input.add(ci * plane + (oy * 2 + ky - 1) * g.iw));
+                    [vextq_f32::<3>(vdupq_n_f32(0.0), e.1), e.0, e.1]
                 });
                 for kx in 0..3 {
                     for col in &cols {
@@ -358,6 +356,119 @@ pub mod neon {
                     vst1q_f32(o.add(4 * j), activate(act, *av));
                 }
             }
+        }
+    }
+
+    /// Four `fmla` of pixel `$px` (lane `$px` of input register `v$col`) by the tap's 16
+    /// weights (`v28`..`v31`) into its accumulators `{a$px0}`..`{a$px3}`.
+    macro_rules! rgb_pixel {
+        ($px:literal, $col:literal) => {
+            concat!(
+                "fmla {a",
+                $px,
+                "0:v}.4s, v28.4s, v",
+                $col,
+                ".s[",
+                $px,
+                "]\n",
+                "fmla {a",
+                $px,
+                "1:v}.4s, v29.4s, v",
+                $col,
+                ".s[",
+                $px,
+                "]\n",
+                "fmla {a",
+                $px,
+                "2:v}.4s, v30.4s, v",
+                $col,
+                ".s[",
+                $px,
+                "]\n",
+                "fmla {a",
+                $px,
+                "3:v}.4s, v31.4s, v",
+                $col,
+                ".s[",
+                $px,
+                "]\n",
+            )
+        };
+    }
+
+    /// One tap of [`rgb_row`]: its 16 weights (one `ld1`, stepping to the next tap) times
+    /// the four pixels' inputs in register `v$col`.
+    macro_rules! rgb_tap {
+        ($col:literal) => {
+            concat!(
+                "ld1 {{v28.4s, v29.4s, v30.4s, v31.4s}}, [{wp}], {ws}\n",
+                rgb_pixel!(0, $col),
+                rgb_pixel!(1, $col),
+                rgb_pixel!(2, $col),
+                rgb_pixel!(3, $col),
+            )
+        };
+    }
+
+    /// One kernel row of [`rgb3x3s2`] for four pixels none of whose taps is padding: per
+    /// channel two `ld2` (lanes 0, 2, 4, 6 and 1, 3, 5, 7 of the row from column `2 ox - 1`
+    /// are the kx = 0 and kx = 1 taps, the load two values on gives kx = 2), then the 9
+    /// taps in the weights' order (kx, ci), 16 `fmla` each.
+    ///
+    /// One `asm!` block: the six `ld2` post-increment one pointer (8 bytes, then on to the
+    /// next channel plane), where LLVM computed each address with an `add` (`ld2` has no
+    /// offset form) and kept a loop counter over the three rows.
+    ///
+    /// # Safety
+    /// `r` points at the row's first tap column in channel 0, and 8 values from it and from
+    /// `r + 2` are readable in each of the three planes `plane` apart; `*wp` points at the
+    /// row's 9 taps of 16 weights, `cout` apart, and is advanced past them.
+    #[inline(always)]
+    unsafe fn rgb_row(
+        acc: &mut [[float32x4_t; 4]; 4],
+        r: *const f32,
+        plane: usize,
+        wp: &mut *const f32,
+        cout: usize,
+    ) {
+        // SAFETY: the loads stay inside what the contract makes readable; the asm writes no
+        // memory and only the declared registers.
+        unsafe {
+            core::arch::asm!(
+                "ld2 {{v16.4s, v17.4s}}, [{r}], {s8}",
+                "ld2 {{v18.4s, v19.4s}}, [{r}], {sp}",
+                "ld2 {{v20.4s, v21.4s}}, [{r}], {s8}",
+                "ld2 {{v22.4s, v23.4s}}, [{r}], {sp}",
+                "ld2 {{v24.4s, v25.4s}}, [{r}], {s8}",
+                "ld2 {{v26.4s, v27.4s}}, [{r}], {sp}",
+                rgb_tap!(16),
+                rgb_tap!(20),
+                rgb_tap!(24),
+                rgb_tap!(17),
+                rgb_tap!(21),
+                rgb_tap!(25),
+                rgb_tap!(18),
+                rgb_tap!(22),
+                rgb_tap!(26),
+                a00 = inout(vreg) acc[0][0], a01 = inout(vreg) acc[0][1],
+                a02 = inout(vreg) acc[0][2], a03 = inout(vreg) acc[0][3],
+                a10 = inout(vreg) acc[1][0], a11 = inout(vreg) acc[1][1],
+                a12 = inout(vreg) acc[1][2], a13 = inout(vreg) acc[1][3],
+                a20 = inout(vreg) acc[2][0], a21 = inout(vreg) acc[2][1],
+                a22 = inout(vreg) acc[2][2], a23 = inout(vreg) acc[2][3],
+                a30 = inout(vreg) acc[3][0], a31 = inout(vreg) acc[3][1],
+                a32 = inout(vreg) acc[3][2], a33 = inout(vreg) acc[3][3],
+                r = inout(reg) r => _,
+                s8 = in(reg) 8usize,
+                sp = in(reg) plane * 4 - 8,
+                wp = inout(reg) *wp,
+                ws = in(reg) cout * 4,
+                out("v16") _, out("v17") _, out("v18") _, out("v19") _,
+                out("v20") _, out("v21") _, out("v22") _, out("v23") _,
+                out("v24") _, out("v25") _, out("v26") _, out("v27") _,
+                out("v28") _, out("v29") _, out("v30") _, out("v31") _,
+                options(readonly, nostack, preserves_flags),
+            );
         }
     }
 

@@ -106,7 +106,7 @@ pub(crate) fn tap_range(
 /// never multiplied.
 #[cfg(target_arch = "aarch64")]
 pub mod neon {
-    use super::super::neon_util::{activate, ldp_fresh};
+    use super::super::neon_util::{activate, ldp_fresh, opaque};
     use super::super::{Activation, DepthwiseShape};
     use super::tap_range;
     use core::arch::aarch64::*;
@@ -820,10 +820,13 @@ pub mod neon {
             } else {
                 // 5x5: 25 weight vectors beside 8 accumulators would spill, so each kernel
                 // row loads its own 5.
+                // A pointer at the kernel row's first tap (`opaque`): positive offsets, one
+                // `ldr` each.
+                let mut wrow = opaque(at.w.as_ptr().add(at.ky.0 * K * c + at.cb));
                 for ky in at.ky.0..at.ky.1 {
-                    let wr: [float32x4_t; K] = core::array::from_fn(|kx| {
-                        vld1q_f32(at.w.as_ptr().add((ky * K + kx) * c + at.cb))
-                    });
+                    let wr: [float32x4_t; K] =
+                        core::array::from_fn(|kx| vld1q_f32(wrow.add(kx * c)));
+                    wrow = opaque(wrow.add(K * c));
                     row_taps::<K, S, PX, LEAD, TRAIL>(&mut acc, at, ky, col, &wr);
                 }
             }

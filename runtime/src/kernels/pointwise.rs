@@ -124,7 +124,7 @@ fn tile<const R: usize>(c: &Operands<'_>, p0: usize, out: &mut [f32]) {
 /// the zero-padded panel and store only `n % 8` lanes.
 #[cfg(target_arch = "aarch64")]
 pub mod neon {
-    use super::super::neon_util::{activate, ld1x4_post, ldp_fresh};
+    use super::super::neon_util::{activate, ld1x4_post, ldp_fresh, opaque};
     use super::super::{Activation, NR, PointwiseShape, packed_len};
     use core::arch::aarch64::*;
 
@@ -170,8 +170,8 @@ pub mod neon {
                 (Activation::Relu, true) => layer::<1, true>(i, w, bias, &s, o),
                 (Activation::Hardswish, false) => layer::<2, false>(i, w, bias, &s, o),
                 (Activation::Hardswish, true) => layer::<2, true>(i, w, bias, &s, o),
-                (Activation::Hardswish6, false) => layer::<3, false>(i, w, bias, &s, o),
-                (Activation::Hardswish6, true) => layer::<3, true>(i, w, bias, &s, o),
+                (Activation::ScaledHardswish, false) => layer::<3, false>(i, w, bias, &s, o),
+                (Activation::ScaledHardswish, true) => layer::<3, true>(i, w, bias, &s, o),
             }
         }
     }
@@ -190,7 +190,7 @@ pub mod neon {
             0 => Activation::None,
             1 => Activation::Relu,
             2 => Activation::Hardswish,
-            _ => Activation::Hardswish6,
+            _ => Activation::ScaledHardswish,
         }
     }
 
@@ -311,6 +311,20 @@ pub mod neon {
             let mut base = a;
             let mut wp = wp;
             let mut i = 0;
+            if R == 7 && !short && k >= 16 {
+                // The k loop of the 7-pixel tile as one `asm!` block, four 8-channel steps per
+                // iteration ([`k_loop7`]).
+                let steps = k / 8;
+                // R == 7, so both conversions succeed (and fold away).
+                if let (Ok(acc7), Ok(rows7)) = (
+                    <&mut [_; 7]>::try_from(&mut acc[..]),
+                    <&mut [_; 7]>::try_from(&mut rows[..]),
+                ) {
+                    k_loop7(acc7, rows7, &mut wp, steps);
+                    i = steps * 8;
+                    base = base.add(i);
+                }
+            }
             if R <= 7 {
                 // Eight input channels per row and step: each row's two vectors come from
                 // one load instruction, and the loop's bookkeeping is shared by 8 steps (7
@@ -403,20 +417,143 @@ pub mod neon {
         acc
     }
 
-    /// Returns `p` unchanged, hidden from LLVM's loop strength reduction.
-    ///
-    /// Without it LLVM rewrites the 8 row pointers as one base plus multiples
-    /// of `k`, which costs an `add` per load (about 10% more instructions in
-    /// the hot loop); separate pointers use post-indexed loads instead.
-    #[inline(always)]
-    fn opaque(p: *const f32) -> *const f32 {
-        let mut addr = p.addr();
-        // SAFETY: the empty asm block only passes the register through; it
-        // touches no memory, and the pointer keeps its provenance.
-        unsafe {
-            core::arch::asm!("/* {0} */", inout(reg) addr, options(pure, nomem, nostack, preserves_flags))
+    /// Two `fmla` of one tile row: accumulators `{$a}` and `{$b}` (named operands) plus
+    /// weight registers `v$w0` / `v$w1` times lane `$l` of input register `v$x`.
+    macro_rules! fmla2 {
+        ($a:literal, $b:literal, $w0:literal, $w1:literal, $x:literal, $l:literal) => {
+            concat!(
+                "fmla {",
+                $a,
+                ":v}.4s, v",
+                $w0,
+                ".4s, v",
+                $x,
+                ".s[",
+                $l,
+                "]\n",
+                "fmla {",
+                $b,
+                ":v}.4s, v",
+                $w1,
+                ".4s, v",
+                $x,
+                ".s[",
+                $l,
+                "]\n",
+            )
         };
-        p.with_addr(addr)
+    }
+
+    /// Two input channels of the 7-row tile: one weight load (`v14`..`v17`: 8 output
+    /// channels of lane `$l`, then of lane `$m`) and 28 `fmla` over the rows' input
+    /// registers `v$x0`..`v$x6`.
+    macro_rules! half_step7 {
+        ($x0:literal, $x1:literal, $x2:literal, $x3:literal, $x4:literal, $x5:literal,
+         $x6:literal, $l:literal, $m:literal) => {
+            concat!(
+                "ld1 {{v14.4s, v15.4s, v16.4s, v17.4s}}, [{wp}], #64\n",
+                fmla2!("a0", "b0", 14, 15, $x0, $l),
+                fmla2!("a1", "b1", 14, 15, $x1, $l),
+                fmla2!("a2", "b2", 14, 15, $x2, $l),
+                fmla2!("a3", "b3", 14, 15, $x3, $l),
+                fmla2!("a4", "b4", 14, 15, $x4, $l),
+                fmla2!("a5", "b5", 14, 15, $x5, $l),
+                fmla2!("a6", "b6", 14, 15, $x6, $l),
+                fmla2!("a0", "b0", 16, 17, $x0, $m),
+                fmla2!("a1", "b1", 16, 17, $x1, $m),
+                fmla2!("a2", "b2", 16, 17, $x2, $m),
+                fmla2!("a3", "b3", 16, 17, $x3, $m),
+                fmla2!("a4", "b4", 16, 17, $x4, $m),
+                fmla2!("a5", "b5", 16, 17, $x5, $m),
+                fmla2!("a6", "b6", 16, 17, $x6, $m),
+            )
+        };
+    }
+
+    /// Eight input channels of the 7-row tile: each row's two input vectors in one `ld1`
+    /// (`v18`..`v31`, post-incremented row pointers), then four [`half_step7`]s.
+    macro_rules! step7 {
+        () => {
+            concat!(
+                "ld1 {{v18.4s, v19.4s}}, [{r0}], #32\n",
+                "ld1 {{v20.4s, v21.4s}}, [{r1}], #32\n",
+                "ld1 {{v22.4s, v23.4s}}, [{r2}], #32\n",
+                "ld1 {{v24.4s, v25.4s}}, [{r3}], #32\n",
+                "ld1 {{v26.4s, v27.4s}}, [{r4}], #32\n",
+                "ld1 {{v28.4s, v29.4s}}, [{r5}], #32\n",
+                "ld1 {{v30.4s, v31.4s}}, [{r6}], #32\n",
+                half_step7!(18, 20, 22, 24, 26, 28, 30, 0, 1),
+                half_step7!(18, 20, 22, 24, 26, 28, 30, 2, 3),
+                half_step7!(19, 21, 23, 25, 27, 29, 31, 0, 1),
+                half_step7!(19, 21, 23, 25, 27, 29, 31, 2, 3),
+            )
+        };
+    }
+
+    /// The k loop of a 7-pixel x 8-channel tile for `steps` (>= 2) steps of 8 input
+    /// channels, written out: four steps per iteration, so the loop's counter and branch
+    /// (2 instructions) are paid once per 448 `fmla`, where a loop of intrinsics pays 3 per
+    /// step (LLVM's own unrolling of it hoists the next step's loads and spills: all 32
+    /// registers are taken by 14 accumulators, 14 input and 4 weight vectors). A count that
+    /// is not a multiple of four enters the first iteration part way.
+    ///
+    /// # Safety
+    /// Each `rows[r]` points at `steps * 8` readable values and `*wp` at `steps * 64`; all
+    /// are advanced past them.
+    #[inline(always)]
+    unsafe fn k_loop7(
+        acc: &mut [[float32x4_t; 2]; 7],
+        rows: &mut [*const f32; 7],
+        wp: &mut *const f32,
+        steps: usize,
+    ) {
+        let iters = steps.div_ceil(4);
+        macro_rules! run {
+            ($entry:literal) => {
+                // SAFETY: the loads stay within the extents of the contract; the asm
+                // writes no memory and only the declared registers.
+                unsafe {
+                    core::arch::asm!(
+                        $entry,
+                        "2:",
+                        step7!(),
+                        "3:",
+                        step7!(),
+                        "4:",
+                        step7!(),
+                        "5:",
+                        step7!(),
+                        "subs {n}, {n}, #1",
+                        "b.ne 2b",
+                        a0 = inout(vreg) acc[0][0], b0 = inout(vreg) acc[0][1],
+                        a1 = inout(vreg) acc[1][0], b1 = inout(vreg) acc[1][1],
+                        a2 = inout(vreg) acc[2][0], b2 = inout(vreg) acc[2][1],
+                        a3 = inout(vreg) acc[3][0], b3 = inout(vreg) acc[3][1],
+                        a4 = inout(vreg) acc[4][0], b4 = inout(vreg) acc[4][1],
+                        a5 = inout(vreg) acc[5][0], b5 = inout(vreg) acc[5][1],
+                        a6 = inout(vreg) acc[6][0], b6 = inout(vreg) acc[6][1],
+                        r0 = inout(reg) rows[0], r1 = inout(reg) rows[1],
+                        r2 = inout(reg) rows[2], r3 = inout(reg) rows[3],
+                        r4 = inout(reg) rows[4], r5 = inout(reg) rows[5],
+                        r6 = inout(reg) rows[6],
+                        wp = inout(reg) *wp,
+                        n = inout(reg) iters => _,
+                        out("v14") _, out("v15") _, out("v16") _, out("v17") _,
+                        out("v18") _, out("v19") _, out("v20") _, out("v21") _,
+                        out("v22") _, out("v23") _, out("v24") _, out("v25") _,
+                        out("v26") _, out("v27") _, out("v28") _, out("v29") _,
+                        out("v30") _, out("v31") _,
+                        options(readonly, nostack),
+                    )
+                }
+            };
+        }
+        match steps % 4 {
+            0 => run!(""),
+            3 => run!("b 3f"),
+            2 => run!("b 4f"),
+            _ => run!("b 5f"),
+        }
     }
 
     /// Activation, residual add and store of a full 8-channel tile.
@@ -472,12 +609,12 @@ pub mod neon {
     /// live in registers for the whole layer.
     struct Row<const A: u8, const RES: bool> {
         zero: float32x4_t,
-        three: float32x4_t,
-        six: float32x4_t,
+        minus_one: float32x4_t,
+        one: float32x4_t,
     }
 
     impl<const A: u8, const RES: bool> Row<A, RES> {
-        /// Whether [`Row::store`] has this combination: ReLU and six times hardswish
+        /// Whether [`Row::store`] has this combination: ReLU and scaled hardswish
         /// without a residual, the identity with one (what MobileNetV3 has).
         const ASM: bool = matches!((A, RES), (1, false) | (3, false) | (0, true));
 
@@ -487,8 +624,8 @@ pub mod neon {
             unsafe {
                 Self {
                     zero: vdupq_n_f32(0.0),
-                    three: vdupq_n_f32(3.0),
-                    six: vdupq_n_f32(6.0),
+                    minus_one: vdupq_n_f32(-1.0),
+                    one: vdupq_n_f32(1.0),
                 }
             }
         }
@@ -523,17 +660,16 @@ pub mod neon {
                         options(nostack, preserves_flags),
                     ),
                     (3, false) => core::arch::asm!(
-                        "fadd v26.4s, {a0:v}.4s, {t:v}.4s",
-                        "fadd v27.4s, {a1:v}.4s, {t:v}.4s",
-                        "fmax v26.4s, v26.4s, {z:v}.4s",
-                        "fmax v27.4s, v27.4s, {z:v}.4s",
-                        "fmin v26.4s, v26.4s, {x:v}.4s",
-                        "fmin v27.4s, v27.4s, {x:v}.4s",
-                        "fmul v26.4s, v26.4s, {a0:v}.4s",
-                        "fmul v27.4s, v27.4s, {a1:v}.4s",
-                        "st1 {{v26.4s, v27.4s}}, [{o}], {s}",
-                        a0 = in(vreg) a0, a1 = in(vreg) a1, z = in(vreg) self.zero,
-                        t = in(vreg) self.three, x = in(vreg) self.six,
+                        "fmax v26.4s, {a0:v}.4s, {m:v}.4s",
+                        "fmax v27.4s, {a1:v}.4s, {m:v}.4s",
+                        "fmin v26.4s, v26.4s, {p:v}.4s",
+                        "fmin v27.4s, v27.4s, {p:v}.4s",
+                        "fmla {a0:v}.4s, {a0:v}.4s, v26.4s",
+                        "fmla {a1:v}.4s, {a1:v}.4s, v27.4s",
+                        "stp {a0:q}, {a1:q}, [{o}]",
+                        "add {o}, {o}, {s}",
+                        a0 = inout(vreg) a0 => _, a1 = inout(vreg) a1 => _,
+                        m = in(vreg) self.minus_one, p = in(vreg) self.one,
                         o = inout(reg) *out, s = in(reg) step,
                         out("v26") _, out("v27") _,
                         options(nostack, preserves_flags),
