@@ -51,7 +51,7 @@ fn act_f64(act: Activation, x: f64) -> f64 {
         Activation::None => x,
         Activation::Relu => x.max(0.0),
         Activation::Hardswish => x * (x + 3.0).clamp(0.0, 6.0) / 6.0,
-        Activation::ScaledHardswish => x + x * x.clamp(-1.0, 1.0),
+        Activation::ScaledHardswish => x.clamp(-2.0, 0.0) * (1.0 + x),
     }
 }
 
@@ -889,21 +889,22 @@ fn activations_at_breakpoints() {
             (kernels::hardsigmoid(x) as f64 - want_sig).abs() <= 1e-7,
             "hardsigmoid({x})"
         );
-        // The scaled form on a third of the input is two thirds of hardswish.
-        let scaled = kernels::scaled_hardswish(x / 3.0) as f64;
+        // The scaled form on -x / 3 - 1 is two thirds of hardswish.
+        let scaled = kernels::scaled_hardswish(-x / 3.0 - 1.0) as f64;
         assert!(
             (scaled - want_hs * 2.0 / 3.0).abs() <= 1e-6 * (1.0 + want_hs.abs()),
-            "scaled_hardswish({x} / 3) = {scaled}, want 2/3 of {want_hs}"
+            "scaled_hardswish(-{x} / 3 - 1) = {scaled}, want 2/3 of {want_hs}"
         );
     }
     assert_eq!(kernels::hardswish(-3.0), 0.0);
     assert_eq!(kernels::hardswish(0.0), 0.0);
     assert_eq!(kernels::hardswish(3.0), 3.0);
-    // scaled_hardswish(x / 3) = 2/3 hardswish(x): 0 at x = -3, 2 at x = 3, -0.25 at -1.5.
-    assert_eq!(kernels::scaled_hardswish(-1.0), 0.0);
-    assert_eq!(kernels::scaled_hardswish(1.0), 2.0);
+    // scaled_hardswish(-x / 3 - 1) = 2/3 hardswish(x): 0 at x = -3 and below, 2 at x = 3,
+    // -0.25 at -1.5.
+    assert_eq!(kernels::scaled_hardswish(0.0), 0.0);
+    assert_eq!(kernels::scaled_hardswish(7.0), 0.0);
+    assert_eq!(kernels::scaled_hardswish(-2.0), 2.0);
     assert_eq!(kernels::scaled_hardswish(-0.5), -0.25);
-    assert_eq!(kernels::scaled_hardswish(-7.0), 0.0);
     assert_eq!(kernels::hardsigmoid(-3.0), 0.0);
     assert_eq!(kernels::hardsigmoid(0.0), 0.5);
     assert_eq!(kernels::hardsigmoid(3.0), 1.0);

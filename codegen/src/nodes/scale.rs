@@ -1,13 +1,15 @@
 //! Hardswish in three vector instructions.
 //!
 //! `hardswish(x) = x * relu6(x + 3) / 6` costs five vector instructions per four outputs on
-//! NEON and AVX2. With `z = x / 3` it is `3/2 * (z + z * clamp(z, -1, 1))`, and
-//! `z + z * clamp(z, -1, 1)` costs three: max, min and one fused multiply-add whose
-//! accumulator is `z` itself. The kernels offer it as `Activation::ScaledHardswish`. Code
-//! generation uses it where both factors fold into weights:
+//! NEON and AVX2. With `u = -x / 3 - 1` and `t = clamp(u, -2, 0)`, `t + u * t` is two thirds
+//! of it, and costs three: max, min and one fused multiply-add into `t` (NEON's `fmla`
+//! accumulates into `t`'s register, so the result can go where a store wants it while the
+//! layer's accumulator is left alone). The kernels offer it as
+//! `Activation::ScaledHardswish`. Code generation uses it where both ends fold into weights:
 //!
-//! - the layer computing `x` (stem, pointwise, depthwise, fully connected) computes `z`
-//!   instead: its weights and bias times [`PRE_SCALE`] (1/3);
+//! - the layer computing `x` (stem, pointwise, depthwise, fully connected) computes `u`
+//!   instead: its weights times [`PRE_SCALE`] (-1/3), its bias times the same plus
+//!   [`PRE_SHIFT`] (-1);
 //! - its output is [`OUT_SCALE`] (2/3) times the hardswish, so every layer that reads it takes
 //!   3/2 into the weights that multiply it: pointwise, depthwise and fully connected layers
 //!   (not their bias, which does not multiply the input); squeeze-excite's first layer (the
@@ -23,12 +25,15 @@
 use super::Node;
 use crate::ir::Activation;
 
-/// Factor on the weights and bias of a layer whose hardswish is scaled: it computes
-/// `z = x / 3`.
-pub(crate) const PRE_SCALE: f32 = 1.0 / 3.0;
+/// Factor on the weights and bias of a layer whose hardswish is scaled: with [`PRE_SHIFT`]
+/// on the bias it computes `u = -x / 3 - 1`.
+pub(crate) const PRE_SCALE: f32 = -1.0 / 3.0;
 
-/// `scaled_hardswish(x / 3) / hardswish(x)`: what the readers of a scaled hardswish divide
-/// out of their weights.
+/// Added to the scaled bias of a layer whose hardswish is scaled (see [`PRE_SCALE`]).
+pub(crate) const PRE_SHIFT: f32 = -1.0;
+
+/// `scaled_hardswish(-x / 3 - 1) / hardswish(x)`: what the readers of a scaled hardswish
+/// divide out of their weights.
 pub(crate) const OUT_SCALE: f32 = 2.0 / 3.0;
 
 /// Marks every hardswish node whose own weights can take [`PRE_SCALE`] and whose readers
