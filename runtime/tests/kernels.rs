@@ -261,6 +261,11 @@ fn pointwise_mobilenet_like_shapes() {
         (21, 88, 24),
         (7, 56, 8),
         (7, 44, 16),
+        // 16 and 24 input channels, held in registers across panels on aarch64 (tiles of 4
+        // and 3 pixels, then single pixels; a partial last panel).
+        (10, 24, 88),
+        (9, 16, 20),
+        (7, 24, 28),
     ] {
         pointwise_case(&mut rng, p, k, n);
     }

@@ -208,6 +208,20 @@ pub mod neon {
         s: &Shape,
         out: *mut f32,
     ) {
+        // Inputs held in registers across panels pay off from three panels on (two, at
+        // 16 -> 16 channels, came out even).
+        // SAFETY: as below, with k == 4 * KV.
+        unsafe {
+            match s.k {
+                16 if s.n > 2 * NR => {
+                    return resident_layer::<4, 4, A, RES>(input, w, bias, s, out);
+                }
+                24 if s.n > 2 * NR => {
+                    return resident_layer::<3, 6, A, RES>(input, w, bias, s, out);
+                }
+                _ => {}
+            }
+        }
         let mut p0 = 0;
         // SAFETY (all three loops): pixels p0..p0 + R <= p, so row reads lie
         // in input[..p * k] and stores in out[..p * n] (and the residual);
@@ -232,6 +246,105 @@ pub mod neon {
             while p0 < s.p {
                 row_tile::<1, A, RES>(input, p0, w, bias, s, out);
                 p0 += 1;
+            }
+        }
+    }
+
+    /// The whole layer when each pixel's `k = 4 KV` inputs fit in registers beside the tile
+    /// (`k` 16 or 24: MobileNetV3's first expansions): tiles of `R` pixels whose inputs are
+    /// loaded once for every panel ([`resident_tile`]), then single pixels.
+    ///
+    /// # Safety
+    /// As [`layer`], with `s.k == 4 * KV`.
+    #[inline(always)]
+    unsafe fn resident_layer<const R: usize, const KV: usize, const A: u8, const RES: bool>(
+        input: *const f32,
+        w: *const f32,
+        bias: &[f32],
+        s: &Shape,
+        out: *mut f32,
+    ) {
+        let mut p0 = 0;
+        // SAFETY: pixels p0..p0 + R <= p (then p0 < p) stay inside the extents of `layer`.
+        unsafe {
+            while p0 + R <= s.p {
+                resident_tile::<R, KV, A, RES>(input, p0, w, bias, s, out);
+                p0 += R;
+            }
+            while p0 < s.p {
+                row_tile::<1, A, RES>(input, p0, w, bias, s, out);
+                p0 += 1;
+            }
+        }
+    }
+
+    /// Pixels `p0..p0 + R` for every panel, their `4 KV` input channels loaded into
+    /// registers once (`R * KV` vectors: 16 for 4 pixels of 16 channels, 18 for 3 of 24)
+    /// and used by every panel, where [`row_tile`]'s 7-pixel tiles load them again for each
+    /// panel (14 loads per 224 `fmla` at `k = 16`). Per panel: `2 KV` weight loads, `8 KV R`
+    /// `fmla`, the biases and the epilogue.
+    ///
+    /// # Safety
+    /// `input` holds `(p0 + R) * 4 KV` values, `w` `packed_len(4 KV, n)`, `out` (and the
+    /// residual when `RES`) `(p0 + R) * n`; `bias` holds `n`.
+    #[inline(always)]
+    unsafe fn resident_tile<const R: usize, const KV: usize, const A: u8, const RES: bool>(
+        input: *const f32,
+        p0: usize,
+        w: *const f32,
+        bias: &[f32],
+        s: &Shape,
+        out: *mut f32,
+    ) {
+        let (k, n) = (4 * KV, s.n);
+        // SAFETY: the contract bounds every read and write below; each panel's weights are
+        // the next `8 k` values of `w`.
+        unsafe {
+            // Loaded pixel by pixel (neighbouring vectors pair into `ldp`), then indexed
+            // x[v][r]: input channels 4 v..4 v + 4 of pixel p0 + r.
+            let rows: [[float32x4_t; KV]; R] = core::array::from_fn(|r| {
+                core::array::from_fn(|v| vld1q_f32(input.add((p0 + r) * k + 4 * v)))
+            });
+            let x: [[float32x4_t; R]; KV] =
+                core::array::from_fn(|v| core::array::from_fn(|r| rows[r][v]));
+            let mut wp = w;
+            for panel in 0..n.div_ceil(NR) {
+                let j0 = panel * NR;
+                let width = NR.min(n - j0);
+                let mut t = [0.0f32; NR];
+                let b = if width == NR {
+                    bias.as_ptr().add(j0)
+                } else {
+                    for (c, v) in t.iter_mut().enumerate().take(width) {
+                        *v = bias[j0 + c];
+                    }
+                    t.as_ptr()
+                };
+                let mut acc: [[float32x4_t; 2]; R] = core::array::from_fn(|_| ldp_fresh(b));
+                for xv in &x {
+                    // Two input channels' weight rows per load, lanes (0, 1) then (2, 3).
+                    macro_rules! step2 {
+                        ($l:literal, $m:literal) => {
+                            let [w0, w1, w2, w3] = ld1x4_post(&mut wp);
+                            for r in 0..R {
+                                acc[r][0] = vfmaq_laneq_f32::<$l>(acc[r][0], w0, xv[r]);
+                                acc[r][1] = vfmaq_laneq_f32::<$l>(acc[r][1], w1, xv[r]);
+                            }
+                            for r in 0..R {
+                                acc[r][0] = vfmaq_laneq_f32::<$m>(acc[r][0], w2, xv[r]);
+                                acc[r][1] = vfmaq_laneq_f32::<$m>(acc[r][1], w3, xv[r]);
+                            }
+                        };
+                    }
+                    step2!(0, 1);
+                    step2!(2, 3);
+                }
+                let at = p0 * n + j0;
+                if width == NR {
+                    store_full::<R, A, RES>(acc, s, out, at);
+                } else {
+                    store_part::<R, A, RES>(acc, s, out, at, width);
+                }
             }
         }
     }
