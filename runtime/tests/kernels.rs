@@ -51,7 +51,7 @@ fn act_f64(act: Activation, x: f64) -> f64 {
         Activation::None => x,
         Activation::Relu => x.max(0.0),
         Activation::Hardswish => x * (x + 3.0).clamp(0.0, 6.0) / 6.0,
-        Activation::ScaledHardswish => x.clamp(-2.0, 0.0) * (1.0 + x),
+        Activation::ScaledHardswish => x + x * x.clamp(-1.0, 1.0),
     }
 }
 
@@ -894,22 +894,21 @@ fn activations_at_breakpoints() {
             (kernels::hardsigmoid(x) as f64 - want_sig).abs() <= 1e-7,
             "hardsigmoid({x})"
         );
-        // The scaled form on -x / 3 - 1 is two thirds of hardswish.
-        let scaled = kernels::scaled_hardswish(-x / 3.0 - 1.0) as f64;
+        // The scaled form on a third of the input is two thirds of hardswish.
+        let scaled = kernels::scaled_hardswish(x / 3.0) as f64;
         assert!(
             (scaled - want_hs * 2.0 / 3.0).abs() <= 1e-6 * (1.0 + want_hs.abs()),
-            "scaled_hardswish(-{x} / 3 - 1) = {scaled}, want 2/3 of {want_hs}"
+            "scaled_hardswish({x} / 3) = {scaled}, want 2/3 of {want_hs}"
         );
     }
     assert_eq!(kernels::hardswish(-3.0), 0.0);
     assert_eq!(kernels::hardswish(0.0), 0.0);
     assert_eq!(kernels::hardswish(3.0), 3.0);
-    // scaled_hardswish(-x / 3 - 1) = 2/3 hardswish(x): 0 at x = -3 and below, 2 at x = 3,
-    // -0.25 at -1.5.
-    assert_eq!(kernels::scaled_hardswish(0.0), 0.0);
-    assert_eq!(kernels::scaled_hardswish(7.0), 0.0);
-    assert_eq!(kernels::scaled_hardswish(-2.0), 2.0);
+    // scaled_hardswish(x / 3) = 2/3 hardswish(x): 0 at x = -3, 2 at x = 3, -0.25 at -1.5.
+    assert_eq!(kernels::scaled_hardswish(-1.0), 0.0);
+    assert_eq!(kernels::scaled_hardswish(1.0), 2.0);
     assert_eq!(kernels::scaled_hardswish(-0.5), -0.25);
+    assert_eq!(kernels::scaled_hardswish(-7.0), 0.0);
     assert_eq!(kernels::hardsigmoid(-3.0), 0.0);
     assert_eq!(kernels::hardsigmoid(0.0), 0.5);
     assert_eq!(kernels::hardsigmoid(3.0), 1.0);
@@ -946,6 +945,48 @@ fn activations_at_breakpoints() {
                     (g - w).abs() <= 1e-6 * (1.0 + w.abs()),
                     "linear {name} {act:?}({}) = {g}, want {w}",
                     xs[i]
+                );
+            }
+        }
+    }
+
+    // Inputs near zero keep their relative precision through every epilogue (hardswish(x)
+    // is about x / 2 there, and the scaled form z + z c about z): nothing may round them
+    // against a constant.
+    let tiny: [f32; 8] = [1e-3, -1e-3, 1e-6, -1e-6, 1e-12, -1e-12, 1e-30, -1e-30];
+    let m = tiny.len();
+    let mut eye_m = vec![0.0; m * m];
+    for j in 0..m {
+        eye_m[j * m + j] = 1.0;
+    }
+    let packed_m = pack(&eye_m, m, m);
+    for act in [Activation::Hardswish, Activation::ScaledHardswish] {
+        let want: Vec<f64> = tiny.iter().map(|&x| act_f64(act, x as f64)).collect();
+        for (i, &x) in tiny.iter().enumerate() {
+            let g = act.apply(x) as f64;
+            assert!(
+                (g - want[i]).abs() <= 1e-6 * want[i].abs(),
+                "{act:?}.apply({x}) = {g}, want {}",
+                want[i]
+            );
+        }
+        for (name, f) in pointwise_variants() {
+            let mut out = vec![f32::NAN; m];
+            f(
+                &tiny,
+                pw(1, m, m),
+                &packed_m,
+                &vec![0.0; m],
+                act,
+                None,
+                &mut out,
+            );
+            for (i, &g) in out.iter().enumerate() {
+                assert!(
+                    (g as f64 - want[i]).abs() <= 1e-6 * want[i].abs(),
+                    "pointwise {name} {act:?}({}) = {g}, want {}",
+                    tiny[i],
+                    want[i]
                 );
             }
         }

@@ -111,9 +111,9 @@ pub(crate) fn lit(n: usize) -> Literal {
 /// What [`scale::fold_hardswish`] decided for one node; the default changes nothing.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) struct Fold {
-    /// The node's hardswish is emitted as `ScaledHardswish`: its weights and bias compute
-    /// `-x / 3 - 1` from the op's pre-activation `x` ([`scale::PRE_SCALE`],
-    /// [`scale::PRE_SHIFT`]), and its output is [`scale::OUT_SCALE`] times the op's.
+    /// The node's hardswish is emitted as `ScaledHardswish` on a third of its pre-activation:
+    /// its weights and bias take [`scale::PRE_SCALE`], and its output is
+    /// [`scale::OUT_SCALE`] times the op's.
     pub scaled_hardswish: bool,
     /// Factor on the weights that multiply the node's main input: the inverse of
     /// [`scale::OUT_SCALE`] where that input is a `ScaledHardswish` output (directly or
@@ -150,12 +150,11 @@ impl Fold {
         w
     }
 
-    /// The bias times the output scale (the bias does not multiply the input), plus
-    /// [`scale::PRE_SHIFT`] for a scaled hardswish.
+    /// The bias times the output scale (the bias does not multiply the input).
     pub(crate) fn scale_bias(&self, mut b: Vec<f32>) -> Vec<f32> {
-        if self.scaled_hardswish {
-            b.iter_mut()
-                .for_each(|v| *v = *v * scale::PRE_SCALE + scale::PRE_SHIFT);
+        let f = self.output_scale();
+        if f != 1.0 {
+            b.iter_mut().for_each(|v| *v *= f);
         }
         b
     }

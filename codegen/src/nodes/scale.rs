@@ -1,15 +1,13 @@
 //! Hardswish in three vector instructions.
 //!
 //! `hardswish(x) = x * relu6(x + 3) / 6` costs five vector instructions per four outputs on
-//! NEON and AVX2. With `u = -x / 3 - 1` and `t = clamp(u, -2, 0)`, `t + u * t` is two thirds
-//! of it, and costs three: max, min and one fused multiply-add into `t` (NEON's `fmla`
-//! accumulates into `t`'s register, so the result can go where a store wants it while the
-//! layer's accumulator is left alone). The kernels offer it as
-//! `Activation::ScaledHardswish`. Code generation uses it where both ends fold into weights:
+//! NEON and AVX2. With `z = x / 3` it is `3/2 * (z + z * clamp(z, -1, 1))`, and
+//! `z + z * clamp(z, -1, 1)` costs three: max, min and one fused multiply-add whose
+//! accumulator is `z` itself. The kernels offer it as `Activation::ScaledHardswish`. Code
+//! generation uses it where both factors fold into weights:
 //!
-//! - the layer computing `x` (stem, pointwise, depthwise, fully connected) computes `u`
-//!   instead: its weights times [`PRE_SCALE`] (-1/3), its bias times the same plus
-//!   [`PRE_SHIFT`] (-1);
+//! - the layer computing `x` (stem, pointwise, depthwise, fully connected) computes `z`
+//!   instead: its weights and bias times [`PRE_SCALE`] (1/3);
 //! - its output is [`OUT_SCALE`] (2/3) times the hardswish, so every layer that reads it takes
 //!   3/2 into the weights that multiply it: pointwise, depthwise and fully connected layers
 //!   (not their bias, which does not multiply the input); squeeze-excite's first layer (the
@@ -25,15 +23,12 @@
 use super::Node;
 use crate::ir::Activation;
 
-/// Factor on the weights and bias of a layer whose hardswish is scaled: with [`PRE_SHIFT`]
-/// on the bias it computes `u = -x / 3 - 1`.
-pub(crate) const PRE_SCALE: f32 = -1.0 / 3.0;
+/// Factor on the weights and bias of a layer whose hardswish is scaled: it computes
+/// `z = x / 3`.
+pub(crate) const PRE_SCALE: f32 = 1.0 / 3.0;
 
-/// Added to the scaled bias of a layer whose hardswish is scaled (see [`PRE_SCALE`]).
-pub(crate) const PRE_SHIFT: f32 = -1.0;
-
-/// `scaled_hardswish(-x / 3 - 1) / hardswish(x)`: what the readers of a scaled hardswish
-/// divide out of their weights.
+/// `scaled_hardswish(x / 3) / hardswish(x)`: what the readers of a scaled hardswish divide
+/// out of their weights.
 pub(crate) const OUT_SCALE: f32 = 2.0 / 3.0;
 
 /// Marks every hardswish node whose own weights can take [`PRE_SCALE`] and whose readers
@@ -130,6 +125,39 @@ mod tests {
     fn lowered(model: &ModelFile, fold: bool) -> Vec<Node> {
         let shapes = model.validate().unwrap();
         super::super::lower(model, &shapes, true, fold, false).unwrap()
+    }
+
+    /// The folded form reproduces hardswish to float precision relative to the value, near
+    /// zero too: the layer's weights and bias take [`PRE_SCALE`] (`Fold::scale_weights`,
+    /// `Fold::scale_bias`), the runtime's `ScaledHardswish` (`z + z * clamp(z, -1, 1)`)
+    /// follows, and a reader divides by [`OUT_SCALE`]. A form that shifts the pre-activation
+    /// by a constant (`-x / 3 - 1` was tried) rounds small values away: a seeded network
+    /// whose logits are about 1e-8 then gave six equal logits.
+    #[test]
+    fn the_folded_hardswish_keeps_small_values() {
+        let fold = crate::nodes::Fold {
+            scaled_hardswish: true,
+            input_scale: 1.0,
+        };
+        let scaled_hardswish = |z: f32| z + z * z.clamp(-1.0, 1.0);
+        let hardswish = |x: f64| x * (x + 3.0).clamp(0.0, 6.0) / 6.0;
+        for x in [
+            5.0f32, 3.0, 1.5, 0.25, 1e-3, 1e-6, 1e-9, 0.0, -1e-9, -1e-6, -1e-3, -0.7, -2.9, -3.0,
+            -4.0,
+        ] {
+            // x as a layer computes it: weight 1 times input x, plus bias 0 (or weight 0.5
+            // and bias x / 2).
+            for (w, a, b) in [(1.0f32, x, 0.0f32), (0.5, x, x / 2.0)] {
+                let ws = fold.scale_weights(vec![w])[0];
+                let bs = fold.scale_bias(vec![b])[0];
+                let got = scaled_hardswish(ws * a + bs) as f64 / OUT_SCALE as f64;
+                let want = hardswish(x as f64);
+                assert!(
+                    (got - want).abs() <= 1e-6 * want.abs() + 1e-30,
+                    "x = {x}: folded {got}, hardswish {want}"
+                );
+            }
+        }
     }
 
     /// On the synthetic MobileNetV3-like model every hardswish is read only by layers with

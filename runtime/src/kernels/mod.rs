@@ -61,12 +61,11 @@ pub enum Activation {
     Relu,
     /// `x * relu6(x + 3) / 6`, as PyTorch's `Hardswish`.
     Hardswish,
-    /// `t + u * t` with `t = clamp(u, -2, 0)` ([`scaled_hardswish`]): for `u = -x / 3 - 1`
-    /// this is two thirds of `hardswish(x)`, in three vector instructions (max, min, one
-    /// fused multiply-add into `t`, so the input register survives) where hardswish takes
-    /// five. Code generation uses it where the layer's weights and bias can compute `u`
-    /// instead of `x` and every layer that reads the result is linear in it and takes the
-    /// 3/2 into its weights (derm-codegen's `nodes::scale`).
+    /// `z + z * clamp(z, -1, 1)` ([`scaled_hardswish`]): for `z = x / 3` this is two thirds
+    /// of `hardswish(x)`, in three vector instructions (max, min, one fused multiply-add)
+    /// where hardswish takes five. Code generation uses it where the layer's weights and
+    /// bias can take the 1/3 and every layer that reads the result is linear in it and takes
+    /// the 3/2 into its weights (derm-codegen's `nodes::scale`).
     ScaledHardswish,
 }
 
@@ -112,13 +111,11 @@ pub fn hardswish(x: f32) -> f32 {
     x * hardsigmoid(x)
 }
 
-/// `t + u * t` with `t = clamp(u, -2, 0)` ([`Activation::ScaledHardswish`]): two thirds of
-/// `hardswish(x)` for `u = -x / 3 - 1`. With `z = x / 3`, `t = -clamp(z + 1, 0, 2)` and
-/// `1 + u = -z`, so `t * (1 + u) = z * clamp(z + 1, 0, 2) = 2/3 * 3 z * clamp(3 z + 3, 0, 6) / 6`.
+/// `z + z * clamp(z, -1, 1)` ([`Activation::ScaledHardswish`]): `2/3 * hardswish(3 z)`, since
+/// `hardswish(3 z) = 3 z * clamp(3 z + 3, 0, 6) / 6 = 3/2 * z * (1 + clamp(z, -1, 1))`.
 #[inline(always)]
-pub fn scaled_hardswish(u: f32) -> f32 {
-    let t = u.clamp(-2.0, 0.0);
-    t + u * t
+pub fn scaled_hardswish(z: f32) -> f32 {
+    z + z * z.clamp(-1.0, 1.0)
 }
 
 /// Number of packed weights for `n` outputs and `k` inputs.
@@ -261,8 +258,8 @@ pub(crate) mod neon_util {
                 Activation::Hardswish => vmulq_f32(v, hardsigmoid(v)),
                 // Three instructions (max, min, multiply-add) where hardswish takes five.
                 Activation::ScaledHardswish => {
-                    let t = vminq_f32(vmaxq_f32(v, vdupq_n_f32(-2.0)), vdupq_n_f32(0.0));
-                    vfmaq_f32(t, v, t)
+                    let c = vminq_f32(vmaxq_f32(v, vdupq_n_f32(-1.0)), vdupq_n_f32(1.0));
+                    vfmaq_f32(v, v, c)
                 }
             }
         }
@@ -385,8 +382,8 @@ pub(crate) mod avx2_util {
                 _mm256_mul_ps(v, _mm256_mul_ps(r6, _mm256_set1_ps(1.0 / 6.0)))
             }
             Activation::ScaledHardswish => {
-                let t = _mm256_min_ps(_mm256_max_ps(v, _mm256_set1_ps(-2.0)), _mm256_setzero_ps());
-                _mm256_fmadd_ps(v, t, t)
+                let c = _mm256_min_ps(_mm256_max_ps(v, _mm256_set1_ps(-1.0)), _mm256_set1_ps(1.0));
+                _mm256_fmadd_ps(v, c, v)
             }
         }
     }

@@ -722,7 +722,8 @@ pub mod neon {
     /// live in registers for the whole layer.
     struct Row<const A: u8, const RES: bool> {
         zero: float32x4_t,
-        minus_two: float32x4_t,
+        minus_one: float32x4_t,
+        one: float32x4_t,
     }
 
     impl<const A: u8, const RES: bool> Row<A, RES> {
@@ -736,7 +737,8 @@ pub mod neon {
             unsafe {
                 Self {
                     zero: vdupq_n_f32(0.0),
-                    minus_two: vdupq_n_f32(-2.0),
+                    minus_one: vdupq_n_f32(-1.0),
+                    one: vdupq_n_f32(1.0),
                 }
             }
         }
@@ -773,13 +775,14 @@ pub mod neon {
                     (3, false) => core::arch::asm!(
                         "fmax v26.4s, {a0:v}.4s, {m:v}.4s",
                         "fmax v27.4s, {a1:v}.4s, {m:v}.4s",
-                        "fmin v26.4s, v26.4s, {z:v}.4s",
-                        "fmin v27.4s, v27.4s, {z:v}.4s",
-                        "fmla v26.4s, {a0:v}.4s, v26.4s",
-                        "fmla v27.4s, {a1:v}.4s, v27.4s",
-                        "st1 {{v26.4s, v27.4s}}, [{o}], {s}",
-                        a0 = in(vreg) a0, a1 = in(vreg) a1,
-                        m = in(vreg) self.minus_two, z = in(vreg) self.zero,
+                        "fmin v26.4s, v26.4s, {p:v}.4s",
+                        "fmin v27.4s, v27.4s, {p:v}.4s",
+                        "fmla {a0:v}.4s, {a0:v}.4s, v26.4s",
+                        "fmla {a1:v}.4s, {a1:v}.4s, v27.4s",
+                        "stp {a0:q}, {a1:q}, [{o}]",
+                        "add {o}, {o}, {s}",
+                        a0 = inout(vreg) a0 => _, a1 = inout(vreg) a1 => _,
+                        m = in(vreg) self.minus_one, p = in(vreg) self.one,
                         o = inout(reg) *out, s = in(reg) step,
                         out("v26") _, out("v27") _,
                         options(nostack, preserves_flags),
