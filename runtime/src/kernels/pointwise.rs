@@ -312,14 +312,7 @@ pub mod neon {
                 let j0 = panel * NR;
                 let width = NR.min(n - j0);
                 let mut t = [0.0f32; NR];
-                let b = if width == NR {
-                    bias.as_ptr().add(j0)
-                } else {
-                    for (c, v) in t.iter_mut().enumerate().take(width) {
-                        *v = bias[j0 + c];
-                    }
-                    t.as_ptr()
-                };
+                let b = panel_bias(bias, j0, width, &mut t);
                 let mut acc: [[float32x4_t; 2]; R] = core::array::from_fn(|_| ldp_fresh(b));
                 for xv in &x {
                     // Two input channels' weight rows per load, lanes (0, 1) then (2, 3).
@@ -339,12 +332,41 @@ pub mod neon {
                     step2!(0, 1);
                     step2!(2, 3);
                 }
-                let at = p0 * n + j0;
-                if width == NR {
-                    store_full::<R, A, RES>(acc, s, out, at);
-                } else {
-                    store_part::<R, A, RES>(acc, s, out, at, width);
-                }
+                store_tile::<R, A, RES>(acc, s, out, p0 * n + j0, width);
+            }
+        }
+    }
+
+    /// The 8 biases of the panel starting at output channel `j0`: in `bias` itself, or for a
+    /// last panel of `width < 8` channels copied into `t` and zero-padded.
+    #[inline(always)]
+    fn panel_bias(bias: &[f32], j0: usize, width: usize, t: &mut [f32; NR]) -> *const f32 {
+        if width == NR {
+            bias[j0..j0 + NR].as_ptr()
+        } else {
+            t[..width].copy_from_slice(&bias[j0..j0 + width]);
+            t.as_ptr()
+        }
+    }
+
+    /// [`store_full`] for a full panel, [`store_part`] for the last `width < 8` channels.
+    ///
+    /// # Safety
+    /// As [`store_part`].
+    #[inline(always)]
+    unsafe fn store_tile<const R: usize, const A: u8, const RES: bool>(
+        acc: [[float32x4_t; 2]; R],
+        s: &Shape,
+        out: *mut f32,
+        at: usize,
+        width: usize,
+    ) {
+        // SAFETY: the caller's contract.
+        unsafe {
+            if width == NR {
+                store_full::<R, A, RES>(acc, s, out, at);
+            } else {
+                store_part::<R, A, RES>(acc, s, out, at, width);
             }
         }
     }
@@ -372,21 +394,9 @@ pub mod neon {
             // panel < n.div_ceil(8) keeps weight and bias reads in bounds.
             unsafe {
                 let mut t = [0.0f32; NR];
-                let b = if width == NR {
-                    bias.as_ptr().add(j0)
-                } else {
-                    for (c, v) in t.iter_mut().enumerate().take(width) {
-                        *v = bias[j0 + c];
-                    }
-                    t.as_ptr()
-                };
+                let b = panel_bias(bias, j0, width, &mut t);
                 let acc = gemm_tile::<R>(input.add(p0 * k), k, w.add(panel * k * NR), b);
-                let at = p0 * n + j0;
-                if width == NR {
-                    store_full::<R, A, RES>(acc, s, out, at);
-                } else {
-                    store_part::<R, A, RES>(acc, s, out, at, width);
-                }
+                store_tile::<R, A, RES>(acc, s, out, p0 * n + j0, width);
             }
         }
     }
