@@ -316,21 +316,8 @@ pub mod neon {
                 let mut acc: [[float32x4_t; 2]; R] = core::array::from_fn(|_| ldp_fresh(b));
                 for xv in &x {
                     // Two input channels' weight rows per load, lanes (0, 1) then (2, 3).
-                    macro_rules! step2 {
-                        ($l:literal, $m:literal) => {
-                            let [w0, w1, w2, w3] = ld1x4_post(&mut wp);
-                            for r in 0..R {
-                                acc[r][0] = vfmaq_laneq_f32::<$l>(acc[r][0], w0, xv[r]);
-                                acc[r][1] = vfmaq_laneq_f32::<$l>(acc[r][1], w1, xv[r]);
-                            }
-                            for r in 0..R {
-                                acc[r][0] = vfmaq_laneq_f32::<$m>(acc[r][0], w2, xv[r]);
-                                acc[r][1] = vfmaq_laneq_f32::<$m>(acc[r][1], w3, xv[r]);
-                            }
-                        };
-                    }
-                    step2!(0, 1);
-                    step2!(2, 3);
+                    lane_pair::<R, 0, 1>(&mut acc, &mut wp, xv);
+                    lane_pair::<R, 2, 3>(&mut acc, &mut wp, xv);
                 }
                 store_tile::<R, A, RES>(acc, s, out, p0 * n + j0, width);
             }
@@ -468,23 +455,10 @@ pub mod neon {
                     base = base.add(8);
                     // Two input channels' weight rows (16 values) per load instruction,
                     // which also advances `wp`: 4 `ld1` instead of 8 `ldp` and an `add`.
-                    macro_rules! step2 {
-                        ($x:ident, $l:literal, $m:literal) => {
-                            let [w0, w1, w2, w3] = ld1x4_post(&mut wp);
-                            for r in 0..R {
-                                acc[r][0] = vfmaq_laneq_f32::<$l>(acc[r][0], w0, $x[r]);
-                                acc[r][1] = vfmaq_laneq_f32::<$l>(acc[r][1], w1, $x[r]);
-                            }
-                            for r in 0..R {
-                                acc[r][0] = vfmaq_laneq_f32::<$m>(acc[r][0], w2, $x[r]);
-                                acc[r][1] = vfmaq_laneq_f32::<$m>(acc[r][1], w3, $x[r]);
-                            }
-                        };
-                    }
-                    step2!(av, 0, 1);
-                    step2!(av, 2, 3);
-                    step2!(bv, 0, 1);
-                    step2!(bv, 2, 3);
+                    lane_pair::<R, 0, 1>(&mut acc, &mut wp, &av);
+                    lane_pair::<R, 2, 3>(&mut acc, &mut wp, &av);
+                    lane_pair::<R, 0, 1>(&mut acc, &mut wp, &bv);
+                    lane_pair::<R, 2, 3>(&mut acc, &mut wp, &bv);
                     i += 8;
                 }
             }
@@ -501,21 +475,8 @@ pub mod neon {
                     }
                 }
                 base = base.add(4);
-                macro_rules! step2 {
-                    ($l:literal, $m:literal) => {
-                        let [w0, w1, w2, w3] = ld1x4_post(&mut wp);
-                        for r in 0..R {
-                            acc[r][0] = vfmaq_laneq_f32::<$l>(acc[r][0], w0, av[r]);
-                            acc[r][1] = vfmaq_laneq_f32::<$l>(acc[r][1], w1, av[r]);
-                        }
-                        for r in 0..R {
-                            acc[r][0] = vfmaq_laneq_f32::<$m>(acc[r][0], w2, av[r]);
-                            acc[r][1] = vfmaq_laneq_f32::<$m>(acc[r][1], w3, av[r]);
-                        }
-                    };
-                }
-                step2!(0, 1);
-                step2!(2, 3);
+                lane_pair::<R, 0, 1>(&mut acc, &mut wp, &av);
+                lane_pair::<R, 2, 3>(&mut acc, &mut wp, &av);
                 i += 4;
             }
             while i < k {
@@ -676,6 +637,32 @@ pub mod neon {
             3 => run!("b 3f"),
             2 => run!("b 4f"),
             _ => run!("b 5f"),
+        }
+    }
+
+    /// Two input channels into an `R`-pixel x 8-channel tile: one `ld1` of their two packed
+    /// weight rows (16 values, advancing `*wp`), then lane `L` of each pixel's input vector
+    /// times the first row and lane `M` times the second: `4 R` `fmla`.
+    ///
+    /// # Safety
+    /// `*wp` points at 16 readable values.
+    #[inline(always)]
+    unsafe fn lane_pair<const R: usize, const L: i32, const M: i32>(
+        acc: &mut [[float32x4_t; 2]; R],
+        wp: &mut *const f32,
+        x: &[float32x4_t; R],
+    ) {
+        // SAFETY: the contract covers the load; the rest is register arithmetic.
+        unsafe {
+            let [w0, w1, w2, w3] = ld1x4_post(wp);
+            for r in 0..R {
+                acc[r][0] = vfmaq_laneq_f32::<L>(acc[r][0], w0, x[r]);
+                acc[r][1] = vfmaq_laneq_f32::<L>(acc[r][1], w1, x[r]);
+            }
+            for r in 0..R {
+                acc[r][0] = vfmaq_laneq_f32::<M>(acc[r][0], w2, x[r]);
+                acc[r][1] = vfmaq_laneq_f32::<M>(acc[r][1], w3, x[r]);
+            }
         }
     }
 
