@@ -29,8 +29,9 @@
 # per image. "1 x N intra-op" is one instance using N threads inside each image (ONNX
 # Runtime, libtorch; derm-runtime and tract have no intra-op threads).
 #
-# Usage: scripts/compare.sh [protocol flags for every engine, e.g. --iterations 3 --images 50]
-# (the script sets --threads itself). Needs libtorch (scripts/setup.sh); ONNX Runtime is
+# Usage: scripts/compare.sh [protocol flags for every engine, e.g. --iterations 3 --images 50,
+# or --mode model to time the network alone on inputs preprocessed before timing, as the
+# paper does] (the script sets --threads itself). Needs libtorch (scripts/setup.sh); ONNX Runtime is
 # optional (scripts/setup.sh ort): without it its rows say "not installed". Outputs and logs
 # go to target/compare/. Exits nonzero if any engine failed or disagreed with derm-runtime.
 set -euo pipefail
@@ -143,7 +144,11 @@ done
 load_end=$(cut -d' ' -f1-3 /proc/loadavg)
 
 echo
-echo "f32 (and int8: derm-runtime, ONNX Runtime QDQ), paper head, 224x224, 6 classes; ms per image (crop + resize + normalize + network + softmax), flags: ${*:-(none)}"
+stage="crop + resize + normalize + network + softmax"
+case " $* " in
+  *" --mode model "* | *" --mode=model "*) stage="network + softmax, on inputs preprocessed before timing" ;;
+esac
+echo "f32 (and int8: derm-runtime, ONNX Runtime QDQ), paper head, 224x224, 6 classes; ms per image ($stage), flags: ${*:-(none)}"
 echo "$(uname -m), $(grep -m1 'model name' /proc/cpuinfo 2>/dev/null | cut -d: -f2 | sed 's/^ //'), $cores cores available, load average $load_start at the start, $load_end at the end"
 echo
 python3 - "$out" "$cores" "$have_ort" <<'PY' || failed=1

@@ -5,7 +5,9 @@
 //!
 //! Each image goes through the same steps as `pi-bench --mode classify`: the model file's
 //! crop, `derm_runtime`'s bilinear resize and normalization into a `[1, 3, H, W]` tensor, the
-//! engine's network ([`Network::logits`]), then softmax and argmax. `--threads N` splits each
+//! engine's network ([`Network::logits`]), then softmax and argmax. With `--mode model`, as
+//! `pi-bench --mode model`, the images are preprocessed before timing and only the network,
+//! softmax and argmax are timed. `--threads N` splits each
 //! iteration's images among N workers exactly as `pi-bench --threads N` does
 //! ([`crate::runner::run_batch`]), each worker with its own engine instance;
 //! `--intra-op-threads M` lets one instance use M threads inside one image, where the engine
@@ -28,7 +30,7 @@ use derm_runtime::preprocess::{Image, Region, centre_crop, crop_resize_normalize
 use serde_json::{Value, json};
 
 use crate::protocol::{SIZES, Summary, generate_images};
-use crate::runner::run_batch;
+use crate::runner::{Mode, run_batch};
 
 /// Images whose logits are compared with the embedded runtime model before timing.
 pub const PARITY_IMAGES: usize = 4;
@@ -86,6 +88,12 @@ pub struct ProtocolArgs {
     /// supports it.
     #[arg(long, default_value_t = 1)]
     pub intra_op_threads: usize,
+    /// What is timed per image: `classify` (crop, resize and normalize with derm-runtime's
+    /// preprocessing, then the network and softmax) or `model` (the network and softmax on
+    /// inputs preprocessed before timing), as `pi-bench --mode` (whose `end-to-end`, from JPEG
+    /// bytes, the engines do not have).
+    #[arg(long, default_value_t = Mode::Classify)]
+    pub mode: Mode,
     /// Also write the report as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -99,6 +107,11 @@ impl ProtocolArgs {
         }
         if self.intra_op_threads == 0 {
             bail!("--intra-op-threads must be at least 1");
+        }
+        if self.mode == Mode::EndToEnd {
+            bail!(
+                "--mode end-to-end is pi-bench's only (JPEG decoding); the engines time `model` or `classify`"
+            );
         }
         if self.threads > self.images {
             bail!(
@@ -356,9 +369,12 @@ pub fn run<N: Network>(
             input: vec![0f32; 3 * pre.h * pre.w],
         })
         .collect();
-    let work = |w: &mut Worker<N>, im: &&Pixels| -> Result<usize> {
-        pre.run(image(im)?, &mut w.input)?;
-        let logits = w.net.logits(&w.input)?;
+    // The engine's logits of one input, checked, as the predicted class.
+    let classify = |w: &mut Worker<N>, input: Option<&[f32]>| -> Result<usize> {
+        let logits = match input {
+            Some(x) => w.net.logits(x)?,
+            None => w.net.logits(&w.input)?,
+        };
         if logits.len() != classes {
             bail!(
                 "the engine gave {} logits; the model has {classes} classes",
@@ -370,24 +386,42 @@ pub fn run<N: Network>(
 
     let images = generate_images(args.images, args.seed);
     let parity = parity(model, &pre, &images, &mut workers[0])?;
-    let warm: Vec<&Pixels> = images
-        .iter()
-        .cycle()
-        .take(args.warmup * args.threads)
-        .collect();
-    run_batch(&warm, &mut workers, &work)?;
-
-    let timed: Vec<&Pixels> = images.iter().collect();
-    let mut per_image_ms = Vec::with_capacity(args.iterations * args.images);
-    let mut per_iteration_s = Vec::with_capacity(args.iterations);
-    let mut class_counts = vec![0usize; classes];
-    for _ in 0..args.iterations {
-        let batch = run_batch(&timed, &mut workers, &work)?;
-        per_iteration_s.push(batch.wall_s);
-        per_image_ms.extend(batch.times.iter().map(|t| t.ms));
-        for c in batch.outputs {
-            class_counts[c] += 1;
+    let timed = match args.mode {
+        Mode::Model => {
+            // Preprocessed once, before timing: the timed work is the network alone.
+            let inputs = images
+                .iter()
+                .map(|im| {
+                    let mut x = vec![0f32; 3 * pre.h * pre.w];
+                    pre.run(image(im)?, &mut x)?;
+                    Ok(x)
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let work = |w: &mut Worker<N>, x: &&Vec<f32>| classify(w, Some(x));
+            time(
+                args,
+                &mut workers,
+                &inputs.iter().collect::<Vec<_>>(),
+                &work,
+            )?
         }
+        _ => {
+            let work = |w: &mut Worker<N>, im: &&Pixels| -> Result<usize> {
+                pre.run(image(im)?, &mut w.input)?;
+                classify(w, None)
+            };
+            time(
+                args,
+                &mut workers,
+                &images.iter().collect::<Vec<_>>(),
+                &work,
+            )?
+        }
+    };
+    let (per_iteration_s, mut per_image_ms, outputs) = timed;
+    let mut class_counts = vec![0usize; classes];
+    for c in outputs {
+        class_counts[c] += 1;
     }
     let summary = Summary::new(&per_iteration_s, &mut per_image_ms, args.images);
     print_header(args, model, engine, parity.as_ref());
@@ -415,6 +449,35 @@ pub fn run<N: Network>(
         }
         _ => Ok(ExitCode::SUCCESS),
     }
+}
+
+/// The protocol's untimed warm-up (`args.warmup` items per worker, cycling through `items`),
+/// then `args.iterations` timed passes over `items`: each pass's wall time (s), each item's
+/// time (ms) and each item's result.
+fn time<I: Sync, N: Network>(
+    args: &ProtocolArgs,
+    workers: &mut [Worker<N>],
+    items: &[I],
+    work: &(impl Fn(&mut Worker<N>, &I) -> Result<usize> + Sync),
+) -> Result<(Vec<f64>, Vec<f64>, Vec<usize>)> {
+    let warm: Vec<&I> = items
+        .iter()
+        .cycle()
+        .take(args.warmup * args.threads)
+        .collect();
+    run_batch(&warm, workers, &|w: &mut Worker<N>, item: &&I| {
+        work(w, item)
+    })?;
+    let mut per_image_ms = Vec::with_capacity(args.iterations * items.len());
+    let mut per_iteration_s = Vec::with_capacity(args.iterations);
+    let mut outputs = Vec::with_capacity(args.iterations * items.len());
+    for _ in 0..args.iterations {
+        let batch = run_batch(items, workers, work)?;
+        per_iteration_s.push(batch.wall_s);
+        per_image_ms.extend(batch.times.iter().map(|t| t.ms));
+        outputs.extend(batch.outputs);
+    }
+    Ok((per_iteration_s, per_image_ms, outputs))
 }
 
 /// The engine's and the embedded model's logits on the first images, when the runtime embeds
@@ -472,9 +535,14 @@ fn print_header(
     } else {
         ""
     };
-    println!(
-        "stage measured:   decoded RGB8 in memory -> {crop}resize + normalize (derm-runtime) + network + softmax"
-    );
+    match args.mode {
+        Mode::Model => println!(
+            "stage measured:   preprocessed input tensor in memory ({crop}resize + normalize by derm-runtime, untimed) -> network + softmax"
+        ),
+        _ => println!(
+            "stage measured:   decoded RGB8 in memory -> {crop}resize + normalize (derm-runtime) + network + softmax"
+        ),
+    }
     println!("image sizes:      {SIZES:?} (generated RGB8, cycled)");
     println!(
         "protocol:         {} iterations x {} images",
@@ -508,12 +576,12 @@ fn report_json(
     json!({
         "engine": engine.name,
         "engine_description": engine.description,
-        "mode": "classify",
+        "mode": args.mode.name(),
         "protocol": {
             "iterations": s.iterations,
             "images_per_iteration": s.images,
-            "mode": "classify",
-            "stage": "classify",
+            "mode": args.mode.name(),
+            "stage": args.mode.call(),
             "threads": args.threads,
             "intra_op_threads": args.intra_op_threads,
             "images": "generated",
@@ -574,7 +642,14 @@ mod tests {
             ),
             (10, 100, 1, 1, 5)
         );
+        assert_eq!(a.mode, Mode::Classify);
         a.validate().unwrap();
+        let m = parse(&["--model", "m", "--mode", "model"]).unwrap();
+        assert_eq!(m.mode, Mode::Model);
+        m.validate().unwrap();
+        let e = parse(&["--model", "m", "--mode", "end-to-end"]).unwrap();
+        let err = e.validate().unwrap_err().to_string();
+        assert!(err.contains("end-to-end"), "{err}");
         assert!(parse(&[]).is_err(), "--model is required");
         for bad in [
             &["--threads", "0"][..],
@@ -717,6 +792,7 @@ mod tests {
             warmup: 1,
             threads,
             intra_op_threads: 1,
+            mode: Mode::Classify,
             json,
         }
     }
@@ -761,6 +837,19 @@ mod tests {
             .map(|v| v.as_u64().unwrap())
             .sum();
         assert_eq!(counted, 2 * 5, "every timed image counted once");
+
+        // --mode model: the same images, preprocessed before timing, get the same classes.
+        let mut m = args(2, Some(json.clone()));
+        m.mode = Mode::Model;
+        let code = run(&m, &model, &engine, runtime_workers(&m, 0.0)).unwrap();
+        assert_eq!(code, ExitCode::SUCCESS);
+        let rm: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+        assert_eq!(
+            (&rm["mode"], &rm["protocol"]["stage"]),
+            (&json!("model"), &json!("run"))
+        );
+        assert_eq!(rm["predicted_class_counts"], r["predicted_class_counts"]);
+        assert_eq!(r["mode"], "classify");
 
         // One logit off by a tenth of a logit: reported, then a failing exit code.
         let a = args(1, Some(json.clone()));
