@@ -370,11 +370,8 @@ pub fn run<N: Network>(
         })
         .collect();
     // The engine's logits of one input, checked, as the predicted class.
-    let classify = |w: &mut Worker<N>, input: Option<&[f32]>| -> Result<usize> {
-        let logits = match input {
-            Some(x) => w.net.logits(x)?,
-            None => w.net.logits(&w.input)?,
-        };
+    let classify = |net: &mut N, input: &[f32]| -> Result<usize> {
+        let logits = net.logits(input)?;
         if logits.len() != classes {
             bail!(
                 "the engine gave {} logits; the model has {classes} classes",
@@ -397,7 +394,7 @@ pub fn run<N: Network>(
                     Ok(x)
                 })
                 .collect::<Result<Vec<_>>>()?;
-            let work = |w: &mut Worker<N>, x: &&Vec<f32>| classify(w, Some(x));
+            let work = |w: &mut Worker<N>, x: &&Vec<f32>| classify(&mut w.net, x);
             time(
                 args,
                 &mut workers,
@@ -408,7 +405,7 @@ pub fn run<N: Network>(
         _ => {
             let work = |w: &mut Worker<N>, im: &&Pixels| -> Result<usize> {
                 pre.run(image(im)?, &mut w.input)?;
-                classify(w, None)
+                classify(&mut w.net, &w.input)
             };
             time(
                 args,
