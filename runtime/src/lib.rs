@@ -29,14 +29,18 @@
 //!
 //! ```
 //! use derm_runtime::{Arena, Image, classify, CLASS_NAMES, NUM_CLASSES};
+//! use std::sync::Mutex;
+//!
+//! // One arena for the program, in static memory: it is too large for a thread's stack
+//! // (`Box::new(Arena::new())` may build it on the stack first), and `Arena::new` is const.
+//! static ARENA: Mutex<Arena> = Mutex::new(Arena::new());
 //!
 //! // A 640x480 photo; real code would decode a JPEG into this buffer.
 //! let (w, h) = (640, 480);
 //! let pixels: Vec<u8> = (0..w * h * 3).map(|i| (i % 251) as u8).collect();
 //! let image = Image::new(w, h, &pixels)?;
 //!
-//! // Boxed: the arena is large for a test thread's stack.
-//! let mut arena = Box::new(Arena::new());
+//! let mut arena = ARENA.lock().unwrap();
 //! let prediction = classify(image, &mut arena)?;
 //! assert_eq!(prediction.name, CLASS_NAMES[prediction.class]);
 //! assert_eq!(prediction.probabilities.len(), NUM_CLASSES);
