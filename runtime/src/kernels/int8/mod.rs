@@ -789,6 +789,84 @@ impl Epilogue16 {
             }
         }
     }
+
+    /// [`Self::apply`] of four accumulator vectors (four pixels' 16 channels) at once: lane
+    /// `j` (bytes `16 j..16 j + 16`) of the result is `self.apply(acc[j])`. The four `i32`
+    /// vectors are narrowed together ([`pack4`]) and the floor and the table lookup run once
+    /// on 64 bytes, where four [`Self::apply`] calls narrow (`vpmovsdb`, two micro-ops each)
+    /// and look up 16 bytes at a time: about a quarter fewer instructions per pixel.
+    ///
+    /// # Safety
+    /// The CPU supports AVX-512 F, BW, VL and VBMI.
+    #[inline(always)]
+    pub(crate) unsafe fn apply4(
+        &self,
+        acc: [core::arch::x86_64::__m512i; 4],
+    ) -> core::arch::x86_64::__m512i {
+        use core::arch::x86_64::*;
+        // SAFETY: register-only AVX-512, the caller's contract.
+        unsafe {
+            match self {
+                Self::Int {
+                    m,
+                    t,
+                    zp,
+                    min,
+                    table,
+                } => {
+                    // Written out: in a closure (`acc.map`) the intrinsics lose the
+                    // caller's features and became calls in some callers.
+                    let q = [
+                        _mm512_add_epi32(requant::avx512::high16(acc[0], *m, *t), *zp),
+                        _mm512_add_epi32(requant::avx512::high16(acc[1], *m, *t), *zp),
+                        _mm512_add_epi32(requant::avx512::high16(acc[2], *m, *t), *zp),
+                        _mm512_add_epi32(requant::avx512::high16(acc[3], *m, *t), *zp),
+                    ];
+                    let b = _mm512_max_epi8(pack4(q), _mm512_broadcast_i32x4(*min));
+                    match table {
+                        Some(q) => vbmi_look64(q, b),
+                        None => b,
+                    }
+                }
+                Self::Float { scale, inv, zp } => pack4([
+                    float_hardswish16(acc[0], *scale, *inv, *zp),
+                    float_hardswish16(acc[1], *scale, *inv, *zp),
+                    float_hardswish16(acc[2], *scale, *inv, *zp),
+                    float_hardswish16(acc[3], *scale, *inv, *zp),
+                ]),
+            }
+        }
+    }
+}
+
+/// Four vectors of 16 `i32` each saturated to `i8` (as `vpmovsdb` does), vector `j` in
+/// 128-bit lane `j`: `vpackssdw` and `vpacksswb` saturate through `i16` (which changes no
+/// value's `i8` saturation) but work within 128-bit lanes, leaving 32-bit group `4 L + j`
+/// with channels `4 L..4 L + 4` of vector `j`; one `vpermd` transposes those groups.
+///
+/// # Safety
+/// The CPU supports AVX-512 F and BW.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn pack4(q: [core::arch::x86_64::__m512i; 4]) -> core::arch::x86_64::__m512i {
+    use core::arch::x86_64::*;
+    // Output group 4 j + L takes input group 4 L + j.
+    const IDX: [i32; 16] = {
+        let mut t = [0i32; 16];
+        let mut i = 0;
+        while i < 16 {
+            t[i] = (4 * (i % 4) + i / 4) as i32;
+            i += 1;
+        }
+        t
+    };
+    // SAFETY: register-only AVX-512 and a 64-byte load of IDX, the caller's contract.
+    unsafe {
+        let w01 = _mm512_packs_epi32(q[0], q[1]);
+        let w23 = _mm512_packs_epi32(q[2], q[3]);
+        let b = _mm512_packs_epi16(w01, w23);
+        _mm512_permutexvar_epi32(_mm512_loadu_si512(IDX.as_ptr().cast()), b)
+    }
 }
 
 impl Epilogue<'_> {
@@ -885,6 +963,26 @@ unsafe fn vbmi_look16(
         let lo = _mm512_castsi512_si128(_mm512_permutex2var_epi8(q[0], wide, q[1]));
         let hi = _mm512_castsi512_si128(_mm512_permutex2var_epi8(q[2], wide, q[3]));
         _mm_mask_blend_epi8(_mm_movepi8_mask(idx), lo, hi)
+    }
+}
+
+/// [`vbmi_look16`] for 64 bytes.
+///
+/// # Safety
+/// The CPU supports AVX-512 VBMI and BW.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn vbmi_look64(
+    q: &[core::arch::x86_64::__m512i; 4],
+    v: core::arch::x86_64::__m512i,
+) -> core::arch::x86_64::__m512i {
+    use core::arch::x86_64::*;
+    // SAFETY: register-only AVX-512 VBMI and BW, the caller's contract.
+    unsafe {
+        let idx = _mm512_xor_si512(v, _mm512_set1_epi8(i8::MIN));
+        let lo = _mm512_permutex2var_epi8(q[0], idx, q[1]);
+        let hi = _mm512_permutex2var_epi8(q[2], idx, q[3]);
+        _mm512_mask_blend_epi8(_mm512_movepi8_mask(idx), lo, hi)
     }
 }
 

@@ -481,7 +481,7 @@ pub mod avx2 {
 pub mod avx512vnni {
     use super::avx2::hsum;
     use super::{DotTile, PointwiseShape, drive};
-    use crate::kernels::int8::Epilogue;
+    use crate::kernels::int8::{Epilogue, Epilogue16};
     use core::arch::x86_64::*;
 
     /// AVX-512 VNNI int8 pointwise convolution with the contract of
@@ -602,20 +602,9 @@ pub mod avx512vnni {
             }
             for j0 in (0..n).step_by(NB) {
                 let m = NB.min(n - j0);
-                for c in 0..NB {
-                    if c < m {
-                        let row = &w[(j0 + c) * k..(j0 + c + 1) * k];
-                        for (g, q) in row.chunks_exact(4).enumerate() {
-                            let b = [q[0], q[1], q[2], q[3]].map(|v| (v as u8) ^ 0x80);
-                            wp[g * NB + c] = u32::from_le_bytes(b);
-                        }
-                    } else {
-                        // Channels past n: zero weights, outputs never stored.
-                        for g in 0..groups {
-                            wp[g * NB + c] = 0x8080_8080;
-                        }
-                    }
-                }
+                // SAFETY: j0 + m <= n rows of w (asserted above); the features are the
+                // contract.
+                unsafe { pack_block(w, k, j0, m, &mut wp) };
                 let mut init = [0i32; NB];
                 init[..m].copy_from_slice(&bias[j0..j0 + m]);
                 // SAFETY: the packed block holds groups * NB values, read as
@@ -636,22 +625,13 @@ pub mod avx512vnni {
                     // (see `Epilogue16`), else through the row function.
                     let e16 = e.avx512_16(j0, m);
                     let e = e.slice(j0..j0 + m);
-                    let store_mask: __mmask16 = if m == NB { !0 } else { (1u16 << m) - 1 };
                     // Two instances of the pixel loop, so that the common one (every conv
                     // layer of the shipped models) has its epilogue inlined: as a call per
                     // pixel through one closure with both branches, its prologue, the
                     // reload of the epilogue's constants and `vzeroupper` cost about as
                     // much as the requantization itself.
                     match &e16 {
-                        Some(e16) => tiles.each(|r, a| {
-                            let o = (c0 + r) * n + j0;
-                            // Masked to the block's m channels of row r.
-                            _mm_mask_storeu_epi8(
-                                out[o..o + m].as_mut_ptr(),
-                                store_mask,
-                                e16.apply(a),
-                            );
-                        }),
+                        Some(e16) => tiles.store16(e16, &mut out[c0 * n..], n, j0, m),
                         None => tiles.each(|r, a| {
                             let o = (c0 + r) * n + j0;
                             let mut t = [0i32; NB];
@@ -665,6 +645,93 @@ pub mod avx512vnni {
                 }
             }
         }
+    }
+
+    /// Packs output channels `j0..j0 + m` (`m <= NB`) of `w` (`[n][k]`, `k` a multiple of 4)
+    /// as [`packed`] reads them: `wp[g * NB + c]` holds the four bytes `w[j0 + c][4 g..4 g +
+    /// 4]` with their sign bits flipped, for every group `g < k / 4`, and channels `c >= m`
+    /// hold weight 0 (`0x80` bytes once flipped). Sixteen groups at a time: one masked
+    /// 64-byte load per channel, a 16 x 16 transpose of 32-bit values ([`transpose16`]), one
+    /// store per group. A scalar loop with one iteration per 4 bytes took about a tenth of
+    /// the layers' time (`perf`), since every call packs all its weights.
+    ///
+    /// # Safety
+    /// The features of [`pointwise`].
+    ///
+    /// # Panics
+    /// If `w` holds fewer than `(j0 + m) * k` values, `m > NB`, or `wp` is shorter than
+    /// `k / 4 * NB`.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vbmi,avx512vnni,avx2,fma")]
+    unsafe fn pack_block(w: &[i8], k: usize, j0: usize, m: usize, wp: &mut [u32]) {
+        let groups = k / 4;
+        assert!(
+            m <= NB && w.len() >= (j0 + m) * k && wp.len() >= groups * NB,
+            "int8 pointwise: weights shorter than the block"
+        );
+        let flip = _mm512_set1_epi8(i8::MIN);
+        let mut g0 = 0;
+        while g0 < groups {
+            let gm = (groups - g0).min(16);
+            let mask: __mmask64 = if gm == 16 { !0 } else { (1u64 << (4 * gm)) - 1 };
+            // SAFETY: each masked load reads bytes 4 g0..4 (g0 + gm) <= k of a row below
+            // j0 + m; each store writes the NB values of a group below `groups` (asserted
+            // above); the features are the contract.
+            unsafe {
+                let rows: [__m512i; 16] = core::array::from_fn(|c| {
+                    if c < m {
+                        _mm512_maskz_loadu_epi8(mask, w.as_ptr().add((j0 + c) * k + 4 * g0))
+                    } else {
+                        _mm512_setzero_si512()
+                    }
+                });
+                let cols = transpose16(rows);
+                for (g, v) in cols.iter().enumerate().take(gm) {
+                    let at = wp.as_mut_ptr().add((g0 + g) * NB);
+                    _mm512_storeu_si512(at.cast(), _mm512_xor_si512(*v, flip));
+                }
+            }
+            g0 += 16;
+        }
+    }
+
+    /// The transpose of a 16 x 16 matrix of 32-bit values, row `i` in `r[i]`: column `g`
+    /// of the input becomes `out[g]`. 32-bit and then 64-bit interleaves inside 128-bit
+    /// lanes leave `u[4 i + j]`'s lane `L` holding rows `4 i..4 i + 4` of column `4 L + j`;
+    /// two rounds of 128-bit shuffles gather each column's four lanes.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn transpose16(r: [__m512i; 16]) -> [__m512i; 16] {
+        let t: [__m512i; 16] = core::array::from_fn(|x| {
+            let (a, b) = (r[x & !1], r[x | 1]);
+            if x % 2 == 0 {
+                _mm512_unpacklo_epi32(a, b)
+            } else {
+                _mm512_unpackhi_epi32(a, b)
+            }
+        });
+        let u: [__m512i; 16] = core::array::from_fn(|x| {
+            let (i, j) = (x / 4, x % 4);
+            let (a, b) = (t[4 * i + j / 2], t[4 * i + 2 + j / 2]);
+            if j % 2 == 0 {
+                _mm512_unpacklo_epi64(a, b)
+            } else {
+                _mm512_unpackhi_epi64(a, b)
+            }
+        });
+        let mut out = [_mm512_setzero_si512(); 16];
+        for j in 0..4 {
+            let (a, b, c, d) = (u[j], u[4 + j], u[8 + j], u[12 + j]);
+            let x0 = _mm512_shuffle_i32x4::<0x44>(a, b);
+            let x1 = _mm512_shuffle_i32x4::<0xEE>(a, b);
+            let y0 = _mm512_shuffle_i32x4::<0x44>(c, d);
+            let y1 = _mm512_shuffle_i32x4::<0xEE>(c, d);
+            out[j] = _mm512_shuffle_i32x4::<0x88>(x0, y0);
+            out[4 + j] = _mm512_shuffle_i32x4::<0xDD>(x0, y0);
+            out[8 + j] = _mm512_shuffle_i32x4::<0x88>(x1, y1);
+            out[12 + j] = _mm512_shuffle_i32x4::<0xDD>(x1, y1);
+        }
+        out
     }
 
     /// The pixel rows of [`packed`] against one packed block of weights.
@@ -683,6 +750,55 @@ pub mod avx512vnni {
     }
 
     impl Tiles<'_> {
+        /// Every pixel's sums through `e16`, stored to `out` (pixel `r`'s `m` channels at `r *
+        /// n + j0`): as [`Self::each`], but each full tile's pixels go through the epilogue
+        /// four at a time ([`Epilogue16::apply4`], pixel `j` of four in 128-bit lane `j`), the
+        /// pixels of a last, shorter tile one at a time. Written out rather than as a closure
+        /// passed to [`Self::each`]: such a closure with both cases was not inlined, and its
+        /// call per four pixels spilled the epilogue's registers.
+        ///
+        /// # Safety
+        /// As [`Self::each`].
+        ///
+        /// # Panics
+        /// If `out` holds fewer than `(pixels - 1) * n + j0 + m` values.
+        #[inline(always)]
+        unsafe fn store16(&self, e16: &Epilogue16, out: &mut [i8], n: usize, j0: usize, m: usize) {
+            const { assert!(PR.is_multiple_of(4)) };
+            let k: __mmask16 = if m == NB { !0 } else { (1u16 << m) - 1 };
+            let mut p0 = 0;
+            // SAFETY: rows p0..p0 + rows lie below `pixels`; each store is masked to the m
+            // bytes of a bounds-checked `out[o..o + m]`; the rest is the caller's contract.
+            unsafe {
+                while p0 < self.pixels {
+                    let rows = PR.min(self.pixels - p0);
+                    if rows == PR {
+                        let t = block::<PR>(self, p0);
+                        for q in 0..PR / 4 {
+                            let v = e16.apply4(core::array::from_fn(|j| t[4 * q + j]));
+                            let lanes = [
+                                _mm512_castsi512_si128(v),
+                                _mm512_extracti32x4_epi32::<1>(v),
+                                _mm512_extracti32x4_epi32::<2>(v),
+                                _mm512_extracti32x4_epi32::<3>(v),
+                            ];
+                            for (j, b) in lanes.into_iter().enumerate() {
+                                let o = (p0 + 4 * q + j) * n + j0;
+                                _mm_mask_storeu_epi8(out[o..o + m].as_mut_ptr(), k, b);
+                            }
+                        }
+                    } else {
+                        for r in 0..rows {
+                            let [a] = block::<1>(self, p0 + r);
+                            let o = (p0 + r) * n + j0;
+                            _mm_mask_storeu_epi8(out[o..o + m].as_mut_ptr(), k, e16.apply(a));
+                        }
+                    }
+                    p0 += rows;
+                }
+            }
+        }
+
         /// Calls `finish(pixel, sums)` for every pixel, computing them [`PR`] rows at a
         /// time ([`block`]).
         ///
