@@ -1,29 +1,15 @@
-//! The generated model against golden vectors: the embedded model against
-//! `<model>.golden.safetensors` (exported with the model), and a tiny
-//! synthetic model against `derm_codegen::reference`, fused and unfused.
+//! The embedded model against golden vectors: `<model>.golden.safetensors`
+//! (exported with the model). Every test here depends on the embedded model,
+//! so `DERM_MODEL=... cargo test -p derm-runtime --test model` checks another
+//! model file without rebuilding the synthetic models of `tests/tiny_models.rs`.
 
 mod common;
 
-use common::{assert_close_to_range, boxed_arena, read_tensor, split_golden};
+use common::{assert_close_to_range, boxed_arena, read_tensor};
 use derm_runtime::{INPUT_H, INPUT_LEN, INPUT_W, Image, NUM_CLASSES, classify, run};
 
 /// Parity bound, relative to each sample's logit range.
 const TOL: f32 = 1e-4;
-
-#[allow(dead_code)]
-mod tiny {
-    include!(concat!(env!("OUT_DIR"), "/tiny_model.rs"));
-}
-
-#[allow(dead_code)]
-mod tiny_branching {
-    include!(concat!(env!("OUT_DIR"), "/tiny_branching_model.rs"));
-}
-
-#[allow(dead_code)]
-mod tiny_unfused {
-    include!(concat!(env!("OUT_DIR"), "/tiny_unfused_model.rs"));
-}
 
 /// The golden vectors exported with the model (`<model>.golden.safetensors`),
 /// as snapshotted by the build script together with the model.
@@ -71,39 +57,6 @@ fn run_does_not_depend_on_arena_contents() {
     assert_eq!(a, b);
 }
 
-fn tiny_golden() -> (Vec<f32>, Vec<f32>) {
-    split_golden(
-        include_bytes!(concat!(env!("OUT_DIR"), "/tiny_golden.bin")),
-        tiny::INPUT_LEN,
-        tiny::NUM_CLASSES,
-    )
-}
-
-#[test]
-fn tiny_generated_code_matches_reference_interpreter() {
-    let (x, y) = tiny_golden();
-    assert_eq!(y.len(), 3 * tiny::NUM_CLASSES);
-    let mut arena = vec![0f32; tiny::ARENA_LEN];
-    let arena: &mut [f32; tiny::ARENA_LEN] = arena.as_mut_slice().try_into().unwrap();
-    for (i, (input, want)) in x
-        .chunks_exact(tiny::INPUT_LEN)
-        .zip(y.chunks_exact(tiny::NUM_CLASSES))
-        .enumerate()
-    {
-        let got = tiny::run(input.try_into().unwrap(), arena);
-        assert_close_to_range(&got, want, TOL, &format!("tiny fused, sample {i}"));
-        let mut arena2 = vec![0f32; tiny_unfused::ARENA_LEN];
-        let got2 = tiny_unfused::run(
-            input.try_into().unwrap(),
-            arena2.as_mut_slice().try_into().unwrap(),
-        );
-        assert_close_to_range(&got2, want, TOL, &format!("tiny unfused, sample {i}"));
-    }
-    // The fixture exercises both paths: fusion removed every add kernel.
-    assert!(tiny::LAYERS.iter().all(|(_, k)| *k != "add"));
-    assert!(tiny_unfused::LAYERS.iter().any(|(_, k)| *k == "add"));
-}
-
 #[test]
 fn constants_describe_the_embedded_model() {
     assert_eq!(INPUT_LEN, 3 * INPUT_H * INPUT_W);
@@ -136,27 +89,4 @@ fn classify_equals_run_on_the_preprocessed_input_to_the_bit() {
         let got = classify(image, &mut arena).unwrap().logits;
         assert_eq!(got.map(f32::to_bits), want.map(f32::to_bits), "{w}x{h}");
     }
-}
-
-#[test]
-fn squeeze_excite_on_a_copy_matches_reference_interpreter() {
-    // Here the SE input is read again after the SE, so the generated code
-    // copies it before the in-place kernel instead of aliasing.
-    let (x, y) = split_golden(
-        include_bytes!(concat!(env!("OUT_DIR"), "/tiny_branching_golden.bin")),
-        tiny_branching::INPUT_LEN,
-        tiny_branching::NUM_CLASSES,
-    );
-    assert_eq!(y.len(), 3 * tiny_branching::NUM_CLASSES);
-    let mut arena = vec![0f32; tiny_branching::ARENA_LEN];
-    let arena: &mut [f32; tiny_branching::ARENA_LEN] = arena.as_mut_slice().try_into().unwrap();
-    for (i, (input, want)) in x
-        .chunks_exact(tiny_branching::INPUT_LEN)
-        .zip(y.chunks_exact(tiny_branching::NUM_CLASSES))
-        .enumerate()
-    {
-        let got = tiny_branching::run(input.try_into().unwrap(), arena);
-        assert_close_to_range(&got, want, TOL, &format!("tiny branching, sample {i}"));
-    }
-    assert!(tiny_branching::LAYERS.iter().any(|(_, k)| *k == "add"));
 }
