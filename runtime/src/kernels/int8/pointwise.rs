@@ -625,9 +625,9 @@ pub mod avx512vnni {
                     // (see `Epilogue16`), else through the row function.
                     let e16 = e.avx512_16(j0, m);
                     let e = e.slice(j0..j0 + m);
-                    // Two instances of the pixel loop, so that the common one (every conv
-                    // layer of the shipped models) has its epilogue inlined: as a call per
-                    // pixel through one closure with both branches, its prologue, the
+                    // Two pixel loops, so that the common one (every conv layer of the
+                    // shipped models, `Tiles::store16`) has its epilogue inlined: as a call
+                    // per pixel through one closure with both branches, its prologue, the
                     // reload of the epilogue's constants and `vzeroupper` cost about as
                     // much as the requantization itself.
                     match &e16 {
