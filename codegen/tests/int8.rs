@@ -417,3 +417,68 @@ fn float_hardswish_files_are_version_3_and_checked() {
         "{e}"
     );
 }
+
+/// A channel whose weights are (nearly) zero but whose bias is not, as trained networks
+/// have (a squeeze-excite gate that learned to ignore its input): its weight scale is
+/// raised until the bias fits in `2^30` accumulator units, instead of the quantizer
+/// failing with a bias beyond `i32`; the bias keeps its value and the other channels
+/// their `max |w| / 127` scales.
+#[test]
+fn a_dead_channel_with_a_bias_still_quantizes() {
+    let mut m = tiny();
+    let conv = match &m.graph.ops[1] {
+        derm_codegen::ir::Op::Conv2d(c) => c.clone(),
+        o => panic!("op 1 is {}", o.kind()),
+    };
+    let w_shape = m.tensors[&conv.weight].shape.clone();
+    let mut w = m.tensor_f32(&conv.weight).unwrap();
+    let mut b = m.tensor_f32(&conv.bias).unwrap();
+    let inner = w.len() / conv.out_channels;
+    for (i, v) in w[..inner].iter_mut().enumerate() {
+        *v = if i % 2 == 0 { 2.5e-7 } else { -1e-7 };
+    }
+    b[0] = 3.0;
+    m.tensors.insert(
+        conv.weight.clone(),
+        derm_codegen::ir::Tensor::from_f32(w_shape, &w),
+    );
+    m.tensors.insert(
+        conv.bias.clone(),
+        derm_codegen::ir::Tensor::from_f32(vec![b.len()], &b),
+    );
+    let m = ModelFile::new(m.graph.clone(), m.tensors.clone()).unwrap();
+
+    let q = int8_of(&m, 8, RangeMethod::MinMax);
+    let sx = q.graph.quantization.as_ref().unwrap().activations[&conv.input].scale;
+    let spec = q.graph.tensors[&conv.weight].quant.clone().unwrap();
+    let scales = q.tensors[&spec.scale].to_f32().unwrap();
+    let bq = q.tensors[&conv.bias].to_i32().unwrap();
+    assert!(
+        bq[0].unsigned_abs() <= 1 << 30 && bq[0].unsigned_abs() > 1 << 29,
+        "bias 0 in accumulator units: {}",
+        bq[0]
+    );
+    let back = f64::from(bq[0]) * f64::from(sx) * f64::from(scales[0]);
+    assert!((back - 3.0).abs() < 1e-6, "bias 0 dequantized: {back}");
+    // The scale was raised far above max |w| / 127, and the near-zero weights are
+    // rounded on it.
+    assert!(scales[0] > 10.0 * 2.5e-7 / 127.0, "scale 0: {}", scales[0]);
+    let qw = q.tensors[&conv.weight].to_i8().unwrap();
+    for (v, &x) in qw[..inner].iter().zip(&w[..inner]) {
+        assert_eq!(
+            f64::from(*v),
+            (f64::from(x) / f64::from(scales[0])).round_ties_even(),
+            "{:?}",
+            &qw[..inner]
+        );
+    }
+    for (c, row) in w.chunks(inner).enumerate().skip(1) {
+        let max = row.iter().fold(0f32, |a, v| a.max(v.abs()));
+        assert_eq!(scales[c], max / 127.0, "channel {c}");
+    }
+    // And the network still tracks the float one.
+    let x = input(&m, 100);
+    let f = reference::logits(&m, &x).unwrap();
+    let i = reference::logits(&q, &x).unwrap();
+    assert!(rel_err(&i, &f) < 0.2, "{}", rel_err(&i, &f));
+}

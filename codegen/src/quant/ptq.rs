@@ -121,12 +121,25 @@ impl Calibration {
     }
 }
 
-/// Symmetric per-output-channel int8: `scale[c] = max |w[c]| / 127`.
-fn quantize_weight(w: &[f32], out: usize) -> (Vec<i8>, Vec<f32>) {
+/// The largest quantized bias [`quantize_on_grid`] makes, `2^30`: half the `i32` range, so
+/// a bias plus its layer's sum (at most `k * 127 * 255`, under `2^25` for `k <= 1024`)
+/// never leaves `i32`.
+const BIAS_MAX: f64 = (1u32 << 30) as f64;
+
+/// Symmetric per-output-channel int8: `scale[c] = max |w[c]| / 127`, or `min_scale[c]` if
+/// that is larger.
+///
+/// `min_scale` is what keeps the channel's bias representable: a channel whose weights
+/// are all (nearly) zero but whose bias is not (trained networks have such rows, e.g. a
+/// squeeze-excite gate that learned to ignore its input) would otherwise get a scale so
+/// small that `bias / (x_scale * w_scale)` overflows `i32`. A larger weight scale only
+/// coarsens weights that are negligible beside the bias (TensorFlow Lite's converter
+/// adjusts such scales the same way).
+fn quantize_weight(w: &[f32], out: usize, min_scale: &[f32]) -> (Vec<i8>, Vec<f32>) {
     let inner = w.len() / out.max(1);
     let mut q = Vec::with_capacity(w.len());
     let mut scales = Vec::with_capacity(out);
-    for row in w.chunks(inner.max(1)) {
+    for (c, row) in w.chunks(inner.max(1)).enumerate() {
         let max = row.iter().fold(0f32, |m, v| m.max(v.abs()));
         // An all-zero channel quantizes to zeros whatever the scale; keep it normal.
         let s = if max > 0.0 {
@@ -134,6 +147,7 @@ fn quantize_weight(w: &[f32], out: usize) -> (Vec<i8>, Vec<f32>) {
         } else {
             1.0
         };
+        let s = s.max(min_scale.get(c).copied().unwrap_or(0.0));
         scales.push(s);
         q.extend(row.iter().map(|&v| {
             (f64::from(v) / f64::from(s))
@@ -221,7 +235,14 @@ pub fn quantize_on_grid(
         let w = model.tensor_f32(weight)?;
         let b = model.tensor_f32(bias)?;
         let shape = model.tensors[weight].shape.clone();
-        let (q, scales) = quantize_weight(&w, out);
+        // The smallest weight scale at which each channel's bias fits in BIAS_MAX
+        // (non-finite when the input scale is degenerate: validation names that grid).
+        let min_scale: Vec<f32> = b
+            .iter()
+            .map(|&b| (f64::from(b.abs()) / (f64::from(x.scale) * BIAS_MAX)) as f32)
+            .map(|s| if s.is_finite() { s } else { 0.0 })
+            .collect();
+        let (q, scales) = quantize_weight(&w, out, &min_scale);
         let (sn, zn) = (format!("{weight}.scale"), format!("{weight}.zero_point"));
         for n in [&sn, &zn] {
             if model.tensors.contains_key(n) {
@@ -237,6 +258,8 @@ pub fn quantize_on_grid(
             .enumerate()
             .map(|(c, (&b, &s))| {
                 let v = (f64::from(b) / (f64::from(x.scale) * f64::from(s))).round_ties_even();
+                // BIAS_MAX up to the rounding of min_scale; beyond i32 only when the
+                // scales are degenerate.
                 if v.abs() < f64::from(i32::MAX) {
                     Ok(v as i32)
                 } else {
