@@ -595,6 +595,10 @@ fn depthwise_matches_reference() {
         // aarch64 interior form's blocks of 16 and its last block of 8, both kernel sizes.
         dw_shape(9, 9, 24, 3, 1, 1),
         dw_shape(11, 11, 72, 5, 2, 2),
+        // No padding (the aarch64 form reads the input in place, pixels in pairs with one
+        // left over), and a 7x7 kernel (its general tap count).
+        dw_shape(9, 8, 24, 3, 1, 0),
+        dw_shape(12, 11, 40, 7, 2, 3),
     ];
     for s in shapes {
         for kind in KINDS {

@@ -77,27 +77,7 @@ unsafe fn body<R: Row, const AVX2: bool>(
     };
     #[cfg(target_arch = "aarch64")]
     if let Some(fast) = neon::Interior::new(x, s, x_zero_point, w, bias, &e) {
-        assert!(
-            out.len() >= s.oh * s.ow * s.c,
-            "int8 depthwise: the output is shorter than {s:?}"
-        );
-        for oy in 0..s.oh {
-            let ky = crate::kernels::depthwise::tap_range(oy, s.stride, s.pad, s.k, s.ih);
-            for ox in 0..s.ow {
-                let kx = crate::kernels::depthwise::tap_range(ox, s.stride, s.pad, s.k, s.iw);
-                let o = &mut out[(oy * s.ow + ox) * s.c..][..s.c];
-                // SAFETY: `pixel` is only given windows wholly inside the input, and
-                // `border` the window's in-bounds tap ranges, their contracts; `o` holds
-                // `c` values.
-                unsafe {
-                    if ky == (0, s.k) && kx == (0, s.k) {
-                        fast.pixel(oy, ox, o);
-                    } else {
-                        fast.border(oy, ox, ky, kx, o);
-                    }
-                }
-            }
-        }
+        fast.run(out);
         return;
     }
     // SAFETY: R's features are the caller's contract.
@@ -174,26 +154,29 @@ mod neon {
     const MAX_C: usize = 1024;
     /// Most taps (`k * k`) [`Interior`] handles: up to 7x7 kernels.
     const MAX_TAPS: usize = 49;
+    /// The most bytes of a padded copy of the input (`(ih + 2 * pad) * (iw + 2 * pad) *
+    /// c`) [`Interior::run`] keeps on the stack, as the x86_64 AVX-512 form does.
+    const PADDED: usize = 96 * 1024;
 
     /// Every output pixel, every channel at once: the input zero point folded into the
     /// bias (`bias - zx * sum of the channel's k * k weights`), so each tap is an
-    /// int8 x int8 product. That is exact for a window wholly inside the input; at the
-    /// border each tap in the padding reads a row of `zx` instead ([`Interior::border`]),
-    /// whose products `zx * w` the folded bias cancels, as padding (real zero) adds nothing; two taps' products summed in int16 (each below 2^14 in
-    /// magnitude, `|w| <= 127`), then widened into the int32 accumulators (SMULL, SMLAL,
-    /// SADDW: 12 instructions per 32 multiply-accumulates, against 20 for the
-    /// subtract-and-widen rows); then the epilogue on the registers ([`NeonEpilogue`], as
-    /// the fused pointwise tiles), so the same bits as the generic walk. Taken when the
-    /// channels are a multiple of 8 (blocks of 16, then one of 8), at most [`MAX_C`], and
-    /// the epilogue has a register form.
+    /// int8 x int8 product. That is exact for a window wholly inside the input; a tap in
+    /// the padding reads the zero point instead (a padded copy of the input,
+    /// [`Interior::run`], or a row of `zx` for [`Interior::border`]), whose products
+    /// `zx * w` the folded bias cancels, as padding (real zero) adds nothing. Two taps'
+    /// products are summed in int16 (each below 2^14 in magnitude, `|w| <= 127`), then
+    /// widened into the int32 accumulators (SMULL, SMLAL, SADDW: 12 instructions per 32
+    /// multiply-accumulates, against 20 for the subtract-and-widen rows; [`mac2`]); then
+    /// the epilogue on the registers ([`NeonEpilogue`], as the fused pointwise tiles), so
+    /// the same bits as the generic walk. Taken when the channels are a multiple of 8
+    /// (blocks of 16, then one of 8), at most [`MAX_C`], and the epilogue has a register
+    /// form.
     pub(super) struct Interior<'a> {
         x: &'a [i8],
         w: &'a [i8],
         s: DepthwiseShape,
         /// `bias[c] - zx * sum_t w[t][c]`, wrapping.
         folded: [i32; MAX_C],
-        /// Offset of tap `t = ky * k + kx` from the window's first input value.
-        offsets: [usize; MAX_TAPS],
         /// `c` copies of the input zero point: what a tap in the padding reads.
         zeros: [i8; MAX_C],
         epi: NeonEpilogue<'a>,
@@ -222,19 +205,281 @@ mod neon {
             let mut folded = [0i32; MAX_C];
             // SAFETY: c % 8 == 0, c <= MAX_C and the lengths were asserted above.
             unsafe { fold_bias(w, bias, x_zero_point, c, s.k * s.k, &mut folded) };
-            let mut offsets = [0usize; MAX_TAPS];
-            for (t, o) in offsets.iter_mut().enumerate().take(s.k * s.k) {
-                *o = ((t / s.k) * s.iw + t % s.k) * c;
-            }
             Some(Self {
                 x,
                 w,
                 s,
                 folded,
-                offsets,
                 zeros: [x_zero_point as i8; MAX_C],
                 epi,
             })
+        }
+
+        /// Every output pixel of the layer into `out` (`oh * ow * c` values).
+        ///
+        /// Pixels go two at a time along each output row ([`Interior::pair`]: the two
+        /// windows share each weight load). Windows must lie inside the image they read,
+        /// so a layer with padding first copies its input into a padded image on the stack
+        /// (the zero point in the padding, at most [`PADDED`] bytes: at 224x224 every
+        /// depthwise layer of MobileNetV3-Small but the first two, at 128x128 all of them);
+        /// a larger one reads its input in place, pairs where both windows lie inside it
+        /// and the border pixels one at a time ([`Interior::border`]).
+        ///
+        /// # Panics
+        /// If `out` is shorter than the layer's output.
+        #[inline(always)]
+        pub(super) fn run(&self, out: &mut [i8]) {
+            let s = self.s;
+            let c = s.c;
+            assert!(
+                out.len() >= s.oh * s.ow * c,
+                "int8 depthwise: the output is shorter than {s:?}"
+            );
+            let (pih, piw) = (s.ih + 2 * s.pad, s.iw + 2 * s.pad);
+            let fits = s.oh == 0
+                || s.ow == 0
+                || ((s.oh - 1) * s.stride + s.k <= pih && (s.ow - 1) * s.stride + s.k <= piw);
+            if s.pad == 0 || (pih * piw * c <= PADDED && fits) {
+                let mut img = core::mem::MaybeUninit::<[i8; PADDED]>::uninit();
+                let (src, row_w) = if s.pad == 0 {
+                    (self.x.as_ptr(), s.iw)
+                } else {
+                    let p = img.as_mut_ptr().cast::<i8>();
+                    // SAFETY: the image's pih * piw * c <= PADDED bytes (checked above),
+                    // every one of them written here: padding rows, then each input row
+                    // between its left and right padding; the input holds ih * iw * c.
+                    unsafe {
+                        let z = self.zeros[0];
+                        let (row, pad) = (piw * c, s.pad * c);
+                        core::ptr::write_bytes(p, z as u8, s.pad * row);
+                        for y in 0..s.ih {
+                            let r = p.add((s.pad + y) * row);
+                            core::ptr::write_bytes(r, z as u8, pad);
+                            core::ptr::copy_nonoverlapping(
+                                self.x.as_ptr().add(y * s.iw * c),
+                                r.add(pad),
+                                s.iw * c,
+                            );
+                            core::ptr::write_bytes(r.add(pad + s.iw * c), z as u8, pad);
+                        }
+                        core::ptr::write_bytes(p.add((s.pad + s.ih) * row), z as u8, s.pad * row);
+                    }
+                    (p.cast_const(), piw)
+                };
+                let offs = Self::offsets(s, row_w);
+                for oy in 0..s.oh {
+                    let o = out[oy * s.ow * c..].as_mut_ptr();
+                    // SAFETY: every window lies inside the image (`fits`, or no padding),
+                    // whose rows are `row_w` pixels; pixel ox of the output row is
+                    // out[(oy * ow + ox) * c..][..c].
+                    unsafe {
+                        let base =
+                            |ox: usize| src.add(((oy * s.stride) * row_w + ox * s.stride) * c);
+                        let mut ox = 0;
+                        while ox + 2 <= s.ow {
+                            self.pair(base(ox), &offs, o.add(ox * c), o.add((ox + 1) * c));
+                            ox += 2;
+                        }
+                        if ox < s.ow {
+                            self.single(base(ox), &offs, o.add(ox * c));
+                        }
+                    }
+                }
+                return;
+            }
+            let offs = Self::offsets(s, s.iw);
+            for oy in 0..s.oh {
+                let ky = crate::kernels::depthwise::tap_range(oy, s.stride, s.pad, s.k, s.ih);
+                let (lo, hi) =
+                    crate::kernels::depthwise::inside_range(s.ow, s.stride, s.pad, s.k, s.iw);
+                let o = out[oy * s.ow * c..].as_mut_ptr();
+                let mut ox = 0;
+                while ox < s.ow {
+                    let kx = crate::kernels::depthwise::tap_range(ox, s.stride, s.pad, s.k, s.iw);
+                    // SAFETY: `pair` and `single` are only given windows wholly inside the
+                    // input (rows ky full, columns ox and ox + 1 in lo..hi), `border` the
+                    // window's in-bounds tap ranges, their contracts; pixel ox of the
+                    // output row is out[(oy * ow + ox) * c..][..c].
+                    unsafe {
+                        if ky == (0, s.k) && ox >= lo && ox < hi {
+                            let at = self
+                                .x
+                                .as_ptr()
+                                .add(((oy * s.stride - s.pad) * s.iw + ox * s.stride - s.pad) * c);
+                            if ox + 1 < hi {
+                                self.pair(at, &offs, o.add(ox * c), o.add((ox + 1) * c));
+                                ox += 2;
+                            } else {
+                                self.single(at, &offs, o.add(ox * c));
+                                ox += 1;
+                            }
+                        } else {
+                            let out = core::slice::from_raw_parts_mut(o.add(ox * c), c);
+                            self.border(oy, ox, ky, kx, out);
+                            ox += 1;
+                        }
+                    }
+                }
+            }
+        }
+
+        /// Offset of tap `t = ky * k + kx` from its window's first value, in an image of
+        /// rows of `row_w` pixels. A table, read once per tap, because the tap loops are
+        /// not unrolled: computed in the loop, `t / k` and `t % k` took more instructions
+        /// than the tap's products.
+        #[inline(always)]
+        fn offsets(s: DepthwiseShape, row_w: usize) -> [usize; MAX_TAPS] {
+            let mut offs = [0usize; MAX_TAPS];
+            for (t, o) in offs.iter_mut().enumerate().take(s.k * s.k) {
+                *o = ((t / s.k) * row_w + t % s.k) * s.c;
+            }
+            offs
+        }
+
+        /// One output pixel whose window starts at `at`, its taps at `offs`
+        /// ([`Interior::offsets`]), into `out` (`c` values).
+        ///
+        /// # Safety
+        /// The window lies inside the image; `out` holds `c` values.
+        #[inline(always)]
+        unsafe fn single(&self, at: *const i8, offs: &[usize; MAX_TAPS], out: *mut i8) {
+            let s = self.s;
+            // SAFETY: t < k * k <= MAX_TAPS.
+            let tap = move |t: usize| at.wrapping_add(unsafe { *offs.get_unchecked(t) });
+            // SAFETY: the caller's contract, passed on.
+            unsafe {
+                let out = core::slice::from_raw_parts_mut(out, s.c);
+                match s.k {
+                    3 => self.taps::<9>(tap, out),
+                    5 => self.taps::<25>(tap, out),
+                    _ => self.taps::<0>(tap, out),
+                }
+            }
+        }
+
+        /// Two output pixels of one row: the first window starts at `at`, its taps at
+        /// `offs` ([`Interior::offsets`]), the second `stride` pixels to its right; into
+        /// `out0` and `out1` (`c` values each).
+        ///
+        /// # Safety
+        /// Both windows lie inside the image; `out0` and `out1` hold `c` values each.
+        #[inline(always)]
+        unsafe fn pair(
+            &self,
+            at: *const i8,
+            offs: &[usize; MAX_TAPS],
+            out0: *mut i8,
+            out1: *mut i8,
+        ) {
+            let s = self.s;
+            // SAFETY: t < k * k <= MAX_TAPS.
+            let tap = move |t: usize| at.wrapping_add(unsafe { *offs.get_unchecked(t) });
+            let d = s.stride * s.c;
+            // SAFETY: the caller's contract, passed on.
+            unsafe {
+                match s.k {
+                    3 => self.taps2::<9>(tap, d, out0, out1),
+                    5 => self.taps2::<25>(tap, d, out0, out1),
+                    _ => {
+                        let out0 = core::slice::from_raw_parts_mut(out0, s.c);
+                        self.taps::<0>(tap, out0);
+                        let out1 = core::slice::from_raw_parts_mut(out1, s.c);
+                        self.taps::<0>(move |t| tap(t).wrapping_add(d), out1);
+                    }
+                }
+            }
+        }
+
+        /// Two output pixels for `TAPS = k * k` taps: tap `t` of the first reads its `c`
+        /// input values from `at(t)`, of the second from `at(t) + d`. As [`Interior::taps`]
+        /// with each weight vector loaded once for both: per pair of taps and 16
+        /// channels, 6 loads and 16 arithmetic instructions for 64 multiply-accumulates,
+        /// where one pixel at a time takes 4 loads and 8 for 32.
+        ///
+        /// # Safety
+        /// `at(t)` and `at(t) + d` point at `c` readable values for every `t < TAPS`;
+        /// `out0` and `out1` hold `c` values each.
+        #[inline(always)]
+        unsafe fn taps2<const TAPS: usize>(
+            &self,
+            at: impl Fn(usize) -> *const i8,
+            d: usize,
+            out0: *mut i8,
+            out1: *mut i8,
+        ) {
+            let c = self.s.c;
+            // SAFETY: every tap reads channels cb..cb + 16 (or + 8) <= c from at(t) and
+            // at(t) + d (the contract); weights, folded biases, multipliers and shifts
+            // hold c values (checked in `new`); the outputs hold c values.
+            unsafe {
+                let w = self.w.as_ptr();
+                let epi = &self.epi;
+                let mut cb = 0;
+                while cb + 16 <= c {
+                    let f = self.folded.as_ptr().add(cb);
+                    let init = [
+                        vld1q_s32(f),
+                        vld1q_s32(f.add(4)),
+                        vld1q_s32(f.add(8)),
+                        vld1q_s32(f.add(12)),
+                    ];
+                    let (mut a, mut b) = (init, init);
+                    let mut t = 0;
+                    while t + 2 <= TAPS {
+                        let wa = vld1q_s8(w.add(t * c + cb));
+                        let wb = vld1q_s8(w.add((t + 1) * c + cb));
+                        let (pa, pb) = (at(t).add(cb), at(t + 1).add(cb));
+                        mac2(&mut a, vld1q_s8(pa), vld1q_s8(pb), wa, wb);
+                        mac2(&mut b, vld1q_s8(pa.add(d)), vld1q_s8(pb.add(d)), wa, wb);
+                        t += 2;
+                    }
+                    if t < TAPS {
+                        let wa = vld1q_s8(w.add(t * c + cb));
+                        let pa = at(t).add(cb);
+                        mac1(&mut a, vld1q_s8(pa), wa);
+                        mac1(&mut b, vld1q_s8(pa.add(d)), wa);
+                    }
+                    let q = core::array::from_fn(|i| epi.quad(a[i], cb + 4 * i));
+                    vst1q_s8(out0.add(cb), epi.bytes(q));
+                    let q = core::array::from_fn(|i| epi.quad(b[i], cb + 4 * i));
+                    vst1q_s8(out1.add(cb), epi.bytes(q));
+                    cb += 16;
+                }
+                if cb < c {
+                    // The one block of 8 left (c % 8 == 0): each pixel's taps as `taps`.
+                    let f = self.folded.as_ptr().add(cb);
+                    let init = [vld1q_s32(f), vld1q_s32(f.add(4))];
+                    let (mut a, mut b) = (init, init);
+                    let mut t = 0;
+                    while t + 2 <= TAPS {
+                        let wa = vld1_s8(w.add(t * c + cb));
+                        let wb = vld1_s8(w.add((t + 1) * c + cb));
+                        let (pa, pb) = (at(t).add(cb), at(t + 1).add(cb));
+                        let p = vmlal_s8(vmull_s8(vld1_s8(pa), wa), vld1_s8(pb), wb);
+                        a[0] = vaddw_s16(a[0], vget_low_s16(p));
+                        a[1] = vaddw_high_s16(a[1], p);
+                        let p = vmlal_s8(vmull_s8(vld1_s8(pa.add(d)), wa), vld1_s8(pb.add(d)), wb);
+                        b[0] = vaddw_s16(b[0], vget_low_s16(p));
+                        b[1] = vaddw_high_s16(b[1], p);
+                        t += 2;
+                    }
+                    if t < TAPS {
+                        let wa = vld1_s8(w.add(t * c + cb));
+                        let pa = at(t).add(cb);
+                        let p = vmull_s8(vld1_s8(pa), wa);
+                        a[0] = vaddw_s16(a[0], vget_low_s16(p));
+                        a[1] = vaddw_high_s16(a[1], p);
+                        let p = vmull_s8(vld1_s8(pa.add(d)), wa);
+                        b[0] = vaddw_s16(b[0], vget_low_s16(p));
+                        b[1] = vaddw_high_s16(b[1], p);
+                    }
+                    for (acc, out) in [(a, out0), (b, out1)] {
+                        let (q0, q1) = (epi.quad(acc[0], cb), epi.quad(acc[1], cb + 4));
+                        let v = epi.bytes([q0, q1, q0, q1]);
+                        vst1_s8(out.add(cb), vget_low_s8(v));
+                    }
+                }
+            }
         }
 
         /// Output pixel (`oy`, `ox`), all channels, into `out`, for a window partly in
@@ -275,30 +520,6 @@ mod neon {
             }
         }
 
-        /// Output pixel (`oy`, `ox`), all channels, into `out`.
-        ///
-        /// # Safety
-        /// The pixel's window lies wholly inside the input; `out` holds `c` values.
-        #[inline(always)]
-        pub(super) unsafe fn pixel(&self, oy: usize, ox: usize, out: &mut [i8]) {
-            // A constant tap count for MobileNet's 3x3 and 5x5 kernels: the tap loop
-            // unrolls and the taps' offsets stay in registers across the channel blocks.
-            // SAFETY: the caller's contract, passed on.
-            unsafe {
-                let s = self.s;
-                let base = self
-                    .x
-                    .as_ptr()
-                    .add(((oy * s.stride - s.pad) * s.iw + ox * s.stride - s.pad) * s.c);
-                let at = |t: usize| base.add(*self.offsets.get_unchecked(t));
-                match s.k {
-                    3 => self.taps::<9>(at, out),
-                    5 => self.taps::<25>(at, out),
-                    _ => self.taps::<0>(at, out),
-                }
-            }
-        }
-
         /// One output pixel for `TAPS = k * k` taps (or any `k` when `TAPS` is 0), tap `t`
         /// reading its `c` input values from `at(t)`.
         ///
@@ -331,27 +552,11 @@ mod neon {
                         let (xa, xb) = (vld1q_s8(at(t).add(cb)), vld1q_s8(at(t + 1).add(cb)));
                         let wa = vld1q_s8(w.add(t * c + cb));
                         let wb = vld1q_s8(w.add((t + 1) * c + cb));
-                        let pl = vmlal_s8(
-                            vmull_s8(vget_low_s8(xa), vget_low_s8(wa)),
-                            vget_low_s8(xb),
-                            vget_low_s8(wb),
-                        );
-                        let ph = vmlal_high_s8(vmull_high_s8(xa, wa), xb, wb);
-                        a[0] = vaddw_s16(a[0], vget_low_s16(pl));
-                        a[1] = vaddw_high_s16(a[1], pl);
-                        a[2] = vaddw_s16(a[2], vget_low_s16(ph));
-                        a[3] = vaddw_high_s16(a[3], ph);
+                        mac2(&mut a, xa, xb, wa, wb);
                         t += 2;
                     }
                     if t < taps {
-                        let xa = vld1q_s8(at(t).add(cb));
-                        let wa = vld1q_s8(w.add(t * c + cb));
-                        let pl = vmull_s8(vget_low_s8(xa), vget_low_s8(wa));
-                        let ph = vmull_high_s8(xa, wa);
-                        a[0] = vaddw_s16(a[0], vget_low_s16(pl));
-                        a[1] = vaddw_high_s16(a[1], pl);
-                        a[2] = vaddw_s16(a[2], vget_low_s16(ph));
-                        a[3] = vaddw_high_s16(a[3], ph);
+                        mac1(&mut a, vld1q_s8(at(t).add(cb)), vld1q_s8(w.add(t * c + cb)));
                     }
                     let q = core::array::from_fn(|i| epi.quad(a[i], cb + 4 * i));
                     vst1q_s8(out.as_mut_ptr().add(cb), epi.bytes(q));
@@ -384,6 +589,39 @@ mod neon {
                     vst1_s8(out.as_mut_ptr().add(cb), vget_low_s8(v));
                 }
             }
+        }
+    }
+
+    /// `a += xa * wa + xb * wb` for 16 channels: the two taps' products summed in int16
+    /// (each below 2^14 in magnitude), then widened into the four int32 accumulators.
+    #[inline(always)]
+    fn mac2(a: &mut [int32x4_t; 4], xa: int8x16_t, xb: int8x16_t, wa: int8x16_t, wb: int8x16_t) {
+        // SAFETY: register-only NEON (aarch64 baseline).
+        unsafe {
+            let pl = vmlal_s8(
+                vmull_s8(vget_low_s8(xa), vget_low_s8(wa)),
+                vget_low_s8(xb),
+                vget_low_s8(wb),
+            );
+            let ph = vmlal_high_s8(vmull_high_s8(xa, wa), xb, wb);
+            a[0] = vaddw_s16(a[0], vget_low_s16(pl));
+            a[1] = vaddw_high_s16(a[1], pl);
+            a[2] = vaddw_s16(a[2], vget_low_s16(ph));
+            a[3] = vaddw_high_s16(a[3], ph);
+        }
+    }
+
+    /// `a += xa * wa` for 16 channels (the odd tap of a window).
+    #[inline(always)]
+    fn mac1(a: &mut [int32x4_t; 4], xa: int8x16_t, wa: int8x16_t) {
+        // SAFETY: register-only NEON (aarch64 baseline).
+        unsafe {
+            let pl = vmull_s8(vget_low_s8(xa), vget_low_s8(wa));
+            let ph = vmull_high_s8(xa, wa);
+            a[0] = vaddw_s16(a[0], vget_low_s16(pl));
+            a[1] = vaddw_high_s16(a[1], pl);
+            a[2] = vaddw_s16(a[2], vget_low_s16(ph));
+            a[3] = vaddw_high_s16(a[3], ph);
         }
     }
 
