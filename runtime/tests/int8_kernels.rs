@@ -1210,6 +1210,8 @@ fn squeeze_excite_matches_reference() {
         (10, 70, 18),
         (49, 130, 33),
         (6, 80, 66),
+        // More pixels than the aarch64 pooling sums in 16-bit lanes at once (255).
+        (300, 40, 8),
     ];
     for (pixels, c, squeeze) in shapes {
         let s = SeShape { pixels, c, squeeze };
@@ -1226,6 +1228,27 @@ fn squeeze_excite_matches_reference() {
             assert_eq!(y, se.reference(&x, s), "{s:?}");
             assert_spread(&y, "squeeze_excite");
         }
+    }
+}
+
+/// Pooling at the extremes: 600 pixels of -128 and of 127 (the aarch64 pooling's 16-bit
+/// partial sums of up to 255 pixels reach -32,640 and 32,385).
+#[test]
+fn squeeze_excite_pools_extreme_values() {
+    let mut rng = Rng(0x5eed_000b);
+    let s = SeShape {
+        pixels: 600,
+        c: 24,
+        squeeze: 4,
+    };
+    for v in [-128i8, 127] {
+        let mut x = vec![v; s.pixels * s.c];
+        // One channel varies, so the gate is not the same everywhere.
+        for (p, row) in x.chunks_exact_mut(s.c).enumerate() {
+            row[5] = (p % 256) as u8 as i8;
+        }
+        let se = random_se(&mut rng, &x, s);
+        assert_eq!(se.run(&x, s, 0), se.reference(&x, s), "{v}");
     }
 }
 

@@ -120,10 +120,15 @@ unsafe fn body<R: Row>(x: &mut [i8], s: SeShape, p: &SeParams<'_>, scratch: &mut
     // Pool: channel sums over the pixels (wrapping: the oracle's i64 sum
     // `as i32`), to int8 in the pooled scale, then back to offsets from the
     // pooled zero point (in [-255, 255]).
-    pooled.fill(0);
-    for row in x.chunks_exact(c) {
-        for (a, &v) in pooled.iter_mut().zip(row) {
-            *a = a.wrapping_add(i32::from(v) - zx);
+    #[cfg(target_arch = "aarch64")]
+    neon::pool(x, c, zx, pooled);
+    #[cfg(not(target_arch = "aarch64"))]
+    {
+        pooled.fill(0);
+        for row in x.chunks_exact(c) {
+            for (a, &v) in pooled.iter_mut().zip(row) {
+                *a = a.wrapping_add(i32::from(v) - zx);
+            }
         }
     }
     let pool = Uniform::new(p.pool_mult);
@@ -175,6 +180,11 @@ unsafe fn body<R: Row>(x: &mut [i8], s: SeShape, p: &SeParams<'_>, scratch: &mut
         unsafe { avx512::scale(x, c, gate, zx, p.out_mult, p.out_zero_point) };
         return;
     }
+    #[cfg(target_arch = "aarch64")]
+    if p.out_mult.shift > 31 {
+        neon::scale(x, c, gate, zx, p.out_mult, p.out_zero_point);
+        return;
+    }
     let out = Uniform::new(p.out_mult);
     let mut prod = [0i32; CHUNK];
     for row in x.chunks_exact_mut(c) {
@@ -196,6 +206,127 @@ unsafe fn body<R: Row>(x: &mut [i8], s: SeShape, p: &SeParams<'_>, scratch: &mut
 fn offset16(x: i32) -> i16 {
     debug_assert!((-255..=255).contains(&x));
     x as i16
+}
+
+/// aarch64: the gate multiply in registers.
+#[cfg(target_arch = "aarch64")]
+mod neon {
+    use super::{Mult, requant};
+    use core::arch::aarch64::*;
+
+    /// Most pixels summed in `i16` lanes before they are widened: `255 * 128 < 2^15`.
+    const RUN: usize = 255;
+
+    /// `pooled[ch] = sum_p (x[p][ch] - zx)` for `ch < c` (wrapping `i32`, as the row path),
+    /// 16 channels a step: the raw values summed in `i16` lanes (SADDW, up to [`RUN`]
+    /// pixels), widened into `i32` lanes, and `pixels * zx` taken off once, which is the
+    /// same sum modulo `2^32`. The compiler's vectorization of the scalar loop went across
+    /// pixels with one lane load per byte (about 3.3 instructions per value for 16
+    /// channels, where this takes 0.2). Channels past the last full 16 are summed one by
+    /// one.
+    ///
+    /// # Panics
+    /// If `pooled` holds fewer than `c` values.
+    #[inline(always)]
+    pub(super) fn pool(x: &[i8], c: usize, zx: i32, pooled: &mut [i32]) {
+        let pooled = &mut pooled[..c];
+        let pixels = x.len() / c;
+        let full = c - c % 16;
+        let off = (pixels as i32).wrapping_mul(zx);
+        for cb in (0..full).step_by(16) {
+            // SAFETY: every load reads channels cb..cb + 16 <= full <= c of a pixel p <
+            // pixels, inside x; every store cb..cb + 16 of pooled's c values. NEON is part
+            // of every aarch64 target.
+            unsafe {
+                let mut wide = [vdupq_n_s32(0); 4];
+                let mut p = 0;
+                while p < pixels {
+                    let end = pixels.min(p + RUN);
+                    let (mut lo, mut hi) = (vdupq_n_s16(0), vdupq_n_s16(0));
+                    while p < end {
+                        let v = vld1q_s8(x.as_ptr().add(p * c + cb));
+                        lo = vaddw_s8(lo, vget_low_s8(v));
+                        hi = vaddw_high_s8(hi, v);
+                        p += 1;
+                    }
+                    wide[0] = vaddw_s16(wide[0], vget_low_s16(lo));
+                    wide[1] = vaddw_high_s16(wide[1], lo);
+                    wide[2] = vaddw_s16(wide[2], vget_low_s16(hi));
+                    wide[3] = vaddw_high_s16(wide[3], hi);
+                }
+                let o = vdupq_n_s32(off);
+                for (i, w) in wide.iter().enumerate() {
+                    vst1q_s32(pooled.as_mut_ptr().add(cb + 4 * i), vsubq_s32(*w, o));
+                }
+            }
+        }
+        pooled[full..].fill(0);
+        for row in x.chunks_exact(c) {
+            for (a, &v) in pooled[full..].iter_mut().zip(&row[full..]) {
+                *a = a.wrapping_add(i32::from(v) - zx);
+            }
+        }
+    }
+
+    /// The last step of [`super::portable`] for an output multiplier whose shift exceeds
+    /// 31 (every squeeze-excite block of the shipped models):
+    /// `y = sat8(zy + requant((x - zx) * gate, out_mult))` in place, 16 channels a step,
+    /// the product formed and requantized in registers (SQDMULH, then SRSHL by
+    /// `31 - shift`: the exact form of the rule, `requant::neon::requant_i8_high`), the
+    /// zero point added saturating and the two narrows saturating. The row path stored
+    /// each product to a buffer and requantized it in a second pass, with the shifts
+    /// converted and checked per 8 values: about 5.4 instructions per value against
+    /// 2.3 here. Channels past the last full 16 go one at a time through the scalar rule.
+    ///
+    /// # Panics
+    /// If `gate` holds fewer than `c` values or `m.shift <= 31`.
+    #[inline(always)]
+    pub(super) fn scale(x: &mut [i8], c: usize, gate: &[i32], zx: i32, m: Mult, zy: i32) {
+        assert!(
+            gate.len() >= c && m.shift > 31,
+            "int8 squeeze-excite: gate or shift"
+        );
+        debug_assert!((-128..=127).contains(&zx));
+        let full = c - c % 16;
+        // SAFETY: every load and store reads channels ch..ch + 16 <= full <= c of a row of
+        // c values, or of the gate's c values (asserted above); NEON is part of every
+        // aarch64 target.
+        unsafe {
+            let mv = vdupq_n_s32(m.m);
+            let t = vdupq_n_s32(31 - i32::from(m.shift));
+            let zx8 = vdupq_n_s8(zx as i8);
+            let zyv = vdupq_n_s32(zy);
+            // Four channels: |x - zx| <= 255 and 0 <= g <= 2^15, so the product is
+            // below 2^24 (the gate's 2^15 does not fit i16: the product is formed in
+            // 32-bit lanes).
+            let quad = |d: int16x4_t, g: *const i32| {
+                let prod = vmulq_s32(vmovl_s16(d), vld1q_s32(g));
+                vqmovn_s32(vqaddq_s32(vrshlq_s32(vqdmulhq_s32(prod, mv), t), zyv))
+            };
+            for row in x.chunks_exact_mut(c) {
+                let mut ch = 0;
+                while ch < full {
+                    let p = row.as_mut_ptr().add(ch);
+                    let v = vld1q_s8(p);
+                    let lo = vsubl_s8(vget_low_s8(v), vget_low_s8(zx8));
+                    let hi = vsubl_high_s8(v, zx8);
+                    let g = gate.as_ptr().add(ch);
+                    let a =
+                        vcombine_s16(quad(vget_low_s16(lo), g), quad(vget_high_s16(lo), g.add(4)));
+                    let b = vcombine_s16(
+                        quad(vget_low_s16(hi), g.add(8)),
+                        quad(vget_high_s16(hi), g.add(12)),
+                    );
+                    vst1q_s8(p, vcombine_s8(vqmovn_s16(a), vqmovn_s16(b)));
+                    ch += 16;
+                }
+                for (v, &g) in row[full..].iter_mut().zip(&gate[full..c]) {
+                    let q = requant::requant((i32::from(*v) - zx) * g, m.m, u32::from(m.shift));
+                    *v = zy.saturating_add(q).clamp(-128, 127) as i8;
+                }
+            }
+        }
+    }
 }
 
 /// x86_64: [`portable`]'s source compiled with AVX2.
