@@ -217,13 +217,13 @@ mod neon {
 
         /// Every output pixel of the layer into `out` (`oh * ow * c` values).
         ///
-        /// Pixels go two at a time along each output row ([`Interior::pair`]: the two
-        /// windows share each weight load). Windows must lie inside the image they read,
-        /// so a layer with padding first copies its input into a padded image on the stack
-        /// (the zero point in the padding, at most [`PADDED`] bytes: at 224x224 every
-        /// depthwise layer of MobileNetV3-Small but the first two, at 128x128 all of them);
-        /// a larger one reads its input in place, pairs where both windows lie inside it
-        /// and the border pixels one at a time ([`Interior::border`]).
+        /// Pixels go four at a time in raster order ([`Interior::group`]: the windows
+        /// share each weight load). Windows must lie inside the image they read, so a
+        /// layer with padding first copies its input into a padded image on the stack (the
+        /// zero point in the padding, at most [`PADDED`] bytes: at 224x224 every depthwise
+        /// layer of MobileNetV3-Small but the first two, at 128x128 all of them); a larger
+        /// one reads its input in place, two pixels of a row at a time where both windows
+        /// lie inside it, the border pixels one at a time ([`Interior::border`]).
         ///
         /// # Panics
         /// If `out` is shorter than the layer's output.
@@ -267,22 +267,36 @@ mod neon {
                     (p.cast_const(), piw)
                 };
                 let offs = Self::offsets(s, row_w);
-                for oy in 0..s.oh {
-                    let o = out[oy * s.ow * c..].as_mut_ptr();
-                    // SAFETY: every window lies inside the image (`fits`, or no padding),
-                    // whose rows are `row_w` pixels; pixel ox of the output row is
-                    // out[(oy * ow + ox) * c..][..c].
-                    unsafe {
-                        let base =
-                            |ox: usize| src.add(((oy * s.stride) * row_w + ox * s.stride) * c);
-                        let mut ox = 0;
-                        while ox + 2 <= s.ow {
-                            self.pair(base(ox), &offs, o.add(ox * c), o.add((ox + 1) * c));
-                            ox += 2;
-                        }
-                        if ox < s.ow {
-                            self.single(base(ox), &offs, o.add(ox * c));
-                        }
+                // Pixels in raster order, four at a time: a group may span two rows (its
+                // windows are then further apart in the image), so no row's odd pixel is
+                // left to the one-pixel form.
+                let total = s.oh * s.ow;
+                let at = |p: usize| ((p / s.ow) * s.stride * row_w + (p % s.ow) * s.stride) * c;
+                let o = out.as_mut_ptr();
+                let mut p = 0;
+                // SAFETY: every window lies inside the image (`fits`, or no padding), whose
+                // rows are `row_w` pixels; output pixel p is out[p * c..][..c], p < total.
+                unsafe {
+                    while p + 4 <= total {
+                        let a0 = at(p);
+                        let d = [0, at(p + 1) - a0, at(p + 2) - a0, at(p + 3) - a0];
+                        let outs = [
+                            o.add(p * c),
+                            o.add((p + 1) * c),
+                            o.add((p + 2) * c),
+                            o.add((p + 3) * c),
+                        ];
+                        self.group::<4>(src.add(a0), &offs, d, outs);
+                        p += 4;
+                    }
+                    if p + 2 <= total {
+                        let a0 = at(p);
+                        let d = [0, at(p + 1) - a0];
+                        self.group::<2>(src.add(a0), &offs, d, [o.add(p * c), o.add((p + 1) * c)]);
+                        p += 2;
+                    }
+                    if p < total {
+                        self.group::<1>(src.add(at(p)), &offs, [0], [o.add(p * c)]);
                     }
                 }
                 return;
@@ -296,7 +310,7 @@ mod neon {
                 let mut ox = 0;
                 while ox < s.ow {
                     let kx = crate::kernels::depthwise::tap_range(ox, s.stride, s.pad, s.k, s.iw);
-                    // SAFETY: `pair` and `single` are only given windows wholly inside the
+                    // SAFETY: `group` is only given windows wholly inside the
                     // input (rows ky full, columns ox and ox + 1 in lo..hi), `border` the
                     // window's in-bounds tap ranges, their contracts; pixel ox of the
                     // output row is out[(oy * ow + ox) * c..][..c].
@@ -307,10 +321,11 @@ mod neon {
                                 .as_ptr()
                                 .add(((oy * s.stride - s.pad) * s.iw + ox * s.stride - s.pad) * c);
                             if ox + 1 < hi {
-                                self.pair(at, &offs, o.add(ox * c), o.add((ox + 1) * c));
+                                let outs = [o.add(ox * c), o.add((ox + 1) * c)];
+                                self.group::<2>(at, &offs, [0, s.stride * c], outs);
                                 ox += 2;
                             } else {
-                                self.single(at, &offs, o.add(ox * c));
+                                self.group::<1>(at, &offs, [0], [o.add(ox * c)]);
                                 ox += 1;
                             }
                         } else {
@@ -336,148 +351,27 @@ mod neon {
             offs
         }
 
-        /// One output pixel whose window starts at `at`, its taps at `offs`
-        /// ([`Interior::offsets`]), into `out` (`c` values).
+        /// `N` output pixels: the first window starts at `at`, pixel `n`'s `d[n]` values
+        /// further (`d[0] = 0`), its taps at `offs` ([`Interior::offsets`]); into `outs`.
         ///
         /// # Safety
-        /// The window lies inside the image; `out` holds `c` values.
+        /// Every window lies inside the image; each of `outs` holds `c` values.
         #[inline(always)]
-        unsafe fn single(&self, at: *const i8, offs: &[usize; MAX_TAPS], out: *mut i8) {
-            let s = self.s;
-            // SAFETY: t < k * k <= MAX_TAPS.
-            let tap = move |t: usize| at.wrapping_add(unsafe { *offs.get_unchecked(t) });
-            // SAFETY: the caller's contract, passed on.
-            unsafe {
-                let out = core::slice::from_raw_parts_mut(out, s.c);
-                match s.k {
-                    3 => self.taps::<9>(tap, out),
-                    5 => self.taps::<25>(tap, out),
-                    _ => self.taps::<0>(tap, out),
-                }
-            }
-        }
-
-        /// Two output pixels of one row: the first window starts at `at`, its taps at
-        /// `offs` ([`Interior::offsets`]), the second `stride` pixels to its right; into
-        /// `out0` and `out1` (`c` values each).
-        ///
-        /// # Safety
-        /// Both windows lie inside the image; `out0` and `out1` hold `c` values each.
-        #[inline(always)]
-        unsafe fn pair(
+        unsafe fn group<const N: usize>(
             &self,
             at: *const i8,
             offs: &[usize; MAX_TAPS],
-            out0: *mut i8,
-            out1: *mut i8,
+            d: [usize; N],
+            outs: [*mut i8; N],
         ) {
-            let s = self.s;
             // SAFETY: t < k * k <= MAX_TAPS.
             let tap = move |t: usize| at.wrapping_add(unsafe { *offs.get_unchecked(t) });
-            let d = s.stride * s.c;
             // SAFETY: the caller's contract, passed on.
             unsafe {
-                match s.k {
-                    3 => self.taps2::<9>(tap, d, out0, out1),
-                    5 => self.taps2::<25>(tap, d, out0, out1),
-                    _ => {
-                        let out0 = core::slice::from_raw_parts_mut(out0, s.c);
-                        self.taps::<0>(tap, out0);
-                        let out1 = core::slice::from_raw_parts_mut(out1, s.c);
-                        self.taps::<0>(move |t| tap(t).wrapping_add(d), out1);
-                    }
-                }
-            }
-        }
-
-        /// Two output pixels for `TAPS = k * k` taps: tap `t` of the first reads its `c`
-        /// input values from `at(t)`, of the second from `at(t) + d`. As [`Interior::taps`]
-        /// with each weight vector loaded once for both: per pair of taps and 16
-        /// channels, 6 loads and 16 arithmetic instructions for 64 multiply-accumulates,
-        /// where one pixel at a time takes 4 loads and 8 for 32.
-        ///
-        /// # Safety
-        /// `at(t)` and `at(t) + d` point at `c` readable values for every `t < TAPS`;
-        /// `out0` and `out1` hold `c` values each.
-        #[inline(always)]
-        unsafe fn taps2<const TAPS: usize>(
-            &self,
-            at: impl Fn(usize) -> *const i8,
-            d: usize,
-            out0: *mut i8,
-            out1: *mut i8,
-        ) {
-            let c = self.s.c;
-            // SAFETY: every tap reads channels cb..cb + 16 (or + 8) <= c from at(t) and
-            // at(t) + d (the contract); weights, folded biases, multipliers and shifts
-            // hold c values (checked in `new`); the outputs hold c values.
-            unsafe {
-                let w = self.w.as_ptr();
-                let epi = &self.epi;
-                let mut cb = 0;
-                while cb + 16 <= c {
-                    let f = self.folded.as_ptr().add(cb);
-                    let init = [
-                        vld1q_s32(f),
-                        vld1q_s32(f.add(4)),
-                        vld1q_s32(f.add(8)),
-                        vld1q_s32(f.add(12)),
-                    ];
-                    let (mut a, mut b) = (init, init);
-                    let mut t = 0;
-                    while t + 2 <= TAPS {
-                        let wa = vld1q_s8(w.add(t * c + cb));
-                        let wb = vld1q_s8(w.add((t + 1) * c + cb));
-                        let (pa, pb) = (at(t).add(cb), at(t + 1).add(cb));
-                        mac2(&mut a, vld1q_s8(pa), vld1q_s8(pb), wa, wb);
-                        mac2(&mut b, vld1q_s8(pa.add(d)), vld1q_s8(pb.add(d)), wa, wb);
-                        t += 2;
-                    }
-                    if t < TAPS {
-                        let wa = vld1q_s8(w.add(t * c + cb));
-                        let pa = at(t).add(cb);
-                        mac1(&mut a, vld1q_s8(pa), wa);
-                        mac1(&mut b, vld1q_s8(pa.add(d)), wa);
-                    }
-                    let q = core::array::from_fn(|i| epi.quad(a[i], cb + 4 * i));
-                    vst1q_s8(out0.add(cb), epi.bytes(q));
-                    let q = core::array::from_fn(|i| epi.quad(b[i], cb + 4 * i));
-                    vst1q_s8(out1.add(cb), epi.bytes(q));
-                    cb += 16;
-                }
-                if cb < c {
-                    // The one block of 8 left (c % 8 == 0): each pixel's taps as `taps`.
-                    let f = self.folded.as_ptr().add(cb);
-                    let init = [vld1q_s32(f), vld1q_s32(f.add(4))];
-                    let (mut a, mut b) = (init, init);
-                    let mut t = 0;
-                    while t + 2 <= TAPS {
-                        let wa = vld1_s8(w.add(t * c + cb));
-                        let wb = vld1_s8(w.add((t + 1) * c + cb));
-                        let (pa, pb) = (at(t).add(cb), at(t + 1).add(cb));
-                        let p = vmlal_s8(vmull_s8(vld1_s8(pa), wa), vld1_s8(pb), wb);
-                        a[0] = vaddw_s16(a[0], vget_low_s16(p));
-                        a[1] = vaddw_high_s16(a[1], p);
-                        let p = vmlal_s8(vmull_s8(vld1_s8(pa.add(d)), wa), vld1_s8(pb.add(d)), wb);
-                        b[0] = vaddw_s16(b[0], vget_low_s16(p));
-                        b[1] = vaddw_high_s16(b[1], p);
-                        t += 2;
-                    }
-                    if t < TAPS {
-                        let wa = vld1_s8(w.add(t * c + cb));
-                        let pa = at(t).add(cb);
-                        let p = vmull_s8(vld1_s8(pa), wa);
-                        a[0] = vaddw_s16(a[0], vget_low_s16(p));
-                        a[1] = vaddw_high_s16(a[1], p);
-                        let p = vmull_s8(vld1_s8(pa.add(d)), wa);
-                        b[0] = vaddw_s16(b[0], vget_low_s16(p));
-                        b[1] = vaddw_high_s16(b[1], p);
-                    }
-                    for (acc, out) in [(a, out0), (b, out1)] {
-                        let (q0, q1) = (epi.quad(acc[0], cb), epi.quad(acc[1], cb + 4));
-                        let v = epi.bytes([q0, q1, q0, q1]);
-                        vst1_s8(out.add(cb), vget_low_s8(v));
-                    }
+                match self.s.k {
+                    3 => self.taps::<N, 9>(tap, d, outs),
+                    5 => self.taps::<N, 25>(tap, d, outs),
+                    _ => self.taps::<N, 0>(tap, d, outs),
                 }
             }
         }
@@ -510,83 +404,121 @@ mod neon {
                     ptrs[r * s.k + q] = unsafe { self.x.as_ptr().add(at) };
                 }
             }
-            // SAFETY: every pointer is an input pixel or `zeros`, each `c` values long.
+            let o = [out.as_mut_ptr()];
+            // SAFETY: every pointer is an input pixel or `zeros`, each `c` values long; out
+            // holds c values.
             unsafe {
                 match s.k {
-                    3 => self.taps::<9>(|t| *ptrs.get_unchecked(t), out),
-                    5 => self.taps::<25>(|t| *ptrs.get_unchecked(t), out),
-                    _ => self.taps::<0>(|t| *ptrs.get_unchecked(t), out),
+                    3 => self.taps::<1, 9>(|t| *ptrs.get_unchecked(t), [0], o),
+                    5 => self.taps::<1, 25>(|t| *ptrs.get_unchecked(t), [0], o),
+                    _ => self.taps::<1, 0>(|t| *ptrs.get_unchecked(t), [0], o),
                 }
             }
         }
 
-        /// One output pixel for `TAPS = k * k` taps (or any `k` when `TAPS` is 0), tap `t`
-        /// reading its `c` input values from `at(t)`.
+        /// `N` output pixels for `TAPS = k * k` taps (or any `k` when `TAPS` is 0): tap `t`
+        /// of pixel `n` reads its `c` input values from `at(t) + d[n]`, and the pixel goes
+        /// to `outs[n]`. Each pair of taps loads its two weight vectors once for all `N`
+        /// pixels: for four pixels, per pair of taps and 16 channels, 10 loads and 32
+        /// multiply/widen instructions for 128 multiply-accumulates, where one pixel at a
+        /// time took 4 and 8 for 32.
         ///
         /// # Safety
-        /// `at(t)` points at `c` readable values for every `t < k * k`; `out` holds `c`.
+        /// `at(t) + d[n]` points at `c` readable values for every `t < k * k` and `n < N`;
+        /// each of `outs` holds `c` values.
         #[inline(always)]
-        unsafe fn taps<const TAPS: usize>(&self, at: impl Fn(usize) -> *const i8, out: &mut [i8]) {
+        unsafe fn taps<const N: usize, const TAPS: usize>(
+            &self,
+            at: impl Fn(usize) -> *const i8,
+            d: [usize; N],
+            outs: [*mut i8; N],
+        ) {
             let s = self.s;
             let c = s.c;
-            debug_assert!(out.len() >= c);
             let taps = if TAPS == 0 { s.k * s.k } else { TAPS };
-            // SAFETY: every tap reads channels cb..cb + 16 (or + 8) <= c from `at(t)` (the
-            // contract); weights, folded biases, multipliers and shifts hold c values
-            // (checked in `new`); out holds c values.
+            // SAFETY: every tap reads channels cb..cb + 16 (or + 8) <= c from at(t) + d[n]
+            // (the contract); weights, folded biases, multipliers and shifts hold c values
+            // (checked in `new`); the outputs hold c values.
             unsafe {
                 let w = self.w.as_ptr();
                 let epi = &self.epi;
                 let mut cb = 0;
                 while cb + 16 <= c {
                     let f = self.folded.as_ptr().add(cb);
-                    let mut a = [
+                    let init = [
                         vld1q_s32(f),
                         vld1q_s32(f.add(4)),
                         vld1q_s32(f.add(8)),
                         vld1q_s32(f.add(12)),
                     ];
+                    let mut a = [init; N];
                     // Pairs of taps, then the odd one left (k * k is odd for every odd k).
                     let mut t = 0;
                     while t + 2 <= taps {
-                        let (xa, xb) = (vld1q_s8(at(t).add(cb)), vld1q_s8(at(t + 1).add(cb)));
                         let wa = vld1q_s8(w.add(t * c + cb));
                         let wb = vld1q_s8(w.add((t + 1) * c + cb));
-                        mac2(&mut a, xa, xb, wa, wb);
+                        let (pa, pb) = (at(t).add(cb), at(t + 1).add(cb));
+                        for n in 0..N {
+                            mac2(
+                                &mut a[n],
+                                vld1q_s8(pa.add(d[n])),
+                                vld1q_s8(pb.add(d[n])),
+                                wa,
+                                wb,
+                            );
+                        }
                         t += 2;
                     }
                     if t < taps {
-                        mac1(&mut a, vld1q_s8(at(t).add(cb)), vld1q_s8(w.add(t * c + cb)));
+                        let wa = vld1q_s8(w.add(t * c + cb));
+                        let pa = at(t).add(cb);
+                        for (a, &d) in a.iter_mut().zip(&d) {
+                            mac1(a, vld1q_s8(pa.add(d)), wa);
+                        }
                     }
-                    let q = core::array::from_fn(|i| epi.quad(a[i], cb + 4 * i));
-                    vst1q_s8(out.as_mut_ptr().add(cb), epi.bytes(q));
+                    for n in 0..N {
+                        let q = [
+                            epi.quad(a[n][0], cb),
+                            epi.quad(a[n][1], cb + 4),
+                            epi.quad(a[n][2], cb + 8),
+                            epi.quad(a[n][3], cb + 12),
+                        ];
+                        vst1q_s8(outs[n].add(cb), epi.bytes(q));
+                    }
                     cb += 16;
                 }
                 if cb < c {
                     // The one block of 8 left (c % 8 == 0).
                     let f = self.folded.as_ptr().add(cb);
-                    let mut a = [vld1q_s32(f), vld1q_s32(f.add(4))];
+                    let mut a = [[vld1q_s32(f), vld1q_s32(f.add(4))]; N];
                     let mut t = 0;
                     while t + 2 <= taps {
-                        let p = vmull_s8(vld1_s8(at(t).add(cb)), vld1_s8(w.add(t * c + cb)));
-                        let p = vmlal_s8(
-                            p,
-                            vld1_s8(at(t + 1).add(cb)),
-                            vld1_s8(w.add((t + 1) * c + cb)),
-                        );
-                        a[0] = vaddw_s16(a[0], vget_low_s16(p));
-                        a[1] = vaddw_high_s16(a[1], p);
+                        let wa = vld1_s8(w.add(t * c + cb));
+                        let wb = vld1_s8(w.add((t + 1) * c + cb));
+                        let (pa, pb) = (at(t).add(cb), at(t + 1).add(cb));
+                        for (a, &d) in a.iter_mut().zip(&d) {
+                            let p =
+                                vmlal_s8(vmull_s8(vld1_s8(pa.add(d)), wa), vld1_s8(pb.add(d)), wb);
+                            a[0] = vaddw_s16(a[0], vget_low_s16(p));
+                            a[1] = vaddw_high_s16(a[1], p);
+                        }
                         t += 2;
                     }
                     if t < taps {
-                        let p = vmull_s8(vld1_s8(at(t).add(cb)), vld1_s8(w.add(t * c + cb)));
-                        a[0] = vaddw_s16(a[0], vget_low_s16(p));
-                        a[1] = vaddw_high_s16(a[1], p);
+                        let wa = vld1_s8(w.add(t * c + cb));
+                        let pa = at(t).add(cb);
+                        for (a, &d) in a.iter_mut().zip(&d) {
+                            let p = vmull_s8(vld1_s8(pa.add(d)), wa);
+                            a[0] = vaddw_s16(a[0], vget_low_s16(p));
+                            a[1] = vaddw_high_s16(a[1], p);
+                        }
                     }
                     // Eight outputs: the low half of a 16-byte result built twice over.
-                    let (q0, q1) = (epi.quad(a[0], cb), epi.quad(a[1], cb + 4));
-                    let v = epi.bytes([q0, q1, q0, q1]);
-                    vst1_s8(out.as_mut_ptr().add(cb), vget_low_s8(v));
+                    for (a, &o) in a.iter().zip(&outs) {
+                        let (q0, q1) = (epi.quad(a[0], cb), epi.quad(a[1], cb + 4));
+                        let v = epi.bytes([q0, q1, q0, q1]);
+                        vst1_s8(o.add(cb), vget_low_s8(v));
+                    }
                 }
             }
         }
