@@ -317,11 +317,19 @@ fn quantize_command_turns_an_f32_file_into_an_int8_one() {
         String::from_utf8_lossy(&o.stderr)
     );
     assert!(stdout.contains("calibrated on 8 images"), "{stdout}");
+    assert!(
+        stdout.contains("int8 keeps the f32 top-1 on")
+            && stdout.contains("of 8 calibration images"),
+        "{stdout}"
+    );
 
     let m8 = ModelFile::read(&p8).unwrap();
     assert_eq!(metadata::precision(&m8), "int8");
     let q = &m8.graph.provenance["quantize"];
     assert_eq!(q["calibration_images"], 8);
+    let kept = &q["calibration_agreement"];
+    assert_eq!(kept["images"], 8, "{q}");
+    assert!(kept["top1_kept"].as_u64().unwrap() <= 8, "{q}");
     assert!(
         q["command"]
             .as_str()
