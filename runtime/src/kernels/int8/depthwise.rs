@@ -289,14 +289,12 @@ mod neon {
                         self.group::<4>(src.add(a0), &offs, d, outs);
                         p += 4;
                     }
-                    if p + 2 <= total {
-                        let a0 = at(p);
-                        let d = [0, at(p + 1) - a0];
-                        self.group::<2>(src.add(a0), &offs, d, [o.add(p * c), o.add((p + 1) * c)]);
-                        p += 2;
-                    }
-                    if p < total {
+                    // The last one to three pixels one at a time: a two-pixel group
+                    // here would be one more instantiation of the tap loop in every
+                    // layer (compile time) for a few pixels per layer.
+                    while p < total {
                         self.group::<1>(src.add(at(p)), &offs, [0], [o.add(p * c)]);
+                        p += 1;
                     }
                 }
                 return;
