@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# test.sh: every check this project has, failing loudly on the first failure.
+# test.sh: the test command, failing loudly on the first failure.
 #   formatting, clippy (host, and aarch64 for the NEON code), rustdoc with warnings denied,
 #   host tests with libtorch,
 #   the runtime's tests built for aarch64 and run under qemu (Cortex-A72),
 #   the C example (examples/c) on both, and pi-bench for aarch64 under qemu.
+# Longer checks live in their own scripts (scripts/parity-large.sh, scripts/fuzz.sh,
+# scripts/compare.sh, scripts/icount.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -67,16 +69,9 @@ step "cargo test -p derm-runtime (aarch64 under qemu, cortex-a72)"
 derm_cross test -p derm-runtime --locked --target aarch64-unknown-linux-gnu --lib --tests
 derm_cross test -p derm-runtime --locked --target aarch64-unknown-linux-gnu --doc
 
-step "aarch64 parity of a freshly exported MobileNetV3-Large with the paper head (qemu)"
-# The embedded default is Small with the torchvision head; this covers the other size and head on
-# the Pi 4 target, through the whole chain: tch student -> export -> codegen -> runtime.
-large=target/parity-large
-mkdir -p "$large"
-target/debug/derm-train init-student --arch large --head paper --seed 7 \
-  -o "$large/student.safetensors" >/dev/null
-target/debug/derm-train export "$large/student.safetensors" -o "$large/model.safetensors" --no-layers
-DERM_MODEL="$PWD/$large/model.safetensors" \
-  derm_cross test -p derm-runtime --locked --target aarch64-unknown-linux-gnu --test model
+# MobileNetV3-Large on aarch64: its layer shapes go through the kernels above (kernels.rs), its
+# whole network through the chain on the host (tests/tests/parity.rs); the whole network under
+# qemu is scripts/parity-large.sh (a runtime rebuilt around Large, about 150 s).
 
 step "the int8 MobileNetV3-Small (models/default-int8.safetensors) bit-exact with its golden logits"
 # Integer arithmetic: the compiled int8 model must reproduce the int8 reference interpreter's
@@ -90,7 +85,8 @@ step "C example against the static library (host, and aarch64 under qemu)"
 scripts/c-example.sh
 
 step "pi-bench for aarch64 under qemu: the ESFair table on the 48 fixture images"
-derm_cross build --release --locked -p pi-bench --target aarch64-unknown-linux-gnu
+# Already built beside the C library by scripts/c-example.sh (one derm-runtime for both).
+derm_cross build --release --locked -p derm-capi -p pi-bench --target aarch64-unknown-linux-gnu
 pb=target/pi-bench-aarch64
 rm -rf "$pb" && mkdir -p "$pb"
 fixture=train/tests/fixtures/ham10000

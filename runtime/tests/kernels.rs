@@ -266,6 +266,24 @@ fn pointwise_mobilenet_like_shapes() {
         (10, 24, 88),
         (9, 16, 20),
         (7, 24, 28),
+        // MobileNetV3-Large's channel counts that Small lacks (its whole-network aarch64
+        // parity is `scripts/parity-large.sh`, outside the test command): the first block's
+        // 16 -> 16 projection, then 64, 120, 200, 184, 480, 672 and 960.
+        (12, 16, 16),
+        (9, 16, 64),
+        (8, 64, 24),
+        (6, 40, 120),
+        (6, 120, 40),
+        (5, 80, 200),
+        (5, 200, 80),
+        (5, 80, 184),
+        (5, 184, 80),
+        (4, 80, 480),
+        (4, 480, 112),
+        (4, 112, 672),
+        (3, 672, 160),
+        (3, 160, 960),
+        (3, 960, 160),
     ] {
         pointwise_case(&mut rng, p, k, n);
     }
@@ -373,6 +391,20 @@ fn depthwise_mobilenet_like_shapes() {
         (28, 88, 3, 1),
         (28, 96, 5, 2),
         (14, 288, 5, 2),
+        // Every depthwise layer of MobileNetV3-Large at 224x224 (the stride-1 first block on
+        // the stem's 112x112 map, then 64 to 960 channels).
+        (112, 16, 3, 1),
+        (112, 64, 3, 2),
+        (56, 72, 3, 1),
+        (56, 72, 5, 2),
+        (28, 120, 5, 1),
+        (28, 240, 3, 2),
+        (14, 200, 3, 1),
+        (14, 184, 3, 1),
+        (14, 480, 3, 1),
+        (14, 672, 3, 1),
+        (14, 672, 5, 2),
+        (7, 960, 5, 1),
     ] {
         depthwise_case(&mut rng, hw, hw, c, k, s, k / 2);
     }
@@ -581,7 +613,17 @@ fn linear_ref(
 #[test]
 fn linear_random_shapes_with_tails() {
     let mut rng = Rng(6);
-    let mut shapes: Vec<(usize, usize)> = vec![(576, 6), (576, 1024), (1024, 6), (16, 8), (1, 1)];
+    let mut shapes: Vec<(usize, usize)> = vec![
+        (576, 6),
+        (576, 1024),
+        (1024, 6),
+        // MobileNetV3-Large's heads.
+        (960, 1280),
+        (1280, 6),
+        (960, 6),
+        (16, 8),
+        (1, 1),
+    ];
     for _ in 0..60 {
         shapes.push((rng.range(1, 70), rng.range(1, 40)));
     }
@@ -691,6 +733,8 @@ fn squeeze_excite_random_shapes_with_tails() {
     let mut rng = Rng(7);
     let mut shapes: Vec<(usize, usize, usize)> =
         vec![(56 * 56, 16, 8), (49, 96, 24), (49, 576, 144), (1, 1, 1)];
+    // MobileNetV3-Large's widest.
+    shapes.extend([(28 * 28, 120, 32), (14 * 14, 672, 168), (49, 960, 240)]);
     for _ in 0..40 {
         shapes.push((rng.range(1, 30), rng.range(1, 50), rng.range(1, 20)));
     }
@@ -754,6 +798,13 @@ fn squeeze_excite_weights_scale_each_panel_row_by_its_gate() {
         (196, 240, 64, 40),
         (196, 120, 32, 48),
         (3, 6, 2, 5),
+        // MobileNetV3-Large's at 224x224 (gates folded into the projection's weights).
+        (28 * 28, 72, 24, 40),
+        (28 * 28, 120, 32, 40),
+        (14 * 14, 480, 120, 112),
+        (14 * 14, 672, 168, 112),
+        (7 * 7, 672, 168, 160),
+        (7 * 7, 960, 240, 160),
     ];
     for _ in 0..20 {
         shapes.push((
