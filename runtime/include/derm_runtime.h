@@ -22,6 +22,9 @@ extern "C" {
 /* Bytes and alignment of the arena: aligned_alloc(derm_arena_align(), derm_arena_size()). */
 size_t derm_arena_size(void);
 size_t derm_arena_align(void);
+/* Bytes of stack derm_classify and derm_run need at most, beyond the caller's frames: give a
+ * thread that calls them at least this much (pthread_attr_setstacksize). */
+size_t derm_stack_size(void);
 /* Number of classes: length of the probability / logit outputs. */
 size_t derm_num_classes(void);
 /* Floats read by derm_run: 3 * H * W, planar RGB, normalized. */

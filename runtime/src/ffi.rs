@@ -10,7 +10,7 @@ use core::ffi::{c_char, c_int};
 
 use crate::model::{Arena, CLASS_NAMES_C, Error, classify, run};
 use crate::preprocess::{Image, PreprocessError};
-use crate::{INPUT_LEN, NUM_CLASSES};
+use crate::{INPUT_LEN, NUM_CLASSES, STACK_BYTES};
 
 /// Success.
 pub const DERM_OK: c_int = 0;
@@ -33,6 +33,13 @@ pub extern "C" fn derm_arena_size() -> usize {
 #[unsafe(no_mangle)]
 pub extern "C" fn derm_arena_align() -> usize {
     align_of::<Arena>()
+}
+
+/// Bytes of stack `derm_classify` and `derm_run` need at most ([`STACK_BYTES`]): a thread
+/// that calls them needs at least this much beyond its own frames.
+#[unsafe(no_mangle)]
+pub extern "C" fn derm_stack_size() -> usize {
+    STACK_BYTES
 }
 
 /// Number of classes (length of the probability output).

@@ -72,7 +72,8 @@ pub mod preprocess;
 
 pub use model::{
     ARENA_LEN, Arena, CENTRE_CROP, CLASS_NAMES, Error, INPUT_H, INPUT_LEN, INPUT_W, LAYERS, MACS,
-    MEAN, NUM_CLASSES, PARAMS, PEAK_LIVE_LEN, Prediction, STD, classify, preprocess_input, run,
+    MEAN, NUM_CLASSES, PARAMS, PEAK_LIVE_LEN, Prediction, STACK_BYTES, STD, classify,
+    preprocess_input, run,
 };
 pub use preprocess::{Image, PreprocessError, Region};
 

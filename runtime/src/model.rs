@@ -19,6 +19,39 @@ pub use generated::{
     NUM_CLASSES, PARAMS, PEAK_LIVE_LEN, STD,
 };
 
+/// Bytes of stack that [`classify`], [`run`] and [`preprocess_input`] need at most with the
+/// embedded model, beyond their caller's own frame: give a thread that calls them at least
+/// this much (Rust's spawned threads get 2 MiB, a Linux main thread 8 MiB).
+///
+/// The runtime allocates nothing, so its scratch space is the arena and the stack. On the
+/// stack live the resize's column tables (about 75 KiB, sized for reductions up to about 500x)
+/// and, in an int8 model, the depthwise kernels' padded copy of their input (up to 96 KiB,
+/// so that border pixels take the fast form) and, on x86_64, their repacked weights.
+///
+/// Measured on release builds (`classify` on a thread of a given stack size, 16 KiB steps
+/// down until it overflows): the 224 px f32 default needs 80 KiB on x86_64 and fits
+/// aarch64's smallest thread stack (glibc's 128 KiB); the 224 px int8 file needs 192 KiB on
+/// x86_64 and 160 KiB on aarch64. The runtime's model test runs all three calls on a thread
+/// of exactly `STACK_BYTES`, on x86_64 and on aarch64, for each model the test command builds.
+pub const STACK_BYTES: usize = if is_int8(crate::MODEL_PRECISION) {
+    256 * 1024
+} else {
+    128 * 1024
+};
+
+/// Whether a stored precision names int8 (`int8`, alone or joined with others by `+`).
+const fn is_int8(precision: &str) -> bool {
+    let p = precision.as_bytes();
+    let mut i = 0;
+    while i + 4 <= p.len() {
+        if p[i] == b'i' && p[i + 1] == b'n' && p[i + 2] == b't' && p[i + 3] == b'8' {
+            return true;
+        }
+        i += 1;
+    }
+    false
+}
+
 /// Working memory of one inference: every activation and scratch buffer at
 /// the offsets planned by `derm-codegen` (`ARENA_LEN` `f32`, 64-byte aligned).
 ///

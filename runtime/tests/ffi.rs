@@ -5,7 +5,7 @@ mod common;
 use std::ffi::CStr;
 
 use derm_runtime::ffi::*;
-use derm_runtime::{Arena, CLASS_NAMES, INPUT_LEN, Image, NUM_CLASSES, classify, run};
+use derm_runtime::{Arena, CLASS_NAMES, INPUT_LEN, Image, NUM_CLASSES, STACK_BYTES, classify, run};
 
 #[test]
 fn sizes_and_names() {
@@ -13,6 +13,7 @@ fn sizes_and_names() {
     assert_eq!(derm_arena_align(), 64);
     assert_eq!(derm_num_classes(), NUM_CLASSES);
     assert_eq!(derm_input_len(), INPUT_LEN);
+    assert_eq!(derm_stack_size(), STACK_BYTES);
     for (i, name) in CLASS_NAMES.iter().enumerate() {
         // SAFETY: derm_class_name returns a static NUL-terminated string.
         let c = unsafe { CStr::from_ptr(derm_class_name(i)) };

@@ -6,7 +6,9 @@
 mod common;
 
 use common::{assert_close_to_range, boxed_arena, read_tensor};
-use derm_runtime::{INPUT_H, INPUT_LEN, INPUT_W, Image, NUM_CLASSES, classify, run};
+use derm_runtime::{
+    INPUT_H, INPUT_LEN, INPUT_W, Image, NUM_CLASSES, STACK_BYTES, classify, preprocess_input, run,
+};
 
 /// Parity bound, relative to each sample's logit range.
 const TOL: f32 = 1e-4;
@@ -89,4 +91,36 @@ fn classify_equals_run_on_the_preprocessed_input_to_the_bit() {
         let got = classify(image, &mut arena).unwrap().logits;
         assert_eq!(got.map(f32::to_bits), want.map(f32::to_bits), "{w}x{h}");
     }
+}
+
+#[test]
+fn classify_and_run_fit_in_stack_bytes() {
+    // On a thread with exactly the stack the runtime documents: an overflow aborts this test
+    // binary ("has overflowed its stack"), so a kernel or preprocessing change that needs
+    // more stack fails here, on each target and with each model the test command builds.
+    let px: Vec<u8> = (0..640 * 480 * 3)
+        .map(|i: usize| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let mut arena = boxed_arena();
+    let mut input = vec![0f32; INPUT_LEN];
+    let worker = std::thread::Builder::new()
+        .name("stack-bytes".into())
+        .stack_size(STACK_BYTES)
+        .spawn(move || {
+            let mut class = Vec::new();
+            // A reduction, an enlargement and the model's own size.
+            for (w, h) in [(640, 480), (97, 61), (INPUT_W, INPUT_H)] {
+                let image = Image::new(w, h, &px[..w * h * 3]).unwrap();
+                class.push(classify(image, &mut arena).unwrap().class);
+                let buf: &mut [f32; INPUT_LEN] = input.as_mut_slice().try_into().unwrap();
+                preprocess_input(image, buf).unwrap();
+                let logits = run(buf, &mut arena);
+                assert!(logits.iter().all(|v| v.is_finite()), "{w}x{h}: {logits:?}");
+            }
+            class
+        })
+        .expect("spawning a thread");
+    let class = worker.join().expect("the thread panicked");
+    assert_eq!(class.len(), 3);
+    assert!(class.iter().all(|&c| c < NUM_CLASSES));
 }
