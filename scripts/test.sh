@@ -9,11 +9,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Each step prints how long the one before it took, so a slow step shows in any CI log.
+# Each step prints how long the one before it took, so a slow step shows in any CI log; the
+# last one also lists them all (the whole run should stay under 30 minutes).
 step_start=$SECONDS
+step_times=()
 step() {
   if [ -n "${step_name:-}" ]; then
     printf '    (%s: %d s)\n' "$step_name" $((SECONDS - step_start)) >&2
+    step_times+=("$(printf '%6d s  %s' $((SECONDS - step_start)) "$step_name")")
   fi
   step_name=$*
   step_start=$SECONDS
@@ -107,3 +110,4 @@ print(f"pi-bench (aarch64): 48 images, accuracy {r['accuracy']:.4f}, L {r['l_sec
 PY
 
 step "all checks passed in $SECONDS s"
+printf '%s\n' "${step_times[@]}" >&2
