@@ -36,7 +36,7 @@ gcc "${cflags[@]}" examples/c/classify.c "$host_dir/release/libderm_capi.a" "${l
 echo "building libderm_capi.a and classify for aarch64" >&2
 # Built together with pi-bench, which test.sh builds for aarch64 next: cargo unifies features per
 # invocation, and pi-bench's image decoder turns on a bytemuck feature, so built apart the two
-# would each compile their own derm-runtime (about a minute for aarch64). The library is the same.
+# would each compile their own derm-runtime. The library is the same.
 derm_cross build --release --locked -p derm-capi -p pi-bench --target aarch64-unknown-linux-gnu
 aarch64-linux-gnu-gcc "${cflags[@]}" examples/c/classify.c \
   "$cross_dir/aarch64-unknown-linux-gnu/release/libderm_capi.a" "${libs[@]}" \

@@ -30,8 +30,9 @@ pub use generated::{
 ///
 /// Measured on release builds (`classify` on a thread of a given stack size, 16 KiB steps
 /// down until it overflows): the 224 px f32 default needs 80 KiB on x86_64 and fits
-/// aarch64's smallest thread stack (glibc's 128 KiB); the 224 px int8 file needs 192 KiB on
-/// x86_64 and 160 KiB on aarch64. The runtime's model test runs all three calls on a thread
+/// aarch64's smallest thread stack (glibc's 128 KiB); the int8 file in `models/` (128 px)
+/// needs 192 KiB on x86_64 and 160 KiB on aarch64. The stack buffers have fixed sizes: they
+/// do not grow with the input size or the channel count. The runtime's model test runs all three calls on a thread
 /// of exactly `STACK_BYTES`, on x86_64 and on aarch64, for each model the test command builds.
 pub const STACK_BYTES: usize = if is_int8(crate::MODEL_PRECISION) {
     256 * 1024
