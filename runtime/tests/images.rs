@@ -8,12 +8,6 @@ use derm_runtime::{
     Error, Image, MEAN, MODEL_PRECISION, NUM_CLASSES, PreprocessError, STD, classify,
 };
 
-fn image_bytes(w: usize, h: usize) -> Vec<u8> {
-    (0..w * h * 3)
-        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
-        .collect()
-}
-
 #[test]
 fn every_shape_classifies() {
     let mut arena = common::boxed_arena();
@@ -32,7 +26,7 @@ fn every_shape_classifies() {
         (6000, 4000),
     ];
     for (w, h) in shapes {
-        let px = image_bytes(w, h);
+        let px = common::image_bytes(w, h);
         let p = classify(Image::new(w, h, &px).unwrap(), &mut arena)
             .unwrap_or_else(|e| panic!("{w}x{h}: {e}"));
         assert!(p.class < NUM_CLASSES, "{w}x{h}");

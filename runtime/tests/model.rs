@@ -82,9 +82,7 @@ fn classify_equals_run_on_the_preprocessed_input_to_the_bit() {
     // itself. Both must reach the same logits, bit for bit, with either model.
     let mut arena = boxed_arena();
     for (w, h) in [(200, 150), (97, 301), (INPUT_W, INPUT_H)] {
-        let px: Vec<u8> = (0..w * h * 3)
-            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
-            .collect();
+        let px = common::image_bytes(w, h);
         let image = Image::new(w, h, &px).unwrap();
         let input = common::preprocessed(image);
         let want = run(input.as_slice().try_into().unwrap(), &mut arena);
@@ -98,9 +96,7 @@ fn classify_and_run_fit_in_stack_bytes() {
     // On a thread with exactly the stack the runtime documents: an overflow aborts this test
     // binary ("has overflowed its stack"), so a kernel or preprocessing change that needs
     // more stack fails here, on each target and with each model the test command builds.
-    let px: Vec<u8> = (0..640 * 480 * 3)
-        .map(|i: usize| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
-        .collect();
+    let px = common::image_bytes(640, 480);
     let mut arena = boxed_arena();
     let mut input = vec![0f32; INPUT_LEN];
     let worker = std::thread::Builder::new()

@@ -10,14 +10,17 @@ use derm_train::models::mobilenet_v3::{
 use derm_train::student_file::{self, Provenance, Student, StudentMeta};
 use tch::{Kind, Tensor};
 
+/// Where the ImageNet MobileNetV3-Small weights are when `../shared` sits beside the workspace.
+const IMAGENET_WEIGHTS: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../shared/weights/mobilenet_v3_small_imagenet.safetensors"
+);
+
 /// The ImageNet MobileNetV3-Small weights beside the workspace; on a fresh clone without them,
 /// a stand-in with the same 244 torchvision names and shapes (a seeded, untrained network),
 /// written once to a temp folder. [`have_imagenet`] tells which one a test got.
 fn imagenet_weights() -> PathBuf {
-    let p = Path::new(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../shared/weights/mobilenet_v3_small_imagenet.safetensors"
-    ));
+    let p = Path::new(IMAGENET_WEIGHTS);
     if p.exists() {
         return p.to_path_buf();
     }
@@ -42,11 +45,7 @@ fn imagenet_weights() -> PathBuf {
 
 /// Whether the real ImageNet weights are there (only they make trained-network claims true).
 fn have_imagenet() -> bool {
-    Path::new(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../shared/weights/mobilenet_v3_small_imagenet.safetensors"
-    ))
-    .exists()
+    Path::new(IMAGENET_WEIGHTS).exists()
 }
 
 /// A fixed RGB-in-[0,1] batch scaled with mean = std = 0.5, as the ImageNet weights expect.

@@ -17,6 +17,13 @@ pub fn boxed_arena() -> Box<Arena> {
     }
 }
 
+/// A `w` x `h` RGB8 image of well-mixed pixel values (a multiplicative hash of the index).
+pub fn image_bytes(w: usize, h: usize) -> Vec<u8> {
+    (0..w * h * 3)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect()
+}
+
 /// Reads an f32 tensor from a safetensors file: (shape, values).
 pub fn read_tensor(path: &str, name: &str) -> (Vec<usize>, Vec<f32>) {
     let bytes =
