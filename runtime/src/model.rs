@@ -40,17 +40,10 @@ pub const STACK_BYTES: usize = if is_int8(crate::MODEL_PRECISION) {
     128 * 1024
 };
 
-/// Whether a stored precision names int8 (`int8`, alone or joined with others by `+`).
+/// Whether the model computes in integers: `derm_codegen::metadata::precision` names such a
+/// model `int8`, never joined with another type (an `i8`-stored float model computes in `f32`).
 const fn is_int8(precision: &str) -> bool {
-    let p = precision.as_bytes();
-    let mut i = 0;
-    while i + 4 <= p.len() {
-        if p[i] == b'i' && p[i + 1] == b'n' && p[i + 2] == b't' && p[i + 3] == b'8' {
-            return true;
-        }
-        i += 1;
-    }
-    false
+    matches!(precision.as_bytes(), b"int8")
 }
 
 /// Working memory of one inference: every activation and scratch buffer at
