@@ -67,9 +67,10 @@ target/venv-oof/bin/python -m unittest scripts/test_logit_bias_cv.py
 target/venv-oof/bin/python -m unittest scripts/test_teacher_targets.py
 
 step "cargo test -p derm-runtime (aarch64 under qemu, cortex-a72)"
-# The library, its tests and its doc test; the examples are built for aarch64 by
+# Its tests (all integration tests: `test = false` on the library, whose unit-test harness would
+# compile the embedded model again) and its doc test; the examples are built for aarch64 by
 # scripts/icount.sh and linted above (building kernel_icount again here cost about 80 s).
-derm_cross test -p derm-runtime --locked --target aarch64-unknown-linux-gnu --lib --tests
+derm_cross test -p derm-runtime --locked --target aarch64-unknown-linux-gnu --tests
 derm_cross test -p derm-runtime --locked --target aarch64-unknown-linux-gnu --doc
 
 # MobileNetV3-Large on aarch64: its layer shapes go through the kernels above (kernels.rs), its

@@ -130,7 +130,7 @@ pub fn classify(image: Image<'_>, arena: &mut Arena) -> Result<Prediction, Error
     )?;
     generated::forward(&mut arena.buf);
     let logits = generated::logits(&arena.buf);
-    let probabilities = softmax(&logits);
+    let probabilities = crate::kernels::softmax(&logits);
     let mut class = 0;
     for (i, p) in probabilities.iter().enumerate() {
         if p.total_cmp(&probabilities[class]).is_gt() {
@@ -168,83 +168,4 @@ pub fn preprocess_input(image: Image<'_>, input: &mut [f32; INPUT_LEN]) -> Resul
 /// normalized with [`MEAN`] and [`STD`]) and returns the logits.
 pub fn run(input: &[f32; INPUT_LEN], arena: &mut Arena) -> [f32; NUM_CLASSES] {
     generated::run(input, &mut arena.buf)
-}
-
-/// Numerically stable softmax.
-fn softmax(logits: &[f32; NUM_CLASSES]) -> [f32; NUM_CLASSES] {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut p = [0f32; NUM_CLASSES];
-    let mut sum = 0.0;
-    for (o, &l) in p.iter_mut().zip(logits) {
-        *o = exp(l - max);
-        sum += *o;
-    }
-    if sum > 0.0 && sum.is_finite() {
-        p.iter_mut().for_each(|v| *v /= sum);
-    } else {
-        // NaN logits: report a uniform distribution rather than NaNs.
-        p = [1.0 / NUM_CLASSES as f32; NUM_CLASSES];
-    }
-    p
-}
-
-/// `e^x` for `x <= 0` without libm (`core` has none): `x = n ln2 + y` with
-/// integer `n` and `|y| <= ln2 / 2` (Cody-Waite: `ln2` split in two so `y` is
-/// exact), `e^x = 2^n e^y` with `2^n` built in the exponent bits and `e^y` a
-/// degree-6 Taylor polynomial; relative error about 1e-7.
-fn exp(x: f32) -> f32 {
-    const LN2_HI: f32 = 0.693_145_75; // few mantissa bits: n * LN2_HI is exact
-    const LN2_LO: f32 = 1.428_606_8e-6;
-    if x.is_nan() {
-        return f32::NAN;
-    }
-    if x < -87.0 {
-        return 0.0;
-    }
-    let t = x * core::f32::consts::LOG2_E;
-    let mut n = t as i32;
-    let r = t - n as f32;
-    if r > 0.5 {
-        n += 1;
-    } else if r < -0.5 {
-        n -= 1;
-    }
-    let y = (x - n as f32 * LN2_HI) - n as f32 * LN2_LO;
-    let poly = 1.0
-        + y * (1.0
-            + y * (0.5
-                + y * (1.0 / 6.0 + y * (1.0 / 24.0 + y * (1.0 / 120.0 + y * (1.0 / 720.0))))));
-    f32::from_bits(((n + 127) as u32) << 23) * poly
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn exp_matches_std_over_the_softmax_range() {
-        extern crate std;
-        let mut x = -87.0f32;
-        while x <= 0.0 {
-            let (got, want) = (exp(x), std::primitive::f32::exp(x));
-            assert!(
-                (got - want).abs() <= want * 5e-7,
-                "exp({x}) = {got}, want {want}"
-            );
-            x += 0.013;
-        }
-        assert_eq!(exp(0.0), 1.0);
-        assert_eq!(exp(-100.0), 0.0);
-    }
-
-    #[test]
-    fn softmax_sums_to_one_and_orders_like_logits() {
-        let mut l = [0f32; NUM_CLASSES];
-        for (i, v) in l.iter_mut().enumerate() {
-            *v = i as f32 * 0.7 - 1.0;
-        }
-        let p = softmax(&l);
-        assert!((p.iter().sum::<f32>() - 1.0).abs() < 1e-5);
-        assert!(p.windows(2).all(|w| w[0] < w[1]));
-    }
 }

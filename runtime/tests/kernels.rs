@@ -1106,3 +1106,37 @@ fn layout_helpers_round_trip() {
     assert_eq!(hwc_to_chw(&chw_to_hwc(&x, 4, 6), 4, 6), x);
     assert_eq!(chw_to_hwc(&x, 4, 6)[1], 6.0);
 }
+
+/// The runtime's own `e^x` (no libm in `core`) within 5e-7 relative of std's over the range
+/// softmax uses (`l - max <= 0`), exact at 0 and flushed to 0 below -87.
+#[test]
+fn exp_matches_std_over_the_softmax_range() {
+    let mut x = -87.0f32;
+    while x <= 0.0 {
+        let (got, want) = (kernels::softmax::exp(x), x.exp());
+        assert!(
+            (got - want).abs() <= want * 5e-7,
+            "exp({x}) = {got}, want {want}"
+        );
+        x += 0.013;
+    }
+    assert_eq!(kernels::softmax::exp(0.0), 1.0);
+    assert_eq!(kernels::softmax::exp(-100.0), 0.0);
+}
+
+/// Softmax sums to one, keeps the logits' order, survives logits far beyond `exp`'s range
+/// (it subtracts the maximum) and turns NaN logits into the uniform distribution.
+#[test]
+fn softmax_sums_to_one_and_orders_like_logits() {
+    let mut l = [0f32; 6];
+    for (i, v) in l.iter_mut().enumerate() {
+        *v = i as f32 * 0.7 - 1.0;
+    }
+    let p = kernels::softmax(&l);
+    assert!((p.iter().sum::<f32>() - 1.0).abs() < 1e-5);
+    assert!(p.windows(2).all(|w| w[0] < w[1]));
+    let p = kernels::softmax(&[1000.0f32, 999.0]);
+    let want = 1.0 / (1.0 + (-1.0f32).exp());
+    assert!((p[0] - want).abs() < 1e-6, "{p:?}");
+    assert_eq!(kernels::softmax(&[f32::NAN; 4]), [0.25; 4]);
+}

@@ -37,6 +37,7 @@ pub mod pointwise;
 pub mod pool;
 pub mod requant;
 pub mod shape;
+pub mod softmax;
 pub mod squeeze_excite;
 
 pub use add::add;
@@ -47,6 +48,7 @@ pub use pointwise::pointwise;
 pub use pool::global_avg_pool;
 pub use requant::{requant, requant_i8};
 pub use shape::{ConvShape, DepthwiseShape, PointwiseShape, SeShape};
+pub use softmax::softmax;
 pub use squeeze_excite::{squeeze_excite, squeeze_excite_weights};
 
 /// Output channels per packed weight panel (the pointwise register tile width).

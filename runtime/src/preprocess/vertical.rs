@@ -21,7 +21,7 @@
 /// The fixed-point one: the row weights of an output row are integers summing to exactly this
 /// (`2^15`: weights below one fit the signed 16-bit lanes of `vpmaddwd`; a weight of exactly
 /// one only occurs alone, see [`fixed_weights`]).
-pub(super) const ONE: u16 = 1 << 15;
+pub const ONE: u16 = 1 << 15;
 
 /// Rounds the normalized `f32` weights `w` (non-negative, summing to about 1) to integers in
 /// `q` that sum to exactly [`ONE`], and drops zero weights at both ends. Returns the index of
@@ -31,7 +31,7 @@ pub(super) const ONE: u16 = 1 << 15;
 /// the first `j + 1` weights scaled so that the last is 1: the rounding errors do not
 /// accumulate, the sum is exact, and a constant row stays exactly constant. A weight of
 /// [`ONE`] leaves every other weight zero, so it is always alone after the trim.
-pub(super) fn fixed_weights(w: &[f32], q: &mut [u16]) -> (usize, usize) {
+pub fn fixed_weights(w: &[f32], q: &mut [u16]) -> (usize, usize) {
     let n = w.len().min(q.len());
     let total: f32 = w[..n].iter().sum();
     let mut cumulative = 0.0f32;
@@ -60,7 +60,7 @@ pub(super) fn fixed_weights(w: &[f32], q: &mut [u16]) -> (usize, usize) {
 /// # Panics
 /// If `w` is empty or `src` is shorter than `(w.len() - 1) * stride + out.len()`.
 #[inline(always)]
-pub(super) fn vertical(src: &[u8], stride: usize, w: &[u16], out: &mut [f32]) {
+pub fn vertical(src: &[u8], stride: usize, w: &[u16], out: &mut [f32]) {
     let n = out.len();
     assert!(
         !w.is_empty() && (w.len() - 1) * stride + n <= src.len(),
@@ -92,7 +92,7 @@ pub(super) fn vertical(src: &[u8], stride: usize, w: &[u16], out: &mut [f32]) {
 
 /// [`vertical`] in plain Rust, a chunk of 64 values at a time (rows outer, so the compiler
 /// vectorizes the inner loop); also the short tails of the vector variants.
-pub(super) fn portable(src: &[u8], stride: usize, w: &[u16], out: &mut [f32]) {
+pub fn portable(src: &[u8], stride: usize, w: &[u16], out: &mut [f32]) {
     const CHUNK: usize = 64;
     let n = out.len();
     let mut i = 0;
@@ -209,7 +209,9 @@ mod neon {
 }
 
 #[cfg(target_arch = "x86_64")]
-mod x86 {
+/// The AVX2 and AVX-512 variants of [`vertical`], which picks one at run time; public so the
+/// tests can compare each with [`portable`] on a CPU that has both.
+pub mod x86 {
     use super::{chunks, portable};
     use core::arch::x86_64::*;
 
@@ -233,7 +235,7 @@ mod x86 {
     /// The CPU has AVX2; every weight is below `2^15` (or alone: no pair is formed);
     /// `(w.len() - 1) * stride + out.len()` bytes are readable at `src`.
     #[target_feature(enable = "avx2")]
-    pub(super) unsafe fn avx2(src: *const u8, stride: usize, w: &[u16], out: &mut [f32]) {
+    pub unsafe fn avx2(src: *const u8, stride: usize, w: &[u16], out: &mut [f32]) {
         let n = out.len();
         let o = out.as_mut_ptr();
         // SAFETY: every chunk reads 32 bytes at i + k * stride (k < w.len()) for i + 32 <= n
@@ -278,7 +280,7 @@ mod x86 {
     /// # Safety
     /// The CPU has AVX-512 F, BW and VNNI and AVX2; as [`avx2`] otherwise.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2")]
-    pub(super) unsafe fn avx512(src: *const u8, stride: usize, w: &[u16], out: &mut [f32]) {
+    pub unsafe fn avx512(src: *const u8, stride: usize, w: &[u16], out: &mut [f32]) {
         let n = out.len();
         let o = out.as_mut_ptr();
         // SAFETY: every chunk reads 64 bytes at i + k * stride (k < w.len()) for i + 64 <= n
@@ -312,95 +314,5 @@ mod x86 {
         };
         // SAFETY: the caller's contract (AVX2 is part of this function's features).
         chunks::<64>(n, chunk, || unsafe { avx2(src, stride, w, out) });
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn fixed_weights_sum_to_one_and_round_each_weight() {
-        let w = [0.1f32, 0.2, 0.3, 0.25, 0.15];
-        let mut q = [0u16; 5];
-        let (first, taps) = fixed_weights(&w, &mut q);
-        assert_eq!((first, taps), (0, 5));
-        assert_eq!(q.iter().map(|&v| u32::from(v)).sum::<u32>(), u32::from(ONE));
-        for (&wj, &qj) in w.iter().zip(&q) {
-            assert!(
-                (f32::from(qj) - wj * f32::from(ONE)).abs() <= 1.0,
-                "{wj} -> {qj}"
-            );
-        }
-        // Zero weights at the ends go; a weight of one is alone.
-        let mut q = [7u16; 4];
-        assert_eq!(fixed_weights(&[0.0, 1.0, 0.0, 0.0], &mut q), (1, 1));
-        assert_eq!(q[0], ONE);
-        let mut q = [0u16; 3];
-        assert_eq!(fixed_weights(&[0.0, 0.5, 0.5], &mut q), (1, 2));
-        assert_eq!(&q[..2], &[ONE / 2, ONE / 2]);
-    }
-
-    /// Every variant the CPU has (the dispatched one, the portable one, on x86_64 AVX2 and
-    /// AVX-512 where present; NEON is the dispatched one on aarch64) equals the scalar sum,
-    /// for chunk counts with and without a tail, short rows, odd and even row counts and the
-    /// largest pixels and weights.
-    #[test]
-    fn every_variant_equals_the_integer_sum() {
-        let mut state = 3u32;
-        let mut next = || {
-            state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-            state >> 8
-        };
-        let stride = 300;
-        let mut src = [0u8; 300 * 9];
-        for (i, p) in src.iter_mut().enumerate() {
-            *p = if i % 97 == 0 { 255 } else { next() as u8 };
-        }
-        for rows in 1..=9 {
-            let mut w = [0u16; 9];
-            for wk in &mut w[..rows] {
-                *wk = (next() % (u32::from(ONE) / rows as u32)) as u16;
-            }
-            if rows == 1 {
-                w[0] = ONE;
-            } else if rows == 2 {
-                // The largest weight a pair may hold.
-                w[..2].copy_from_slice(&[ONE - 1, 1]);
-            }
-            for n in [1, 7, 16, 31, 32, 33, 63, 64, 65, 100, 255, 256] {
-                let mut variants: [Option<[f32; 256]>; 4] = [None; 4];
-                let w = &w[..rows];
-                let mut run = |v: usize, f: &dyn Fn(&mut [f32])| {
-                    let mut got = [0f32; 256];
-                    f(&mut got[..n]);
-                    variants[v] = Some(got);
-                };
-                run(0, &|o| vertical(&src, stride, w, o));
-                run(1, &|o| portable(&src, stride, w, o));
-                #[cfg(target_arch = "x86_64")]
-                if rows > 1 && crate::kernels::has_avx2_fma() {
-                    // SAFETY: AVX2 checked; weights below ONE; the rows are in `src`.
-                    run(2, &|o| unsafe { x86::avx2(src.as_ptr(), stride, w, o) });
-                }
-                #[cfg(target_arch = "x86_64")]
-                if rows > 1 && crate::kernels::has_avx512_vnni() {
-                    // SAFETY: as above, with AVX-512.
-                    run(3, &|o| unsafe { x86::avx512(src.as_ptr(), stride, w, o) });
-                }
-                for (v, got) in variants.iter().enumerate() {
-                    let Some(got) = got else { continue };
-                    for (i, &g) in got[..n].iter().enumerate() {
-                        let want: u32 = (0..rows)
-                            .map(|k| u32::from(w[k]) * u32::from(src[k * stride + i]))
-                            .sum();
-                        assert_eq!(
-                            g, want as f32,
-                            "variant {v}: {rows} rows, {n} values, at {i}"
-                        );
-                    }
-                }
-            }
-        }
     }
 }
