@@ -18,7 +18,7 @@ const IMAGENET_WEIGHTS: &str = concat!(
 
 /// The ImageNet MobileNetV3-Small weights beside the workspace; on a fresh clone without them,
 /// a stand-in with the same 244 torchvision names and shapes (a seeded, untrained network),
-/// written once to a temp folder. [`have_imagenet`] tells which one a test got.
+/// written once under `target/tmp`. [`have_imagenet`] tells which one a test got.
 fn imagenet_weights() -> PathBuf {
     let p = Path::new(IMAGENET_WEIGHTS);
     if p.exists() {
@@ -30,10 +30,19 @@ fn imagenet_weights() -> PathBuf {
             let cfg = MobileNetV3Config::new(Arch::Small, Head::Torchvision, 1000);
             // Seed 1234: the ImageNet test rebuilds this network to compare logits.
             let (vs, _) = mobilenet_v3::seeded(cfg, 1234).unwrap();
-            let dir = std::env::temp_dir().join(format!("derm-stand-in-{}", std::process::id()));
-            std::fs::create_dir_all(&dir).unwrap();
+            // Under the target folder (cargo's scratch space for integration tests), not the
+            // system temp folder, which would keep a 6 MB copy per test run. The file is the
+            // same in every run, so a process writing it while another reads only ever
+            // replaces it whole (written beside it, then renamed). `save` picks the format
+            // from the extension, so the partial file keeps `.safetensors`.
+            let dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
             let path = dir.join("mobilenet_v3_small_stand_in.safetensors");
-            vs.save(&path).unwrap();
+            let partial = dir.join(format!(
+                "mobilenet_v3_small_stand_in.{}.part.safetensors",
+                std::process::id()
+            ));
+            vs.save(&partial).unwrap();
+            std::fs::rename(&partial, &path).unwrap();
             eprintln!(
                 "{} is missing: using a seeded stand-in with torchvision's names, {}",
                 p.display(),
