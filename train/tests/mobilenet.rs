@@ -30,10 +30,11 @@ fn imagenet_weights() -> PathBuf {
             let cfg = MobileNetV3Config::new(Arch::Small, Head::Torchvision, 1000);
             let (vs, _) = mobilenet_v3::seeded(cfg, 1234).unwrap();
             // Under the target folder (cargo's scratch space for integration tests), not the
-            // system temp folder, which would keep a 6 MB copy per test run. The file is the
-            // same in every run, so a process writing it while another reads only ever
-            // replaces it whole (written beside it, then renamed). `save` picks the format
-            // from the extension, so the partial file keeps `.safetensors`.
+            // system temp folder, which would keep a 6 MB copy per test run. A process
+            // writing it while another reads only ever replaces it whole (written beside it,
+            // then renamed); no test depends on its values (tests running beside this one
+            // draw from the same global generator). `save` picks the format from the
+            // extension, so the partial file keeps `.safetensors`.
             let dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
             let path = dir.join("mobilenet_v3_small_stand_in.safetensors");
             let partial = dir.join(format!(
