@@ -1140,3 +1140,104 @@ fn softmax_sums_to_one_and_orders_like_logits() {
     assert!((p[0] - want).abs() < 1e-6, "{p:?}");
     assert_eq!(kernels::softmax(&[f32::NAN; 4]), [0.25; 4]);
 }
+
+/// Runs `f` and returns its panic message, or `None` if it returned.
+fn panic_message(f: impl FnOnce()) -> Option<String> {
+    let e = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).err()?;
+    Some(
+        e.downcast_ref::<String>()
+            .cloned()
+            .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_default(),
+    )
+}
+
+/// Every variant refuses a slice one value shorter than its shape needs, with a panic before
+/// any access (the vector variants read and write through raw pointers, so a missed check
+/// would be memory unsafety, not a panic). The vector variants name the op and the lengths
+/// (`ConvShape::assert_fits` and its siblings); the portable ones panic on their indexing.
+#[test]
+fn a_short_slice_panics_in_every_variant() {
+    let check = |op: &str, variant: &str, what: &str, msg: Option<String>| {
+        let msg = msg.unwrap_or_else(|| panic!("{op} {variant}: a short {what} was accepted"));
+        if variant != "portable" {
+            assert!(
+                msg.contains(op) && msg.contains("a slice is shorter than"),
+                "{op} {variant}, short {what}: {msg}"
+            );
+        }
+    };
+    let a = vec![0.5f32; 4096];
+    let mut o = vec![0f32; 4096];
+    let act = Activation::Relu;
+
+    let s = pw(9, 16, 24);
+    let wl = kernels::packed_len(16, 24);
+    for (name, f) in pointwise_variants() {
+        let m = panic_message(|| f(&a[..9 * 16 - 1], s, &a[..wl], &a[..24], act, None, &mut o));
+        check("pointwise", name, "input", m);
+        let m = panic_message(|| f(&a[..9 * 16], s, &a[..wl - 1], &a[..24], act, None, &mut o));
+        check("pointwise", name, "weights", m);
+        let m = panic_message(|| {
+            f(
+                &a[..9 * 16],
+                s,
+                &a[..wl],
+                &a[..24],
+                act,
+                None,
+                &mut o[..215],
+            )
+        });
+        check("pointwise", name, "out", m);
+        let r = Some(&a[..215]);
+        let m = panic_message(|| f(&a[..9 * 16], s, &a[..wl], &a[..24], act, r, &mut o[..216]));
+        check("pointwise", name, "residual", m);
+    }
+
+    let s = kernels::DepthwiseShape {
+        ih: 7,
+        iw: 7,
+        c: 16,
+        k: 3,
+        stride: 2,
+        pad: 1,
+        oh: 4,
+        ow: 4,
+    };
+    for (name, f) in depthwise_variants() {
+        let m = panic_message(|| f(&a[..7 * 7 * 16 - 1], s, &a[..144], &a[..16], act, &mut o));
+        check("depthwise", name, "input", m);
+        let m = panic_message(|| f(&a[..7 * 7 * 16], s, &a[..144], &a[..15], act, &mut o));
+        check("depthwise", name, "bias", m);
+        let m = panic_message(|| f(&a[..7 * 7 * 16], s, &a[..144], &a[..16], act, &mut o[..255]));
+        check("depthwise", name, "out", m);
+    }
+
+    let s = kernels::ConvShape {
+        ih: 9,
+        iw: 9,
+        cin: 3,
+        cout: 16,
+        kh: 3,
+        kw: 3,
+        stride: 2,
+        pad: 1,
+        oh: 5,
+        ow: 5,
+    };
+    for (name, f) in stem_variants() {
+        let m = panic_message(|| f(&a[..3 * 81], s, &a[..431], &a[..16], act, &mut o));
+        check("conv_stem", name, "weights", m);
+        let m = panic_message(|| f(&a[..3 * 81], s, &a[..432], &a[..16], act, &mut o[..399]));
+        check("conv_stem", name, "out", m);
+    }
+
+    let wl = kernels::packed_len(40, 6);
+    for (name, f) in linear_variants() {
+        let m = panic_message(|| f(&a[..39], 40, 6, &a[..wl], &a[..6], act, &mut o));
+        check("linear", name, "input", m);
+        let m = panic_message(|| f(&a[..40], 40, 6, &a[..wl], &a[..6], act, &mut o[..5]));
+        check("linear", name, "out", m);
+    }
+}

@@ -122,20 +122,7 @@ pub mod neon {
             oh,
             ow,
         } = s;
-        assert!(
-            input.len() >= cin * ih * iw,
-            "conv_stem: input shorter than cin * ih * iw"
-        );
-        assert!(
-            w.len() >= kh * kw * cin * cout,
-            "conv_stem: weights shorter than kh * kw * cin * cout"
-        );
-        assert!(bias.len() >= cout, "conv_stem: bias shorter than cout");
-        assert!(
-            out.len() >= oh * ow * cout,
-            "conv_stem: out shorter than oh * ow * cout"
-        );
-        assert!(stride > 0, "conv_stem: stride 0");
+        s.assert_fits("conv_stem", input, w, bias, out);
         let g = Geom {
             ih,
             iw,
@@ -638,19 +625,7 @@ pub mod avx2 {
             oh,
             ow,
         } = s;
-        assert!(
-            input.len() >= cin * ih * iw,
-            "conv_stem: input shorter than cin * ih * iw"
-        );
-        assert!(
-            w.len() >= kh * kw * cin * cout,
-            "conv_stem: weights shorter than kh * kw * cin * cout"
-        );
-        assert!(bias.len() >= cout, "conv_stem: bias shorter than cout");
-        assert!(
-            out.len() >= oh * ow * cout,
-            "conv_stem: out shorter than oh * ow * cout"
-        );
+        s.assert_fits("conv_stem", input, w, bias, out);
         let plane = ih * iw;
         let c32 = cout - cout % 32;
         let c8 = cout - cout % 8;

@@ -129,29 +129,9 @@ pub mod neon {
         out: &mut [f32],
     ) {
         let DepthwiseShape {
-            ih,
-            iw,
-            c,
-            k,
-            stride,
-            oh,
-            ow,
-            ..
+            k, stride, oh, ow, ..
         } = s;
-        assert!(
-            input.len() >= ih * iw * c,
-            "depthwise: input shorter than ih * iw * c"
-        );
-        assert!(
-            w.len() >= k * k * c,
-            "depthwise: weights shorter than k * k * c"
-        );
-        assert!(bias.len() >= c, "depthwise: bias shorter than c");
-        assert!(
-            out.len() >= oh * ow * c,
-            "depthwise: out shorter than oh * ow * c"
-        );
-        assert!(stride > 0, "depthwise: stride 0");
+        s.assert_fits("depthwise", input, w, bias, out);
         let g = Geom { s, act };
         match (k, stride) {
             (3, 1) => {
@@ -1020,19 +1000,7 @@ pub mod avx2 {
             oh,
             ow,
         } = s;
-        assert!(
-            input.len() >= ih * iw * c,
-            "depthwise: input shorter than ih * iw * c"
-        );
-        assert!(
-            w.len() >= k * k * c,
-            "depthwise: weights shorter than k * k * c"
-        );
-        assert!(bias.len() >= c, "depthwise: bias shorter than c");
-        assert!(
-            out.len() >= oh * ow * c,
-            "depthwise: out shorter than oh * ow * c"
-        );
+        s.assert_fits("depthwise", input, w, bias, out);
         let c8 = c - c % 8;
         // Output columns whose whole window lies inside the input: x_lo..x_hi.
         let (x_lo, x_hi) = inside_range(ow, stride, pad, k, iw);

@@ -84,13 +84,9 @@ pub mod neon {
         act: Activation,
         out: &mut [f32],
     ) {
-        assert!(input.len() >= k, "linear: input shorter than k");
-        assert!(
-            w.len() >= packed_len(k, n),
-            "linear: packed weights too short"
-        );
-        assert!(bias.len() >= n, "linear: bias shorter than n");
-        assert!(out.len() >= n, "linear: out shorter than n");
+        // One pixel of a pointwise layer: the same contract.
+        let s = crate::kernels::PointwiseShape { pixels: 1, k, n };
+        s.assert_fits("linear", input, (w, packed_len(k, n)), bias, out, None);
         for panel in 0..n.div_ceil(NR) {
             let j0 = panel * NR;
             let width = NR.min(n - j0);
@@ -208,13 +204,9 @@ pub mod avx2 {
         act: Activation,
         out: &mut [f32],
     ) {
-        assert!(input.len() >= k, "linear: input shorter than k");
-        assert!(
-            w.len() >= packed_len(k, n),
-            "linear: packed weights too short"
-        );
-        assert!(bias.len() >= n, "linear: bias shorter than n");
-        assert!(out.len() >= n, "linear: out shorter than n");
+        // One pixel of a pointwise layer: the same contract.
+        let s = crate::kernels::PointwiseShape { pixels: 1, k, n };
+        s.assert_fits("linear", input, (w, packed_len(k, n)), bias, out, None);
         let x = input.as_ptr();
         for panel in 0..n.div_ceil(NR) {
             let j0 = panel * NR;

@@ -25,8 +25,10 @@
 //! generated layer declares as a `const`.
 //!
 //! Kernels never allocate. Mismatched lengths are caught by `debug_assert!`
-//! in the portable kernels and by `assert!` in the NEON ones, whose raw
-//! pointer accesses rely on them.
+//! and indexing in the portable kernels, and by an `assert!` on entry in the
+//! NEON, AVX2 and AVX-512 ones, whose raw pointer accesses rely on it: for the
+//! convolutions and linear layers that is the shape's `assert_fits`
+//! ([`ConvShape::assert_fits`] and its siblings), one check for every variant.
 
 pub mod add;
 pub mod conv_stem;

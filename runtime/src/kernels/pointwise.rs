@@ -147,16 +147,14 @@ pub mod neon {
         out: &mut [f32],
     ) {
         let PointwiseShape { pixels: p, k, n } = s;
-        assert!(input.len() >= p * k, "pointwise: input shorter than p * k");
-        assert!(
-            w.len() >= packed_len(k, n),
-            "pointwise: packed weights too short"
+        s.assert_fits(
+            "pointwise",
+            input,
+            (w, packed_len(k, n)),
+            bias,
+            out,
+            residual,
         );
-        assert!(bias.len() >= n, "pointwise: bias shorter than n");
-        assert!(out.len() >= p * n, "pointwise: out shorter than p * n");
-        if let Some(r) = residual {
-            assert!(r.len() >= p * n, "pointwise: residual shorter than p * n");
-        }
         let res = residual.map_or(core::ptr::null(), <[f32]>::as_ptr);
         let s = Shape { p, k, n, res };
         let (i, w, o) = (input.as_ptr(), w.as_ptr(), out.as_mut_ptr());
@@ -856,16 +854,14 @@ pub mod avx2 {
         out: &mut [f32],
     ) {
         let PointwiseShape { pixels: p, k, n } = s;
-        assert!(input.len() >= p * k, "pointwise: input shorter than p * k");
-        assert!(
-            w.len() >= packed_len(k, n),
-            "pointwise: packed weights too short"
+        s.assert_fits(
+            "pointwise",
+            input,
+            (w, packed_len(k, n)),
+            bias,
+            out,
+            residual,
         );
-        assert!(bias.len() >= n, "pointwise: bias shorter than n");
-        assert!(out.len() >= p * n, "pointwise: out shorter than p * n");
-        if let Some(r) = residual {
-            assert!(r.len() >= p * n, "pointwise: residual shorter than p * n");
-        }
         let res = residual.map_or(core::ptr::null(), <[f32]>::as_ptr);
         let t = Tile {
             input: input.as_ptr(),

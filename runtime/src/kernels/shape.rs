@@ -78,3 +78,122 @@ pub struct SeShape {
     /// Hidden units of the squeeze (fc1's outputs).
     pub squeeze: usize,
 }
+
+// The slice-length contracts. The vector kernels read and write through raw pointers, so
+// each variant checks its slices against its shape once, on entry, before any access; these
+// are those checks, one per shape, for every variant of the `f32` and int8 kernels. Inlined,
+// the lengths a generated layer passes are constants and the checks fold away.
+
+/// Panics with `op`, the shape and the slices' lengths.
+#[cold]
+#[inline(never)]
+#[track_caller]
+fn too_short(op: &str, shape: &dyn core::fmt::Debug, lens: &[(&str, usize)]) -> ! {
+    /// `name len, name len, ...` without allocating (`no_std`).
+    struct Lens<'a>(&'a [(&'a str, usize)]);
+    impl core::fmt::Display for Lens<'_> {
+        fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+            for (i, (name, len)) in self.0.iter().enumerate() {
+                let sep = if i == 0 { "" } else { ", " };
+                write!(f, "{sep}{name} {len}")?;
+            }
+            Ok(())
+        }
+    }
+    panic!(
+        "{op}: a slice is shorter than {shape:?} needs ({})",
+        Lens(lens)
+    )
+}
+
+impl ConvShape {
+    /// Panics, naming `op`, unless `input` holds `cin * ih * iw` values, `w` `kh * kw * cin
+    /// * cout`, `bias` `cout` and `out` `oh * ow * cout`, and the stride is not 0.
+    #[inline(always)]
+    #[track_caller]
+    pub fn assert_fits<I, W, B, O>(&self, op: &str, input: &[I], w: &[W], bias: &[B], out: &[O]) {
+        let s = self;
+        if input.len() < s.cin * s.ih * s.iw
+            || w.len() < s.kh * s.kw * s.cin * s.cout
+            || bias.len() < s.cout
+            || out.len() < s.oh * s.ow * s.cout
+        {
+            too_short(
+                op,
+                s,
+                &[
+                    ("input", input.len()),
+                    ("weights", w.len()),
+                    ("bias", bias.len()),
+                    ("out", out.len()),
+                ],
+            );
+        }
+        assert!(s.stride > 0, "{op}: stride 0 in {s:?}");
+    }
+}
+
+impl DepthwiseShape {
+    /// Panics, naming `op`, unless `input` holds `ih * iw * c` values, `w` `k * k * c`, `bias`
+    /// `c` and `out` `oh * ow * c`, and the stride is not 0.
+    #[inline(always)]
+    #[track_caller]
+    pub fn assert_fits<I, W, B, O>(&self, op: &str, input: &[I], w: &[W], bias: &[B], out: &[O]) {
+        let s = self;
+        if input.len() < s.ih * s.iw * s.c
+            || w.len() < s.k * s.k * s.c
+            || bias.len() < s.c
+            || out.len() < s.oh * s.ow * s.c
+        {
+            too_short(
+                op,
+                s,
+                &[
+                    ("input", input.len()),
+                    ("weights", w.len()),
+                    ("bias", bias.len()),
+                    ("out", out.len()),
+                ],
+            );
+        }
+        assert!(s.stride > 0, "{op}: stride 0 in {s:?}");
+    }
+}
+
+impl PointwiseShape {
+    /// Panics, naming `op`, unless `input` holds `pixels * k` values, `w` `weights` (the
+    /// kernel's layout decides: `f32` panels of [`NR`](super::NR) channels, int8 `n * k`),
+    /// `bias` `n`, `out` and the `residual`, if any, `pixels * n`.
+    #[inline(always)]
+    #[track_caller]
+    pub fn assert_fits<I, W, B, O>(
+        &self,
+        op: &str,
+        input: &[I],
+        (w, weights): (&[W], usize),
+        bias: &[B],
+        out: &[O],
+        residual: Option<&[O]>,
+    ) {
+        let s = self;
+        if input.len() < s.pixels * s.k
+            || w.len() < weights
+            || bias.len() < s.n
+            || out.len() < s.pixels * s.n
+            || residual.is_some_and(|r| r.len() < s.pixels * s.n)
+        {
+            let r = residual.map_or(0, <[O]>::len);
+            too_short(
+                op,
+                s,
+                &[
+                    ("input", input.len()),
+                    ("weights", w.len()),
+                    ("bias", bias.len()),
+                    ("out", out.len()),
+                    ("residual", r),
+                ],
+            );
+        }
+    }
+}

@@ -802,13 +802,7 @@ pub mod avx512 {
             // SAFETY: the features are this function's contract.
             return unsafe { body::<requant::Avx512, true>(x, s, x_zero_point, w, bias, e, out) };
         }
-        assert!(
-            x.len() >= s.ih * s.iw * c
-                && w.len() >= taps * c
-                && bias.len() >= c
-                && out.len() >= s.oh * s.ow * c,
-            "int8 depthwise: a slice is shorter than the shape {s:?}"
-        );
+        s.assert_fits("int8 depthwise", x, w, bias, out);
         // Per block of NB channels: `groups` x 4 vectors of interleaved
         // weights, then the 4 vectors of starting accumulators.
         // Left uninitialized (zeroing 32 KiB per call showed in profiles): every

@@ -87,10 +87,7 @@ unsafe fn drive<D: DotTile, const MR: usize, const NR: usize>(
     out: &mut [i8],
 ) {
     let (pixels, k, n) = (s.pixels, s.k, s.n);
-    assert!(
-        x.len() >= pixels * k && w.len() >= n * k && bias.len() >= n && out.len() >= pixels * n,
-        "int8 pointwise: a slice is shorter than the shape {s:?}"
-    );
+    s.assert_fits("int8 pointwise", x, (w, n * k), bias, out, None);
     debug_assert_eq!(e.channels(), n);
     let mut acc = [[0i32; CHUNK]; MR];
     let mut p0 = 0;
@@ -563,10 +560,7 @@ pub mod avx512vnni {
         out: &mut [i8],
     ) {
         let (pixels, k, n) = (s.pixels, s.k, s.n);
-        assert!(
-            x.len() >= pixels * k && w.len() >= n * k && bias.len() >= n && out.len() >= pixels * n,
-            "int8 pointwise: a slice is shorter than the shape {s:?}"
-        );
+        s.assert_fits("int8 pointwise", x, (w, n * k), bias, out, None);
         debug_assert!(k % 4 == 0 && k <= PACKED_K);
         debug_assert_eq!(e.channels(), n);
         let groups = k / 4;
