@@ -84,16 +84,19 @@ pub struct SeShape {
 // are those checks, one per shape, for every variant of the `f32` and int8 kernels. Inlined,
 // the lengths a generated layer passes are constants and the checks fold away.
 
-/// Panics with `op`, the shape and the slices' lengths.
+/// Panics with `op`, the shape and the slices' lengths (those with a name). Out of line and
+/// given a copy of the shape, so no kernel lets its shape's address escape: with the shape
+/// passed by reference here, the f32 depthwise layers executed more instructions
+/// (MobileNetV3-Small at 224 px: 17.52 M aarch64 instructions per image against 17.41 M).
 #[cold]
 #[inline(never)]
 #[track_caller]
-fn too_short(op: &str, shape: &dyn core::fmt::Debug, lens: &[(&str, usize)]) -> ! {
+fn too_short<S: core::fmt::Debug>(op: &str, shape: S, lens: [(&str, usize); 5]) -> ! {
     /// `name len, name len, ...` without allocating (`no_std`).
-    struct Lens<'a>(&'a [(&'a str, usize)]);
+    struct Lens<'a>([(&'a str, usize); 5]);
     impl core::fmt::Display for Lens<'_> {
         fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-            for (i, (name, len)) in self.0.iter().enumerate() {
+            for (i, (name, len)) in self.0.iter().filter(|(n, _)| !n.is_empty()).enumerate() {
                 let sep = if i == 0 { "" } else { ", " };
                 write!(f, "{sep}{name} {len}")?;
             }
@@ -104,6 +107,14 @@ fn too_short(op: &str, shape: &dyn core::fmt::Debug, lens: &[(&str, usize)]) -> 
         "{op}: a slice is shorter than {shape:?} needs ({})",
         Lens(lens)
     )
+}
+
+/// Panics with `op` and the shape whose stride is 0.
+#[cold]
+#[inline(never)]
+#[track_caller]
+fn zero_stride<S: core::fmt::Debug>(op: &str, shape: S) -> ! {
+    panic!("{op}: stride 0 in {shape:?}")
 }
 
 impl ConvShape {
@@ -120,16 +131,19 @@ impl ConvShape {
         {
             too_short(
                 op,
-                s,
-                &[
+                *s,
+                [
                     ("input", input.len()),
                     ("weights", w.len()),
                     ("bias", bias.len()),
                     ("out", out.len()),
+                    ("", 0),
                 ],
             );
         }
-        assert!(s.stride > 0, "{op}: stride 0 in {s:?}");
+        if s.stride == 0 {
+            zero_stride(op, *s);
+        }
     }
 }
 
@@ -147,16 +161,19 @@ impl DepthwiseShape {
         {
             too_short(
                 op,
-                s,
-                &[
+                *s,
+                [
                     ("input", input.len()),
                     ("weights", w.len()),
                     ("bias", bias.len()),
                     ("out", out.len()),
+                    ("", 0),
                 ],
             );
         }
-        assert!(s.stride > 0, "{op}: stride 0 in {s:?}");
+        if s.stride == 0 {
+            zero_stride(op, *s);
+        }
     }
 }
 
@@ -185,8 +202,8 @@ impl PointwiseShape {
             let r = residual.map_or(0, <[O]>::len);
             too_short(
                 op,
-                s,
-                &[
+                *s,
+                [
                     ("input", input.len()),
                     ("weights", w.len()),
                     ("bias", bias.len()),
