@@ -1162,7 +1162,7 @@ fn a_short_slice_panics_in_every_variant() {
         let msg = msg.unwrap_or_else(|| panic!("{op} {variant}: a short {what} was accepted"));
         if variant != "portable" {
             assert!(
-                msg.contains(op) && msg.contains("a slice is shorter than"),
+                msg.contains(op) && msg.contains("a slice is too short for"),
                 "{op} {variant}, short {what}: {msg}"
             );
         }

@@ -81,32 +81,45 @@ pub struct SeShape {
 
 // The slice-length contracts. The vector kernels read and write through raw pointers, so
 // each variant checks its slices against its shape once, on entry, before any access; these
-// are those checks, one per shape, for every variant of the `f32` and int8 kernels. Inlined,
-// the lengths a generated layer passes are constants and the checks fold away.
+// are those checks, one per shape, for the variants of the `f32` and int8 kernels (the int8
+// pointwise driver writes its own out; its comment says why). Inlined, the lengths a
+// generated layer passes are constants and the checks fold away.
 
-/// Panics with `op`, the shape and the slices' lengths (those with a name). Out of line and
-/// given a copy of the shape, so no kernel lets its shape's address escape: with the shape
-/// passed by reference here, the f32 depthwise layers executed more instructions
-/// (MobileNetV3-Small at 224 px: 17.52 M aarch64 instructions per image against 17.41 M).
+/// One slice of a kernel call: its name, its length and the length the shape needs.
+type Need<'a> = (&'a str, usize, usize);
+
+/// Panics (naming `op` and the shape) if a slice in `lens` is shorter than it needs to be.
+/// Unused entries are `("", 0, 0)`.
+#[inline(always)]
+#[track_caller]
+fn assert_lens<S: core::fmt::Debug + Copy>(op: &str, shape: S, lens: [Need<'_>; 5]) {
+    for (_, len, need) in lens {
+        if len < need {
+            too_short(op, shape, lens);
+        }
+    }
+}
+
+/// The panic of [`assert_lens`]. Out of line and given a copy of the shape, so no kernel
+/// lets its shape's address escape: with the shape passed by reference here, the f32
+/// depthwise layers executed more instructions (MobileNetV3-Small at 224 px: 17.52 M
+/// aarch64 instructions per image against 17.41 M).
 #[cold]
 #[inline(never)]
 #[track_caller]
-fn too_short<S: core::fmt::Debug>(op: &str, shape: S, lens: [(&str, usize); 5]) -> ! {
-    /// `name len, name len, ...` without allocating (`no_std`).
-    struct Lens<'a>([(&'a str, usize); 5]);
+fn too_short<S: core::fmt::Debug>(op: &str, shape: S, lens: [Need<'_>; 5]) -> ! {
+    /// `name len (needs n), ...` without allocating (`no_std`).
+    struct Lens<'a>([Need<'a>; 5]);
     impl core::fmt::Display for Lens<'_> {
         fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-            for (i, (name, len)) in self.0.iter().filter(|(n, _)| !n.is_empty()).enumerate() {
+            for (i, (name, len, need)) in self.0.iter().filter(|l| !l.0.is_empty()).enumerate() {
                 let sep = if i == 0 { "" } else { ", " };
-                write!(f, "{sep}{name} {len}")?;
+                write!(f, "{sep}{name} {len} (needs {need})")?;
             }
             Ok(())
         }
     }
-    panic!(
-        "{op}: a slice is shorter than {shape:?} needs ({})",
-        Lens(lens)
-    )
+    panic!("{op}: a slice is too short for {shape:?}: {}", Lens(lens))
 }
 
 /// Panics with `op` and the shape whose stride is 0.
@@ -123,26 +136,17 @@ impl ConvShape {
     #[inline(always)]
     #[track_caller]
     pub fn assert_fits<I, W, B, O>(&self, op: &str, input: &[I], w: &[W], bias: &[B], out: &[O]) {
-        let s = self;
-        if input.len() < s.cin * s.ih * s.iw
-            || w.len() < s.kh * s.kw * s.cin * s.cout
-            || bias.len() < s.cout
-            || out.len() < s.oh * s.ow * s.cout
-        {
-            too_short(
-                op,
-                *s,
-                [
-                    ("input", input.len()),
-                    ("weights", w.len()),
-                    ("bias", bias.len()),
-                    ("out", out.len()),
-                    ("", 0),
-                ],
-            );
-        }
+        let s = *self;
+        let lens = [
+            ("input", input.len(), s.cin * s.ih * s.iw),
+            ("weights", w.len(), s.kh * s.kw * s.cin * s.cout),
+            ("bias", bias.len(), s.cout),
+            ("out", out.len(), s.oh * s.ow * s.cout),
+            ("", 0, 0),
+        ];
+        assert_lens(op, s, lens);
         if s.stride == 0 {
-            zero_stride(op, *s);
+            zero_stride(op, s);
         }
     }
 }
@@ -153,26 +157,17 @@ impl DepthwiseShape {
     #[inline(always)]
     #[track_caller]
     pub fn assert_fits<I, W, B, O>(&self, op: &str, input: &[I], w: &[W], bias: &[B], out: &[O]) {
-        let s = self;
-        if input.len() < s.ih * s.iw * s.c
-            || w.len() < s.k * s.k * s.c
-            || bias.len() < s.c
-            || out.len() < s.oh * s.ow * s.c
-        {
-            too_short(
-                op,
-                *s,
-                [
-                    ("input", input.len()),
-                    ("weights", w.len()),
-                    ("bias", bias.len()),
-                    ("out", out.len()),
-                    ("", 0),
-                ],
-            );
-        }
+        let s = *self;
+        let lens = [
+            ("input", input.len(), s.ih * s.iw * s.c),
+            ("weights", w.len(), s.k * s.k * s.c),
+            ("bias", bias.len(), s.c),
+            ("out", out.len(), s.oh * s.ow * s.c),
+            ("", 0, 0),
+        ];
+        assert_lens(op, s, lens);
         if s.stride == 0 {
-            zero_stride(op, *s);
+            zero_stride(op, s);
         }
     }
 }
@@ -192,25 +187,14 @@ impl PointwiseShape {
         out: &[O],
         residual: Option<&[O]>,
     ) {
-        let s = self;
-        if input.len() < s.pixels * s.k
-            || w.len() < weights
-            || bias.len() < s.n
-            || out.len() < s.pixels * s.n
-            || residual.is_some_and(|r| r.len() < s.pixels * s.n)
-        {
-            let r = residual.map_or(0, <[O]>::len);
-            too_short(
-                op,
-                *s,
-                [
-                    ("input", input.len()),
-                    ("weights", w.len()),
-                    ("bias", bias.len()),
-                    ("out", out.len()),
-                    ("residual", r),
-                ],
-            );
-        }
+        let s = *self;
+        let lens = [
+            ("input", input.len(), s.pixels * s.k),
+            ("weights", w.len(), weights),
+            ("bias", bias.len(), s.n),
+            ("out", out.len(), s.pixels * s.n),
+            residual.map_or(("", 0, 0), |r| ("residual", r.len(), s.pixels * s.n)),
+        ];
+        assert_lens(op, s, lens);
     }
 }
