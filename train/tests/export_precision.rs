@@ -679,6 +679,72 @@ fn qat_command_writes_an_int8_file_that_the_oracle_reproduces() {
     assert!(!again.exists(), "a refused qat wrote {}", again.display());
 }
 
+/// `qat --dihedral --crop-scale --jitter` trains on augmented views: the int8 file records
+/// the augmentation, the training loss differs from the same run without it (the flags reach
+/// the loader), a run without them records none (so its settings, and old checkpoints, stay
+/// as they were), and a bad range is refused by name before any work.
+#[test]
+fn qat_augmentation_reaches_the_loader_and_the_provenance() {
+    let _rng = tch_rng();
+    let dir = tempfile::tempdir().unwrap();
+    let p32 = square_f32_file(dir.path(), 15, 3);
+    let cache = dir.path().join("cache");
+    train_support::ham::ham_cache(&cache, 2, 40);
+    let qat = |out: &str, extra: &[&str]| {
+        let out = dir.path().join(out);
+        let o = Command::new(env!("CARGO_BIN_EXE_derm-train"))
+            .arg("qat")
+            .arg(&p32)
+            .arg("-o")
+            .arg(&out)
+            .args(["--cache", cache.to_str().unwrap(), "--max-train", "8"])
+            .args(["--calibration-images", "8", "--batch-size", "4"])
+            .args(["--epochs", "1", "--lr", "1e-3", "--quiet"])
+            .args(extra)
+            .output()
+            .unwrap();
+        (out, o)
+    };
+    let provenance = |out: &Path| ModelFile::read(out).unwrap().graph.provenance["qat"].clone();
+
+    let (plain, o) = qat("plain.safetensors", &[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let (aug, o) = qat(
+        "aug.safetensors",
+        &[
+            "--dihedral",
+            "--crop-scale",
+            "0.5,1",
+            "--jitter",
+            "0.1,0.1,0.1",
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let (p, a) = (provenance(&plain), provenance(&aug));
+    assert!(p.get("augment").is_none(), "{p}");
+    assert_eq!(a["augment"]["dihedral"], true, "{a}");
+    assert_eq!(
+        a["augment"]["crop"]["scale"],
+        serde_json::json!([0.5, 1.0]),
+        "{a}"
+    );
+    assert!(
+        a["augment"]["jitter"]["contrast"].as_f64().unwrap() > 0.09,
+        "{a}"
+    );
+    let (lp, la) = (
+        p["final_loss"].as_f64().unwrap(),
+        a["final_loss"].as_f64().unwrap(),
+    );
+    assert!(lp.is_finite() && la.is_finite() && lp != la, "{lp} vs {la}");
+
+    let (bad, o) = qat("bad.safetensors", &["--crop-scale", "0,1"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(err.contains("crop scale 0..1"), "{err}");
+    assert!(!bad.exists(), "a refused qat wrote {}", bad.display());
+}
+
 /// `quantize --equalize` rescales the ReLU-joined channels before calibrating: the int8 file
 /// records the rescaled connections, its golden logits are still the int8 oracle's bit for
 /// bit, and its weights differ from plain quantization's (the rescaling really happened).

@@ -22,6 +22,7 @@ use crate::data::balance::{BalancePlan, ClassWeights};
 use crate::data::loader::{Batches, LoaderOptions};
 use crate::export::qat::{QatOptions, QatTrainer, activation_grid};
 use crate::export::{RangeMethod, calibrate, equalized, float_hardswish_ops};
+use crate::train::cli::AugmentArgs;
 use crate::train::fit::InputMap;
 use crate::train::progress::EpochProgress;
 
@@ -73,6 +74,11 @@ pub struct QatArgs {
     /// training; without it every image counts the same.
     #[arg(long)]
     pub class_weights: Option<ClassWeights>,
+    /// Augmentation of the training images beyond the flips (as `student`'s flags): the
+    /// float model's outputs on views it was trained with but has not memorized carry more
+    /// of its decision boundaries than those on its own training tiles.
+    #[command(flatten)]
+    pub augmentation: AugmentArgs,
     /// Batch size.
     #[arg(long, default_value_t = 32)]
     pub batch_size: usize,
@@ -170,6 +176,8 @@ pub fn run(a: QatArgs) -> Result<()> {
     ensure!(a.epochs > 0, "--epochs must be at least 1");
     ensure!(a.batch_size > 0, "--batch-size must be at least 1");
     ensure!(a.threads > 0, "--threads must be at least 1");
+    let augment = a.augmentation.augment();
+    augment.validate()?;
     let golden = FloatGolden::read(FloatGolden::path_for(&a.model)).map_err(|e| {
         anyhow::anyhow!(
             "{e} (qat reads the golden inputs of {} from its golden file)",
@@ -216,6 +224,7 @@ pub fn run(a: QatArgs) -> Result<()> {
     lo.train_size = Some(size);
     // Keep a last partial batch: small fine-tuning sets should use every image.
     lo.drop_last = false;
+    lo.augment = augment;
     let plan = BalancePlan::plain(&rows);
     let class_weights = a
         .class_weights
@@ -230,7 +239,7 @@ pub fn run(a: QatArgs) -> Result<()> {
     let mut trainer = QatTrainer::new(&model, params, &float_hardswish, opts)?;
     let started = std::time::Instant::now();
     let ck_path = checkpoint_path(&a.output);
-    let settings = serde_json::json!({
+    let mut settings = serde_json::json!({
         "source": a.model.display().to_string(),
         "cache": a.data.cache.display().to_string(),
         "fold": a.data.fold,
@@ -249,6 +258,11 @@ pub fn run(a: QatArgs) -> Result<()> {
         "batch_size": a.batch_size,
         "seed": a.seed,
     });
+    if augment != Default::default() {
+        // Only when asked, so that runs without it keep the settings of earlier versions
+        // (a checkpoint they wrote still resumes).
+        settings["augment"] = serde_json::to_value(augment)?;
+    }
     let mut progress_state = Progress {
         settings: settings.clone(),
         epochs_done: 0,

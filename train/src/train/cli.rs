@@ -63,20 +63,10 @@ pub struct TrainArgs {
     /// No random flips.
     #[arg(long)]
     pub no_flip: bool,
-    /// Also random transposes: with the flips, all 8 dihedral symmetries (90-degree
-    /// rotations included).
-    #[arg(long)]
-    pub dihedral: bool,
-    /// Random resized crop: area fraction range `MIN,MAX` of the cache tile (e.g. `0.35,1`).
-    #[arg(long, value_parser = parse_pair)]
-    pub crop_scale: Option<(f32, f32)>,
-    /// Aspect-ratio range `MIN,MAX` of the random resized crop (with `--crop-scale`).
-    #[arg(long, value_parser = parse_pair, default_value = "0.75,1.3333")]
-    pub crop_ratio: (f32, f32),
-    /// Colour jitter strengths `BRIGHTNESS,CONTRAST,SATURATION`, each factor drawn from
-    /// [1 - x, 1 + x] (e.g. `0.1,0.1,0.1`).
-    #[arg(long, value_parser = parse_triple)]
-    pub jitter: Option<(f32, f32, f32)>,
+    /// Augmentation on top of the flips.
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub augmentation: AugmentArgs,
     /// Label smoothing of the hard-label cross-entropy, in [0, 1) (0: none).
     #[arg(long, default_value_t = 0.0)]
     pub label_smoothing: f64,
@@ -274,7 +264,27 @@ fn parse_triple(s: &str) -> std::result::Result<(f32, f32, f32), String> {
     Ok((v[0], v[1], v[2]))
 }
 
-impl TrainArgs {
+/// Augmentation flags beyond the flips, shared by the training commands and `qat` (the
+/// same names and defaults everywhere).
+#[derive(Debug, Clone, PartialEq, Args, Serialize, Deserialize)]
+pub struct AugmentArgs {
+    /// Also random transposes: with the flips, all 8 dihedral symmetries (90-degree
+    /// rotations included).
+    #[arg(long)]
+    pub dihedral: bool,
+    /// Random resized crop: area fraction range `MIN,MAX` of the cache tile (e.g. `0.35,1`).
+    #[arg(long, value_parser = parse_pair)]
+    pub crop_scale: Option<(f32, f32)>,
+    /// Aspect-ratio range `MIN,MAX` of the random resized crop (with `--crop-scale`).
+    #[arg(long, value_parser = parse_pair, default_value = "0.75,1.3333")]
+    pub crop_ratio: (f32, f32),
+    /// Colour jitter strengths `BRIGHTNESS,CONTRAST,SATURATION`, each factor drawn from
+    /// [1 - x, 1 + x] (e.g. `0.1,0.1,0.1`).
+    #[arg(long, value_parser = parse_triple)]
+    pub jitter: Option<(f32, f32, f32)>,
+}
+
+impl AugmentArgs {
     /// The augmentation the flags ask for.
     pub fn augment(&self) -> Augment {
         Augment {
@@ -291,6 +301,13 @@ impl TrainArgs {
                     saturation,
                 }),
         }
+    }
+}
+
+impl TrainArgs {
+    /// The augmentation the flags ask for.
+    pub fn augment(&self) -> Augment {
+        self.augmentation.augment()
     }
 
     /// Checks the image size against the model's multiple, the augmentation and the label
