@@ -1,14 +1,21 @@
 #!/usr/bin/env python3
 """Compares `derm-train evaluate` runs of one model in several precisions on the same images.
 
-    scripts/compare_predictions.py REF_DIR OTHER_DIR... [--json OUT]
+    scripts/compare_predictions.py REF_DIR OTHER_DIR... [--json OUT] [--bootstrap N [--seed S]]
 
 Each DIR holds `evaluation.json` and `predictions.csv` from `derm-train evaluate`. Prints, for
 every run: top-1 agreement with REF, accuracy, balanced accuracy, fairness, per-group accuracy
 and the differences to REF in points; `--json` writes the same table as JSON.
+
+`--bootstrap N` also asks how much of each difference the choice of images alone could make:
+it draws N resamples of the images (with replacement, the same draw for REF and the run, so the
+comparison stays paired), recomputes every difference on each, and prints the 5th and 95th
+percentiles (a 90% interval, under `bootstrap` in the JSON). A difference whose interval is
+several points wide cannot separate two settings that differ by less.
 """
 import csv
 import json
+import random
 import sys
 from pathlib import Path
 
@@ -19,6 +26,60 @@ def load(d):
     ev = ev.get("result", ev)
     rows = list(csv.DictReader((d / "predictions.csv").open()))
     return ev, {r["id"]: r["pred"] for r in rows}
+
+
+def labels(d):
+    """Each image's (label, group), in the order of DIR's `predictions.csv`."""
+    rows = csv.DictReader((Path(d) / "predictions.csv").open())
+    return {r["id"]: (r["label"], r["group"]) for r in rows}
+
+
+def scores(items, groups):
+    """Accuracy, balanced accuracy (mean recall over the classes present) and the accuracy
+    of each group in `groups`, of `items`: (label, group, prediction) triples."""
+    per_class, per_group, right = {}, {}, 0
+    for label, group, pred in items:
+        ok = label == pred
+        right += ok
+        c = per_class.setdefault(label, [0, 0])
+        c[0] += ok
+        c[1] += 1
+        g = per_group.setdefault(group, [0, 0])
+        g[0] += ok
+        g[1] += 1
+    balanced = sum(c / n for c, n in per_class.values()) / len(per_class)
+    return {
+        "accuracy": right / len(items),
+        "balanced_accuracy": balanced,
+        "groups": {g: per_group[g][0] / per_group[g][1] for g in groups if g in per_group},
+    }
+
+
+def percentile(xs, q):
+    """The `q`-th percentile of `xs`, linearly interpolated (numpy's default)."""
+    xs = sorted(xs)
+    i = q / 100 * (len(xs) - 1)
+    lo = int(i)
+    hi = min(lo + 1, len(xs) - 1)
+    return xs[lo] + (xs[hi] - xs[lo]) * (i - lo)
+
+
+def bootstrap(ref_pred, pred, truth, groups, n, seed):
+    """90% intervals (points) of the run-minus-REF differences over `n` paired resamples."""
+    ids = sorted(ref_pred)
+    rng = random.Random(seed)
+    draws = {"accuracy": [], "balanced_accuracy": []}
+    draws.update({g: [] for g in groups})
+    for _ in range(n):
+        pick = rng.choices(ids, k=len(ids))
+        a = scores([(*truth[i], ref_pred[i]) for i in pick], groups)
+        b = scores([(*truth[i], pred.get(i)) for i in pick], groups)
+        for k in ("accuracy", "balanced_accuracy"):
+            draws[k].append(100 * (b[k] - a[k]))
+        for g in groups:
+            if g in a["groups"]:
+                draws[g].append(100 * (b["groups"][g] - a["groups"][g]))
+    return {k: [percentile(v, 5), percentile(v, 95)] for k, v in draws.items() if v}
 
 
 def metrics(ev):
@@ -38,6 +99,21 @@ def main(argv):
         i = argv.index("--json")
         out = argv[i + 1]
         argv = argv[:i] + argv[i + 2 :]
+    resamples, seed = 0, 0
+    for flag in ("--bootstrap", "--seed"):
+        if flag in argv:
+            i = argv.index(flag)
+            try:
+                value = int(argv[i + 1])
+            except (IndexError, ValueError):
+                sys.exit(f"{flag} needs a whole number")
+            if flag == "--bootstrap":
+                if value < 2:
+                    sys.exit("--bootstrap needs at least 2 resamples")
+                resamples = value
+            else:
+                seed = value
+            argv = argv[:i] + argv[i + 2 :]
     if len(argv) < 2:
         sys.exit(__doc__)
     ref_ev, ref_pred = load(argv[0])
@@ -56,6 +132,15 @@ def main(argv):
         }
         rows.append(m)
     groups = list(ref["groups"])
+    if resamples:
+        truth = labels(argv[0])
+        for d, m in zip(argv, rows):
+            _, pred = load(d)
+            m["bootstrap"] = {
+                "resamples": resamples,
+                "seed": seed,
+                "interval_points": bootstrap(ref_pred, pred, truth, groups, resamples, seed),
+            }
     print("| run | agreement | accuracy | balanced | fairness | " + " | ".join(groups) + " |")
     print("|---" * (5 + len(groups)) + "|")
     for m in rows:
@@ -68,6 +153,19 @@ def main(argv):
             f"{m['fairness']:.4f}",
         ] + [f"{m['groups'][g]:.4f} ({d['groups'][g]:+.2f})" for g in groups]
         print("| " + " | ".join(cells) + " |")
+    if resamples:
+        print()
+        print(f"90% bootstrap intervals of the differences (points, {resamples} paired resamples):")
+        print()
+        print("| run | accuracy | balanced | " + " | ".join(groups) + " |")
+        print("|---" * (3 + len(groups)) + "|")
+        for m in rows[1:]:
+            iv = m["bootstrap"]["interval_points"]
+            cells = [m["run"]] + [
+                f"{iv[k][0]:+.2f} .. {iv[k][1]:+.2f}" if k in iv else ""
+                for k in ["accuracy", "balanced_accuracy"] + groups
+            ]
+            print("| " + " | ".join(cells) + " |")
     if out:
         Path(out).write_text(json.dumps(rows, indent=2) + "\n")
 

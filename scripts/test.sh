@@ -52,7 +52,7 @@ step "cargo test (host)"
 # One libtorch thread per test process: tests already run in parallel on few cores.
 OMP_NUM_THREADS=1 cargo test --workspace --locked
 
-step "scripts/oof_teachers.py, logit_bias_cv.py and teacher_targets.py (numpy + safetensors venv)"
+step "scripts/oof_teachers.py, logit_bias_cv.py, teacher_targets.py and compare_predictions.py (numpy + safetensors venv)"
 # Which teacher's logits each training row gets decides whether a distilled student's held-out
 # score is honest; the GPU training part itself is not run here.
 # shellcheck source=venv.sh
@@ -65,6 +65,8 @@ target/venv-oof/bin/python -m unittest scripts/test_oof_teachers.py
 target/venv-oof/bin/python -m unittest scripts/test_logit_bias_cv.py
 # What a teacher-logits file teaches under --teacher-adjust, on training images only.
 target/venv-oof/bin/python -m unittest scripts/test_teacher_targets.py
+# The precision comparisons' paired bootstrap (how much of a difference the images alone make).
+target/venv-oof/bin/python -m unittest scripts/test_compare_predictions.py
 
 step "cargo test -p derm-runtime (aarch64 under qemu, cortex-a72)"
 # Its tests (all integration tests: `test = false` on the library, whose unit-test harness would
