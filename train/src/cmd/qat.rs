@@ -74,9 +74,10 @@ pub struct QatArgs {
     /// training; without it every image counts the same.
     #[arg(long)]
     pub class_weights: Option<ClassWeights>,
-    /// Augmentation of the training images beyond the flips (as `student`'s flags): the
-    /// float model's outputs on views it was trained with but has not memorized carry more
-    /// of its decision boundaries than those on its own training tiles.
+    /// Augmentation of the training images beyond the flips (the same flags as `student`'s),
+    /// so that the float model is distilled on views it has not memorized as well. Off by
+    /// default: on the recipe's fold-2 student it kept no more of the f32 predictions and
+    /// lost balanced accuracy (docs/results.md).
     #[command(flatten)]
     pub augmentation: AugmentArgs,
     /// Batch size.
