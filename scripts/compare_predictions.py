@@ -21,17 +21,12 @@ from pathlib import Path
 
 
 def load(d):
+    """DIR's evaluation, each image's prediction, and each image's (label, group)."""
     d = Path(d)
     ev = json.loads((d / "evaluation.json").read_text())
     ev = ev.get("result", ev)
     rows = list(csv.DictReader((d / "predictions.csv").open()))
-    return ev, {r["id"]: r["pred"] for r in rows}
-
-
-def labels(d):
-    """Each image's (label, group), in the order of DIR's `predictions.csv`."""
-    rows = csv.DictReader((Path(d) / "predictions.csv").open())
-    return {r["id"]: (r["label"], r["group"]) for r in rows}
+    return ev, {r["id"]: r["pred"] for r in rows}, {r["id"]: (r["label"], r["group"]) for r in rows}
 
 
 def scores(items, groups):
@@ -116,11 +111,12 @@ def main(argv):
             argv = argv[:i] + argv[i + 2 :]
     if len(argv) < 2:
         sys.exit(__doc__)
-    ref_ev, ref_pred = load(argv[0])
+    ref_ev, ref_pred, truth = load(argv[0])
     ref = metrics(ref_ev)
-    rows = []
+    rows, preds = [], []
     for d in argv:
-        ev, pred = load(d)
+        ev, pred, _ = load(d)
+        preds.append(pred)
         m = metrics(ev)
         same = sum(pred.get(k) == v for k, v in ref_pred.items())
         m["run"] = d
@@ -133,9 +129,7 @@ def main(argv):
         rows.append(m)
     groups = list(ref["groups"])
     if resamples:
-        truth = labels(argv[0])
-        for d, m in zip(argv, rows):
-            _, pred = load(d)
+        for pred, m in zip(preds, rows):
             m["bootstrap"] = {
                 "resamples": resamples,
                 "seed": seed,
