@@ -5,7 +5,14 @@
 
 Each DIR holds `evaluation.json` and `predictions.csv` from `derm-train evaluate`. Prints, for
 every run: top-1 agreement with REF, accuracy, balanced accuracy, fairness, per-group accuracy
-and the differences to REF in points; `--json` writes the same table as JSON.
+and the differences to REF in points; `--json` writes the same table as JSON. Every run must
+hold the same images as REF.
+
+A run may also be several folders joined by commas, `DIR,DIR,...`: for example the five folds
+of a cross-validation, each scored by the model that did not train on it. Their images are
+pooled (an image may appear in only one of them) and every score is recomputed from the pooled
+predictions: fairness as `evaluate` computes it, from the SPD between the accuracy of each
+group `evaluate` counted and that of the group with the fewest images.
 
 `--bootstrap N` also asks how much of each difference the choice of images alone could make:
 it draws N resamples of the images (with replacement, the same draw for REF and the run, so the
@@ -20,13 +27,57 @@ import sys
 from pathlib import Path
 
 
-def load(d):
+def load_one(d):
     """DIR's evaluation, each image's prediction, and each image's (label, group)."""
     d = Path(d)
     ev = json.loads((d / "evaluation.json").read_text())
     ev = ev.get("result", ev)
-    rows = list(csv.DictReader((d / "predictions.csv").open()))
+    with (d / "predictions.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
     return ev, {r["id"]: r["pred"] for r in rows}, {r["id"]: (r["label"], r["group"]) for r in rows}
+
+
+def load(arg):
+    """The run named by `arg` (one folder, or several joined by commas): its scores (the
+    `metrics` of one folder, recomputed from the pooled predictions of several), each image's
+    prediction, and each image's (label, group)."""
+    dirs = [d for d in arg.split(",") if d]
+    if not dirs:
+        sys.exit(f"{arg!r} names no folder")
+    if len(dirs) == 1:
+        ev, pred, truth = load_one(dirs[0])
+        return metrics(ev), pred, truth
+    pred, truth, groups = {}, {}, []
+    for d in dirs:
+        ev, p, t = load_one(d)
+        twice = sorted(set(p) & set(pred))
+        if twice:
+            sys.exit(f"{d}: image {twice[0]} is already in an earlier folder of {arg!r} "
+                     f"({len(twice)} images in both)")
+        pred.update(p)
+        truth.update(t)
+        groups += [g for g in metrics(ev)["groups"] if g not in groups]
+    return pooled_metrics(pred, truth, groups), pred, truth
+
+
+def pooled_metrics(pred, truth, groups):
+    """`metrics` recomputed from predictions: accuracy over every image, balanced accuracy,
+    the accuracy of each of `groups` (those `evaluate` counts), and fairness
+    `(0.2 - SPD) / 0.2` (0 beyond 0.2), SPD the mean absolute difference between each group's
+    accuracy and that of the group with the fewest images (ties: the earlier in `groups`)."""
+    s = scores([(*truth[i], pred[i]) for i in pred], groups)
+    counts = {g: 0 for g in groups}
+    for _, g in truth.values():
+        if g in counts:
+            counts[g] += 1
+    present = [g for g in groups if counts[g]]
+    fairness = None
+    if present:
+        minority = min(present, key=lambda g: (counts[g], groups.index(g)))
+        accs = [s["groups"][g] for g in present]
+        spd = sum(abs(a - s["groups"][minority]) for a in accs) / len(accs)
+        fairness = max(0.0, (0.2 - spd) / 0.2)
+    return {**s, "fairness": fairness}
 
 
 def scores(items, groups):
@@ -78,6 +129,7 @@ def bootstrap(ref_pred, pred, truth, groups, n, seed):
 
 
 def metrics(ev):
+    """The scores of one `evaluate` folder, as `evaluate` wrote them (its `evaluation.json`)."""
     m = ev.get("evaluation", ev)
     groups = {g["name"]: g["accuracy"] for g in m["groups"] if not g.get("excluded")}
     return {
@@ -111,13 +163,17 @@ def main(argv):
             argv = argv[:i] + argv[i + 2 :]
     if len(argv) < 2:
         sys.exit(__doc__)
-    ref_ev, ref_pred, truth = load(argv[0])
-    ref = metrics(ref_ev)
+    ref, ref_pred, truth = load(argv[0])
     rows, preds = [], []
     for d in argv:
-        ev, pred, _ = load(d)
+        m, pred, _ = load(d)
+        if set(pred) != set(ref_pred):
+            missing = sorted(set(ref_pred) - set(pred))
+            extra = sorted(set(pred) - set(ref_pred))
+            sys.exit(f"{d} does not hold the images of {argv[0]}: {len(missing)} missing "
+                     f"({missing[:1]}), {len(extra)} not in it ({extra[:1]})")
         preds.append(pred)
-        m = metrics(ev)
+        m["images"] = len(pred)
         same = sum(pred.get(k) == v for k, v in ref_pred.items())
         m["run"] = d
         m["agreement"] = same / len(ref_pred)
@@ -144,7 +200,7 @@ def main(argv):
             f"{m['agreement']:.4f}",
             f"{m['accuracy']:.4f} ({d['accuracy']:+.2f})",
             f"{m['balanced_accuracy']:.4f} ({d['balanced_accuracy']:+.2f})",
-            f"{m['fairness']:.4f}",
+            "" if m["fairness"] is None else f"{m['fairness']:.4f}",
         ] + [f"{m['groups'][g]:.4f} ({d['groups'][g]:+.2f})" for g in groups]
         print("| " + " | ".join(cells) + " |")
     if resamples:

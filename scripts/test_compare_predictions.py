@@ -101,5 +101,74 @@ class Bootstrap(unittest.TestCase):
             self.assertIn("--bootstrap", str(e.exception))
 
 
+
+class Pooled(unittest.TestCase):
+    """Several folders joined by commas: the folds of a cross-validation pooled."""
+
+    def setUp(self):
+        self.tmp = tempfile.TemporaryDirectory()
+        self.root = Path(self.tmp.name)
+        self.groups = ["g1", "g2"]
+        # Fold a: g1 2/3 right, g2 1/1; fold b: g1 1/1, g2 1/3. Class A 3/4, class B 2/4.
+        self.a = [("a1", "A", "g1", "A"), ("a2", "A", "g1", "B"), ("a3", "B", "g1", "B"),
+                  ("a4", "B", "g2", "B")]
+        self.b = [("b1", "A", "g1", "A"), ("b2", "A", "g2", "A"), ("b3", "B", "g2", "A"),
+                  ("b4", "B", "g2", "A")]
+        for name, rows in (("ref-a", self.a), ("ref-b", self.b)):
+            write_run(self.root / name, rows, self.groups)
+        # The run gets a2 right as well and b2 wrong: two changed images, one per fold.
+        run_a = [(i, y, g, y if i == "a2" else p) for i, y, g, p in self.a]
+        run_b = [(i, y, g, "B" if i == "b2" else p) for i, y, g, p in self.b]
+        write_run(self.root / "run-a", run_a, self.groups)
+        write_run(self.root / "run-b", run_b, self.groups)
+
+    def tearDown(self):
+        self.tmp.cleanup()
+
+    def pair(self, a, b):
+        return f"{self.root / a},{self.root / b}"
+
+    def test_scores_by_hand(self):
+        out = self.root / "out.json"
+        with contextlib.redirect_stdout(io.StringIO()):
+            cp.main([self.pair("ref-a", "ref-b"), self.pair("run-a", "run-b"),
+                     "--json", str(out), "--bootstrap", "50"])
+        ref, run = json.loads(out.read_text())
+        self.assertEqual(ref["images"], 8)
+        self.assertAlmostEqual(ref["accuracy"], 5 / 8)
+        self.assertAlmostEqual(ref["balanced_accuracy"], (3 / 4 + 2 / 4) / 2)
+        self.assertAlmostEqual(ref["groups"]["g1"], 3 / 4)
+        self.assertAlmostEqual(ref["groups"]["g2"], 2 / 4)
+        # Both groups hold 4 images: the minority is the first, g1; SPD = (0 + 0.25) / 2.
+        self.assertAlmostEqual(ref["fairness"], (0.2 - 0.125) / 0.2)
+        self.assertAlmostEqual(run["agreement"], 6 / 8)
+        self.assertAlmostEqual(run["delta_points"]["accuracy"], 0.0)
+        self.assertAlmostEqual(run["delta_points"]["groups"]["g1"], 25.0)
+        self.assertAlmostEqual(run["delta_points"]["groups"]["g2"], -25.0)
+        # g1 4/4 (the minority), g2 1/4: SPD (0 + 0.75) / 2 = 0.375 > 0.2, so fairness is 0.
+        self.assertEqual(run["fairness"], 0.0)
+        self.assertIn("bootstrap", run)
+
+    def test_one_folder_pooled_equals_its_evaluation(self):
+        ev, pred, truth = cp.load_one(self.root / "ref-a")
+        m = cp.metrics(ev)
+        pooled = cp.pooled_metrics(pred, truth, list(m["groups"]))
+        for k in ("accuracy", "balanced_accuracy"):
+            self.assertAlmostEqual(pooled[k], m[k])
+        self.assertEqual(pooled["groups"], m["groups"])
+
+    def test_an_image_in_two_folders_is_refused(self):
+        with self.assertRaises(SystemExit) as e:
+            cp.main([self.pair("ref-a", "run-a"), self.pair("run-a", "run-b")])
+        self.assertIn("a1", str(e.exception))
+        self.assertIn("already in an earlier folder", str(e.exception))
+
+    def test_a_run_on_other_images_is_refused(self):
+        with self.assertRaises(SystemExit) as e:
+            cp.main([self.pair("ref-a", "ref-b"), str(self.root / "run-a")])
+        self.assertIn("does not hold the images of", str(e.exception))
+        self.assertIn("4 missing", str(e.exception))
+
+
 if __name__ == "__main__":
     unittest.main()
