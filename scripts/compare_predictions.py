@@ -4,9 +4,9 @@
     scripts/compare_predictions.py REF_DIR OTHER_DIR... [--json OUT] [--bootstrap N [--seed S]]
 
 Each DIR holds `evaluation.json` and `predictions.csv` from `derm-train evaluate`. Prints, for
-every run: top-1 agreement with REF, accuracy, balanced accuracy, fairness, per-group accuracy
-and the differences to REF in points; `--json` writes the same table as JSON. Every run must
-hold the same images as REF.
+every run: top-1 agreement with REF, accuracy, balanced accuracy, fairness, per-group accuracy,
+each class's recall (balanced accuracy is their mean), and the differences to REF in points;
+`--json` writes the same tables as JSON. Every run must hold the same images as REF.
 
 A run may also be several folders joined by commas, `DIR,DIR,...`: for example the five folds
 of a cross-validation, each scored by the model that did not train on it. Their images are
@@ -81,8 +81,9 @@ def pooled_metrics(pred, truth, groups):
 
 
 def scores(items, groups):
-    """Accuracy, balanced accuracy (mean recall over the classes present) and the accuracy
-    of each group in `groups`, of `items`: (label, group, prediction) triples."""
+    """Accuracy, balanced accuracy (mean recall over the classes present), the recall of
+    each class present and the accuracy of each group in `groups`, of `items`: (label, group,
+    prediction) triples."""
     per_class, per_group, right = {}, {}, 0
     for label, group, pred in items:
         ok = label == pred
@@ -97,6 +98,7 @@ def scores(items, groups):
     return {
         "accuracy": right / len(items),
         "balanced_accuracy": balanced,
+        "recall": {k: c / n for k, (c, n) in sorted(per_class.items())},
         "groups": {g: per_group[g][0] / per_group[g][1] for g in groups if g in per_group},
     }
 
@@ -174,6 +176,7 @@ def main(argv):
                      f"({missing[:1]}), {len(extra)} not in it ({extra[:1]})")
         preds.append(pred)
         m["images"] = len(pred)
+        m["recall"] = scores([(*truth[i], pred[i]) for i in ref_pred], [])["recall"]
         same = sum(pred.get(k) == v for k, v in ref_pred.items())
         m["run"] = d
         m["agreement"] = same / len(ref_pred)
@@ -181,6 +184,8 @@ def main(argv):
             "accuracy": 100 * (m["accuracy"] - ref["accuracy"]),
             "balanced_accuracy": 100 * (m["balanced_accuracy"] - ref["balanced_accuracy"]),
             "groups": {g: 100 * (a - ref["groups"][g]) for g, a in m["groups"].items()},
+            "recall": {c: 100 * (r - rows[0]["recall"][c]) if rows else 0.0
+                       for c, r in m["recall"].items()},
         }
         rows.append(m)
     groups = list(ref["groups"])
@@ -203,6 +208,16 @@ def main(argv):
             "" if m["fairness"] is None else f"{m['fairness']:.4f}",
         ] + [f"{m['groups'][g]:.4f} ({d['groups'][g]:+.2f})" for g in groups]
         print("| " + " | ".join(cells) + " |")
+    classes = list(rows[0]["recall"])
+    print()
+    print("Recall of each class (balanced accuracy is their mean):")
+    print()
+    print("| run | " + " | ".join(classes) + " |")
+    print("|---" * (1 + len(classes)) + "|")
+    for m in rows:
+        d = m["delta_points"]["recall"]
+        print("| " + " | ".join([m["run"]] + [f"{m['recall'][c]:.4f} ({d[c]:+.2f})"
+                                              for c in classes]) + " |")
     if resamples:
         print()
         print(f"90% bootstrap intervals of the differences (points, {resamples} paired resamples):")

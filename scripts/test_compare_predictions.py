@@ -94,6 +94,17 @@ class Bootstrap(unittest.TestCase):
         self.assertNotIn("bootstrap", rows[2])
         self.assertNotIn("90%", text)
 
+    def test_recall_per_class(self):
+        rows, text = self.run_main()
+        self.assertIn("Recall of each class", text)
+        # REF gets every image right; the run misses k = 2 and 4 (class A, 2 of 20) and
+        # k = 1 (class B, 1 of 20).
+        self.assertEqual(rows[0]["recall"], {"A": 1.0, "B": 1.0})
+        self.assertAlmostEqual(rows[2]["delta_points"]["recall"]["A"], -10.0)
+        self.assertAlmostEqual(rows[2]["delta_points"]["recall"]["B"], -5.0)
+        # Balanced accuracy is the mean of the recalls.
+        self.assertAlmostEqual(rows[2]["balanced_accuracy"], sum(rows[2]["recall"].values()) / 2)
+
     def test_bad_counts_are_refused(self):
         for args in (["--bootstrap", "1"], ["--bootstrap", "many"], ["--bootstrap"]):
             with self.assertRaises(SystemExit) as e:
@@ -147,6 +158,9 @@ class Pooled(unittest.TestCase):
         self.assertAlmostEqual(run["delta_points"]["groups"]["g2"], -25.0)
         # g1 4/4 (the minority), g2 1/4: SPD (0 + 0.75) / 2 = 0.375 > 0.2, so fairness is 0.
         self.assertEqual(run["fairness"], 0.0)
+        # Class A 3/4 -> 3/4 (a2 gained, b2 lost), class B 2/4 unchanged.
+        self.assertEqual(ref["recall"], {"A": 0.75, "B": 0.5})
+        self.assertEqual(run["delta_points"]["recall"], {"A": 0.0, "B": 0.0})
         self.assertIn("bootstrap", run)
 
     def test_one_folder_pooled_equals_its_evaluation(self):
