@@ -49,6 +49,15 @@ pub struct QuantSensitivityArgs {
     /// Cross-layer equalization before calibration (as `quantize --equalize`).
     #[arg(long)]
     pub equalize: bool,
+    /// Compute this op's hardswish in f32 (repeatable; `stem` is the first convolution): its
+    /// pre-activation is never rounded, as with `qat --float-hardswish`.
+    #[arg(long, value_name = "OP")]
+    pub float_hardswish: Vec<String>,
+    /// Round this feature map (an activation key, e.g. `features.0.0`) on one grid per
+    /// channel, each channel's range from the calibration images (repeatable). The int8
+    /// format has no such grid: this measures what one would buy before it is built.
+    #[arg(long, value_name = "KEY")]
+    pub per_channel_grid: Vec<String>,
     /// Seed of the calibration draw (and of `--max-val`).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -111,6 +120,10 @@ struct Report {
     images: usize,
     calibration_images: usize,
     calibration_range: String,
+    /// The ops whose hardswish ran in f32.
+    float_hardswish: Vec<String>,
+    /// The feature maps rounded on one grid per channel.
+    per_channel_grids: Vec<String>,
     group_names: Vec<String>,
     rows: Vec<Row>,
 }
@@ -132,7 +145,7 @@ pub fn run(a: QuantSensitivityArgs) -> Result<()> {
         cal,
         observed,
         params,
-        ..
+        float_hardswish,
     } = fold_grid(
         model,
         &a.model,
@@ -140,14 +153,24 @@ pub fn run(a: QuantSensitivityArgs) -> Result<()> {
         a.calibration_images,
         a.calibration_range,
         a.equalize,
-        &[],
+        &a.float_hardswish,
         a.seed,
         !a.quiet,
     )?;
     let calibration_images = cal.inputs.len();
     let g = &model.graph;
     let size = g.input.shape[2];
-    let s = Sensitivity::new(&model, params)?;
+    let mut s = Sensitivity::new(&model, params, &float_hardswish)?;
+    if !a.per_channel_grid.is_empty() {
+        let flat: Vec<f32> = cal.inputs.concat();
+        let images = Tensor::from_slice(&flat).view([
+            calibration_images as i64,
+            3,
+            size as i64,
+            size as i64,
+        ]);
+        s.per_channel_grids(&a.per_channel_grid, &images, a.batch_size as i64)?;
+    }
 
     // The scored images, preprocessed once and kept: every configuration runs on them.
     let (cache, rows) = a.data.open(|f| val_indices(f, a.max_val, a.seed))?;
@@ -275,6 +298,8 @@ pub fn run(a: QuantSensitivityArgs) -> Result<()> {
         images: labels.len(),
         calibration_images,
         calibration_range: a.calibration_range.to_string(),
+        float_hardswish,
+        per_channel_grids: a.per_channel_grid.clone(),
         group_names: cache.group_names().to_vec(),
         rows: out,
     };

@@ -64,6 +64,26 @@ pub fn fake_quant(x: &Tensor, p: QParams) -> Tensor {
     &clipped + (y - &clipped).detach()
 }
 
+/// Straight-through fake quantization of a feature map `[N, C, H, W]` with one grid per
+/// channel (`params[c]`), as [`fake_quant`] does with one grid for the whole tensor.
+pub fn fake_quant_per_channel(x: &Tensor, params: &[QParams]) -> Result<Tensor> {
+    ensure!(
+        x.dim() == 4 && x.size()[1] == params.len() as i64,
+        "a per-channel grid of {} channels for a value of shape {:?}",
+        params.len(),
+        x.size()
+    );
+    let column = |v: Vec<f32>| Tensor::from_slice(&v).to_kind(x.kind()).view([1, -1, 1, 1]);
+    let s = column(params.iter().map(|p| p.scale).collect());
+    let z = column(params.iter().map(|p| p.zero_point as f32).collect());
+    let lo = (-&z - 128.0) * &s;
+    let hi = (-&z + 127.0) * &s;
+    let clipped = x.clamp_tensor(Some(&lo), Some(&hi));
+    let q = ((x / &s).round() + &z).clamp(-128.0, 127.0);
+    let y = (q - &z) * &s;
+    Ok(&clipped + (y - &clipped).detach())
+}
+
 /// Straight-through fake quantization of a weight `[out, ...]`, per output channel,
 /// symmetric in `[-127, 127]` (an all-zero channel stays zero).
 pub fn fake_quant_weight(w: &Tensor) -> Tensor {

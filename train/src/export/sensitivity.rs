@@ -9,20 +9,26 @@
 //! find the culprit (PyTorch's Numeric Suite and TFLite's quantization debugger answer the
 //! same question).
 //!
+//! Two changes to the int8 grid can be tried before building them: the hardswish of some ops
+//! computed in f32 (their pre-activations are not rounded, as `--float-hardswish` does), and a
+//! feature map on one grid per channel instead of one per tensor
+//! ([`Sensitivity::per_channel_grids`]; the int8 format has no such grid).
+//!
 //! The rounding is the straight-through fake quantization that `derm-train qat` trains
 //! through ([`super::qat::fake_quant`], [`super::qat::fake_quant_weight`]); the int8 file
 //! computes the same grid in integers (the squeeze-excite gate in Q15, hardswish by table),
 //! so the fully quantized row here approximates, and does not replace, the int8 reference
 //! interpreter's score.
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail, ensure};
 use derm_codegen::ir::{Graph, ModelFile, Op, QParams};
 use derm_codegen::quant;
-use tch::Tensor;
+use tch::{Kind, Tensor};
 
-use super::qat::{fake_quant, fake_quant_weight};
+use super::qat::{fake_quant, fake_quant_per_channel, fake_quant_weight};
 use super::tch_graph::{TchGraph, Values, walk};
 
 /// Which parts of the network are rounded to int8 in one forward pass.
@@ -41,6 +47,10 @@ pub struct Sensitivity {
     float: TchGraph,
     quantized_weights: BTreeMap<String, Tensor>,
     params: BTreeMap<String, QParams>,
+    /// The activation keys (no pre-activation of a float hardswish op).
+    keys: Vec<String>,
+    /// Feature maps rounded on one grid per channel instead of `params`' one grid.
+    channel_params: BTreeMap<String, Vec<QParams>>,
 }
 
 /// One forward pass's view of the weights and values: [`Sensitivity`] under a [`Rounding`].
@@ -75,7 +85,55 @@ impl Values for Partial<'_> {
             .params
             .get(key)
             .with_context(|| format!("no quantization parameters for {key}"))?;
-        Ok(fake_quant(&x, *p))
+        match self.s.channel_params.get(key) {
+            Some(per_channel) => fake_quant_per_channel(&x, per_channel),
+            None => Ok(fake_quant(&x, *p)),
+        }
+    }
+}
+
+/// Each channel's lowest and highest value of one feature map (`None`: not computed yet).
+type ChannelRange = Option<(Vec<f32>, Vec<f32>)>;
+
+/// The float network, recording each channel's range of the feature maps in `ranges`.
+struct ChannelRanges<'a> {
+    float: &'a TchGraph,
+    ranges: RefCell<BTreeMap<String, ChannelRange>>,
+}
+
+impl Values for ChannelRanges<'_> {
+    fn weight(&self, name: &str) -> Result<Tensor> {
+        self.float.weight(name)
+    }
+
+    fn bias(&self, name: &str) -> Result<Tensor> {
+        self.float.bias(name)
+    }
+
+    fn value(&self, x: Tensor, key: &str) -> Result<Tensor> {
+        let mut ranges = self.ranges.borrow_mut();
+        let Some(slot) = ranges.get_mut(key) else {
+            return Ok(x);
+        };
+        if x.dim() != 4 {
+            bail!(
+                "{key} is a value of shape {:?}, not a feature map [N, C, H, W]: a per-channel \
+                 grid is for feature maps",
+                x.size()
+            );
+        }
+        let c = x.size()[1];
+        let t = x.transpose(0, 1).reshape([c, -1]);
+        let lo = Vec::<f32>::try_from(t.amin([1i64].as_slice(), false).to_kind(Kind::Float))?;
+        let hi = Vec::<f32>::try_from(t.amax([1i64].as_slice(), false).to_kind(Kind::Float))?;
+        match slot {
+            None => *slot = Some((lo, hi)),
+            Some((l, h)) => {
+                l.iter_mut().zip(&lo).for_each(|(a, b)| *a = a.min(*b));
+                h.iter_mut().zip(&hi).for_each(|(a, b)| *a = a.max(*b));
+            }
+        }
+        Ok(x)
     }
 }
 
@@ -97,16 +155,23 @@ fn weight_names(graph: &Graph) -> Vec<&str> {
 }
 
 impl Sensitivity {
-    /// The float `model` with `params`, one grid per `quant::activation_keys` entry (from
-    /// [`super::qat::activation_grid`]).
-    pub fn new(model: &ModelFile, params: BTreeMap<String, QParams>) -> Result<Self> {
-        anyhow::ensure!(
+    /// The float `model` with `params`, one grid per
+    /// `quant::activation_keys_with(graph, float_hardswish)` entry (from
+    /// [`super::qat::activation_grid`]): the ops of `float_hardswish` compute their hardswish
+    /// in f32, so their pre-activations are never rounded.
+    pub fn new(
+        model: &ModelFile,
+        params: BTreeMap<String, QParams>,
+        float_hardswish: &[String],
+    ) -> Result<Self> {
+        ensure!(
             model.graph.quantization.is_none(),
             "the sensitivity analysis starts from a float model; this one is already int8"
         );
-        for key in quant::activation_keys(&model.graph) {
-            anyhow::ensure!(
-                params.contains_key(&key),
+        let keys = quant::activation_keys_with(&model.graph, float_hardswish);
+        for key in &keys {
+            ensure!(
+                params.contains_key(key),
                 "no quantization parameters for activation {key}"
             );
         }
@@ -120,7 +185,46 @@ impl Sensitivity {
             float,
             quantized_weights,
             params,
+            keys,
+            channel_params: BTreeMap::new(),
         })
+    }
+
+    /// Puts each feature map of `keys` on one grid per channel: each channel's range over
+    /// the float network's values on `calibration` (`[N, 3, H, W]`, run `batch` images at a
+    /// time), widened to hold 0, as `quant::params_for_range` sets a tensor's. A key that is
+    /// not an activation of the model, or names a vector rather than a feature map, is
+    /// refused by name.
+    pub fn per_channel_grids(
+        &mut self,
+        keys: &[String],
+        calibration: &Tensor,
+        batch: i64,
+    ) -> Result<()> {
+        for key in keys {
+            ensure!(
+                self.keys.contains(key),
+                "{key} is not an activation that the int8 model rounds (see the keys in \
+                 sensitivity.json)"
+            );
+        }
+        let rec = ChannelRanges {
+            float: &self.float,
+            ranges: RefCell::new(keys.iter().map(|k| (k.clone(), None)).collect()),
+        };
+        for chunk in calibration.split(batch.max(1), 0) {
+            tch::no_grad(|| walk(self.float.graph(), &chunk, &rec))?;
+        }
+        for (key, range) in rec.ranges.into_inner() {
+            let (lo, hi) = range.with_context(|| format!("{key} was never computed"))?;
+            let grid = lo
+                .iter()
+                .zip(&hi)
+                .map(|(&l, &h)| quant::params_for_range(l, h))
+                .collect();
+            self.channel_params.insert(key, grid);
+        }
+        Ok(())
     }
 
     /// Every weight tensor that int8 stores per output channel, in execution order.
@@ -133,7 +237,7 @@ impl Sensitivity {
 
     /// Every activation key, in execution order (the input first).
     pub fn keys(&self) -> Vec<String> {
-        quant::activation_keys(self.float.graph())
+        self.keys.clone()
     }
 
     /// Logits `[N, C]` of a preprocessed batch `[N, 3, H, W]` with `rounding` applied (no
@@ -188,7 +292,7 @@ mod tests {
     fn nothing_rounded_is_the_float_graph_and_everything_is_the_qat_graph() {
         let (model, params, inputs) = model_and_grid();
         let x = batch(&model, &inputs);
-        let s = Sensitivity::new(&model, params.clone()).unwrap();
+        let s = Sensitivity::new(&model, params.clone(), &[]).unwrap();
         let none = Rounding {
             weights: BTreeSet::new(),
             activations: BTreeSet::new(),
@@ -212,7 +316,7 @@ mod tests {
     fn one_activation_rounds_only_its_own_value() {
         let (model, params, inputs) = model_and_grid();
         let x = batch(&model, &inputs);
-        let s = Sensitivity::new(&model, params).unwrap();
+        let s = Sensitivity::new(&model, params, &[]).unwrap();
         let keys = s.keys();
         let last = keys.last().unwrap().clone();
         let one = Rounding {
@@ -244,5 +348,78 @@ mod tests {
             ),
             0.0
         );
+    }
+
+    #[test]
+    fn a_per_channel_grid_keeps_each_channel_within_half_its_own_step() {
+        // Two channels of very different ranges: one grid for both rounds the small one to
+        // a few levels; one grid each keeps every value within half of its channel's step.
+        let x = Tensor::cat(
+            &[
+                Tensor::linspace(-0.1, 0.1, 50, tch::kind::FLOAT_CPU).view([1, 1, 5, 10]),
+                Tensor::linspace(-20.0, 30.0, 50, tch::kind::FLOAT_CPU).view([1, 1, 5, 10]),
+            ],
+            1,
+        );
+        let grids = [
+            derm_codegen::quant::params_for_range(-0.1, 0.1),
+            derm_codegen::quant::params_for_range(-20.0, 30.0),
+        ];
+        let y = fake_quant_per_channel(&x, &grids).unwrap();
+        for (c, g) in grids.iter().enumerate() {
+            let err = max_diff(&y.select(1, c as i64), &x.select(1, c as i64));
+            assert!(err <= f64::from(g.scale) / 2.0 + 1e-7, "channel {c}: {err}");
+        }
+        let whole = fake_quant(&x, derm_codegen::quant::params_for_range(-20.0, 30.0));
+        let small = max_diff(&whole.select(1, 0), &x.select(1, 0));
+        assert!(
+            small > 10.0 * f64::from(grids[0].scale),
+            "one grid for both: {small}"
+        );
+        // The same grid for every channel is the per-tensor rounding.
+        let same = fake_quant_per_channel(&x, &[grids[1], grids[1]]).unwrap();
+        assert_eq!(max_diff(&same, &whole), 0.0);
+        // A grid of the wrong number of channels is refused.
+        assert!(fake_quant_per_channel(&x, &grids[..1]).is_err());
+    }
+
+    #[test]
+    fn per_channel_grids_bring_a_feature_map_closer_to_float_and_refuse_bad_keys() {
+        let (model, params, inputs) = model_and_grid();
+        let x = batch(&model, &inputs);
+        let mut s = Sensitivity::new(&model, params, &[]).unwrap();
+        let key = s.keys()[1].clone();
+        let one = Rounding {
+            weights: BTreeSet::new(),
+            activations: [key.clone()].into_iter().collect(),
+        };
+        let none = Rounding {
+            weights: BTreeSet::new(),
+            activations: BTreeSet::new(),
+        };
+        let float = s.logits(&x, &none).unwrap();
+        let mean_diff = |a: &Tensor| f64::try_from((a - &float).abs().mean(Kind::Double)).unwrap();
+        let per_tensor = mean_diff(&s.logits(&x, &one).unwrap());
+        s.per_channel_grids(std::slice::from_ref(&key), &x, 3)
+            .unwrap();
+        let per_channel = mean_diff(&s.logits(&x, &one).unwrap());
+        assert!(per_channel > 0.0, "{key} is still rounded");
+        assert!(
+            per_channel < per_tensor,
+            "{per_channel} against {per_tensor}"
+        );
+        let e = s
+            .per_channel_grids(&["no.such.value".to_owned()], &x, 3)
+            .unwrap_err();
+        assert!(e.to_string().contains("no.such.value"), "{e}");
+        let v = s
+            .keys()
+            .into_iter()
+            .find(|k| k.ends_with(":pooled"))
+            .expect("the tiny model has a squeeze-excite");
+        let e = s
+            .per_channel_grids(std::slice::from_ref(&v), &x, 3)
+            .unwrap_err();
+        assert!(e.to_string().contains("not a feature map"), "{v}: {e}");
     }
 }
