@@ -58,6 +58,10 @@ pub struct QuantSensitivityArgs {
     /// format has no such grid: this measures what one would buy before it is built.
     #[arg(long, value_name = "KEY")]
     pub per_channel_grid: Vec<String>,
+    /// Wherever a layer's weights are rounded, its bias absorbs the mean output shift that
+    /// their rounding causes on the calibration images (bias correction).
+    #[arg(long)]
+    pub bias_correction: bool,
     /// Seed of the calibration draw (and of `--max-val`).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -124,6 +128,8 @@ struct Report {
     float_hardswish: Vec<String>,
     /// The feature maps rounded on one grid per channel.
     per_channel_grids: Vec<String>,
+    /// Whether biases absorbed the mean shift of their weights' rounding.
+    bias_correction: bool,
     group_names: Vec<String>,
     rows: Vec<Row>,
 }
@@ -161,7 +167,7 @@ pub fn run(a: QuantSensitivityArgs) -> Result<()> {
     let g = &model.graph;
     let size = g.input.shape[2];
     let mut s = Sensitivity::new(&model, params, &float_hardswish)?;
-    if !a.per_channel_grid.is_empty() {
+    if !a.per_channel_grid.is_empty() || a.bias_correction {
         let flat: Vec<f32> = cal.inputs.concat();
         let images = Tensor::from_slice(&flat).view([
             calibration_images as i64,
@@ -169,7 +175,12 @@ pub fn run(a: QuantSensitivityArgs) -> Result<()> {
             size as i64,
             size as i64,
         ]);
-        s.per_channel_grids(&a.per_channel_grid, &images, a.batch_size as i64)?;
+        if !a.per_channel_grid.is_empty() {
+            s.per_channel_grids(&a.per_channel_grid, &images, a.batch_size as i64)?;
+        }
+        if a.bias_correction {
+            s.bias_correction(&images, a.batch_size as i64)?;
+        }
     }
 
     // The scored images, preprocessed once and kept: every configuration runs on them.
@@ -300,6 +311,7 @@ pub fn run(a: QuantSensitivityArgs) -> Result<()> {
         calibration_range: a.calibration_range.to_string(),
         float_hardswish,
         per_channel_grids: a.per_channel_grid.clone(),
+        bias_correction: a.bias_correction,
         group_names: cache.group_names().to_vec(),
         rows: out,
     };

@@ -51,6 +51,9 @@ pub struct Sensitivity {
     keys: Vec<String>,
     /// Feature maps rounded on one grid per channel instead of `params`' one grid.
     channel_params: BTreeMap<String, Vec<QParams>>,
+    /// Bias corrections: bias name -> (its layer's weight name, the amount subtracted from
+    /// the bias when that weight is rounded).
+    corrections: BTreeMap<String, (String, Tensor)>,
 }
 
 /// One forward pass's view of the weights and values: [`Sensitivity`] under a [`Rounding`].
@@ -73,7 +76,11 @@ impl Values for Partial<'_> {
     }
 
     fn bias(&self, name: &str) -> Result<Tensor> {
-        self.s.float.bias(name)
+        let b = self.s.float.bias(name)?;
+        match self.s.corrections.get(name) {
+            Some((weight, shift)) if self.rounding.weights.contains(weight) => Ok(b - shift),
+            _ => Ok(b),
+        }
     }
 
     fn value(&self, x: Tensor, key: &str) -> Result<Tensor> {
@@ -89,6 +96,40 @@ impl Values for Partial<'_> {
             Some(per_channel) => fake_quant_per_channel(&x, per_channel),
             None => Ok(fake_quant(&x, *p)),
         }
+    }
+}
+
+/// The float network, summing each channel of every value it computes (over the images and
+/// the pixels), to give each layer's mean input.
+struct ChannelSums<'a> {
+    float: &'a TchGraph,
+    sums: RefCell<BTreeMap<String, (Tensor, i64)>>,
+}
+
+impl Values for ChannelSums<'_> {
+    fn weight(&self, name: &str) -> Result<Tensor> {
+        self.float.weight(name)
+    }
+
+    fn bias(&self, name: &str) -> Result<Tensor> {
+        self.float.bias(name)
+    }
+
+    fn value(&self, x: Tensor, key: &str) -> Result<Tensor> {
+        let c = x.size()[1];
+        let t = x.transpose(0, 1).reshape([c, -1]).to_kind(Kind::Double);
+        let (sum, n) = (t.sum_dim_intlist(1, false, Kind::Double), t.size()[1]);
+        let mut sums = self.sums.borrow_mut();
+        match sums.get_mut(key) {
+            Some((s, count)) => {
+                *s += sum;
+                *count += n;
+            }
+            None => {
+                sums.insert(key.to_owned(), (sum, n));
+            }
+        }
+        Ok(x)
     }
 }
 
@@ -187,7 +228,62 @@ impl Sensitivity {
             params,
             keys,
             channel_params: BTreeMap::new(),
+            corrections: BTreeMap::new(),
         })
+    }
+
+    /// Bias correction (Nagel et al., "Data-free quantization", 2019): rounding a layer's
+    /// weights by `dW` shifts its output's mean by `dW` applied to the mean input; each
+    /// convolution and linear layer's bias absorbs that shift, with each input channel's
+    /// mean over the float network's values on `calibration` (`[N, 3, H, W]`, `batch`
+    /// images at a time; padding taps are counted as the mean, not as zero). Applies
+    /// wherever the layer's weight is rounded. Squeeze-excite's layers are left as they are.
+    pub fn bias_correction(&mut self, calibration: &Tensor, batch: i64) -> Result<()> {
+        let rec = ChannelSums {
+            float: &self.float,
+            sums: RefCell::new(BTreeMap::new()),
+        };
+        for chunk in calibration.split(batch.max(1), 0) {
+            tch::no_grad(|| walk(self.float.graph(), &chunk, &rec))?;
+        }
+        let sums = rec.sums.into_inner();
+        let mean = |name: &str| -> Result<Tensor> {
+            let (s, n) = sums
+                .get(name)
+                .with_context(|| format!("{name} was never computed"))?;
+            Ok((s / *n as f64).to_kind(Kind::Float))
+        };
+        let mut corrections = BTreeMap::new();
+        for op in &self.float.graph().ops {
+            let (input, weight, bias, groups) = match op {
+                Op::Conv2d(c) => (&c.input, &c.weight, &c.bias, c.groups),
+                Op::Linear(l) => (&l.input, &l.weight, &l.bias, 1),
+                _ => continue,
+            };
+            let q = self
+                .quantized_weights
+                .get(weight)
+                .with_context(|| format!("{weight} is not a weight of the model"))?;
+            let dw = tch::no_grad(|| self.float.weight(weight).map(|w| q - w))?;
+            let out = dw.size()[0];
+            // Sum over the kernel's taps: [out, inputs per group].
+            let dw = dw
+                .reshape([out, dw.size()[1], -1])
+                .sum_dim_intlist(2, false, Kind::Float);
+            let mu = mean(input)?;
+            let shift = if groups == 1 {
+                dw.matmul(&mu)
+            } else {
+                ensure!(
+                    dw.size()[1] == 1 && mu.size()[0] == out,
+                    "{weight}: bias correction handles dense and depthwise layers, not {groups} groups"
+                );
+                dw.squeeze_dim(1) * mu
+            };
+            corrections.insert(bias.clone(), (weight.clone(), shift));
+        }
+        self.corrections = corrections;
+        Ok(())
     }
 
     /// Puts each feature map of `keys` on one grid per channel: each channel's range over
@@ -384,30 +480,55 @@ mod tests {
     }
 
     #[test]
-    fn per_channel_grids_bring_a_feature_map_closer_to_float_and_refuse_bad_keys() {
+    fn per_channel_grids_fit_each_channel_of_a_feature_map_and_refuse_bad_keys() {
         let (model, params, inputs) = model_and_grid();
         let x = batch(&model, &inputs);
-        let mut s = Sensitivity::new(&model, params, &[]).unwrap();
-        let key = s.keys()[1].clone();
+        let mut s = Sensitivity::new(&model, params.clone(), &[]).unwrap();
+        // The first op's output (not a pre-activation: the value walk returns is the one
+        // rounded).
+        let key = model.graph.ops[0].output().to_owned();
+        assert!(s.keys().contains(&key));
         let one = Rounding {
             weights: BTreeSet::new(),
             activations: [key.clone()].into_iter().collect(),
+        };
+        let first_output = |s: &Sensitivity, r: &Rounding| {
+            let v = Partial { s, rounding: r };
+            tch::no_grad(|| walk(s.float.graph(), &x, &v)).unwrap()[0]
+                .1
+                .shallow_clone()
         };
         let none = Rounding {
             weights: BTreeSet::new(),
             activations: BTreeSet::new(),
         };
-        let float = s.logits(&x, &none).unwrap();
-        let mean_diff = |a: &Tensor| f64::try_from((a - &float).abs().mean(Kind::Double)).unwrap();
-        let per_tensor = mean_diff(&s.logits(&x, &one).unwrap());
+        let float = first_output(&s, &none);
         s.per_channel_grids(std::slice::from_ref(&key), &x, 3)
             .unwrap();
-        let per_channel = mean_diff(&s.logits(&x, &one).unwrap());
-        assert!(per_channel > 0.0, "{key} is still rounded");
+        let grid = s.channel_params[&key].clone();
+        assert_eq!(grid.len() as i64, float.size()[1]);
+        // Each channel's range lies within the tensor's, so no channel's step is coarser.
+        let whole = params[&key].scale;
         assert!(
-            per_channel < per_tensor,
-            "{per_channel} against {per_tensor}"
+            grid.iter().all(|g| g.scale <= whole * (1.0 + 1e-6)),
+            "{grid:?} vs {whole}"
         );
+        assert!(
+            grid.iter().any(|g| g.scale < whole * 0.99),
+            "{grid:?} vs {whole}"
+        );
+        // On the images the ranges came from nothing is clipped: every value is within half
+        // of its own channel's step.
+        let rounded = first_output(&s, &one);
+        for (c, g) in grid.iter().enumerate() {
+            let c = c as i64;
+            let err = max_diff(&rounded.select(1, c), &float.select(1, c));
+            assert!(
+                err <= f64::from(g.scale) / 2.0 * (1.0 + 1e-5),
+                "channel {c}: {err} vs {g:?}"
+            );
+        }
+        assert!(max_diff(&rounded, &float) > 0.0, "{key} is not rounded");
         let e = s
             .per_channel_grids(&["no.such.value".to_owned()], &x, 3)
             .unwrap_err();
@@ -421,5 +542,35 @@ mod tests {
             .per_channel_grids(std::slice::from_ref(&v), &x, 3)
             .unwrap_err();
         assert!(e.to_string().contains("not a feature map"), "{v}: {e}");
+    }
+
+    #[test]
+    fn bias_correction_removes_the_mean_shift_of_rounded_weights() {
+        // The last linear layer has no activation, so its output's mean moves by exactly
+        // dW times its mean input: corrected on the images it was measured on, the mean of
+        // the logits is the float one's.
+        let (model, params, inputs) = model_and_grid();
+        let x = batch(&model, &inputs);
+        let mut s = Sensitivity::new(&model, params, &[]).unwrap();
+        let last = s.weight_names().pop().unwrap();
+        let last_only = Rounding {
+            weights: [last.clone()].into_iter().collect(),
+            activations: BTreeSet::new(),
+        };
+        let none = Rounding {
+            weights: BTreeSet::new(),
+            activations: BTreeSet::new(),
+        };
+        let float = s.logits(&x, &none).unwrap();
+        let shift = |y: &Tensor| {
+            f64::try_from((y - &float).mean_dim(0, false, Kind::Double).abs().max()).unwrap()
+        };
+        let before = shift(&s.logits(&x, &last_only).unwrap());
+        s.bias_correction(&x, 3).unwrap();
+        let after = shift(&s.logits(&x, &last_only).unwrap());
+        assert!(before > 1e-4, "rounding {last} moved no mean: {before}");
+        assert!(after < 1e-5, "{after} (before: {before})");
+        // Nothing rounded, nothing corrected.
+        assert_eq!(max_diff(&s.logits(&x, &none).unwrap(), &float), 0.0);
     }
 }
