@@ -23,7 +23,7 @@
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use derm_codegen::ir::{Graph, ModelFile, Op, QParams};
 use derm_codegen::quant;
 use tch::{Kind, Tensor};
@@ -99,14 +99,25 @@ impl Values for Partial<'_> {
     }
 }
 
-/// The float network, summing each channel of every value it computes (over the images and
-/// the pixels), to give each layer's mean input.
-struct ChannelSums<'a> {
-    float: &'a TchGraph,
-    sums: RefCell<BTreeMap<String, (Tensor, i64)>>,
+/// Each channel's statistics of one value over the calibration images (and its pixels).
+struct ChannelStats {
+    /// Dimensions of the value (4 for a feature map `[N, C, H, W]`, 2 for a vector).
+    dims: i64,
+    /// Sum per channel (`f64`), and the number of values summed per channel.
+    sum: Tensor,
+    count: i64,
+    /// Lowest and highest value per channel.
+    lo: Tensor,
+    hi: Tensor,
 }
 
-impl Values for ChannelSums<'_> {
+/// The float network, recording [`ChannelStats`] of every value it computes.
+struct StatsRecorder<'a> {
+    float: &'a TchGraph,
+    stats: RefCell<BTreeMap<String, ChannelStats>>,
+}
+
+impl Values for StatsRecorder<'_> {
     fn weight(&self, name: &str) -> Result<Tensor> {
         self.float.weight(name)
     }
@@ -118,60 +129,23 @@ impl Values for ChannelSums<'_> {
     fn value(&self, x: Tensor, key: &str) -> Result<Tensor> {
         let c = x.size()[1];
         let t = x.transpose(0, 1).reshape([c, -1]).to_kind(Kind::Double);
-        let (sum, n) = (t.sum_dim_intlist(1, false, Kind::Double), t.size()[1]);
-        let mut sums = self.sums.borrow_mut();
-        match sums.get_mut(key) {
-            Some((s, count)) => {
-                *s += sum;
-                *count += n;
+        let batch = ChannelStats {
+            dims: x.dim() as i64,
+            sum: t.sum_dim_intlist(1, false, Kind::Double),
+            count: t.size()[1],
+            lo: t.amin([1i64].as_slice(), false),
+            hi: t.amax([1i64].as_slice(), false),
+        };
+        let mut stats = self.stats.borrow_mut();
+        match stats.get_mut(key) {
+            Some(s) => {
+                s.sum += batch.sum;
+                s.count += batch.count;
+                s.lo = s.lo.minimum(&batch.lo);
+                s.hi = s.hi.maximum(&batch.hi);
             }
             None => {
-                sums.insert(key.to_owned(), (sum, n));
-            }
-        }
-        Ok(x)
-    }
-}
-
-/// Each channel's lowest and highest value of one feature map (`None`: not computed yet).
-type ChannelRange = Option<(Vec<f32>, Vec<f32>)>;
-
-/// The float network, recording each channel's range of the feature maps in `ranges`.
-struct ChannelRanges<'a> {
-    float: &'a TchGraph,
-    ranges: RefCell<BTreeMap<String, ChannelRange>>,
-}
-
-impl Values for ChannelRanges<'_> {
-    fn weight(&self, name: &str) -> Result<Tensor> {
-        self.float.weight(name)
-    }
-
-    fn bias(&self, name: &str) -> Result<Tensor> {
-        self.float.bias(name)
-    }
-
-    fn value(&self, x: Tensor, key: &str) -> Result<Tensor> {
-        let mut ranges = self.ranges.borrow_mut();
-        let Some(slot) = ranges.get_mut(key) else {
-            return Ok(x);
-        };
-        if x.dim() != 4 {
-            bail!(
-                "{key} is a value of shape {:?}, not a feature map [N, C, H, W]: a per-channel \
-                 grid is for feature maps",
-                x.size()
-            );
-        }
-        let c = x.size()[1];
-        let t = x.transpose(0, 1).reshape([c, -1]);
-        let lo = Vec::<f32>::try_from(t.amin([1i64].as_slice(), false).to_kind(Kind::Float))?;
-        let hi = Vec::<f32>::try_from(t.amax([1i64].as_slice(), false).to_kind(Kind::Float))?;
-        match slot {
-            None => *slot = Some((lo, hi)),
-            Some((l, h)) => {
-                l.iter_mut().zip(&lo).for_each(|(a, b)| *a = a.min(*b));
-                h.iter_mut().zip(&hi).for_each(|(a, b)| *a = a.max(*b));
+                stats.insert(key.to_owned(), batch);
             }
         }
         Ok(x)
@@ -239,19 +213,12 @@ impl Sensitivity {
     /// images at a time; padding taps are counted as the mean, not as zero). Applies
     /// wherever the layer's weight is rounded. Squeeze-excite's layers are left as they are.
     pub fn bias_correction(&mut self, calibration: &Tensor, batch: i64) -> Result<()> {
-        let rec = ChannelSums {
-            float: &self.float,
-            sums: RefCell::new(BTreeMap::new()),
-        };
-        for chunk in calibration.split(batch.max(1), 0) {
-            tch::no_grad(|| walk(self.float.graph(), &chunk, &rec))?;
-        }
-        let sums = rec.sums.into_inner();
+        let stats = self.channel_stats(calibration, batch)?;
         let mean = |name: &str| -> Result<Tensor> {
-            let (s, n) = sums
+            let st = stats
                 .get(name)
                 .with_context(|| format!("{name} was never computed"))?;
-            Ok((s / *n as f64).to_kind(Kind::Float))
+            Ok((&st.sum / st.count as f64).to_kind(Kind::Float))
         };
         let mut corrections = BTreeMap::new();
         for op in &self.float.graph().ops {
@@ -286,6 +253,23 @@ impl Sensitivity {
         Ok(())
     }
 
+    /// [`ChannelStats`] of every value of the float network on `calibration` (`[N, 3, H, W]`,
+    /// run `batch` images at a time).
+    fn channel_stats(
+        &self,
+        calibration: &Tensor,
+        batch: i64,
+    ) -> Result<BTreeMap<String, ChannelStats>> {
+        let rec = StatsRecorder {
+            float: &self.float,
+            stats: RefCell::new(BTreeMap::new()),
+        };
+        for chunk in calibration.split(batch.max(1), 0) {
+            tch::no_grad(|| walk(self.float.graph(), &chunk, &rec))?;
+        }
+        Ok(rec.stats.into_inner())
+    }
+
     /// Puts each feature map of `keys` on one grid per channel: each channel's range over
     /// the float network's values on `calibration` (`[N, 3, H, W]`, run `batch` images at a
     /// time), widened to hold 0, as `quant::params_for_range` sets a tensor's. A key that is
@@ -304,21 +288,25 @@ impl Sensitivity {
                  sensitivity.json)"
             );
         }
-        let rec = ChannelRanges {
-            float: &self.float,
-            ranges: RefCell::new(keys.iter().map(|k| (k.clone(), None)).collect()),
-        };
-        for chunk in calibration.split(batch.max(1), 0) {
-            tch::no_grad(|| walk(self.float.graph(), &chunk, &rec))?;
-        }
-        for (key, range) in rec.ranges.into_inner() {
-            let (lo, hi) = range.with_context(|| format!("{key} was never computed"))?;
+        let stats = self.channel_stats(calibration, batch)?;
+        for key in keys {
+            let st = stats
+                .get(key)
+                .with_context(|| format!("{key} was never computed"))?;
+            ensure!(
+                st.dims == 4,
+                "{key} is a value of {} dimensions, not a feature map [N, C, H, W]: a \
+                 per-channel grid is for feature maps",
+                st.dims
+            );
+            let lo = Vec::<f32>::try_from(st.lo.to_kind(Kind::Float))?;
+            let hi = Vec::<f32>::try_from(st.hi.to_kind(Kind::Float))?;
             let grid = lo
                 .iter()
                 .zip(&hi)
                 .map(|(&l, &h)| quant::params_for_range(l, h))
                 .collect();
-            self.channel_params.insert(key, grid);
+            self.channel_params.insert(key.clone(), grid);
         }
         Ok(())
     }
