@@ -175,11 +175,10 @@ pub fn run(a: QuantSensitivityArgs) -> Result<()> {
             size as i64,
             size as i64,
         ]);
-        if !a.per_channel_grid.is_empty() {
-            s.per_channel_grids(&a.per_channel_grid, &images, a.batch_size as i64)?;
-        }
+        let stats = s.channel_statistics(&images, a.batch_size as i64)?;
+        s.per_channel_grids(&a.per_channel_grid, &stats)?;
         if a.bias_correction {
-            s.bias_correction(&images, a.batch_size as i64)?;
+            s.bias_correction(&stats)?;
         }
     }
 

@@ -99,7 +99,14 @@ impl Values for Partial<'_> {
     }
 }
 
+/// Each channel's statistics of every value of the float network on calibration images, from
+/// one pass ([`Sensitivity::channel_statistics`]): what per-channel grids and bias correction
+/// are derived from.
+#[derive(Debug)]
+pub struct ChannelStatistics(BTreeMap<String, ChannelStats>);
+
 /// Each channel's statistics of one value over the calibration images (and its pixels).
+#[derive(Debug)]
 struct ChannelStats {
     /// Dimensions of the value (4 for a feature map `[N, C, H, W]`, 2 for a vector).
     dims: i64,
@@ -209,13 +216,13 @@ impl Sensitivity {
     /// Bias correction (Nagel et al., "Data-free quantization", 2019): rounding a layer's
     /// weights by `dW` shifts its output's mean by `dW` applied to the mean input; each
     /// convolution and linear layer's bias absorbs that shift, with each input channel's
-    /// mean over the float network's values on `calibration` (`[N, 3, H, W]`, `batch`
-    /// images at a time; padding taps are counted as the mean, not as zero). Applies
+    /// mean in `stats` (the float network's values on calibration images; padding taps are
+    /// counted as the mean, not as zero). Applies
     /// wherever the layer's weight is rounded. Squeeze-excite's layers are left as they are.
-    pub fn bias_correction(&mut self, calibration: &Tensor, batch: i64) -> Result<()> {
-        let stats = self.channel_stats(calibration, batch)?;
+    pub fn bias_correction(&mut self, stats: &ChannelStatistics) -> Result<()> {
         let mean = |name: &str| -> Result<Tensor> {
             let st = stats
+                .0
                 .get(name)
                 .with_context(|| format!("{name} was never computed"))?;
             Ok((&st.sum / st.count as f64).to_kind(Kind::Float))
@@ -253,13 +260,13 @@ impl Sensitivity {
         Ok(())
     }
 
-    /// [`ChannelStats`] of every value of the float network on `calibration` (`[N, 3, H, W]`,
-    /// run `batch` images at a time).
-    fn channel_stats(
+    /// Each channel's sum, count and range of every value of the float network on
+    /// `calibration` (`[N, 3, H, W]`, run `batch` images at a time), in one pass.
+    pub fn channel_statistics(
         &self,
         calibration: &Tensor,
         batch: i64,
-    ) -> Result<BTreeMap<String, ChannelStats>> {
+    ) -> Result<ChannelStatistics> {
         let rec = StatsRecorder {
             float: &self.float,
             stats: RefCell::new(BTreeMap::new()),
@@ -267,20 +274,14 @@ impl Sensitivity {
         for chunk in calibration.split(batch.max(1), 0) {
             tch::no_grad(|| walk(self.float.graph(), &chunk, &rec))?;
         }
-        Ok(rec.stats.into_inner())
+        Ok(ChannelStatistics(rec.stats.into_inner()))
     }
 
-    /// Puts each feature map of `keys` on one grid per channel: each channel's range over
-    /// the float network's values on `calibration` (`[N, 3, H, W]`, run `batch` images at a
-    /// time), widened to hold 0, as `quant::params_for_range` sets a tensor's. A key that is
+    /// Puts each feature map of `keys` on one grid per channel: each channel's range in
+    /// `stats` (the float network's values on calibration images), widened to hold 0, as `quant::params_for_range` sets a tensor's. A key that is
     /// not an activation of the model, or names a vector rather than a feature map, is
     /// refused by name.
-    pub fn per_channel_grids(
-        &mut self,
-        keys: &[String],
-        calibration: &Tensor,
-        batch: i64,
-    ) -> Result<()> {
+    pub fn per_channel_grids(&mut self, keys: &[String], stats: &ChannelStatistics) -> Result<()> {
         for key in keys {
             ensure!(
                 self.keys.contains(key),
@@ -288,9 +289,9 @@ impl Sensitivity {
                  sensitivity.json)"
             );
         }
-        let stats = self.channel_stats(calibration, batch)?;
         for key in keys {
             let st = stats
+                .0
                 .get(key)
                 .with_context(|| format!("{key} was never computed"))?;
             ensure!(
@@ -491,7 +492,8 @@ mod tests {
             activations: BTreeSet::new(),
         };
         let float = first_output(&s, &none);
-        s.per_channel_grids(std::slice::from_ref(&key), &x, 3)
+        let stats = s.channel_statistics(&x, 3).unwrap();
+        s.per_channel_grids(std::slice::from_ref(&key), &stats)
             .unwrap();
         let grid = s.channel_params[&key].clone();
         assert_eq!(grid.len() as i64, float.size()[1]);
@@ -518,7 +520,7 @@ mod tests {
         }
         assert!(max_diff(&rounded, &float) > 0.0, "{key} is not rounded");
         let e = s
-            .per_channel_grids(&["no.such.value".to_owned()], &x, 3)
+            .per_channel_grids(&["no.such.value".to_owned()], &stats)
             .unwrap_err();
         assert!(e.to_string().contains("no.such.value"), "{e}");
         let v = s
@@ -527,7 +529,7 @@ mod tests {
             .find(|k| k.ends_with(":pooled"))
             .expect("the tiny model has a squeeze-excite");
         let e = s
-            .per_channel_grids(std::slice::from_ref(&v), &x, 3)
+            .per_channel_grids(std::slice::from_ref(&v), &stats)
             .unwrap_err();
         assert!(e.to_string().contains("not a feature map"), "{v}: {e}");
     }
@@ -554,7 +556,8 @@ mod tests {
             f64::try_from((y - &float).mean_dim(0, false, Kind::Double).abs().max()).unwrap()
         };
         let before = shift(&s.logits(&x, &last_only).unwrap());
-        s.bias_correction(&x, 3).unwrap();
+        let stats = s.channel_statistics(&x, 3).unwrap();
+        s.bias_correction(&stats).unwrap();
         let after = shift(&s.logits(&x, &last_only).unwrap());
         assert!(before > 1e-4, "rounding {last} moved no mean: {before}");
         assert!(after < 1e-5, "{after} (before: {before})");
