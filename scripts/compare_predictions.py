@@ -168,7 +168,8 @@ def main(argv):
     ref, ref_pred, truth = load(argv[0])
     rows, preds = [], []
     for d in argv:
-        m, pred, _ = load(d)
+        # REF is its own first row; its folders are read once.
+        m, pred = (dict(ref), ref_pred) if not rows else load(d)[:2]
         if set(pred) != set(ref_pred):
             missing = sorted(set(ref_pred) - set(pred))
             extra = sorted(set(pred) - set(ref_pred))
