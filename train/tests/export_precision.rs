@@ -229,6 +229,7 @@ fn int8_export_is_a_quarter_of_the_size_and_its_golden_is_the_reference() {
                 progress: false,
                 equalize: false,
                 float_hardswish: Vec::new(),
+                bias_correction: false,
             }),
             ..base
         },
@@ -390,6 +391,7 @@ fn qat_forward_tracks_the_int8_oracle() {
         progress: false,
         equalize: false,
         float_hardswish: Vec::new(),
+        bias_correction: false,
     };
     let observed = calibrate(&model, &cal).unwrap();
     let stem = float_hardswish_ops(&model, &["stem".to_owned()]).unwrap();
@@ -473,6 +475,7 @@ fn learned_scales_move_and_the_int8_file_uses_them() {
         progress: false,
         equalize: false,
         float_hardswish: Vec::new(),
+        bias_correction: false,
     };
     let grid = activation_grid(
         &model,
@@ -539,6 +542,7 @@ fn qat_resumed_from_a_checkpoint_matches_the_uninterrupted_run() {
         progress: false,
         equalize: false,
         float_hardswish: Vec::new(),
+        bias_correction: false,
     };
     let grid = activation_grid(
         &model,
@@ -844,6 +848,83 @@ fn quantize_equalize_records_the_rescaled_connections() {
         err.contains("--float-hardswish features.1.block.0.0") && err.contains("features.0.0"),
         "{err}"
     );
+}
+
+/// `quantize --bias-correction` on cached real images: only the biases differ from plain
+/// quantization's, the provenance records that the rounded network's mean logits on the
+/// calibration images moved to the float network's, and the golden logits are still the
+/// int8 oracle's bit for bit.
+#[test]
+fn quantize_bias_correction_changes_only_the_biases() {
+    let _rng = tch_rng();
+    let dir = tempfile::tempdir().unwrap();
+    let p32 = square_f32_file(dir.path(), 18, 3);
+    let cache = dir.path().join("cache");
+    train_support::ham::ham_cache(&cache, 2, 40);
+    let quantize = |out: &Path, extra: &[&str]| {
+        let o = Command::new(env!("CARGO_BIN_EXE_derm-train"))
+            .arg("quantize")
+            .arg(&p32)
+            .arg("-o")
+            .arg(out)
+            .args(["--calibration-cache", cache.to_str().unwrap()])
+            .args(["--calibration-images", "16", "--quiet"])
+            .args(extra)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
+        assert!(
+            o.status.success(),
+            "quantize failed:\n{stdout}\n{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        stdout
+    };
+    let (plain, bc) = (
+        dir.path().join("plain.safetensors"),
+        dir.path().join("bc.safetensors"),
+    );
+    quantize(&plain, &[]);
+    let stdout = quantize(&bc, &["--bias-correction"]);
+    assert!(stdout.contains("bias correction: "), "{stdout}");
+    let (mp, mb) = (
+        ModelFile::read(&plain).unwrap(),
+        ModelFile::read(&bc).unwrap(),
+    );
+    assert!(!mp.graph.provenance.contains_key("bias_correction"));
+    let r = &mb.graph.provenance["bias_correction"];
+    // The cache's training images, all of them (fewer than the 16 asked for).
+    let images = &mb.graph.provenance["quantize"]["calibration_images"];
+    assert!(images.as_u64().unwrap() > 4, "{images}");
+    assert_eq!(&r["images"], images, "{r}");
+    let (before, after) = (
+        r["mean_logit_shift_before"].as_f64().unwrap(),
+        r["mean_logit_shift_after"].as_f64().unwrap(),
+    );
+    assert!(before > 1e-3 && after < 1e-4, "{r}");
+    // Every conv, linear and squeeze-excite layer has one bias; each is corrected.
+    let biases: Vec<&String> = mp.tensors.keys().filter(|n| n.ends_with(".bias")).collect();
+    assert_eq!(r["biases"], biases.len(), "{r}");
+    let mut changed = 0;
+    for (name, t) in &mp.tensors {
+        if name.ends_with(".bias") {
+            changed += usize::from(t != &mb.tensors[name]);
+        } else {
+            assert_eq!(t, &mb.tensors[name], "{name} is not a bias but changed");
+        }
+    }
+    assert!(
+        changed > biases.len() / 2,
+        "{changed} of {} biases",
+        biases.len()
+    );
+    let input = golden_f32(&golden_path(&bc), "input");
+    let want = golden_f32(&golden_path(&bc), "logits");
+    let per = 3 * 32 * 32;
+    for n in 0..3 {
+        let got = reference::logits(&mb, &input[n * per..(n + 1) * per]).unwrap();
+        assert_eq!(got, want[n * 5..(n + 1) * 5], "sample {n}");
+    }
 }
 
 /// `derm-train quant-sensitivity` on cached real images: the float row agrees with itself,

@@ -125,6 +125,11 @@ pub struct CalibrationArgs {
     /// convolution, whose 16 channels share one int8 grid badly; docs/int8.md).
     #[arg(long, value_name = "OP", help_heading = "int8 calibration")]
     pub float_hardswish: Vec<String>,
+    /// int8: correct every bias so that each layer's mean output on the calibration images
+    /// is the float network's despite the rounding upstream (docs/int8.md, "Bias
+    /// correction").
+    #[arg(long, help_heading = "int8 calibration")]
+    pub bias_correction: bool,
 }
 
 fn three(v: &[f32], what: &str) -> Result<[f32; 3]> {
@@ -346,5 +351,6 @@ pub fn calibration_inputs(
         progress,
         equalize: a.equalize,
         float_hardswish: a.float_hardswish.clone(),
+        bias_correction: a.bias_correction,
     })
 }

@@ -37,6 +37,7 @@
 // (that rounding switched on tensor by tensor, for `derm-train quant-sensitivity`) and
 // `tweaks.rs` (edits of a student before export); this file holds the
 // options, `export` and the re-exports that keep every item at `crate::export::*`.
+pub mod bias_correction;
 mod golden;
 mod graph;
 mod precision;
@@ -57,7 +58,8 @@ pub use golden::{
 };
 pub use graph::{INPUT_NAME, fold_conv_bn, model_file};
 pub use precision::{
-    PRECISION_KEY, calibrate, equalized, float_hardswish_ops, quantize_int8, store_precision,
+    PRECISION_KEY, calibrate, corrected, equalized, float_hardswish_ops, quantize_int8,
+    store_precision,
 };
 pub use tch_graph::TchGraph;
 pub use tweaks::{add_logit_bias, perturb_for_parity_tests};
@@ -137,6 +139,9 @@ pub struct Calibrate {
     /// (`derm_codegen::ir::Quantization::float_hardswish`; [`float_hardswish_ops`]
     /// resolves `stem`).
     pub float_hardswish: Vec<String>,
+    /// Correct the biases for the rounding's mean shifts before quantizing
+    /// ([`bias_correction::bias_corrected`]).
+    pub bias_correction: bool,
 }
 
 /// What [`export`] wrote.

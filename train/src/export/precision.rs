@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use anyhow::{Context, Result, bail};
 use derm_codegen::ir::{self, ModelFile};
 
+use super::bias_correction::bias_corrected;
 use super::{Calibrate, Precision};
 
 /// Provenance key recording the stored precision of the weights ([`Precision::name`]).
@@ -64,8 +65,48 @@ pub fn quantize_int8(folded: &ModelFile, cal: &Calibrate) -> Result<ModelFile> {
     let folded = equalized(folded, cal)?;
     let c = calibrate(&folded, cal)?;
     let float = float_hardswish_ops(&folded, &cal.float_hardswish)?;
+    let folded = if cal.bias_correction {
+        let params = super::qat::activation_grid(&folded, &c, cal.range, &float)?;
+        corrected(&folded, &folded, params, &float, &cal.inputs)?
+    } else {
+        folded
+    };
     derm_codegen::quant::ptq::quantize_with(&folded, &c, cal.range, &float)
         .map_err(|e| anyhow::anyhow!("int8 quantization: {e}"))
+}
+
+/// `tuned` with its biases corrected on the grid `params` ([`bias_corrected`]), the
+/// correction printed and recorded in the provenance under `bias_correction`.
+pub fn corrected(
+    float: &ModelFile,
+    tuned: &ModelFile,
+    params: BTreeMap<String, derm_codegen::ir::QParams>,
+    float_hardswish: &[String],
+    inputs: &[Vec<f32>],
+) -> Result<ModelFile> {
+    let (mut m, r) = bias_corrected(float, tuned, params, float_hardswish, inputs)?;
+    println!(
+        "bias correction: {} biases on {} images, largest change {:.4} ({}); mean logits \
+         {:.4} -> {:.4} from the float network's",
+        r.biases,
+        inputs.len(),
+        r.largest.0,
+        r.largest.1,
+        r.logit_shift.0,
+        r.logit_shift.1
+    );
+    m.graph.provenance.insert(
+        "bias_correction".into(),
+        serde_json::json!({
+            "images": inputs.len(),
+            "biases": r.biases,
+            "largest_change": r.largest.0,
+            "largest_change_in": r.largest.1,
+            "mean_logit_shift_before": r.logit_shift.0,
+            "mean_logit_shift_after": r.logit_shift.1,
+        }),
+    );
+    Ok(m)
 }
 
 /// The ops named by `--float-hardswish` in `model`: each name an op with a hardswish
