@@ -683,6 +683,77 @@ fn qat_command_writes_an_int8_file_that_the_oracle_reproduces() {
     assert!(!again.exists(), "a refused qat wrote {}", again.display());
 }
 
+/// `qat --bias-correction`: `before` starts the fine-tuning from the corrected network (its
+/// loss differs from a plain run's), `after` corrects only the result (the same weights as a
+/// plain run, other biases); each records what its correction did, and the golden logits
+/// are still the int8 oracle's.
+#[test]
+fn qat_bias_correction_before_and_after_fine_tuning() {
+    let _rng = tch_rng();
+    let dir = tempfile::tempdir().unwrap();
+    let p32 = square_f32_file(dir.path(), 19, 3);
+    let cache = dir.path().join("cache");
+    train_support::ham::ham_cache(&cache, 2, 40);
+    let qat = |name: &str, extra: &[&str]| {
+        let out = dir.path().join(name);
+        let o = Command::new(env!("CARGO_BIN_EXE_derm-train"))
+            .arg("qat")
+            .arg(&p32)
+            .arg("-o")
+            .arg(&out)
+            .args(["--cache", cache.to_str().unwrap(), "--max-train", "8"])
+            .args(["--calibration-images", "8", "--batch-size", "8"])
+            .args(["--epochs", "1", "--lr", "1e-3", "--quiet"])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "qat {extra:?} failed:\n{}\n{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let m = ModelFile::read(&out).unwrap();
+        let input = golden_f32(&golden_path(&out), "input");
+        let want = golden_f32(&golden_path(&out), "logits");
+        let per = 3 * 32 * 32;
+        for n in 0..3 {
+            let got = reference::logits(&m, &input[n * per..(n + 1) * per]).unwrap();
+            assert_eq!(got, want[n * 5..(n + 1) * 5], "{name}: sample {n}");
+        }
+        m
+    };
+    let plain = qat("plain.safetensors", &[]);
+    let before = qat("before.safetensors", &["--bias-correction", "before"]);
+    let after = qat("after.safetensors", &["--bias-correction", "after"]);
+    let q = |m: &ModelFile| m.graph.provenance["qat"].clone();
+    assert!(q(&plain)["bias_correction"].is_null());
+    assert_eq!(q(&plain)["bias_corrections"], serde_json::json!({}));
+    let corrected_means = |r: &serde_json::Value| {
+        let (b, a) = (
+            r["mean_logit_shift_before"].as_f64().unwrap(),
+            r["mean_logit_shift_after"].as_f64().unwrap(),
+        );
+        assert!(b > 1e-3 && a < 1e-4, "{r}");
+    };
+    assert_eq!(q(&before)["bias_correction"], "before");
+    corrected_means(&q(&before)["bias_corrections"]["before"]);
+    assert!(q(&before)["bias_corrections"]["after"].is_null());
+    assert_ne!(q(&before)["final_loss"], q(&plain)["final_loss"]);
+    assert_eq!(q(&after)["bias_correction"], "after");
+    corrected_means(&q(&after)["bias_corrections"]["after"]);
+    assert_eq!(q(&after)["final_loss"], q(&plain)["final_loss"]);
+    let mut changed = 0;
+    for (name, t) in &plain.tensors {
+        if name.ends_with(".bias") {
+            changed += usize::from(t != &after.tensors[name]);
+        } else {
+            assert_eq!(t, &after.tensors[name], "{name} is not a bias but changed");
+        }
+    }
+    assert!(changed > 0);
+}
+
 /// `qat --dihedral --crop-scale --jitter` trains on augmented views: the int8 file records
 /// the augmentation, the training loss differs from the same run without it (the flags reach
 /// the loader), a run without them records none (so its settings, and old checkpoints, stay

@@ -80,11 +80,12 @@ pub struct QatArgs {
     /// lost balanced accuracy (docs/results.md).
     #[command(flatten)]
     pub augmentation: AugmentArgs,
-    /// After fine-tuning, correct every bias so that each layer's mean output on the
-    /// calibration images is the float model's despite the rounding upstream (docs/int8.md,
-    /// "Bias correction"). Applied to the result only: a checkpoint resumes either way.
-    #[arg(long)]
-    pub bias_correction: bool,
+    /// Correct every bias so that each layer's mean output on the calibration images is the
+    /// float model's despite the rounding upstream (docs/int8.md, "Bias correction"):
+    /// `before` fine-tuning (it starts from the corrected network), `after` it (on the
+    /// result only), or `both`.
+    #[arg(long, value_name = "WHEN")]
+    pub bias_correction: Option<BiasCorrectionWhen>,
     /// Batch size.
     #[arg(long, default_value_t = 32)]
     pub batch_size: usize,
@@ -101,6 +102,28 @@ pub struct QatArgs {
     /// written after every epoch); the same arguments are required.
     #[arg(long)]
     pub resume: bool,
+}
+
+/// When `qat --bias-correction` corrects the biases.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BiasCorrectionWhen {
+    /// Before fine-tuning: the fine-tuning starts from the corrected network.
+    Before,
+    /// After fine-tuning, on the result.
+    After,
+    /// Before and after.
+    Both,
+}
+
+impl BiasCorrectionWhen {
+    fn before(self) -> bool {
+        matches!(self, Self::Before | Self::Both)
+    }
+
+    fn after(self) -> bool {
+        matches!(self, Self::After | Self::Both)
+    }
 }
 
 /// Where the per-epoch checkpoint of a run writing `output` lives.
@@ -243,7 +266,23 @@ pub fn run(a: QatArgs) -> Result<()> {
         scale_lr: a.scale_lr,
     };
     let params_before = params.clone();
-    let mut trainer = QatTrainer::new(&model, params, &float_hardswish, opts)?;
+    let correct_before = a.bias_correction.is_some_and(BiasCorrectionWhen::before);
+    // What each correction did, for the provenance.
+    let mut corrections = serde_json::Map::new();
+    let start = if correct_before {
+        let (m, report) = corrected(
+            &model,
+            &model,
+            params.clone(),
+            &float_hardswish,
+            &cal.inputs,
+        )?;
+        corrections.insert("before".into(), report);
+        m
+    } else {
+        model.clone()
+    };
+    let mut trainer = QatTrainer::starting_from(&model, &start, params, &float_hardswish, opts)?;
     let started = std::time::Instant::now();
     let ck_path = checkpoint_path(&a.output);
     let mut settings = serde_json::json!({
@@ -265,6 +304,10 @@ pub fn run(a: QatArgs) -> Result<()> {
         "batch_size": a.batch_size,
         "seed": a.seed,
     });
+    if correct_before {
+        // Only when asked, as for `augment`: the fine-tuning starts elsewhere.
+        settings["bias_correction_before"] = true.into();
+    }
     if augment != Default::default() {
         // Only when asked, so that runs without it keep the settings of earlier versions
         // (a checkpoint they wrote still resumes).
@@ -352,8 +395,10 @@ pub fn run(a: QatArgs) -> Result<()> {
         );
     }
     let tuned = trainer.finish(&model)?;
-    let tuned = if a.bias_correction {
-        corrected(&model, &tuned, grid.clone(), &float_hardswish, &cal.inputs)?
+    let tuned = if a.bias_correction.is_some_and(BiasCorrectionWhen::after) {
+        let (m, report) = corrected(&model, &tuned, grid.clone(), &float_hardswish, &cal.inputs)?;
+        corrections.insert("after".into(), report);
+        m
     } else {
         tuned
     };
@@ -382,6 +427,10 @@ pub fn run(a: QatArgs) -> Result<()> {
             // The images calibration really drew (at most the requested number).
             ("calibration_images", serde_json::json!(cal.inputs.len())),
             ("bias_correction", serde_json::json!(a.bias_correction)),
+            (
+                "bias_corrections",
+                serde_json::Value::Object(corrections.clone()),
+            ),
         ] {
             p.insert(key.into(), value);
         }

@@ -67,7 +67,9 @@ pub fn quantize_int8(folded: &ModelFile, cal: &Calibrate) -> Result<ModelFile> {
     let float = float_hardswish_ops(&folded, &cal.float_hardswish)?;
     let folded = if cal.bias_correction {
         let params = super::qat::activation_grid(&folded, &c, cal.range, &float)?;
-        corrected(&folded, &folded, params, &float, &cal.inputs)?
+        let (mut m, report) = corrected(&folded, &folded, params, &float, &cal.inputs)?;
+        m.graph.provenance.insert("bias_correction".into(), report);
+        m
     } else {
         folded
     };
@@ -76,15 +78,15 @@ pub fn quantize_int8(folded: &ModelFile, cal: &Calibrate) -> Result<ModelFile> {
 }
 
 /// `tuned` with its biases corrected on the grid `params` ([`bias_corrected`]), the
-/// correction printed and recorded in the provenance under `bias_correction`.
+/// correction printed, and its record for the provenance.
 pub fn corrected(
     float: &ModelFile,
     tuned: &ModelFile,
     params: BTreeMap<String, derm_codegen::ir::QParams>,
     float_hardswish: &[String],
     inputs: &[Vec<f32>],
-) -> Result<ModelFile> {
-    let (mut m, r) = bias_corrected(float, tuned, params, float_hardswish, inputs)?;
+) -> Result<(ModelFile, serde_json::Value)> {
+    let (m, r) = bias_corrected(float, tuned, params, float_hardswish, inputs)?;
     println!(
         "bias correction: {} biases on {} images, largest change {:.4} ({}); mean logits \
          {:.4} -> {:.4} from the float network's",
@@ -95,18 +97,15 @@ pub fn corrected(
         r.logit_shift.0,
         r.logit_shift.1
     );
-    m.graph.provenance.insert(
-        "bias_correction".into(),
-        serde_json::json!({
-            "images": inputs.len(),
-            "biases": r.biases,
-            "largest_change": r.largest.0,
-            "largest_change_in": r.largest.1,
-            "mean_logit_shift_before": r.logit_shift.0,
-            "mean_logit_shift_after": r.logit_shift.1,
-        }),
-    );
-    Ok(m)
+    let report = serde_json::json!({
+        "images": inputs.len(),
+        "biases": r.biases,
+        "largest_change": r.largest.0,
+        "largest_change_in": r.largest.1,
+        "mean_logit_shift_before": r.logit_shift.0,
+        "mean_logit_shift_after": r.logit_shift.1,
+    });
+    Ok((m, report))
 }
 
 /// The ops named by `--float-hardswish` in `model`: each name an op with a hardswish

@@ -341,6 +341,23 @@ impl QatTrainer {
         float_hardswish: &[String],
         opts: QatOptions,
     ) -> Result<Self> {
+        Self::starting_from(model, model, params, float_hardswish, opts)
+    }
+
+    /// [`Self::new`] whose trained network starts from `start` (the same graph as `model`,
+    /// e.g. with its biases corrected for the rounding) while the loss still distils from
+    /// `model`.
+    pub fn starting_from(
+        model: &ModelFile,
+        start: &ModelFile,
+        params: BTreeMap<String, QParams>,
+        float_hardswish: &[String],
+        opts: QatOptions,
+    ) -> Result<Self> {
+        ensure!(
+            model.graph.ops == start.graph.ops,
+            "quantization-aware training: the starting network's graph differs from the model's"
+        );
         ensure!(
             opts.lr > 0.0 && opts.lr.is_finite(),
             "learning rate must be positive, got {}",
@@ -353,7 +370,7 @@ impl QatTrainer {
         );
         let teacher = super::TchGraph::new(model)?;
         let vs = nn::VarStore::new(tch::Device::Cpu);
-        let mut qat = QatGraph::new(model, params, float_hardswish, &vs.root())?;
+        let mut qat = QatGraph::new(start, params, float_hardswish, &vs.root())?;
         if let Some(scale_lr) = opts.scale_lr {
             ensure!(
                 scale_lr > 0.0 && scale_lr.is_finite(),
