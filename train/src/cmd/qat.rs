@@ -48,6 +48,10 @@ pub struct QatArgs {
     /// Activation ranges, `minmax` or `percentile:P`; fixed during fine-tuning.
     #[arg(long, default_value = "minmax")]
     pub calibration_range: RangeMethod,
+    /// Draw the calibration images evenly from the classes (as `quantize
+    /// --calibration-balanced`).
+    #[arg(long)]
+    pub calibration_balanced: bool,
     /// Cross-layer equalization before calibration (as `quantize --equalize`).
     #[arg(long)]
     pub equalize: bool,
@@ -169,6 +173,7 @@ pub fn fold_grid(
     range: RangeMethod,
     equalize: bool,
     float_hardswish: &[String],
+    balanced: bool,
     seed: u64,
     progress: bool,
 ) -> Result<FoldGrid> {
@@ -182,6 +187,7 @@ pub fn fold_grid(
         equalize,
         float_hardswish: float_hardswish.to_vec(),
         bias_correction: false,
+        calibration_balanced: balanced,
     };
     let cal = model_calibration_inputs(&model, path, &cal_args, &data.cache, seed, progress)?;
     let model = equalized(&model, &cal)?;
@@ -230,6 +236,7 @@ pub fn run(a: QatArgs) -> Result<()> {
         a.calibration_range,
         a.equalize,
         &a.float_hardswish,
+        a.calibration_balanced,
         a.seed,
         !a.quiet,
     )?;
@@ -304,6 +311,10 @@ pub fn run(a: QatArgs) -> Result<()> {
         "batch_size": a.batch_size,
         "seed": a.seed,
     });
+    if a.calibration_balanced {
+        // Only when asked, as below: older checkpoints' settings stay valid.
+        settings["calibration_balanced"] = true.into();
+    }
     if correct_before {
         // Only when asked, as for `augment`: the fine-tuning starts elsewhere.
         settings["bias_correction_before"] = true.into();

@@ -46,6 +46,10 @@ pub struct QuantSensitivityArgs {
     /// Activation ranges, `minmax` or `percentile:P`.
     #[arg(long, default_value = "minmax")]
     pub calibration_range: RangeMethod,
+    /// Draw the calibration images evenly from the classes (as `quantize
+    /// --calibration-balanced`).
+    #[arg(long)]
+    pub calibration_balanced: bool,
     /// Cross-layer equalization before calibration (as `quantize --equalize`).
     #[arg(long)]
     pub equalize: bool,
@@ -160,6 +164,7 @@ pub fn run(a: QuantSensitivityArgs) -> Result<()> {
         a.calibration_range,
         a.equalize,
         &a.float_hardswish,
+        a.calibration_balanced,
         a.seed,
         !a.quiet,
     )?;

@@ -64,6 +64,7 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
             "source": a.model.display().to_string(),
             "calibration_images": cal.inputs.len(),
             "calibration_range": a.calibration.calibration_range.to_string(),
+            "calibration_balanced": a.calibration.calibration_balanced,
             "calibration_agreement": {"images": seen, "top1_kept": kept},
         }),
     );
