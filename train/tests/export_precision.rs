@@ -820,6 +820,29 @@ fn qat_augmentation_reaches_the_loader_and_the_provenance() {
     assert!(!bad.exists(), "a refused qat wrote {}", bad.display());
 }
 
+/// Runs `derm-train quantize` on `p32` into `out` with calibration images of `cache` (at most
+/// `images`) and `extra` flags; panics with its output unless it succeeds, else returns its
+/// stdout.
+fn quantize_ok(p32: &Path, cache: &Path, out: &Path, images: &str, extra: &[&str]) -> String {
+    let o = Command::new(env!("CARGO_BIN_EXE_derm-train"))
+        .arg("quantize")
+        .arg(p32)
+        .arg("-o")
+        .arg(out)
+        .args(["--calibration-cache", cache.to_str().unwrap()])
+        .args(["--calibration-images", images, "--quiet"])
+        .args(extra)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(
+        o.status.success(),
+        "quantize failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    stdout
+}
+
 /// `quantize --equalize` rescales the ReLU-joined channels before calibrating: the int8 file
 /// records the rescaled connections, its golden logits are still the int8 oracle's bit for
 /// bit, and its weights differ from plain quantization's (the rescaling really happened).
@@ -830,25 +853,7 @@ fn quantize_equalize_records_the_rescaled_connections() {
     let p32 = square_f32_file(dir.path(), 16, 3);
     let cache = dir.path().join("cache");
     train_support::ham::ham_cache(&cache, 2, 40);
-    let quantize = |out: &Path, extra: &[&str]| {
-        let o = Command::new(env!("CARGO_BIN_EXE_derm-train"))
-            .arg("quantize")
-            .arg(&p32)
-            .arg("-o")
-            .arg(out)
-            .args(["--calibration-cache", cache.to_str().unwrap()])
-            .args(["--calibration-images", "8", "--quiet"])
-            .args(extra)
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
-        assert!(
-            o.status.success(),
-            "quantize failed:\n{stdout}\n{}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-        stdout
-    };
+    let quantize = |out: &Path, extra: &[&str]| quantize_ok(&p32, &cache, out, "8", extra);
     let (plain, eq) = (
         dir.path().join("plain.safetensors"),
         dir.path().join("eq.safetensors"),
@@ -932,25 +937,7 @@ fn quantize_bias_correction_changes_only_the_biases() {
     let p32 = square_f32_file(dir.path(), 18, 3);
     let cache = dir.path().join("cache");
     train_support::ham::ham_cache(&cache, 2, 40);
-    let quantize = |out: &Path, extra: &[&str]| {
-        let o = Command::new(env!("CARGO_BIN_EXE_derm-train"))
-            .arg("quantize")
-            .arg(&p32)
-            .arg("-o")
-            .arg(out)
-            .args(["--calibration-cache", cache.to_str().unwrap()])
-            .args(["--calibration-images", "16", "--quiet"])
-            .args(extra)
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
-        assert!(
-            o.status.success(),
-            "quantize failed:\n{stdout}\n{}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-        stdout
-    };
+    let quantize = |out: &Path, extra: &[&str]| quantize_ok(&p32, &cache, out, "16", extra);
     let (plain, bc) = (
         dir.path().join("plain.safetensors"),
         dir.path().join("bc.safetensors"),

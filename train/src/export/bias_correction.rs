@@ -327,28 +327,9 @@ pub fn bias_corrected(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use derm_codegen::quant::ptq::{Calibration, RangeMethod};
 
     fn model_grid_inputs() -> (ModelFile, BTreeMap<String, QParams>, Vec<Vec<f32>>) {
-        let model = derm_codegen::synthetic::SyntheticSpec::tiny(7)
-            .build()
-            .unwrap();
-        let size = model.graph.input.shape[2];
-        let inputs: Vec<Vec<f32>> = (0..40)
-            .map(|i| {
-                Tensor::randn([3 * size as i64 * size as i64], tch::kind::FLOAT_CPU)
-                    .g_mul_scalar(1.0 + (i % 4) as f64)
-                    .try_into()
-                    .unwrap()
-            })
-            .collect();
-        let mut cal = Calibration::new();
-        for x in &inputs {
-            cal.observe(&model, x).unwrap();
-        }
-        let params =
-            crate::export::qat::activation_grid(&model, &cal, RangeMethod::MinMax, &[]).unwrap();
-        (model, params, inputs)
+        super::super::qat::tiny_model_and_grid(40)
     }
 
     #[test]

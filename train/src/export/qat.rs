@@ -469,6 +469,33 @@ impl QatTrainer {
     }
 }
 
+/// The tiny synthetic model, `n` random calibration inputs (four scales of noise in turn) and
+/// the min/max grid they give: the unit tests' int8 network.
+#[cfg(test)]
+pub(crate) fn tiny_model_and_grid(
+    n: usize,
+) -> (ModelFile, BTreeMap<String, QParams>, Vec<Vec<f32>>) {
+    use derm_codegen::quant::ptq::{Calibration, RangeMethod};
+    let model = derm_codegen::synthetic::SyntheticSpec::tiny(7)
+        .build()
+        .unwrap();
+    let size = model.graph.input.shape[2];
+    let inputs: Vec<Vec<f32>> = (0..n)
+        .map(|i| {
+            Tensor::randn([3 * size as i64 * size as i64], tch::kind::FLOAT_CPU)
+                .g_mul_scalar(1.0 + (i % 4) as f64)
+                .try_into()
+                .unwrap()
+        })
+        .collect();
+    let mut cal = Calibration::new();
+    for x in &inputs {
+        cal.observe(&model, x).unwrap();
+    }
+    let params = activation_grid(&model, &cal, RangeMethod::MinMax, &[]).unwrap();
+    (model, params, inputs)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -338,28 +338,9 @@ impl Sensitivity {
 mod tests {
     use super::*;
     use crate::export::qat::QatGraph;
-    use derm_codegen::quant::ptq::{Calibration, RangeMethod};
 
     fn model_and_grid() -> (ModelFile, BTreeMap<String, QParams>, Vec<Vec<f32>>) {
-        let model = derm_codegen::synthetic::SyntheticSpec::tiny(7)
-            .build()
-            .unwrap();
-        let size = model.graph.input.shape[2];
-        let inputs: Vec<Vec<f32>> = (0..4)
-            .map(|i| {
-                Tensor::randn([3 * size as i64 * size as i64], tch::kind::FLOAT_CPU)
-                    .g_mul_scalar(1.0 + i as f64)
-                    .try_into()
-                    .unwrap()
-            })
-            .collect();
-        let mut cal = Calibration::new();
-        for x in &inputs {
-            cal.observe(&model, x).unwrap();
-        }
-        let params =
-            crate::export::qat::activation_grid(&model, &cal, RangeMethod::MinMax, &[]).unwrap();
-        (model, params, inputs)
+        crate::export::qat::tiny_model_and_grid(4)
     }
 
     /// The largest absolute difference of two tensors of one shape.
