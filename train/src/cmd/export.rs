@@ -308,37 +308,6 @@ pub fn model_calibration_inputs(
     )
 }
 
-/// At most `n` of `rows`, drawn with `seed` evenly from the classes (`label` of a row): one
-/// of each class in turn, a class that runs out leaving its turns to the others. Sorted.
-pub fn balanced_draw(
-    label: impl Fn(usize) -> usize,
-    rows: Vec<usize>,
-    n: usize,
-    seed: u64,
-) -> Vec<usize> {
-    let mut by_class: std::collections::BTreeMap<usize, Vec<usize>> = Default::default();
-    for r in rows {
-        by_class.entry(label(r)).or_default().push(r);
-    }
-    for (c, v) in by_class.iter_mut() {
-        crate::data::rng::Rng::from_parts(&[seed, 3, 0xBA1A, *c as u64]).shuffle(v);
-        // Taken from the back below: reverse so that the shuffle's first rows go first.
-        v.reverse();
-    }
-    let mut out = Vec::with_capacity(n);
-    while out.len() < n && by_class.values().any(|v| !v.is_empty()) {
-        for v in by_class.values_mut() {
-            if out.len() < n
-                && let Some(r) = v.pop()
-            {
-                out.push(r);
-            }
-        }
-    }
-    out.sort_unstable();
-    out
-}
-
 /// The int8 calibration images: `--calibration-images` of the cache's (or the fold's
 /// training) images, drawn with `seed`, preprocessed as evaluation does (resized to the
 /// model's input size, normalized with its `(mean, std, size)`).
@@ -363,7 +332,7 @@ pub fn calibration_inputs(
     };
     let (cache, rows) = data.open(|f| crate::train::cli::train_indices(f, None, 0))?;
     let rows = if a.calibration_balanced {
-        balanced_draw(|r| cache.label(r), rows, a.calibration_images, seed)
+        crate::train::cli::balanced_draw(|r| cache.label(r), rows, a.calibration_images, seed)
     } else {
         crate::train::cli::subsample(rows, Some(a.calibration_images), seed, 3)
     };
@@ -394,30 +363,4 @@ pub fn calibration_inputs(
         float_hardswish: a.float_hardswish.clone(),
         bias_correction: a.bias_correction,
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::balanced_draw;
-
-    #[test]
-    fn a_balanced_draw_takes_each_class_evenly_until_it_runs_out() {
-        // Class 0 has 90 rows, class 1 has 8, class 2 has 30.
-        let label = |r: usize| match r {
-            0..90 => 0,
-            90..98 => 1,
-            _ => 2,
-        };
-        let rows: Vec<usize> = (0..128).collect();
-        let count = |v: &[usize], c: usize| v.iter().filter(|&&r| label(r) == c).count();
-        let v = balanced_draw(label, rows.clone(), 30, 7);
-        assert_eq!(v.len(), 30);
-        assert_eq!((count(&v, 0), count(&v, 1), count(&v, 2)), (11, 8, 11));
-        assert!(v.windows(2).all(|w| w[0] < w[1]), "sorted, no repeats");
-        // The seed chooses which rows; the same seed the same ones.
-        assert_eq!(v, balanced_draw(label, rows.clone(), 30, 7));
-        assert_ne!(v, balanced_draw(label, rows.clone(), 30, 8));
-        // More than there are: every row once.
-        assert_eq!(balanced_draw(label, rows.clone(), 500, 7), rows);
-    }
 }

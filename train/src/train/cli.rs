@@ -160,6 +160,37 @@ pub fn subsample(mut v: Vec<usize>, max: Option<usize>, seed: u64, stream: u64) 
     v
 }
 
+/// At most `n` of `rows`, drawn with `seed` evenly from the classes (`label` of a row): one
+/// of each class in turn, a class that runs out leaving its turns to the others. Sorted.
+pub fn balanced_draw(
+    label: impl Fn(usize) -> usize,
+    rows: Vec<usize>,
+    n: usize,
+    seed: u64,
+) -> Vec<usize> {
+    let mut by_class: std::collections::BTreeMap<usize, Vec<usize>> = Default::default();
+    for r in rows {
+        by_class.entry(label(r)).or_default().push(r);
+    }
+    for (c, v) in by_class.iter_mut() {
+        Rng::from_parts(&[seed, 3, 0xBA1A, *c as u64]).shuffle(v);
+        // Taken from the back below: reverse so that the shuffle's first rows go first.
+        v.reverse();
+    }
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n && by_class.values().any(|v| !v.is_empty()) {
+        for v in by_class.values_mut() {
+            if out.len() < n
+                && let Some(r) = v.pop()
+            {
+                out.push(r);
+            }
+        }
+    }
+    out.sort_unstable();
+    out
+}
+
 /// The training indices a run with these flags uses (the fold's, after `--max-train`), so
 /// `teacher-logits` can compute exactly those rows.
 pub fn train_indices(
@@ -370,4 +401,30 @@ pub fn git_commit() -> String {
         .filter(|o| o.status.success())
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::balanced_draw;
+
+    #[test]
+    fn a_balanced_draw_takes_each_class_evenly_until_it_runs_out() {
+        // Class 0 has 90 rows, class 1 has 8, class 2 has 30.
+        let label = |r: usize| match r {
+            0..90 => 0,
+            90..98 => 1,
+            _ => 2,
+        };
+        let rows: Vec<usize> = (0..128).collect();
+        let count = |v: &[usize], c: usize| v.iter().filter(|&&r| label(r) == c).count();
+        let v = balanced_draw(label, rows.clone(), 30, 7);
+        assert_eq!(v.len(), 30);
+        assert_eq!((count(&v, 0), count(&v, 1), count(&v, 2)), (11, 8, 11));
+        assert!(v.windows(2).all(|w| w[0] < w[1]), "sorted, no repeats");
+        // The seed chooses which rows; the same seed the same ones.
+        assert_eq!(v, balanced_draw(label, rows.clone(), 30, 7));
+        assert_ne!(v, balanced_draw(label, rows.clone(), 30, 8));
+        // More than there are: every row once.
+        assert_eq!(balanced_draw(label, rows.clone(), 500, 7), rows);
+    }
 }
