@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 
 use derm_codegen::metadata::ModelMetadata;
 use derm_codegen::synthetic::{
-    SplitMix64, SyntheticSpec, int8_float_hardswish_of, int8_of, smooth_input, tiny_branching,
+    SplitMix64, SyntheticSpec, int8_channel_grids_of, int8_float_hardswish_of, int8_of,
+    smooth_input, tiny_branching,
 };
 use derm_codegen::{GenOptions, WeightsSource, generate, ir::ModelFile, reference};
 
@@ -105,7 +106,9 @@ fn write(path: &Path, bytes: &[u8]) {
 /// `tiny_int8_model.rs`, the tiny model quantized (int8 kernels), whose golden logits are
 /// the int8 oracle's (`tiny_int8_golden.bin`, inputs like the calibration images);
 /// `tiny_int8_fhs_model.rs`, the same with every hardswish in `f32` (the float
-/// hardswish epilogue in every kernel kind), golden `tiny_int8_fhs_golden.bin`.
+/// hardswish epilogue in every kernel kind), golden `tiny_int8_fhs_golden.bin`;
+/// `tiny_int8_pc_model.rs`, that one with every depthwise input on a grid per channel,
+/// golden `tiny_int8_pc_golden.bin`.
 fn tiny_fixture(out: &Path) {
     let tiny = SyntheticSpec::tiny(11)
         .build()
@@ -115,12 +118,15 @@ fn tiny_fixture(out: &Path) {
     let tiny_int8 = int8_of(&tiny, 4).unwrap_or_else(|e| fail(format!("tiny int8 model: {e}")));
     let tiny_int8_fhs = int8_float_hardswish_of(&tiny, 4)
         .unwrap_or_else(|e| fail(format!("tiny int8 model, float hardswish: {e}")));
+    let tiny_int8_pc = int8_channel_grids_of(&tiny, 4)
+        .unwrap_or_else(|e| fail(format!("tiny int8 model, per-channel grids: {e}")));
     for (name, model, fuse) in [
         ("tiny", &tiny, true),
         ("tiny_unfused", &tiny, false),
         ("tiny_branching", &branching, true),
         ("tiny_int8", &tiny_int8, true),
         ("tiny_int8_fhs", &tiny_int8_fhs, true),
+        ("tiny_int8_pc", &tiny_int8_pc, true),
     ] {
         let opts = GenOptions {
             runtime_path: "::derm_runtime".into(),
@@ -149,6 +155,7 @@ fn tiny_fixture(out: &Path) {
         &inputs,
         &out.join("tiny_int8_fhs_golden.bin"),
     );
+    write_golden_of(&tiny_int8_pc, &inputs, &out.join("tiny_int8_pc_golden.bin"));
 }
 
 /// Three seeded inputs and their reference logits.

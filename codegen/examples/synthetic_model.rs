@@ -7,7 +7,8 @@
 //! `-- OUT.safetensors [SEED] --spec tiny` writes the tiny synthetic model
 //! (`SyntheticSpec::tiny`, 32x32, every op kind) and its golden vectors instead.
 //! `-- --tiny DIR` writes the tiny synthetic model, its int8 versions (`tiny_int8.*`, and
-//! `tiny_int8_fhs.*` with every hardswish in `f32`) and their
+//! `tiny_int8_fhs.*` with every hardswish in `f32`, `tiny_int8_pc.*` with per-channel grids
+//! on the depthwise inputs) and their
 //! graph JSON (fuzzer seeds).
 
 use std::collections::HashMap;
@@ -44,6 +45,14 @@ fn main() -> Result<()> {
         std::fs::write(
             format!("{dir}/tiny_int8_fhs.json"),
             serde_json::to_string(&f.graph)?,
+        )?;
+        // With the depthwise inputs on per-channel grids (version 4,
+        // `quantization.channel_scales`).
+        let c = derm_codegen::synthetic::int8_channel_grids_of(&m, 8)?;
+        c.write(format!("{dir}/tiny_int8_pc.safetensors"))?;
+        std::fs::write(
+            format!("{dir}/tiny_int8_pc.json"),
+            serde_json::to_string(&c.graph)?,
         )?;
         return Ok(());
     }

@@ -308,14 +308,28 @@ pub fn smooth_input(model: &ModelFile, seed: u64) -> Vec<f32> {
 /// `model` quantized to int8 by post-training quantization (min/max ranges)
 /// calibrated on `n` [`smooth_input`]s (seeds `0..n`).
 pub fn int8_of(model: &ModelFile, n: u64) -> Result<ModelFile, IrError> {
-    int8_with(model, n, &[])
+    int8_with(model, n, &[], &[])
 }
 
 /// [`int8_of`] with the hardswish of every op that has one computed in `f32`
 /// (`quantization.float_hardswish`, format version 3): a fixture that takes the
 /// float epilogue through every int8 kernel kind.
 pub fn int8_float_hardswish_of(model: &ModelFile, n: u64) -> Result<ModelFile, IrError> {
-    let float: Vec<String> = model
+    int8_with(model, n, &hardswish_ops(model), &[])
+}
+
+/// [`int8_float_hardswish_of`] with every feature map that depthwise convolutions read
+/// on one grid scale per channel (`quantization.channel_scales`, format version 4):
+/// the per-channel multipliers and inverse scales through the kernels that write and
+/// read such maps.
+pub fn int8_channel_grids_of(model: &ModelFile, n: u64) -> Result<ModelFile, IrError> {
+    let grids = crate::quant::depthwise_inputs(&model.graph);
+    int8_with(model, n, &hardswish_ops(model), &grids)
+}
+
+/// The ops of `model` with a hardswish.
+fn hardswish_ops(model: &ModelFile) -> Vec<String> {
+    model
         .graph
         .ops
         .iter()
@@ -325,11 +339,15 @@ pub fn int8_float_hardswish_of(model: &ModelFile, n: u64) -> Result<ModelFile, I
             _ => false,
         })
         .map(|op| op.name().to_owned())
-        .collect();
-    int8_with(model, n, &float)
+        .collect()
 }
 
-fn int8_with(model: &ModelFile, n: u64, float_hardswish: &[String]) -> Result<ModelFile, IrError> {
+fn int8_with(
+    model: &ModelFile,
+    n: u64,
+    float_hardswish: &[String],
+    channel_grids: &[String],
+) -> Result<ModelFile, IrError> {
     let mut cal = crate::quant::ptq::Calibration::new();
     for s in 0..n {
         cal.observe(model, &smooth_input(model, s))?;
@@ -339,6 +357,7 @@ fn int8_with(model: &ModelFile, n: u64, float_hardswish: &[String]) -> Result<Mo
         &cal,
         crate::quant::ptq::RangeMethod::MinMax,
         float_hardswish,
+        channel_grids,
     )
 }
 

@@ -482,3 +482,113 @@ fn a_dead_channel_with_a_bias_still_quantizes() {
     let i = reference::logits(&q, &x).unwrap();
     assert!(rel_err(&i, &f) < 0.2, "{}", rel_err(&i, &f));
 }
+
+/// `quantization.channel_scales`: a file with per-channel grids on the depthwise inputs is
+/// version 4, plans per-channel multipliers and inverse scales, stays close to the float
+/// model, round-trips; a corrupt entry (a wrong count, a bad scale, a value that is not a
+/// depthwise input, a table hardswish writer, an older version) is rejected by name.
+#[test]
+fn channel_scale_files_are_version_4_and_checked() {
+    use derm_codegen::quant::{ConvOutput, OpPlan, QuantPlan, depthwise_inputs};
+    let m = tiny();
+    let q = derm_codegen::synthetic::int8_channel_grids_of(&m, 4).unwrap();
+    let quant = q.graph.quantization.as_ref().unwrap();
+    let grids = depthwise_inputs(&m.graph);
+    assert!(grids.len() >= 2, "{grids:?}");
+    assert_eq!(quant.channel_scales.keys().cloned().collect::<Vec<_>>(), {
+        let mut g = grids.clone();
+        g.sort();
+        g
+    });
+    assert_eq!(q.graph.version, 4);
+    // The channels really have different scales, and the largest is the tensor's.
+    for (k, s) in &quant.channel_scales {
+        let (lo, hi) = s
+            .iter()
+            .fold((f32::MAX, 0f32), |(a, b), &v| (a.min(v), b.max(v)));
+        assert!(hi > lo, "{k}: {s:?}");
+        assert_eq!(quant.activations[k].scale, hi, "{k}");
+    }
+    let shapes = q.validate().unwrap();
+    let plan = QuantPlan::new(&q, &shapes).unwrap();
+    // A float hardswish writing a per-channel grid has per-channel inverse scales.
+    assert!(plan.ops.iter().any(|p| matches!(p,
+        OpPlan::Conv(c) if matches!(&c.output, ConvOutput::FloatHardswish { inv_scale, .. }
+            if inv_scale.iter().any(|v| *v != inv_scale[0])))));
+    for s in 10..13 {
+        let x = input(&m, s);
+        let f = reference::logits(&m, &x).unwrap();
+        let i = reference::logits(&q, &x).unwrap();
+        assert!(rel_err(&i, &f) < 0.1, "seed {s}: {i:?} vs {f:?}");
+    }
+    let back = ModelFile::from_bytes(&q.to_bytes().unwrap()).unwrap();
+    assert_eq!(back, q);
+
+    let edited = |edit: &dyn Fn(&mut serde_json::Value)| {
+        let mut v = serde_json::to_value(&q.graph).unwrap();
+        edit(&mut v);
+        let mut q2 = q.clone();
+        q2.graph = serde_json::from_value(v).map_err(|e| IrError::GraphJson(e.to_string()))?;
+        ModelFile::from_bytes(&raw_bytes(&q2))
+    };
+    let key = grids[0].clone();
+    let e = edited(&|v| v["version"] = 3.into())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("channel_scales") && e.contains("version 4"),
+        "{e}"
+    );
+    let e = edited(&|v| {
+        v["quantization"]["channel_scales"][&key]
+            .as_array_mut()
+            .unwrap()
+            .pop();
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains(&key) && e.contains("scales for"), "{e}");
+    for bad in [0.0, -1.0, 1e-40] {
+        let e = edited(&|v| v["quantization"]["channel_scales"][&key][0] = bad.into())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(&key) && e.contains("channel 0"), "{bad}: {e}");
+    }
+    // The tensor scale must be the largest channel scale.
+    let e = edited(&|v| v["quantization"]["activations"][&key]["scale"] = 123.0.into())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains(&key) && e.contains("largest"), "{e}");
+    // A value that a pointwise convolution reads (the network input here) cannot have one.
+    let input_name = m.graph.input.name.clone();
+    let e = edited(&|v| {
+        v["quantization"]["channel_scales"][&input_name] = serde_json::json!([0.1, 0.1, 0.1])
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains(&input_name) && e.contains("depthwise"), "{e}");
+    // A writer whose hardswish is a table (one grid) cannot write one.
+    let writer = m
+        .graph
+        .ops
+        .iter()
+        .find(|o| {
+            o.output() == key
+                && matches!(o, derm_codegen::ir::Op::Conv2d(c)
+                    if c.activation == derm_codegen::ir::Activation::Hardswish)
+        })
+        .map(|o| o.name().to_owned());
+    if let Some(w) = writer {
+        let e = edited(&|v| {
+            let list = v["quantization"]["float_hardswish"].as_array_mut().unwrap();
+            list.retain(|n| n.as_str() != Some(w.as_str()));
+            v["quantization"]["activations"][derm_codegen::quant::pre_activation_key(&w)] =
+                serde_json::json!({"scale": 0.05, "zero_point": 0});
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains(&key) && e.contains("table"), "{e}");
+    } else {
+        panic!("the tiny model's first depthwise input {key} has no hardswish writer");
+    }
+}

@@ -314,13 +314,15 @@ fn f16_and_i8_weights_are_dequantized_bit_for_bit() {
     );
 }
 
-/// int8 files of the small network: min/max post-training quantization, and the same with
-/// every hardswish in `f32` (no pre-activation grids).
+/// int8 files of the small network: min/max post-training quantization, the same with
+/// every hardswish in `f32` (no pre-activation grids), and that with every depthwise input
+/// on a grid per channel.
 fn int8_models() -> Vec<ModelFile> {
     let m = small();
     vec![
         synthetic::int8_of(&m, 2).unwrap(),
         synthetic::int8_float_hardswish_of(&m, 2).unwrap(),
+        synthetic::int8_channel_grids_of(&m, 2).unwrap(),
     ]
 }
 
@@ -376,10 +378,23 @@ fn int8_files_export_as_qdq_on_their_own_grids() {
                 .unwrap_or_else(|| panic!("{key} is not rounded"));
             let want = q.activations[key];
             let scale = init[n.input[1].as_str()];
-            assert_eq!(scale.raw_data, want.scale.to_le_bytes(), "{key}");
             let zero = init[n.input[2].as_str()];
+            // A per-channel grid: one scale per channel on axis 1, the zero point repeated.
+            let scales = q
+                .channel_scales_of(key)
+                .map_or(vec![want.scale], <[f32]>::to_vec);
+            let bytes: Vec<u8> = scales.iter().flat_map(|s| s.to_le_bytes()).collect();
+            assert_eq!(scale.raw_data, bytes, "{key}");
+            assert_eq!(zero.raw_data.len(), scales.len(), "{key}");
+            let axis = n.attribute.iter().find(|a| a.name == "axis").map(|a| a.i);
+            assert_eq!(axis, (scales.len() > 1).then_some(1), "{key}");
             assert_eq!(zero.data_type, DataType::Uint8 as i32, "{key}");
-            assert_eq!(i32::from(zero.raw_data[0]), want.zero_point + 128, "{key}");
+            assert!(
+                zero.raw_data
+                    .iter()
+                    .all(|&z| i32::from(z) == want.zero_point + 128),
+                "{key}"
+            );
             assert_eq!(types[n.output[0].as_str()], DataType::Uint8 as i32, "{key}");
         }
 
@@ -406,13 +421,25 @@ fn int8_files_export_as_qdq_on_their_own_grids() {
                 .find(|n| n.op_type == "DequantizeLinear" && n.input[0] == b.name)
                 .unwrap();
             let bs = init[dq.input[1].as_str()];
+            let xs = q
+                .channel_scales_of(&input)
+                .map_or(vec![q.activations[&input].scale; ws.len()], <[f32]>::to_vec);
             let want: Vec<u8> = ws
                 .iter()
-                .flat_map(|&s| (q.activations[&input].scale * s).to_le_bytes())
+                .zip(&xs)
+                .flat_map(|(&s, &x)| (x * s).to_le_bytes())
                 .collect();
             assert_eq!(bs.raw_data, want, "{bias} scale");
         }
         assert!(layers >= 30, "{layers}");
+        if !q.channel_scales.is_empty() {
+            assert!(
+                quantize
+                    .iter()
+                    .any(|n| init[n.input[1].as_str()].dims.len() == 1),
+                "no per-axis grid exported"
+            );
+        }
         // No float copy of a weight: every float initializer is a scale.
         for t in &g.initializer {
             if t.data_type == DataType::Float as i32 {
@@ -495,13 +522,14 @@ fn dequantize_exports_the_float_network_of_an_int8_file() {
             let spec = m.graph.tensors[&c.weight].quant.as_ref().unwrap();
             let ws = m.tensors[&spec.scale].to_f32().unwrap();
             let bq = &m.tensors[&c.bias].data;
+            let xs = q.channel_scales_of(&c.input).map_or(
+                vec![q.activations[&c.input].scale; ws.len()],
+                <[f32]>::to_vec,
+            );
             let want: Vec<f32> = bq
                 .chunks_exact(4)
-                .zip(&ws)
-                .map(|(b, &s)| {
-                    i32::from_le_bytes(b.try_into().unwrap()) as f32
-                        * (q.activations[&c.input].scale * s)
-                })
+                .zip(ws.iter().zip(&xs))
+                .map(|(b, (&s, &x))| i32::from_le_bytes(b.try_into().unwrap()) as f32 * (x * s))
                 .collect();
             assert_eq!(
                 init[c.bias.as_str()].raw_data,

@@ -141,9 +141,9 @@ struct Epi {
     zero_point: i32,
     table: Box<[i8; 256]>,
     /// [`Kind::FloatHardswish`]: the accumulator's real scale per channel, and
-    /// `1 / (6 * output scale)`.
+    /// `1 / (6 * output scale)` per channel (as a per-channel output grid has it).
     scale: Vec<f32>,
-    inv_scale: f32,
+    inv_scale: Vec<f32>,
 }
 
 impl Epi {
@@ -187,7 +187,7 @@ impl Epi {
             .iter()
             .map(|&mx| (rng.real(4.0, 9.0) / mx.max(1) as f64) as f32)
             .collect();
-        let inv_scale = rng.real(6.0, 16.0) as f32;
+        let inv_scale = max.iter().map(|_| rng.real(6.0, 16.0) as f32).collect();
         Self {
             kind,
             mult,
@@ -228,7 +228,7 @@ impl Epi {
                 Epilogue::hardswish(&self.mult, &self.shift, self.zero_point, &self.table)
             }
             Kind::FloatHardswish => {
-                Epilogue::float_hardswish(&self.scale, self.inv_scale, self.zero_point)
+                Epilogue::float_hardswish(&self.scale, &self.inv_scale, self.zero_point)
             }
         }
     }
@@ -236,7 +236,12 @@ impl Epi {
     /// The output for accumulator `acc` of channel `c`.
     fn reference(&self, acc: i64, c: usize) -> i8 {
         if let Kind::FloatHardswish = self.kind {
-            return float_hardswish_ref(acc as i32, self.scale[c], self.inv_scale, self.zero_point);
+            return float_hardswish_ref(
+                acc as i32,
+                self.scale[c],
+                self.inv_scale[c],
+                self.zero_point,
+            );
         }
         let v = self.zero_point as i64 + rq(acc, self.mult[c], self.shift[c]);
         match self.kind {

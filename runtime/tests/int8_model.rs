@@ -130,3 +130,50 @@ fn float_hardswish_model_is_bit_exact_with_the_oracle_and_the_committed_bits() {
     // It differs from the table model: the float epilogue was really taken.
     assert_ne!(bits(&got), bits(&run_all()));
 }
+
+#[allow(dead_code)]
+mod tiny_int8_pc {
+    include!(concat!(env!("OUT_DIR"), "/tiny_int8_pc_model.rs"));
+}
+
+/// The float hardswish model with every depthwise input on a grid per channel
+/// (`quantization.channel_scales`): its golden inputs and oracle logits, and its logits
+/// through the compiled kernels.
+fn pc_golden_and_run() -> (Vec<f32>, Vec<f32>) {
+    let (x, want) = common::split_golden(
+        include_bytes!(concat!(env!("OUT_DIR"), "/tiny_int8_pc_golden.bin")),
+        tiny_int8_pc::INPUT_LEN,
+        tiny_int8_pc::NUM_CLASSES,
+    );
+    let mut arena = vec![0f32; tiny_int8_pc::ARENA_LEN];
+    let arena: &mut [f32; tiny_int8_pc::ARENA_LEN] = arena.as_mut_slice().try_into().unwrap();
+    let got = x
+        .chunks_exact(tiny_int8_pc::INPUT_LEN)
+        .flat_map(|input| tiny_int8_pc::run(input.try_into().unwrap(), arena))
+        .collect();
+    (want, got)
+}
+
+/// The per-channel grid model's logits, pinned like [`EXPECTED_FHS_BITS`].
+const EXPECTED_PC_BITS: [u32; 3 * tiny_int8_pc::NUM_CLASSES] = [
+    1038813949, 1025696250, 3182903312, // smooth input, seed 4
+    1042918119, 3168040560, 3184047658, // smooth input, seed 5
+    1040216911, 3171760365, 3190370250, // uniform noise in [-2, 2)
+];
+
+#[test]
+fn per_channel_grid_model_is_bit_exact_with_the_oracle_and_the_committed_bits() {
+    let (want, got) = pc_golden_and_run();
+    assert_eq!(
+        bits(&got),
+        bits(&want),
+        "compiled kernels against the oracle"
+    );
+    assert_eq!(
+        bits(&got),
+        EXPECTED_PC_BITS,
+        "per-channel grid logits differ from the committed ones (printed as left)"
+    );
+    // It differs from the one-grid model: the per-channel scales were really applied.
+    assert_ne!(bits(&got), bits(&fhs_golden_and_run().1));
+}

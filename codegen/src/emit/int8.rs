@@ -349,13 +349,17 @@ fn epilogue(rt: &TokenStream, o: &ConvOutput) -> (TokenStream, TokenStream) {
         } => {
             let n = lit(scale.len());
             let v: Vec<Literal> = scale.iter().map(|v| Literal::f32_suffixed(*v)).collect();
-            let (inv, z) = (
-                Literal::f32_suffixed(*inv_scale),
-                int(i64::from(*zero_point)),
-            );
+            let inv: Vec<Literal> = inv_scale
+                .iter()
+                .map(|v| Literal::f32_suffixed(*v))
+                .collect();
+            let z = int(i64::from(*zero_point));
             return (
-                quote!(static SCALE: [f32; #n] = [#(#v),*];),
-                quote!(#rt::kernels::int8::Epilogue::float_hardswish(&SCALE, #inv, #z)),
+                quote!(
+                    static SCALE: [f32; #n] = [#(#v),*];
+                    static INV_SCALE: [f32; #n] = [#(#inv),*];
+                ),
+                quote!(#rt::kernels::int8::Epilogue::float_hardswish(&SCALE, &INV_SCALE, #z)),
             );
         }
         // Lowering sends the logits to `linear_logits`; no int8 epilogue.

@@ -26,8 +26,9 @@ pub const FORMAT_NAME: &str = "derm-model";
 /// The newest graph version this reader understands. Version 2 added int8
 /// activations ([`Graph::quantization`]) and `i32` tensors; version 3 added
 /// [`Quantization::float_hardswish`] (files that do not use it are still
-/// written as version 2).
-pub const FORMAT_VERSION: u32 = 3;
+/// written as version 2); version 4 added [`Quantization::channel_scales`]
+/// (written only by files that use them).
+pub const FORMAT_VERSION: u32 = 4;
 /// The oldest graph version this reader understands, and the one float
 /// models are written with, so that readers of version 1 still read them.
 pub const MIN_FORMAT_VERSION: u32 = 1;
@@ -93,12 +94,29 @@ pub struct Quantization {
     /// loses most of the model's int8 accuracy.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub float_hardswish: Vec<String>,
+    /// Feature maps on one grid scale per channel (version 4; `docs/int8.md`,
+    /// "Per-channel grids"): value name -> one scale per channel. Every channel shares the
+    /// zero point of the value's [`Self::activations`] entry, whose scale is the largest
+    /// channel scale. Only a feature map that a convolution writes (with a ReLU, no
+    /// activation, or a float hardswish) and that only depthwise convolutions read may have
+    /// one: the writer's per-channel multipliers (or inverse scales) and the reader's
+    /// per-channel multipliers absorb the channel scales, so no kernel changes. A depthwise
+    /// input whose channels span very different ranges (MobileNetV3's expansions) keeps
+    /// the small channels' detail that one grid for the whole tensor rounds away.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub channel_scales: BTreeMap<String, Vec<f32>>,
 }
 
 impl Quantization {
     /// Whether op `name`'s hardswish runs in `f32` ([`Self::float_hardswish`]).
     pub fn is_float_hardswish(&self, name: &str) -> bool {
         self.float_hardswish.iter().any(|n| n == name)
+    }
+
+    /// The per-channel scales of value `name`, if it is on a per-channel grid
+    /// ([`Self::channel_scales`]).
+    pub fn channel_scales_of(&self, name: &str) -> Option<&[f32]> {
+        self.channel_scales.get(name).map(Vec::as_slice)
     }
 }
 

@@ -76,6 +76,22 @@ pub(super) fn validate(model: &ModelFile) -> Result<ValueShapes, IrError> {
             ),
         ));
     }
+    if let Some(q) = g
+        .quantization
+        .as_ref()
+        .filter(|q| !q.channel_scales.is_empty())
+        && g.version < 4
+    {
+        let names: Vec<&str> = q.channel_scales.keys().map(String::as_str).collect();
+        return Err(bad_field(
+            "version",
+            format!(
+                "quantization.channel_scales ({}) needs version 4, the file says {}",
+                names.join(", "),
+                g.version
+            ),
+        ));
+    }
     validate_table(model)?;
 
     let [n, c, h, w] = g.input.shape;

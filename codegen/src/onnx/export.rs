@@ -363,22 +363,33 @@ impl<'m> Builder<'m> {
         if value == target {
             return;
         }
+        // A per-channel grid (`quantization.channel_scales`): ONNX's per-axis form, one
+        // scale per channel on axis 1 of NCHW and the shared zero point repeated.
+        let channels = self.grid_channel_scales(key);
+        let (dims, scales): (Vec<i64>, Vec<f32>) = match channels {
+            Some(c) => (vec![c.len() as i64], c.to_vec()),
+            None => (vec![], vec![p.scale]),
+        };
+        let axis = || match channels {
+            Some(_) => vec![attr_int("axis", 1)],
+            None => vec![],
+        };
         let scale = self.temp(&format!("{key}.scale"));
         self.initializers.push(TensorProto {
-            dims: vec![],
+            dims: dims.clone(),
             data_type: DataType::Float as i32,
             name: scale.clone(),
-            raw_data: p.scale.to_le_bytes().to_vec(),
+            raw_data: scales.iter().flat_map(|s| s.to_le_bytes()).collect(),
             ..Default::default()
         });
         let zero = self.temp(&format!("{key}.zero_point"));
         // Validation keeps zero points in -128..=127, so the shifted one fits a byte.
         let z = (p.zero_point + 128).clamp(0, 255) as u8;
         self.initializers.push(TensorProto {
-            dims: vec![],
+            dims,
             data_type: DataType::Uint8 as i32,
             name: zero.clone(),
-            raw_data: vec![z],
+            raw_data: vec![z; scales.len()],
             ..Default::default()
         });
         let q = self.temp(&format!("{key}.q"));
@@ -387,6 +398,7 @@ impl<'m> Builder<'m> {
             vec![value, scale.clone(), zero.clone()],
             q.clone(),
             shape,
+            axis(),
         );
         self.node(
             "DequantizeLinear",
@@ -394,8 +406,18 @@ impl<'m> Builder<'m> {
             vec![q, scale, zero],
             target,
             shape,
-            vec![],
+            axis(),
         );
+    }
+
+    /// The per-channel scales of value `key` (`quantization.channel_scales`), if any.
+    fn grid_channel_scales(&self, key: &str) -> Option<&'m [f32]> {
+        let model: &'m ModelFile = self.model;
+        model
+            .graph
+            .quantization
+            .as_ref()
+            .and_then(|q| q.channel_scales_of(key))
     }
 
     /// `want`, or `want_2`, `want_3`, ... if taken.
@@ -467,10 +489,17 @@ impl<'m> Builder<'m> {
     }
 
     /// A `QuantizeLinear` node writing `output` (shape `shape`) as `uint8`.
-    fn quantize_node(&mut self, name: &str, input: Vec<String>, output: String, shape: &[usize]) {
+    fn quantize_node(
+        &mut self,
+        name: &str,
+        input: Vec<String>,
+        output: String,
+        shape: &[usize],
+        attribute: Vec<AttributeProto>,
+    ) {
         self.value_info
             .push(typed_value_info(&output, shape, DataType::Uint8));
-        self.push_node("QuantizeLinear", name, input, output, vec![]);
+        self.push_node("QuantizeLinear", name, input, output, attribute);
     }
 
     fn push_node(
@@ -685,7 +714,23 @@ impl<'m> Builder<'m> {
                  not quantize"
             )));
         };
-        let scales: Vec<f32> = w_scales.iter().map(|&s| x.scale * s).collect();
+        // The input's scale per output channel: its own per channel if it is on a
+        // per-channel grid (read by a depthwise convolution: channel c reads channel c).
+        let x_scales: Vec<f32> = match self.grid_channel_scales(input_key) {
+            Some(c) if c.len() == n => c.to_vec(),
+            Some(c) => {
+                return Err(err(format!(
+                    "its input {input_key:?} has {} channel scales for {n} channels",
+                    c.len()
+                )));
+            }
+            None => vec![x.scale; n],
+        };
+        let scales: Vec<f32> = w_scales
+            .iter()
+            .zip(&x_scales)
+            .map(|(&s, &xs)| xs * s)
+            .collect();
         if self.grid.is_none() {
             // The float network (`dequantize`): the bias in real units.
             let key = (tensor.to_owned(), vec![n]);

@@ -11,7 +11,9 @@
 //! cannot overflow), which every kernel variant must match bit for bit.
 //!
 //! - activations: per-tensor affine int8, `real = scale * (q - zero_point)`
-//!   ([`QParams`]), one entry per key of [`activation_keys`];
+//!   ([`QParams`]), one entry per key of [`activation_keys`]; the feature maps that
+//!   depthwise convolutions read may have one scale per channel with the zero point
+//!   shared ([`channel_grid`], [`depthwise_inputs`]);
 //! - weights: per-output-channel symmetric int8 in `[-127, 127]` (zero point
 //!   0); biases: `i32` in accumulator units (`input scale * weight scale`);
 //! - every rescale is `requant(x, m, s) = (x * m + 2^(s-1)) >> s` with
@@ -220,9 +222,128 @@ pub fn params_for_range(lo: f32, hi: f32) -> QParams {
     }
 }
 
+/// One grid per channel with a shared zero point, for channels whose ranges are `ranges`
+/// (each widened to hold 0, as [`params_for_range`] widens a tensor's): the zero point
+/// `z = k - 128` and the scales `s[c] = max(hi[c] / (255 - k), -lo[c] / k)` (at least
+/// [`MIN_SPAN`]` / 255`) with `k` in `0..=255` chosen to minimise `sum s[c]^2`, the
+/// rounding noise summed over the channels (ties: the smallest `k`). Every channel's
+/// range fits its grid. Returns the tensor's [`QParams`] (the shared zero point and the
+/// largest scale) and the scales.
+///
+/// A shared zero point is what lets a depthwise convolution read the grid with no kernel
+/// change (the zero point is subtracted, and the padding is filled, per tensor). For
+/// ReLU outputs (`lo = 0`) it costs nothing: `k = 0` is every channel's own choice.
+pub fn channel_grid(ranges: &[(f32, f32)]) -> (QParams, Vec<f32>) {
+    let floor = f64::from(MIN_SPAN) / 255.0;
+    let ranges: Vec<(f64, f64)> = ranges
+        .iter()
+        .map(|&(lo, hi)| (-f64::from(lo.min(0.0)), f64::from(hi.max(0.0))))
+        .collect();
+    // The scale of one channel with `k` steps below the zero point (infinite when the
+    // channel has values on a side with no steps).
+    let scale = |k: u32, (neg, pos): (f64, f64)| -> f64 {
+        let below = if neg > 0.0 { neg / f64::from(k) } else { 0.0 };
+        let above = if pos > 0.0 {
+            pos / f64::from(255 - k)
+        } else {
+            0.0
+        };
+        below.max(above).max(floor)
+    };
+    let cost = |k: u32| -> f64 { ranges.iter().map(|&r| scale(k, r).powi(2)).sum() };
+    let mut best = (0u32, f64::INFINITY);
+    for k in 0..=255u32 {
+        let c = cost(k);
+        if c < best.1 {
+            best = (k, c);
+        }
+    }
+    let k = best.0;
+    // Rounded up to the next f32, so the f32 scale still covers the channel's range.
+    let scales: Vec<f32> = ranges
+        .iter()
+        .map(|&r| {
+            let v = scale(k, r);
+            let f = v as f32;
+            if f64::from(f) < v { f.next_up() } else { f }
+        })
+        .collect();
+    let largest = scales.iter().copied().fold(f32::MIN_POSITIVE, f32::max);
+    (
+        QParams {
+            scale: largest,
+            zero_point: k as i32 - 128,
+        },
+        scales,
+    )
+}
+
+/// The feature maps of `g` that can be on a per-channel grid
+/// ([`crate::ir::Quantization::channel_scales`]), in execution order: each is written by a
+/// convolution and read only by depthwise convolutions (in MobileNetV3: the stem's output
+/// and every expansion's). `quant::plan` checks the rest (the writer's activation).
+pub fn depthwise_inputs(g: &Graph) -> Vec<String> {
+    let is_depthwise = |op: &Op| matches!(op, Op::Conv2d(c) if c.groups > 1 && c.groups == c.in_channels && c.groups == c.out_channels);
+    g.ops
+        .iter()
+        .filter(|op| matches!(op, Op::Conv2d(_)) && op.output() != g.output)
+        .map(|op| op.output())
+        .filter(|v| {
+            let readers: Vec<&Op> = g.ops.iter().filter(|o| o.inputs().contains(v)).collect();
+            !readers.is_empty() && readers.iter().all(|o| is_depthwise(o))
+        })
+        .map(str::to_owned)
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every channel's range fits its grid; ReLU channels get their own exact grids; the
+    /// shared zero point is the rounding noise's minimum; degenerate channels get the floor.
+    #[test]
+    fn channel_grid_fits_every_channel_with_one_zero_point() {
+        // ReLU outputs: zero point -128, each channel its own span / 255.
+        let (p, s) = channel_grid(&[(0.0, 1.0), (0.0, 10.0), (0.0, 0.5)]);
+        assert_eq!(p.zero_point, -128);
+        for (got, want) in s.iter().zip([1.0f32, 10.0, 0.5]) {
+            assert!((got * 255.0 - want).abs() <= want * 1e-6, "{s:?}");
+        }
+        assert_eq!(p.scale, s[1]);
+        // Hardswish outputs: every channel dips to -0.375, their tops differ 40-fold.
+        let ranges = [(-0.375, 0.5), (-0.375, 2.0), (-0.375, 20.0), (-0.2, 6.0)];
+        let (p, s) = channel_grid(&ranges);
+        let k = p.zero_point + 128;
+        assert!((1..255).contains(&k), "{p:?}");
+        for (&(lo, hi), &sc) in ranges.iter().zip(&s) {
+            assert!(
+                f64::from(-lo) <= f64::from(sc) * f64::from(k),
+                "{lo} {sc} {k}"
+            );
+            assert!(
+                f64::from(hi) <= f64::from(sc) * f64::from(255 - k),
+                "{hi} {sc} {k}"
+            );
+        }
+        // The small channels are far finer than one grid for the tensor would be.
+        let one = params_for_range(-0.375, 20.0).scale;
+        assert!(s[0] < one / 4.0, "{s:?} vs {one}");
+        // And the chosen zero point beats its neighbours on the summed squared steps.
+        let cost = |k: i32| -> f64 {
+            ranges
+                .iter()
+                .map(|&(lo, hi)| {
+                    let v = (f64::from(-lo) / f64::from(k)).max(f64::from(hi) / f64::from(255 - k));
+                    v * v
+                })
+                .sum()
+        };
+        assert!(cost(k) <= cost(k - 1) && cost(k) <= cost(k + 1));
+        // A channel that never fired gets the narrowest grid, not a zero scale.
+        let (_, s) = channel_grid(&[(0.0, 0.0), (0.0, 3.0)]);
+        assert!(s[0] >= MIN_SPAN / 255.0 && s[0].is_normal(), "{s:?}");
+    }
 
     #[test]
     fn multipliers_round_trip_and_reject_out_of_range() {

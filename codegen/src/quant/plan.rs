@@ -55,7 +55,8 @@ pub enum ConvOutput {
     /// `y = clamp(zero_point + requant(acc, mult[c]), min, 127)`; `min` is the
     /// zero point for a fused ReLU, else -128.
     Requant {
-        /// Per output channel: `x_scale * w_scale[c] / y_scale`.
+        /// Per output channel: `x_scale[c] * w_scale[c] / y_scale[c]` (one `x_scale` and
+        /// one `y_scale` unless a value has a per-channel grid).
         mult: Vec<Multiplier>,
         /// Output zero point.
         zero_point: i32,
@@ -72,12 +73,13 @@ pub enum ConvOutput {
         table: Box<[i8; 256]>,
     },
     /// A hardswish in `f32` ([`crate::ir::Quantization::float_hardswish`]):
-    /// `y = `[`super::float_hardswish`]`(acc, scale[c], inv_scale, zero_point)`.
+    /// `y = `[`super::float_hardswish`]`(acc, scale[c], inv_scale[c], zero_point)`.
     FloatHardswish {
         /// Per output channel: `f32(x_scale * w_scale[c])`, the accumulator's real scale.
         scale: Vec<f32>,
-        /// [`super::float_hardswish_inv_scale`] of the output.
-        inv_scale: f32,
+        /// Per output channel: [`super::float_hardswish_inv_scale`] of the output's scale
+        /// (the same for every channel unless the output has a per-channel grid).
+        inv_scale: Vec<f32>,
         /// Output zero point.
         zero_point: i32,
     },
@@ -260,6 +262,7 @@ impl QuantPlan {
             })?
             .activations;
         check_float_hardswish(g)?;
+        check_channel_scales(g, shapes)?;
         let keys = activation_keys(g);
         let wanted: BTreeSet<&str> = keys.iter().map(String::as_str).collect();
         if let Some(k) = acts.keys().find(|k| !wanted.contains(k.as_str())) {
@@ -467,6 +470,62 @@ fn check_float_hardswish(g: &crate::ir::Graph) -> Result<(), IrError> {
     Ok(())
 }
 
+/// Every feature map in `quantization.channel_scales` has one positive normal scale per
+/// channel, the largest being its `activations` scale, is written by a convolution whose
+/// epilogue can apply a scale per channel (a ReLU, no activation, or a float hardswish:
+/// not a hardswish table, which is one grid) and is read only by depthwise convolutions,
+/// whose channel `c` reads channel `c` (`quant::depthwise_inputs`).
+fn check_channel_scales(g: &crate::ir::Graph, shapes: &ValueShapes) -> Result<(), IrError> {
+    let Some(q) = &g.quantization else {
+        return Ok(());
+    };
+    let candidates = super::depthwise_inputs(g);
+    for (name, scales) in &q.channel_scales {
+        let field = |reason: String| IrError::BadField {
+            field: "quantization.channel_scales".into(),
+            reason: format!("{name:?}: {reason}"),
+        };
+        if !candidates.contains(name) {
+            return Err(field(
+                "not a feature map that a convolution writes and only depthwise convolutions \
+                 read (the only values that can have a grid per channel)"
+                    .into(),
+            ));
+        }
+        let channels = shapes.get(name).map(|s| s[0]).unwrap_or_default();
+        if scales.len() != channels {
+            return Err(field(format!(
+                "{} scales for {channels} channels",
+                scales.len()
+            )));
+        }
+        if let Some(c) = scales.iter().position(|s| !s.is_normal() || *s <= 0.0) {
+            return Err(field(format!(
+                "scale {} of channel {c} is not a positive normal number",
+                scales[c]
+            )));
+        }
+        let largest = scales.iter().copied().fold(0.0f32, f32::max);
+        if q.activations.get(name).map(|p| p.scale) != Some(largest) {
+            return Err(field(format!(
+                "its activations scale must be the largest channel scale, {largest}"
+            )));
+        }
+        let writer = g.ops.iter().find(|o| o.output() == name);
+        if let Some(Op::Conv2d(c)) = writer
+            && c.activation == Activation::Hardswish
+            && !q.is_float_hardswish(&c.name)
+        {
+            return Err(field(format!(
+                "written by {} through a hardswish table, which has one grid; list {} in \
+                 quantization.float_hardswish",
+                c.name, c.name
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// A sum of `hw` values `(x - zx)` must fit `i32`.
 fn check_sum(op: &str, hw: usize) -> Result<(), IrError> {
     if (hw as u64).saturating_mul(255) > i32::MAX as u64 {
@@ -500,17 +559,40 @@ struct ConvArgs<'a> {
 }
 
 fn conv_plan(model: &ModelFile, a: ConvArgs<'_>) -> Result<OpPlan, IrError> {
-    let acts = &model.graph.quantization.as_ref().map(|q| &q.activations);
-    let acts = acts.ok_or_else(|| bad(a.name, "not quantized"))?;
+    let quant = model.graph.quantization.as_ref();
+    let quant = quant.ok_or_else(|| bad(a.name, "not quantized"))?;
+    let acts = &quant.activations;
     let x = acts[a.input];
     let (w, ws) = weights(model, a.weight, a.out)?;
     let b = bias(model, a.bias, a.out)?;
     check_accumulator(a.name, a.k, &b)?;
-    let sx = f64::from(x.scale);
-    let per_channel = |target: f64, key: &str| -> Result<Vec<Multiplier>, IrError> {
+    // Scale per output channel of the input (a depthwise layer's channel c reads input
+    // channel c, so a per-channel grid gives channel c its own; `check_channel_scales`
+    // allowed one only there) and of the output.
+    let per_channel_scale = |value: &str, p: QParams| -> Vec<f64> {
+        match quant.channel_scales_of(value) {
+            Some(s) => s.iter().map(|&v| f64::from(v)).collect(),
+            None => vec![f64::from(p.scale); a.out],
+        }
+    };
+    let sx = per_channel_scale(a.input, x);
+    if sx.len() != a.out {
+        return Err(bad(
+            a.input,
+            format!(
+                "a per-channel grid of {} channels read by {}, which has {} output channels",
+                sx.len(),
+                a.name,
+                a.out
+            ),
+        ));
+    }
+    let per_channel = |target: &[f64], key: &str| -> Result<Vec<Multiplier>, IrError> {
         ws.iter()
+            .zip(target)
+            .zip(&sx)
             .enumerate()
-            .map(|(c, w)| mult(sx * w / target, key, &format!("{} channel {c}", a.name)))
+            .map(|(c, ((w, t), x))| mult(x * w / t, key, &format!("{} channel {c}", a.name)))
             .collect()
     };
     let output = if a.is_output {
@@ -521,18 +603,20 @@ fn conv_plan(model: &ModelFile, a: ConvArgs<'_>) -> Result<OpPlan, IrError> {
             });
         }
         ConvOutput::Logits {
-            scale: ws.iter().map(|w| (sx * w) as f32).collect(),
+            scale: ws.iter().zip(&sx).map(|(w, x)| (x * w) as f32).collect(),
         }
     } else {
         let y = acts[a.output];
+        let sy = per_channel_scale(a.output, y);
         let float = acts_float(model, a.name);
         match a.activation {
             Activation::Hardswish if float => {
                 let scale = ws
                     .iter()
+                    .zip(&sx)
                     .enumerate()
-                    .map(|(c, w)| {
-                        let v = (sx * w) as f32;
+                    .map(|(c, (w, x))| {
+                        let v = (x * w) as f32;
                         if v.is_normal() {
                             Ok(v)
                         } else {
@@ -541,22 +625,33 @@ fn conv_plan(model: &ModelFile, a: ConvArgs<'_>) -> Result<OpPlan, IrError> {
                                 format!(
                                     "channel {c}: the accumulator scale {:e} (input scale x \
                                      weight scale) is not a normal f32",
-                                    sx * w
+                                    x * w
                                 ),
                             ))
                         }
                     })
                     .collect::<Result<Vec<f32>, _>>()?;
-                let inv = float_hardswish_inv_scale(y);
-                if !inv.is_normal() {
-                    return Err(bad(
-                        a.output,
-                        format!("1 / (6 x scale {}) is not a normal f32", y.scale),
-                    ));
-                }
+                let inv_scale = sy
+                    .iter()
+                    .enumerate()
+                    .map(|(c, &s)| {
+                        let inv = float_hardswish_inv_scale(QParams {
+                            scale: s as f32,
+                            zero_point: y.zero_point,
+                        });
+                        if inv.is_normal() {
+                            Ok(inv)
+                        } else {
+                            Err(bad(
+                                a.output,
+                                format!("channel {c}: 1 / (6 x scale {s}) is not a normal f32"),
+                            ))
+                        }
+                    })
+                    .collect::<Result<Vec<f32>, _>>()?;
                 ConvOutput::FloatHardswish {
                     scale,
-                    inv_scale: inv,
+                    inv_scale,
                     zero_point: y.zero_point,
                 }
             }
@@ -564,13 +659,13 @@ fn conv_plan(model: &ModelFile, a: ConvArgs<'_>) -> Result<OpPlan, IrError> {
                 let key = pre_activation_key(a.name);
                 let pre = acts[&key];
                 ConvOutput::Hardswish {
-                    mult: per_channel(f64::from(pre.scale), &key)?,
+                    mult: per_channel(&vec![f64::from(pre.scale); a.out], &key)?,
                     pre_zero_point: pre.zero_point,
                     table: Box::new(hardswish_table(pre, y)),
                 }
             }
             act => ConvOutput::Requant {
-                mult: per_channel(f64::from(y.scale), a.output)?,
+                mult: per_channel(&sy, a.output)?,
                 zero_point: y.zero_point,
                 min: if act == Activation::Relu {
                     y.zero_point

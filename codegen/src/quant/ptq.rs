@@ -1,11 +1,11 @@
 //! Post-training quantization: activation ranges observed on calibration
 //! inputs by the float reference interpreter, then weights, biases and
-//! activations turned into an int8 model file (format version 2, or 3 with
-//! [`quantize_with`]'s float hardswish ops).
+//! activations turned into an int8 model file (format version 2, 3 with
+//! [`quantize_with`]'s float hardswish ops, 4 with its per-channel grids).
 
 use std::collections::BTreeMap;
 
-use super::{WEIGHT_MAX, activation_keys_with, params_for_range};
+use super::{WEIGHT_MAX, activation_keys_with, channel_grid, params_for_range};
 use crate::ir::{
     DType, FORMAT_VERSION, IrError, ModelFile, Op, QParams, Quant, Quantization, Tensor, TensorSpec,
 };
@@ -58,6 +58,8 @@ struct Stat {
     min: f32,
     max: f32,
     samples: Vec<f32>,
+    /// Each channel's smallest and largest value, for feature maps `[C, H, W]`.
+    channels: Vec<(f32, f32)>,
 }
 
 /// Activation statistics of a float model over calibration inputs.
@@ -81,13 +83,31 @@ impl Calibration {
     /// Runs the float `model` on one preprocessed input (`[3, H, W]`) and
     /// records every activation it needs.
     pub fn observe(&mut self, model: &ModelFile, input: &[f32]) -> Result<(), IrError> {
+        let shapes = model.validate()?;
         let stats = &mut self.stats;
         crate::reference::run_observed(model, input, &mut |key, data| {
             let s = stats.entry(key.to_owned()).or_insert(Stat {
                 min: f32::INFINITY,
                 max: f32::NEG_INFINITY,
                 samples: Vec::new(),
+                channels: Vec::new(),
             });
+            // Feature maps (`[C, H, W]`, channel planes contiguous): each channel's range,
+            // for per-channel grids.
+            if let Some([c, h, w]) = shapes
+                .get(key)
+                .and_then(|d| <[usize; 3]>::try_from(d.as_slice()).ok())
+                && c * h * w == data.len()
+                && h * w > 0
+            {
+                s.channels.resize(c, (f32::INFINITY, f32::NEG_INFINITY));
+                for (r, plane) in s.channels.iter_mut().zip(data.chunks(h * w)) {
+                    for &v in plane.iter().filter(|v| v.is_finite()) {
+                        r.0 = r.0.min(v);
+                        r.1 = r.1.max(v);
+                    }
+                }
+            }
             for &v in data {
                 if v.is_finite() {
                     s.min = s.min.min(v);
@@ -118,6 +138,31 @@ impl Calibration {
                 Some((at(1.0 - p), at(p)))
             }
         }
+    }
+
+    /// Each channel's range of the feature map `key`: the channel's smallest and largest
+    /// value, each limited to the tensor's [`Self::range`] under `method` (so a percentile
+    /// still cuts a channel's outliers). `None` if `key` was never observed or is not a
+    /// feature map `[C, H, W]`.
+    pub fn channel_ranges(&self, key: &str, method: RangeMethod) -> Option<Vec<(f32, f32)>> {
+        let s = self.stats.get(key)?;
+        let (lo, hi) = self.range(key, method)?;
+        if s.channels.is_empty() {
+            return None;
+        }
+        Some(
+            s.channels
+                .iter()
+                .map(|&(a, b)| {
+                    if a > b {
+                        // A channel with no finite value: the tensor's range.
+                        (lo, hi)
+                    } else {
+                        (a.clamp(lo, hi), b.clamp(lo, hi))
+                    }
+                })
+                .collect(),
+        )
     }
 }
 
@@ -168,17 +213,20 @@ pub fn quantize(
     calibration: &Calibration,
     method: RangeMethod,
 ) -> Result<ModelFile, IrError> {
-    quantize_with(model, calibration, method, &[])
+    quantize_with(model, calibration, method, &[], &[])
 }
 
 /// [`quantize`] with the hardswish of the ops named in `float_hardswish` computed in
 /// `f32` from the accumulator ([`crate::ir::Quantization::float_hardswish`]; such a file
-/// is format version 3, any other version 2).
+/// is format version 3), and the feature maps named in `channel_grids` on one grid scale
+/// per channel ([`crate::ir::Quantization::channel_scales`], from each channel's range:
+/// [`channel_grid`]; version 4). A file with neither is version 2.
 pub fn quantize_with(
     model: &ModelFile,
     calibration: &Calibration,
     method: RangeMethod,
     float_hardswish: &[String],
+    channel_grids: &[String],
 ) -> Result<ModelFile, IrError> {
     let g = &model.graph;
     if g.quantization.is_some() {
@@ -197,7 +245,21 @@ pub fn quantize_with(
             })?;
         acts.insert(key, params_for_range(lo, hi));
     }
-    let mut q = quantize_on_grid(model, acts, float_hardswish)?;
+    let mut channel_scales = BTreeMap::new();
+    for key in channel_grids {
+        let ranges = calibration
+            .channel_ranges(key, method)
+            .ok_or_else(|| IrError::BadQuant {
+                tensor: key.clone(),
+                reason: "a per-channel grid needs a feature map [C, H, W] observed in \
+                             calibration"
+                    .into(),
+            })?;
+        let (p, scales) = channel_grid(&ranges);
+        acts.insert(key.clone(), p);
+        channel_scales.insert(key.clone(), scales);
+    }
+    let mut q = quantize_on_grid(model, acts, channel_scales, float_hardswish)?;
     q.graph.provenance.insert(
         "calibration".into(),
         serde_json::json!({"inputs": calibration.inputs(), "range": method.to_string()}),
@@ -207,11 +269,14 @@ pub fn quantize_with(
 
 /// The int8 model of the float `model` with the activation grids `acts` given (one per
 /// key of [`activation_keys_with`]`(graph, float_hardswish)`, for example ranges learned by
-/// quantization-aware training): weights per channel, biases in accumulator units.
-/// Records `"precision": "int8"` in the provenance; validation rejects a bad grid by key.
+/// quantization-aware training) and the per-channel scales `channel_scales` of some feature
+/// maps ([`crate::ir::Quantization::channel_scales`]): weights per channel, biases in
+/// accumulator units. Records `"precision": "int8"` in the provenance; validation rejects
+/// a bad grid by key.
 pub fn quantize_on_grid(
     model: &ModelFile,
     acts: BTreeMap<String, QParams>,
+    channel_scales: BTreeMap<String, Vec<f32>>,
     float_hardswish: &[String],
 ) -> Result<ModelFile, IrError> {
     let g = &model.graph;
@@ -231,70 +296,99 @@ pub fn quantize_on_grid(
     }
     let mut tensors = BTreeMap::new();
     let mut table = BTreeMap::new();
-    let mut add_layer = |weight: &str, bias: &str, out: usize, x: QParams| -> Result<(), IrError> {
-        let w = model.tensor_f32(weight)?;
-        let b = model.tensor_f32(bias)?;
-        let shape = model.tensors[weight].shape.clone();
-        // The smallest weight scale at which each channel's bias fits in BIAS_MAX
-        // (non-finite when the input scale is degenerate: validation names that grid).
-        let min_scale: Vec<f32> = b
-            .iter()
-            .map(|&b| (f64::from(b.abs()) / (f64::from(x.scale) * BIAS_MAX)) as f32)
-            .map(|s| if s.is_finite() { s } else { 0.0 })
-            .collect();
-        let (q, scales) = quantize_weight(&w, out, &min_scale);
-        let (sn, zn) = (format!("{weight}.scale"), format!("{weight}.zero_point"));
-        for n in [&sn, &zn] {
-            if model.tensors.contains_key(n) {
-                return Err(IrError::BadQuant {
-                    tensor: weight.to_owned(),
-                    reason: format!("its parameter name {n:?} is already a tensor"),
-                });
-            }
+    // The input scale of each output channel of a layer reading `input`: its per-channel
+    // scales (a depthwise layer's channel c reads input channel c), or its one scale.
+    let input_scales = |input: &str, out: usize| -> Result<Vec<f64>, IrError> {
+        match channel_scales.get(input) {
+            Some(s) if s.len() == out => Ok(s.iter().map(|&v| f64::from(v)).collect()),
+            Some(s) => Err(IrError::BadQuant {
+                tensor: input.to_owned(),
+                reason: format!(
+                    "{} per-channel scales, read by a layer of {out} output channels (only a \
+                     depthwise convolution can read a per-channel grid)",
+                    s.len()
+                ),
+            }),
+            None => Ok(vec![f64::from(acts[input].scale); out]),
         }
-        let bq = b
-            .iter()
-            .zip(&scales)
-            .enumerate()
-            .map(|(c, (&b, &s))| {
-                let v = (f64::from(b) / (f64::from(x.scale) * f64::from(s))).round_ties_even();
-                // BIAS_MAX up to the rounding of min_scale; beyond i32 only when the
-                // scales are degenerate.
-                if v.abs() < f64::from(i32::MAX) {
-                    Ok(v as i32)
-                } else {
-                    Err(IrError::BadQuant {
-                        tensor: bias.to_owned(),
-                        reason: format!("channel {c}: {b} does not fit i32 at scale x*w"),
-                    })
-                }
-            })
-            .collect::<Result<Vec<i32>, _>>()?;
-        table.insert(
-            weight.to_owned(),
-            TensorSpec {
-                dtype: DType::I8,
-                shape: shape.clone(),
-                quant: Some(Quant {
-                    scale: sn.clone(),
-                    zero_point: zn.clone(),
-                    axis: 0,
-                }),
-            },
-        );
-        tensors.insert(weight.to_owned(), Tensor::from_i8(shape, &q));
-        tensors.insert(sn, Tensor::from_f32(vec![out], &scales));
-        tensors.insert(zn, Tensor::from_i8(vec![out], &vec![0; out]));
-        tensors.insert(bias.to_owned(), Tensor::from_i32(vec![out], &bq));
-        Ok(())
     };
+    let mut add_layer =
+        |weight: &str, bias: &str, out: usize, sx: Vec<f64>| -> Result<(), IrError> {
+            let w = model.tensor_f32(weight)?;
+            let b = model.tensor_f32(bias)?;
+            let shape = model.tensors[weight].shape.clone();
+            // The smallest weight scale at which each channel's bias fits in BIAS_MAX
+            // (non-finite when the input scale is degenerate: validation names that grid).
+            let min_scale: Vec<f32> = b
+                .iter()
+                .zip(&sx)
+                .map(|(&b, &x)| (f64::from(b.abs()) / (x * BIAS_MAX)) as f32)
+                .map(|s| if s.is_finite() { s } else { 0.0 })
+                .collect();
+            let (q, scales) = quantize_weight(&w, out, &min_scale);
+            let (sn, zn) = (format!("{weight}.scale"), format!("{weight}.zero_point"));
+            for n in [&sn, &zn] {
+                if model.tensors.contains_key(n) {
+                    return Err(IrError::BadQuant {
+                        tensor: weight.to_owned(),
+                        reason: format!("its parameter name {n:?} is already a tensor"),
+                    });
+                }
+            }
+            let bq = b
+                .iter()
+                .zip(&scales)
+                .zip(&sx)
+                .enumerate()
+                .map(|(c, ((&b, &s), &x))| {
+                    let v = (f64::from(b) / (x * f64::from(s))).round_ties_even();
+                    // BIAS_MAX up to the rounding of min_scale; beyond i32 only when the
+                    // scales are degenerate.
+                    if v.abs() < f64::from(i32::MAX) {
+                        Ok(v as i32)
+                    } else {
+                        Err(IrError::BadQuant {
+                            tensor: bias.to_owned(),
+                            reason: format!("channel {c}: {b} does not fit i32 at scale x*w"),
+                        })
+                    }
+                })
+                .collect::<Result<Vec<i32>, _>>()?;
+            table.insert(
+                weight.to_owned(),
+                TensorSpec {
+                    dtype: DType::I8,
+                    shape: shape.clone(),
+                    quant: Some(Quant {
+                        scale: sn.clone(),
+                        zero_point: zn.clone(),
+                        axis: 0,
+                    }),
+                },
+            );
+            tensors.insert(weight.to_owned(), Tensor::from_i8(shape, &q));
+            tensors.insert(sn, Tensor::from_f32(vec![out], &scales));
+            tensors.insert(zn, Tensor::from_i8(vec![out], &vec![0; out]));
+            tensors.insert(bias.to_owned(), Tensor::from_i32(vec![out], &bq));
+            Ok(())
+        };
     for op in &g.ops {
         match op {
-            Op::Conv2d(c) => add_layer(&c.weight, &c.bias, c.out_channels, acts[&c.input])?,
-            Op::Linear(l) => add_layer(&l.weight, &l.bias, l.out_features, acts[&l.input])?,
+            Op::Conv2d(c) => add_layer(
+                &c.weight,
+                &c.bias,
+                c.out_channels,
+                input_scales(&c.input, c.out_channels)?,
+            )?,
+            Op::Linear(l) => add_layer(
+                &l.weight,
+                &l.bias,
+                l.out_features,
+                input_scales(&l.input, l.out_features)?,
+            )?,
             Op::SqueezeExcite(s) => {
-                let pooled = acts[&super::pooled_key(&s.name)];
-                let hidden = acts[&super::hidden_key(&s.name)];
+                let pooled = input_scales(&super::pooled_key(&s.name), s.squeeze_channels)?;
+                let hidden = input_scales(&super::hidden_key(&s.name), s.channels)?;
                 add_layer(&s.fc1_weight, &s.fc1_bias, s.squeeze_channels, pooled)?;
                 add_layer(&s.fc2_weight, &s.fc2_bias, s.channels, hidden)?;
             }
@@ -302,16 +396,19 @@ pub fn quantize_on_grid(
         }
     }
     let mut graph = g.clone();
-    // Version 2 readers can read every file that does not use version 3's field.
-    graph.version = if float_hardswish.is_empty() {
-        2
-    } else {
+    // Older readers can read every file that does not use a later version's field.
+    graph.version = if !channel_scales.is_empty() {
         FORMAT_VERSION
+    } else if !float_hardswish.is_empty() {
+        3
+    } else {
+        2
     };
     graph.tensors = table;
     graph.quantization = Some(Quantization {
         activations: acts,
         float_hardswish: float_hardswish.to_vec(),
+        channel_scales,
     });
     graph.provenance.insert("precision".into(), "int8".into());
     ModelFile::new(graph, tensors)

@@ -168,9 +168,20 @@ pub fn run(
         let (data, quantized) = match out {
             Out::Int8(q) => {
                 let p = acts[op.output()];
+                // A per-channel grid: each channel plane of `[C, H, W]` with its own scale.
+                let channel_scales = model
+                    .graph
+                    .quantization
+                    .as_ref()
+                    .and_then(|qz| qz.channel_scales_of(op.output()));
+                let plane = q.len() / ys[0].max(1);
                 let data = q
                     .iter()
-                    .map(|&v| p.scale * (i32::from(v) - p.zero_point) as f32)
+                    .enumerate()
+                    .map(|(i, &v)| {
+                        let scale = channel_scales.map_or(p.scale, |s| s[i / plane.max(1)]);
+                        scale * (i32::from(v) - p.zero_point) as f32
+                    })
                     .collect();
                 values.insert(op.output(), (ys.clone(), q.clone()));
                 (data, Some(q))
@@ -240,7 +251,8 @@ fn epilogue(acc: &[i32], channel: impl Fn(usize) -> usize, o: &ConvOutput) -> Ou
             acc.iter()
                 .enumerate()
                 .map(|(i, &a)| {
-                    crate::quant::float_hardswish(a, scale[channel(i)], *inv_scale, *zero_point)
+                    let c = channel(i);
+                    crate::quant::float_hardswish(a, scale[c], inv_scale[c], *zero_point)
                 })
                 .collect(),
         ),

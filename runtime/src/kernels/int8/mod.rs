@@ -103,14 +103,15 @@ pub enum Activation<'a> {
     /// The hardswish in `f32` from the accumulator, with no int8
     /// pre-activation (the model file's `quantization.float_hardswish`):
     /// `f = f32(acc) * scale[c]`, `h = f * clamp(f + 3, 0, 6)`, then
-    /// [`quantize_one`]`(h, inv_scale, zero_point)`.
+    /// [`quantize_one`]`(h, inv_scale[c], zero_point)`.
     /// Each step is one IEEE `f32` operation, never fused, so every target
     /// gives the same bits. The epilogue's `mult` and `shift` are empty.
     FloatHardswish {
         /// Per output channel: the accumulator's real scale.
         scale: &'a [f32],
-        /// `1 / (6 * output scale)`.
-        inv_scale: f32,
+        /// Per output channel: `1 / (6 * output scale)` (one value repeated unless the
+        /// output has a grid per channel).
+        inv_scale: &'a [f32],
         /// Output zero point.
         zero_point: i32,
     },
@@ -152,7 +153,7 @@ impl<'a> Epilogue<'a> {
     /// The hardswish in `f32` from the accumulator
     /// ([`Activation::FloatHardswish`]): no integer rescale.
     #[inline]
-    pub const fn float_hardswish(scale: &'a [f32], inv_scale: f32, zero_point: i32) -> Self {
+    pub const fn float_hardswish(scale: &'a [f32], inv_scale: &'a [f32], zero_point: i32) -> Self {
         Self {
             mult: &[],
             shift: &[],
@@ -282,7 +283,7 @@ impl<'a> Epilogue<'a> {
             zero_point,
         } = self.activation
         {
-            return Self::float_hardswish(&scale[range], inv_scale, zero_point);
+            return Self::float_hardswish(&scale[range.clone()], &inv_scale[range], zero_point);
         }
         Epilogue {
             mult: &self.mult[range.clone()],
@@ -305,7 +306,7 @@ impl<'a> Epilogue<'a> {
 }
 
 /// [`Activation::FloatHardswish`] on one row: `out[i]` from `acc[i]` with
-/// channel scale `scale[i]`.
+/// channel scale `scale[i]` and inverse output scale `inv_scale[i]`.
 ///
 /// Written without branches so that the compiler vectorizes it on every
 /// target (the `f32` operations are the same in any lane width, so the bits
@@ -313,12 +314,12 @@ impl<'a> Epilogue<'a> {
 /// passes `clamp`, stays NaN through the rounding and converts to 0, the
 /// same result.
 #[inline(always)]
-fn float_hardswish(acc: &[i32], scale: &[f32], inv_scale: f32, zero_point: i32, out: &mut [i8]) {
+fn float_hardswish(acc: &[i32], scale: &[f32], inv_scale: &[f32], zero_point: i32, out: &mut [i8]) {
     const ROUND_MAGIC: f32 = 12_582_912.0;
-    for ((o, &a), &s) in out.iter_mut().zip(acc).zip(scale) {
+    for (((o, &a), &s), &inv) in out.iter_mut().zip(acc).zip(scale).zip(inv_scale) {
         let f = a as f32 * s;
         let h = f * (f + 3.0).clamp(0.0, 6.0);
-        let v = (h * inv_scale).clamp(-1024.0, 1024.0);
+        let v = (h * inv).clamp(-1024.0, 1024.0);
         let q = ((v + ROUND_MAGIC) - ROUND_MAGIC) as i32;
         *o = zero_point.saturating_add(q).clamp(-128, 127) as i8;
     }
@@ -338,13 +339,17 @@ fn float_hardswish(acc: &[i32], scale: &[f32], inv_scale: f32, zero_point: i32, 
 unsafe fn float_hardswish_avx512(
     acc: &[i32],
     scale: &[f32],
-    inv_scale: f32,
+    inv_scale: &[f32],
     zero_point: i32,
     out: &mut [i8],
 ) {
     use core::arch::x86_64::*;
-    let n = out.len().min(acc.len()).min(scale.len());
-    let (inv, zp) = (_mm512_set1_ps(inv_scale), _mm512_set1_epi32(zero_point));
+    let n = out
+        .len()
+        .min(acc.len())
+        .min(scale.len())
+        .min(inv_scale.len());
+    let zp = _mm512_set1_epi32(zero_point);
     let mut i = 0;
     while i < n {
         let left = n - i;
@@ -353,10 +358,11 @@ unsafe fn float_hardswish_avx512(
         } else {
             (1u16 << left) - 1
         };
-        // SAFETY: the masked lanes are below n, inside acc, scale and out.
+        // SAFETY: the masked lanes are below n, inside acc, scale, inv_scale and out.
         unsafe {
             let a = _mm512_maskz_loadu_epi32(mask, acc.as_ptr().add(i));
             let sc = _mm512_maskz_loadu_ps(mask, scale.as_ptr().add(i));
+            let inv = _mm512_maskz_loadu_ps(mask, inv_scale.as_ptr().add(i));
             let q = float_hardswish16(a, sc, inv, zp);
             _mm512_mask_cvtsepi32_storeu_epi8(out.as_mut_ptr().add(i).cast(), mask, q);
         }
@@ -365,8 +371,8 @@ unsafe fn float_hardswish_avx512(
 }
 
 /// The 16 lanes of [`float_hardswish_avx512`] before the narrowing: `zero_point + q` per
-/// lane as `i32` (the caller narrows with signed saturation), from accumulators `a` and
-/// channel scales `sc`.
+/// lane as `i32` (the caller narrows with signed saturation), from accumulators `a`,
+/// channel scales `sc` and inverse output scales `inv`.
 ///
 /// # Safety
 /// The CPU supports AVX-512 F.
@@ -462,7 +468,7 @@ impl<'a> NeonEpilogue<'a> {
 #[cfg(target_arch = "aarch64")]
 pub(crate) struct NeonFloatHardswish<'a> {
     scale: &'a [f32],
-    inv_scale: core::arch::aarch64::float32x4_t,
+    inv_scale: &'a [f32],
     zero_point: core::arch::aarch64::int32x4_t,
 }
 
@@ -485,11 +491,11 @@ impl<'a> NeonFloatHardswish<'a> {
             return None;
         };
         assert!(
-            scale.len() >= channels,
+            scale.len() >= channels && inv_scale.len() >= channels,
             "int8 epilogue: fewer scales than the {channels} channels"
         );
         // SAFETY: register-only NEON (aarch64 baseline).
-        let (inv_scale, zero_point) = unsafe { (vdupq_n_f32(inv_scale), vdupq_n_s32(zero_point)) };
+        let zero_point = unsafe { vdupq_n_s32(zero_point) };
         Some(Self {
             scale,
             inv_scale,
@@ -574,14 +580,15 @@ impl QuadEpilogue for NeonFloatHardswish<'_> {
         j: usize,
     ) -> core::arch::aarch64::int16x4_t {
         use core::arch::aarch64::*;
-        // SAFETY: j + 4 scales exist (the contract and `new`).
+        // SAFETY: j + 4 scales and inverse scales exist (the contract and `new`).
         unsafe {
             let f = vmulq_f32(vcvtq_f32_s32(a), vld1q_f32(self.scale.as_ptr().add(j)));
+            let inv = vld1q_f32(self.inv_scale.as_ptr().add(j));
             let r = vminq_f32(
                 vmaxq_f32(vaddq_f32(f, vdupq_n_f32(3.0)), vdupq_n_f32(0.0)),
                 vdupq_n_f32(6.0),
             );
-            let v = vmulq_f32(vmulq_f32(f, r), self.inv_scale);
+            let v = vmulq_f32(vmulq_f32(f, r), inv);
             // FCVTNS rounds to nearest, ties to even, as the row path's magic-number
             // rounding of the value clamped to [-1024, 1024] does; beyond that range both
             // saturate to the same output once the zero point is added (|zero point| <=
@@ -889,13 +896,13 @@ impl Epilogue<'_> {
             zero_point,
         } = self.activation
         {
-            assert!(n <= 16 && c0 + n <= scale.len());
-            // SAFETY: the load is masked to channels c0..c0 + n, inside the
+            assert!(n <= 16 && c0 + n <= scale.len() && c0 + n <= inv_scale.len());
+            // SAFETY: the loads are masked to channels c0..c0 + n, inside the
             // scales (asserted above); AVX-512 is the caller's contract.
             return unsafe {
                 Some(Epilogue16::Float {
                     scale: _mm512_maskz_loadu_ps(k, scale.as_ptr().add(c0)),
-                    inv: _mm512_set1_ps(inv_scale),
+                    inv: _mm512_maskz_loadu_ps(k, inv_scale.as_ptr().add(c0)),
                     zp: _mm512_set1_epi32(zero_point),
                 })
             };
