@@ -75,6 +75,8 @@ seed read_model tiny_int8.json <"$model_dir/tiny_int8.json"
 seed read_model tiny_int8.safetensors <"$model_dir/tiny_int8.safetensors"
 seed read_model tiny_int8_fhs.json <"$model_dir/tiny_int8_fhs.json"
 seed read_model tiny_int8_fhs.safetensors <"$model_dir/tiny_int8_fhs.safetensors"
+seed read_model tiny_int8_pc.json <"$model_dir/tiny_int8_pc.json"
+seed read_model tiny_int8_pc.safetensors <"$model_dir/tiny_int8_pc.safetensors"
 pixels() { head -c "$1" /dev/zero | tr '\0' '\221'; }
 # classify: a valid 4x4 image (mode 0, width tag 4 << 2, 48 pixel bytes).
 { printf '\000\000\020'; pixels 48; } | seed classify image-4x4

@@ -230,6 +230,7 @@ fn int8_export_is_a_quarter_of_the_size_and_its_golden_is_the_reference() {
                 equalize: false,
                 float_hardswish: Vec::new(),
                 bias_correction: false,
+                channel_grids: false,
             }),
             ..base
         },
@@ -371,13 +372,14 @@ fn quantize_command_turns_an_f32_file_into_an_int8_one() {
 /// boundary than the exact integer sum, then carried into the next layers), so the
 /// rounding it trains against is the runtime's. The same holds with the stem's hardswish
 /// in f32 (`--float-hardswish stem`), where the fake-quantized graph leaves the stem's
-/// pre-activation unrounded.
+/// pre-activation unrounded, and with the depthwise inputs on per-channel grids
+/// (`--channel-grids`), each channel compared in its own quanta.
 #[test]
 fn qat_forward_tracks_the_int8_oracle() {
     let _rng = tch_rng();
     use derm_codegen::quant::ptq::{RangeMethod, quantize_with};
-    use derm_train::export::qat::{QatGraph, activation_grid};
-    use derm_train::export::{Calibrate, calibrate, float_hardswish_ops};
+    use derm_train::export::qat::{QatGraph, activation_grid, channel_grids};
+    use derm_train::export::{Calibrate, calibrate, channel_grid_ops, float_hardswish_ops};
 
     let dir = tempfile::tempdir().unwrap();
     let p32 = square_f32_file(dir.path(), 21, 8);
@@ -392,22 +394,38 @@ fn qat_forward_tracks_the_int8_oracle() {
         equalize: false,
         float_hardswish: Vec::new(),
         bias_correction: false,
+        channel_grids: false,
     };
     let observed = calibrate(&model, &cal).unwrap();
     let stem = float_hardswish_ops(&model, &["stem".to_owned()]).unwrap();
     assert_eq!(stem, [model.graph.ops[0].name().to_owned()]);
-    for float in [Vec::new(), stem] {
-        let q = quantize_with(&model, &observed, RangeMethod::MinMax, &float).unwrap();
-        assert_eq!(q.graph.version, if float.is_empty() { 2 } else { 3 });
-        let grid = activation_grid(&model, &observed, RangeMethod::MinMax, &float).unwrap();
+    for (float, per_channel) in [(Vec::new(), false), (stem.clone(), false), (stem, true)] {
+        let (float, grids) = channel_grid_ops(&model, float, per_channel);
+        assert_eq!(grids.is_empty(), !per_channel);
+        let q = quantize_with(&model, &observed, RangeMethod::MinMax, &float, &grids).unwrap();
+        let version = match (float.is_empty(), per_channel) {
+            (_, true) => 4,
+            (true, false) => 2,
+            (false, false) => 3,
+        };
+        assert_eq!(q.graph.version, version);
+        let mut grid = activation_grid(&model, &observed, RangeMethod::MinMax, &float).unwrap();
+        let scales = channel_grids(&mut grid, &observed, RangeMethod::MinMax, &grids).unwrap();
+        // The graph rounds on exactly the file's grids.
+        let file = q.graph.quantization.as_ref().unwrap();
+        assert_eq!(file.channel_scales, scales);
+        assert_eq!(file.activations, grid);
         let vs = tch::nn::VarStore::new(tch::Device::Cpu);
-        let g = QatGraph::new(&model, grid.clone(), &float, &vs.root()).unwrap();
+        let g = QatGraph::new(&model, grid.clone(), &float, &vs.root())
+            .unwrap()
+            .with_channel_scales(&scales)
+            .unwrap();
         qat_tracks_oracle(
             &q,
             &g,
             &grid,
             &inputs,
-            &format!("float hardswish {float:?}"),
+            &format!("float hardswish {float:?}, per-channel grids {grids:?}"),
         );
     }
 }
@@ -420,6 +438,7 @@ fn qat_tracks_oracle(
     what: &str,
 ) {
     let (mut values, mut off, mut worst) = (0usize, 0usize, 0f32);
+    let channel_scales = g.channel_scales();
     for x in inputs {
         let want = reference::run(q, x).unwrap();
         let t = tch::Tensor::from_slice(x).view([1, 3, 32, 32]);
@@ -428,14 +447,21 @@ fn qat_tracks_oracle(
         // The logits (f32 in both) are compared through the argmax below.
         for (w, (name, y)) in want.iter().zip(&got).take(want.len() - 1) {
             let y = Vec::<f32>::try_from(y.detach().contiguous().view(-1)).unwrap();
-            let quantum = grid[&w.name].scale;
+            let channels = channel_scales.get(&w.name);
+            let plane = y.len() / channels.map_or(1, Vec::len);
             for (i, (a, b)) in w.data.iter().zip(&y).enumerate() {
+                // At most three of the tensor's quanta apart (for a per-channel grid, its
+                // largest channel's: a finer channel grid magnifies, in its own quanta, the
+                // one-quantum differences of the values it is computed from), and rarely
+                // more than half a quantum of the value's own grid (its channel's).
+                let quantum = grid[&w.name].scale;
+                let own = channels.map_or(quantum, |s| s[i / plane]);
                 let d = (a - b).abs() / quantum;
                 assert!(
                     d <= 3.0,
                     "{what}: {name}[{i}]: fake-quantized {b}, int8 oracle {a} (quantum {quantum})"
                 );
-                off += usize::from(d > 0.5);
+                off += usize::from((a - b).abs() / own > 0.5);
                 worst = worst.max(d);
             }
             values += y.len();
@@ -476,6 +502,7 @@ fn learned_scales_move_and_the_int8_file_uses_them() {
         equalize: false,
         float_hardswish: Vec::new(),
         bias_correction: false,
+        channel_grids: false,
     };
     let grid = activation_grid(
         &model,
@@ -515,7 +542,7 @@ fn learned_scales_move_and_the_int8_file_uses_them() {
         assert!((0.8..1.25).contains(&r), "{k}: {r}");
     }
     let tuned = trainer.graph().to_model_file(&model).unwrap();
-    let q = quantize_on_grid(&tuned, learned.clone(), &[]).unwrap();
+    let q = quantize_on_grid(&tuned, learned.clone(), Default::default(), &[]).unwrap();
     assert_eq!(q.graph.quantization.as_ref().unwrap().activations, learned);
     qat_tracks_oracle(&q, trainer.graph(), &learned, &inputs, "learned scales");
 }
@@ -543,6 +570,7 @@ fn qat_resumed_from_a_checkpoint_matches_the_uninterrupted_run() {
         equalize: false,
         float_hardswish: Vec::new(),
         bias_correction: false,
+        channel_grids: false,
     };
     let grid = activation_grid(
         &model,
@@ -1045,4 +1073,101 @@ fn quant_sensitivity_scores_every_activation_alone_and_left_out() {
     let all = rows.iter().find(|r| r["name"] == "all").unwrap();
     assert!(all["kl"].as_f64().unwrap() > 0.0, "{all}");
     assert_eq!(v["result"]["images"], 12, "2 images of each of 6 classes");
+}
+
+/// `--channel-grids` on `quantize` and `qat`: the file is version 4, the eleven feature
+/// maps that depthwise convolutions read (the stem's and each expansion's output) have one
+/// scale per channel (their writers' hardswish in f32), nothing else changes grid, the
+/// golden logits are the int8 oracle's bit for bit, and `qat` records the setting; learned
+/// grid scales, which are per tensor, are refused with it by name.
+#[test]
+fn channel_grids_put_the_depthwise_inputs_on_per_channel_grids() {
+    let _rng = tch_rng();
+    let dir = tempfile::tempdir().unwrap();
+    let p32 = square_f32_file(dir.path(), 23, 3);
+    let cache = dir.path().join("cache");
+    train_support::ham::ham_cache(&cache, 2, 40);
+    let model = ModelFile::read(&p32).unwrap();
+    let depthwise_inputs = derm_codegen::quant::depthwise_inputs(&model.graph);
+    assert_eq!(depthwise_inputs.len(), 11, "{depthwise_inputs:?}");
+    let check = |out: &Path, what: &str| -> ModelFile {
+        let m = ModelFile::read(out).unwrap();
+        assert_eq!(m.graph.version, 4, "{what}");
+        let q = m.graph.quantization.as_ref().unwrap();
+        let mut keys: Vec<&String> = q.channel_scales.keys().collect();
+        let mut want: Vec<&String> = depthwise_inputs.iter().collect();
+        keys.sort();
+        want.sort();
+        assert_eq!(keys, want, "{what}");
+        // The stem and the eight expansions with a hardswish compute it in f32.
+        assert_eq!(
+            q.float_hardswish.len(),
+            9,
+            "{what}: {:?}",
+            q.float_hardswish
+        );
+        let input = golden_f32(&golden_path(out), "input");
+        let logits = golden_f32(&golden_path(out), "logits");
+        let per = 3 * 32 * 32;
+        for n in 0..3 {
+            let got = reference::logits(&m, &input[n * per..(n + 1) * per]).unwrap();
+            assert_eq!(got, logits[n * 5..(n + 1) * 5], "{what}: sample {n}");
+        }
+        m
+    };
+    let (plain, grids) = (
+        dir.path().join("plain.safetensors"),
+        dir.path().join("grids.safetensors"),
+    );
+    quantize_ok(&p32, &cache, &plain, "8", &[]);
+    quantize_ok(&p32, &cache, &grids, "8", &["--channel-grids"]);
+    let m = check(&grids, "quantize");
+    // Every other activation keeps the grid plain quantization gives it.
+    let (a, b) = (
+        &ModelFile::read(&plain).unwrap().graph.quantization.unwrap(),
+        m.graph.quantization.as_ref().unwrap(),
+    );
+    for (k, p) in &b.activations {
+        if !b.channel_scales.contains_key(k) {
+            assert_eq!(a.activations.get(k), Some(p), "{k}");
+        }
+    }
+
+    let qat = |name: &str, extra: &[&str]| {
+        let out = dir.path().join(name);
+        let o = Command::new(env!("CARGO_BIN_EXE_derm-train"))
+            .arg("qat")
+            .arg(&p32)
+            .arg("-o")
+            .arg(&out)
+            .args(["--cache", cache.to_str().unwrap(), "--max-train", "8"])
+            .args(["--calibration-images", "8", "--batch-size", "8"])
+            .args([
+                "--epochs",
+                "1",
+                "--lr",
+                "1e-3",
+                "--quiet",
+                "--channel-grids",
+            ])
+            .args(extra)
+            .output()
+            .unwrap();
+        (out, o)
+    };
+    let (out, o) = qat("qat.safetensors", &[]);
+    assert!(
+        o.status.success(),
+        "qat --channel-grids failed:\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let m = check(&out, "qat");
+    assert_eq!(m.graph.provenance["qat"]["channel_grids"], true);
+    let (out, o) = qat("learned.safetensors", &["--scale-lr", "1e-3"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && !out.exists());
+    assert!(
+        err.contains("--scale-lr") && err.contains("--channel-grids"),
+        "{err}"
+    );
 }

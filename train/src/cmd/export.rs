@@ -136,6 +136,12 @@ pub struct CalibrationArgs {
     /// `--bias-correction`'s means.
     #[arg(long, help_heading = "int8 calibration")]
     pub calibration_balanced: bool,
+    /// int8: put every feature map that depthwise convolutions read (the stem's output and
+    /// each expansion's) on one grid scale per channel with a shared zero point, instead of
+    /// one grid for the whole map; their writers' hardswish is computed in f32 (format
+    /// version 4; docs/int8.md, "Per-channel grids").
+    #[arg(long, help_heading = "int8 calibration")]
+    pub channel_grids: bool,
 }
 
 fn three(v: &[f32], what: &str) -> Result<[f32; 3]> {
@@ -362,5 +368,6 @@ pub fn calibration_inputs(
         equalize: a.equalize,
         float_hardswish: a.float_hardswish.clone(),
         bias_correction: a.bias_correction,
+        channel_grids: a.channel_grids,
     })
 }

@@ -20,8 +20,10 @@ use super::quantize::write_int8_golden;
 use crate::args::CacheFoldArgs;
 use crate::data::balance::{BalancePlan, ClassWeights};
 use crate::data::loader::{Batches, LoaderOptions};
-use crate::export::qat::{QatOptions, QatTrainer, activation_grid};
-use crate::export::{RangeMethod, calibrate, corrected, equalized, float_hardswish_ops};
+use crate::export::qat::{self, QatOptions, QatTrainer, activation_grid};
+use crate::export::{
+    RangeMethod, calibrate, channel_grid_ops, corrected, equalized, float_hardswish_ops,
+};
 use crate::train::cli::AugmentArgs;
 use crate::train::fit::InputMap;
 use crate::train::progress::EpochProgress;
@@ -59,6 +61,10 @@ pub struct QatArgs {
     /// first convolution; as `quantize --float-hardswish`).
     #[arg(long, value_name = "OP")]
     pub float_hardswish: Vec<String>,
+    /// Put every feature map that depthwise convolutions read on one grid scale per channel
+    /// (as `quantize --channel-grids`); fine-tuning rounds them so.
+    #[arg(long)]
+    pub channel_grids: bool,
     /// Passes over the training images.
     #[arg(long, default_value_t = 2)]
     pub epochs: usize,
@@ -158,12 +164,18 @@ pub struct FoldGrid {
     pub params: std::collections::BTreeMap<String, derm_codegen::ir::QParams>,
     /// The ops whose hardswish runs in f32 (resolved names; no pre-activation grid).
     pub float_hardswish: Vec<String>,
+    /// The per-channel scales of the feature maps on per-channel grids (their shared
+    /// parameters are in `params`).
+    pub channel_scales: std::collections::BTreeMap<String, Vec<f32>>,
+    /// Those feature maps.
+    pub channel_grids: Vec<String>,
 }
 
 /// Calibration of the float `model` (read from `path`) on `images` training images of
 /// `data` (the fold's, as `quantize --calibration-fold` would draw them), after
 /// cross-layer equalization when `equalize`, and the activation grid `range` chooses
-/// (no pre-activation grid for the ops of `float_hardswish`; `stem` resolved).
+/// (no pre-activation grid for the ops of `float_hardswish`; `stem` resolved; with
+/// `channel_grids`, per-channel grids for the depthwise inputs: `channel_grid_ops`).
 #[allow(clippy::too_many_arguments)]
 pub fn fold_grid(
     model: ModelFile,
@@ -173,6 +185,7 @@ pub fn fold_grid(
     range: RangeMethod,
     equalize: bool,
     float_hardswish: &[String],
+    channel_grids: bool,
     balanced: bool,
     seed: u64,
     progress: bool,
@@ -188,18 +201,23 @@ pub fn fold_grid(
         float_hardswish: float_hardswish.to_vec(),
         bias_correction: false,
         calibration_balanced: balanced,
+        channel_grids,
     };
     let cal = model_calibration_inputs(&model, path, &cal_args, &data.cache, seed, progress)?;
     let model = equalized(&model, &cal)?;
     let observed = calibrate(&model, &cal)?;
     let float_hardswish = float_hardswish_ops(&model, float_hardswish)?;
-    let params = activation_grid(&model, &observed, range, &float_hardswish)?;
+    let (float_hardswish, grids) = channel_grid_ops(&model, float_hardswish, channel_grids);
+    let mut params = activation_grid(&model, &observed, range, &float_hardswish)?;
+    let channel_scales = qat::channel_grids(&mut params, &observed, range, &grids)?;
     Ok(FoldGrid {
         model,
         cal,
         observed,
         params,
         float_hardswish,
+        channel_scales,
+        channel_grids: grids,
     })
 }
 
@@ -228,6 +246,8 @@ pub fn run(a: QatArgs) -> Result<()> {
         observed,
         params,
         float_hardswish,
+        channel_scales,
+        channel_grids,
     } = fold_grid(
         model,
         &a.model,
@@ -236,6 +256,7 @@ pub fn run(a: QatArgs) -> Result<()> {
         a.calibration_range,
         a.equalize,
         &a.float_hardswish,
+        a.channel_grids,
         a.calibration_balanced,
         a.seed,
         !a.quiet,
@@ -281,6 +302,7 @@ pub fn run(a: QatArgs) -> Result<()> {
             &model,
             &model,
             params.clone(),
+            &channel_scales,
             &float_hardswish,
             &cal.inputs,
         )?;
@@ -289,7 +311,14 @@ pub fn run(a: QatArgs) -> Result<()> {
     } else {
         model.clone()
     };
-    let mut trainer = QatTrainer::starting_from(&model, &start, params, &float_hardswish, opts)?;
+    let mut trainer = QatTrainer::starting_from(
+        &model,
+        &start,
+        params,
+        &channel_scales,
+        &float_hardswish,
+        opts,
+    )?;
     let started = std::time::Instant::now();
     let ck_path = checkpoint_path(&a.output);
     let mut settings = serde_json::json!({
@@ -314,6 +343,9 @@ pub fn run(a: QatArgs) -> Result<()> {
     if a.calibration_balanced {
         // Only when asked, as below: older checkpoints' settings stay valid.
         settings["calibration_balanced"] = true.into();
+    }
+    if a.channel_grids {
+        settings["channel_grids"] = true.into();
     }
     if correct_before {
         // Only when asked, as for `augment`: the fine-tuning starts elsewhere.
@@ -407,16 +439,29 @@ pub fn run(a: QatArgs) -> Result<()> {
     }
     let tuned = trainer.finish(&model)?;
     let tuned = if a.bias_correction.is_some_and(BiasCorrectionWhen::after) {
-        let (m, report) = corrected(&model, &tuned, grid.clone(), &float_hardswish, &cal.inputs)?;
+        let (m, report) = corrected(
+            &model,
+            &tuned,
+            grid.clone(),
+            &channel_scales,
+            &float_hardswish,
+            &cal.inputs,
+        )?;
         corrections.insert("after".into(), report);
         m
     } else {
         tuned
     };
     let mut q = if a.scale_lr.is_some() {
-        ptq::quantize_on_grid(&tuned, grid, &float_hardswish)
+        ptq::quantize_on_grid(&tuned, grid, channel_scales, &float_hardswish)
     } else {
-        ptq::quantize_with(&tuned, &observed, a.calibration_range, &float_hardswish)
+        ptq::quantize_with(
+            &tuned,
+            &observed,
+            a.calibration_range,
+            &float_hardswish,
+            &channel_grids,
+        )
     }
     .map_err(|e| anyhow::anyhow!("int8 quantization of the fine-tuned model: {e}"))?;
     // The provenance is the settings a resumed run must match, plus what the run measured.

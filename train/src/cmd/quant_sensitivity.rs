@@ -156,6 +156,7 @@ pub fn run(a: QuantSensitivityArgs) -> Result<()> {
         observed,
         params,
         float_hardswish,
+        ..
     } = fold_grid(
         model,
         &a.model,
@@ -164,6 +165,7 @@ pub fn run(a: QuantSensitivityArgs) -> Result<()> {
         a.calibration_range,
         a.equalize,
         &a.float_hardswish,
+        false,
         a.calibration_balanced,
         a.seed,
         !a.quiet,

@@ -210,7 +210,8 @@ impl Values for Correcting<'_> {
 }
 
 /// `tuned` (a float model file: `float` itself, or `float` fine-tuned for int8 by `qat`) with
-/// every bias corrected so that, on the grid `params` (with the hardswish of the ops in
+/// every bias corrected so that, on the grid `params` (with the feature maps of
+/// `channel_scales` on per-channel grids, and the hardswish of the ops in
 /// `float_hardswish` in f32), each layer's mean pre-activation on the calibration images
 /// `inputs` (`[3, H, W]` each, preprocessed) equals the float network `float`'s.
 ///
@@ -220,6 +221,7 @@ pub fn bias_corrected(
     float: &ModelFile,
     tuned: &ModelFile,
     params: BTreeMap<String, QParams>,
+    channel_scales: &BTreeMap<String, Vec<f32>>,
     float_hardswish: &[String],
     inputs: &[Vec<f32>],
 ) -> Result<(ModelFile, BiasCorrection)> {
@@ -272,7 +274,8 @@ pub fn bias_corrected(
     let float_logit_mean = Tensor::cat(&float_logits, 0).mean_dim(0, false, Kind::Float);
 
     let vs = tch::nn::VarStore::new(tch::Device::Cpu);
-    let rounded = QatGraph::new(tuned, params, float_hardswish, &vs.root())?;
+    let rounded = QatGraph::new(tuned, params, float_hardswish, &vs.root())?
+        .with_channel_scales(channel_scales)?;
     let logit_shift = |y: &Tensor| -> Result<f32> {
         Ok(f32::try_from(
             (y.mean_dim(0, false, Kind::Float) - &float_logit_mean)
@@ -335,7 +338,15 @@ mod tests {
     #[test]
     fn corrected_biases_give_the_rounded_network_the_float_mean_logits() {
         let (model, params, inputs) = model_grid_inputs();
-        let (fixed, report) = bias_corrected(&model, &model, params.clone(), &[], &inputs).unwrap();
+        let (fixed, report) = bias_corrected(
+            &model,
+            &model,
+            params.clone(),
+            &BTreeMap::new(),
+            &[],
+            &inputs,
+        )
+        .unwrap();
         // Rounding moved the mean logits, or the check below proves nothing.
         assert!(report.logit_shift.0 > 1e-3, "{report:?}");
         // The classifier is corrected last, for the inputs every earlier correction left,
@@ -368,13 +379,22 @@ mod tests {
     #[test]
     fn a_mismatched_graph_or_image_is_refused() {
         let (model, params, inputs) = model_grid_inputs();
-        let e = bias_corrected(&model, &model, params.clone(), &[], &[]).unwrap_err();
+        let e =
+            bias_corrected(&model, &model, params.clone(), &BTreeMap::new(), &[], &[]).unwrap_err();
         assert!(e.to_string().contains("at least one"), "{e}");
-        let e = bias_corrected(&model, &model, params.clone(), &[], &[vec![0.0; 5]]).unwrap_err();
+        let e = bias_corrected(
+            &model,
+            &model,
+            params.clone(),
+            &BTreeMap::new(),
+            &[],
+            &[vec![0.0; 5]],
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("5 values"), "{e}");
         let mut other = model.clone();
         other.graph.ops.pop();
-        let e = bias_corrected(&model, &other, params, &[], &inputs).unwrap_err();
+        let e = bias_corrected(&model, &other, params, &BTreeMap::new(), &[], &inputs).unwrap_err();
         assert!(e.to_string().contains("graph differs"), "{e}");
     }
 }

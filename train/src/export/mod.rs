@@ -58,8 +58,8 @@ pub use golden::{
 };
 pub use graph::{INPUT_NAME, fold_conv_bn, model_file};
 pub use precision::{
-    PRECISION_KEY, calibrate, corrected, equalized, float_hardswish_ops, quantize_int8,
-    store_precision,
+    PRECISION_KEY, calibrate, channel_grid_ops, corrected, equalized, float_hardswish_ops,
+    quantize_int8, store_precision,
 };
 pub use tch_graph::TchGraph;
 pub use tweaks::{add_logit_bias, perturb_for_parity_tests};
@@ -142,6 +142,9 @@ pub struct Calibrate {
     /// Correct the biases for the rounding's mean shifts before quantizing
     /// ([`bias_correction::bias_corrected`]).
     pub bias_correction: bool,
+    /// Put the feature maps that depthwise convolutions read on per-channel grids
+    /// ([`precision::channel_grid_ops`]; `derm_codegen::ir::Quantization::channel_scales`).
+    pub channel_grids: bool,
 }
 
 /// What [`export`] wrote.

@@ -65,28 +65,66 @@ pub fn quantize_int8(folded: &ModelFile, cal: &Calibrate) -> Result<ModelFile> {
     let folded = equalized(folded, cal)?;
     let c = calibrate(&folded, cal)?;
     let float = float_hardswish_ops(&folded, &cal.float_hardswish)?;
+    let (float, grids) = channel_grid_ops(&folded, float, cal.channel_grids);
     let folded = if cal.bias_correction {
-        let params = super::qat::activation_grid(&folded, &c, cal.range, &float)?;
-        let (mut m, report) = corrected(&folded, &folded, params, &float, &cal.inputs)?;
+        let mut params = super::qat::activation_grid(&folded, &c, cal.range, &float)?;
+        let scales = super::qat::channel_grids(&mut params, &c, cal.range, &grids)?;
+        let (mut m, report) = corrected(&folded, &folded, params, &scales, &float, &cal.inputs)?;
         m.graph.provenance.insert("bias_correction".into(), report);
         m
     } else {
         folded
     };
-    derm_codegen::quant::ptq::quantize_with(&folded, &c, cal.range, &float)
+    derm_codegen::quant::ptq::quantize_with(&folded, &c, cal.range, &float, &grids)
         .map_err(|e| anyhow::anyhow!("int8 quantization: {e}"))
 }
 
-/// `tuned` with its biases corrected on the grid `params` ([`bias_corrected`]), the
+/// With `on` (`--channel-grids`): the feature maps of `model` that depthwise convolutions
+/// read (`quant::depthwise_inputs`: the stem's output and every expansion's), to be put
+/// on per-channel grids, and `float_hardswish` with their writers that have a hardswish
+/// added (a hardswish table is one grid, so those compute it in f32). Without: the list
+/// unchanged and no grids.
+pub fn channel_grid_ops(
+    model: &ModelFile,
+    mut float_hardswish: Vec<String>,
+    on: bool,
+) -> (Vec<String>, Vec<String>) {
+    use derm_codegen::ir::{Activation, Op};
+    if !on {
+        return (float_hardswish, Vec::new());
+    }
+    let grids = derm_codegen::quant::depthwise_inputs(&model.graph);
+    for op in &model.graph.ops {
+        if let Op::Conv2d(c) = op
+            && c.activation == Activation::Hardswish
+            && grids.contains(&c.output)
+            && !float_hardswish.contains(&c.name)
+        {
+            float_hardswish.push(c.name.clone());
+        }
+    }
+    (float_hardswish, grids)
+}
+
+/// `tuned` with its biases corrected on the grid `params` and `channel_scales`
+/// ([`bias_corrected`]), the
 /// correction printed, and its record for the provenance.
 pub fn corrected(
     float: &ModelFile,
     tuned: &ModelFile,
     params: BTreeMap<String, derm_codegen::ir::QParams>,
+    channel_scales: &BTreeMap<String, Vec<f32>>,
     float_hardswish: &[String],
     inputs: &[Vec<f32>],
 ) -> Result<(ModelFile, serde_json::Value)> {
-    let (m, r) = bias_corrected(float, tuned, params, float_hardswish, inputs)?;
+    let (m, r) = bias_corrected(
+        float,
+        tuned,
+        params,
+        channel_scales,
+        float_hardswish,
+        inputs,
+    )?;
     println!(
         "bias correction: {} biases on {} images, largest change {:.4} ({}); mean logits \
          {:.4} -> {:.4} from the float network's",

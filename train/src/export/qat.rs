@@ -50,6 +50,28 @@ pub fn activation_grid(
     Ok(params)
 }
 
+/// The per-channel grids of the feature maps `keys` (each channel's range in
+/// `calibration` under `method`, through `quant::channel_grid`), exactly as
+/// `quantize_with` sets them: each key's shared parameters (zero point, largest scale)
+/// replace its entry in `params`, and its channel scales are returned.
+pub fn channel_grids(
+    params: &mut BTreeMap<String, QParams>,
+    calibration: &derm_codegen::quant::ptq::Calibration,
+    method: derm_codegen::quant::ptq::RangeMethod,
+    keys: &[String],
+) -> Result<BTreeMap<String, Vec<f32>>> {
+    let mut scales = BTreeMap::new();
+    for key in keys {
+        let ranges = calibration.channel_ranges(key, method).with_context(|| {
+            format!("{key} is not a feature map observed in calibration: no per-channel grid")
+        })?;
+        let (p, s) = quant::channel_grid(&ranges);
+        params.insert(key.clone(), p);
+        scales.insert(key.clone(), s);
+    }
+    Ok(scales)
+}
+
 /// Straight-through fake quantization of an activation on the grid of `p`.
 ///
 /// Forward: the value the int8 tensor represents. Backward: identity inside the
@@ -139,6 +161,9 @@ pub struct QatGraph {
     weights: BTreeMap<String, Tensor>,
     /// When the grids' scales are trained too.
     learned: Option<LearnedScales>,
+    /// Feature maps on one grid per channel (`ir::Quantization::channel_scales`): each
+    /// channel's parameters (the shared zero point, its own scale).
+    channel: BTreeMap<String, Vec<QParams>>,
 }
 
 /// The int8 rounding as [`super::tch_graph::walk`] applies it: weights per channel,
@@ -155,6 +180,9 @@ impl super::tch_graph::Values for QatGraph {
     fn value(&self, x: Tensor, key: &str) -> Result<Tensor> {
         if self.float_keys.iter().any(|k| k == key) {
             return Ok(x);
+        }
+        if let Some(grids) = self.channel.get(key) {
+            return fake_quant_per_channel(&x, grids);
         }
         let p = self
             .params
@@ -221,7 +249,44 @@ impl QatGraph {
                 .collect(),
             weights,
             learned: None,
+            channel: BTreeMap::new(),
         })
+    }
+
+    /// The same graph with the feature maps of `scales` on one grid per channel
+    /// (`ir::Quantization::channel_scales`: each channel its scale, all the zero point of
+    /// the map's entry in the grid), as the int8 file will round them. Errors name a map
+    /// that has no grid entry; learned scales ([`Self::learn_scales`]) are per tensor, so
+    /// the two do not combine.
+    pub fn with_channel_scales(mut self, scales: &BTreeMap<String, Vec<f32>>) -> Result<Self> {
+        ensure!(
+            self.learned.is_none() || scales.is_empty(),
+            "learned grid scales and per-channel grids do not combine"
+        );
+        for (key, s) in scales {
+            let p = self
+                .params
+                .get(key)
+                .with_context(|| format!("a per-channel grid for {key}, which has no grid"))?;
+            let grids = s
+                .iter()
+                .map(|&scale| QParams {
+                    scale,
+                    zero_point: p.zero_point,
+                })
+                .collect();
+            self.channel.insert(key.clone(), grids);
+        }
+        Ok(self)
+    }
+
+    /// The per-channel scales of the feature maps on per-channel grids
+    /// ([`Self::with_channel_scales`]).
+    pub fn channel_scales(&self) -> BTreeMap<String, Vec<f32>> {
+        self.channel
+            .iter()
+            .map(|(k, g)| (k.clone(), g.iter().map(|p| p.scale).collect()))
+            .collect()
     }
 
     /// Trains every activation grid's scale too (zero points stay), with variables in
@@ -231,6 +296,11 @@ impl QatGraph {
         ensure!(
             gain > 0.0 && gain.is_finite(),
             "the scales' gain must be positive, got {gain}"
+        );
+        ensure!(
+            self.channel.is_empty(),
+            "learned grid scales (--scale-lr) and per-channel grids (--channel-grids) do not \
+             combine"
         );
         let log = self
             .params
@@ -341,16 +411,25 @@ impl QatTrainer {
         float_hardswish: &[String],
         opts: QatOptions,
     ) -> Result<Self> {
-        Self::starting_from(model, model, params, float_hardswish, opts)
+        Self::starting_from(
+            model,
+            model,
+            params,
+            &BTreeMap::new(),
+            float_hardswish,
+            opts,
+        )
     }
 
     /// [`Self::new`] whose trained network starts from `start` (the same graph as `model`,
     /// e.g. with its biases corrected for the rounding) while the loss still distils from
-    /// `model`.
+    /// `model`, with the feature maps of `channel_scales` on per-channel grids
+    /// ([`QatGraph::with_channel_scales`]).
     pub fn starting_from(
         model: &ModelFile,
         start: &ModelFile,
         params: BTreeMap<String, QParams>,
+        channel_scales: &BTreeMap<String, Vec<f32>>,
         float_hardswish: &[String],
         opts: QatOptions,
     ) -> Result<Self> {
@@ -370,7 +449,8 @@ impl QatTrainer {
         );
         let teacher = super::TchGraph::new(model)?;
         let vs = nn::VarStore::new(tch::Device::Cpu);
-        let mut qat = QatGraph::new(start, params, float_hardswish, &vs.root())?;
+        let mut qat = QatGraph::new(start, params, float_hardswish, &vs.root())?
+            .with_channel_scales(channel_scales)?;
         if let Some(scale_lr) = opts.scale_lr {
             ensure!(
                 scale_lr > 0.0 && scale_lr.is_finite(),
