@@ -120,7 +120,14 @@ fn keys_cover_every_intermediate() {
 
 /// The quantized tiny model with its graph JSON edited, read back from bytes.
 fn read_edited(edit: impl FnOnce(&mut serde_json::Value)) -> Result<ModelFile, IrError> {
-    let q = int8_of(&tiny(), 4, RangeMethod::MinMax);
+    edited_copy(&int8_of(&tiny(), 4, RangeMethod::MinMax), edit)
+}
+
+/// `q` with its graph JSON edited, read back from bytes (validated as any file is).
+fn edited_copy(
+    q: &ModelFile,
+    edit: impl FnOnce(&mut serde_json::Value),
+) -> Result<ModelFile, IrError> {
     let mut v = serde_json::to_value(&q.graph).unwrap();
     edit(&mut v);
     let mut q2 = q.clone();
@@ -367,13 +374,7 @@ fn float_hardswish_files_are_version_3_and_checked() {
     let back = ModelFile::from_bytes(&q.to_bytes().unwrap()).unwrap();
     assert_eq!(back, q);
 
-    let edited = |edit: &dyn Fn(&mut serde_json::Value)| {
-        let mut v = serde_json::to_value(&q.graph).unwrap();
-        edit(&mut v);
-        let mut q2 = q.clone();
-        q2.graph = serde_json::from_value(v).map_err(|e| IrError::GraphJson(e.to_string()))?;
-        ModelFile::from_bytes(&raw_bytes(&q2))
-    };
+    let edited = |edit: &dyn Fn(&mut serde_json::Value)| edited_copy(&q, edit);
     let e = edited(&|v| v["version"] = 2.into())
         .unwrap_err()
         .to_string();
@@ -524,13 +525,7 @@ fn channel_scale_files_are_version_4_and_checked() {
     let back = ModelFile::from_bytes(&q.to_bytes().unwrap()).unwrap();
     assert_eq!(back, q);
 
-    let edited = |edit: &dyn Fn(&mut serde_json::Value)| {
-        let mut v = serde_json::to_value(&q.graph).unwrap();
-        edit(&mut v);
-        let mut q2 = q.clone();
-        q2.graph = serde_json::from_value(v).map_err(|e| IrError::GraphJson(e.to_string()))?;
-        ModelFile::from_bytes(&raw_bytes(&q2))
-    };
+    let edited = |edit: &dyn Fn(&mut serde_json::Value)| edited_copy(&q, edit);
     let key = grids[0].clone();
     let e = edited(&|v| v["version"] = 3.into())
         .unwrap_err()
