@@ -724,17 +724,7 @@ fn qat_bias_correction_before_and_after_fine_tuning() {
     train_support::ham::ham_cache(&cache, 2, 40);
     let qat = |name: &str, extra: &[&str]| {
         let out = dir.path().join(name);
-        let o = Command::new(env!("CARGO_BIN_EXE_derm-train"))
-            .arg("qat")
-            .arg(&p32)
-            .arg("-o")
-            .arg(&out)
-            .args(["--cache", cache.to_str().unwrap(), "--max-train", "8"])
-            .args(["--calibration-images", "8", "--batch-size", "8"])
-            .args(["--epochs", "1", "--lr", "1e-3", "--quiet"])
-            .args(extra)
-            .output()
-            .unwrap();
+        let o = qat_short(&p32, &cache, &out, extra);
         assert!(
             o.status.success(),
             "qat {extra:?} failed:\n{}\n{}",
@@ -846,6 +836,22 @@ fn qat_augmentation_reaches_the_loader_and_the_provenance() {
     assert!(!o.status.success());
     assert!(err.contains("crop scale 0..1"), "{err}");
     assert!(!bad.exists(), "a refused qat wrote {}", bad.display());
+}
+
+/// `derm-train qat P32 -o OUT` for one short epoch on 8 images of `cache` (calibrated on 8),
+/// with `extra` arguments.
+fn qat_short(p32: &Path, cache: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_derm-train"))
+        .arg("qat")
+        .arg(p32)
+        .arg("-o")
+        .arg(out)
+        .args(["--cache", cache.to_str().unwrap(), "--max-train", "8"])
+        .args(["--calibration-images", "8", "--batch-size", "8"])
+        .args(["--epochs", "1", "--lr", "1e-3", "--quiet"])
+        .args(extra)
+        .output()
+        .unwrap()
 }
 
 /// Runs `derm-train quantize` on `p32` into `out` with calibration images of `cache` (at most
@@ -1135,24 +1141,9 @@ fn channel_grids_put_the_depthwise_inputs_on_per_channel_grids() {
 
     let qat = |name: &str, extra: &[&str]| {
         let out = dir.path().join(name);
-        let o = Command::new(env!("CARGO_BIN_EXE_derm-train"))
-            .arg("qat")
-            .arg(&p32)
-            .arg("-o")
-            .arg(&out)
-            .args(["--cache", cache.to_str().unwrap(), "--max-train", "8"])
-            .args(["--calibration-images", "8", "--batch-size", "8"])
-            .args([
-                "--epochs",
-                "1",
-                "--lr",
-                "1e-3",
-                "--quiet",
-                "--channel-grids",
-            ])
-            .args(extra)
-            .output()
-            .unwrap();
+        let mut args = vec!["--channel-grids"];
+        args.extend_from_slice(extra);
+        let o = qat_short(&p32, &cache, &out, &args);
         (out, o)
     };
     let (out, o) = qat("qat.safetensors", &[]);
