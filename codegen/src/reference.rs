@@ -45,17 +45,21 @@ pub fn run(model: &ModelFile, input: &[f32]) -> Result<Vec<LayerOutput>, IrError
         let plan = crate::quant::QuantPlan::new(model, &shapes)?;
         return int8::run(model, &shapes, &plan, input);
     }
-    run_float(model, &shapes, input, &mut |_, _| {})
+    run_float(model, &shapes, input, &mut |_, _, _| {})
 }
 
+/// What [`run_observed`] calls with each intermediate: its key, its shape and its values.
+pub type Observer<'a> = dyn FnMut(&str, &[usize], &[f32]) + 'a;
+
 /// [`run`] of a float model that also shows `observe` every intermediate
-/// that int8 calibration needs, by its [`crate::quant::activation_keys`] key:
-/// the input, each op's output, the pre-activation of hardswish ops, and
-/// squeeze-excite's pooled and hidden vectors.
+/// that int8 calibration needs, by its [`crate::quant::activation_keys`] key, with its
+/// shape (`[C, H, W]` for a feature map, `[C]` for a vector): the input, each op's output,
+/// the pre-activation of hardswish ops (the op's output shape), and squeeze-excite's pooled
+/// and hidden vectors.
 pub fn run_observed(
     model: &ModelFile,
     input: &[f32],
-    observe: &mut dyn FnMut(&str, &[f32]),
+    observe: &mut Observer<'_>,
 ) -> Result<Vec<LayerOutput>, IrError> {
     let shapes = model.validate()?;
     if model.graph.quantization.is_some() {
@@ -86,11 +90,11 @@ fn run_float(
     model: &ModelFile,
     shapes: &crate::ir::ValueShapes,
     input: &[f32],
-    observe: &mut dyn FnMut(&str, &[f32]),
+    observe: &mut Observer<'_>,
 ) -> Result<Vec<LayerOutput>, IrError> {
     let g = &model.graph;
     let in_shape = check_input(model, shapes, input)?;
-    observe(&g.input.name, input);
+    observe(&g.input.name, &in_shape, input);
     let mut values: Vec<LayerOutput> = vec![LayerOutput {
         name: g.input.name.clone(),
         shape: in_shape,
@@ -110,7 +114,7 @@ fn run_float(
                 let b = model.tensor_f32(&c.bias)?;
                 let pre = conv2d(&x.data, &x.shape, &out_shape, &w, &b, c);
                 if c.activation == Activation::Hardswish {
-                    observe(&crate::quant::pre_activation_key(&c.name), &pre);
+                    observe(&crate::quant::pre_activation_key(&c.name), &out_shape, &pre);
                 }
                 pre.into_iter().map(|v| act(c.activation, v)).collect()
             }
@@ -125,13 +129,13 @@ fn run_float(
                 let mean: Vec<f32> = (0..c)
                     .map(|ch| x.data[ch * hw..(ch + 1) * hw].iter().sum::<f32>() / hw as f32)
                     .collect();
-                observe(&crate::quant::pooled_key(&s.name), &mean);
+                observe(&crate::quant::pooled_key(&s.name), &[c], &mean);
                 let hidden: Vec<f32> = (0..q)
                     .map(|j| {
                         (b1[j] + (0..c).map(|i| w1[j * c + i] * mean[i]).sum::<f32>()).max(0.0)
                     })
                     .collect();
-                observe(&crate::quant::hidden_key(&s.name), &hidden);
+                observe(&crate::quant::hidden_key(&s.name), &[q], &hidden);
                 let scale: Vec<f32> = (0..c)
                     .map(|j| {
                         hardsigmoid(b2[j] + (0..q).map(|i| w2[j * q + i] * hidden[i]).sum::<f32>())
@@ -165,12 +169,12 @@ fn run_float(
                     .map(|j| b[j] + (0..k).map(|i| w[j * k + i] * x[i]).sum::<f32>())
                     .collect();
                 if l.activation == Activation::Hardswish {
-                    observe(&crate::quant::pre_activation_key(&l.name), &pre);
+                    observe(&crate::quant::pre_activation_key(&l.name), &out_shape, &pre);
                 }
                 pre.into_iter().map(|v| act(l.activation, v)).collect()
             }
         };
-        observe(op.output(), &data);
+        observe(op.output(), &out_shape, &data);
         values.push(LayerOutput {
             name: op.output().to_owned(),
             shape: out_shape,

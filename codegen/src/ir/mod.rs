@@ -118,6 +118,18 @@ impl Quantization {
     pub fn channel_scales_of(&self, name: &str) -> Option<&[f32]> {
         self.channel_scales.get(name).map(Vec::as_slice)
     }
+
+    /// The scale of each channel of value `name`, which has `channels` channels: its
+    /// per-channel scales ([`Self::channel_scales`]), else its one [`Self::activations`]
+    /// scale repeated. `None` if `name` has no grid. The length is the caller's to check
+    /// where the file is not validated yet (validation keeps per-channel scales one per
+    /// channel).
+    pub fn scales_of(&self, name: &str, channels: usize) -> Option<Vec<f32>> {
+        match self.channel_scales.get(name) {
+            Some(s) => Some(s.clone()),
+            None => self.activations.get(name).map(|p| vec![p.scale; channels]),
+        }
+    }
 }
 
 /// Affine int8 parameters of one activation tensor: `real = scale * (q - zero_point)`.

@@ -715,15 +715,10 @@ impl<'m> Builder<'m> {
             )));
         };
         // The input's scale per output channel: its own per channel if it is on a
-        // per-channel grid (read by a depthwise convolution: channel c reads channel c).
-        let x_scales: Vec<f32> = match self.grid_channel_scales(input_key) {
-            Some(c) if c.len() == n => c.to_vec(),
-            Some(c) => {
-                return Err(err(format!(
-                    "its input {input_key:?} has {} channel scales for {n} channels",
-                    c.len()
-                )));
-            }
+        // per-channel grid (read by a depthwise convolution, whose channel c reads channel
+        // c; validation keeps one scale per channel).
+        let x_scales = match self.grid_channel_scales(input_key) {
+            Some(c) => c.to_vec(),
             None => vec![x.scale; n],
         };
         let scales: Vec<f32> = w_scales

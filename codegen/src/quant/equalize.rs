@@ -119,7 +119,7 @@ pub fn channel_ranges(
     let shapes = model.validate()?;
     let mut ranges: BTreeMap<String, Vec<f32>> = BTreeMap::new();
     for x in inputs {
-        crate::reference::run_observed(model, x, &mut |key, data| {
+        crate::reference::run_observed(model, x, &mut |key, _, data| {
             let Some(shape) = shapes.get(key) else {
                 // Hardswish pre-activations and squeeze-excite internals are not values.
                 return;

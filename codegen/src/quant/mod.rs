@@ -127,10 +127,10 @@ pub fn float_hardswish(acc: i32, scale: f32, inv_scale: f32, zero_point: i32) ->
     quantize_input(h, inv_scale, zero_point)
 }
 
-/// `f32(1 / (6 * out.scale))`: the multiplier of [`float_hardswish`], which folds
+/// `f32(1 / (6 * out_scale))`: the multiplier of [`float_hardswish`], which folds
 /// hardswish's division by 6 into the output's scale.
-pub fn float_hardswish_inv_scale(out: QParams) -> f32 {
-    (1.0 / (6.0 * f64::from(out.scale))) as f32
+pub fn float_hardswish_inv_scale(out_scale: f32) -> f32 {
+    (1.0 / (6.0 * f64::from(out_scale))) as f32
 }
 
 /// The 256-entry hardswish table of an int8 activation: entry `q + 128` is

@@ -568,25 +568,12 @@ fn conv_plan(model: &ModelFile, a: ConvArgs<'_>) -> Result<OpPlan, IrError> {
     check_accumulator(a.name, a.k, &b)?;
     // Scale per output channel of the input (a depthwise layer's channel c reads input
     // channel c, so a per-channel grid gives channel c its own; `check_channel_scales`
-    // allowed one only there) and of the output.
-    let per_channel_scale = |value: &str, p: QParams| -> Vec<f64> {
-        match quant.channel_scales_of(value) {
-            Some(s) => s.iter().map(|&v| f64::from(v)).collect(),
-            None => vec![f64::from(p.scale); a.out],
-        }
+    // allowed one only there, with one scale per channel) and of the output.
+    let per_channel_scale = |value: &str| -> Vec<f64> {
+        let s = quant.scales_of(value, a.out).unwrap_or_default();
+        s.into_iter().map(f64::from).collect()
     };
-    let sx = per_channel_scale(a.input, x);
-    if sx.len() != a.out {
-        return Err(bad(
-            a.input,
-            format!(
-                "a per-channel grid of {} channels read by {}, which has {} output channels",
-                sx.len(),
-                a.name,
-                a.out
-            ),
-        ));
-    }
+    let sx = per_channel_scale(a.input);
     let per_channel = |target: &[f64], key: &str| -> Result<Vec<Multiplier>, IrError> {
         ws.iter()
             .zip(target)
@@ -607,7 +594,7 @@ fn conv_plan(model: &ModelFile, a: ConvArgs<'_>) -> Result<OpPlan, IrError> {
         }
     } else {
         let y = acts[a.output];
-        let sy = per_channel_scale(a.output, y);
+        let sy = per_channel_scale(a.output);
         let float = acts_float(model, a.name);
         match a.activation {
             Activation::Hardswish if float => {
@@ -635,10 +622,7 @@ fn conv_plan(model: &ModelFile, a: ConvArgs<'_>) -> Result<OpPlan, IrError> {
                     .iter()
                     .enumerate()
                     .map(|(c, &s)| {
-                        let inv = float_hardswish_inv_scale(QParams {
-                            scale: s as f32,
-                            zero_point: y.zero_point,
-                        });
+                        let inv = float_hardswish_inv_scale(s as f32);
                         if inv.is_normal() {
                             Ok(inv)
                         } else {

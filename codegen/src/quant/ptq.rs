@@ -83,9 +83,8 @@ impl Calibration {
     /// Runs the float `model` on one preprocessed input (`[3, H, W]`) and
     /// records every activation it needs.
     pub fn observe(&mut self, model: &ModelFile, input: &[f32]) -> Result<(), IrError> {
-        let shapes = model.validate()?;
         let stats = &mut self.stats;
-        crate::reference::run_observed(model, input, &mut |key, data| {
+        crate::reference::run_observed(model, input, &mut |key, shape, data| {
             let s = stats.entry(key.to_owned()).or_insert(Stat {
                 min: f32::INFINITY,
                 max: f32::NEG_INFINITY,
@@ -94,9 +93,7 @@ impl Calibration {
             });
             // Feature maps (`[C, H, W]`, channel planes contiguous): each channel's range,
             // for per-channel grids.
-            if let Some([c, h, w]) = shapes
-                .get(key)
-                .and_then(|d| <[usize; 3]>::try_from(d.as_slice()).ok())
+            if let Ok([c, h, w]) = <[usize; 3]>::try_from(shape)
                 && c * h * w == data.len()
                 && h * w > 0
             {
@@ -163,6 +160,34 @@ impl Calibration {
                 })
                 .collect(),
         )
+    }
+
+    /// The per-channel grids of the feature maps `keys` ([`channel_grid`] of each channel's
+    /// [`Self::channel_ranges`] under `method`), as an int8 file stores them: each key's
+    /// shared parameters (its zero point, the largest scale) replace its entry in `params`,
+    /// and its channel scales are returned (`quantization.channel_scales`). Errors name a
+    /// key that is not a feature map observed in calibration.
+    pub fn channel_grids(
+        &self,
+        keys: &[String],
+        method: RangeMethod,
+        params: &mut BTreeMap<String, QParams>,
+    ) -> Result<BTreeMap<String, Vec<f32>>, IrError> {
+        let mut scales = BTreeMap::new();
+        for key in keys {
+            let ranges = self
+                .channel_ranges(key, method)
+                .ok_or_else(|| IrError::BadQuant {
+                    tensor: key.clone(),
+                    reason: "a per-channel grid needs a feature map [C, H, W] observed in \
+                             calibration"
+                        .into(),
+                })?;
+            let (p, s) = channel_grid(&ranges);
+            params.insert(key.clone(), p);
+            scales.insert(key.clone(), s);
+        }
+        Ok(scales)
     }
 }
 
@@ -245,20 +270,7 @@ pub fn quantize_with(
             })?;
         acts.insert(key, params_for_range(lo, hi));
     }
-    let mut channel_scales = BTreeMap::new();
-    for key in channel_grids {
-        let ranges = calibration
-            .channel_ranges(key, method)
-            .ok_or_else(|| IrError::BadQuant {
-                tensor: key.clone(),
-                reason: "a per-channel grid needs a feature map [C, H, W] observed in \
-                             calibration"
-                    .into(),
-            })?;
-        let (p, scales) = channel_grid(&ranges);
-        acts.insert(key.clone(), p);
-        channel_scales.insert(key.clone(), scales);
-    }
+    let channel_scales = calibration.channel_grids(channel_grids, method, &mut acts)?;
     let mut q = quantize_on_grid(model, acts, channel_scales, float_hardswish)?;
     q.graph.provenance.insert(
         "calibration".into(),
@@ -294,23 +306,29 @@ pub fn quantize_on_grid(
             });
         }
     }
+    let quantization = Quantization {
+        activations: acts,
+        float_hardswish: float_hardswish.to_vec(),
+        channel_scales,
+    };
     let mut tensors = BTreeMap::new();
     let mut table = BTreeMap::new();
     // The input scale of each output channel of a layer reading `input`: its per-channel
     // scales (a depthwise layer's channel c reads input channel c), or its one scale.
+    // The file is not validated yet, so a per-channel grid on another reader is named here.
     let input_scales = |input: &str, out: usize| -> Result<Vec<f64>, IrError> {
-        match channel_scales.get(input) {
-            Some(s) if s.len() == out => Ok(s.iter().map(|&v| f64::from(v)).collect()),
-            Some(s) => Err(IrError::BadQuant {
+        let s = quantization.scales_of(input, out).unwrap_or_default();
+        if s.len() != out {
+            return Err(IrError::BadQuant {
                 tensor: input.to_owned(),
                 reason: format!(
                     "{} per-channel scales, read by a layer of {out} output channels (only a \
                      depthwise convolution can read a per-channel grid)",
                     s.len()
                 ),
-            }),
-            None => Ok(vec![f64::from(acts[input].scale); out]),
+            });
         }
+        Ok(s.into_iter().map(f64::from).collect())
     };
     let mut add_layer =
         |weight: &str, bias: &str, out: usize, sx: Vec<f64>| -> Result<(), IrError> {
@@ -397,19 +415,15 @@ pub fn quantize_on_grid(
     }
     let mut graph = g.clone();
     // Older readers can read every file that does not use a later version's field.
-    graph.version = if !channel_scales.is_empty() {
+    graph.version = if !quantization.channel_scales.is_empty() {
         FORMAT_VERSION
-    } else if !float_hardswish.is_empty() {
+    } else if !quantization.float_hardswish.is_empty() {
         3
     } else {
         2
     };
     graph.tensors = table;
-    graph.quantization = Some(Quantization {
-        activations: acts,
-        float_hardswish: float_hardswish.to_vec(),
-        channel_scales,
-    });
+    graph.quantization = Some(quantization);
     graph.provenance.insert("precision".into(), "int8".into());
     ModelFile::new(graph, tensors)
 }

@@ -28,14 +28,11 @@ pub fn run(
 ) -> Result<Vec<LayerOutput>, IrError> {
     let g = &model.graph;
     let in_shape = super::check_input(model, shapes, input)?;
-    let acts = g
-        .quantization
-        .as_ref()
-        .map(|q| &q.activations)
-        .ok_or_else(|| IrError::BadField {
-            field: "quantization".into(),
-            reason: "the model is not quantized".into(),
-        })?;
+    let quantization = g.quantization.as_ref().ok_or_else(|| IrError::BadField {
+        field: "quantization".into(),
+        reason: "the model is not quantized".into(),
+    })?;
+    let acts = &quantization.activations;
     let xq: Vec<i8> = input
         .iter()
         .map(|&x| quantize_input(x, plan.input_inv_scale, plan.input.zero_point))
@@ -168,20 +165,16 @@ pub fn run(
         let (data, quantized) = match out {
             Out::Int8(q) => {
                 let p = acts[op.output()];
-                // A per-channel grid: each channel plane of `[C, H, W]` with its own scale.
-                let channel_scales = model
-                    .graph
-                    .quantization
-                    .as_ref()
-                    .and_then(|qz| qz.channel_scales_of(op.output()));
-                let plane = q.len() / ys[0].max(1);
+                // Channel `c` is the plane `[c]` of `[C, ...]`, with its scale (one for
+                // every channel unless the value has a per-channel grid).
+                let scales = quantization
+                    .scales_of(op.output(), ys[0])
+                    .unwrap_or_default();
+                let plane = (q.len() / ys[0].max(1)).max(1);
                 let data = q
                     .iter()
                     .enumerate()
-                    .map(|(i, &v)| {
-                        let scale = channel_scales.map_or(p.scale, |s| s[i / plane.max(1)]);
-                        scale * (i32::from(v) - p.zero_point) as f32
-                    })
+                    .map(|(i, &v)| scales[i / plane] * (i32::from(v) - p.zero_point) as f32)
                     .collect();
                 values.insert(op.output(), (ys.clone(), q.clone()));
                 (data, Some(q))

@@ -20,7 +20,7 @@ use super::quantize::write_int8_golden;
 use crate::args::CacheFoldArgs;
 use crate::data::balance::{BalancePlan, ClassWeights};
 use crate::data::loader::{Batches, LoaderOptions};
-use crate::export::qat::{self, QatOptions, QatTrainer, activation_grid};
+use crate::export::qat::{QatOptions, QatTrainer, activation_grid};
 use crate::export::{
     RangeMethod, calibrate, channel_grid_ops, corrected, equalized, float_hardswish_ops,
 };
@@ -167,8 +167,6 @@ pub struct FoldGrid {
     /// The per-channel scales of the feature maps on per-channel grids (their shared
     /// parameters are in `params`).
     pub channel_scales: std::collections::BTreeMap<String, Vec<f32>>,
-    /// Those feature maps.
-    pub channel_grids: Vec<String>,
 }
 
 /// Calibration of the float `model` (read from `path`) on `images` training images of
@@ -209,7 +207,9 @@ pub fn fold_grid(
     let float_hardswish = float_hardswish_ops(&model, float_hardswish)?;
     let (float_hardswish, grids) = channel_grid_ops(&model, float_hardswish, channel_grids);
     let mut params = activation_grid(&model, &observed, range, &float_hardswish)?;
-    let channel_scales = qat::channel_grids(&mut params, &observed, range, &grids)?;
+    let channel_scales = observed
+        .channel_grids(&grids, range, &mut params)
+        .map_err(|e| anyhow::anyhow!("per-channel grids: {e}"))?;
     Ok(FoldGrid {
         model,
         cal,
@@ -217,7 +217,6 @@ pub fn fold_grid(
         params,
         float_hardswish,
         channel_scales,
-        channel_grids: grids,
     })
 }
 
@@ -247,7 +246,6 @@ pub fn run(a: QatArgs) -> Result<()> {
         params,
         float_hardswish,
         channel_scales,
-        channel_grids,
     } = fold_grid(
         model,
         &a.model,
@@ -455,12 +453,14 @@ pub fn run(a: QatArgs) -> Result<()> {
     let mut q = if a.scale_lr.is_some() {
         ptq::quantize_on_grid(&tuned, grid, channel_scales, &float_hardswish)
     } else {
+        // The same per-channel grids as `channel_scales`, computed again from `observed`.
+        let grids: Vec<String> = channel_scales.keys().cloned().collect();
         ptq::quantize_with(
             &tuned,
             &observed,
             a.calibration_range,
             &float_hardswish,
-            &channel_grids,
+            &grids,
         )
     }
     .map_err(|e| anyhow::anyhow!("int8 quantization of the fine-tuned model: {e}"))?;

@@ -68,7 +68,9 @@ pub fn quantize_int8(folded: &ModelFile, cal: &Calibrate) -> Result<ModelFile> {
     let (float, grids) = channel_grid_ops(&folded, float, cal.channel_grids);
     let folded = if cal.bias_correction {
         let mut params = super::qat::activation_grid(&folded, &c, cal.range, &float)?;
-        let scales = super::qat::channel_grids(&mut params, &c, cal.range, &grids)?;
+        let scales = c
+            .channel_grids(&grids, cal.range, &mut params)
+            .map_err(|e| anyhow::anyhow!("per-channel grids: {e}"))?;
         let (mut m, report) = corrected(&folded, &folded, params, &scales, &float, &cal.inputs)?;
         m.graph.provenance.insert("bias_correction".into(), report);
         m

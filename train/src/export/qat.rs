@@ -50,28 +50,6 @@ pub fn activation_grid(
     Ok(params)
 }
 
-/// The per-channel grids of the feature maps `keys` (each channel's range in
-/// `calibration` under `method`, through `quant::channel_grid`), exactly as
-/// `quantize_with` sets them: each key's shared parameters (zero point, largest scale)
-/// replace its entry in `params`, and its channel scales are returned.
-pub fn channel_grids(
-    params: &mut BTreeMap<String, QParams>,
-    calibration: &derm_codegen::quant::ptq::Calibration,
-    method: derm_codegen::quant::ptq::RangeMethod,
-    keys: &[String],
-) -> Result<BTreeMap<String, Vec<f32>>> {
-    let mut scales = BTreeMap::new();
-    for key in keys {
-        let ranges = calibration.channel_ranges(key, method).with_context(|| {
-            format!("{key} is not a feature map observed in calibration: no per-channel grid")
-        })?;
-        let (p, s) = quant::channel_grid(&ranges);
-        params.insert(key.clone(), p);
-        scales.insert(key.clone(), s);
-    }
-    Ok(scales)
-}
-
 /// Straight-through fake quantization of an activation on the grid of `p`.
 ///
 /// Forward: the value the int8 tensor represents. Backward: identity inside the
