@@ -118,6 +118,20 @@ fn keys_cover_every_intermediate() {
     assert!(keys.iter().any(|k| k.ends_with(":pre_activation")));
 }
 
+/// The int8 file `q` of the float model `m` stays close to it on inputs it was not
+/// calibrated on (closer than a plain int8 file would need to be to be useful), and its bytes
+/// read back to the same model.
+fn tracks_float_and_round_trips(m: &ModelFile, q: &ModelFile) {
+    for s in 10..13 {
+        let x = input(m, s);
+        let f = reference::logits(m, &x).unwrap();
+        let i = reference::logits(q, &x).unwrap();
+        assert!(rel_err(&i, &f) < 0.1, "seed {s}: {i:?} vs {f:?}");
+    }
+    let back = ModelFile::from_bytes(&q.to_bytes().unwrap()).unwrap();
+    assert_eq!(&back, q);
+}
+
 /// The quantized tiny model with its graph JSON edited, read back from bytes.
 fn read_edited(edit: impl FnOnce(&mut serde_json::Value)) -> Result<ModelFile, IrError> {
     edited_copy(&int8_of(&tiny(), 4, RangeMethod::MinMax), edit)
@@ -364,15 +378,7 @@ fn float_hardswish_files_are_version_3_and_checked() {
         .filter(|p| matches!(p, OpPlan::Conv(c) if matches!(c.output, ConvOutput::FloatHardswish { .. })))
         .count();
     assert_eq!(floats, hardswish.len());
-    // Closer to the float model than a plain int8 file would need to be to be useful.
-    for s in 10..13 {
-        let x = input(&m, s);
-        let f = reference::logits(&m, &x).unwrap();
-        let i = reference::logits(&q, &x).unwrap();
-        assert!(rel_err(&i, &f) < 0.1, "seed {s}: {i:?} vs {f:?}");
-    }
-    let back = ModelFile::from_bytes(&q.to_bytes().unwrap()).unwrap();
-    assert_eq!(back, q);
+    tracks_float_and_round_trips(&m, &q);
 
     let edited = |edit: &dyn Fn(&mut serde_json::Value)| edited_copy(&q, edit);
     let e = edited(&|v| v["version"] = 2.into())
@@ -516,14 +522,7 @@ fn channel_scale_files_are_version_4_and_checked() {
     assert!(plan.ops.iter().any(|p| matches!(p,
         OpPlan::Conv(c) if matches!(&c.output, ConvOutput::FloatHardswish { inv_scale, .. }
             if inv_scale.iter().any(|v| *v != inv_scale[0])))));
-    for s in 10..13 {
-        let x = input(&m, s);
-        let f = reference::logits(&m, &x).unwrap();
-        let i = reference::logits(&q, &x).unwrap();
-        assert!(rel_err(&i, &f) < 0.1, "seed {s}: {i:?} vs {f:?}");
-    }
-    let back = ModelFile::from_bytes(&q.to_bytes().unwrap()).unwrap();
-    assert_eq!(back, q);
+    tracks_float_and_round_trips(&m, &q);
 
     let edited = |edit: &dyn Fn(&mut serde_json::Value)| edited_copy(&q, edit);
     let key = grids[0].clone();

@@ -84,26 +84,34 @@ fn int8_run_does_not_depend_on_arena_contents() {
     assert_eq!(bits(&a), bits(&b));
 }
 
+/// `(oracle logits, compiled logits)` of a tiny int8 fixture module (each generated module
+/// is its own type, so a macro): the build script's golden inputs `$golden` through `$m`.
+macro_rules! golden_and_run {
+    ($m:ident, $golden:literal) => {{
+        let (x, want) = common::split_golden(
+            include_bytes!(concat!(env!("OUT_DIR"), $golden)),
+            $m::INPUT_LEN,
+            $m::NUM_CLASSES,
+        );
+        let mut arena = vec![0f32; $m::ARENA_LEN];
+        let arena: &mut [f32; $m::ARENA_LEN] = arena.as_mut_slice().try_into().unwrap();
+        let got: Vec<f32> = x
+            .chunks_exact($m::INPUT_LEN)
+            .flat_map(|input| $m::run(input.try_into().unwrap(), arena))
+            .collect();
+        (want, got)
+    }};
+}
+
 #[allow(dead_code)]
 mod tiny_int8_fhs {
     include!(concat!(env!("OUT_DIR"), "/tiny_int8_fhs_model.rs"));
 }
 
 /// The tiny model with every hardswish in `f32` (`quantization.float_hardswish`): its
-/// golden inputs and oracle logits, and its logits through the compiled kernels.
+/// oracle logits and its logits through the compiled kernels.
 fn fhs_golden_and_run() -> (Vec<f32>, Vec<f32>) {
-    let (x, want) = common::split_golden(
-        include_bytes!(concat!(env!("OUT_DIR"), "/tiny_int8_fhs_golden.bin")),
-        tiny_int8_fhs::INPUT_LEN,
-        tiny_int8_fhs::NUM_CLASSES,
-    );
-    let mut arena = vec![0f32; tiny_int8_fhs::ARENA_LEN];
-    let arena: &mut [f32; tiny_int8_fhs::ARENA_LEN] = arena.as_mut_slice().try_into().unwrap();
-    let got = x
-        .chunks_exact(tiny_int8_fhs::INPUT_LEN)
-        .flat_map(|input| tiny_int8_fhs::run(input.try_into().unwrap(), arena))
-        .collect();
-    (want, got)
+    golden_and_run!(tiny_int8_fhs, "/tiny_int8_fhs_golden.bin")
 }
 
 /// The float hardswish model's logits, pinned like [`EXPECTED_BITS`]: the epilogue's
@@ -137,21 +145,10 @@ mod tiny_int8_pc {
 }
 
 /// The float hardswish model with every depthwise input on a grid per channel
-/// (`quantization.channel_scales`): its golden inputs and oracle logits, and its logits
-/// through the compiled kernels.
+/// (`quantization.channel_scales`): its oracle logits and its logits through the compiled
+/// kernels.
 fn pc_golden_and_run() -> (Vec<f32>, Vec<f32>) {
-    let (x, want) = common::split_golden(
-        include_bytes!(concat!(env!("OUT_DIR"), "/tiny_int8_pc_golden.bin")),
-        tiny_int8_pc::INPUT_LEN,
-        tiny_int8_pc::NUM_CLASSES,
-    );
-    let mut arena = vec![0f32; tiny_int8_pc::ARENA_LEN];
-    let arena: &mut [f32; tiny_int8_pc::ARENA_LEN] = arena.as_mut_slice().try_into().unwrap();
-    let got = x
-        .chunks_exact(tiny_int8_pc::INPUT_LEN)
-        .flat_map(|input| tiny_int8_pc::run(input.try_into().unwrap(), arena))
-        .collect();
-    (want, got)
+    golden_and_run!(tiny_int8_pc, "/tiny_int8_pc_golden.bin")
 }
 
 /// The per-channel grid model's logits, pinned like [`EXPECTED_FHS_BITS`].

@@ -378,7 +378,7 @@ fn quantize_command_turns_an_f32_file_into_an_int8_one() {
 fn qat_forward_tracks_the_int8_oracle() {
     let _rng = tch_rng();
     use derm_codegen::quant::ptq::{RangeMethod, quantize_with};
-    use derm_train::export::qat::{QatGraph, activation_grid, channel_grids};
+    use derm_train::export::qat::{QatGraph, activation_grid};
     use derm_train::export::{Calibrate, calibrate, channel_grid_ops, float_hardswish_ops};
 
     let dir = tempfile::tempdir().unwrap();
@@ -410,7 +410,9 @@ fn qat_forward_tracks_the_int8_oracle() {
         };
         assert_eq!(q.graph.version, version);
         let mut grid = activation_grid(&model, &observed, RangeMethod::MinMax, &float).unwrap();
-        let scales = channel_grids(&mut grid, &observed, RangeMethod::MinMax, &grids).unwrap();
+        let scales = observed
+            .channel_grids(&grids, RangeMethod::MinMax, &mut grid)
+            .unwrap();
         // The graph rounds on exactly the file's grids.
         let file = q.graph.quantization.as_ref().unwrap();
         assert_eq!(file.channel_scales, scales);
@@ -628,25 +630,7 @@ fn qat_command_writes_an_int8_file_that_the_oracle_reproduces() {
     let p8 = dir.path().join("qat8.safetensors");
     let cache = dir.path().join("cache");
     train_support::ham::ham_cache(&cache, 2, 40);
-    let qat = |model: &Path, out: &Path| {
-        Command::new(env!("CARGO_BIN_EXE_derm-train"))
-            .arg("qat")
-            .arg(model)
-            .arg("-o")
-            .arg(out)
-            .args(["--cache", cache.to_str().unwrap(), "--max-train", "8"])
-            .args([
-                "--calibration-images",
-                "8",
-                "--batch-size",
-                "8",
-                "--epochs",
-                "1",
-            ])
-            .args(["--lr", "1e-3", "--quiet"])
-            .output()
-            .unwrap()
-    };
+    let qat = |model: &Path, out: &Path| qat_short(model, &cache, out, &[]);
     let o = qat(&p32, &p8);
     let stdout = String::from_utf8_lossy(&o.stdout);
     assert!(
@@ -678,15 +662,7 @@ fn qat_command_writes_an_int8_file_that_the_oracle_reproduces() {
     // overwritten, and --resume without one is refused, each naming the file.
     let ck = dir.path().join("qat8.qat-checkpoint.safetensors");
     assert!(!ck.exists(), "a finished run left {}", ck.display());
-    let resumed = Command::new(env!("CARGO_BIN_EXE_derm-train"))
-        .arg("qat")
-        .arg(&p32)
-        .arg("-o")
-        .arg(&p8)
-        .args(["--cache", cache.to_str().unwrap(), "--max-train", "8"])
-        .args(["--calibration-images", "8", "--quiet", "--resume"])
-        .output()
-        .unwrap();
+    let resumed = qat_short(&p32, &cache, &p8, &["--resume"]);
     let err = String::from_utf8_lossy(&resumed.stderr);
     assert!(!resumed.status.success());
     assert!(
