@@ -681,13 +681,15 @@ impl<'m> Builder<'m> {
         if t.dtype != DType::I32 {
             return self.weight(op, tensor, &[n]);
         }
-        let x = self
+        // The input's scale per output channel: its own per channel if it is on a
+        // per-channel grid (read by a depthwise convolution, whose channel c reads channel
+        // c; validation keeps one scale per channel).
+        let x_scales = self
             .model
             .graph
             .quantization
             .as_ref()
-            .and_then(|q| q.activations.get(input_key))
-            .copied();
+            .and_then(|q| q.scales_of(input_key, n));
         let err = |reason: String| OnnxError::Tensor {
             op: op.to_owned(),
             tensor: tensor.to_owned(),
@@ -708,18 +710,11 @@ impl<'m> Builder<'m> {
                 w_scales.len()
             )));
         }
-        let Some(x) = x else {
+        let Some(x_scales) = x_scales else {
             return Err(err(format!(
                 "an i32 bias needs the scale of its input {input_key:?}, which the file does \
                  not quantize"
             )));
-        };
-        // The input's scale per output channel: its own per channel if it is on a
-        // per-channel grid (read by a depthwise convolution, whose channel c reads channel
-        // c; validation keeps one scale per channel).
-        let x_scales = match self.grid_channel_scales(input_key) {
-            Some(c) => c.to_vec(),
-            None => vec![x.scale; n],
         };
         let scales: Vec<f32> = w_scales
             .iter()
