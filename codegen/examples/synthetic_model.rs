@@ -29,31 +29,25 @@ fn main() -> Result<()> {
         // Seed files for the fuzzer: the tiny model and its graph JSON alone.
         let dir = args.next().context("usage: synthetic_model --tiny DIR")?;
         let m = SyntheticSpec::tiny(1).build()?;
-        m.write(format!("{dir}/tiny.safetensors"))?;
-        std::fs::write(format!("{dir}/tiny.json"), serde_json::to_string(&m.graph)?)?;
-        // Its int8 version: seeds that reach the quantized validation paths.
-        let q = derm_codegen::synthetic::int8_of(&m, 8)?;
-        q.write(format!("{dir}/tiny_int8.safetensors"))?;
-        std::fs::write(
-            format!("{dir}/tiny_int8.json"),
-            serde_json::to_string(&q.graph)?,
-        )?;
-        // With every hardswish in f32 (version 3, `quantization.float_hardswish`): the
-        // same tensors, another graph.
-        let f = derm_codegen::synthetic::int8_float_hardswish_of(&m, 8)?;
-        f.write(format!("{dir}/tiny_int8_fhs.safetensors"))?;
-        std::fs::write(
-            format!("{dir}/tiny_int8_fhs.json"),
-            serde_json::to_string(&f.graph)?,
-        )?;
-        // With the depthwise inputs on per-channel grids (version 4,
-        // `quantization.channel_scales`).
-        let c = derm_codegen::synthetic::int8_channel_grids_of(&m, 8)?;
-        c.write(format!("{dir}/tiny_int8_pc.safetensors"))?;
-        std::fs::write(
-            format!("{dir}/tiny_int8_pc.json"),
-            serde_json::to_string(&c.graph)?,
-        )?;
+        use derm_codegen::synthetic::{int8_channel_grids_of, int8_float_hardswish_of, int8_of};
+        let seeds = [
+            ("tiny", m.clone()),
+            // Its int8 version: seeds that reach the quantized validation paths.
+            ("tiny_int8", int8_of(&m, 8)?),
+            // With every hardswish in f32 (version 3, `quantization.float_hardswish`): the
+            // same tensors, another graph.
+            ("tiny_int8_fhs", int8_float_hardswish_of(&m, 8)?),
+            // With the depthwise inputs on per-channel grids (version 4,
+            // `quantization.channel_scales`).
+            ("tiny_int8_pc", int8_channel_grids_of(&m, 8)?),
+        ];
+        for (name, model) in seeds {
+            model.write(format!("{dir}/{name}.safetensors"))?;
+            std::fs::write(
+                format!("{dir}/{name}.json"),
+                serde_json::to_string(&model.graph)?,
+            )?;
+        }
         return Ok(());
     }
     let mut seed = 2026;
