@@ -14,7 +14,9 @@
 # on 4 images against the embedded derm-runtime model (last column: max |diff| / logit range).
 #
 # int8: the same seeded file through `derm-train quantize` (calibrated on the repository's 48
-# test-fixture photos, the stem's hardswish in f32 as for the shipped int8 model), embedded in
+# test-fixture photos, the stem's hardswish in f32; the shipped int8 model also puts the
+# depthwise inputs on per-channel grids, with their writers' hardswish in f32, and is not
+# slower on this host for it: docs/results.md, "int8 per-channel grids"), embedded in
 # a second pi-bench build. Its weights are as untrained as the f32 file's, which does not
 # change the work per image; its logits are not compared with the f32 ones (the int8 file's
 # own golden vectors are checked by the test suite). ONNX Runtime runs the int8 file too: its
