@@ -34,6 +34,21 @@ fn bits(v: &[f32]) -> Vec<u32> {
     v.iter().map(|x| x.to_bits()).collect()
 }
 
+/// The compiled logits `got` equal, to the bit, the oracle's `want` and the committed
+/// `expected` bits (printed as left when they differ).
+fn assert_oracle_and_committed_bits(got: &[f32], want: &[f32], expected: &[u32], what: &str) {
+    assert_eq!(
+        bits(got),
+        bits(want),
+        "{what}: compiled kernels against the oracle"
+    );
+    assert_eq!(
+        bits(got),
+        expected,
+        "{what}: logits differ from the committed ones (printed as left)"
+    );
+}
+
 #[test]
 fn tiny_int8_model_is_bit_exact_with_the_oracle() {
     let (_, want) = golden();
@@ -125,16 +140,7 @@ const EXPECTED_FHS_BITS: [u32; 3 * tiny_int8_fhs::NUM_CLASSES] = [
 #[test]
 fn float_hardswish_model_is_bit_exact_with_the_oracle_and_the_committed_bits() {
     let (want, got) = fhs_golden_and_run();
-    assert_eq!(
-        bits(&got),
-        bits(&want),
-        "compiled kernels against the oracle"
-    );
-    assert_eq!(
-        bits(&got),
-        EXPECTED_FHS_BITS,
-        "float hardswish logits differ from the committed ones (printed as left)"
-    );
+    assert_oracle_and_committed_bits(&got, &want, &EXPECTED_FHS_BITS, "float hardswish");
     // It differs from the table model: the float epilogue was really taken.
     assert_ne!(bits(&got), bits(&run_all()));
 }
@@ -161,16 +167,7 @@ const EXPECTED_PC_BITS: [u32; 3 * tiny_int8_pc::NUM_CLASSES] = [
 #[test]
 fn per_channel_grid_model_is_bit_exact_with_the_oracle_and_the_committed_bits() {
     let (want, got) = pc_golden_and_run();
-    assert_eq!(
-        bits(&got),
-        bits(&want),
-        "compiled kernels against the oracle"
-    );
-    assert_eq!(
-        bits(&got),
-        EXPECTED_PC_BITS,
-        "per-channel grid logits differ from the committed ones (printed as left)"
-    );
+    assert_oracle_and_committed_bits(&got, &want, &EXPECTED_PC_BITS, "per-channel grids");
     // It differs from the one-grid model: the per-channel scales were really applied.
     assert_ne!(bits(&got), bits(&fhs_golden_and_run().1));
 }

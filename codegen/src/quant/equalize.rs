@@ -117,7 +117,7 @@ pub fn channel_ranges(
     inputs: &[Vec<f32>],
 ) -> Result<BTreeMap<String, Vec<f32>>, IrError> {
     let shapes = model.validate()?;
-    let mut ranges: BTreeMap<String, Vec<f32>> = BTreeMap::new();
+    let mut ranges: BTreeMap<String, Vec<(f32, f32)>> = BTreeMap::new();
     for x in inputs {
         crate::reference::run_observed(model, x, &mut |key, _, data| {
             let Some(shape) = shapes.get(key) else {
@@ -125,18 +125,21 @@ pub fn channel_ranges(
                 return;
             };
             let c = shape.first().copied().unwrap_or(1).max(1);
-            let per = data.len() / c;
-            let r = ranges.entry(key.to_owned()).or_insert_with(|| vec![0.0; c]);
-            for (ch, m) in r.iter_mut().enumerate() {
-                for &v in &data[ch * per..(ch + 1) * per] {
-                    if v.is_finite() {
-                        *m = m.max(v.abs());
-                    }
-                }
-            }
+            super::widen_channel_ranges(ranges.entry(key.to_owned()).or_default(), c, data);
         })?;
     }
-    Ok(ranges)
+    // The largest |x| of each channel (0 for one that never had a finite value).
+    Ok(ranges
+        .into_iter()
+        .map(|(key, r)| {
+            let largest = r
+                .iter()
+                .map(|&(lo, hi)| lo.abs().max(hi.abs()))
+                .map(|m| if m.is_finite() { m } else { 0.0 })
+                .collect();
+            (key, largest)
+        })
+        .collect())
 }
 
 /// `k_c` for channel ranges `r` feeding a consumer that is depthwise or not.

@@ -296,6 +296,24 @@ pub fn depthwise_inputs(g: &Graph) -> Vec<String> {
         .collect()
 }
 
+/// Widens `ranges[c]`, channel `c`'s smallest and largest value so far, to hold the finite
+/// values of channel `c` of `data`, a value of `channels` contiguous channel planes
+/// (`[C, ...]`). `ranges` grows to `channels` entries; a channel that has seen no finite
+/// value is `(inf, -inf)`. Calibration (per-channel grids) and equalization both read it.
+pub(crate) fn widen_channel_ranges(ranges: &mut Vec<(f32, f32)>, channels: usize, data: &[f32]) {
+    ranges.resize(channels, (f32::INFINITY, f32::NEG_INFINITY));
+    let plane = data.len() / channels.max(1);
+    if plane == 0 {
+        return;
+    }
+    for (r, values) in ranges.iter_mut().zip(data.chunks(plane)) {
+        for &v in values.iter().filter(|v| v.is_finite()) {
+            r.0 = r.0.min(v);
+            r.1 = r.1.max(v);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

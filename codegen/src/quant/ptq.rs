@@ -97,13 +97,7 @@ impl Calibration {
                 && c * h * w == data.len()
                 && h * w > 0
             {
-                s.channels.resize(c, (f32::INFINITY, f32::NEG_INFINITY));
-                for (r, plane) in s.channels.iter_mut().zip(data.chunks(h * w)) {
-                    for &v in plane.iter().filter(|v| v.is_finite()) {
-                        r.0 = r.0.min(v);
-                        r.1 = r.1.max(v);
-                    }
-                }
+                super::widen_channel_ranges(&mut s.channels, c, data);
             }
             for &v in data {
                 if v.is_finite() {

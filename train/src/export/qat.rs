@@ -258,15 +258,6 @@ impl QatGraph {
         Ok(self)
     }
 
-    /// The per-channel scales of the feature maps on per-channel grids
-    /// ([`Self::with_channel_scales`]).
-    pub fn channel_scales(&self) -> BTreeMap<String, Vec<f32>> {
-        self.channel
-            .iter()
-            .map(|(k, g)| (k.clone(), g.iter().map(|p| p.scale).collect()))
-            .collect()
-    }
-
     /// Trains every activation grid's scale too (zero points stay), with variables in
     /// `vs` whose optimizer steps move a scale by about `gain` times the learning rate of
     /// itself ([`fake_quant_learned`]).
