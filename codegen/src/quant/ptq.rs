@@ -80,6 +80,12 @@ impl Calibration {
         self.inputs
     }
 
+    /// What an int8 file's provenance records of its calibration (`"calibration"`): the
+    /// inputs observed and the range `method` its grids were drawn with.
+    pub fn record(&self, method: RangeMethod) -> serde_json::Value {
+        serde_json::json!({"inputs": self.inputs, "range": method.to_string()})
+    }
+
     /// Runs the float `model` on one preprocessed input (`[3, H, W]`) and
     /// records every activation it needs.
     pub fn observe(&mut self, model: &ModelFile, input: &[f32]) -> Result<(), IrError> {
@@ -266,10 +272,9 @@ pub fn quantize_with(
     }
     let channel_scales = calibration.channel_grids(channel_grids, method, &mut acts)?;
     let mut q = quantize_on_grid(model, acts, channel_scales, float_hardswish)?;
-    q.graph.provenance.insert(
-        "calibration".into(),
-        serde_json::json!({"inputs": calibration.inputs(), "range": method.to_string()}),
-    );
+    q.graph
+        .provenance
+        .insert("calibration".into(), calibration.record(method));
     Ok(q)
 }
 

@@ -450,20 +450,13 @@ pub fn run(a: QatArgs) -> Result<()> {
     } else {
         tuned
     };
-    let mut q = if a.scale_lr.is_some() {
-        ptq::quantize_on_grid(&tuned, grid, channel_scales, &float_hardswish)
-    } else {
-        // The same per-channel grids as `channel_scales`, computed again from `observed`.
-        let grids: Vec<String> = channel_scales.keys().cloned().collect();
-        ptq::quantize_with(
-            &tuned,
-            &observed,
-            a.calibration_range,
-            &float_hardswish,
-            &grids,
-        )
-    }
-    .map_err(|e| anyhow::anyhow!("int8 quantization of the fine-tuned model: {e}"))?;
+    // The file rounds on the grids the fine-tuning rounded on: the calibrated ones (learned
+    // from them with `--scale-lr`), with the same per-channel grids.
+    let mut q = ptq::quantize_on_grid(&tuned, grid, channel_scales, &float_hardswish)
+        .map_err(|e| anyhow::anyhow!("int8 quantization of the fine-tuned model: {e}"))?;
+    q.graph
+        .provenance
+        .insert("calibration".into(), observed.record(a.calibration_range));
     // The provenance is the settings a resumed run must match, plus what the run measured.
     let mut provenance = settings;
     if let Some(p) = provenance.as_object_mut() {
