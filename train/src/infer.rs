@@ -9,6 +9,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail, ensure};
+use derm_codegen::ir::Crop;
 use tch::nn::{self, ModuleT};
 use tch::{Kind, Tensor};
 
@@ -118,6 +119,9 @@ pub struct LoadedModel {
     pub mean: [f32; 3],
     /// Per-channel std of the same.
     pub std: [f32; 3],
+    /// The part of a photo it expects (students and model files; teacher files do not record
+    /// it).
+    pub crop: Option<Crop>,
     net: Box<dyn ModuleT>,
     // Owns the tensors `net` reads (kept for clarity; the network holds references too).
     _vs: nn::VarStore,
@@ -250,6 +254,7 @@ pub fn load_model(path: &Path) -> Result<LoadedModel> {
                 class_names: s.meta.class_names.clone(),
                 mean: s.meta.mean,
                 std: s.meta.std,
+                crop: Some(s.meta.crop),
                 net: Box::new(s.model),
                 _vs: s.vs,
             }
@@ -270,6 +275,7 @@ pub fn load_model(path: &Path) -> Result<LoadedModel> {
                 class_names: g.classes.clone(),
                 mean: g.preprocess.mean,
                 std: g.preprocess.std,
+                crop: Some(g.preprocess.crop),
                 net: Box::new(ModelFileNet::new(model)?),
                 _vs: nn::VarStore::new(tch::Device::Cpu),
             }
@@ -283,6 +289,7 @@ pub fn load_model(path: &Path) -> Result<LoadedModel> {
                 class_names: meta.class_names.clone(),
                 mean: meta.mean,
                 std: meta.std,
+                crop: None,
                 net: Box::new(net),
                 _vs: vs,
             }
@@ -303,7 +310,9 @@ pub struct InferOptions {
     pub progress: bool,
 }
 
-/// Checks that every model predicts the cache's classes in the cache's order.
+/// Checks that every model predicts the cache's classes in the cache's order, and that a
+/// model which records its crop expects the cache's tiles (a network trained on whole photos
+/// scored on centre squares, or the reverse, would give plausible but wrong numbers).
 pub fn check_classes(models: &[LoadedModel], cache: &Cache) -> Result<()> {
     ensure!(!models.is_empty(), "no model given");
     for m in models {
@@ -314,6 +323,9 @@ pub fn check_classes(models: &[LoadedModel], cache: &Cache) -> Result<()> {
             m.class_names,
             cache.class_names()
         );
+        if let Some(crop) = m.crop {
+            cache.check_crop(crop, &m.path)?;
+        }
     }
     Ok(())
 }

@@ -15,6 +15,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
+use derm_codegen::ir::Crop;
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor, nn};
 
@@ -83,11 +84,20 @@ pub struct StudentMeta {
     pub mean: [f32; 3],
     /// Per-channel (RGB) divisor applied after the mean.
     pub std: [f32; 3],
+    /// Which part of a photo the network was trained on (the cache's tiles): the centred
+    /// square, or the whole photo squashed. Files written before the field existed were
+    /// trained on centred squares.
+    #[serde(default = "default_crop")]
+    pub crop: Crop,
     /// Dropout of the torchvision head during training.
     #[serde(default = "default_dropout")]
     pub dropout: f64,
     /// Where the weights came from.
     pub provenance: Provenance,
+}
+
+fn default_crop() -> Crop {
+    Crop::Centre
 }
 
 fn default_dropout() -> f64 {
@@ -109,6 +119,7 @@ impl StudentMeta {
             input_size: [224, 224],
             mean: [0.5; 3],
             std: [0.5; 3],
+            crop: Crop::Centre,
             dropout: DEFAULT_DROPOUT,
             provenance,
         }

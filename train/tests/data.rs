@@ -4,6 +4,7 @@
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
+use derm_codegen::ir::Crop;
 use derm_train::data::augment::{Augment, CropRange, Jitter};
 use derm_train::data::balance::{BalanceConfig, BalancePlan, Preset};
 use derm_train::data::cache::{Cache, CacheWriter, SampleMeta};
@@ -171,6 +172,7 @@ fn prepare_a_real_subset_then_load_batches() {
     }
     // Skin-coloured dermoscopy: red brighter than blue.
     assert!(cache.mean()[0] > cache.mean()[2]);
+    assert_eq!(cache.crop(), Crop::Centre);
 
     // Loader: shapes, labels, normalization, resize, determinism, resume.
     let plan = BalancePlan::plain(&(0..24).collect::<Vec<_>>());
@@ -255,6 +257,42 @@ fn prepare_a_real_subset_then_load_batches() {
     });
     let err = Batches::new(&cache, &plan, bad, 0).unwrap_err().to_string();
     assert!(err.contains("crop scale"), "{err}");
+}
+
+/// `--crop none`: the tiles are the whole photos squashed, the index says so, and an index
+/// written before the field existed reads as centre squares.
+#[test]
+fn prepare_whole_photos_records_the_crop() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (csv, _) = ham_subset_manifest(tmp.path(), 1);
+    let src = read_manifest(&csv, &ham().join("images"), &ManifestColumns::default()).unwrap();
+    let out = tmp.path().join("whole");
+    let opts = PrepareOptions {
+        size: 32,
+        crop: Crop::None,
+        ..Default::default()
+    };
+    let (_, summary) = prepare(src.clone(), &out, &opts).unwrap();
+    assert_eq!(summary.crop, Crop::None);
+    let cache = Cache::open(&out).unwrap();
+    assert_eq!(cache.crop(), Crop::None);
+    assert_eq!(cache.len(), NUM_CLASSES);
+    for (i, r) in src.records.iter().enumerate() {
+        let bytes = std::fs::read(&r.path).unwrap();
+        let whole = decode_bytes(&bytes, 32, Crop::None, DecodeLimits::default()).unwrap();
+        let centre = decode_bytes(&bytes, 32, Crop::Centre, DecodeLimits::default()).unwrap();
+        let tile = cache.image(i).unwrap();
+        assert_eq!(tile, whole, "{}", r.id);
+        // HAM10000 photos are 200x150: the centre square drops a quarter of the width.
+        assert_ne!(tile, centre, "{}", r.id);
+    }
+    let index_path = out.join("index.json");
+    let mut index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&index_path).unwrap()).unwrap();
+    assert_eq!(index["crop"], "none");
+    index.as_object_mut().unwrap().remove("crop");
+    std::fs::write(&index_path, serde_json::to_vec(&index).unwrap()).unwrap();
+    assert_eq!(Cache::open(&out).unwrap().crop(), Crop::Centre);
 }
 
 fn jpeg(img: &image::RgbImage) -> Vec<u8> {
@@ -456,11 +494,12 @@ fn exif_orientation_is_applied() {
     let plain = jpeg(&img);
     let s = 20usize;
     let px = |v: &[u8], x: usize, y: usize| [v[(y * s + x) * 3], v[(y * s + x) * 3 + 2]];
-    let upright = decode_bytes(&plain, 20, DecodeLimits::default()).unwrap();
+    let upright = decode_bytes(&plain, 20, Crop::Centre, DecodeLimits::default()).unwrap();
     assert!(px(&upright, 2, 10)[0] > 200 && px(&upright, 17, 10)[1] > 200);
     let rotated = decode_bytes(
         &with_exif_orientation(&plain, 6),
         20,
+        Crop::Centre,
         DecodeLimits::default(),
     )
     .unwrap();
@@ -479,7 +518,9 @@ fn oversized_images_are_refused_not_allocated() {
         max_side: 256,
         max_alloc: 1 << 30,
     };
-    let e = decode_bytes(&v, 16, tight).unwrap_err().to_string();
+    let e = decode_bytes(&v, 16, Crop::Centre, tight)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("limit") || e.contains("large"), "{e}");
 }
 

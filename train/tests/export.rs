@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use derm_codegen::ir::{ModelFile, Op};
+use derm_codegen::ir::{Crop, ModelFile, Op};
 use derm_codegen::reference;
 use derm_train::export::{self, ExportOptions, golden_path};
 use derm_train::models::mobilenet_v3::{Arch, Head};
@@ -19,6 +19,10 @@ fn student(arch: Arch, head: Head, size: u32, seed: i64) -> Student {
     meta.input_size = [size, size + 16];
     meta.mean = [0.6, 0.5, 0.4];
     meta.std = [0.2, 0.25, 0.3];
+    // Large students stand for models trained on whole photos: the crop must reach the file.
+    if arch == Arch::Large {
+        meta.crop = Crop::None;
+    }
     let s = Student::seeded(meta, seed).unwrap();
     export::perturb_for_parity_tests(&s, seed + 100);
     s
@@ -63,6 +67,7 @@ fn check_variant(arch: Arch, head: Head, size: u32, seed: i64) {
     let (h, w) = (size as usize, size as usize + 16);
     assert_eq!(g.input.shape, [1, 3, h, w]);
     assert_eq!(g.preprocess.mean, [0.6, 0.5, 0.4]);
+    assert_eq!(g.preprocess.crop, s.meta.crop);
     assert_eq!(g.classes.len(), 5);
     assert_eq!(g.provenance["student"]["head"], head.name());
     let convs = g.ops.iter().filter(|o| matches!(o, Op::Conv2d(_))).count();

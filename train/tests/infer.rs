@@ -5,6 +5,7 @@ mod train_support;
 
 use std::collections::HashSet;
 
+use derm_codegen::ir::Crop;
 use derm_train::data::balance::BalancePlan;
 use derm_train::data::cache::Cache;
 use derm_train::data::loader::{Batches, LoaderOptions};
@@ -166,6 +167,27 @@ fn bad_model_files_are_named() {
         .to_string();
     assert!(
         e.contains("two-class.safetensors") && e.contains("classes"),
+        "{e}"
+    );
+
+    // A student trained on whole photos is refused on a cache of centre squares.
+    let mut meta = StudentMeta::new(
+        Arch::Small,
+        Head::Paper,
+        cache.class_names().to_vec(),
+        Provenance::default(),
+    );
+    meta.input_size = [SIZE; 2];
+    meta.crop = Crop::None;
+    let path = dir.path().join("whole-photo.safetensors");
+    Student::seeded(meta, 1).unwrap().save(&path).unwrap();
+    let m = infer::load_model(&path).unwrap();
+    assert_eq!(m.crop, Some(Crop::None));
+    let e = infer::ensemble_logits(&[m], &cache, &[0, 1], &opts(Tta::None))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("whole-photo.safetensors") && e.contains("crop"),
         "{e}"
     );
 }

@@ -245,8 +245,9 @@ pub fn run(a: ExportArgs) -> Result<()> {
             let m = &student.meta;
             Some(calibration_inputs(
                 &a.calibration,
+                &a.checkpoint,
                 cache,
-                (m.mean, m.std, m.input_size[0] as usize),
+                (m.mean, m.std, m.input_size[0] as usize, m.crop),
                 a.golden_seed as u64,
                 !a.quiet,
             )?)
@@ -307,8 +308,9 @@ pub fn model_calibration_inputs(
     }
     calibration_inputs(
         a,
+        path,
         cache,
-        (g.preprocess.mean, g.preprocess.std, size),
+        (g.preprocess.mean, g.preprocess.std, size, g.preprocess.crop),
         seed,
         progress,
     )
@@ -316,11 +318,13 @@ pub fn model_calibration_inputs(
 
 /// The int8 calibration images: `--calibration-images` of the cache's (or the fold's
 /// training) images, drawn with `seed`, preprocessed as evaluation does (resized to the
-/// model's input size, normalized with its `(mean, std, size)`).
+/// model's input size, normalized with its `(mean, std, size)`; the cache's tiles must be
+/// framed by its `crop`). `model` is the model's file, named in errors.
 pub fn calibration_inputs(
     a: &CalibrationArgs,
+    model: &std::path::Path,
     cache: &std::path::Path,
-    (mean, std, size): ([f32; 3], [f32; 3], usize),
+    (mean, std, size, crop): ([f32; 3], [f32; 3], usize, derm_codegen::ir::Crop),
     seed: u64,
     progress: bool,
 ) -> Result<Calibrate> {
@@ -337,6 +341,7 @@ pub fn calibration_inputs(
         split_seed: a.calibration_split_seed,
     };
     let (cache, rows) = data.open(|f| crate::train::cli::train_indices(f, None, 0))?;
+    cache.check_crop(crop, model)?;
     let rows = if a.calibration_balanced {
         crate::train::cli::balanced_draw(|r| cache.label(r), rows, a.calibration_images, seed)
     } else {

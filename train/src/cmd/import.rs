@@ -117,6 +117,7 @@ pub fn import(a: &ImportArgs) -> Result<StudentMeta> {
     meta.input_size = [size, size];
     meta.mean = three(&a.mean, "mean")?;
     meta.std = three(&a.std, "std")?;
+    meta.crop = cache.crop();
     // The seed only fills tensors the strict load below then overwrites, every one of them.
     let mut s = Student::seeded(meta, 0)?;
     let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| {

@@ -6,12 +6,16 @@ use std::path::PathBuf;
 use anyhow::{Result, bail};
 use clap::Args;
 
+use derm_codegen::ir::Crop;
+
+use crate::data::cache::crop_name;
 use crate::data::manifest::{ManifestColumns, read_manifest, scan_esfair};
 use crate::data::prepare::{PrepareOptions, prepare, table_one};
 use crate::report::write_report;
 
 /// Decode every image once (EXIF orientation, any colour type -> RGB8),
-/// resize the shorter side + centre crop to `--size`, compute the dataset
+/// resize the shorter side + centre crop to `--size` (or, with `--crop none`,
+/// the whole photo squashed to `--size x --size`), compute the dataset
 /// mean/std and write the cache (`images.u8` + `index.json`).
 #[derive(Debug, Args)]
 pub struct PrepareArgs {
@@ -30,6 +34,11 @@ pub struct PrepareArgs {
     /// Side of the square tiles.
     #[arg(long, default_value_t = 224)]
     pub size: u32,
+    /// Which part of each photo becomes the tile: `centre` (the centred square of the shorter
+    /// side) or `none` (the whole photo, squashed to a square: the paper's "resize to
+    /// 224x224"). Models trained on the cache record it, and the runtime crops the same way.
+    #[arg(long, default_value = "centre", value_parser = parse_crop)]
+    pub crop: Crop,
     /// Fail if any file would be skipped.
     #[arg(long)]
     pub strict: bool,
@@ -77,6 +86,7 @@ pub fn run(args: PrepareArgs) -> Result<()> {
     let opts = PrepareOptions {
         size: args.size,
         strict: args.strict,
+        crop: args.crop,
         progress: std::io::stderr().is_terminal(),
         ..Default::default()
     };
@@ -90,8 +100,12 @@ pub fn run(args: PrepareArgs) -> Result<()> {
     );
     print!("{}", table_one(&summary.group_names, &summary.counts));
     println!(
-        "mean {:.4?}  std {:.4?}  (RGB, pixels in [0,1], {}x{})",
-        summary.mean, summary.std, summary.size, summary.size
+        "mean {:.4?}  std {:.4?}  (RGB, pixels in [0,1], {}x{}, crop {})",
+        summary.mean,
+        summary.std,
+        summary.size,
+        summary.size,
+        crop_name(summary.crop)
     );
     println!(
         "skipped {} file(s); {:.1} s with {} threads; cache in {}",
@@ -106,4 +120,13 @@ pub fn run(args: PrepareArgs) -> Result<()> {
     write_report(&report, "prepare", &summary)?;
     println!("report: {}", report.display());
     Ok(())
+}
+
+/// `--crop`'s values, the model file's names for them.
+fn parse_crop(s: &str) -> Result<Crop, String> {
+    match s {
+        "centre" | "center" => Ok(Crop::Centre),
+        "none" => Ok(Crop::None),
+        _ => Err(format!("unknown crop {s:?}: expected centre or none")),
+    }
 }

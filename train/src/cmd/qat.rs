@@ -270,6 +270,7 @@ pub fn run(a: QatArgs) -> Result<()> {
         println!("fine-tuning on every image of {}", cache.dir().display());
     }
     ensure!(!rows.is_empty(), "no training images");
+    cache.check_crop(g.preprocess.crop, &a.model)?;
     let map = InputMap::new(
         cache.mean(),
         cache.std(),

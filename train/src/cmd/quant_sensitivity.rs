@@ -198,6 +198,7 @@ pub fn run(a: QuantSensitivityArgs) -> Result<()> {
             cache.dir().display()
         );
     }
+    cache.check_crop(g.preprocess.crop, &a.model)?;
     let map = InputMap::new(
         cache.mean(),
         cache.std(),

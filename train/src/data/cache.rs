@@ -20,6 +20,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail, ensure};
 use serde::{Deserialize, Serialize};
 
+use derm_codegen::ir::Crop;
+
 use super::manifest::Problem;
 use super::{CLASS_NAMES, NUM_CLASSES};
 
@@ -47,6 +49,18 @@ pub struct SampleMeta {
     pub lesion: String,
 }
 
+fn centre_crop() -> Crop {
+    Crop::Centre
+}
+
+/// The name `derm-train prepare --crop` and the model file give `crop`.
+pub fn crop_name(crop: Crop) -> &'static str {
+    match crop {
+        Crop::Centre => "centre",
+        Crop::None => "none",
+    }
+}
+
 /// The JSON index of a cache.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CacheIndex {
@@ -56,6 +70,11 @@ pub struct CacheIndex {
     pub version: u32,
     /// Side of the square tiles in pixels.
     pub image_size: usize,
+    /// Which part of each photo a tile holds: `centre` (the centred square of the shorter side)
+    /// or `none` (the whole photo squashed to a square). Caches written before the field
+    /// existed hold centre squares.
+    #[serde(default = "centre_crop")]
+    pub crop: Crop,
     /// Always 3 (RGB).
     pub channels: usize,
     /// Always `"HWC u8"`.
@@ -197,6 +216,27 @@ impl Cache {
     pub fn image_size(&self) -> usize {
         self.index.image_size
     }
+
+    /// Which part of each photo a tile holds.
+    pub fn crop(&self) -> Crop {
+        self.index.crop
+    }
+
+    /// Refuses to run `model` (a student or model file that expects photos framed by
+    /// `crop`) on these tiles when they are framed otherwise: a network trained on whole
+    /// photos scored on centre squares, or the reverse, gives plausible but wrong numbers.
+    pub fn check_crop(&self, crop: Crop, model: &Path) -> Result<()> {
+        ensure!(
+            crop == self.crop(),
+            "{}: the model expects crop {:?}, but the tiles of {} have crop {:?} \
+             (`derm-train prepare --crop`)",
+            model.display(),
+            crop_name(crop),
+            self.dir.display(),
+            crop_name(self.crop())
+        );
+        Ok(())
+    }
     /// Bytes per sample (`S*S*3`).
     pub fn sample_bytes(&self) -> usize {
         self.index.image_size * self.index.image_size * 3
@@ -301,6 +341,7 @@ impl Cache {
 pub struct CacheWriter {
     dir: PathBuf,
     size: usize,
+    crop: Crop,
     out: BufWriter<File>,
     samples: Vec<SampleMeta>,
     sum: [u64; 3],
@@ -318,11 +359,18 @@ impl CacheWriter {
         Ok(CacheWriter {
             dir,
             size,
+            crop: Crop::Centre,
             out: BufWriter::with_capacity(1 << 20, f),
             samples: Vec::new(),
             sum: [0; 3],
             sum_sq: [0; 3],
         })
+    }
+
+    /// Records which part of each photo the tiles hold (default [`Crop::Centre`]).
+    pub fn with_crop(mut self, crop: Crop) -> CacheWriter {
+        self.crop = crop;
+        self
     }
 
     /// Appends one sample (`pixels` HWC RGB8, `size*size*3` bytes).
@@ -387,6 +435,7 @@ impl CacheWriter {
             format: FORMAT.into(),
             version: VERSION,
             image_size: self.size,
+            crop: self.crop,
             channels: 3,
             layout: "HWC u8".into(),
             class_names: CLASS_NAMES.iter().map(|s| s.to_string()).collect(),

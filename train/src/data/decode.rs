@@ -2,15 +2,17 @@
 //!
 //! Any input the `image` crate reads (grayscale, CMYK JPEG, 16-bit, alpha)
 //! becomes RGB8 after the EXIF orientation is applied; then the centred
-//! square of the shorter side is resized to `size x size` (the paper's
-//! "shorter side to 224 + centre crop 224", done crop-first so the resize
-//! touches fewer pixels). Decoding runs under explicit [`image::Limits`], so
+//! square of the shorter side ([`Crop::Centre`]: "shorter side to 224 + centre
+//! crop 224", done crop-first so the resize touches fewer pixels) or the whole
+//! photo ([`Crop::None`]: squashed, the paper's "resize to 224x224") is resized
+//! to `size x size`. Decoding runs under explicit [`image::Limits`], so
 //! a huge or lying header is an error instead of an absurd allocation.
 
 use std::io::Cursor;
 use std::path::Path;
 
 use anyhow::{Context, Result, anyhow, bail};
+use derm_codegen::ir::Crop;
 use image::imageops::FilterType;
 use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, Limits, RgbImage};
 
@@ -38,13 +40,13 @@ impl Default for DecodeLimits {
 /// Decodes the file at `path` into `size * size * 3` bytes (HWC, RGB8).
 /// Errors say what is wrong with the file (empty, unknown format, truncated,
 /// too large); the caller names the file.
-pub fn decode_file(path: &Path, size: u32, limits: DecodeLimits) -> Result<Vec<u8>> {
+pub fn decode_file(path: &Path, size: u32, crop: Crop, limits: DecodeLimits) -> Result<Vec<u8>> {
     let bytes = std::fs::read(path).context("cannot read file")?;
-    decode_bytes(&bytes, size, limits)
+    decode_bytes(&bytes, size, crop, limits)
 }
 
 /// [`decode_file`] on bytes already in memory.
-pub fn decode_bytes(bytes: &[u8], size: u32, limits: DecodeLimits) -> Result<Vec<u8>> {
+pub fn decode_bytes(bytes: &[u8], size: u32, crop: Crop, limits: DecodeLimits) -> Result<Vec<u8>> {
     if size == 0 {
         bail!("output size must be > 0");
     }
@@ -72,7 +74,7 @@ pub fn decode_bytes(bytes: &[u8], size: u32, limits: DecodeLimits) -> Result<Vec
         .map_err(|e| anyhow!("cannot read EXIF: {e}"))?;
     let mut img = DynamicImage::from_decoder(decoder).map_err(|e| anyhow!("cannot decode: {e}"))?;
     img.apply_orientation(orientation);
-    Ok(square_resize_dyn(img, size).into_raw())
+    Ok(square_resize_dyn(img, size, crop).into_raw())
 }
 
 /// Refuses a JPEG cut short. The decoder pads a truncated entropy stream
@@ -111,24 +113,25 @@ pub fn check_jpeg_complete(bytes: &[u8]) -> Result<()> {
     }
 }
 
-/// Centre square crop + resize on a decoded image of any colour type,
-/// converted to RGB8 first. 16-bit samples are scaled (x/257); alpha is
+/// Centre square crop (or none: the whole image, squashed) + resize on a
+/// decoded image of any colour type, converted to RGB8 first. 16-bit samples are scaled (x/257); alpha is
 /// dropped rather than composited because dermoscopy images carry no
 /// meaningful transparency.
 ///
 /// Works through `DynamicImage` methods, which are compiled (optimized)
 /// inside the `image` crate rather than monomorphized here.
-fn square_resize_dyn(img: DynamicImage, size: u32) -> RgbImage {
+fn square_resize_dyn(img: DynamicImage, size: u32, crop: Crop) -> RgbImage {
     let (w, h) = (img.width(), img.height());
     let side = w.min(h);
-    let img = if w != h {
+    let img = if w != h && crop == Crop::Centre {
         img.crop_imm((w - side) / 2, (h - side) / 2, side, side)
     } else {
         img
     };
-    let img = if side == size {
+    let (w, h) = (img.width(), img.height());
+    let img = if w == size && h == size {
         img
-    } else if side >= 2 * size {
+    } else if w.min(h) >= 2 * size {
         // Box averaging is exact enough at >= 2x reduction and far faster
         // than a Triangle filter whose support grows with the ratio.
         img.thumbnail_exact(size, size)
@@ -141,9 +144,10 @@ fn square_resize_dyn(img: DynamicImage, size: u32) -> RgbImage {
     }
 }
 
-/// Centre square crop of the shorter side, resized to `size x size`.
-pub fn square_resize(img: &RgbImage, size: u32) -> RgbImage {
-    square_resize_dyn(DynamicImage::ImageRgb8(img.clone()), size)
+/// Centre square crop of the shorter side (or, with [`Crop::None`], the whole
+/// image), resized to `size x size`.
+pub fn square_resize(img: &RgbImage, size: u32, crop: Crop) -> RgbImage {
+    square_resize_dyn(DynamicImage::ImageRgb8(img.clone()), size, crop)
 }
 
 #[cfg(test)]
@@ -162,17 +166,41 @@ mod tests {
                 Rgb([255, 0, 0])
             }
         });
-        let out = square_resize(&img, 10);
+        let out = square_resize(&img, 10, Crop::Centre);
         assert!(out.pixels().all(|p| p.0 == [0, 255, 0]));
-        let small = square_resize(&img, 4);
+        let small = square_resize(&img, 4, Crop::Centre);
         assert!(small.pixels().all(|p| p.0 == [0, 255, 0]));
     }
 
     #[test]
+    fn no_crop_keeps_the_whole_photo() {
+        // Thirds red, green, blue: squashed to a square, all three stay, in order.
+        let img = ImageBuffer::from_fn(30, 10, |x, _| match x / 10 {
+            0 => Rgb([255, 0, 0]),
+            1 => Rgb([0, 255, 0]),
+            _ => Rgb([0, 0, 255]),
+        });
+        let out = square_resize(&img, 10, Crop::None);
+        assert_eq!(out.dimensions(), (10, 10));
+        for y in 0..10 {
+            assert_eq!(out.get_pixel(0, y).0, [255, 0, 0]);
+            assert_eq!(out.get_pixel(4, y).0, [0, 255, 0]);
+            assert_eq!(out.get_pixel(5, y).0, [0, 255, 0]);
+            assert_eq!(out.get_pixel(9, y).0, [0, 0, 255]);
+        }
+    }
+
+    #[test]
     fn empty_and_garbage_are_errors() {
-        let e = decode_bytes(&[], 8, DecodeLimits::default()).unwrap_err();
+        let e = decode_bytes(&[], 8, Crop::Centre, DecodeLimits::default()).unwrap_err();
         assert!(e.to_string().contains("empty"));
-        let e = decode_bytes(b"hello, not a jpeg", 8, DecodeLimits::default()).unwrap_err();
+        let e = decode_bytes(
+            b"hello, not a jpeg",
+            8,
+            Crop::Centre,
+            DecodeLimits::default(),
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("not an image"), "{e}");
     }
 }

@@ -9,6 +9,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use derm_codegen::ir::Crop;
+
 use super::cache::{Cache, CacheWriter, SampleMeta};
 use super::decode::{DecodeLimits, decode_file};
 use super::manifest::{Problem, Source};
@@ -20,6 +22,8 @@ use crate::report::Table;
 pub struct PrepareOptions {
     /// Side of the square tiles.
     pub size: u32,
+    /// Which part of each photo becomes the tile.
+    pub crop: Crop,
     /// Any skipped file is an error (and no cache is written).
     pub strict: bool,
     /// Decoder limits.
@@ -32,6 +36,7 @@ impl Default for PrepareOptions {
     fn default() -> Self {
         PrepareOptions {
             size: 224,
+            crop: Crop::Centre,
             strict: false,
             limits: DecodeLimits::default(),
             progress: false,
@@ -50,6 +55,8 @@ pub struct PrepareSummary {
     pub images: usize,
     /// Tile side.
     pub size: usize,
+    /// Which part of each photo a tile holds.
+    pub crop: Crop,
     /// Per-channel mean of the `[0,1]` pixels.
     pub mean: [f32; 3],
     /// Per-channel standard deviation.
@@ -110,14 +117,14 @@ pub fn prepare(
     } else {
         ProgressBar::hidden()
     };
-    let mut writer = CacheWriter::create(out, opts.size as usize)?;
+    let mut writer = CacheWriter::create(out, opts.size as usize)?.with_crop(opts.crop);
     let mut skipped = source.problems.clone();
     // Chunks bound memory to one chunk of tiles while keeping file order.
     for chunk in source.records.chunks(512) {
         let decoded: Vec<Result<Vec<u8>>> = chunk
             .par_iter()
             .map(|r| {
-                let d = decode_file(&r.path, opts.size, opts.limits);
+                let d = decode_file(&r.path, opts.size, opts.crop, opts.limits);
                 bar.inc(1);
                 d
             })
@@ -159,6 +166,7 @@ pub fn prepare(
         source: source.description,
         images: cache.len(),
         size: cache.image_size(),
+        crop: cache.crop(),
         mean: cache.mean(),
         std: cache.std(),
         class_names: cache.class_names().to_vec(),

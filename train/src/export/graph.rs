@@ -217,8 +217,8 @@ pub fn model_file(student: &Student, opts: &ExportOptions) -> Result<ModelFile> 
         output: b.last.clone(),
         preprocess: ir::Preprocess {
             resize: [h, w],
-            // Training tiles are centred squares of the photo (`derm-train prepare`).
-            crop: ir::Crop::Centre,
+            // The part of the photo the training tiles held (`derm-train prepare --crop`).
+            crop: meta.crop,
             mean: meta.mean,
             std: meta.std,
         },

@@ -492,6 +492,7 @@ pub fn save_student(
     meta.input_size = [train.train_size as u32; 2];
     meta.mean = s.mean;
     meta.std = s.std;
+    meta.crop = data.cache.crop();
     let path = out.join("student.safetensors");
     student_file::save(&path, &s.vs, &meta)?;
     Ok(path)

@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
+use derm_codegen::ir::Crop;
 use derm_train::data::cache::{Cache, CacheWriter, SampleMeta};
 use derm_train::data::class_index;
 use derm_train::data::decode::{DecodeLimits, decode_file};
@@ -61,7 +62,7 @@ pub fn ham_cache(dir: &Path, per_class: usize, size: usize) -> Cache {
     let mut w = CacheWriter::create(dir, size).unwrap();
     for (id, label, group, lesion) in picked {
         let path = root.join("images").join(format!("{id}.jpg"));
-        let px = decode_file(&path, size as u32, DecodeLimits::default()).unwrap();
+        let px = decode_file(&path, size as u32, Crop::Centre, DecodeLimits::default()).unwrap();
         let group = groups.iter().position(|g| *g == group).unwrap();
         w.push(
             SampleMeta {
