@@ -119,9 +119,8 @@ pub struct LoadedModel {
     pub mean: [f32; 3],
     /// Per-channel std of the same.
     pub std: [f32; 3],
-    /// The part of a photo it expects (students and model files; teacher files do not record
-    /// it).
-    pub crop: Option<Crop>,
+    /// The part of a photo it expects.
+    pub crop: Crop,
     net: Box<dyn ModuleT>,
     // Owns the tensors `net` reads (kept for clarity; the network holds references too).
     _vs: nn::VarStore,
@@ -254,7 +253,7 @@ pub fn load_model(path: &Path) -> Result<LoadedModel> {
                 class_names: s.meta.class_names.clone(),
                 mean: s.meta.mean,
                 std: s.meta.std,
-                crop: Some(s.meta.crop),
+                crop: s.meta.crop,
                 net: Box::new(s.model),
                 _vs: s.vs,
             }
@@ -275,7 +274,7 @@ pub fn load_model(path: &Path) -> Result<LoadedModel> {
                 class_names: g.classes.clone(),
                 mean: g.preprocess.mean,
                 std: g.preprocess.std,
-                crop: Some(g.preprocess.crop),
+                crop: g.preprocess.crop,
                 net: Box::new(ModelFileNet::new(model)?),
                 _vs: nn::VarStore::new(tch::Device::Cpu),
             }
@@ -289,7 +288,7 @@ pub fn load_model(path: &Path) -> Result<LoadedModel> {
                 class_names: meta.class_names.clone(),
                 mean: meta.mean,
                 std: meta.std,
-                crop: None,
+                crop: meta.crop,
                 net: Box::new(net),
                 _vs: vs,
             }
@@ -323,9 +322,7 @@ pub fn check_classes(models: &[LoadedModel], cache: &Cache) -> Result<()> {
             m.class_names,
             cache.class_names()
         );
-        if let Some(crop) = m.crop {
-            cache.check_crop(crop, &m.path)?;
-        }
+        cache.check_crop(m.crop, &m.path)?;
     }
     Ok(())
 }

@@ -182,7 +182,7 @@ fn bad_model_files_are_named() {
     let path = dir.path().join("whole-photo.safetensors");
     Student::seeded(meta, 1).unwrap().save(&path).unwrap();
     let m = infer::load_model(&path).unwrap();
-    assert_eq!(m.crop, Some(Crop::None));
+    assert_eq!(m.crop, Crop::None);
     let e = infer::ensemble_logits(&[m], &cache, &[0, 1], &opts(Tta::None))
         .unwrap_err()
         .to_string();

@@ -238,6 +238,7 @@ fn train_teacher(spec: &RunSpec, m: &TeacherModelArgs, ctx: &RunContext) -> Resu
         input_size: spec.train.train_size,
         mean: data.cache.mean(),
         std: data.cache.std(),
+        crop: data.cache.crop(),
         command: command_line(),
         git_commit: git_commit(),
         metrics: recorded_metrics(&data, best.as_ref()),
@@ -301,6 +302,7 @@ fn load_teacher(
         }
         TeacherSource::File(p) => {
             let (meta, vs, net) = teacher_file::load(p)?;
+            data.cache.check_crop(meta.crop, p)?;
             ensure!(
                 meta.mean == data.cache.mean() && meta.std == data.cache.std(),
                 "{}: the teacher was trained with mean {:?} / std {:?}, this cache has {:?} / {:?}",

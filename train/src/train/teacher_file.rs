@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use anyhow::{Context, Result, bail, ensure};
+use derm_codegen::ir::Crop;
 use serde::{Deserialize, Serialize};
 use tch::{Device, nn};
 
@@ -38,12 +39,20 @@ pub struct TeacherMeta {
     pub mean: [f32; 3],
     /// Per-channel std of the same.
     pub std: [f32; 3],
+    /// Which part of a photo its training tiles held (files written before the field existed:
+    /// centred squares).
+    #[serde(default = "default_crop")]
+    pub crop: Crop,
     /// The command that trained it.
     pub command: String,
     /// Source revision.
     pub git_commit: String,
     /// Validation metrics of the saved epoch.
     pub metrics: BTreeMap<String, f64>,
+}
+
+fn default_crop() -> Crop {
+    Crop::Centre
 }
 
 impl TeacherMeta {
