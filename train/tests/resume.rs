@@ -5,7 +5,9 @@
 mod train_support;
 
 use derm_train::data::balance::BalancePlan;
-use derm_train::train::fit::{self, FitData, RunControl, Teacher};
+use derm_train::train::checkpoint::CheckpointFile;
+use derm_train::train::ema::Ema;
+use derm_train::train::fit::{self, Criterion, FitData, RunControl, Teacher};
 use derm_train::train::optim::OptimizerKind;
 use tch::Device;
 use tch::nn;
@@ -16,6 +18,10 @@ use train_support::{TinyNet, snapshot, tiny_cache, tiny_options};
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn run(kind: OptimizerKind, stop_after: &[u64]) {
+    run_with(kind, stop_after, None);
+}
+
+fn run_with(kind: OptimizerKind, stop_after: &[u64], ema: Option<f64>) {
     let _guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     tch::set_num_threads(1);
     let tmp = tempfile::tempdir().unwrap();
@@ -28,7 +34,12 @@ fn run(kind: OptimizerKind, stop_after: &[u64]) {
         plan: &plan,
         val: &val,
     };
-    let opts = tiny_options(&cache, kind, 3);
+    let mut opts = tiny_options(&cache, kind, 3);
+    opts.ema = ema;
+    if ema.is_some() {
+        // The final epoch is kept, so the kept weights are the final average.
+        opts.criterion = Criterion::Last;
+    }
 
     // Uninterrupted.
     tch::manual_seed(1);
@@ -102,6 +113,22 @@ fn run(kind: OptimizerKind, stop_after: &[u64]) {
         std::fs::read(&a.best_weights).unwrap(),
         std::fs::read(&b.best_weights).unwrap()
     );
+    if let Some(decay) = ema {
+        // The kept weights are the average the checkpoint holds, not the live weights.
+        let kept = nn::VarStore::new(Device::Cpu);
+        let _ = TinyNet::new(&kept.root());
+        fit::load_weights(&a.best_weights, &kept).unwrap();
+        assert_ne!(snapshot(&kept), sa);
+        let avg = nn::VarStore::new(Device::Cpu);
+        let _ = TinyNet::new(&avg.root());
+        let mut e = Ema::new(&avg, decay).unwrap();
+        CheckpointFile::open(&out_a.join(fit::CHECKPOINT_FILE))
+            .unwrap()
+            .load_ema(&mut e)
+            .unwrap();
+        e.swap();
+        assert_eq!(snapshot(&avg), snapshot(&kept));
+    }
 }
 
 #[test]
@@ -114,6 +141,12 @@ fn sgd_resume_after_crashes_mid_epoch_and_at_epoch_end_is_bit_exact() {
 #[test]
 fn adamw_resume_is_bit_exact() {
     run(OptimizerKind::AdamW, &[5, 13]);
+}
+
+#[test]
+fn weight_average_resumes_bit_exact_and_is_what_is_kept() {
+    // Stops mid-epoch (5: resumes from the checkpoint at 3) and at an epoch end (12).
+    run_with(OptimizerKind::AdamW, &[5, 12], Some(0.9));
 }
 
 #[test]

@@ -17,6 +17,7 @@ use safetensors::tensor::{Dtype, TensorView};
 use serde::{Serialize, de::DeserializeOwned};
 use tch::{Kind, Tensor, nn};
 
+use super::ema::Ema;
 use super::optim::Optimizer;
 
 /// The `__metadata__` key of the loop state.
@@ -29,6 +30,8 @@ pub const FORMAT: &str = "derm-train-checkpoint/1";
 pub const MODEL_PREFIX: &str = "model/";
 /// Prefix of optimizer state in the tensor names.
 pub const OPTIM_PREFIX: &str = "optim/";
+/// Prefix of the weight average's tensors (`--ema`), when the run keeps one.
+pub const EMA_PREFIX: &str = "ema/";
 
 fn dtype_of(kind: Kind) -> Result<Dtype> {
     Ok(match kind {
@@ -128,6 +131,17 @@ pub fn save<T: Serialize>(
     opt: &Optimizer,
     state: &T,
 ) -> Result<()> {
+    save_with_ema(path, vs, opt, state, None)
+}
+
+/// [`save`], plus the weight average of a run that keeps one.
+pub fn save_with_ema<T: Serialize>(
+    path: &Path,
+    vs: &nn::VarStore,
+    opt: &Optimizer,
+    state: &T,
+    ema: Option<&Ema>,
+) -> Result<()> {
     let mut tensors: Vec<(String, Tensor)> = vs
         .variables()
         .into_iter()
@@ -138,6 +152,13 @@ pub fn save<T: Serialize>(
             .into_iter()
             .map(|(n, t)| (format!("{OPTIM_PREFIX}{n}"), t)),
     );
+    if let Some(e) = ema {
+        tensors.extend(
+            e.tensors()
+                .into_iter()
+                .map(|(n, t)| (format!("{EMA_PREFIX}{n}"), t)),
+        );
+    }
     let mut meta = HashMap::new();
     meta.insert(FORMAT_KEY.to_owned(), FORMAT.to_owned());
     meta.insert(METADATA_KEY.to_owned(), serde_json::to_string(state)?);
@@ -264,6 +285,12 @@ impl CheckpointFile {
             }
             Ok(())
         })
+    }
+
+    /// Restores a weight average saved by [`save_with_ema`].
+    pub fn load_ema(&self, ema: &mut Ema) -> Result<()> {
+        ema.load(|n| self.tensor(&format!("{EMA_PREFIX}{n}")))
+            .with_context(|| format!("restoring the weight average from {}", self.path.display()))
     }
 
     /// Restores the optimizer's state.

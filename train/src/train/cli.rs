@@ -70,6 +70,11 @@ pub struct TrainArgs {
     /// Label smoothing of the hard-label cross-entropy, in [0, 1) (0: none).
     #[arg(long, default_value_t = 0.0)]
     pub label_smoothing: f64,
+    /// Keep an exponential moving average of the weights with this decay, in (0, 1) (e.g.
+    /// 0.998), and evaluate, select and save the average instead of the last step's weights.
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ema: Option<f64>,
 }
 
 /// Distillation knobs.
@@ -355,6 +360,9 @@ impl TrainArgs {
             "--label-smoothing {} must be in [0, 1)",
             self.label_smoothing
         );
+        if let Some(d) = self.ema {
+            ensure!(d > 0.0 && d < 1.0, "--ema {d} must be in (0, 1)");
+        }
         Ok(())
     }
 
@@ -383,6 +391,7 @@ impl TrainArgs {
             eval: data.eval_options(self),
             bn_recalibrate: None,
             label_smoothing: self.label_smoothing,
+            ema: self.ema,
         }
     }
 }

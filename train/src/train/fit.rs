@@ -20,6 +20,7 @@ use tch::nn::{self, ModuleT};
 use tch::{Kind, Tensor};
 
 use super::checkpoint::{self, CheckpointFile};
+use super::ema::Ema;
 use super::loss::{self, KdConfig};
 use super::optim::{LrSchedule, OptimConfig, Optimizer};
 use super::progress::EpochProgress;
@@ -214,6 +215,10 @@ pub struct FitOptions {
     /// Label smoothing of the (hard-label) cross-entropy, in `[0, 1)`; 0 is plain CE.
     #[serde(default)]
     pub label_smoothing: f64,
+    /// Decay of an exponential moving average of the weights ([`Ema`]) that evaluation, the
+    /// kept weights and the student file use; `None`: the weights as trained.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ema: Option<f64>,
 }
 
 /// Precise-BN settings.
@@ -677,6 +682,7 @@ impl LoopState {
         opts: &FitOptions,
         vs: &nn::VarStore,
         optimizer: &mut Optimizer,
+        ema: Option<&mut Ema>,
     ) -> Result<Self> {
         let file = CheckpointFile::open(path)?;
         let saved: LoopState = file.state()?;
@@ -690,6 +696,9 @@ impl LoopState {
         }
         file.load_model(vs)?;
         file.load_optimizer(optimizer)?;
+        if let Some(e) = ema {
+            file.load_ema(e)?;
+        }
         eprintln!(
             "resuming {} at step {} (epoch {}, position {})",
             path.display(),
@@ -756,7 +765,12 @@ impl Trainer<'_> {
     }
 
     /// Trains the rest of the current epoch, checkpointing every `checkpoint_every` steps.
-    fn train_epoch(&self, state: &mut LoopState, optimizer: &mut Optimizer) -> Result<EpochRun> {
+    fn train_epoch(
+        &self,
+        state: &mut LoopState,
+        optimizer: &mut Optimizer,
+        mut ema: Option<&mut Ema>,
+    ) -> Result<EpochRun> {
         let (opts, data) = (self.opts, self.data);
         let mut batches = Batches::resume(data.cache, data.plan, opts.loader(), state.sampler)?;
         let left = self.steps_per_epoch.saturating_sub(state.epoch_steps);
@@ -802,6 +816,9 @@ impl Trainer<'_> {
             );
             last_lr = lr;
             state.global_step += 1;
+            if let Some(e) = ema.as_deref_mut() {
+                e.update(state.global_step);
+            }
             state.epoch_loss_sum += l;
             state.epoch_steps += 1;
             state.sampler = batches.state();
@@ -811,7 +828,13 @@ impl Trainer<'_> {
             );
             if opts.checkpoint_every > 0 && state.global_step.is_multiple_of(opts.checkpoint_every)
             {
-                checkpoint::save(&self.ckpt_path, self.vs, optimizer, state)?;
+                checkpoint::save_with_ema(
+                    &self.ckpt_path,
+                    self.vs,
+                    optimizer,
+                    state,
+                    ema.as_deref(),
+                )?;
             }
         }
         progress.finish();
@@ -829,6 +852,7 @@ impl Trainer<'_> {
         state: &mut LoopState,
         optimizer: &Optimizer,
         run: &EpochRun,
+        mut ema: Option<&mut Ema>,
     ) -> Result<()> {
         let (opts, data, model) = (self.opts, self.data, self.model);
         let epoch = state.sampler.epoch;
@@ -846,6 +870,29 @@ impl Trainer<'_> {
                 bn.batches,
             )?;
         }
+        // The average is what is evaluated and kept; training goes on from the live weights.
+        if let Some(e) = ema.as_deref_mut() {
+            e.swap();
+        }
+        let evaluated = self.evaluate_and_keep(state, run, epoch);
+        if let Some(e) = ema.as_deref_mut() {
+            e.swap();
+        }
+        evaluated?;
+        state.sampler = SamplerState {
+            epoch: epoch + 1,
+            position: 0,
+        };
+        state.epoch_loss_sum = 0.0;
+        state.epoch_steps = 0;
+        state.finished = epoch + 1 >= opts.epochs;
+        checkpoint::save_with_ema(&self.ckpt_path, self.vs, optimizer, state, ema.as_deref())
+    }
+
+    /// Evaluates the model as it is now, records the epoch, and keeps the weights if the
+    /// criterion says so.
+    fn evaluate_and_keep(&self, state: &mut LoopState, run: &EpochRun, epoch: u64) -> Result<()> {
+        let (opts, data, model) = (self.opts, self.data, self.model);
         let (val, val_loss) = evaluate(
             model,
             data.cache,
@@ -889,14 +936,7 @@ impl Trainer<'_> {
             state.best = Some(Best { epoch, score });
         }
         state.history.push(record);
-        state.sampler = SamplerState {
-            epoch: epoch + 1,
-            position: 0,
-        };
-        state.epoch_loss_sum = 0.0;
-        state.epoch_steps = 0;
-        state.finished = epoch + 1 >= opts.epochs;
-        checkpoint::save(&self.ckpt_path, self.vs, optimizer, state)
+        Ok(())
     }
 }
 
@@ -946,8 +986,9 @@ pub fn fit(
         best_path: out.join(BEST_WEIGHTS_FILE),
     };
     let mut optimizer = Optimizer::new(vs, opts.optim)?;
+    let mut ema = opts.ema.map(|d| Ema::new(vs, d)).transpose()?;
     let (mut state, resumed_from_step) = if control.resume && trainer.ckpt_path.exists() {
-        let s = LoopState::resume(&trainer.ckpt_path, opts, vs, &mut optimizer)?;
+        let s = LoopState::resume(&trainer.ckpt_path, opts, vs, &mut optimizer, ema.as_mut())?;
         let step = s.global_step;
         (s, Some(step))
     } else {
@@ -956,12 +997,12 @@ pub fn fit(
 
     let mut stopped = false;
     while !state.finished {
-        let run = trainer.train_epoch(&mut state, &mut optimizer)?;
+        let run = trainer.train_epoch(&mut state, &mut optimizer, ema.as_mut())?;
         if run.stopped {
             stopped = true;
             break;
         }
-        trainer.end_epoch(&mut state, &optimizer, &run)?;
+        trainer.end_epoch(&mut state, &optimizer, &run, ema.as_mut())?;
     }
     Ok(FitOutcome {
         state,

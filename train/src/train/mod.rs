@@ -3,6 +3,7 @@
 
 pub mod checkpoint;
 pub mod cli;
+pub mod ema;
 pub mod fit;
 pub mod loss;
 pub mod optim;

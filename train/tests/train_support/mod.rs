@@ -112,6 +112,7 @@ pub fn tiny_options(cache: &Cache, kind: OptimizerKind, epochs: u64) -> FitOptio
         },
         bn_recalibrate: None,
         label_smoothing: 0.0,
+        ema: None,
     }
 }
 
