@@ -60,6 +60,13 @@ fn run_with(kind: OptimizerKind, stop_after: &[u64], ema: Option<f64>) {
     .unwrap();
     assert!(a.state.finished && !a.stopped);
     assert_eq!(a.state.history.len(), 3);
+    // With a weight average each epoch also records the live weights' scores.
+    assert!(
+        a.state
+            .history
+            .iter()
+            .all(|r| r.val_live.is_some() == ema.is_some())
+    );
 
     // Interrupted after each of `stop_after` steps, every time in a fresh process-like state:
     // new VarStore and optimizer; the first run starts from the same initialization as the

@@ -260,6 +260,10 @@ pub struct EpochRecord {
     pub val: Evaluation,
     /// The criterion's score.
     pub score: f64,
+    /// With `--ema`, the validation metrics of the live weights (the last step's), beside
+    /// `val`, the average's: what the average buys, epoch by epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub val_live: Option<Evaluation>,
 }
 
 /// The best epoch so far.
@@ -871,10 +875,15 @@ impl Trainer<'_> {
             )?;
         }
         // The average is what is evaluated and kept; training goes on from the live weights.
-        if let Some(e) = ema.as_deref_mut() {
-            e.swap();
-        }
-        let evaluated = self.evaluate_and_keep(state, run, epoch);
+        let live = match ema.as_deref_mut() {
+            Some(e) => {
+                let (live, _) = self.evaluate_now()?;
+                e.swap();
+                Some(live)
+            }
+            None => None,
+        };
+        let evaluated = self.evaluate_and_keep(state, run, epoch, live);
         if let Some(e) = ema.as_deref_mut() {
             e.swap();
         }
@@ -889,19 +898,32 @@ impl Trainer<'_> {
         checkpoint::save_with_ema(&self.ckpt_path, self.vs, optimizer, state, ema.as_deref())
     }
 
-    /// Evaluates the model as it is now, records the epoch, and keeps the weights if the
-    /// criterion says so.
-    fn evaluate_and_keep(&self, state: &mut LoopState, run: &EpochRun, epoch: u64) -> Result<()> {
-        let (opts, data, model) = (self.opts, self.data, self.model);
-        let (val, val_loss) = evaluate(
-            model,
+    /// The validation metrics and loss of the model as it is now.
+    fn evaluate_now(&self) -> Result<(Evaluation, f64)> {
+        let (opts, data) = (self.opts, self.data);
+        evaluate(
+            self.model,
             data.cache,
             data.val,
             opts.eval_batch_size,
             opts.train_size,
             self.input,
             &opts.eval,
-        )?;
+        )
+    }
+
+    /// Evaluates the model as it is now, records the epoch (with `live`, the live weights'
+    /// metrics when it is the average that is evaluated), and keeps the weights if the
+    /// criterion says so.
+    fn evaluate_and_keep(
+        &self,
+        state: &mut LoopState,
+        run: &EpochRun,
+        epoch: u64,
+        live: Option<Evaluation>,
+    ) -> Result<()> {
+        let opts = self.opts;
+        let (val, val_loss) = self.evaluate_now()?;
         let score = opts.criterion.score(&val);
         let record = EpochRecord {
             epoch,
@@ -912,7 +934,17 @@ impl Trainer<'_> {
             val_loss,
             val,
             score,
+            val_live: live,
         };
+        if let Some(l) = &record.val_live {
+            eprintln!(
+                "{} epoch {}: live weights (not averaged): acc {:.4}, balanced {:.4}",
+                self.control.label,
+                epoch + 1,
+                l.accuracy,
+                l.balanced_accuracy
+            );
+        }
         eprintln!(
             "{} epoch {}: train loss {:.4}, val loss {:.4}, acc {:.4}, balanced {:.4}, fairness {}, {} {:.4}",
             self.control.label,
