@@ -152,40 +152,34 @@ fn bad_model_files_are_named() {
     assert!(e.contains("junk.safetensors"), "{e}");
 
     let cache = train_support::tiny_cache(&dir.path().join("cache"), 6);
-    let mut meta = StudentMeta::new(
-        Arch::Small,
-        Head::Paper,
+    // The error of running a seeded student with `classes` and `crop` on the cache.
+    let refused = |name: &str, classes: Vec<String>, crop: Crop| {
+        let mut meta = StudentMeta::new(Arch::Small, Head::Paper, classes, Provenance::default());
+        meta.input_size = [SIZE; 2];
+        meta.crop = crop;
+        let path = dir.path().join(name);
+        Student::seeded(meta, 1).unwrap().save(&path).unwrap();
+        let m = infer::load_model(&path).unwrap();
+        assert_eq!(m.crop, crop);
+        infer::ensemble_logits(&[m], &cache, &[0, 1], &opts(Tta::None))
+            .unwrap_err()
+            .to_string()
+    };
+    let e = refused(
+        "two-class.safetensors",
         vec!["a".into(), "b".into()],
-        Provenance::default(),
+        Crop::Centre,
     );
-    meta.input_size = [SIZE; 2];
-    let path = dir.path().join("two-class.safetensors");
-    Student::seeded(meta, 1).unwrap().save(&path).unwrap();
-    let m = infer::load_model(&path).unwrap();
-    let e = infer::ensemble_logits(&[m], &cache, &[0, 1], &opts(Tta::None))
-        .unwrap_err()
-        .to_string();
     assert!(
         e.contains("two-class.safetensors") && e.contains("classes"),
         "{e}"
     );
-
     // A student trained on whole photos is refused on a cache of centre squares.
-    let mut meta = StudentMeta::new(
-        Arch::Small,
-        Head::Paper,
+    let e = refused(
+        "whole-photo.safetensors",
         cache.class_names().to_vec(),
-        Provenance::default(),
+        Crop::None,
     );
-    meta.input_size = [SIZE; 2];
-    meta.crop = Crop::None;
-    let path = dir.path().join("whole-photo.safetensors");
-    Student::seeded(meta, 1).unwrap().save(&path).unwrap();
-    let m = infer::load_model(&path).unwrap();
-    assert_eq!(m.crop, Crop::None);
-    let e = infer::ensemble_logits(&[m], &cache, &[0, 1], &opts(Tta::None))
-        .unwrap_err()
-        .to_string();
     assert!(
         e.contains("whole-photo.safetensors") && e.contains("crop"),
         "{e}"
