@@ -309,10 +309,9 @@ pub struct InferOptions {
     pub progress: bool,
 }
 
-/// Checks that every model predicts the cache's classes in the cache's order, and that a
-/// model which records its crop expects the cache's tiles (a network trained on whole photos
-/// scored on centre squares, or the reverse, would give plausible but wrong numbers).
-pub fn check_classes(models: &[LoadedModel], cache: &Cache) -> Result<()> {
+/// Checks that every model predicts the cache's classes in the cache's order and expects
+/// the cache's tiles ([`Cache::check_crop`]).
+pub fn check_against_cache(models: &[LoadedModel], cache: &Cache) -> Result<()> {
     ensure!(!models.is_empty(), "no model given");
     for m in models {
         ensure!(
@@ -336,7 +335,7 @@ pub fn ensemble_logits(
     rows: &[usize],
     opts: &InferOptions,
 ) -> Result<Tensor> {
-    check_classes(models, cache)?;
+    check_against_cache(models, cache)?;
     ensure!(opts.batch_size > 0, "batch size must be > 0");
     ensure!(!rows.is_empty(), "no image to run");
     let position: HashMap<usize, usize> = rows.iter().enumerate().map(|(p, &i)| (i, p)).collect();

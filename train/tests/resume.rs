@@ -199,3 +199,32 @@ fn resume_with_changed_options_is_refused_and_a_torn_checkpoint_is_an_error() {
         "{err:#}"
     );
 }
+
+#[test]
+fn weight_average_with_precise_bn_is_refused() {
+    let _guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tiny_cache(&tmp.path().join("cache"), 12);
+    let train: Vec<usize> = (0..8).collect();
+    let val: Vec<usize> = (8..12).collect();
+    let plan = BalancePlan::plain(&train);
+    let data = FitData {
+        cache: &cache,
+        plan: &plan,
+        val: &val,
+    };
+    let mut opts = tiny_options(&cache, OptimizerKind::AdamW, 1);
+    opts.ema = Some(0.9);
+    opts.bn_recalibrate = Some(fit::BnRecalibrate {
+        batches: 1,
+        momentum: 0.1,
+    });
+    let vs = nn::VarStore::new(Device::Cpu);
+    let net = TinyNet::new(&vs.root());
+    let out = tmp.path().join("run");
+    let control = RunControl::default();
+    let e = fit::fit(&net, &vs, &data, Teacher::None, None, &opts, &out, &control)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("ema") && e.contains("bn_recalibrate"), "{e}");
+}

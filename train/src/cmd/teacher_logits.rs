@@ -62,7 +62,7 @@ pub fn run(a: TeacherLogitsArgs) -> Result<()> {
         .map(|p| infer::load_model(p))
         .collect::<Result<Vec<_>>>()?;
     let (cache, rows) = a.data.open(|f| train_indices(f, a.max_train, a.seed))?;
-    infer::check_classes(&models, &cache)?;
+    infer::check_against_cache(&models, &cache)?;
     let start = Instant::now();
     let opts = InferOptions {
         batch_size: a.batch_size,

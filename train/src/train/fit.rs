@@ -994,6 +994,14 @@ pub fn fit(
         opts.lr
     );
     opts.kd.validate()?;
+    // Precise BN re-estimates the live weights' statistics, but with a weight average it is
+    // the average that is evaluated and kept: the two together would recalibrate the wrong
+    // weights.
+    ensure!(
+        opts.ema.is_none() || opts.bn_recalibrate.is_none(),
+        "a weight average (ema) and BatchNorm re-estimation before each evaluation \
+         (bn_recalibrate) cannot be combined"
+    );
     ensure!(!data.val.is_empty(), "the validation fold is empty");
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let (steps_per_epoch, schedule) = schedule(data, opts)?;
